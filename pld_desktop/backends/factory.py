@@ -1,0 +1,54 @@
+"""Builds the real backends from run settings; each model is loaded once per provider and closed with it."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ..core.backends import Embedder, Student, Teacher
+from ..core.settings import RunSettings
+
+
+class DefaultBackends:
+    """The `BackendProvider` used by the CLI and the GUI: bundled models unless settings name others."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cache: dict[Any, Any] = {}
+
+    def _get(self, key: Any, make: Any) -> Any:
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = make()
+            return self._cache[key]
+
+    def teacher(self, settings: RunSettings) -> Teacher:
+        if settings.teacher == "gemini":
+            from .gemini_teacher import GeminiTeacher
+            key = ("gemini", settings.teacher_model, settings.teacher_base_url, settings.teacher_concurrency)
+            return self._get(key, lambda: GeminiTeacher(
+                settings.teacher_model, base_url=settings.teacher_base_url,
+                max_concurrency=settings.teacher_concurrency,
+                price_per_million=(settings.price_in_per_million, settings.price_out_per_million)))
+        if settings.teacher == "local":
+            from .local_teacher import LocalTeacher
+            return self._get(("local", settings.teacher_gguf), lambda: LocalTeacher(settings.teacher_gguf))
+        raise ValueError(f"Unknown teacher '{settings.teacher}'; choose 'gemini' or 'local'.")
+
+    def student(self, settings: RunSettings) -> Student:
+        from .llama_student import LlamaStudent
+        key = ("student", settings.student_gguf, settings.student_n_ctx, settings.student_threads)
+        return self._get(key, lambda: LlamaStudent(settings.student_gguf, n_ctx=settings.student_n_ctx,
+                                                   n_threads=settings.student_threads))
+
+    def embedder(self, settings: RunSettings) -> Embedder:
+        from .embedder import SentenceTransformerEmbedder
+        return self._get(("embedder", settings.embedder), lambda: SentenceTransformerEmbedder(settings.embedder))
+
+    def close(self) -> None:
+        with self._lock:
+            for backend in self._cache.values():
+                close = getattr(backend, "close", None)
+                if close is not None:
+                    close()
+            self._cache.clear()

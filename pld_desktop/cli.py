@@ -1,0 +1,366 @@
+"""The `pld` command: drive the same engine as the desktop app from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .core.progress import ProgressBase
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_QUOTA, EXIT_CANCELLED = 0, 1, 2, 4, 130
+
+
+class ConsoleProgress(ProgressBase):
+    """Progress bars with ETA on stderr (tqdm); the first Ctrl-C asks the run to stop after the items in flight."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        super().__init__()
+        self.quiet = quiet
+        self._bar: Any = None
+
+    def on_begin(self, stage: str, total: int) -> None:
+        if self.quiet:
+            return
+        from tqdm import tqdm
+        if self._bar is not None:
+            self._bar.close()
+        self._bar = tqdm(total=total, desc=stage, unit="item", file=sys.stderr, dynamic_ncols=True,
+                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
+
+    def on_report(self, done: int, total: int, message: str) -> None:
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.n = done
+            self._bar.refresh()
+
+    def on_log(self, message: str, level: str) -> None:
+        if self.quiet and level == "info":
+            return
+        prefix = "" if level == "info" else f"{level}: "
+        if self._bar is not None:
+            self._bar.write(prefix + message, file=sys.stderr)
+        else:
+            print(prefix + message, file=sys.stderr)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _install_sigint(progress: ConsoleProgress) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        if progress.cancelled():
+            raise KeyboardInterrupt
+        progress.cancel()
+        print("\nStopping after the items in flight (press Ctrl-C again to stop at once)...", file=sys.stderr)
+    signal.signal(signal.SIGINT, handler)
+
+
+# ---------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------
+def _parse_ratios(text: str) -> tuple[float, float, float]:
+    parts = [float(p) for p in text.replace("/", ",").split(",")]
+    if len(parts) != 3:
+        raise ValueError("--ratios takes three numbers, e.g. 60/20/20 or 0.6,0.2,0.2")
+    total = sum(parts)
+    return tuple(p / total for p in parts)  # type: ignore[return-value]
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .core.dataset import ColumnMapping, SplitSettings, load_dataset
+    from .core.project import Project
+    from .core.settings import RunSettings, save_settings
+
+    train, dev, test = _parse_ratios(args.ratios)
+    mapping = ColumnMapping(text_columns=tuple(args.text), label_column=args.label,
+                            template=args.template.replace("\\n", "\n") if args.template else None,
+                            id_column=args.id, split_column=args.split_column, group_column=args.group,
+                            keep_source_split=args.keep_split)
+    dataset = load_dataset(args.csv, mapping, SplitSettings(train, dev, test, args.seed))
+    for w in dataset.warnings:
+        print(f"warning: {w.message}", file=sys.stderr)
+    project = Project.create(args.project, overwrite=args.force)
+    try:
+        project.store_dataset(dataset, Path(args.csv).name)
+        settings = RunSettings(seed=args.seed)
+        if args.task:
+            settings.task = args.task
+        save_settings(project, settings)
+    finally:
+        project.close()
+    counts = {s: sum(1 for r in dataset.rows if r.split == s) for s in ("train", "dev", "test")}
+    print(f"Created {args.project}: {len(dataset.rows)} rows, labels {', '.join(dataset.labels)}; "
+          f"train {counts['train']} / dev {counts['dev']} / test {counts['test']} (test is locked).")
+    return EXIT_OK
+
+
+def _apply_run_overrides(settings: Any, args: argparse.Namespace) -> None:
+    pairs = {"teacher": "teacher", "teacher_model": "teacher_model", "teacher_gguf": "teacher_gguf",
+             "student": "student_gguf", "base_url": "teacher_base_url", "concurrency": "teacher_concurrency",
+             "max_iterations": "loop_max_iterations", "max_test": "max_test_examples", "n_ctx": "student_n_ctx",
+             "task": "task", "sample_size": "loop_sample_size"}
+    for arg, field in pairs.items():
+        value = getattr(args, arg, None)
+        if value is not None:
+            setattr(settings, field, value)
+
+
+def _estimate(project: Any, settings: Any, phases: Sequence[int]) -> str:
+    train = project.examples(split="train")
+    todo = len(train) - len(project.micro_rule_example_ids()) if 1 in phases else 0
+    chars = sum(len(e.text) for e in train) / max(1, len(train))
+    tokens_in = int(todo * (chars / 4 + 350))
+    tokens_out = todo * 180
+    cost = (tokens_in * settings.price_in_per_million + tokens_out * settings.price_out_per_million) / 1e6
+    return (f"Phase 1 needs about {todo} teacher calls (~{tokens_in:,} input and ~{tokens_out:,} output tokens, "
+            f"~${cost:.2f} at the configured prices); phases 2-3 add about {max(1, int(len(train) ** 0.5))} + "
+            f"{settings.loop_max_iterations} calls.")
+
+
+def _run(project_path: str, args: argparse.Namespace, phases: Sequence[int], command: str,
+         settings_override: Any = None) -> int:
+    from .backends.factory import DefaultBackends
+    from .core.pipeline import PHASE_NAMES, run_pipeline
+    from .core.project import Project
+    from .core.settings import load_settings
+
+    project = Project.open(project_path)
+    progress = ConsoleProgress(quiet=getattr(args, "quiet", False))
+    backends = DefaultBackends()
+    try:
+        if not project.has_dataset():
+            print("error: the project has no dataset; create it with 'pld init'.", file=sys.stderr)
+            return EXIT_INPUT
+        settings = settings_override or load_settings(project)
+        _apply_run_overrides(settings, args)
+        if settings.teacher == "gemini" and (1 in phases or 2 in phases or 3 in phases):
+            print(_estimate(project, settings, phases), file=sys.stderr)
+            if sys.stdin.isatty() and not getattr(args, "yes", False):
+                if input("Start the paid teacher run? [y/N] ").strip().lower() not in ("y", "yes"):
+                    return EXIT_CANCELLED
+        _install_sigint(progress)
+        started = time.monotonic()
+        report = run_pipeline(project, settings, backends, progress, phases=phases, command=command)
+        progress.close()
+        if report.status == "cancelled":
+            print(report.message, file=sys.stderr)
+            return EXIT_CANCELLED
+        if report.status == "quota_exhausted":
+            print(report.message, file=sys.stderr)
+            return EXIT_QUOTA
+        print(f"Finished phases {', '.join(PHASE_NAMES[p] for p in sorted(phases))} "
+              f"in {time.monotonic() - started:.0f} s.", file=sys.stderr)
+        _print_status(project)
+        return EXIT_OK
+    finally:
+        progress.close()
+        backends.close()
+        project.close()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    phases = args.phase or [1, 2, 3, 4]
+    return _run(args.project, args, phases, "run")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.rule_set is not None:
+        from .core.project import Project
+        with Project.open(args.project) as project:
+            project.rule_set(args.rule_set)  # clear error if it does not exist
+            project.set_setting("chosen_rule_set_id", args.rule_set)
+    return _run(args.project, args, [4], "eval")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .core.export import export_rule_set
+    from .core.project import Project
+    with Project.open(args.project) as project:
+        out = Path(args.out) if args.out else Path(args.project).resolve().parent / "exports"
+        paths = export_rule_set(project, out, tuple(args.format), rule_set_id=args.rule_set)
+    for p in paths:
+        print(p)
+    return EXIT_OK
+
+
+def _status_dict(project: Any) -> dict[str, Any]:
+    from .core.pipeline import PHASE_NAMES
+    info = project.dataset_info() or {}
+    counts = {r["split"]: r["n"] for r in project.query("SELECT split, COUNT(*) AS n FROM examples GROUP BY split")}
+    phases = project.phase_states()
+    evals = {}
+    last = project.get_setting("last_evaluation") or {}
+    for kind in ("pld", "zero_shot", "few_shot"):
+        if kind in last:
+            m = project.evaluation(last[kind])["metrics"] or {}
+            evals[kind] = {"macro_f1": m.get("macro_f1"), "accuracy": m.get("accuracy"),
+                           "latency_p50_s": m.get("latency_p50_s")}
+    return {
+        "project": str(project.path), "dataset": info.get("source_name"), "rows": info.get("n_rows"),
+        "labels": info.get("labels"), "splits": counts,
+        "phases": {PHASE_NAMES[p]: {"state": phases[p]["state"], "done": phases[p]["done"],
+                                    "total": phases[p]["total"], "message": phases[p]["message"]}
+                   for p in sorted(phases)},
+        "micro_rules": len(project.micro_rule_example_ids()),
+        "failed_items": project.query("SELECT COUNT(*) AS n FROM failed_items")[0]["n"],
+        "rule_sets": len(project.rule_sets()),
+        "chosen_rule_set": project.get_setting("chosen_rule_set_id"),
+        "teacher": project.teacher_totals(),
+        "evaluation": evals,
+    }
+
+
+def _print_status(project: Any) -> None:
+    s = _status_dict(project)
+    print(f"Project {s['project']}")
+    print(f"  dataset: {s['dataset']} ({s['rows']} rows; labels {', '.join(s['labels'] or [])}; "
+          f"splits {s['splits']})")
+    for name, ph in s["phases"].items():
+        print(f"  {name:<12} {ph['state']:<10} {ph['done']}/{ph['total']}  {ph['message'] or ''}")
+    t = s["teacher"]
+    print(f"  teacher: {t['calls']} calls ({t['failed']} failed), {t['prompt_tokens']:,} in / "
+          f"{t['output_tokens'] + t['thoughts_tokens']:,} out tokens, ${t['cost_usd']:.4f}")
+    print(f"  micro-rules: {s['micro_rules']}, rule-set versions: {s['rule_sets']}, chosen: {s['chosen_rule_set']}")
+    for kind, m in s["evaluation"].items():
+        print(f"  test {kind:<10} macro-F1 {m['macro_f1']:.3f}  accuracy {m['accuracy']:.3f}  "
+              f"p50 {m['latency_p50_s']:.3f} s")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .core.project import Project
+    with Project.open(args.project, read_only=True) as project:
+        if args.json:
+            print(json.dumps(_status_dict(project), indent=2))
+        else:
+            _print_status(project)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .core.dataset import ColumnMapping, SplitSettings, load_dataset
+    from .core.project import Project
+    from .core.settings import RunSettings, load_settings, save_settings
+    from .resources import DEMO_MEANINGS, DEMO_TASK, demo_csv
+
+    folder = Path(args.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "demo.pld"
+    if not path.exists():
+        dataset = load_dataset(demo_csv(), ColumnMapping(("message",), "label", id_column="id"), SplitSettings())
+        project = Project.create(path)
+        try:
+            project.store_dataset(dataset, demo_csv().name)
+            save_settings(project, RunSettings(task=DEMO_TASK, label_meanings=dict(DEMO_MEANINGS), teacher="local",
+                                               loop_max_iterations=args.max_iterations))
+        finally:
+            project.close()
+        print(f"Created {path} from the bundled demo dataset ({len(dataset.rows)} rows).", file=sys.stderr)
+    else:
+        print(f"Resuming {path}.", file=sys.stderr)
+    with Project.open(path) as project:
+        settings = load_settings(project)
+    code = _run(str(path), args, [1, 2, 3, 4], "demo", settings)
+    if code != EXIT_OK:
+        return code
+    with Project.open(path) as project:
+        for p in __import__("pld_desktop.core.export", fromlist=["x"]).export_rule_set(project, folder / "exports"):
+            print(p)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pld", description="Prompt-Level Distillation: labelled CSV -> rule prompt.")
+    p.add_argument("--version", action="version", version=f"pld {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    i = sub.add_parser("init", help="create a project from a CSV")
+    i.add_argument("project")
+    i.add_argument("--csv", required=True)
+    i.add_argument("--text", nargs="+", required=True, metavar="COL", help="input column(s)")
+    i.add_argument("--label", required=True, metavar="COL")
+    i.add_argument("--template", help=r"how input columns combine, e.g. 'Contract: {contract}\nHypothesis: {hyp}'")
+    i.add_argument("--id", metavar="COL")
+    i.add_argument("--split-column", metavar="COL")
+    i.add_argument("--keep-split", action="store_true", help="use the source's split column")
+    i.add_argument("--group", metavar="COL", help="rows of one group never straddle splits")
+    i.add_argument("--ratios", default="60/20/20")
+    i.add_argument("--seed", type=int, default=13)
+    i.add_argument("--task", help="task description the student reads")
+    i.add_argument("--force", action="store_true", help="overwrite an existing project file")
+    i.set_defaults(func=cmd_init)
+
+    def run_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--teacher", choices=["gemini", "local"])
+        sp.add_argument("--teacher-model", help="Gemini model name")
+        sp.add_argument("--teacher-gguf", help="GGUF file for the local teacher")
+        sp.add_argument("--base-url", help="Gemini endpoint (proxies, tests)")
+        sp.add_argument("--concurrency", type=int)
+        sp.add_argument("--student", help="student GGUF (default: bundled Gemma 3 270M)")
+        sp.add_argument("--n-ctx", type=int, help="student context size")
+        sp.add_argument("--max-iterations", type=int)
+        sp.add_argument("--sample-size", type=int, help="closed-loop training sample per round")
+        sp.add_argument("--max-test", type=int, help="evaluate on at most N test examples")
+        sp.add_argument("--yes", action="store_true", help="do not ask before a paid teacher run")
+        sp.add_argument("--quiet", action="store_true")
+
+    r = sub.add_parser("run", help="run phases (all by default); a rerun resumes")
+    r.add_argument("project")
+    r.add_argument("--phase", type=int, action="append", choices=[1, 2, 3, 4], help="phase to run (repeatable)")
+    r.add_argument("--task")
+    run_options(r)
+    r.set_defaults(func=cmd_run)
+
+    e = sub.add_parser("eval", help="phase 4: rule set vs zero-shot and 5-shot on the test split")
+    e.add_argument("project")
+    e.add_argument("--rule-set", type=int, help="rule-set version to evaluate (default: the chosen one)")
+    run_options(e)
+    e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("export", help="write the prompt as .txt, .md and .json")
+    x.add_argument("project")
+    x.add_argument("--out", help="output folder (default: exports/ beside the project)")
+    x.add_argument("--format", nargs="+", default=["txt", "md", "json"], choices=["txt", "md", "json"])
+    x.add_argument("--rule-set", type=int)
+    x.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("status", help="phase states, counts, tokens, cost, metrics")
+    s.add_argument("project")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    d = sub.add_parser("demo", help="run the bundled demo end to end on the embedded models")
+    d.add_argument("--dir", default="pld-demo", help="folder for demo.pld and its exports")
+    d.add_argument("--max-iterations", type=int, default=2)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .backends.bundled import ModelFileError
+    from .core.backends import PromptTooLong, TeacherError
+    from .core.dataset import DatasetError
+    from .core.project import ProjectFileError
+    try:
+        return int(args.func(args) or 0)
+    except (DatasetError, ProjectFileError, ModelFileError, PromptTooLong, TeacherError, ValueError,
+            FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("Stopped. Completed items are saved; rerun the same command to resume.", file=sys.stderr)
+        return EXIT_CANCELLED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

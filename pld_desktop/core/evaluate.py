@@ -1,0 +1,63 @@
+"""Run the student over a set of examples with one system prompt, resumably, and score it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from typing import Any, Sequence
+
+from .backends import Student
+from .metrics import classification_metrics
+from .progress import Progress, check
+from .project import Example, Project
+from .prompts import sha256_text
+
+
+def student_record(student: Student) -> dict[str, Any]:
+    return {**asdict(student.identity), "n_ctx": student.n_ctx}
+
+
+def evaluation_key(prompt_sha256: str, student: Student, split: str, example_ids: Sequence[int]) -> str:
+    ids = ",".join(str(i) for i in sorted(example_ids))
+    raw = json.dumps([prompt_sha256, student.identity.sha256, student.n_ctx, split, ids])
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def evaluate_prompt(project: Project, student: Student, prompt_text: str, examples: Sequence[Example], *,
+                    kind: str, split: str, progress: Progress, rule_set_id: int | None = None,
+                    stage: str = "") -> tuple[int, dict[str, Any]]:
+    """Classify `examples` with `prompt_text`; predictions are committed one by one and reused on rerun.
+
+    Returns (evaluation id, metrics). The same prompt, student, split and examples always map to the same
+    evaluation, so resuming after a crash or re-scoring an unchanged rule set costs nothing.
+    """
+    labels = project.labels()
+    prompt_sha = sha256_text(prompt_text)
+    if examples:
+        longest = max(examples, key=lambda e: len(e.text))
+        student.check_fits(prompt_text, longest.text, labels)
+    eval_id = project.get_or_create_evaluation(
+        cache_key=evaluation_key(prompt_sha, student, split, [e.id for e in examples]), kind=kind,
+        rule_set_id=rule_set_id, split=split, prompt_text=prompt_text, prompt_sha256=prompt_sha,
+        student=student_record(student), n_examples=len(examples))
+    existing = project.evaluation(eval_id)
+    done = project.predictions(eval_id)
+    if existing["status"] == "done" and len(done) == len(examples):
+        return eval_id, existing["metrics"]
+    progress.begin(stage or f"Scoring {kind} on {split}", len(examples))
+    progress.report(len(done), len(examples), "resumed" if done else "")
+    for example in examples:
+        if example.id in done:
+            continue
+        check(progress)
+        pred = student.classify(prompt_text, example.text, labels)
+        project.add_prediction(eval_id, example.id, pred.label, pred.probs, pred.latency_s)
+        done[example.id] = {"predicted": pred.label, "probs": pred.probs, "latency_s": pred.latency_s}
+        progress.report(len(done), len(examples), example.ext_id)
+    gold = [e.label for e in examples]
+    predicted = [done[e.id]["predicted"] for e in examples]
+    latencies = [done[e.id]["latency_s"] for e in examples]
+    metrics = classification_metrics(gold, predicted, labels, latencies)
+    project.finish_evaluation(eval_id, metrics)
+    return eval_id, metrics

@@ -1,0 +1,180 @@
+"""Export a rule set and its evaluation as .txt (the exact prompt bytes), .md (readable) and .json (complete)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from .project import Project
+from .prompts import student_user_message
+
+FORMATS = ("txt", "md", "json")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Temp file in the same folder, fsync, then replace: a reader never sees a half-written export."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
+
+
+def md_escape(text: str) -> str:
+    """Escape Markdown/HTML syntax in user- or teacher-written text so it renders as plain text."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def _fence(text: str) -> str:
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    ticks = "`" * max(3, longest + 1)
+    return f"{ticks}text\n{text}\n{ticks}"
+
+
+def export_payload(project: Project, rule_set_id: int | None = None) -> dict[str, Any]:
+    """Everything the exports say, gathered once from the project."""
+    last = project.get_setting("last_evaluation") or {}
+    rs_id = rule_set_id or last.get("rule_set_id") or project.get_setting("chosen_rule_set_id") \
+        or project.get_setting("synthesis_rule_set_id")
+    if rs_id is None:
+        raise ValueError("Nothing to export yet: the project has no rule set (run phases 1-2 first).")
+    rs = project.rule_set(rs_id)
+    evaluations: dict[str, Any] = {}
+    if last.get("rule_set_id") == rs_id:
+        for kind in ("pld", "zero_shot", "few_shot"):
+            if kind in last:
+                evaluations[kind] = project.evaluation(last[kind])
+    pld_eval = evaluations.get("pld")
+    if pld_eval is not None and pld_eval["prompt_sha256"] != rs.prompt_sha256:
+        raise RuntimeError("The evaluated prompt differs from the rule set's prompt; refusing to export.")
+    micro = {m["id"]: m for m in project.micro_rules()}
+    rules = []
+    for r in rs.rules:
+        rules.append({**r, "micro_rules": [{"id": mid, "rule": micro[mid]["rule"], "example": micro[mid]["ext_id"]}
+                                           for mid in r.get("micro_rule_ids", []) if mid in micro]})
+    info = project.dataset_info() or {}
+    settings = project.settings().get("run_settings", {})
+    return {
+        "rule_set": rs, "rules": rules, "conflicts": project.conflicts(rs_id), "evaluations": evaluations,
+        "dataset": {"source_name": info.get("source_name"), "source_sha256": info.get("source_sha256"),
+                    "dataset_hash": info.get("dataset_hash"), "n_rows": info.get("n_rows"),
+                    "labels": info.get("labels"), "mapping": info.get("mapping")},
+        "teacher_models": sorted({r["model"] for r in project.query("SELECT DISTINCT model FROM teacher_calls")}),
+        "embedder": settings.get("embedder") or "bundled all-MiniLM-L6-v2",
+        "teacher_usage": project.teacher_totals(),
+    }
+
+
+def render_txt(payload: dict[str, Any]) -> bytes:
+    return payload["rule_set"].prompt_text.encode("utf-8")
+
+
+def render_json(payload: dict[str, Any]) -> bytes:
+    rs = payload["rule_set"]
+    evals = payload["evaluations"]
+    doc = {
+        "format": "pld-desktop.rule-set/1",
+        "app_version": __version__,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "rule_set": {"id": rs.id, "parent_id": rs.parent_id, "reason": rs.reason, "origin": rs.origin,
+                     "round": rs.round, "task": rs.task, "labels": rs.labels, "label_meanings": rs.meanings},
+        "prompt": {"text": rs.prompt_text, "sha256": rs.prompt_sha256,
+                   "student_user_message_template": student_user_message("{system_prompt}", "{input}")},
+        "rules": payload["rules"],
+        "conflicts": [{k: c[k] for k in ("rule_a", "rule_b", "source", "reason", "evidence")}
+                      for c in payload["conflicts"]],
+        "metrics": {k: v["metrics"] for k, v in evals.items()},
+        "models": {"student": evals["pld"]["student"] if "pld" in evals else None,
+                   "teachers": payload["teacher_models"], "embedder": payload["embedder"]},
+        "dataset": payload["dataset"],
+        "teacher_usage": payload["teacher_usage"],
+    }
+    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def render_md(payload: dict[str, Any]) -> bytes:
+    rs = payload["rule_set"]
+    evals = payload["evaluations"]
+    out = [f"# Rule set v{rs.id}", "",
+           f"- Made by: {md_escape(rs.reason)}",
+           f"- Prompt sha256: `{rs.prompt_sha256}`",
+           f"- Dataset: {md_escape(payload['dataset'].get('source_name') or '')} "
+           f"({payload['dataset'].get('n_rows')} rows, hash `{(payload['dataset'].get('dataset_hash') or '')[:16]}`)",
+           f"- Exported by PLD Desktop {__version__}", ""]
+    if evals:
+        student = evals.get("pld", next(iter(evals.values())))["student"]
+        out += ["## Results on the test split", "",
+                f"Student: {md_escape(student.get('name', ''))} (sha256 `{student.get('sha256', '')[:16]}`), "
+                f"{next(iter(evals.values()))['n_examples']} test examples.", "",
+                "| prompt | macro-F1 | accuracy | latency p50 (s) | latency p95 (s) |", "|---|---|---|---|---|"]
+        names = {"pld": "PLD rules", "zero_shot": "zero-shot", "few_shot": "5-shot"}
+        for kind, ev in evals.items():
+            m = ev["metrics"]
+            out.append(f"| {names.get(kind, kind)} | {m['macro_f1']:.3f} | {m['accuracy']:.3f} | "
+                       f"{m['latency_p50_s']:.3f} | {m['latency_p95_s']:.3f} |")
+        out.append("")
+    out += ["## Task", "", md_escape(rs.task), "", "## Labels", ""]
+    out += [f"- **{md_escape(lab)}**" + (f": {md_escape(rs.meanings[lab])}" if rs.meanings.get(lab) else "")
+            for lab in rs.labels]
+    out += ["", "## Rules", ""]
+    number = 0
+    for lab in rs.labels:
+        group = [r for r in payload["rules"] if r["label"] == lab]
+        if not group:
+            continue
+        out += [f"### {md_escape(lab)}", ""]
+        for r in group:
+            number += 1
+            state = "" if r.get("enabled", True) else " *(disabled)*"
+            out.append(f"{number}. {md_escape(r['text'])}{state}  ")
+            out.append(f"   *{md_escape(r['uid'])}, from {len(r.get('micro_rule_ids', []))} micro-rules, "
+                       f"{len(r.get('example_ids', []))} examples*")
+        out.append("")
+    if payload["conflicts"]:
+        out += ["## Conflicts", "", "| rules | found by | reason |", "|---|---|---|"]
+        for c in payload["conflicts"]:
+            out.append(f"| {md_escape(c['rule_a'])} / {md_escape(c['rule_b'])} | {md_escape(c['source'])} | "
+                       f"{md_escape(c['reason'])} |")
+        out.append("")
+    out += ["## The exact system prompt", "", _fence(rs.prompt_text), ""]
+    return "\n".join(out).encode("utf-8")
+
+
+RENDERERS = {"txt": render_txt, "md": render_md, "json": render_json}
+
+
+def export_rule_set(project: Project, out_dir: str | os.PathLike, formats: tuple[str, ...] = FORMATS, *,
+                    stem: str | None = None, rule_set_id: int | None = None) -> list[Path]:
+    """Write the chosen formats atomically into `out_dir`; returns the written paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = export_payload(project, rule_set_id)
+    rs = payload["rule_set"]
+    stem = stem or f"{project.path.stem}-rules-v{rs.id}"
+    written = []
+    for fmt in formats:
+        if fmt not in RENDERERS:
+            raise ValueError(f"Unknown export format '{fmt}'; choose from {', '.join(FORMATS)}.")
+        data = RENDERERS[fmt](payload)
+        path = out_dir / f"{stem}.{fmt}"
+        write_atomic(path, data)
+        pld = payload["evaluations"].get("pld")
+        project.record_export(path, fmt, hashlib.sha256(data).hexdigest(), rs.id, pld["id"] if pld else None)
+        written.append(path)
+    return written

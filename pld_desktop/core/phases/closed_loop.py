@@ -1,0 +1,177 @@
+"""Phase 3, closed-loop conflict resolution: the student's mistakes on training data make the teacher repair the rules.
+
+Every candidate is saved as a rule-set version and scored on dev; it is accepted only if dev macro-F1 improves
+by more than `loop_min_delta`. The loop stops after `loop_patience` rounds without improvement or
+`loop_max_iterations` rounds. The best version on dev becomes the chosen rule set.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from ..backends import Student, Teacher, TeacherRequest
+from ..evaluate import evaluate_prompt
+from ..progress import Progress, check
+from ..project import Example, Project
+from ..prompts import PromptRule, build_rules_prompt, sha256_text
+from ..settings import RunSettings
+from ..teacher_calls import TeacherJob, run_teacher_jobs
+from ..teacher_prompts import RESOLUTION_SYSTEM, resolution_schema, resolution_user
+
+PHASE = 3
+
+
+@dataclass
+class LoopReport:
+    start_rule_set_id: int = 0
+    chosen_rule_set_id: int = 0
+    start_dev_f1: float = 0.0
+    best_dev_f1: float = 0.0
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    stopped_because: str = ""
+
+
+def stratified_sample(examples: Sequence[Example], n: int, seed: int) -> list[Example]:
+    """Up to n examples, as evenly spread over labels as the data allows, deterministic for a seed."""
+    rng = random.Random(seed)
+    by_label: dict[str, list[Example]] = {}
+    for e in examples:
+        by_label.setdefault(e.label, []).append(e)
+    for items in by_label.values():
+        rng.shuffle(items)
+    out: list[Example] = []
+    labels = sorted(by_label)
+    while len(out) < n and any(by_label[lab] for lab in labels):
+        for lab in labels:
+            if by_label[lab] and len(out) < n:
+                out.append(by_label[lab].pop())
+    return sorted(out, key=lambda e: e.id)
+
+
+def prompt_for(project: Project, rule_set_id: int) -> str:
+    return project.rule_set(rule_set_id).prompt_text
+
+
+def score_on_dev(project: Project, student: Student, rule_set_id: int, progress: Progress, stage: str) -> float:
+    dev = project.examples(split="dev")
+    _, metrics = evaluate_prompt(project, student, prompt_for(project, rule_set_id), dev, kind="pld", split="dev",
+                                 progress=progress, rule_set_id=rule_set_id, stage=stage)
+    return float(metrics["macro_f1"])
+
+
+def _enabled_rules(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rules if r.get("enabled", True)]
+
+
+def run_closed_loop(project: Project, teacher: Teacher, student: Student, settings: RunSettings,
+                    progress: Progress, *, start_rule_set_id: int | None = None) -> LoopReport:
+    start = start_rule_set_id or project.get_setting("synthesis_rule_set_id")
+    if start is None:
+        project.set_phase(PHASE, "failed", 0, 0, "No rule set: run phase 2 first.")
+        raise ValueError("Phase 3 needs a rule set; run phase 2 (synthesis) first.")
+    labels = tuple(project.labels())
+    train = project.examples(split="train")
+    report = LoopReport(start_rule_set_id=start)
+    project.set_phase(PHASE, "running", 0, settings.loop_max_iterations, "scoring the starting rule set on dev")
+    best_id = start
+    best_f1 = score_on_dev(project, student, start, progress, "Phase 3: scoring the starting rules on dev")
+    report.start_dev_f1 = best_f1
+    current_id = start
+    no_gain = 0
+    for rnd in range(1, settings.loop_max_iterations + 1):
+        check(progress)
+        current = project.rule_set(current_id)
+        sample = stratified_sample(train, settings.loop_sample_size, settings.seed + rnd)
+        sample_eval, _ = evaluate_prompt(project, student, current.prompt_text, sample, kind="pld", split="train",
+                                         progress=progress, rule_set_id=current_id,
+                                         stage=f"Phase 3 round {rnd}: student on {len(sample)} training examples")
+        preds = project.predictions(sample_eval)
+        failures = [e for e in sample if preds[e.id]["predicted"] != e.label]
+        successes = [e for e in sample if preds[e.id]["predicted"] == e.label]
+        if not failures:
+            report.stopped_because = f"no failures on the training sample in round {rnd}"
+            break
+        fail_pick = stratified_sample(failures, settings.loop_max_failures, settings.seed + 100 + rnd)
+        ok_pick = stratified_sample(successes, settings.loop_max_successes, settings.seed + 200 + rnd)
+        rules = _enabled_rules(current.rules)
+        user = resolution_user(settings.task, labels, current.meanings, [(r["text"], r["label"]) for r in rules],
+                               [(e.text, e.label, preds[e.id]["predicted"]) for e in fail_pick],
+                               [(e.text, e.label) for e in ok_pick])
+        job = TeacherJob(f"round:{rnd}:from:{current_id}",
+                         TeacherRequest(RESOLUTION_SYSTEM, user, resolution_schema(labels), "resolution"),
+                         tuple(e.id for e in fail_pick + ok_pick))
+        progress.begin(f"Phase 3 round {rnd}: teacher rewrites the rules", 1)
+        outcomes, _ = run_teacher_jobs(project, teacher, [job], progress, phase=PHASE,
+                                       max_attempts=settings.teacher_max_attempts)
+        parsed = outcomes[job.key].parsed
+        round_row: dict[str, Any] = {"round": rnd, "base": current_id, "failures": len(failures),
+                                     "sample": len(sample)}
+        if parsed is None or not getattr(parsed, "rules"):
+            round_row.update(candidate=None, accepted=False, note="teacher reply failed")
+            report.rounds.append(round_row)
+            _record_round(project, rnd, current_id, None, None, best_f1, False, "teacher reply failed")
+            no_gain += 1
+            if no_gain >= settings.loop_patience:
+                report.stopped_because = f"no improvement for {no_gain} rounds"
+                break
+            continue
+        new_rules = _provenance(parsed, rules, rnd)
+        prompt = build_rules_prompt(current.task, list(labels), [PromptRule(r["text"], r["label"]) for r in new_rules],
+                                    current.meanings)
+        cand_id = project.find_rule_set(origin="resolution", parent_id=current_id, rules=new_rules, task=current.task,
+                                        labels=list(labels), meanings=current.meanings)
+        if cand_id is None:
+            cand_id = project.add_rule_set(
+                parent_id=current_id, reason=f"resolution round {rnd}: {getattr(parsed, 'root_cause')[:300]}",
+                origin="resolution", round=rnd, task=current.task, labels=list(labels), meanings=current.meanings,
+                rules=new_rules, prompt_text=prompt, prompt_sha256=sha256_text(prompt))
+            for pair in getattr(parsed, "conflicts"):
+                a, b = pair.rule_a, pair.rule_b
+                if 1 <= a <= len(new_rules) and 1 <= b <= len(new_rules) and a != b:
+                    project.add_conflict(cand_id, new_rules[a - 1]["uid"], new_rules[b - 1]["uid"], "teacher",
+                                         pair.reason, {"named_by": "teacher", "round": rnd})
+        f1 = score_on_dev(project, student, cand_id, progress, f"Phase 3 round {rnd}: scoring the candidate on dev")
+        accepted = f1 > best_f1 + settings.loop_min_delta
+        _record_round(project, rnd, current_id, cand_id, f1, best_f1, accepted, getattr(parsed, "root_cause"))
+        round_row.update(candidate=cand_id, dev_macro_f1=f1, accepted=accepted)
+        report.rounds.append(round_row)
+        progress.log(f"Round {rnd}: candidate v{cand_id} dev macro-F1 {f1:.3f} vs best {best_f1:.3f} -> "
+                     f"{'accepted' if accepted else 'rejected'}")
+        project.set_phase(PHASE, "running", rnd, settings.loop_max_iterations, f"round {rnd} done")
+        if accepted:
+            best_id, best_f1, current_id, no_gain = cand_id, f1, cand_id, 0
+        else:
+            no_gain += 1
+            if no_gain >= settings.loop_patience:
+                report.stopped_because = f"no improvement for {no_gain} round(s) (patience {settings.loop_patience})"
+                break
+    else:
+        report.stopped_because = f"reached max_iterations ({settings.loop_max_iterations})"
+    report.chosen_rule_set_id, report.best_dev_f1 = best_id, best_f1
+    project.set_setting("chosen_rule_set_id", best_id)
+    msg = (f"chosen v{best_id}: dev macro-F1 {best_f1:.3f} (start {report.start_dev_f1:.3f}); "
+           f"{len(report.rounds)} round(s); stopped: {report.stopped_because}")
+    project.set_phase(PHASE, "done", len(report.rounds), settings.loop_max_iterations, msg)
+    progress.log(msg)
+    return report
+
+
+def _provenance(parsed: Any, old_rules: list[dict[str, Any]], rnd: int) -> list[dict[str, Any]]:
+    """Rewritten rules inherit the micro-rules and examples of the rules they say they come from."""
+    out = []
+    for i, r in enumerate(getattr(parsed, "rules"), 1):
+        sources = [old_rules[n - 1] for n in getattr(r, "from_rules", []) if 1 <= n <= len(old_rules)]
+        out.append({"uid": f"R{i}", "text": " ".join(r.rule.split()), "label": r.label, "enabled": True,
+                    "cluster_id": None,
+                    "micro_rule_ids": sorted({m for s in sources for m in s.get("micro_rule_ids", [])}),
+                    "example_ids": sorted({m for s in sources for m in s.get("example_ids", [])}),
+                    "from_rules": [s["uid"] for s in sources], "origin": f"resolution round {rnd}"})
+    return out
+
+
+def _record_round(project: Project, rnd: int, base: int, cand: int | None, f1: float | None, base_f1: float,
+                  accepted: bool, root_cause: str) -> None:
+    project.add_loop_round(round=rnd, base_rule_set_id=base, candidate_rule_set_id=cand, dev_macro_f1=f1,
+                           base_dev_macro_f1=base_f1, accepted=int(accepted), root_cause=root_cause)

@@ -1,0 +1,79 @@
+"""Phase 4, evaluation: the chosen rule set zero-shot on the locked test split, against zero-shot and few-shot."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..backends import Student
+from ..evaluate import evaluate_prompt
+from ..progress import Progress
+from ..project import Example, Project
+from ..prompts import FewShotExample, build_few_shot_prompt, build_zero_shot_prompt
+from ..settings import RunSettings
+
+PHASE = 4
+
+
+@dataclass
+class EvaluationReport:
+    rule_set_id: int
+    n_examples: int
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> {"evaluation_id", "metrics"}
+
+
+def few_shot_examples(train: list[Example], k: int, seed: int) -> list[Example]:
+    """k training examples, one per label first (round-robin), fixed by the seed."""
+    rng = random.Random(seed)
+    by_label: dict[str, list[Example]] = {}
+    for e in train:
+        by_label.setdefault(e.label, []).append(e)
+    for items in by_label.values():
+        rng.shuffle(items)
+    picked: list[Example] = []
+    while len(picked) < k and any(by_label.values()):
+        for lab in sorted(by_label):
+            if by_label[lab] and len(picked) < k:
+                picked.append(by_label[lab].pop())
+    rng.shuffle(picked)
+    return picked
+
+
+def test_examples(project: Project, settings: RunSettings) -> list[Example]:
+    test = project.examples(split="test")
+    if settings.max_test_examples and len(test) > settings.max_test_examples:
+        test = sorted(random.Random(settings.seed).sample(test, settings.max_test_examples), key=lambda e: e.id)
+    return test
+
+
+def run_evaluation(project: Project, student: Student, settings: RunSettings, progress: Progress, *,
+                   rule_set_id: int | None = None) -> EvaluationReport:
+    rs_id = rule_set_id or project.get_setting("chosen_rule_set_id") or project.get_setting("synthesis_rule_set_id")
+    if rs_id is None:
+        project.set_phase(PHASE, "failed", 0, 0, "No rule set to evaluate: run phases 2-3 first.")
+        raise ValueError("Phase 4 needs a rule set; run phase 2 (and 3) first.")
+    rs = project.rule_set(rs_id)
+    labels = project.labels()
+    test = test_examples(project, settings)
+    shots = few_shot_examples(project.examples(split="train"), settings.few_shot_k, settings.seed)
+    prompts = {
+        "pld": rs.prompt_text,
+        "zero_shot": build_zero_shot_prompt(rs.task, labels, rs.meanings),
+        "few_shot": build_few_shot_prompt(rs.task, labels, [FewShotExample(e.text, e.label) for e in shots],
+                                          rs.meanings),
+    }
+    report = EvaluationReport(rule_set_id=rs_id, n_examples=len(test))
+    project.set_phase(PHASE, "running", 0, len(prompts), "")
+    for n, (kind, prompt) in enumerate(prompts.items(), 1):
+        eval_id, metrics = evaluate_prompt(project, student, prompt, test, kind=kind, split="test", progress=progress,
+                                           rule_set_id=rs_id if kind == "pld" else None,
+                                           stage=f"Phase 4: {kind.replace('_', '-')} on {len(test)} test examples")
+        report.results[kind] = {"evaluation_id": eval_id, "metrics": metrics}
+        project.set_phase(PHASE, "running", n, len(prompts), f"{kind} done")
+    project.set_setting("last_evaluation", {k: v["evaluation_id"] for k, v in report.results.items()} |
+                        {"rule_set_id": rs_id})
+    summary = ", ".join(f"{k} macro-F1 {v['metrics']['macro_f1']:.3f}" for k, v in report.results.items())
+    project.set_phase(PHASE, "done", len(prompts), len(prompts), summary)
+    progress.log(summary)
+    return report

@@ -1,0 +1,266 @@
+"""Phase 2, clustering and logic synthesis: embed micro-rules, cluster them, merge each cluster, find conflicts.
+
+Decision (see method.md "known weakness": synthesis drops minority labels): micro-rules are clustered
+*within each gold label*, so every label keeps at least one consolidated rule and each merged rule names
+exactly one label. Cross-label overlap is then caught as conflicts (similarity and co-firing evidence).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..backends import Embedder, Teacher, TeacherRequest
+from ..clustering import centroid_order, cluster_rules, map_2d
+from ..progress import Progress, check
+from ..project import Project
+from ..prompts import PromptRule, build_rules_prompt, sha256_text
+from ..settings import RunSettings
+from ..teacher_calls import TeacherJob, run_teacher_jobs
+from ..teacher_prompts import (MERGE_SYSTEM, REVIEW_SYSTEM, Review, merge_schema, merge_user, review_user)
+
+PHASE = 2
+
+
+@dataclass
+class SynthesisReport:
+    micro_rules: int = 0
+    clusters: int = 0
+    noise_rules: int = 0
+    rules: int = 0
+    conflicts: int = 0
+    failed_merges: int = 0
+    rule_set_id: int | None = None
+    methods: dict[str, str] = field(default_factory=dict)
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def embed_cached(project: Project, embedder: Embedder, texts: Sequence[str], progress: Progress) -> np.ndarray:
+    """Embeddings for `texts`, computed once per (model, text) and kept in the project file."""
+    hashes = [text_hash(t) for t in texts]
+    cached = project.cached_embeddings(embedder.model_id, hashes)
+    missing = sorted({h: t for h, t in zip(hashes, texts) if h not in cached}.items())
+    progress.begin("Phase 2: embedding rules", len(set(hashes)))
+    done = len(set(hashes)) - len(missing)
+    batch = 256
+    for start in range(0, len(missing), batch):
+        check(progress)
+        chunk = missing[start:start + batch]
+        vecs = np.asarray(embedder.embed([t for _, t in chunk]), dtype=np.float32)
+        project.store_embeddings(embedder.model_id, [(h, vecs.shape[1], v.tobytes()) for (h, _), v in zip(chunk, vecs)])
+        for (h, _), v in zip(chunk, vecs):
+            cached[h] = v.tobytes()
+        done += len(chunk)
+        progress.report(done, len(set(hashes)), "embedded")
+    return np.stack([np.frombuffer(cached[h], dtype=np.float32) for h in hashes]) if hashes else np.zeros((0, 1))
+
+
+def _clustering_key(micro: list[dict[str, Any]], embedder: Embedder, settings: RunSettings) -> str:
+    raw = json.dumps([[m["id"], m["rule"], m["label"]] for m in micro] +
+                     [embedder.model_id, settings.dbscan_eps, settings.dbscan_min_samples])
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _cluster_and_store(project: Project, micro: list[dict[str, Any]], vectors: np.ndarray, embedder: Embedder,
+                       settings: RunSettings, report: SynthesisReport) -> str:
+    """Cluster per label and store clusters + members + map coordinates (once per identical input)."""
+    key = _clustering_key(micro, embedder, settings)
+    if project.query("SELECT 1 FROM clusterings WHERE key = ?", [key]):
+        return key
+    coords = map_2d(vectors)
+    report_json: dict[str, Any] = {}
+    planned: list[tuple[str, int, list[int]]] = []  # (label, cluster index, member positions)
+    for label in project.labels():
+        idx = [i for i, m in enumerate(micro) if m["label"] == label]
+        if not idx:
+            continue
+        result = cluster_rules(vectors[idx], settings.dbscan_eps, settings.dbscan_min_samples)
+        report_json[label] = {"method": result.method, "degenerate": result.degenerate_reason,
+                              "clusters": result.n_clusters, "noise_fraction": result.noise_fraction,
+                              "tried": result.tried}
+        groups: dict[int, list[int]] = {}
+        for local, c in zip(idx, result.labels):
+            groups.setdefault(int(c), []).append(local)
+        if -1 in groups and len(groups) == 1:
+            # A label whose rules are all noise still needs a rule: treat them as one cluster.
+            groups = {0: groups.pop(-1)}
+            report_json[label]["note"] = "all rules were noise; merged as one cluster so the label keeps a rule"
+        planned += [(label, c, members) for c, members in sorted(groups.items())]
+    with project.transaction() as conn:
+        conn.execute("INSERT INTO clusterings (key, method, params_json, report_json, created_at) VALUES (?,?,?,?,?)",
+                     [key, "per-label dbscan",
+                      json.dumps({"eps": settings.dbscan_eps, "min_samples": settings.dbscan_min_samples,
+                                  "embedder": embedder.model_id}),
+                      json.dumps({"labels": report_json,
+                                  "points": {str(m["id"]): [float(x), float(y)] for m, (x, y) in zip(micro, coords)}}),
+                      time.time()])
+        for label, c, members in planned:
+            xy = coords[members].mean(axis=0)
+            cur = conn.execute(
+                "INSERT INTO clusters (clustering_key, label, cluster_index, is_noise, size, map_x, map_y) "
+                "VALUES (?,?,?,?,?,?,?)", [key, label, c, int(c < 0), len(members), float(xy[0]), float(xy[1])])
+            conn.executemany("INSERT INTO cluster_members (cluster_id, micro_rule_id) VALUES (?,?)",
+                             [(cur.lastrowid, micro[i]["id"]) for i in members])
+    return key
+
+
+def latest_clustering(project: Project) -> str | None:
+    rows = project.query("SELECT key FROM clusterings ORDER BY rowid DESC LIMIT 1")
+    return rows[0]["key"] if rows else None
+
+
+def clusters_of(project: Project, key: str) -> list[dict[str, Any]]:
+    clusters = project.query("SELECT * FROM clusters WHERE clustering_key = ? ORDER BY label, cluster_index, id",
+                             [key])
+    for c in clusters:
+        c["micro_rule_ids"] = [r["micro_rule_id"] for r in project.query(
+            "SELECT micro_rule_id FROM cluster_members WHERE cluster_id = ? ORDER BY micro_rule_id", [c["id"]])]
+    return clusters
+
+
+def run_synthesis(project: Project, teacher: Teacher, embedder: Embedder, settings: RunSettings,
+                  progress: Progress) -> SynthesisReport:
+    report = SynthesisReport()
+    micro = project.micro_rules()
+    report.micro_rules = len(micro)
+    if not micro:
+        project.set_phase(PHASE, "failed", 0, 0, "No micro-rules: run phase 1 first.")
+        raise ValueError("Phase 2 needs micro-rules; run phase 1 (extraction) first.")
+    project.set_phase(PHASE, "running", 0, 0, "embedding")
+    vectors = embed_cached(project, embedder, [m["rule"] for m in micro], progress)
+    by_id = {m["id"]: i for i, m in enumerate(micro)}
+    key = _cluster_and_store(project, micro, vectors, embedder, settings, report)
+    clusters = clusters_of(project, key)
+    real = [c for c in clusters if not c["is_noise"]]
+    report.clusters = len(real)
+    report.noise_rules = sum(c["size"] for c in clusters if c["is_noise"])
+    labels = tuple(project.labels())
+
+    # Merge each cluster (the members closest to the centroid first, capped to keep the request small).
+    jobs: list[TeacherJob] = []
+    for c in real:
+        idx = [by_id[m] for m in c["micro_rule_ids"]]
+        order = [idx[j] for j in centroid_order(vectors[idx])][: settings.merge_max_members]
+        rules = [micro[i]["rule"] for i in order]
+        request = TeacherRequest(MERGE_SYSTEM, merge_user(settings.task, c["label"], rules), merge_schema(labels),
+                                 "merge")
+        jobs.append(TeacherJob(f"cluster:{c['id']}", request, tuple(micro[i]["example_id"] for i in order)))
+    progress.begin("Phase 2: merging clusters", len(jobs))
+    outcomes, stats = run_teacher_jobs(project, teacher, jobs, progress, phase=PHASE,
+                                       max_attempts=settings.teacher_max_attempts)
+    report.failed_merges = stats.failed
+
+    rules: list[dict[str, Any]] = []
+    for c in real:
+        outcome = outcomes.get(f"cluster:{c['id']}")
+        members = c["micro_rule_ids"]
+        if outcome is None or outcome.parsed is None:
+            # Keep the cluster's knowledge: fall back to its most central micro-rule, marked as such.
+            idx = [by_id[m] for m in members]
+            text = micro[idx[int(centroid_order(vectors[idx])[0])]]["rule"]
+            origin = "central micro-rule (merge failed)"
+        else:
+            text = getattr(outcome.parsed, "rule").strip()
+            origin = "merged"
+        rules.append({"uid": f"C{c['id']}", "text": text, "label": c["label"], "enabled": True,
+                      "cluster_id": c["id"], "micro_rule_ids": members,
+                      "example_ids": sorted(micro[by_id[m]]["example_id"] for m in members), "origin": origin})
+    rules.sort(key=lambda r: (labels.index(r["label"]), -len(r["micro_rule_ids"])))
+    for i, r in enumerate(rules, 1):
+        r["uid"] = f"R{i}"
+
+    # Review: label meanings + teacher-named conflicts.
+    meanings = dict(settings.label_meanings)
+    teacher_conflicts: list[tuple[int, int, str]] = []
+    if rules:
+        review_job = TeacherJob("review", TeacherRequest(REVIEW_SYSTEM, review_user(
+            settings.task, labels, [(r["text"], r["label"]) for r in rules]), Review, "review"))
+        progress.begin("Phase 2: reviewing rules", 1)
+        rev, _ = run_teacher_jobs(project, teacher, [review_job], progress, phase=PHASE,
+                                  max_attempts=settings.teacher_max_attempts)
+        parsed = rev["review"].parsed if "review" in rev else None
+        if parsed is not None:
+            for lm in parsed.label_meanings:  # type: ignore[attr-defined]
+                if lm.label in labels and lm.label not in meanings and lm.meaning.strip():
+                    meanings[lm.label] = " ".join(lm.meaning.split())
+            for pair in parsed.conflicts:  # type: ignore[attr-defined]
+                teacher_conflicts.append((pair.rule_a, pair.rule_b, pair.reason))
+    meanings = {lab: meanings[lab] for lab in labels if lab in meanings}
+
+    prompt = build_rules_prompt(settings.task, list(labels), [PromptRule(r["text"], r["label"]) for r in rules],
+                                meanings)
+    existing = project.find_rule_set(origin="synthesis", parent_id=None, rules=rules, task=settings.task,
+                                     labels=list(labels), meanings=meanings)
+    if existing is None:
+        rs_id = project.add_rule_set(
+            parent_id=None, reason=f"synthesis: {len(rules)} rules from {len(micro)} micro-rules in "
+                                   f"{len(real)} clusters ({report.noise_rules} noise rules kept aside)",
+            origin="synthesis", round=None, task=settings.task, labels=list(labels), meanings=meanings, rules=rules,
+            prompt_text=prompt, prompt_sha256=sha256_text(prompt))
+        rule_vecs = embedder_vectors_for_rules(project, embedder, rules, progress)
+        store_conflicts(project, rs_id, rules, rule_vecs, teacher_conflicts, micro, vectors, settings)
+    else:
+        rs_id = existing
+    report.rule_set_id = rs_id
+    report.rules = len(rules)
+    report.conflicts = len(project.conflicts(rs_id))
+    project.set_setting("synthesis_rule_set_id", rs_id)
+    msg = (f"{len(rules)} rules from {len(micro)} micro-rules ({len(real)} clusters, {report.noise_rules} noise "
+           f"rules kept aside, {report.conflicts} conflicts, {report.failed_merges} merges failed)")
+    project.set_phase(PHASE, "done", len(real), len(real), msg)
+    progress.log(msg)
+    return report
+
+
+def embedder_vectors_for_rules(project: Project, embedder: Embedder, rules: list[dict[str, Any]],
+                               progress: Progress) -> np.ndarray:
+    return embed_cached(project, embedder, [r["text"] for r in rules], progress)
+
+
+def store_conflicts(project: Project, rule_set_id: int, rules: list[dict[str, Any]], rule_vecs: np.ndarray,
+                    teacher_pairs: list[tuple[int, int, str]], micro: list[dict[str, Any]] | None,
+                    micro_vecs: np.ndarray | None, settings: RunSettings) -> None:
+    """Conflicts from the teacher, from similar rules with different labels, and from co-firing on training items."""
+    seen: set[tuple[str, str]] = set()
+
+    def add(a: int, b: int, source: str, reason: str, evidence: Any) -> None:
+        ua, ub = sorted((rules[a]["uid"], rules[b]["uid"]))
+        if (ua, ub, source) in seen:  # type: ignore[comparison-overlap]
+            return
+        seen.add((ua, ub, source))  # type: ignore[arg-type]
+        project.add_conflict(rule_set_id, ua, ub, source, reason, evidence)
+
+    for a, b, reason in teacher_pairs:
+        if 1 <= a <= len(rules) and 1 <= b <= len(rules) and a != b and rules[a - 1]["label"] != rules[b - 1]["label"]:
+            add(a - 1, b - 1, "teacher", reason, {"named_by": "teacher"})
+    if len(rules) < 2:
+        return
+    sims = rule_vecs @ rule_vecs.T
+    for a in range(len(rules)):
+        for b in range(a + 1, len(rules)):
+            if rules[a]["label"] != rules[b]["label"] and sims[a, b] >= settings.conflict_similarity:
+                add(a, b, "similarity", f"The rules are very similar (cosine {sims[a, b]:.2f}) but lead to "
+                                        f"{rules[a]['label']} and {rules[b]['label']}.",
+                    {"cosine": round(float(sims[a, b]), 4)})
+    if micro is None or micro_vecs is None or not len(micro):
+        return
+    fires = (micro_vecs @ rule_vecs.T) >= settings.fire_similarity  # (items, rules)
+    pair_items: dict[tuple[int, int], list[str]] = {}
+    for i, row in enumerate(fires):
+        on = np.flatnonzero(row)
+        for x in range(len(on)):
+            for y in range(x + 1, len(on)):
+                a, b = int(on[x]), int(on[y])
+                if rules[a]["label"] != rules[b]["label"]:
+                    pair_items.setdefault((a, b), []).append(micro[i]["ext_id"])
+    for (a, b), items in sorted(pair_items.items(), key=lambda kv: -len(kv[1])):
+        add(a, b, "co-firing", f"Both rules apply to {len(items)} training item(s) but lead to different labels.",
+            {"examples": items[:10], "count": len(items)})

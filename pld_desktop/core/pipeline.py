@@ -1,0 +1,75 @@
+"""Runs the four phases in order on a project, creating each model backend only when a phase needs it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+from .backends import Embedder, Student, Teacher
+from .phases.closed_loop import run_closed_loop
+from .phases.evaluation import run_evaluation
+from .phases.extraction import run_extraction
+from .phases.synthesis import run_synthesis
+from .progress import Cancelled, Progress
+from .project import Project
+from .settings import RunSettings, save_settings
+from .teacher_calls import QuotaExhausted
+
+PHASE_NAMES = {1: "Extraction", 2: "Synthesis", 3: "Closed loop", 4: "Evaluation"}
+
+
+class BackendProvider(Protocol):
+    """Creates (and later closes) the model backends for a run's settings."""
+
+    def teacher(self, settings: RunSettings) -> Teacher: ...
+
+    def student(self, settings: RunSettings) -> Student: ...
+
+    def embedder(self, settings: RunSettings) -> Embedder: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class PipelineReport:
+    phases: dict[int, Any] = field(default_factory=dict)
+    status: str = "done"  # done | cancelled | quota_exhausted | failed
+    message: str = ""
+
+
+def run_pipeline(project: Project, settings: RunSettings, backends: BackendProvider, progress: Progress, *,
+                 phases: Sequence[int] = (1, 2, 3, 4), command: str = "run") -> PipelineReport:
+    """Run `phases` in order; a cancelled or quota-stopped run leaves a resumable state and says so."""
+    save_settings(project, settings)
+    project.start_run(command, settings.to_json())
+    report = PipelineReport()
+    current = 0
+    try:
+        for phase in sorted(phases):
+            current = phase
+            if phase == 1:
+                report.phases[1] = run_extraction(project, backends.teacher(settings), settings, progress)
+            elif phase == 2:
+                report.phases[2] = run_synthesis(project, backends.teacher(settings), backends.embedder(settings),
+                                                 settings, progress)
+            elif phase == 3:
+                report.phases[3] = run_closed_loop(project, backends.teacher(settings), backends.student(settings),
+                                                   settings, progress)
+            elif phase == 4:
+                report.phases[4] = run_evaluation(project, backends.student(settings), settings, progress)
+            else:
+                raise ValueError(f"There is no phase {phase}; phases are 1-4.")
+    except Cancelled:
+        report.status, report.message = "cancelled", f"Stopped during phase {current}; rerun to resume."
+        project.set_phase(current, "cancelled", message=report.message)
+    except QuotaExhausted as exc:
+        report.status, report.message = "quota_exhausted", str(exc)
+        project.set_phase(current, "paused", message=report.message)
+    except BaseException as exc:
+        report.status, report.message = "failed", f"Phase {current} failed: {exc}"
+        if not isinstance(exc, KeyboardInterrupt):
+            project.set_phase(current, "failed", message=str(exc)[:500])
+        project.finish_run("failed" if not isinstance(exc, KeyboardInterrupt) else "cancelled")
+        raise
+    project.finish_run(report.status)
+    return report

@@ -1,0 +1,627 @@
+"""The project file: one SQLite document (.pld) holding data, settings, teacher calls, rules and results.
+
+Document model: a *live document* (SQLite's application-file-format advice): every completed item is
+committed as it happens, so there is no Save and a crash loses at most the items in flight. Save As is a
+backup-API copy written atomically. The schema is versioned with sqlite-utils migrations; a file with
+migrations this build does not know (a newer app) is refused before anything is written to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+APPLICATION_ID = 0x504C4444  # "PLDD" at header offset 68
+SQLITE_MAGIC = b"SQLite format 3\x00"
+MIGRATION_SET = "pld_desktop"
+
+migrations = Migrations(MIGRATION_SET)
+
+
+class ProjectFileError(Exception):
+    """The file cannot be used as a project (not a project, corrupt, too new, not writable...)."""
+
+
+class ProjectTooNew(ProjectFileError):
+    pass
+
+
+# ---------------------------------------------------------------------------
+# Schema
+# ---------------------------------------------------------------------------
+@migrations()
+def m001_initial(db: Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+        CREATE TABLE dataset (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            source_name TEXT, source_sha256 TEXT, encoding TEXT,
+            mapping_json TEXT NOT NULL, split_json TEXT NOT NULL,
+            labels_json TEXT NOT NULL, columns_json TEXT NOT NULL,
+            dataset_hash TEXT NOT NULL, n_rows INTEGER NOT NULL, imported_at REAL NOT NULL);
+
+        CREATE TABLE examples (
+            id INTEGER PRIMARY KEY, ext_id TEXT NOT NULL UNIQUE, source_row INTEGER NOT NULL,
+            text TEXT NOT NULL, label TEXT NOT NULL,
+            split TEXT NOT NULL CHECK (split IN ('train', 'dev', 'test')), grp TEXT);
+        CREATE INDEX examples_split ON examples (split);
+
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY, started_at REAL NOT NULL, finished_at REAL,
+            status TEXT NOT NULL, command TEXT, settings_json TEXT);
+
+        CREATE TABLE phases (
+            phase INTEGER PRIMARY KEY, state TEXT NOT NULL, done INTEGER NOT NULL DEFAULT 0,
+            total INTEGER NOT NULL DEFAULT 0, message TEXT, run_id INTEGER, updated_at REAL NOT NULL);
+
+        CREATE TABLE teacher_calls (
+            id INTEGER PRIMARY KEY, request_hash TEXT NOT NULL, kind TEXT NOT NULL, model TEXT NOT NULL,
+            example_id INTEGER, request_json TEXT NOT NULL, response_text TEXT,
+            status TEXT NOT NULL CHECK (status IN ('ok', 'invalid', 'error')), error TEXT,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0, output_tokens INTEGER NOT NULL DEFAULT 0,
+            thoughts_tokens INTEGER NOT NULL DEFAULT 0, total_tokens INTEGER NOT NULL DEFAULT 0,
+            cost_usd REAL NOT NULL DEFAULT 0, latency_s REAL NOT NULL DEFAULT 0,
+            attempt INTEGER NOT NULL DEFAULT 1, run_id INTEGER, created_at REAL NOT NULL);
+        CREATE INDEX teacher_calls_hash ON teacher_calls (request_hash, status);
+
+        CREATE TABLE micro_rules (
+            id INTEGER PRIMARY KEY, example_id INTEGER NOT NULL UNIQUE REFERENCES examples(id),
+            reasoning TEXT NOT NULL, rule TEXT NOT NULL, label TEXT NOT NULL,
+            teacher_call_id INTEGER REFERENCES teacher_calls(id), created_at REAL NOT NULL);
+
+        CREATE TABLE failed_items (
+            id INTEGER PRIMARY KEY, phase INTEGER NOT NULL, item_key TEXT NOT NULL, reason TEXT NOT NULL,
+            run_id INTEGER, created_at REAL NOT NULL);
+
+        CREATE TABLE embeddings (
+            model TEXT NOT NULL, text_hash TEXT NOT NULL, dim INTEGER NOT NULL, vector BLOB NOT NULL,
+            PRIMARY KEY (model, text_hash));
+
+        CREATE TABLE clusterings (
+            key TEXT PRIMARY KEY, method TEXT NOT NULL, params_json TEXT NOT NULL,
+            report_json TEXT NOT NULL, created_at REAL NOT NULL);
+        CREATE TABLE clusters (
+            id INTEGER PRIMARY KEY, clustering_key TEXT NOT NULL REFERENCES clusterings(key),
+            label TEXT NOT NULL, cluster_index INTEGER NOT NULL, is_noise INTEGER NOT NULL,
+            size INTEGER NOT NULL, map_x REAL, map_y REAL);
+        CREATE TABLE cluster_members (
+            cluster_id INTEGER NOT NULL REFERENCES clusters(id), micro_rule_id INTEGER NOT NULL,
+            PRIMARY KEY (cluster_id, micro_rule_id));
+
+        CREATE TABLE rule_sets (
+            id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES rule_sets(id),
+            reason TEXT NOT NULL, origin TEXT NOT NULL, round INTEGER,
+            task TEXT NOT NULL, labels_json TEXT NOT NULL, meanings_json TEXT NOT NULL,
+            rules_json TEXT NOT NULL, prompt_text TEXT NOT NULL, prompt_sha256 TEXT NOT NULL,
+            content_hash TEXT NOT NULL, created_at REAL NOT NULL);
+        CREATE INDEX rule_sets_content ON rule_sets (content_hash);
+        -- Rule sets are immutable; a trigger makes that a property of the file, not of the code.
+        CREATE TRIGGER rule_sets_immutable BEFORE UPDATE ON rule_sets
+            BEGIN SELECT RAISE(ABORT, 'rule-set versions are immutable'); END;
+
+        CREATE TABLE conflicts (
+            id INTEGER PRIMARY KEY, rule_set_id INTEGER NOT NULL REFERENCES rule_sets(id),
+            rule_a TEXT NOT NULL, rule_b TEXT NOT NULL, source TEXT NOT NULL,
+            reason TEXT NOT NULL, evidence_json TEXT NOT NULL, created_at REAL NOT NULL);
+
+        CREATE TABLE evaluations (
+            id INTEGER PRIMARY KEY, cache_key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+            rule_set_id INTEGER REFERENCES rule_sets(id), split TEXT NOT NULL,
+            prompt_text TEXT NOT NULL, prompt_sha256 TEXT NOT NULL,
+            student_json TEXT NOT NULL, n_examples INTEGER NOT NULL,
+            status TEXT NOT NULL, metrics_json TEXT, created_at REAL NOT NULL, finished_at REAL);
+        CREATE TABLE predictions (
+            evaluation_id INTEGER NOT NULL REFERENCES evaluations(id), example_id INTEGER NOT NULL,
+            predicted TEXT NOT NULL, probs_json TEXT NOT NULL, latency_s REAL NOT NULL,
+            PRIMARY KEY (evaluation_id, example_id));
+
+        CREATE TABLE loop_rounds (
+            id INTEGER PRIMARY KEY, round INTEGER NOT NULL, base_rule_set_id INTEGER NOT NULL,
+            candidate_rule_set_id INTEGER, dev_macro_f1 REAL, base_dev_macro_f1 REAL,
+            accepted INTEGER NOT NULL DEFAULT 0, root_cause TEXT, run_id INTEGER, created_at REAL NOT NULL);
+
+        CREATE TABLE exports (
+            id INTEGER PRIMARY KEY, path TEXT NOT NULL, format TEXT NOT NULL, sha256 TEXT NOT NULL,
+            rule_set_id INTEGER, evaluation_id INTEGER, created_at REAL NOT NULL);
+        """
+    )
+
+
+KNOWN_MIGRATIONS = ("m001_initial",)
+
+# Keys that must never be stored in the project file (secrets live in the keyring or the environment).
+_SECRET_MARKERS = ("api_key", "apikey", "secret", "password", "token_value")
+
+
+# ---------------------------------------------------------------------------
+# Plain records returned to callers
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Example:
+    id: int
+    ext_id: str
+    text: str
+    label: str
+    split: str
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class RuleSetRecord:
+    id: int
+    parent_id: int | None
+    reason: str
+    origin: str
+    round: int | None
+    task: str
+    labels: list[str]
+    meanings: dict[str, str]
+    rules: list[dict[str, Any]]
+    prompt_text: str
+    prompt_sha256: str
+    created_at: float
+
+
+def content_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _check_header(path: Path) -> None:
+    """Refuse anything that is not an SQLite file with our application id, without writing to it."""
+    if path.is_dir():
+        raise ProjectFileError(f"{path} is a folder, not a project file.")
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(100)
+    except PermissionError:
+        raise ProjectFileError(f"Cannot read {path}: permission denied.") from None
+    except OSError as exc:
+        raise ProjectFileError(f"Cannot read {path}: {exc.strerror}.") from None
+    if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
+        raise ProjectFileError(f"{path.name} is not a PLD project file (it is not an SQLite database).")
+    app_id = int.from_bytes(header[68:72], "big")
+    if app_id != APPLICATION_ID:
+        raise ProjectFileError(
+            f"{path.name} is an SQLite database but not a PLD project file (application id {app_id:#x}).")
+
+
+def _read_only_checks(path: Path) -> None:
+    """Integrity and schema-version checks on a read-only connection (the file is never modified)."""
+    uri = f"file:{path.resolve()}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as exc:
+        raise ProjectFileError(f"Cannot open {path.name}: {exc}.") from None
+    try:
+        try:
+            result = conn.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise ProjectFileError(f"{path.name} is damaged and cannot be opened ({exc}).") from None
+        if result != "ok":
+            raise ProjectFileError(f"{path.name} is damaged: {result}.")
+        try:
+            names = {r[0] for r in conn.execute(
+                "SELECT name FROM _sqlite_migrations WHERE migration_set = ?", [MIGRATION_SET])}
+        except sqlite3.DatabaseError:
+            raise ProjectFileError(f"{path.name} is not a PLD project file (no schema record).") from None
+        unknown = names - set(KNOWN_MIGRATIONS)
+        if unknown:
+            raise ProjectTooNew(
+                f"{path.name} was written by a newer version of PLD Desktop (schema steps "
+                f"{', '.join(sorted(unknown))}); update the app to open it. The file was not changed.")
+    finally:
+        conn.close()
+
+
+class Project:
+    """An open project file.
+
+    Threading contract: one `Project` object is used by one thread at a time (an internal lock makes
+    concurrent use safe but serial). Worker threads return results to the phase thread, which writes.
+    """
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, *, read_only: bool = False) -> None:
+        self.path = path
+        self.read_only = read_only
+        self._conn = conn
+        self.db = Database(conn)
+        self.lock = threading.RLock()
+        self.run_id: int | None = None
+
+    # -- opening ------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | os.PathLike, *, overwrite: bool = False) -> "Project":
+        path = Path(path)
+        if path.exists():
+            if not overwrite:
+                raise ProjectFileError(f"{path} already exists; choose another name or pass --force.")
+            path.unlink()
+        if not path.parent.exists():
+            raise ProjectFileError(f"The folder {path.parent} does not exist.")
+        if not os.access(path.parent, os.W_OK):
+            raise ProjectFileError(f"Cannot create {path.name}: the folder {path.parent} is not writable.")
+        tmp = path.with_name(path.name + ".creating")
+        try:
+            conn = sqlite3.connect(tmp, check_same_thread=False)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            db = Database(conn)
+            migrations.apply(db)
+            conn.close()
+            os.replace(tmp, path)  # a half-created project never appears under the user's name
+        except sqlite3.Error as exc:
+            tmp.unlink(missing_ok=True)
+            raise ProjectFileError(f"Cannot create {path.name}: {exc}.") from None
+        return cls.open(path)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, read_only: bool = False) -> "Project":
+        path = Path(path)
+        if not path.exists():
+            raise ProjectFileError(f"Project file not found: {path}")
+        _check_header(path)
+        _read_only_checks(path)
+        if not read_only and not os.access(path, os.W_OK):
+            raise ProjectFileError(f"{path.name} is read-only; open it read-only or copy it somewhere writable.")
+        if not read_only and not os.access(path.parent, os.W_OK):
+            # SQLite needs to create a journal file beside the document.
+            raise ProjectFileError(f"The folder of {path.name} is not writable, so changes cannot be saved safely.")
+        if read_only:
+            conn = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
+            conn.execute("PRAGMA journal_mode = DELETE")  # one file the user can copy or mail
+            conn.execute("PRAGMA foreign_keys = ON")
+            db = Database(conn)
+            if migrations.pending(db):  # upgrade an older file step by step, each in a transaction
+                migrations.apply(db)
+        return cls(path, conn, read_only=read_only)
+
+    def close(self) -> None:
+        with self.lock:
+            self._conn.close()
+
+    def __enter__(self) -> "Project":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def integrity_check(self) -> str:
+        with self.lock:
+            return self._conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+    def save_as(self, target: str | os.PathLike) -> Path:
+        """Copy the live document with the backup API into a temp file beside the target, then replace."""
+        target = Path(target)
+        tmp = target.with_name(target.name + ".saving")
+        with self.lock:
+            dst = sqlite3.connect(tmp)
+            try:
+                self._conn.backup(dst)
+            finally:
+                dst.close()
+        os.replace(tmp, target)
+        return target
+
+    # -- low-level helpers -----------------------------------------------------
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        with self.lock:
+            return self._conn.execute(sql, params)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self.lock:
+            cur = self._conn.execute(sql, params)
+            cols = [c[0] for c in cur.description]
+            return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one write in its own transaction (commit per completed item) and return lastrowid."""
+        if self.read_only:
+            raise ProjectFileError(f"{self.path.name} is open read-only.")
+        with self.lock:
+            try:
+                with self._conn:
+                    cur = self._conn.execute(sql, params)
+            except sqlite3.OperationalError as exc:
+                raise ProjectFileError(_friendly_sqlite_error(self.path, exc)) from None
+            return cur.lastrowid or 0
+
+    def transaction(self) -> "_Txn":
+        if self.read_only:
+            raise ProjectFileError(f"{self.path.name} is open read-only.")
+        return _Txn(self)
+
+    # -- settings (never secrets) --------------------------------------------------------
+    def set_setting(self, key: str, value: Any) -> None:
+        lowered = key.lower()
+        if any(marker in lowered for marker in _SECRET_MARKERS):
+            raise ValueError(f"Refusing to store '{key}' in the project file: secrets live in the OS keyring.")
+        self._write("INSERT INTO settings (key, value) VALUES (?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, json.dumps(value)])
+
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        rows = self.query("SELECT value FROM settings WHERE key = ?", [key])
+        return json.loads(rows[0]["value"]) if rows else default
+
+    def settings(self) -> dict[str, Any]:
+        return {r["key"]: json.loads(r["value"]) for r in self.query("SELECT key, value FROM settings")}
+
+    # -- dataset ----------------------------------------------------------------
+    def has_dataset(self) -> bool:
+        return bool(self.query("SELECT 1 FROM dataset"))
+
+    def store_dataset(self, dataset: Any, source_name: str) -> None:
+        """Store an `ImportedDataset` (see core.dataset) in one transaction. Refuses to replace data."""
+        if self.has_dataset():
+            raise ProjectFileError("This project already has a dataset; create a new project for another CSV.")
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO examples (ext_id, source_row, text, label, split, grp) VALUES (?, ?, ?, ?, ?, ?)",
+                [(r.ext_id, r.source_row, r.text, r.label, r.split, r.group) for r in dataset.rows])
+            conn.execute(
+                "INSERT INTO dataset (id, source_name, source_sha256, encoding, mapping_json, split_json, "
+                "labels_json, columns_json, dataset_hash, n_rows, imported_at) VALUES (1,?,?,?,?,?,?,?,?,?,?)",
+                [source_name, dataset.source_sha256, dataset.encoding, json.dumps(dataset.mapping.to_json()),
+                 json.dumps(dataset.split_settings.to_json()), json.dumps(dataset.labels),
+                 json.dumps(dataset.columns), dataset.dataset_hash(), len(dataset.rows), time.time()])
+
+    def dataset_info(self) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM dataset")
+        if not rows:
+            return None
+        info = rows[0]
+        for key in ("mapping_json", "split_json", "labels_json", "columns_json"):
+            info[key[:-5]] = json.loads(info.pop(key))
+        return info
+
+    def labels(self) -> list[str]:
+        info = self.dataset_info()
+        if info is None:
+            raise ProjectFileError("The project has no dataset yet; import a CSV first.")
+        return list(info["labels"])
+
+    def examples(self, split: str | None = None, ids: Iterable[int] | None = None) -> list[Example]:
+        sql = "SELECT id, ext_id, text, label, split, grp FROM examples"
+        params: list[Any] = []
+        if split is not None:
+            sql += " WHERE split = ?"
+            params.append(split)
+        sql += " ORDER BY id"
+        rows = [Example(r["id"], r["ext_id"], r["text"], r["label"], r["split"], r["grp"])
+                for r in self.query(sql, params)]
+        if ids is not None:
+            wanted = set(ids)
+            rows = [r for r in rows if r.id in wanted]
+        return rows
+
+    def split_of(self, example_ids: Iterable[int]) -> dict[int, str]:
+        ids = list(example_ids)
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        return {r["id"]: r["split"] for r in self.query(f"SELECT id, split FROM examples WHERE id IN ({marks})", ids)}
+
+    # -- runs and phase states --------------------------------------------------------
+    def start_run(self, command: str, settings: dict[str, Any]) -> int:
+        # Runs left "running" by a crash are marked as interrupted so the history stays truthful.
+        self._write("UPDATE runs SET status = 'interrupted' WHERE status = 'running'")
+        self.run_id = self._write("INSERT INTO runs (started_at, status, command, settings_json) VALUES (?,?,?,?)",
+                                  [time.time(), "running", command, json.dumps(settings)])
+        return self.run_id
+
+    def finish_run(self, status: str) -> None:
+        if self.run_id is not None:
+            self._write("UPDATE runs SET status = ?, finished_at = ? WHERE id = ?", [status, time.time(), self.run_id])
+
+    def set_phase(self, phase: int, state: str, done: int = 0, total: int = 0, message: str = "") -> None:
+        self._write("INSERT INTO phases (phase, state, done, total, message, run_id, updated_at) "
+                    "VALUES (?,?,?,?,?,?,?) ON CONFLICT(phase) DO UPDATE SET state=excluded.state, "
+                    "done=excluded.done, total=excluded.total, message=excluded.message, "
+                    "run_id=excluded.run_id, updated_at=excluded.updated_at",
+                    [phase, state, done, total, message, self.run_id, time.time()])
+
+    def phase_states(self) -> dict[int, dict[str, Any]]:
+        return {r["phase"]: r for r in self.query("SELECT * FROM phases ORDER BY phase")}
+
+    # -- teacher calls --------------------------------------------------------------------
+    def cached_teacher_reply(self, request_hash: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM teacher_calls WHERE request_hash = ? AND status = 'ok' "
+                          "ORDER BY id DESC LIMIT 1", [request_hash])
+        return rows[0] if rows else None
+
+    def record_teacher_call(self, **fields: Any) -> int:
+        fields.setdefault("created_at", time.time())
+        fields.setdefault("run_id", self.run_id)
+        cols = ",".join(fields)
+        return self._write(f"INSERT INTO teacher_calls ({cols}) VALUES ({','.join('?' * len(fields))})",
+                           list(fields.values()))
+
+    def teacher_totals(self) -> dict[str, Any]:
+        row = self.query(
+            "SELECT COUNT(*) AS calls, SUM(status = 'ok') AS ok, SUM(status != 'ok') AS failed, "
+            "COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, COALESCE(SUM(output_tokens), 0) AS output_tokens, "
+            "COALESCE(SUM(thoughts_tokens), 0) AS thoughts_tokens, COALESCE(SUM(total_tokens), 0) AS total_tokens, "
+            "COALESCE(SUM(cost_usd), 0) AS cost_usd FROM teacher_calls")[0]
+        return {k: (v or 0) for k, v in row.items()}
+
+    def record_failure(self, phase: int, item_key: str, reason: str) -> None:
+        self._write("INSERT INTO failed_items (phase, item_key, reason, run_id, created_at) VALUES (?,?,?,?,?)",
+                    [phase, item_key, reason, self.run_id, time.time()])
+
+    # -- micro-rules --------------------------------------------------------------------
+    def micro_rules(self) -> list[dict[str, Any]]:
+        return self.query("SELECT m.*, e.label AS gold_label, e.ext_id FROM micro_rules m "
+                          "JOIN examples e ON e.id = m.example_id ORDER BY m.id")
+
+    def micro_rule_example_ids(self) -> set[int]:
+        return {r["example_id"] for r in self.query("SELECT example_id FROM micro_rules")}
+
+    def add_micro_rule(self, example_id: int, reasoning: str, rule: str, label: str, teacher_call_id: int) -> int:
+        return self._write("INSERT OR IGNORE INTO micro_rules (example_id, reasoning, rule, label, teacher_call_id, "
+                           "created_at) VALUES (?,?,?,?,?,?)",
+                           [example_id, reasoning, rule, label, teacher_call_id, time.time()])
+
+    # -- embeddings -------------------------------------------------------------------------
+    def cached_embeddings(self, model: str, text_hashes: Sequence[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for start in range(0, len(text_hashes), 500):
+            chunk = list(text_hashes[start:start + 500])
+            marks = ",".join("?" * len(chunk))
+            for r in self.query(f"SELECT text_hash, vector FROM embeddings WHERE model = ? AND text_hash IN ({marks})",
+                                [model, *chunk]):
+                out[r["text_hash"]] = r["vector"]
+        return out
+
+    def store_embeddings(self, model: str, items: Iterable[tuple[str, int, bytes]]) -> None:
+        with self.transaction() as conn:
+            conn.executemany("INSERT OR REPLACE INTO embeddings (model, text_hash, dim, vector) VALUES (?,?,?,?)",
+                             [(model, h, d, v) for h, d, v in items])
+
+    # -- rule sets ------------------------------------------------------------------------
+    def add_rule_set(self, *, parent_id: int | None, reason: str, origin: str, round: int | None, task: str,
+                     labels: list[str], meanings: dict[str, str], rules: list[dict[str, Any]], prompt_text: str,
+                     prompt_sha256: str) -> int:
+        body = {"task": task, "labels": labels, "meanings": meanings, "rules": rules}
+        return self._write(
+            "INSERT INTO rule_sets (parent_id, reason, origin, round, task, labels_json, meanings_json, rules_json, "
+            "prompt_text, prompt_sha256, content_hash, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            [parent_id, reason, origin, round, task, json.dumps(labels), json.dumps(meanings),
+             json.dumps(rules, ensure_ascii=False), prompt_text, prompt_sha256, content_hash(body), time.time()])
+
+    def find_rule_set(self, *, origin: str, parent_id: int | None, rules: list[dict[str, Any]], task: str,
+                      labels: list[str], meanings: dict[str, str]) -> int | None:
+        """An identical version already saved (a resumed run must not duplicate versions)."""
+        h = content_hash({"task": task, "labels": labels, "meanings": meanings, "rules": rules})
+        rows = self.query("SELECT id FROM rule_sets WHERE content_hash = ? AND origin = ? AND parent_id IS ? "
+                          "ORDER BY id LIMIT 1", [h, origin, parent_id])
+        return rows[0]["id"] if rows else None
+
+    def rule_set(self, rule_set_id: int) -> RuleSetRecord:
+        rows = self.query("SELECT * FROM rule_sets WHERE id = ?", [rule_set_id])
+        if not rows:
+            raise ProjectFileError(f"There is no rule-set version {rule_set_id} in this project.")
+        r = rows[0]
+        return RuleSetRecord(r["id"], r["parent_id"], r["reason"], r["origin"], r["round"], r["task"],
+                             json.loads(r["labels_json"]), json.loads(r["meanings_json"]), json.loads(r["rules_json"]),
+                             r["prompt_text"], r["prompt_sha256"], r["created_at"])
+
+    def rule_sets(self) -> list[dict[str, Any]]:
+        return self.query("SELECT id, parent_id, reason, origin, round, prompt_sha256, created_at FROM rule_sets "
+                          "ORDER BY id")
+
+    def add_conflict(self, rule_set_id: int, rule_a: str, rule_b: str, source: str, reason: str,
+                     evidence: Any) -> int:
+        return self._write("INSERT INTO conflicts (rule_set_id, rule_a, rule_b, source, reason, evidence_json, "
+                           "created_at) VALUES (?,?,?,?,?,?,?)",
+                           [rule_set_id, rule_a, rule_b, source, reason, json.dumps(evidence, ensure_ascii=False),
+                            time.time()])
+
+    def conflicts(self, rule_set_id: int) -> list[dict[str, Any]]:
+        rows = self.query("SELECT * FROM conflicts WHERE rule_set_id = ? ORDER BY id", [rule_set_id])
+        for r in rows:
+            r["evidence"] = json.loads(r.pop("evidence_json"))
+        return rows
+
+    # -- evaluations ----------------------------------------------------------------------
+    def get_or_create_evaluation(self, *, cache_key: str, kind: str, rule_set_id: int | None, split: str,
+                                 prompt_text: str, prompt_sha256: str, student: dict[str, Any],
+                                 n_examples: int) -> int:
+        rows = self.query("SELECT id FROM evaluations WHERE cache_key = ?", [cache_key])
+        if rows:
+            return rows[0]["id"]
+        return self._write(
+            "INSERT INTO evaluations (cache_key, kind, rule_set_id, split, prompt_text, prompt_sha256, student_json, "
+            "n_examples, status, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [cache_key, kind, rule_set_id, split, prompt_text, prompt_sha256, json.dumps(student), n_examples,
+             "running", time.time()])
+
+    def predictions(self, evaluation_id: int) -> dict[int, dict[str, Any]]:
+        rows = self.query("SELECT * FROM predictions WHERE evaluation_id = ?", [evaluation_id])
+        return {r["example_id"]: {"predicted": r["predicted"], "probs": json.loads(r["probs_json"]),
+                                  "latency_s": r["latency_s"]} for r in rows}
+
+    def add_prediction(self, evaluation_id: int, example_id: int, predicted: str, probs: dict[str, float],
+                       latency_s: float) -> None:
+        self._write("INSERT OR REPLACE INTO predictions (evaluation_id, example_id, predicted, probs_json, latency_s) "
+                    "VALUES (?,?,?,?,?)", [evaluation_id, example_id, predicted, json.dumps(probs), latency_s])
+
+    def finish_evaluation(self, evaluation_id: int, metrics: dict[str, Any]) -> None:
+        self._write("UPDATE evaluations SET status = 'done', metrics_json = ?, finished_at = ? WHERE id = ?",
+                    [json.dumps(metrics), time.time(), evaluation_id])
+
+    def evaluation(self, evaluation_id: int) -> dict[str, Any]:
+        r = self.query("SELECT * FROM evaluations WHERE id = ?", [evaluation_id])[0]
+        r["metrics"] = json.loads(r.pop("metrics_json") or "null")
+        r["student"] = json.loads(r.pop("student_json"))
+        return r
+
+    def evaluations(self) -> list[dict[str, Any]]:
+        rows = self.query("SELECT id FROM evaluations ORDER BY id")
+        return [self.evaluation(r["id"]) for r in rows]
+
+    def add_loop_round(self, **fields: Any) -> int:
+        fields.setdefault("created_at", time.time())
+        fields.setdefault("run_id", self.run_id)
+        return self._write(f"INSERT INTO loop_rounds ({','.join(fields)}) VALUES ({','.join('?' * len(fields))})",
+                           list(fields.values()))
+
+    def loop_rounds(self) -> list[dict[str, Any]]:
+        return self.query("SELECT * FROM loop_rounds ORDER BY id")
+
+    def record_export(self, path: Path, fmt: str, sha256: str, rule_set_id: int | None,
+                      evaluation_id: int | None) -> None:
+        self._write("INSERT INTO exports (path, format, sha256, rule_set_id, evaluation_id, created_at) "
+                    "VALUES (?,?,?,?,?,?)", [str(path), fmt, sha256, rule_set_id, evaluation_id, time.time()])
+
+
+class _Txn:
+    """`with project.transaction() as conn:` - several writes committed together or not at all."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.project.lock.acquire()
+        self.project._conn.execute("BEGIN")
+        return self.project._conn
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is None:
+                try:
+                    self.project._conn.execute("COMMIT")
+                except sqlite3.OperationalError as err:
+                    self.project._conn.execute("ROLLBACK")
+                    raise ProjectFileError(_friendly_sqlite_error(self.project.path, err)) from None
+            else:
+                self.project._conn.execute("ROLLBACK")
+        finally:
+            self.project.lock.release()
+
+
+def _friendly_sqlite_error(path: Path, exc: sqlite3.Error) -> str:
+    text = str(exc)
+    if "disk" in text and "full" in text or "database or disk is full" in text:
+        return f"The disk holding {path.name} is full; nothing was lost, free some space and resume."
+    if "readonly" in text:
+        return f"{path.name} cannot be written (read-only file or folder)."
+    if "locked" in text:
+        return f"{path.name} is in use by another program or window."
+    return f"Could not write to {path.name}: {text}."
+
+
+def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
