@@ -1,0 +1,1 @@
+"""The Qt user interface: adapters over the core (the only package that imports PySide6)."""
