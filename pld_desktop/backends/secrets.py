@@ -1,0 +1,154 @@
+"""API key lookup (environment, then the OS keychain) and redaction of keys from any text we show or log."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass
+from typing import Iterable
+
+import keyring
+import keyring.errors
+
+log = logging.getLogger(__name__)
+
+KEYRING_SERVICE = "pld-desktop"
+REDACTED = "***"
+
+
+class SecretStoreError(RuntimeError):
+    """The OS keychain is missing or refused the operation. The message never contains the key."""
+
+
+@dataclass(frozen=True)
+class _ServiceKey:
+    env_vars: tuple[str, ...]
+    keyring_user: str
+
+
+_SERVICES: dict[str, _ServiceKey] = {
+    "gemini": _ServiceKey(env_vars=("GEMINI_API_KEY", "GOOGLE_API_KEY"), keyring_user="gemini-api-key"),
+}
+
+_NO_KEYCHAIN = "No OS keychain is available; set GEMINI_API_KEY instead"
+
+
+def _service(service: str) -> _ServiceKey:
+    try:
+        return _SERVICES[service]
+    except KeyError:
+        raise ValueError(f"unknown secret service {service!r}; known: {sorted(_SERVICES)}") from None
+
+
+def _from_env(spec: _ServiceKey) -> tuple[str, str] | None:
+    for name in spec.env_vars:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value, name
+    return None
+
+
+def _from_keyring(spec: _ServiceKey) -> str | None:
+    try:
+        value = keyring.get_password(KEYRING_SERVICE, spec.keyring_user)
+    except Exception as exc:  # noqa: BLE001 - any backend failure (no D-Bus, locked, ...) means "no key here"
+        log.debug("OS keychain unavailable for lookup: %s", type(exc).__name__)
+        return None
+    value = (value or "").strip()
+    return value or None
+
+
+def get_api_key(service: str = "gemini") -> str | None:
+    """The key from GEMINI_API_KEY, then GOOGLE_API_KEY, then the OS keychain; None when none is set."""
+    spec = _service(service)
+    found = _from_env(spec)
+    if found is not None:
+        return found[0]
+    return _from_keyring(spec)
+
+
+def api_key_source(service: str = "gemini") -> str | None:
+    """Where `get_api_key` would find the key ("environment variable GEMINI_API_KEY", "OS keychain"), or None."""
+    spec = _service(service)
+    found = _from_env(spec)
+    if found is not None:
+        return f"environment variable {found[1]}"
+    return "OS keychain" if _from_keyring(spec) is not None else None
+
+
+def set_api_key(key: str, service: str = "gemini") -> None:
+    """Store the key in the OS keychain; raises SecretStoreError when there is no usable keychain."""
+    spec = _service(service)
+    key = key.strip()
+    if not key:
+        raise ValueError("the API key is empty")
+    try:
+        keyring.set_password(KEYRING_SERVICE, spec.keyring_user, key)
+    except keyring.errors.NoKeyringError:
+        raise SecretStoreError(_NO_KEYCHAIN) from None
+    except Exception as exc:  # noqa: BLE001 - backend errors vary (SecretStorage, jeepney, Windows, macOS)
+        detail = redact(str(exc), [key])
+        raise SecretStoreError(
+            f"Could not store the API key in the OS keychain ({type(exc).__name__}: {detail}); "
+            f"set GEMINI_API_KEY instead") from None
+
+
+def delete_api_key(service: str = "gemini") -> None:
+    """Remove the stored key from the OS keychain; a no-op when nothing is stored or there is no keychain."""
+    spec = _service(service)
+    try:
+        keyring.delete_password(KEYRING_SERVICE, spec.keyring_user)
+    except (keyring.errors.PasswordDeleteError, keyring.errors.NoKeyringError):
+        return
+    except Exception as exc:  # noqa: BLE001
+        raise SecretStoreError(
+            f"Could not remove the API key from the OS keychain ({type(exc).__name__})") from None
+
+
+# `key=...` in URLs and `x-goog-api-key: ...` / `"x-goog-api-key": "..."` in headers, dict reprs or JSON.
+_QUERY_KEY = re.compile(r"([?&](?:api_?)?key=)[^&#\s'\"]+", re.IGNORECASE)
+_HEADER_KEY = re.compile(r"(x-goog-api-key['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+", re.IGNORECASE)
+# Shorter strings are not keys and replacing them would garble unrelated text.
+_MIN_SECRET_LEN = 4
+
+
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """Replace every known secret, `key=` query value and `x-goog-api-key` header value in `text` with ***."""
+    # Longest first so a key that contains another known key is replaced whole.
+    for secret in sorted({s for s in secrets if s and len(s) >= _MIN_SECRET_LEN}, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    text = _QUERY_KEY.sub(lambda m: m.group(1) + REDACTED, text)
+    return _HEADER_KEY.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+# Loggers of the HTTP stack that may print server replies or URLs (the SDK logs the error body before a retry).
+_THIRD_PARTY_LOGGERS = ("google_genai._api_client", "google_genai.models", "google_genai._common",
+                        "google_genai.types", "google_genai.batches", "google_genai.files", "httpx2", "httpx")
+_log_secrets: set[str] = set()
+_log_filter_lock = threading.Lock()
+_log_filter_installed = False
+
+
+class _RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _log_secrets:
+            message = record.getMessage()
+            cleaned = redact(message, _log_secrets)
+            if cleaned != message:
+                record.msg, record.args = cleaned, None
+        return True
+
+
+def protect_in_logs(secret: str) -> None:
+    """Redact `secret` from whatever our HTTP stack logs, from now on (the SDK, httpx2, this package)."""
+    global _log_filter_installed
+    with _log_filter_lock:
+        if secret and len(secret) >= _MIN_SECRET_LEN:
+            _log_secrets.add(secret)
+        if not _log_filter_installed:
+            redacting = _RedactingFilter()
+            for name in (*_THIRD_PARTY_LOGGERS, "pld_desktop.backends.gemini_teacher"):
+                logging.getLogger(name).addFilter(redacting)
+            _log_filter_installed = True
