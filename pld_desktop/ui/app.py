@@ -51,8 +51,9 @@ class PhaseCard(QGroupBox):
 
 
 class MainWindow(QMainWindow):
-    def __init__(self) -> None:
+    def __init__(self, backends_factory: Any = None) -> None:
         super().__init__()
+        self.backends_factory = backends_factory  # None -> the real models (tests inject doubles)
         self.project_path: Path | None = None
         self.worker: PipelineThread | None = None
         self.resize(1200, 780)
@@ -151,7 +152,8 @@ class MainWindow(QMainWindow):
     def run_all(self) -> None:
         if self.project_path is None or self.worker is not None:
             return
-        self.worker = PipelineThread(self.project_path, [1, 2, 3, 4], self)
+        self.worker = PipelineThread(self.project_path, [1, 2, 3, 4], self,
+                                     backends_factory=self.backends_factory)
         self.worker.progress.begun.connect(lambda stage, total: self.stage.setText(stage))
         self.worker.progress.reported.connect(self._on_progress)
         self.worker.progress.logged.connect(lambda msg, lvl: self.log.appendPlainText(f"[{lvl}] {msg}"))

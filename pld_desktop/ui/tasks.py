@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from PySide6.QtCore import QObject, QThread, Signal
 
@@ -39,9 +39,11 @@ class PipelineThread(QThread):
 
     finished_with = Signal(str, str)  # status, message
 
-    def __init__(self, project_path: Path, phases: Sequence[int], parent: QObject | None = None) -> None:
+    def __init__(self, project_path: Path, phases: Sequence[int], parent: QObject | None = None, *,
+                 backends_factory: Callable[[], Any] | None = None) -> None:
         super().__init__(parent)
         self.project_path = project_path
+        self.backends_factory = backends_factory
         self.phases = list(phases)
         self.progress = QtProgress()
 
@@ -54,7 +56,7 @@ class PipelineThread(QThread):
         from ..core.project import Project
         from ..core.settings import load_settings
 
-        backends = DefaultBackends()
+        backends = (self.backends_factory or DefaultBackends)()
         try:
             with Project.open(self.project_path) as project:
                 report = run_pipeline(project, load_settings(project), backends, self.progress, phases=self.phases,
