@@ -1,0 +1,644 @@
+"""Shared llama.cpp plumbing: the owner thread of a model, GGUF file checks, identity hashing, chat templates.
+
+A `llama_cpp.Llama` is not thread-safe (house style point 3, library notes section 1): every model gets one
+`LlamaOwner` whose single worker thread constructs it, runs every call on it, and frees it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import logging
+import os
+import queue
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import weakref
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+import numpy as np
+
+import llama_cpp
+import llama_cpp.llama_cpp as llama_capi
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from pld_desktop.backends.bundled import ModelFileError, bundled_local_teacher_path
+from pld_desktop.core.backends import ModelIdentity, PromptTooLong
+
+__all__ = [
+    "EvalStats", "GGUF_MAGIC", "LlamaContextCursor", "LlamaOwner", "ModelFileError", "backend_name",
+    "check_gguf_file", "extra_buffer_types_usable", "file_sha256", "gguf_chat_formatter", "load_llama",
+    "model_identity", "read_gguf_metadata", "template_supports_system",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+GGUF_MAGIC = b"GGUF"
+
+
+def backend_name() -> str:
+    return f"llama.cpp (llama-cpp-python {llama_cpp.__version__})"
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pld-desktop"
+
+
+# ---------------------------------------------------------------------------
+# File checks
+# ---------------------------------------------------------------------------
+def check_gguf_file(model_path: str | os.PathLike[str]) -> Path:
+    """Cheap checks before llama.cpp sees the file: it exists, is a file, and starts with the GGUF signature.
+    Truncation and corruption inside the file are caught by llama.cpp's own loader (see LlamaOwner)."""
+    path = Path(model_path).expanduser()
+    if not path.exists():
+        raise ModelFileError(f"Model file not found: {path}")
+    if not path.is_file():
+        raise ModelFileError(f"Model path is not a file: {path}")
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise ModelFileError(f"Cannot read the model file {path}: {exc}") from exc
+    if head[:4] != GGUF_MAGIC:
+        raise ModelFileError(
+            f"{path.name} is not a GGUF model file (it does not start with the GGUF signature). "
+            f"Choose a llama.cpp .gguf file. Path: {path}")
+    if len(head) < 8:
+        raise ModelFileError(f"The model file {path} is truncated (only {path.stat().st_size} bytes).")
+    version = struct.unpack("<I", head[4:8])[0]
+    if version < 2:
+        raise ModelFileError(f"{path.name} is a GGUF version {version} file, which llama.cpp no longer "
+                             f"reads. Convert it again with a current llama.cpp. Path: {path}")
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Identity: sha256 with a small on-disk cache
+# ---------------------------------------------------------------------------
+_hash_lock = threading.Lock()
+_HASH_CACHE_NAME = "sha256-cache.json"
+_HASH_CACHE_MAX_ENTRIES = 200
+
+
+def _hash_cache_path() -> Path:
+    return cache_dir() / _HASH_CACHE_NAME
+
+
+def _load_hash_cache() -> dict[str, Any]:
+    try:
+        data = json.loads(_hash_cache_path().read_text(encoding="utf-8"))
+        if isinstance(data, dict) and isinstance(data.get("entries"), dict):
+            return data
+    except (OSError, ValueError):
+        pass
+    return {"version": 1, "entries": {}}
+
+
+def _save_hash_cache(data: dict[str, Any]) -> None:
+    target = _hash_cache_path()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".sha256-cache-", dir=target.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, target)
+    except OSError as exc:  # a read-only home must not break model loading
+        log.warning("could not write the model hash cache %s: %s", target, exc)
+
+
+def file_sha256(model_path: str | os.PathLike[str]) -> str:
+    """sha256 of a file, remembered in ~/.cache/pld-desktop/sha256-cache.json under (realpath, size, mtime_ns):
+    hashing a 2.5 GB GGUF takes several seconds, so it is done once per file version."""
+    real = os.path.realpath(model_path)
+    st = os.stat(real)
+    with _hash_lock:
+        entry = _load_hash_cache()["entries"].get(real)
+        if entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+            return str(entry["sha256"])
+    digest = hashlib.sha256()
+    with open(real, "rb") as f:
+        for block in iter(lambda: f.read(4 << 20), b""):
+            digest.update(block)
+    sha = digest.hexdigest()
+    with _hash_lock:
+        data = _load_hash_cache()  # re-read: another process may have added entries meanwhile
+        entries = data["entries"]
+        entries.pop(real, None)
+        entries[real] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha}
+        while len(entries) > _HASH_CACHE_MAX_ENTRIES:
+            entries.pop(next(iter(entries)))
+        _save_hash_cache(data)
+    return sha
+
+
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
+                 12: "<d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def read_gguf_metadata(model_path: str | os.PathLike[str], keys: set[str]) -> dict[str, Any]:
+    """Read the given scalar/string keys from a GGUF header without loading the model (stops as soon as all are
+    found). Missing keys are left out; a malformed header gives an empty or partial dict, never an exception."""
+    found: dict[str, Any] = {}
+    try:
+        with open(model_path, "rb") as f:
+            def read(fmt: str) -> Any:
+                size = struct.calcsize(fmt)
+                raw = f.read(size)
+                if len(raw) != size:
+                    raise EOFError
+                return struct.unpack(fmt, raw)[0]
+
+            def read_str() -> bytes:
+                n = read("<Q")
+                raw = f.read(n)
+                if len(raw) != n:
+                    raise EOFError
+                return raw
+
+            def skip_value(vtype: int) -> None:
+                if vtype == _GGUF_STRING:
+                    f.seek(read("<Q"), os.SEEK_CUR)
+                elif vtype == _GGUF_ARRAY:
+                    etype, count = read("<I"), read("<Q")
+                    if etype in _GGUF_SCALARS:
+                        f.seek(struct.calcsize(_GGUF_SCALARS[etype]) * count, os.SEEK_CUR)
+                    else:
+                        for _ in range(count):
+                            skip_value(etype)
+                elif vtype in _GGUF_SCALARS:
+                    f.seek(struct.calcsize(_GGUF_SCALARS[vtype]), os.SEEK_CUR)
+                else:
+                    raise ValueError(f"unknown GGUF value type {vtype}")
+
+            if f.read(4) != GGUF_MAGIC or read("<I") < 2:
+                return found
+            _n_tensors, n_kv = read("<Q"), read("<Q")
+            for _ in range(n_kv):
+                key = read_str().decode("utf-8", "replace")
+                vtype = read("<I")
+                if key in keys and vtype == _GGUF_STRING:
+                    found[key] = read_str().decode("utf-8", "replace")
+                elif key in keys and vtype in _GGUF_SCALARS:
+                    found[key] = read(_GGUF_SCALARS[vtype])
+                else:
+                    skip_value(vtype)
+                if keys <= found.keys():
+                    break
+    except (OSError, EOFError, ValueError, struct.error, OverflowError):
+        pass
+    return found
+
+
+def model_identity(model_path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None) -> ModelIdentity:
+    """Name (GGUF general.name, else the file name), resolved path, sha256, size and backend of a model file.
+    Pass `metadata` (e.g. `Llama.metadata`) when the model is loaded already; otherwise the header is read."""
+    path = check_gguf_file(model_path)
+    if metadata is None:
+        metadata = read_gguf_metadata(path, {"general.name"})
+    name = str(metadata.get("general.name") or "").strip() or path.name
+    return ModelIdentity(name=name, path=str(path.resolve()), sha256=file_sha256(path),
+                         size_bytes=path.stat().st_size, backend=backend_name())
+
+
+# ---------------------------------------------------------------------------
+# Chat templates
+# ---------------------------------------------------------------------------
+def gguf_chat_formatter(llama: llama_cpp.Llama, *, add_generation_prompt: bool = True) -> Jinja2ChatFormatter | None:
+    """The model's own chat template (GGUF `tokenizer.chat_template`) as llama-cpp-python renders it for
+    `create_chat_completion`; None if the file has no template. Call on the model's owner thread."""
+    template = (llama.metadata or {}).get("tokenizer.chat_template")
+    if not template:
+        return None
+
+    def token_text(token_id: int) -> str:
+        return llama._model.token_get_text(token_id) if token_id != -1 else ""  # as Llama.__init__ does
+
+    return Jinja2ChatFormatter(template=template, eos_token=token_text(llama.token_eos()),
+                               bos_token=token_text(llama.token_bos()),
+                               add_generation_prompt=add_generation_prompt, stop_token_ids=[llama.token_eos()])
+
+
+def template_supports_system(formatter: Jinja2ChatFormatter) -> bool:
+    """Whether a template keeps a system message (some drop it silently, some raise)."""
+    marker = "PLD-SYSTEM-MARKER-7f3a"
+    try:
+        prompt = formatter(messages=[{"role": "system", "content": marker},
+                                     {"role": "user", "content": "hello"}]).prompt
+    except Exception:  # noqa: BLE001 - templates raise arbitrary errors for unsupported roles
+        return False
+    return marker in prompt
+
+
+# ---------------------------------------------------------------------------
+# Positioning a context at a token sequence, deterministically
+# ---------------------------------------------------------------------------
+@dataclass
+class EvalStats:
+    calls: int = 0              # position() calls
+    tokens_evaluated: int = 0   # tokens sent to llama_decode
+    tokens_reused: int = 0      # tokens whose KV cache entries were kept
+    full_resets: int = 0        # times the cache could not be trimmed and everything was evaluated again
+    classifications: int = 0    # classify() calls
+    label_evaluations: int = 0  # contexts whose logits were read while scoring labels
+
+
+class LlamaContextCursor:
+    """Keeps a Llama's context positioned at a token sequence and reads the logits of its last token.
+
+    Call only from the model's owner thread. Bookkeeping follows `Llama.generate()`:
+    `llama.input_ids[:llama.n_tokens]` are the tokens in the KV cache, and moving to another sequence keeps the
+    common prefix (`llama_memory_seq_rm` of the rest) and evaluates only the remainder.
+
+    Determinism: llama.cpp's numbers for a token depend on how it was batched (a quantised model's logits move
+    by ~1e-2 between a 1-token and a 40-token batch), so reusing whatever prefix happens to be cached would make
+    a result depend on the previous call. The cursor therefore evaluates on a fixed schedule: `begin(prompt,
+    system_end)` cuts every sequence of the call (the prompt, or the prompt plus a continuation) at the end of
+    the system part and at the end of the prompt, and each piece is one `eval()`: [0, system_end),
+    [system_end, prompt_end), [prompt_end, end). Only whole pieces are reused, and across calls only the first.
+    So every logits vector is a function of (prompt, continuation) alone, bit-identical with or without reuse,
+    whatever came before.
+
+    A prefix-state cache (for interleaved prompts) slots in at `begin()`: restore a `Llama.save_state()` taken
+    right after the first piece, set `anchor` to its length, and continue.
+    """
+
+    def __init__(self, llama: llama_cpp.Llama, *, reuse_prefix: bool = True) -> None:
+        self.llama = llama
+        self.reuse_prefix = reuse_prefix
+        self.n_vocab = llama.n_vocab()
+        self.n_swa = int(llama_capi.llama_model_n_swa(llama.model))
+        self.stats = EvalStats()
+        self.anchor: int | None = None      # tokens [0, anchor) were evaluated as one piece from position 0
+        self._boundaries: tuple[int, ...] = ()
+        self._logits_at: int | None = None  # n_tokens for which the current logits were decoded
+
+    def _memory(self):
+        return llama_capi.llama_get_memory(self.llama.ctx)
+
+    def _clear(self) -> None:
+        memory = self._memory()
+        if memory is not None:
+            llama_capi.llama_memory_clear(memory, True)
+        self.llama.n_tokens = 0
+        self.anchor = None
+        self._logits_at = None
+
+    def _can_keep(self, keep: int) -> bool:
+        """Whether the cache still holds every position the token at `keep` attends to. A sliding-window
+        (SWA) cache that is not full-size drops old positions; recurrent memories cannot be trimmed."""
+        memory = self._memory()
+        if memory is None:
+            return False
+        pos_min = int(llama_capi.llama_memory_seq_pos_min(memory, 0))
+        if pos_min < 0:
+            return False
+        required = max(0, keep - self.n_swa) if self.n_swa > 0 else 0
+        return pos_min <= required
+
+    def _truncate(self, keep: int) -> int:
+        """Drop the cache from position `keep` on; returns what is kept (0 if the cache had to be cleared)."""
+        llama = self.llama
+        if keep >= llama.n_tokens:
+            return llama.n_tokens
+        if keep > 0 and self._can_keep(keep) and llama_capi.llama_memory_seq_rm(self._memory(), 0, keep, -1):
+            llama.n_tokens = keep
+            self._logits_at = None
+            if self.anchor is not None and self.anchor > keep:
+                self.anchor = None
+            return keep
+        if keep > 0:
+            self.stats.full_resets += 1
+        self._clear()
+        return 0
+
+    def reset(self) -> None:
+        """Empty the KV cache (the next position() evaluates from scratch)."""
+        self._clear()
+
+    def begin(self, prompt: Sequence[int], system_end: int) -> None:
+        """Start a call whose prompt is `prompt` and whose first `system_end` tokens depend only on the system
+        prompt: keep that piece if it is what the cache starts with, else start from an empty cache."""
+        llama = self.llama
+        prompt = [int(t) for t in prompt]
+        if len(prompt) > llama.n_ctx():
+            raise PromptTooLong(f"The prompt needs {len(prompt)} tokens but the context is {llama.n_ctx()} tokens.")
+        system_end = max(0, min(system_end, len(prompt) - 1))
+        self._boundaries = tuple(sorted({system_end, len(prompt)} - {0}))
+        if (self.reuse_prefix and system_end > 0 and self.anchor == system_end
+                and llama.n_tokens >= system_end
+                and llama.input_ids[:system_end].tolist() == prompt[:system_end]):
+            if self._truncate(system_end) == system_end:
+                return
+        self._clear()
+
+    def position(self, tokens: Sequence[int]) -> None:
+        """Make `tokens` the evaluated sequence, with fresh logits for its last token."""
+        llama = self.llama
+        target = [int(t) for t in tokens]
+        if not target:
+            raise ValueError("Cannot position the context at an empty token sequence.")
+        if len(target) > llama.n_ctx():
+            raise PromptTooLong(f"The prompt needs {len(target)} tokens but the context is {llama.n_ctx()} tokens.")
+        self.stats.calls += 1
+        n = llama.n_tokens
+        common = llama_cpp.Llama.longest_token_prefix(llama.input_ids[:n].tolist(), target) if n else 0
+        if common == len(target) == n and self._logits_at == n:
+            return
+        # Keep only whole pieces of the schedule, and decode at least one token (for fresh logits).
+        limit = min(common, len(target) - 1)
+        system_end = self._boundaries[0] if len(self._boundaries) > 1 else None
+        keep = max([0] + [b for b in self._boundaries if b <= limit and (b != system_end or self.anchor == b)])
+        keep = self._truncate(keep)
+        self.stats.tokens_reused += keep
+        cuts = [keep] + [b for b in self._boundaries if keep < b < len(target)] + [len(target)]
+        try:
+            for start, stop in zip(cuts, cuts[1:]):
+                llama.eval(target[start:stop])
+                self.stats.tokens_evaluated += stop - start
+                if start == 0:
+                    self.anchor = stop
+        except BaseException:
+            self._clear()  # the cache is in an unknown state
+            raise
+        self._logits_at = llama.n_tokens
+
+    def last_logits(self) -> np.ndarray:
+        """The logits after the last evaluated token: a view into llama.cpp's buffer, valid until the next
+        evaluation (copy what you keep)."""
+        if self._logits_at is None or self._logits_at != self.llama.n_tokens:
+            raise RuntimeError("No fresh logits: call position() first.")
+        pointer = llama_capi.llama_get_logits_ith(self.llama.ctx, -1)
+        if not pointer:
+            raise RuntimeError("llama.cpp returned no logits for the last token.")
+        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
+
+
+# ---------------------------------------------------------------------------
+# AMX guard: llama.cpp's "extra buffer types" (AMX tiles, weight repacking)
+# ---------------------------------------------------------------------------
+# A llama.cpp built with GGML_NATIVE on a CPU that reports AMX compiles AMX matmul kernels and uses them for
+# quantised weights. Some virtual machines report AMX but cannot run it: the first decode dies with SIGSEGV
+# in ggml_backend_amx_mul_mat (`ldtilecfg`), taking the whole app down. Loading with use_extra_bufts=False
+# avoids AMX (and also the repacked kernels, which costs speed), so it is only done where a one-off probe in a
+# subprocess crashed. The verdict is cached per llama.cpp build and CPU.
+_PROBE_SOURCE = r"""
+import sys, llama_cpp
+llm = llama_cpp.Llama(sys.argv[1], n_ctx=256, n_batch=64, verbose=False)
+tokens = llm.tokenize(b"The quick brown fox jumps over the lazy dog. " * 3, add_bos=True)[:32]
+llm.eval(tokens)
+llm.eval([tokens[1]])
+print("probe-ok")
+"""
+_extra_bufts_lock = threading.Lock()
+_extra_bufts_verdict: bool | None = None
+_default_params_lock = threading.Lock()
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_tile" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def _ggml_cpu_library() -> Path | None:
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    for pattern in ("libggml-cpu*.so*", "libggml-cpu*.dylib", "ggml-cpu*.dll", "libggml.so*"):
+        for candidate in sorted(lib_dir.glob(pattern)):
+            if candidate.is_file() and not candidate.is_symlink():
+                return candidate
+    return None
+
+
+def _library_has_amx_kernels(lib: Path) -> bool:
+    try:
+        return b"ggml_backend_amx_buffer_type" in lib.read_bytes()
+    except OSError:
+        return False
+
+
+def extra_buffer_types_usable(probe_model: str | os.PathLike[str]) -> bool:
+    """Whether models may be loaded with llama.cpp's extra buffer types (AMX / repacked weights) on this machine.
+    True at once unless both the CPU and the llama.cpp build have AMX; then a small decode of `probe_model` runs
+    once in a subprocess (a crash there is harmless) and the verdict is cached in ~/.cache/pld-desktop/."""
+    global _extra_bufts_verdict
+    with _extra_bufts_lock:
+        if _extra_bufts_verdict is not None:
+            return _extra_bufts_verdict
+        lib = _ggml_cpu_library()
+        if not _cpu_has_amx() or lib is None or not _library_has_amx_kernels(lib):
+            _extra_bufts_verdict = True
+            return True
+        st = lib.stat()
+        key = f"{llama_cpp.__version__}|{lib.resolve()}|{st.st_size}|{st.st_mtime_ns}|{_cpu_model_name()}"
+        verdict_file = cache_dir() / "llama-amx-probe.json"
+        try:
+            cached = json.loads(verdict_file.read_text(encoding="utf-8"))
+            if cached.get("key") == key and isinstance(cached.get("usable"), bool):
+                _extra_bufts_verdict = cached["usable"]
+                return _extra_bufts_verdict
+        except (OSError, ValueError, AttributeError):
+            pass
+        try:
+            proc = subprocess.run([sys.executable, "-c", _PROBE_SOURCE, str(probe_model)], capture_output=True,
+                                  text=True, timeout=180, stdin=subprocess.DEVNULL)
+            usable = proc.returncode == 0 and "probe-ok" in proc.stdout
+            detail = f"exit code {proc.returncode}"
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            usable, detail = False, str(exc)
+        if not usable:
+            log.warning("llama.cpp's AMX kernels crash on this machine (%s); models load without extra buffer "
+                        "types (no AMX, no weight repacking: slower but safe)", detail)
+        _extra_bufts_verdict = usable
+        try:
+            verdict_file.parent.mkdir(parents=True, exist_ok=True)
+            verdict_file.write_text(json.dumps({"key": key, "usable": usable, "detail": detail}), encoding="utf-8")
+        except OSError:
+            pass
+        return usable
+
+
+def _cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _smallest_probe_model(model_path: Path) -> Path:
+    """The bundled SmolLM2 file (small, Q4_1: uses the AMX kernels) if installed, else the model itself."""
+    try:
+        candidate = bundled_local_teacher_path()
+        return candidate if candidate.stat().st_size < model_path.stat().st_size else model_path
+    except (ModelFileError, OSError):
+        return model_path
+
+
+def load_llama(model_path: str | os.PathLike[str], *, use_extra_bufts: bool = True,
+               **kwargs: Any) -> llama_cpp.Llama:
+    """`llama_cpp.Llama(model_path, **kwargs)`, optionally with the model parameter use_extra_bufts=False, which
+    `Llama.__init__` does not expose: its llama_model_default_params() is wrapped for the duration of the call
+    (loads are serialised by a lock so no other load sees the wrapper)."""
+    with _default_params_lock:
+        if use_extra_bufts:
+            return llama_cpp.Llama(model_path=str(model_path), **kwargs)
+        original = llama_capi.llama_model_default_params
+
+        def default_params_without_extra_bufts():
+            params = original()
+            params.use_extra_bufts = False
+            return params
+
+        llama_capi.llama_model_default_params = default_params_without_extra_bufts
+        try:
+            return llama_cpp.Llama(model_path=str(model_path), **kwargs)
+        finally:
+            llama_capi.llama_model_default_params = original
+
+
+# ---------------------------------------------------------------------------
+# The owner thread
+# ---------------------------------------------------------------------------
+_live_owners: "weakref.WeakSet[LlamaOwner]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_owners() -> None:
+    for owner in list(_live_owners):
+        owner.close()
+
+
+class LlamaOwner:
+    """One dedicated thread that constructs a `llama_cpp.Llama`, runs every call on it and frees it.
+
+    `submit(fn)` queues `fn(llama)` and returns a Future; `call(fn)` waits for the result. Jobs run one at a time in
+    FIFO order; a job must not `call()` its own owner (that would deadlock, so it raises instead).
+    Functions must not keep references to the Llama or to its buffers after they return.
+    The constructor blocks until the model is loaded and raises `ModelFileError` for a missing, non-GGUF or
+    unloadable (truncated, corrupted, unsupported) file.
+    """
+
+    def __init__(self, model_path: str | os.PathLike[str], *, n_ctx: int, n_threads: int | None = None,
+                 n_threads_batch: int | None = None, seed: int = 0, name: str = "llama",
+                 use_extra_bufts: bool | None = None, **llama_kwargs: Any) -> None:
+        self.model_path = check_gguf_file(model_path)
+        if n_ctx <= 0:
+            raise ValueError(f"n_ctx must be positive, got {n_ctx}")
+        if use_extra_bufts is None:
+            use_extra_bufts = extra_buffer_types_usable(_smallest_probe_model(self.model_path))
+        self.use_extra_bufts = use_extra_bufts
+        self._kwargs = dict(n_ctx=int(n_ctx), n_threads=n_threads, n_threads_batch=n_threads_batch, seed=seed,
+                            verbose=False, **llama_kwargs)
+        self._jobs: queue.SimpleQueue[tuple[Future, Callable[[llama_cpp.Llama], Any]] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._loaded: Future[None] = Future()
+        self._thread = threading.Thread(target=self._run, name=f"llama-owner:{name}", daemon=True)
+        self._thread.start()
+        try:
+            self._loaded.result()
+        except BaseException:
+            self._thread.join()
+            self._closed = True
+            raise
+        _live_owners.add(self)
+
+    # -- worker ------------------------------------------------------------------------------------------
+    def _load(self) -> llama_cpp.Llama:
+        try:
+            return load_llama(self.model_path, use_extra_bufts=self.use_extra_bufts, **self._kwargs)
+        except ValueError as exc:
+            text = str(exc)
+            if "Failed to load model" in text or "Failed to get vocab" in text:
+                raise ModelFileError(
+                    f"llama.cpp could not load the model file {self.model_path}: the file may be truncated or "
+                    f"corrupted, or its architecture is not supported by llama-cpp-python "
+                    f"{llama_cpp.__version__}.") from exc
+            if "Failed to create llama_context" in text:
+                raise RuntimeError(
+                    f"llama.cpp could not create a context of {self._kwargs['n_ctx']} tokens for "
+                    f"{self.model_path.name} (not enough memory?). Lower the context size.") from exc
+            raise
+
+    def _run(self) -> None:
+        try:
+            llama = self._load()
+        except BaseException as exc:  # noqa: BLE001 - handed to the constructor's thread
+            self._loaded.set_exception(exc)
+            return
+        self._loaded.set_result(None)
+        try:
+            while True:
+                item = self._jobs.get()
+                if item is None:
+                    break
+                future, fn = item
+                if not future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    future.set_result(fn(llama))
+                except BaseException as exc:  # noqa: BLE001 - delivered to the caller
+                    future.set_exception(exc)
+                del item, future, fn
+        finally:
+            llama.close()
+            del llama
+
+    # -- public ------------------------------------------------------------------------------------------
+    @property
+    def on_owner_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def submit(self, fn: Callable[[llama_cpp.Llama], T]) -> Future[T]:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"The model {self.model_path.name} has been closed.")
+            future: Future[T] = Future()
+            self._jobs.put((future, fn))
+        return future
+
+    def call(self, fn: Callable[[llama_cpp.Llama], T]) -> T:
+        if self.on_owner_thread:
+            raise RuntimeError("LlamaOwner.call() from a job on its own owner thread would deadlock: "
+                               "call the function directly")
+        return self.submit(fn).result()
+
+    def close(self) -> None:
+        """Finish the queued jobs, free the model and stop the thread. Safe to call more than once."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._jobs.put(None)
+        if not self.on_owner_thread:
+            self._thread.join()
+        _live_owners.discard(self)
+
+    def __enter__(self) -> "LlamaOwner":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,395 @@
+"""The local student on llama.cpp: scores every label of a classification prompt with one GGUF model.
+
+The answer is not generated freely: P(label) is the probability that decoding constrained to the label set
+(llama.cpp's grammar sampler with `root ::= "a" | "b" | ...`) writes that label, computed from the model's
+next-token logits at the few points where the allowed answers branch; the label is its argmax. Consecutive
+calls keep the system prompt's part of the KV cache, so a loop over examples with one prompt evaluates only
+each example's own tokens.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import heapq
+import itertools
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+import llama_cpp
+import llama_cpp.llama_cpp as llama_capi
+
+from pld_desktop.backends.bundled import ModelFileError, bundled_student_path
+from pld_desktop.backends.llama_runtime import (EvalStats, LlamaContextCursor, LlamaOwner, gguf_chat_formatter,
+                                                model_identity)
+from pld_desktop.core.backends import ModelIdentity, Prediction, PromptTooLong
+from pld_desktop.core.prompts import student_user_message
+
+__all__ = ["END", "EvalStats", "LabelSpace", "LlamaContextCursor", "LlamaStudent", "ModelFileError", "ScoreResult",
+           "token_pieces"]
+
+END = -1  # the "answer ends here" step (any end-of-generation token)
+
+
+# ---------------------------------------------------------------------------
+# The label space and its scoring (pure: no llama.cpp, testable with a fake model)
+# ---------------------------------------------------------------------------
+@dataclass
+class ScoreResult:
+    probs: dict[str, float]
+    evaluations: int          # contexts whose logits were read
+    dropped_mass: float       # probability of ambiguous branches left unexplored (estimated, see LabelSpace)
+
+
+class LabelSpace:
+    """The answers a grammar `root ::= "<prefix>label1" | "<prefix>label2" | ...` allows, token by token.
+
+    This mirrors llama.cpp's grammar sampler: after the text `c` written so far, every token whose text
+    (piece) keeps `c` a prefix of some label is allowed (whole words, partial words, a lone space ...), and the
+    end-of-generation tokens are allowed once `c` is a complete label. P(label) under constrained sampling is
+    the sum, over every token path that spells it, of the products of the softmaxes restricted to the allowed
+    tokens at each step. `score()` computes it exactly except for negligible branches:
+    - a state that only one label is consistent with needs no model call (the grammar forces the rest);
+    - so the model is asked only at ambiguous states: the start, after a lone space, after a shared head
+      ("not_" of not_mentioned / not_entailed), after a label that another label extends ("neg" / "negative",
+      where ending is one of the options);
+    - ambiguous branches whose probability is below `min_branch_prob` (or beyond the evaluation budget) are
+      not explored (typically other spellings of a shared head, " no"+"t_" for " not"+"_"); their mass is shared
+      among the labels still possible there in proportion to what the explored branches gave those labels
+      (evenly if they gave nothing). `dropped_mass` reports it and bounds the error of every probability.
+    Byte strings are used throughout, so byte-level and byte-fallback tokens work like any other.
+    """
+
+    def __init__(self, labels: Sequence[str], pieces: Mapping[bytes, Sequence[int]], prefix: str = "") -> None:
+        labels = list(labels)
+        if not labels:
+            raise ValueError("The student needs at least one label.")
+        if len(set(labels)) != len(labels):
+            duplicates = sorted({label for label in labels if labels.count(label) > 1})
+            raise ValueError(f"Duplicate labels: {', '.join(duplicates)}")
+        if any(label == "" for label in labels):
+            raise ValueError("A label cannot be empty.")
+        self.labels = tuple(labels)
+        self.prefix = prefix
+        self.pieces = pieces
+        self.spelled = {label: (prefix + label).encode("utf-8") for label in labels}
+        self._by_text = {text: label for label, text in self.spelled.items()}
+
+    def consistent(self, written: bytes) -> list[str]:
+        """Labels whose text starts with `written`."""
+        return [label for label, text in self.spelled.items() if text.startswith(written)]
+
+    def options(self, written: bytes) -> list[tuple[int, bytes]]:
+        """(token, piece) for every token allowed after `written`, plus (END, b"") if `written` is a label."""
+        found: dict[int, bytes] = {}
+        for label in self.consistent(written):
+            rest = self.spelled[label][len(written):]
+            for k in range(1, len(rest) + 1):
+                for token in self.pieces.get(rest[:k], ()):
+                    found.setdefault(int(token), rest[:k])
+        options = sorted(found.items())
+        if written in self._by_text:
+            options.append((END, b""))
+        return options
+
+    def score(self, next_logits: Callable[[tuple[int, ...]], np.ndarray], end_tokens: Sequence[int], *,
+              min_branch_prob: float = 3e-3, max_evaluations: int = 8,
+              max_path_tokens: int | None = None) -> ScoreResult:
+        """P(label) for every label. `next_logits(path)` returns the full-vocabulary logits after the prompt
+        followed by the token `path` (a view is fine: it is read at once). Ambiguous states are expanded from
+        the most probable down, at most `max_evaluations` of them."""
+        end_ids = np.asarray(sorted({int(t) for t in end_tokens}), dtype=np.int64)
+        mass = {label: 0.0 for label in self.labels}
+        unexplored: list[tuple[float, list[str]]] = []
+        evaluations = 0
+        counter = itertools.count()  # ties in the heap resolve in insertion order: deterministic
+        heap: list[tuple[float, int, tuple[int, ...], bytes]] = [(-1.0, next(counter), (), b"")]
+        while heap:
+            neg_p, _, path, written = heapq.heappop(heap)
+            p = -neg_p
+            consistent = self.consistent(written)
+            if len(consistent) == 1:
+                mass[consistent[0]] += p
+                continue
+            if evaluations >= max_evaluations or (max_path_tokens is not None and len(path) >= max_path_tokens):
+                unexplored.append((p, consistent))
+                continue
+            options = self.options(written)
+            logits = next_logits(path)
+            evaluations += 1
+            values = np.empty(len(options), dtype=np.float64)
+            for i, (token, _piece) in enumerate(options):
+                if token == END:
+                    if end_ids.size == 0:
+                        raise ValueError("The model has no end-of-generation token to end a label with.")
+                    values[i] = _logsumexp(np.asarray(logits[end_ids], dtype=np.float64))
+                else:
+                    values[i] = float(logits[token])
+            values -= _logsumexp(values)
+            for (token, piece), logp in zip(options, values.tolist()):
+                q = p * math.exp(logp)
+                if token == END:
+                    mass[self._by_text[written]] += q
+                    continue
+                child = written + piece
+                child_labels = self.consistent(child)
+                if len(child_labels) == 1:
+                    mass[child_labels[0]] += q
+                elif q >= min_branch_prob:
+                    heapq.heappush(heap, (-q, next(counter), path + (token,), child))
+                else:
+                    unexplored.append((q, child_labels))
+        explored = dict(mass)
+        for q, labels in unexplored:
+            weights = [explored[label] for label in labels]
+            share = math.fsum(weights)
+            for label, weight in zip(labels, weights):
+                mass[label] += q * (weight / share if share > 0 else 1.0 / len(labels))
+        dropped = math.fsum(q for q, _ in unexplored)
+        total = math.fsum(mass.values())
+        if not total > 0 or not math.isfinite(total):
+            raise ValueError("The model's label scores are not finite.")
+        return ScoreResult({label: m / total for label, m in mass.items()}, evaluations, dropped)
+
+
+def _logsumexp(values: np.ndarray) -> float:
+    top = float(np.max(values))
+    if not math.isfinite(top):
+        return top
+    return top + math.log(float(np.sum(np.exp(values - top))))
+
+
+def token_pieces(llama: llama_cpp.Llama) -> dict[bytes, list[int]]:
+    """Text (bytes) -> token ids for the whole vocabulary, as llama.cpp renders tokens without special tokens
+    (control tokens render as nothing and are left out). ~0.5 s for a 262k vocabulary."""
+    vocab = llama_capi.llama_model_get_vocab(llama.model)
+    size = 128
+    buffer = ctypes.create_string_buffer(size)
+    pieces: dict[bytes, list[int]] = {}
+    for token in range(llama.n_vocab()):
+        n = llama_capi.llama_token_to_piece(vocab, token, buffer, size, 0, False)
+        if n < 0:
+            big = ctypes.create_string_buffer(-n)
+            n = llama_capi.llama_token_to_piece(vocab, token, big, -n, 0, False)
+            piece = big.raw[:n]
+        else:
+            piece = buffer.raw[:n]
+        if piece:
+            pieces.setdefault(piece, []).append(token)
+    return pieces
+
+
+def _too_long_message(needed: int, n_ctx: int) -> str:
+    return (f"The prompt needs {needed} tokens but the student's context is {n_ctx} tokens. "
+            "Shorten the rules or raise the context size (Settings > Student > Context).")
+
+
+# ---------------------------------------------------------------------------
+# The student
+# ---------------------------------------------------------------------------
+class _StudentModel:
+    """Everything the student does with its Llama. Lives on, and is only used from, the owner thread."""
+
+    def __init__(self, llama: llama_cpp.Llama, reuse_prefix: bool) -> None:
+        self.llama = llama
+        self.metadata = dict(llama.metadata or {})
+        self.formatter = gguf_chat_formatter(llama, add_generation_prompt=True)
+        # With a chat template the label follows the generation prompt ("<start_of_turn>model\n") directly.
+        # Without one the prompt is the plain user message ending in "Label:" and the label continues it after
+        # a space, tokenized together with that space (" positive" -> "▁positive"), as the text
+        # "Label: positive" is tokenized. (A trailing space in the prompt instead leaves the model predicting
+        # from a lone-space token, far off its training distribution.)
+        self.label_prefix = "" if self.formatter is not None else " "
+        self.cursor = LlamaContextCursor(llama, reuse_prefix=reuse_prefix)
+        vocab = llama_capi.llama_model_get_vocab(llama.model)
+        self.end_tokens = [t for t in range(llama.n_vocab()) if llama_capi.llama_vocab_is_eog(vocab, t)]
+        if not self.end_tokens and llama.token_eos() >= 0:
+            self.end_tokens = [llama.token_eos()]
+        self.pieces = token_pieces(llama)
+        self._spaces: dict[tuple[str, ...], tuple[LabelSpace, int]] = {}
+        self._system_prefixes: dict[str, list[int]] = {}
+        self._system_specials: dict[str, bool] = {}
+
+    # -- tokens -------------------------------------------------------------------------------------------
+    def tokenize_text(self, text: str) -> list[int]:
+        return self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def render_prompt(self, system_prompt: str, text: str) -> str:
+        message = student_user_message(system_prompt, text)
+        if self.formatter is None:
+            return message
+        return self.formatter(messages=[{"role": "user", "content": message}]).prompt
+
+    def prompt_tokens(self, system_prompt: str, text: str) -> list[int]:
+        message = student_user_message(system_prompt, text)
+        if self.formatter is None:
+            return self.llama.tokenize(message.encode("utf-8"), add_bos=True, special=False)
+        rendered = self.render_prompt(system_prompt, text)
+        # The template's own markup holds special tokens (parse them, as create_chat_completion does); the
+        # user's text must not. If the text contains special-token strings, tokenize it apart as plain text.
+        if not (self._has_special_token_text(text) or self._system_has_special_token_text(system_prompt)):
+            return self.llama.tokenize(rendered.encode("utf-8"), add_bos=False, special=True)
+        return self._tokens_with_plain_message(message)
+
+    def system_end(self, system_prompt: str, prompt: Sequence[int]) -> int:
+        """How many leading tokens of `prompt` depend only on the system prompt (not on the input): the common
+        prefix with the prompts of two unrelated probe inputs, computed once per system prompt."""
+        stable = self._system_prefixes.get(system_prompt)
+        if stable is None:
+            probe_a = self.prompt_tokens(system_prompt, "A")
+            probe_b = self.prompt_tokens(system_prompt, "z")
+            stable = probe_a[:llama_cpp.Llama.longest_token_prefix(probe_a, probe_b)]
+            if len(self._system_prefixes) > 64:
+                self._system_prefixes.clear()
+            self._system_prefixes[system_prompt] = stable
+        return llama_cpp.Llama.longest_token_prefix(stable, prompt)
+
+    def _system_has_special_token_text(self, system_prompt: str) -> bool:
+        verdict = self._system_specials.get(system_prompt)
+        if verdict is None:
+            if len(self._system_specials) > 64:
+                self._system_specials.clear()
+            verdict = self._system_specials[system_prompt] = self._has_special_token_text(system_prompt)
+        return verdict
+
+    def _has_special_token_text(self, text: str) -> bool:
+        data = text.encode("utf-8")
+        return (self.llama.tokenize(data, add_bos=False, special=True)
+                != self.llama.tokenize(data, add_bos=False, special=False))
+
+    def _tokens_with_plain_message(self, message: str) -> list[int]:
+        marker = "\ue000PLD-USER-MESSAGE\ue000"
+        spaced = f" {marker} "
+        rendered = self.formatter(messages=[{"role": "user", "content": spaced}]).prompt  # type: ignore[misc]
+        if rendered.count(spaced) == 1:  # the template inserts the message verbatim
+            head, tail = rendered.split(spaced)
+        elif rendered.count(marker) == 1:  # the template trims the message (Gemma's does)
+            head, tail = rendered.split(marker)
+            message = message.strip()
+        else:
+            raise ValueError("The model's chat template does not place the user message verbatim.")
+        return (self.llama.tokenize(head.encode("utf-8"), add_bos=False, special=True)
+                + self.tokenize_text(message)
+                + self.llama.tokenize(tail.encode("utf-8"), add_bos=False, special=True))
+
+    def label_space(self, labels: Sequence[str]) -> tuple[LabelSpace, int]:
+        """The label space and the longest label's token count (its own tokenization)."""
+        key = tuple(labels)
+        cached = self._spaces.get(key)
+        if cached is None:
+            space = LabelSpace(key, self.pieces, self.label_prefix)
+            longest = max(len(self.tokenize_text(self.label_prefix + label)) for label in key)
+            if len(self._spaces) > 64:
+                self._spaces.clear()
+            cached = self._spaces[key] = (space, longest)
+        return cached
+
+    def check_fits(self, system_prompt: str, longest_input: str, labels: Sequence[str]) -> int:
+        needed = len(self.prompt_tokens(system_prompt, longest_input)) + self.label_space(labels)[1]
+        if needed > self.llama.n_ctx():
+            raise PromptTooLong(_too_long_message(needed, self.llama.n_ctx()))
+        return needed
+
+    # -- scoring ------------------------------------------------------------------------------------------
+    def classify(self, system_prompt: str, text: str, labels: Sequence[str]) -> Prediction:
+        started = time.perf_counter()
+        space, longest_label = self.label_space(labels)
+        prompt = self.prompt_tokens(system_prompt, text)
+        needed = len(prompt) + longest_label
+        if needed > self.llama.n_ctx():
+            raise PromptTooLong(_too_long_message(needed, self.llama.n_ctx()))
+
+        self.cursor.begin(prompt, self.system_end(system_prompt, prompt))
+
+        def next_logits(path: tuple[int, ...]) -> np.ndarray:
+            self.cursor.position(prompt + list(path))
+            return self.cursor.last_logits()
+
+        result = space.score(next_logits, self.end_tokens, max_path_tokens=self.llama.n_ctx() - len(prompt))
+        self.cursor.stats.classifications += 1
+        self.cursor.stats.label_evaluations += result.evaluations
+        probs = result.probs
+        label = max(space.labels, key=lambda lab: probs[lab])  # the first label wins a tie
+        return Prediction(label=label, probs=probs, latency_s=time.perf_counter() - started)
+
+
+class LlamaStudent:
+    """The Student protocol on a local GGUF model through llama-cpp-python (default: the bundled Gemma 3 270M).
+
+    Thread contract: one owner thread (`LlamaOwner`) holds the model and runs every call; the public methods
+    may be called from any thread and are serialised in arrival order.
+    """
+
+    def __init__(self, model_path: str | os.PathLike[str] | None = None, n_ctx: int = 4096,
+                 n_threads: int | None = None, n_threads_batch: int | None = None, *,
+                 reuse_prefix: bool = True, use_extra_bufts: bool | None = None) -> None:
+        path = bundled_student_path() if model_path is None else model_path
+        self._owner = LlamaOwner(path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads_batch,
+                                 name="student", use_extra_bufts=use_extra_bufts)
+        try:
+            self._model: _StudentModel = self._owner.call(lambda llama: _StudentModel(llama, reuse_prefix))
+            self.n_ctx: int = self._owner.call(lambda llama: llama.n_ctx())
+            self.identity: ModelIdentity = model_identity(self._owner.model_path, self._model.metadata)
+        except BaseException:
+            self._owner.close()
+            raise
+        self.model_path = self._owner.model_path
+        self.has_chat_template = self._model.formatter is not None
+        self.label_prefix = self._model.label_prefix
+        self._close_lock = threading.Lock()
+
+    def _run(self, fn: Callable[[_StudentModel], object]):
+        model = self._model
+        return self._owner.call(lambda _llama: fn(model))
+
+    # -- Student protocol ---------------------------------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` on its own (no BOS, special-token strings count as plain text)."""
+        return len(self._run(lambda m: m.tokenize_text(text)))  # type: ignore[arg-type]
+
+    def check_fits(self, system_prompt: str, longest_input: str, labels: Sequence[str]) -> None:
+        """Raise PromptTooLong (before any model work) if the prompt with `longest_input` and the longest label
+        does not fit the context window."""
+        self._run(lambda m: m.check_fits(system_prompt, longest_input, labels))
+
+    def classify(self, system_prompt: str, text: str, labels: Sequence[str]) -> Prediction:
+        labels = list(labels)
+        return self._run(lambda m: m.classify(system_prompt, text, labels))  # type: ignore[return-value]
+
+    def close(self) -> None:
+        with self._close_lock:
+            self._owner.close()
+
+    # -- extras for previews, exports and tests -----------------------------------------------------------
+    def render_prompt(self, system_prompt: str, text: str) -> str:
+        """The exact prompt text the model sees for one input (before the label)."""
+        return self._run(lambda m: m.render_prompt(system_prompt, text))  # type: ignore[return-value]
+
+    def prompt_tokens(self, system_prompt: str, text: str) -> list[int]:
+        return self._run(lambda m: m.prompt_tokens(system_prompt, text))  # type: ignore[return-value]
+
+    def prompt_split(self, system_prompt: str, text: str) -> tuple[list[int], int]:
+        """The prompt tokens and how many of them depend only on the system prompt (the reusable piece)."""
+        def split(m: _StudentModel) -> tuple[list[int], int]:
+            tokens = m.prompt_tokens(system_prompt, text)
+            return tokens, m.system_end(system_prompt, tokens)
+        return self._run(split)  # type: ignore[return-value]
+
+    def label_space(self, labels: Sequence[str]) -> LabelSpace:
+        """The label space used to score `labels` (read-only)."""
+        return self._run(lambda m: m.label_space(list(labels))[0])  # type: ignore[return-value]
+
+    def stats(self) -> EvalStats:
+        """Counters of evaluated and reused tokens and of label evaluations since the model was loaded."""
+        return self._run(lambda m: EvalStats(**vars(m.cursor.stats)))  # type: ignore[return-value]
+
+    def __enter__(self) -> "LlamaStudent":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

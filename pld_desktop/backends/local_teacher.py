@@ -1,0 +1,159 @@
+"""The local teacher: the core's Teacher protocol on a local GGUF chat model (default: bundled SmolLM2-135M).
+
+Replies are constrained to the request's JSON schema by llama.cpp's grammar sampler. If llama-cpp-python cannot
+convert a schema it silently falls back to generic JSON, so the core's schema validation stays the judge.
+Generation is greedy and deterministic: the prompt is evaluated on the fixed schedule of `LlamaContextCursor`
+(system part, then the rest) before `create_chat_completion` samples from it, so the same request gives the
+same reply whatever was asked before, while consecutive requests with one system text share its KV cache.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import llama_cpp
+
+from pld_desktop.backends.bundled import ModelFileError, bundled_local_teacher_path
+from pld_desktop.backends.llama_runtime import (LlamaContextCursor, LlamaOwner, file_sha256, gguf_chat_formatter,
+                                                template_supports_system)
+from pld_desktop.core.backends import TeacherError, TeacherReply, TeacherRequest, TeacherUsage
+
+__all__ = ["LocalTeacher", "ModelFileError"]
+
+
+class LocalTeacher:
+    """Teacher on a local GGUF model through llama-cpp-python.
+
+    Thread contract: one owner thread holds the model and runs every generation; `generate()` may be called from
+    any thread and calls are serialised (max_concurrency = 1).
+    """
+
+    max_concurrency = 1
+    price_per_million = (0.0, 0.0)
+
+    def __init__(self, model_path: str | os.PathLike[str] | None = None, *, n_ctx: int = 8192,
+                 max_tokens: int = 512, repeat_penalty: float = 1.1, n_threads: int | None = None,
+                 n_threads_batch: int | None = None, use_extra_bufts: bool | None = None) -> None:
+        """`max_tokens` bounds every reply (a tiny model can loop until the context is full); `repeat_penalty`
+        1.1 (llama-cpp-python's chat-handler default; create_chat_completion's own is 1.0) stops SmolLM2's greedy
+        decoding from repeating one word until max_tokens, which it did on 1 of 6 short test reviews."""
+        if max_tokens <= 0:
+            raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+        path = bundled_local_teacher_path() if model_path is None else model_path
+        self._owner = LlamaOwner(path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads_batch,
+                                 name="local-teacher", use_extra_bufts=use_extra_bufts)
+        try:
+            self._model: _TeacherModel = self._owner.call(_TeacherModel)
+            self.supports_system: bool = self._model.supports_system
+            self.n_ctx: int = self._owner.call(lambda llama: llama.n_ctx())
+            self.model_path = self._owner.model_path
+            self.model_id = f"local:{self.model_path.name}@{file_sha256(self.model_path)[:12]}"
+        except BaseException:
+            self._owner.close()
+            raise
+        self.max_tokens = max_tokens
+        self.repeat_penalty = repeat_penalty
+
+    def messages_for(self, request: TeacherRequest) -> list[dict[str, str]]:
+        """The chat messages sent for a request: a system turn when the template keeps one, else the
+        instructions lead the user turn."""
+        return _messages(request.system, request.user, self.supports_system)
+
+    def generate(self, request: TeacherRequest) -> TeacherReply:
+        if self._owner.closed:
+            raise RuntimeError("The local teacher has been closed.")
+        messages = self.messages_for(request)
+        try:
+            schema = request.schema.model_json_schema()
+        except Exception as exc:  # noqa: BLE001 - a broken schema class is the caller's bug, reported plainly
+            raise TeacherError(f"Cannot build the JSON schema of {request.schema.__name__}: {exc}") from exc
+        max_tokens, repeat_penalty = self.max_tokens, self.repeat_penalty
+        model = self._model
+
+        def run(llama: llama_cpp.Llama) -> tuple[dict[str, Any], float]:
+            started = time.perf_counter()
+            model.evaluate_prompt(messages, request.system)
+            completion = llama.create_chat_completion(
+                messages=messages, response_format={"type": "json_object", "schema": schema},
+                temperature=0.0, max_tokens=max_tokens, repeat_penalty=repeat_penalty, stream=False)
+            return completion, time.perf_counter() - started  # type: ignore[return-value]
+
+        try:
+            completion, latency = self._owner.call(run)
+        except ValueError as exc:
+            if "exceed context window" in str(exc):
+                raise TeacherError(f"The request does not fit the local teacher's context of {self.n_ctx} "
+                                   f"tokens: {exc}", retryable=False) from exc
+            raise TeacherError(f"The local teacher failed: {exc}", retryable=False) from exc
+        except RuntimeError as exc:
+            raise TeacherError(f"The local teacher failed: {exc}", retryable=False) from exc
+        choice = completion["choices"][0]
+        usage = completion.get("usage") or {}
+        return TeacherReply(
+            text=choice["message"].get("content") or "",
+            usage=TeacherUsage(prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                               output_tokens=int(usage.get("completion_tokens", 0)),
+                               total_tokens=int(usage.get("total_tokens", 0))),
+            latency_s=latency, model=self.model_id, finish_reason=str(choice.get("finish_reason") or ""))
+
+    def close(self) -> None:
+        self._owner.close()
+
+    def __enter__(self) -> "LocalTeacher":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _TeacherModel:
+    """Prompt preparation for the teacher's Llama. Lives on, and is only used from, the owner thread."""
+
+    def __init__(self, llama: llama_cpp.Llama) -> None:
+        self.llama = llama
+        self.formatter = gguf_chat_formatter(llama)
+        if self.formatter is not None:
+            # Pin the chat format to the GGUF template, so the prompt evaluated here is the one the chat
+            # completion tokenizes (llama-cpp-python could otherwise pick a built-in format by name).
+            llama.chat_handler = self.formatter.to_chat_handler()
+        # Without a GGUF template llama-cpp-python falls back to its "llama-2" format, which keeps system turns.
+        self.supports_system = True if self.formatter is None else template_supports_system(self.formatter)
+        self.cursor = LlamaContextCursor(llama)
+        self._system_ends: dict[str, int] = {}
+
+    def _tokens(self, messages: list[dict[str, str]]) -> list[int]:
+        prompt = self.formatter(messages=messages).prompt  # type: ignore[misc]
+        # As llama-cpp-python's chat handler does for template formats (they add BOS themselves).
+        return self.llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+
+    def _system_end(self, system: str) -> int:
+        """Tokens of the prompt that depend only on the system text: the common prefix of the prompts of two
+        unrelated probe requests with that system text (cached per system text)."""
+        if system not in self._system_ends:
+            probes = [self._tokens(_messages(system, probe, self.supports_system)) for probe in ("A", "z")]
+            if len(self._system_ends) > 64:
+                self._system_ends.clear()
+            self._system_ends[system] = llama_cpp.Llama.longest_token_prefix(*probes)
+        return self._system_ends[system]
+
+    def evaluate_prompt(self, messages: list[dict[str, str]], system: str) -> None:
+        """Evaluate the chat prompt on the cursor's fixed schedule; `Llama.generate()` then finds it fully
+        cached with fresh logits and samples right away. Without a template, or if the prompt does not fit
+        (the chat completion then reports it), the state is reset so the completion evaluates from scratch:
+        slower, equally deterministic."""
+        llama = self.llama
+        tokens = self._tokens(messages) if self.formatter is not None else []
+        if not tokens or len(tokens) >= llama.n_ctx():
+            self.cursor.reset()
+            llama.reset()
+            return
+        self.cursor.begin(tokens, self._system_end(system))
+        self.cursor.position(tokens)
+
+
+def _messages(system: str, user: str, supports_system: bool) -> list[dict[str, str]]:
+    if supports_system:
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return [{"role": "user", "content": f"{system}\n\n{user}" if system.strip() else user}]
