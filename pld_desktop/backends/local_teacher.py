@@ -34,7 +34,8 @@ class LocalTeacher:
     price_per_million = (0.0, 0.0)
 
     def __init__(self, model_path: str | os.PathLike[str] | None = None, *, n_ctx: int = 8192,
-                 max_tokens: int = 512, repeat_penalty: float = 1.1, n_threads: int | None = None,
+                 max_tokens: int = 512, repeat_penalty: float = 1.1, max_string_chars: int = 320,
+                 n_threads: int | None = None,
                  n_threads_batch: int | None = None, use_extra_bufts: bool | None = None) -> None:
         """`max_tokens` bounds every reply (a tiny model can loop until the context is full); `repeat_penalty`
         1.1 (llama-cpp-python's chat-handler default; create_chat_completion's own is 1.0) stops SmolLM2's greedy
@@ -55,6 +56,7 @@ class LocalTeacher:
             raise
         self.max_tokens = max_tokens
         self.repeat_penalty = repeat_penalty
+        self.max_string_chars = max_string_chars
 
     def messages_for(self, request: TeacherRequest) -> list[dict[str, str]]:
         """The chat messages sent for a request: a system turn when the template keeps one, else the
@@ -66,7 +68,7 @@ class LocalTeacher:
             raise RuntimeError("The local teacher has been closed.")
         messages = self.messages_for(request)
         try:
-            schema = request.schema.model_json_schema()
+            schema = bounded_schema(request.schema.model_json_schema(), self.max_string_chars)
         except Exception as exc:  # noqa: BLE001 - a broken schema class is the caller's bug, reported plainly
             raise TeacherError(f"Cannot build the JSON schema of {request.schema.__name__}: {exc}") from exc
         max_tokens, repeat_penalty = self.max_tokens, self.repeat_penalty
@@ -157,3 +159,16 @@ def _messages(system: str, user: str, supports_system: bool) -> list[dict[str, s
     if supports_system:
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
     return [{"role": "user", "content": f"{system}\n\n{user}" if system.strip() else user}]
+
+
+def bounded_schema(schema: Any, max_chars: int) -> Any:
+    """A copy of a JSON schema whose strings have a maxLength, so the grammar cannot let a small model ramble
+    past `max_tokens` into a truncated (invalid) reply. The core still validates with the original schema."""
+    if isinstance(schema, dict):
+        out = {k: bounded_schema(v, max_chars) for k, v in schema.items()}
+        if out.get("type") == "string" and "enum" not in out and "const" not in out:
+            out.setdefault("maxLength", max_chars)
+        return out
+    if isinstance(schema, list):
+        return [bounded_schema(v, max_chars) for v in schema]
+    return schema
