@@ -173,6 +173,7 @@ def test_export_txt_is_byte_identical_to_the_evaluated_prompt(tmp_path: Path) ->
     assert doc["dataset"]["dataset_hash"]
     assert set(doc["metrics"]) == {"pld", "zero_shot", "few_shot"}
     assert all("micro_rules" in r for r in doc["rules"])
+    assert "unclustered_micro_rules" in doc  # noise rules are listed, never silently dropped
     md = by_ext[".md"].read_text()
     assert "## Rules" in md and "macro-F1" in md
     assert len(project.query("SELECT * FROM exports")) == 3

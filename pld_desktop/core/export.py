@@ -70,6 +70,12 @@ def export_payload(project: Project, rule_set_id: int | None = None) -> dict[str
                                            for mid in r.get("micro_rule_ids", []) if mid in micro]})
     info = project.dataset_info() or {}
     settings = project.settings().get("run_settings", {})
+    # Noise micro-rules are not in the prompt but are never dropped: the export lists them.
+    noise = project.query(
+        "SELECT m.id, m.rule, m.label, e.ext_id FROM clusters c JOIN cluster_members cm ON cm.cluster_id = c.id "
+        "JOIN micro_rules m ON m.id = cm.micro_rule_id JOIN examples e ON e.id = m.example_id "
+        "WHERE c.is_noise = 1 AND c.clustering_key = (SELECT key FROM clusterings ORDER BY rowid DESC LIMIT 1) "
+        "ORDER BY m.id")
     return {
         "rule_set": rs, "rules": rules, "conflicts": project.conflicts(rs_id), "evaluations": evaluations,
         "dataset": {"source_name": info.get("source_name"), "source_sha256": info.get("source_sha256"),
@@ -78,6 +84,8 @@ def export_payload(project: Project, rule_set_id: int | None = None) -> dict[str
         "teacher_models": sorted({r["model"] for r in project.query("SELECT DISTINCT model FROM teacher_calls")}),
         "embedder": settings.get("embedder") or "bundled all-MiniLM-L6-v2",
         "teacher_usage": project.teacher_totals(),
+        "noise_micro_rules": [{"id": n["id"], "rule": n["rule"], "label": n["label"], "example": n["ext_id"]}
+                              for n in noise],
     }
 
 
@@ -104,6 +112,7 @@ def render_json(payload: dict[str, Any]) -> bytes:
                    "teachers": payload["teacher_models"], "embedder": payload["embedder"]},
         "dataset": payload["dataset"],
         "teacher_usage": payload["teacher_usage"],
+        "unclustered_micro_rules": payload["noise_micro_rules"],
     }
     return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
@@ -151,6 +160,12 @@ def render_md(payload: dict[str, Any]) -> bytes:
         for c in payload["conflicts"]:
             out.append(f"| {md_escape(c['rule_a'])} / {md_escape(c['rule_b'])} | {md_escape(c['source'])} | "
                        f"{md_escape(c['reason'])} |")
+        out.append("")
+    if payload["noise_micro_rules"]:
+        out += ["## Micro-rules left out (clustering noise)", "",
+                f"{len(payload['noise_micro_rules'])} micro-rules fitted no cluster; they are not in the prompt.", ""]
+        out += [f"- {md_escape(n['rule'])} *({md_escape(n['label'])}, example {md_escape(n['example'])})*"
+                for n in payload["noise_micro_rules"]]
         out.append("")
     out += ["## The exact system prompt", "", _fence(rs.prompt_text), ""]
     return "\n".join(out).encode("utf-8")

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..backends import Student, Teacher, TeacherRequest
+from ..backends import PromptTooLong, Student, Teacher, TeacherRequest
 from ..evaluate import evaluate_prompt
 from ..progress import Progress, check
 from ..project import Example, Project
@@ -132,7 +132,20 @@ def run_closed_loop(project: Project, teacher: Teacher, student: Student, settin
                 if 1 <= a <= len(new_rules) and 1 <= b <= len(new_rules) and a != b:
                     project.add_conflict(cand_id, new_rules[a - 1]["uid"], new_rules[b - 1]["uid"], "teacher",
                                          pair.reason, {"named_by": "teacher", "round": rnd})
-        f1 = score_on_dev(project, student, cand_id, progress, f"Phase 3 round {rnd}: scoring the candidate on dev")
+        try:
+            f1 = score_on_dev(project, student, cand_id, progress,
+                              f"Phase 3 round {rnd}: scoring the candidate on dev")
+        except PromptTooLong as exc:
+            # A rewrite that no longer fits the student is a rejected candidate, not a failed run.
+            progress.log(f"Round {rnd}: candidate v{cand_id} rejected: {exc}", "warning")
+            _record_round(project, rnd, current_id, cand_id, None, best_f1, False, f"prompt too long: {exc}")
+            round_row.update(candidate=cand_id, accepted=False, note="prompt too long for the student")
+            report.rounds.append(round_row)
+            no_gain += 1
+            if no_gain >= settings.loop_patience:
+                report.stopped_because = f"no improvement for {no_gain} round(s) (patience {settings.loop_patience})"
+                break
+            continue
         accepted = f1 > best_f1 + settings.loop_min_delta
         _record_round(project, rnd, current_id, cand_id, f1, best_f1, accepted, getattr(parsed, "root_cause"))
         round_row.update(candidate=cand_id, dev_macro_f1=f1, accepted=accepted)
