@@ -67,11 +67,15 @@ def _install_sigint(progress: ConsoleProgress) -> None:
 # Commands
 # ---------------------------------------------------------------------------
 def _parse_ratios(text: str) -> tuple[float, float, float]:
-    parts = [float(p) for p in text.replace("/", ",").split(",")]
-    if len(parts) != 3:
-        raise ValueError("--ratios takes three numbers, e.g. 60/20/20 or 0.6,0.2,0.2")
+    usage = f"--ratios takes three numbers, none negative, such as 60/20/20 or 0.6,0.2,0.2 (got '{text}')"
+    try:
+        parts = [float(p) for p in text.replace("/", ",").split(",")]
+    except ValueError:
+        raise ValueError(usage) from None
+    if len(parts) != 3 or any(not (p >= 0 and p != float("inf")) for p in parts) or sum(parts) <= 0:
+        raise ValueError(usage)
     total = sum(parts)
-    return tuple(p / total for p in parts)  # type: ignore[return-value]
+    return (parts[0] / total, parts[1] / total, parts[2] / total)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -87,15 +91,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.csv, mapping, SplitSettings(train, dev, test, args.seed))
     for w in dataset.warnings:
         print(f"warning: {w.message}", file=sys.stderr)
-    project = Project.create(args.project, overwrite=args.force)
-    try:
+    settings = RunSettings(seed=args.seed)
+    if args.task:
+        settings.task = args.task
+
+    def fill(project: Project) -> None:
         project.store_dataset(dataset, Path(args.csv).name)
-        settings = RunSettings(seed=args.seed)
-        if args.task:
-            settings.task = args.task
         save_settings(project, settings)
-    finally:
-        project.close()
+    Project.build(args.project, fill, overwrite=args.force)
     counts = {s: sum(1 for r in dataset.rows if r.split == s) for s in ("train", "dev", "test")}
     print(f"Created {args.project}: {len(dataset.rows)} rows, labels {', '.join(dataset.labels)}; "
           f"train {counts['train']} / dev {counts['dev']} / test {counts['test']} (test is locked).")
@@ -226,7 +229,8 @@ def _print_status(project: Any) -> None:
     for name, ph in s["phases"].items():
         print(f"  {name:<12} {ph['state']:<10} {ph['done']}/{ph['total']}  {ph['message'] or ''}")
     t = s["teacher"]
-    print(f"  teacher: {t['calls']} calls ({t['failed']} failed), {t['prompt_tokens']:,} in / "
+    print(f"  teacher: {t['calls']} calls ({t['failed']} invalid or failed attempts; {s['failed_items']} items "
+          f"given up after retries), {t['prompt_tokens']:,} in / "
           f"{t['output_tokens'] + t['thoughts_tokens']:,} out tokens, ${t['cost_usd']:.4f}")
     print(f"  micro-rules: {s['micro_rules']}, rule-set versions: {s['rule_sets']}, chosen: {s['chosen_rule_set']}")
     for kind, m in s["evaluation"].items():
@@ -255,13 +259,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     path = folder / "demo.pld"
     if not path.exists():
         dataset = load_dataset(demo_csv(), ColumnMapping(("message",), "label", id_column="id"), SplitSettings())
-        project = Project.create(path)
-        try:
+
+        def fill(project: Project) -> None:
             project.store_dataset(dataset, demo_csv().name)
             save_settings(project, RunSettings(task=DEMO_TASK, label_meanings=dict(DEMO_MEANINGS), teacher="local",
                                                loop_max_iterations=args.max_iterations))
-        finally:
-            project.close()
+        Project.build(path, fill)
         print(f"Created {path} from the bundled demo dataset ({len(dataset.rows)} rows).", file=sys.stderr)
     else:
         print(f"Resuming {path}.", file=sys.stderr)

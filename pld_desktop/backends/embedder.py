@@ -35,7 +35,9 @@ class SentenceTransformerEmbedder:
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             from sentence_transformers import SentenceTransformer
             self._model = SentenceTransformer(str(self.model_path), device="cpu", local_files_only=True)
-            self.dim = int(self._model.get_sentence_embedding_dimension() or 0)
+            dim_of = getattr(self._model, "get_embedding_dimension", None) or \
+                self._model.get_sentence_embedding_dimension  # renamed in sentence-transformers 6
+            self.dim = int(dim_of() or 0)
         return self._model
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

@@ -306,6 +306,9 @@ def _read_bytes(path: str | os.PathLike[str], limit: int | None = None) -> tuple
     try:
         if p.is_dir():
             raise DatasetError(Problem(f"'{p}' is a folder, not a file. Choose a CSV file inside it."))
+        if p.exists() and not p.is_file():
+            # A pipe, socket or device would block or never end; only regular files are read.
+            raise DatasetError(Problem(f"'{p}' is not a regular file (a pipe or device?). Choose a CSV file."))
         with open(p, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             data = fh.read() if limit is None else fh.read(limit)

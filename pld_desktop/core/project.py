@@ -243,27 +243,48 @@ class Project:
     # -- opening ------------------------------------------------------------
     @classmethod
     def create(cls, path: str | os.PathLike, *, overwrite: bool = False) -> "Project":
+        """A new, empty project at `path`."""
+        return cls.build(path, lambda project: None, overwrite=overwrite, keep_open=True)  # type: ignore[return-value]
+
+    @classmethod
+    def build(cls, path: str | os.PathLike, fill: Any, *, overwrite: bool = False,
+              keep_open: bool = False) -> "Project | None":
+        """Create a project beside `path`, let `fill(project)` add its content, then move it into place.
+
+        The user's name only ever holds a complete project: a failure in `fill` leaves any existing file
+        untouched, and `overwrite` replaces only an existing PLD project (never a CSV or a folder).
+        """
         path = Path(path)
+        if path.is_dir():
+            raise ProjectFileError(f"{path} is a folder; choose a file name such as {path / 'project.pld'}.")
         if path.exists():
             if not overwrite:
                 raise ProjectFileError(f"{path} already exists; choose another name or pass --force.")
-            path.unlink()
+            _check_header(path)  # refuses to overwrite anything that is not a PLD project
         if not path.parent.exists():
             raise ProjectFileError(f"The folder {path.parent} does not exist.")
         if not os.access(path.parent, os.W_OK):
             raise ProjectFileError(f"Cannot create {path.name}: the folder {path.parent} is not writable.")
         tmp = path.with_name(path.name + ".creating")
+        tmp.unlink(missing_ok=True)
         try:
             conn = sqlite3.connect(tmp, check_same_thread=False)
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            db = Database(conn)
-            migrations.apply(db)
+            migrations.apply(Database(conn))
+            project = cls(tmp, conn)
+            fill(project)
             conn.close()
-            os.replace(tmp, path)  # a half-created project never appears under the user's name
+            os.replace(tmp, path)
         except sqlite3.Error as exc:
-            tmp.unlink(missing_ok=True)
             raise ProjectFileError(f"Cannot create {path.name}: {exc}.") from None
-        return cls.open(path)
+        finally:
+            if tmp.exists():
+                try:
+                    conn.close()
+                except Exception:  # noqa: BLE001 - best effort before removing the partial file
+                    pass
+                tmp.unlink(missing_ok=True)
+        return cls.open(path) if keep_open else None
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, read_only: bool = False) -> "Project":
