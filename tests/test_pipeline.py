@@ -220,3 +220,15 @@ def test_closed_loop_saves_every_candidate_with_its_dev_score(tmp_path: Path) ->
     dev_scores = {e["rule_set_id"]: e["metrics"]["macro_f1"] for e in project.evaluations()
                   if e["split"] == "dev" and e["kind"] == "pld"}
     assert dev_scores[chosen] == max(dev_scores.values())
+
+
+def test_a_rewrite_that_loses_a_label_gets_its_previous_rules_back() -> None:
+    from pld_desktop.core.phases.closed_loop import _repair
+    old = [{"uid": "R1", "text": "If a payment was not made by the customer, answer fraud_report.", "label": "fraud_report"},
+           {"uid": "R2", "text": "If the customer asks how to do something, answer question.", "label": "question"}]
+    new = [{"uid": "R1", "text": "1 },", "label": "question"},
+           {"uid": "R2", "text": "If the message asks for opening hours, answer question.", "label": "question"}]
+    rules, note = _repair(new, old, ["complaint", "fraud_report", "question"])
+    assert [r["text"] for r in rules] == [new[1]["text"], old[0]["text"]]
+    assert [r["uid"] for r in rules] == ["R1", "R2"]
+    assert "dropped 1 rule" in note and "fraud_report" in note

@@ -24,8 +24,8 @@ def extraction_schema(labels: tuple[str, ...]) -> type[BaseModel]:
     return create_model(
         "MicroRule",
         reasoning=(str, Field(description="Why the gold label is correct for this example.")),
-        rule=(str, Field(description="One general, self-contained instruction (no names of specific "
-                                     "entities) that leads to the label.")),
+        rule=(str, Field(min_length=12, description="One general, self-contained instruction (no names of "
+                                                    "specific entities) that leads to the label.")),
         label=(_label_type(labels), Field(description="The label the rule leads to.")),
     )
 
@@ -34,7 +34,7 @@ def extraction_schema(labels: tuple[str, ...]) -> type[BaseModel]:
 def merge_schema(labels: tuple[str, ...]) -> type[BaseModel]:
     return create_model(
         "MergedRule",
-        rule=(str, Field(description="One consolidated instruction covering the cluster's rules.")),
+        rule=(str, Field(min_length=12, description="One consolidated instruction covering the cluster's rules.")),
         label=(_label_type(labels), Field(description="The label the consolidated rule leads to.")),
     )
 
@@ -59,7 +59,7 @@ class Review(BaseModel):
 def resolution_schema(labels: tuple[str, ...]) -> type[BaseModel]:
     rule_model = create_model(
         "RewrittenRule",
-        rule=(str, ...),
+        rule=(str, Field(min_length=12)),
         label=(_label_type(labels), ...),
         from_rules=(list[int], Field(default_factory=list,
                                      description="Numbers of the current rules this rule comes from")),

@@ -117,14 +117,18 @@ def run_closed_loop(project: Project, teacher: Teacher, student: Student, settin
                 report.stopped_because = f"no improvement for {no_gain} rounds"
                 break
             continue
-        new_rules = _provenance(parsed, rules, rnd)
+        new_rules, repair_note = _repair(_provenance(parsed, rules, rnd), rules, labels)
+        if repair_note:
+            progress.log(f"Round {rnd}: {repair_note}", "warning")
         prompt = build_rules_prompt(current.task, list(labels), [PromptRule(r["text"], r["label"]) for r in new_rules],
                                     current.meanings)
         cand_id = project.find_rule_set(origin="resolution", parent_id=current_id, rules=new_rules, task=current.task,
                                         labels=list(labels), meanings=current.meanings)
         if cand_id is None:
             cand_id = project.add_rule_set(
-                parent_id=current_id, reason=f"resolution round {rnd}: {getattr(parsed, 'root_cause')[:300]}",
+                parent_id=current_id,
+                reason=f"resolution round {rnd}: {getattr(parsed, 'root_cause')[:300]}"
+                       + (f" ({repair_note})" if repair_note else ""),
                 origin="resolution", round=rnd, task=current.task, labels=list(labels), meanings=current.meanings,
                 rules=new_rules, prompt_text=prompt, prompt_sha256=sha256_text(prompt))
             for pair in getattr(parsed, "conflicts"):
@@ -182,6 +186,27 @@ def _provenance(parsed: Any, old_rules: list[dict[str, Any]], rnd: int) -> list[
                     "example_ids": sorted({m for s in sources for m in s.get("example_ids", [])}),
                     "from_rules": [s["uid"] for s in sources], "origin": f"resolution round {rnd}"})
     return out
+
+
+def _repair(new_rules: list[dict[str, Any]], old_rules: list[dict[str, Any]],
+            labels: Sequence[str]) -> tuple[list[dict[str, Any]], str]:
+    """Guard against a rewrite that silently loses knowledge: drop empty rules, and carry over the previous
+    rules of any label the rewrite left without a rule (synthesis already drops minority labels easily)."""
+    notes = []
+    kept = [r for r in new_rules if len(r["text"].split()) >= 3]
+    if len(kept) < len(new_rules):
+        notes.append(f"dropped {len(new_rules) - len(kept)} rule(s) of fewer than 3 words")
+    covered = {r["label"] for r in kept}
+    carried = [dict(r, origin=f"carried over from the parent version ({r.get('origin', '')})")
+               for r in old_rules if r["label"] not in covered and r["label"] in labels]
+    if carried:
+        lost = sorted({r["label"] for r in carried})
+        notes.append(f"carried over {len(carried)} previous rule(s) for label(s) the rewrite left without a rule: "
+                     + ", ".join(lost))
+    out = kept + carried
+    for i, r in enumerate(out, 1):
+        r["uid"] = f"R{i}"
+    return out, "; ".join(notes)
 
 
 def _record_round(project: Project, rnd: int, base: int, cand: int | None, f1: float | None, base_f1: float,
