@@ -108,23 +108,32 @@ def _ok_calls(path: Path) -> list[str]:
         conn.close()
 
 
-def test_sigkill_during_phase1_then_resume_repeats_no_completed_call(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "pld_desktop.cli", "init", str(tmp_path / "k.pld"), "--csv",
-                        str(tiny_csv(tmp_path / "tiny.csv")), "--text", "message", "--label", "label", "--id", "id"],
-                       capture_output=True, text=True, timeout=120)
+def init_project(path: Path, csv_path: Path) -> Path:
+    r = subprocess.run([sys.executable, "-m", "pld_desktop.cli", "init", str(path), "--csv", str(csv_path),
+                        "--text", "message", "--label", "label", "--id", "id"], capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 0, r.stderr
-    path = tmp_path / "k.pld"
-    cmd = [sys.executable, "-m", "pld_desktop.cli", "run", str(path), "--phase", "1", "--teacher", "local",
-           "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
+    return path
+
+
+def wait_for_completed_calls(path: Path, proc: subprocess.Popen, n: int, timeout_s: float = 300) -> None:
+    """Poll the project (read-only) until `n` teacher calls completed or the process ended."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if len(_ok_calls(path)) >= 3:
-                break
+            if len(_ok_calls(path)) >= n:
+                return
         except sqlite3.OperationalError:
             pass
         time.sleep(0.2)
+
+
+def test_sigkill_during_phase1_then_resume_repeats_no_completed_call(tmp_path: Path) -> None:
+    path = init_project(tmp_path / "k.pld", tiny_csv(tmp_path / "tiny.csv"))
+    cmd = [sys.executable, "-m", "pld_desktop.cli", "run", str(path), "--phase", "1", "--teacher", "local",
+           "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_completed_calls(path, proc, 3)
     assert proc.poll() is None, "phase 1 finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -139,3 +148,24 @@ def test_sigkill_during_phase1_then_resume_repeats_no_completed_call(tmp_path: P
     assert set(done) <= set(after)
     with Project.open(path, read_only=True) as p:
         assert p.phase_states()[1]["state"] == "done"
+
+
+def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path: Path) -> None:
+    path = init_project(tmp_path / "c.pld", tiny_csv(tmp_path / "tiny.csv", per_label=4))
+    cmd = [sys.executable, "-m", "pld_desktop.cli", "run", str(path), "--phase", "1", "--teacher", "local"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_completed_calls(path, proc, 1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "Stopping after the items in flight" in err and "Traceback" not in err
+    with Project.open(path, read_only=True) as p:
+        assert p.integrity_check() == "ok"
+        assert p.phase_states()[1]["state"] == "cancelled"
+        n_train = len(p.examples(split="train"))
+        assert len(p.micro_rules()) < n_train
+    r = subprocess.run(cmd + ["--quiet"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    with Project.open(path, read_only=True) as p:
+        assert p.phase_states()[1]["state"] == "done"
+        assert len(p.micro_rules()) + len(p.query("SELECT DISTINCT item_key FROM failed_items")) >= n_train

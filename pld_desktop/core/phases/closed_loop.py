@@ -7,7 +7,6 @@ by more than `loop_min_delta`. The loop stops after `loop_patience` rounds witho
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -16,6 +15,7 @@ from ..evaluate import evaluate_prompt
 from ..progress import Progress, check
 from ..project import Example, Project
 from ..prompts import PromptRule, build_rules_prompt, sha256_text
+from ..sampling import stratified_sample
 from ..settings import RunSettings
 from ..teacher_calls import TeacherJob, run_teacher_jobs
 from ..teacher_prompts import RESOLUTION_SYSTEM, resolution_schema, resolution_user
@@ -31,23 +31,6 @@ class LoopReport:
     best_dev_f1: float = 0.0
     rounds: list[dict[str, Any]] = field(default_factory=list)
     stopped_because: str = ""
-
-
-def stratified_sample(examples: Sequence[Example], n: int, seed: int) -> list[Example]:
-    """Up to n examples, as evenly spread over labels as the data allows, deterministic for a seed."""
-    rng = random.Random(seed)
-    by_label: dict[str, list[Example]] = {}
-    for e in examples:
-        by_label.setdefault(e.label, []).append(e)
-    for items in by_label.values():
-        rng.shuffle(items)
-    out: list[Example] = []
-    labels = sorted(by_label)
-    while len(out) < n and any(by_label[lab] for lab in labels):
-        for lab in labels:
-            if by_label[lab] and len(out) < n:
-                out.append(by_label[lab].pop())
-    return sorted(out, key=lambda e: e.id)
 
 
 def prompt_for(project: Project, rule_set_id: int) -> str:

@@ -10,6 +10,7 @@ from ..backends import Student
 from ..evaluate import evaluate_prompt
 from ..progress import Progress
 from ..project import Example, Project
+from ..sampling import stratified_sample
 from ..prompts import FewShotExample, build_few_shot_prompt, build_zero_shot_prompt
 from ..settings import RunSettings
 
@@ -24,19 +25,9 @@ class EvaluationReport:
 
 
 def few_shot_examples(train: list[Example], k: int, seed: int) -> list[Example]:
-    """k training examples, one per label first (round-robin), fixed by the seed."""
-    rng = random.Random(seed)
-    by_label: dict[str, list[Example]] = {}
-    for e in train:
-        by_label.setdefault(e.label, []).append(e)
-    for items in by_label.values():
-        rng.shuffle(items)
-    picked: list[Example] = []
-    while len(picked) < k and any(by_label.values()):
-        for lab in sorted(by_label):
-            if by_label[lab] and len(picked) < k:
-                picked.append(by_label[lab].pop())
-    rng.shuffle(picked)
+    """k training examples spread over the labels (one per label first), fixed by the seed, in shuffled order."""
+    picked = stratified_sample(train, k, seed)
+    random.Random(seed).shuffle(picked)
     return picked
 
 
