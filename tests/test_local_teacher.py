@@ -184,3 +184,43 @@ def test_closed_teacher_refuses_work() -> None:
     t.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
         t.generate(verdict_request("x"))
+
+
+def test_grammar_hints_become_patterns_and_strings_are_bounded() -> None:
+    from pld_desktop.backends.local_teacher import bounded_schema
+    from pld_desktop.core.teacher_prompts import extraction_schema, resolution_schema, rule_pattern
+    labels = ("complaint", "fraud_report")
+    hints = dict(rule_pattern(labels))
+    ext = bounded_schema(extraction_schema(labels).model_json_schema(), 100, hints)
+    assert ext["properties"]["rule"]["pattern"] == hints["rule"]
+    assert "minLength" not in ext["properties"]["rule"]
+    assert ext["properties"]["reasoning"]["maxLength"] == 100
+    res = bounded_schema(resolution_schema(labels).model_json_schema(), 100, hints)
+    nested = [d for d in res["$defs"].values() if "rule" in d.get("properties", {})]
+    assert nested and nested[0]["properties"]["rule"]["pattern"] == hints["rule"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["extraction", "merge", "resolution"])
+def test_every_phase_request_decodes_into_a_rule_of_the_right_shape(teacher, kind: str) -> None:
+    import re
+    from pld_desktop.core import teacher_prompts as tp
+    labels = ("complaint", "fraud_report", "question")
+    if kind == "extraction":
+        req = TeacherRequest(tp.EXTRACTION_SYSTEM, tp.extraction_user("Triage bank messages.", labels, {},
+                             "I was charged a late fee although I paid on time.", "complaint"),
+                             tp.extraction_schema(labels), kind, tp.rule_pattern(["complaint"]))
+    elif kind == "merge":
+        req = TeacherRequest(tp.MERGE_SYSTEM, tp.merge_user("Triage bank messages.", "question", [
+            "If the customer asks for opening hours, answer question.",
+            "If the customer asks how to order a card, answer question."]), tp.merge_schema(labels), kind,
+            tp.rule_pattern(["question"]))
+    else:
+        req = TeacherRequest(tp.RESOLUTION_SYSTEM, tp.resolution_user(
+            "Triage bank messages.", labels, {}, [("If the customer asks something, answer question.", "question")],
+            [("Someone took 50 pounds from my account, what do I do?", "fraud_report", "question")],
+            [("When do you open?", "question")]), tp.resolution_schema(labels), kind, tp.rule_pattern(labels))
+    reply = teacher.generate(req)
+    parsed = req.schema.model_validate_json(reply.text)
+    rules = [r.rule for r in parsed.rules] if kind == "resolution" else [parsed.rule]
+    assert rules and all(re.fullmatch(dict(req.grammar_patterns)["rule"], r) for r in rules)

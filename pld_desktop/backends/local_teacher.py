@@ -68,7 +68,8 @@ class LocalTeacher:
             raise RuntimeError("The local teacher has been closed.")
         messages = self.messages_for(request)
         try:
-            schema = bounded_schema(request.schema.model_json_schema(), self.max_string_chars)
+            schema = bounded_schema(request.schema.model_json_schema(), self.max_string_chars,
+                                    dict(request.grammar_patterns))
         except Exception as exc:  # noqa: BLE001 - a broken schema class is the caller's bug, reported plainly
             raise TeacherError(f"Cannot build the JSON schema of {request.schema.__name__}: {exc}") from exc
         max_tokens, repeat_penalty = self.max_tokens, self.repeat_penalty
@@ -161,14 +162,23 @@ def _messages(system: str, user: str, supports_system: bool) -> list[dict[str, s
     return [{"role": "user", "content": f"{system}\n\n{user}" if system.strip() else user}]
 
 
-def bounded_schema(schema: Any, max_chars: int) -> Any:
-    """A copy of a JSON schema whose strings have a maxLength, so the grammar cannot let a small model ramble
-    past `max_tokens` into a truncated (invalid) reply. The core still validates with the original schema."""
+def bounded_schema(schema: Any, max_chars: int, patterns: dict[str, str] | None = None) -> Any:
+    """A copy of a JSON schema for the grammar: strings get a maxLength, so a small model cannot ramble past
+    `max_tokens` into a truncated (invalid) reply, and properties named in `patterns` get that regex (the
+    request's grammar hints). The core still validates the reply against the original schema."""
+    patterns = patterns or {}
     if isinstance(schema, dict):
-        out = {k: bounded_schema(v, max_chars) for k, v in schema.items()}
-        if out.get("type") == "string" and "enum" not in out and "const" not in out:
+        out = {k: bounded_schema(v, max_chars, patterns) for k, v in schema.items()}
+        if isinstance(out.get("properties"), dict):
+            for name, regex in patterns.items():
+                prop = out["properties"].get(name)
+                if isinstance(prop, dict) and prop.get("type") == "string":
+                    prop.pop("maxLength", None)
+                    prop.pop("minLength", None)
+                    prop["pattern"] = regex
+        if out.get("type") == "string" and not {"enum", "const", "pattern"} & set(out):
             out.setdefault("maxLength", max_chars)
         return out
     if isinstance(schema, list):
-        return [bounded_schema(v, max_chars) for v in schema]
+        return [bounded_schema(v, max_chars, patterns) for v in schema]
     return schema

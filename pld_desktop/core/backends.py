@@ -23,6 +23,9 @@ class TeacherRequest:
     user: str
     schema: type[BaseModel]
     kind: str = "generic"  # extraction | merge | review | resolution | probe
+    # (property name, regex) hints for backends that decode under a grammar: a small local model is held to
+    # the shape "If ..., answer <label>." Remote teachers ignore them; the reply is validated either way.
+    grammar_patterns: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass

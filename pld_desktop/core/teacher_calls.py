@@ -66,6 +66,8 @@ class BatchStats:
 def request_hash(model_id: str, request: TeacherRequest) -> str:
     payload = {"model": model_id, "kind": request.kind, "system": request.system, "user": request.user,
                "schema": request.schema.model_json_schema()}
+    if request.grammar_patterns:
+        payload["grammar_patterns"] = [list(p) for p in request.grammar_patterns]
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -107,6 +109,7 @@ def _run_job(teacher: Teacher, request: TeacherRequest, max_attempts: int, progr
             attempts.append(_Attempt(reply, None, None, reason))
             current = TeacherRequest(
                 system=request.system, kind=request.kind, schema=request.schema,
+                grammar_patterns=request.grammar_patterns,
                 user=request.user + f"\n\nYour previous reply was rejected: {reason}. Reply again with JSON only.")
             continue
         attempts.append(_Attempt(reply, None, parsed, None))

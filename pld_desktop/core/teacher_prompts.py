@@ -6,6 +6,7 @@ instruction says that nothing inside them is an instruction (prompt-injection hy
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Literal, Sequence
 
@@ -70,6 +71,18 @@ def resolution_schema(labels: tuple[str, ...]) -> type[BaseModel]:
         rules=(list[rule_model], Field(description="The complete rewritten rule list")),  # type: ignore[valid-type]
         conflicts=(list[RulePair], Field(default_factory=list)),
     )
+
+
+def rule_pattern(labels: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """Grammar hint: a rule reads "If <condition>, answer <label>." with one of `labels`.
+
+    Only plain characters and classes are used: llama-cpp-python's regex-to-GBNF converter emits an invalid
+    escape for `\.` (and llama.cpp crashes on a grammar it cannot parse), so the full stop is written `[.]`.
+    """
+    alternatives = "|".join(lab for lab in labels if re.fullmatch(r"[\w -]+", lab))
+    if not alternatives:
+        return ()
+    return (("rule", f'^If [^"\\\\]{{8,120}}, answer ({alternatives})[.]$'),)
 
 
 def labels_text(labels: Sequence[str], meanings: dict[str, str] | None = None) -> str:

@@ -18,7 +18,7 @@ from ..prompts import PromptRule, build_rules_prompt, sha256_text
 from ..sampling import stratified_sample
 from ..settings import RunSettings
 from ..teacher_calls import TeacherJob, run_teacher_jobs
-from ..teacher_prompts import RESOLUTION_SYSTEM, resolution_schema, resolution_user
+from ..teacher_prompts import RESOLUTION_SYSTEM, resolution_schema, resolution_user, rule_pattern
 
 PHASE = 3
 
@@ -83,7 +83,8 @@ def run_closed_loop(project: Project, teacher: Teacher, student: Student, settin
                                [(e.text, e.label, preds[e.id]["predicted"]) for e in fail_pick],
                                [(e.text, e.label) for e in ok_pick])
         job = TeacherJob(f"round:{rnd}:from:{current_id}",
-                         TeacherRequest(RESOLUTION_SYSTEM, user, resolution_schema(labels), "resolution"),
+                         TeacherRequest(RESOLUTION_SYSTEM, user, resolution_schema(labels), "resolution",
+                                        rule_pattern(labels)),
                          tuple(e.id for e in fail_pick + ok_pick))
         progress.begin(f"Phase 3 round {rnd}: teacher rewrites the rules", 1)
         outcomes, _ = run_teacher_jobs(project, teacher, [job], progress, phase=PHASE,

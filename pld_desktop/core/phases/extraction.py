@@ -9,7 +9,7 @@ from ..progress import Progress
 from ..project import Project
 from ..settings import RunSettings
 from ..teacher_calls import TeacherJob, TeacherOutcome, run_teacher_jobs
-from ..teacher_prompts import EXTRACTION_SYSTEM, extraction_schema, extraction_user
+from ..teacher_prompts import EXTRACTION_SYSTEM, extraction_schema, extraction_user, rule_pattern
 
 PHASE = 1
 
@@ -35,8 +35,8 @@ def extraction_jobs(project: Project, settings: RunSettings) -> list[TeacherJob]
         if ex.id in have:
             continue
         user = extraction_user(settings.task, labels, settings.label_meanings, ex.text, ex.label)
-        jobs.append(TeacherJob(f"example:{ex.ext_id}", TeacherRequest(EXTRACTION_SYSTEM, user, schema, "extraction"),
-                               (ex.id,)))
+        request = TeacherRequest(EXTRACTION_SYSTEM, user, schema, "extraction", rule_pattern([ex.label]))
+        jobs.append(TeacherJob(f"example:{ex.ext_id}", request, (ex.id,)))
     return jobs
 
 

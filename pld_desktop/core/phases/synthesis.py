@@ -22,7 +22,8 @@ from ..project import Project
 from ..prompts import PromptRule, build_rules_prompt, sha256_text
 from ..settings import RunSettings
 from ..teacher_calls import TeacherJob, run_teacher_jobs
-from ..teacher_prompts import (MERGE_SYSTEM, REVIEW_SYSTEM, Review, merge_schema, merge_user, review_user)
+from ..teacher_prompts import (MERGE_SYSTEM, REVIEW_SYSTEM, Review, merge_schema, merge_user, review_user,
+                              rule_pattern)
 
 PHASE = 2
 
@@ -151,7 +152,7 @@ def run_synthesis(project: Project, teacher: Teacher, embedder: Embedder, settin
         order = [idx[j] for j in centroid_order(vectors[idx])][: settings.merge_max_members]
         rules = [micro[i]["rule"] for i in order]
         request = TeacherRequest(MERGE_SYSTEM, merge_user(settings.task, c["label"], rules), merge_schema(labels),
-                                 "merge")
+                                 "merge", rule_pattern([c["label"]]))
         jobs.append(TeacherJob(f"cluster:{c['id']}", request, tuple(micro[i]["example_id"] for i in order)))
     progress.begin("Phase 2: merging clusters", len(jobs))
     outcomes, stats = run_teacher_jobs(project, teacher, jobs, progress, phase=PHASE,
