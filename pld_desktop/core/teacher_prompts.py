@@ -77,7 +77,7 @@ def rule_pattern(labels: Sequence[str]) -> tuple[tuple[str, str], ...]:
     """Grammar hint: a rule reads "If <condition>, answer <label>." with one of `labels`.
 
     Only plain characters and classes are used: llama-cpp-python's regex-to-GBNF converter emits an invalid
-    escape for `\.` (and llama.cpp crashes on a grammar it cannot parse), so the full stop is written `[.]`.
+    escape for an escaped full stop (and llama.cpp crashes on a grammar it cannot parse), so the full stop is written `[.]`.
     """
     alternatives = "|".join(lab for lab in labels if re.fullmatch(r"[\w -]+", lab))
     if not alternatives:
