@@ -232,3 +232,16 @@ def test_a_rewrite_that_loses_a_label_gets_its_previous_rules_back() -> None:
     assert [r["text"] for r in rules] == [new[1]["text"], old[0]["text"]]
     assert [r["uid"] for r in rules] == ["R1", "R2"]
     assert "dropped 1 rule" in note and "fraud_report" in note
+
+
+def test_exports_get_the_users_usual_permissions(tmp_path: Path) -> None:
+    import os
+    from pld_desktop.core.export import write_atomic
+    umask = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "x.txt", b"hello")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "x.txt").read_bytes() == b"hello"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
