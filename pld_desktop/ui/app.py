@@ -132,10 +132,11 @@ class MainWindow(QMainWindow):
         path = folder / "demo.pld"
         if not path.exists():
             ds = load_dataset(demo_csv(), ColumnMapping(("message",), "label", id_column="id"), SplitSettings())
-            with Project.create(path) as project:
+            def fill(project: Project) -> None:
                 project.store_dataset(ds, demo_csv().name)
                 save_settings(project, RunSettings(task=DEMO_TASK, label_meanings=dict(DEMO_MEANINGS),
                                                    loop_max_iterations=2))
+            Project.build(path, fill)
         self.open_project(path)
 
     def open_project(self, path: Path) -> None:
