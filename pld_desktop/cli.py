@@ -249,23 +249,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .core.dataset import ColumnMapping, SplitSettings, load_dataset
+    from .core.export import export_rule_set
     from .core.project import Project
-    from .core.settings import RunSettings, load_settings, save_settings
-    from .resources import DEMO_MEANINGS, DEMO_TASK, demo_csv
+    from .core.settings import load_settings
+    from .resources import build_demo_project
 
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "demo.pld"
     if not path.exists():
-        dataset = load_dataset(demo_csv(), ColumnMapping(("message",), "label", id_column="id"), SplitSettings())
-
-        def fill(project: Project) -> None:
-            project.store_dataset(dataset, demo_csv().name)
-            save_settings(project, RunSettings(task=DEMO_TASK, label_meanings=dict(DEMO_MEANINGS), teacher="local",
-                                               loop_max_iterations=args.max_iterations))
-        Project.build(path, fill)
-        print(f"Created {path} from the bundled demo dataset ({len(dataset.rows)} rows).", file=sys.stderr)
+        n_rows = build_demo_project(path, args.max_iterations)
+        print(f"Created {path} from the bundled demo dataset ({n_rows} rows).", file=sys.stderr)
     else:
         print(f"Resuming {path}.", file=sys.stderr)
     with Project.open(path) as project:
@@ -274,7 +268,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if code != EXIT_OK:
         return code
     with Project.open(path) as project:
-        for p in __import__("pld_desktop.core.export", fromlist=["x"]).export_rule_set(project, folder / "exports"):
+        for p in export_rule_set(project, folder / "exports"):
             print(p)
     return EXIT_OK
 

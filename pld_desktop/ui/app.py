@@ -124,19 +124,12 @@ class MainWindow(QMainWindow):
             self.open_project(Path(path))
 
     def open_demo(self) -> None:
-        from ..core.dataset import ColumnMapping, SplitSettings, load_dataset
-        from ..core.settings import RunSettings, save_settings
-        from ..resources import DEMO_MEANINGS, DEMO_TASK, demo_csv
+        from ..resources import build_demo_project
         folder = Path(QSettings().value("demo_dir", str(Path.home() / "pld-demo")))
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "demo.pld"
         if not path.exists():
-            ds = load_dataset(demo_csv(), ColumnMapping(("message",), "label", id_column="id"), SplitSettings())
-            def fill(project: Project) -> None:
-                project.store_dataset(ds, demo_csv().name)
-                save_settings(project, RunSettings(task=DEMO_TASK, label_meanings=dict(DEMO_MEANINGS),
-                                                   loop_max_iterations=2))
-            Project.build(path, fill)
+            build_demo_project(path)
         self.open_project(path)
 
     def open_project(self, path: Path) -> None:
