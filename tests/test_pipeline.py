@@ -245,3 +245,12 @@ def test_exports_get_the_users_usual_permissions(tmp_path: Path) -> None:
     assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "x.txt").read_bytes() == b"hello"
     assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+
+
+def test_a_rewritten_rule_takes_the_label_its_text_names() -> None:
+    from pld_desktop.core.phases.closed_loop import _repair
+    new = [{"uid": "R1", "text": "If the customer was charged a fee they dislike, answer complaint.", "label": "question"},
+           {"uid": "R2", "text": "If the message asks for opening hours, answer question.", "label": "question"}]
+    rules, note = _repair(new, [], ["complaint", "question"])
+    assert [r["label"] for r in rules] == ["complaint", "question"]
+    assert "1 rule(s) relabelled" in note

@@ -7,6 +7,7 @@ by more than `loop_min_delta`. The loop stops after `loop_patience` rounds witho
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -177,6 +178,15 @@ def _repair(new_rules: list[dict[str, Any]], old_rules: list[dict[str, Any]],
     """Guard against a rewrite that silently loses knowledge: drop empty rules, and carry over the previous
     rules of any label the rewrite left without a rule (synthesis already drops minority labels easily)."""
     notes = []
+    relabelled = 0
+    for r in new_rules:
+        # The text is what a reviewer reads: when it names another label than the label field, the text wins.
+        said = re.search(r"answer (\S+?)\.?$", r["text"])
+        if said and said.group(1) in labels and said.group(1) != r["label"]:
+            r["label"] = said.group(1)
+            relabelled += 1
+    if relabelled:
+        notes.append(f"{relabelled} rule(s) relabelled to the label their text names")
     kept = [r for r in new_rules if len(r["text"].split()) >= 3]
     if len(kept) < len(new_rules):
         notes.append(f"dropped {len(new_rules) - len(kept)} rule(s) of fewer than 3 words")
