@@ -66,10 +66,11 @@ def run_pipeline(project: Project, settings: RunSettings, backends: BackendProvi
         report.status, report.message = "quota_exhausted", str(exc)
         project.set_phase(current, "paused", message=report.message)
     except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
         report.status, report.message = "failed", f"Phase {current} failed: {exc}"
-        if not isinstance(exc, KeyboardInterrupt):
-            project.set_phase(current, "failed", message=str(exc)[:500])
-        project.finish_run("failed" if not isinstance(exc, KeyboardInterrupt) else "cancelled")
+        project.set_phase(current, "cancelled" if interrupted else "failed",
+                          message="Stopped at once; rerun to resume." if interrupted else str(exc)[:500])
+        project.finish_run("cancelled" if interrupted else "failed")
         raise
     project.finish_run(report.status)
     return report
