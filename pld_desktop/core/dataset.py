@@ -12,7 +12,8 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -588,20 +589,27 @@ def _parse(text: str, *, max_rows: int | None = None, truncated: bool = False) -
     return df
 
 
-def _read(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, str, str]:
-    raw, _ = _read_bytes(path)
+@contextmanager
+def _user_facing_errors(action: str) -> Iterator[None]:
+    """The importer's outer boundary: anything that is not already a DatasetError becomes one (never a traceback)."""
     try:
-        if not raw.strip():
-            raise DatasetError(Problem(
-                "The file is empty." if not raw else "The file is empty: it contains only blank lines or spaces."))
-        text, encoding = _decode(raw)
-        df = _parse(text)
+        yield
     except DatasetError:
         raise
     except MemoryError as exc:
         raise DatasetError(Problem("The file is too large to import on this computer (not enough memory).")) from exc
     except Exception as exc:  # noqa: BLE001 - a user-facing importer must never show a traceback
-        raise DatasetError(Problem(f"The file could not be read because of an unexpected error: {exc}.")) from exc
+        raise DatasetError(Problem(f"{action} because of an unexpected error: {exc}.")) from exc
+
+
+def _read(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, str, str]:
+    raw, _ = _read_bytes(path)
+    with _user_facing_errors("The file could not be read"):
+        if not raw.strip():
+            raise DatasetError(Problem(
+                "The file is empty." if not raw else "The file is empty: it contains only blank lines or spaces."))
+        text, encoding = _decode(raw)
+        df = _parse(text)
     return df, encoding, hashlib.sha256(raw).hexdigest()
 
 
@@ -1181,11 +1189,5 @@ def load_dataset(path: str | os.PathLike[str], mapping: ColumnMapping,
                  split: SplitSettings = SplitSettings()) -> ImportedDataset:
     """Read a CSV and build the dataset from it (read_csv + build_dataset). Raises DatasetError."""
     df, encoding, sha = _read(path)
-    try:
+    with _user_facing_errors("The data could not be imported"):
         return build_dataset(df, mapping, split, source_sha256=sha, encoding=encoding)
-    except DatasetError:
-        raise
-    except MemoryError as exc:
-        raise DatasetError(Problem("The file is too large to import on this computer (not enough memory).")) from exc
-    except Exception as exc:  # noqa: BLE001 - a user-facing importer must never show a traceback
-        raise DatasetError(Problem(f"The data could not be imported because of an unexpected error: {exc}.")) from exc
