@@ -254,3 +254,12 @@ def test_a_rewritten_rule_takes_the_label_its_text_names() -> None:
     rules, note = _repair(new, [], ["complaint", "question"])
     assert [r["label"] for r in rules] == ["complaint", "question"]
     assert "1 rule(s) relabelled" in note
+
+
+def test_a_phase_whose_input_is_missing_says_what_to_run_first(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    backends = FakeBackends()
+    for phase, first in ((2, "phase 1"), (3, "phase 2"), (4, "phases 2 and 3")):
+        with pytest.raises(ValueError, match=first):
+            run_pipeline(project, settings(), backends, SilentProgress(), phases=[phase])
+    assert backends.t.calls == 0 and backends.s.calls == 0

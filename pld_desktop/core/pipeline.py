@@ -47,6 +47,7 @@ def run_pipeline(project: Project, settings: RunSettings, backends: BackendProvi
     try:
         for phase in sorted(phases):
             current = phase
+            _check_prerequisites(project, phase, set(phases))
             if phase == 1:
                 report.phases[1] = run_extraction(project, backends.teacher(settings), settings, progress)
             elif phase == 2:
@@ -74,3 +75,14 @@ def run_pipeline(project: Project, settings: RunSettings, backends: BackendProvi
         raise
     project.finish_run(report.status)
     return report
+
+
+def _check_prerequisites(project: Project, phase: int, requested: set[int]) -> None:
+    """Say what to run first before any model is loaded or any key is asked for."""
+    if phase == 2 and 1 not in requested and not project.micro_rule_example_ids():
+        raise ValueError("Phase 2 needs micro-rules; run phase 1 (extraction) first.")
+    if phase == 3 and 2 not in requested and project.get_setting("synthesis_rule_set_id") is None:
+        raise ValueError("Phase 3 needs a rule set; run phase 2 (synthesis) first.")
+    if phase == 4 and not requested & {2, 3} and project.get_setting("chosen_rule_set_id") is None \
+            and project.get_setting("synthesis_rule_set_id") is None:
+        raise ValueError("Phase 4 needs a rule set; run phases 2 and 3 first.")
