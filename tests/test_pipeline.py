@@ -263,3 +263,13 @@ def test_a_phase_whose_input_is_missing_says_what_to_run_first(tmp_path: Path) -
         with pytest.raises(ValueError, match=first):
             run_pipeline(project, settings(), backends, SilentProgress(), phases=[phase])
     assert backends.t.calls == 0 and backends.s.calls == 0
+
+
+def test_every_closed_loop_candidate_gets_data_conflicts_too(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    run_pipeline(project, settings(conflict_similarity=0.3), FakeBackends(), SilentProgress(), phases=[1, 2, 3])
+    candidates = [r["candidate_rule_set_id"] for r in project.loop_rounds() if r["candidate_rule_set_id"]]
+    assert candidates
+    for cand in candidates:
+        sources = {c["source"] for c in project.conflicts(cand)}
+        assert sources & {"similarity", "co-firing"}

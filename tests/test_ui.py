@@ -32,6 +32,9 @@ def test_window_runs_all_phases_in_the_background(qtbot, tmp_path: Path) -> None
     assert len(ticks) > 3, "the event loop kept turning while the phases ran"
     qtbot.waitUntil(lambda: window.worker is None)
     assert window.rules.topLevelItemCount() >= 3
+    flagged = [window.rules.topLevelItem(i) for i in range(window.rules.topLevelItemCount())
+               if window.rules.topLevelItem(i).text(3)]
+    assert flagged and "with R" in flagged[0].toolTip(3)  # conflicts are shown with their reason
     assert "Answer with exactly one label" in window.prompt.toPlainText()
     assert window.results.rowCount() == 3
     assert all(card.state.text().find("done") >= 0 for card in window.cards.values())

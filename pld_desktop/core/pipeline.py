@@ -55,7 +55,7 @@ def run_pipeline(project: Project, settings: RunSettings, backends: BackendProvi
                                                  settings, progress)
             elif phase == 3:
                 report.phases[3] = run_closed_loop(project, backends.teacher(settings), backends.student(settings),
-                                                   settings, progress)
+                                                   settings, progress, embedder=backends.embedder(settings))
             elif phase == 4:
                 report.phases[4] = run_evaluation(project, backends.student(settings), settings, progress)
             else:

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QSettings, Qt
-from PySide6.QtGui import QAction, QFont, QKeySequence
+from PySide6.QtGui import QAction, QColor, QFont, QKeySequence
 from PySide6.QtWidgets import (QApplication, QFileDialog, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QMainWindow,
-                               QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QSplitter, QTableWidget,
+                               QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QSplitter, QStyle, QTableWidget,
                                QTableWidgetItem, QTabWidget, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget)
 
 from .. import __version__
@@ -98,14 +98,15 @@ class MainWindow(QMainWindow):
 
         tabs = QTabWidget()
         self.rules = QTreeWidget()
-        self.rules.setHeaderLabels(["Rule", "Label", "Micro-rules"])
-        self.rules.setColumnWidth(0, 760)
+        self.rules.setHeaderLabels(["Rule", "Label", "Micro-rules", "Conflicts"])
+        self.rules.setColumnWidth(0, 720)
         self.rules.setAlternatingRowColors(True)
         self.prompt = QPlainTextEdit(readOnly=True)
         self.prompt.setFont(QFont("monospace"))
         self.results = QTableWidget(0, 5)
         self.results.setHorizontalHeaderLabels(["Prompt", "Macro-F1", "Accuracy", "Latency p50 (s)", "Examples"])
         self.results.horizontalHeader().setStretchLastSection(True)
+        self.results.setColumnWidth(0, 160)
         self.log = QPlainTextEdit(readOnly=True)
         tabs.addTab(self.rules, "Rules")
         tabs.addTab(self.prompt, "Prompt")
@@ -232,9 +233,20 @@ class MainWindow(QMainWindow):
             return
         rs = project.rule_set(rs_id)
         micro = {m["id"]: m for m in project.micro_rules()}
+        conflicts: dict[str, list[str]] = {}
+        for c in project.conflicts(rs_id):
+            for uid, other in ((c["rule_a"], c["rule_b"]), (c["rule_b"], c["rule_a"])):
+                conflicts.setdefault(uid, []).append(f"with {other} ({c['source']}): {c['reason']}")
+        warn = self.style().standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning)
         for r in rs.rules:
-            item = QTreeWidgetItem([r["text"], r["label"], str(len(r.get("micro_rule_ids", [])))])
+            found = conflicts.get(r["uid"], [])
+            item = QTreeWidgetItem([r["text"], r["label"], str(len(r.get("micro_rule_ids", []))),
+                                    str(len(found)) if found else ""])
             item.setToolTip(0, r["text"])
+            if found:
+                item.setIcon(0, warn)
+                item.setBackground(0, QColor(255, 236, 179, 110))
+                item.setToolTip(3, "\n".join(found[:12]))
             for mid in r.get("micro_rule_ids", [])[:50]:
                 m = micro.get(mid)
                 if m:

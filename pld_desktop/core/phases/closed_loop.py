@@ -11,12 +11,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..backends import PromptTooLong, Student, Teacher, TeacherRequest
+from ..backends import Embedder, PromptTooLong, Student, Teacher, TeacherRequest
 from ..evaluate import evaluate_prompt
 from ..progress import Progress, check
 from ..project import Example, Project
 from ..prompts import PromptRule, build_rules_prompt, sha256_text
 from ..sampling import stratified_sample
+from .synthesis import find_conflicts
 from ..settings import RunSettings
 from ..teacher_calls import TeacherJob, run_teacher_jobs
 from ..teacher_prompts import RESOLUTION_SYSTEM, resolution_schema, resolution_user, rule_pattern
@@ -50,7 +51,9 @@ def _enabled_rules(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run_closed_loop(project: Project, teacher: Teacher, student: Student, settings: RunSettings,
-                    progress: Progress, *, start_rule_set_id: int | None = None) -> LoopReport:
+                    progress: Progress, *, start_rule_set_id: int | None = None,
+                    embedder: Embedder | None = None) -> LoopReport:
+    """`embedder` (optional) adds similarity and co-firing conflicts to every candidate, as synthesis does."""
     start = start_rule_set_id or project.get_setting("synthesis_rule_set_id")
     if start is None:
         project.set_phase(PHASE, "failed", 0, 0, "No rule set: run phase 2 first.")
@@ -116,11 +119,14 @@ def run_closed_loop(project: Project, teacher: Teacher, student: Student, settin
                        + (f" ({repair_note})" if repair_note else ""),
                 origin="resolution", round=rnd, task=current.task, labels=list(labels), meanings=current.meanings,
                 rules=new_rules, prompt_text=prompt, prompt_sha256=sha256_text(prompt))
-            for pair in getattr(parsed, "conflicts"):
-                a, b = pair.rule_a, pair.rule_b
-                if 1 <= a <= len(new_rules) and 1 <= b <= len(new_rules) and a != b:
-                    project.add_conflict(cand_id, new_rules[a - 1]["uid"], new_rules[b - 1]["uid"], "teacher",
-                                         pair.reason, {"named_by": "teacher", "round": rnd})
+            pairs = [(p.rule_a, p.rule_b, p.reason) for p in getattr(parsed, "conflicts")]
+            if embedder is not None:
+                find_conflicts(project, embedder, cand_id, new_rules, pairs, settings, progress)
+            else:
+                for a, b, reason in pairs:
+                    if 1 <= a <= len(new_rules) and 1 <= b <= len(new_rules) and a != b:
+                        project.add_conflict(cand_id, new_rules[a - 1]["uid"], new_rules[b - 1]["uid"], "teacher",
+                                             reason, {"named_by": "teacher", "round": rnd})
         try:
             f1 = score_on_dev(project, student, cand_id, progress,
                               f"Phase 3 round {rnd}: scoring the candidate on dev")

@@ -206,8 +206,7 @@ def run_synthesis(project: Project, teacher: Teacher, embedder: Embedder, settin
                                    f"{len(real)} clusters ({report.noise_rules} noise rules kept aside)",
             origin="synthesis", round=None, task=settings.task, labels=list(labels), meanings=meanings, rules=rules,
             prompt_text=prompt, prompt_sha256=sha256_text(prompt))
-        rule_vecs = embedder_vectors_for_rules(project, embedder, rules, progress)
-        store_conflicts(project, rs_id, rules, rule_vecs, teacher_conflicts, micro, vectors, settings)
+        find_conflicts(project, embedder, rs_id, rules, teacher_conflicts, settings, progress)
     else:
         rs_id = existing
     report.rule_set_id = rs_id
@@ -221,9 +220,13 @@ def run_synthesis(project: Project, teacher: Teacher, embedder: Embedder, settin
     return report
 
 
-def embedder_vectors_for_rules(project: Project, embedder: Embedder, rules: list[dict[str, Any]],
-                               progress: Progress) -> np.ndarray:
-    return embed_cached(project, embedder, [r["text"] for r in rules], progress)
+def find_conflicts(project: Project, embedder: Embedder, rule_set_id: int, rules: list[dict[str, Any]],
+                   teacher_pairs: list[tuple[int, int, str]], settings: RunSettings, progress: Progress) -> None:
+    """Store a version's conflicts: the teacher's pairs plus the data's evidence (embeddings come from the cache)."""
+    micro = project.micro_rules()
+    micro_vecs = embed_cached(project, embedder, [m["rule"] for m in micro], progress) if micro else None
+    rule_vecs = embed_cached(project, embedder, [r["text"] for r in rules], progress)
+    store_conflicts(project, rule_set_id, rules, rule_vecs, teacher_pairs, micro, micro_vecs, settings)
 
 
 def store_conflicts(project: Project, rule_set_id: int, rules: list[dict[str, Any]], rule_vecs: np.ndarray,
