@@ -341,7 +341,7 @@ def raw_llama(student):
     """A second, plain llama_cpp.Llama on the same file for the library's own constrained decoding."""
     from pld_desktop.backends.llama_runtime import extra_buffer_types_usable, load_llama
     llm = load_llama(student.model_path, use_extra_bufts=extra_buffer_types_usable(student.model_path),
-                     n_ctx=4096, verbose=False)
+                     n_ctx=4096, flash_attn=True, verbose=False)  # the student's attention kernel
     yield llm
     llm.close()
 
@@ -454,11 +454,14 @@ def test_prefix_reuse_matches_fresh_evaluation(student) -> None:
     prompt_a = sentiment_prompt()
     prompt_b = sentiment_prompt(task="Decide how the customer feels about the product.")
     calls = [(prompt, text) for text in TEXTS[:5] for prompt in (prompt_a, prompt_a, prompt_b)]
-    reused, evaluated = [], []
+    reused, evaluated, restored = [], [], []
+    student.clear_prefix_cache()
     for prompt, text in calls:
-        before = student.stats().tokens_evaluated
+        before = student.stats()
         reused.append(student.classify(prompt, text, SENTIMENT))
-        evaluated.append(student.stats().tokens_evaluated - before)
+        after = student.stats()
+        evaluated.append(after.tokens_evaluated - before.tokens_evaluated)
+        restored.append(after.state_restores - before.state_restores)
     with LlamaStudent(n_ctx=4096, reuse_prefix=False) as fresh:
         for (prompt, text), pred in zip(calls, reused):
             before_fresh = fresh.stats().tokens_evaluated
@@ -468,13 +471,64 @@ def test_prefix_reuse_matches_fresh_evaluation(student) -> None:
             # The fixed evaluation schedule makes reuse exact, not merely close (the brief asked for 1e-4).
             assert pred.probs == pytest.approx(expected.probs, abs=1e-9)
     # A call with the same system prompt as the one before re-evaluates only the input (and the label steps);
-    # a switch of system prompt re-evaluates everything (a later prefix-state cache will avoid that).
+    # a switch to a system prompt seen before restores its saved state; only a new one is evaluated in full.
     for i, (prompt, text) in enumerate(calls):
         tokens, system_end = student.prompt_split(prompt, text)
         if i > 0 and calls[i - 1][0] == prompt:
-            assert evaluated[i] < system_end
+            assert evaluated[i] < system_end and restored[i] == 0
+        elif any(p == prompt for p, _ in calls[:i]):
+            assert evaluated[i] < system_end and restored[i] == 1
         else:
-            assert evaluated[i] >= len(tokens)
+            assert evaluated[i] >= len(tokens) and restored[i] == 0
+
+
+@pytest.mark.slow
+def test_interleaved_prompts_restore_the_system_state_exactly(student) -> None:
+    """Alternating two prompts whose system parts are longer than Gemma 3's sliding window (512): the prefix-state
+    cache restores each system part instead of evaluating it, and labels and probabilities are those of the
+    uncached path."""
+    from pld_desktop.backends.llama_student import LlamaStudent
+    padding = "\n".join(f"Rule note {i}: a review may mention delivery, price or staff; judge the feeling."
+                        for i in range(40))
+    prompt_a = sentiment_prompt() + "\n\n" + padding
+    prompt_b = sentiment_prompt(task="Decide how the customer feels about the product.") + "\n\n" + padding
+    assert student.prompt_split(prompt_a, "x")[1] > 600
+    student.clear_prefix_cache()
+    calls = [(prompt, text) for text in TEXTS[:3] for prompt in (prompt_a, prompt_b)]
+    cached, counters = [], []
+    for prompt, text in calls:
+        before = student.stats()
+        cached.append(student.classify(prompt, text, SENTIMENT))
+        after = student.stats()
+        counters.append((after.tokens_evaluated - before.tokens_evaluated,
+                         after.state_restores - before.state_restores, after.state_saves - before.state_saves))
+    assert student.prefix_cache_info()[0] == 2
+    for i, ((prompt, text), (evaluated, restores, saves)) in enumerate(zip(calls, counters)):
+        system_end = student.prompt_split(prompt, text)[1]
+        if i < 2:  # first sight of each prompt: evaluated in full and saved
+            assert (restores, saves) == (0, 1) and evaluated >= system_end
+        else:  # A and B come back: no system-part evaluation, a state restore instead
+            assert (restores, saves) == (1, 0) and evaluated < system_end - 500, (i, evaluated, system_end)
+    with LlamaStudent(n_ctx=4096, prefix_cache_bytes=0) as uncached:
+        for (prompt, text), pred in zip(calls, cached):
+            expected = uncached.classify(prompt, text, SENTIMENT)
+            assert pred.label == expected.label
+            assert pred.probs == pytest.approx(expected.probs, abs=1e-9)
+        assert uncached.stats().state_restores == 0
+
+
+def test_prefix_state_cache_is_an_lru_bounded_by_bytes() -> None:
+    from pld_desktop.backends.llama_runtime import PrefixStateCache
+    cache = PrefixStateCache(capacity_bytes=10)
+    assert cache.put((1,), b"aaaa") == 0 and cache.put((2,), b"bbbb") == 0
+    assert cache.get((1,)) == b"aaaa"  # (1,) is now the most recently used
+    assert cache.put((3,), b"cccc") == 1  # evicts (2,)
+    assert (2,) not in cache and (1,) in cache and (3,) in cache and cache.nbytes == 8
+    assert cache.put((4,), b"x" * 11) == 0 and (4,) not in cache  # larger than the capacity: not stored
+    cache.put((1,), b"a")
+    assert cache.nbytes == 5 and len(cache) == 2
+    cache.clear()
+    assert len(cache) == 0 and cache.nbytes == 0
 
 
 @pytest.mark.slow
@@ -591,7 +645,8 @@ def test_chat_template_prompt(chat_student) -> None:
 def test_chat_template_matches_constrained_greedy_decoding(chat_student) -> None:
     from pld_desktop.backends.llama_runtime import extra_buffer_types_usable, load_llama
     path = chat_student.model_path
-    llm = load_llama(path, use_extra_bufts=extra_buffer_types_usable(path), n_ctx=2048, verbose=False)
+    llm = load_llama(path, use_extra_bufts=extra_buffer_types_usable(path), n_ctx=2048, flash_attn=True,
+                     verbose=False)
     try:
         prompt = sentiment_prompt()
         for text in TEXTS[:8]:

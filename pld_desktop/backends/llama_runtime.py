@@ -7,6 +7,7 @@ A `llama_cpp.Llama` is not thread-safe (house style point 3, library notes secti
 from __future__ import annotations
 
 import atexit
+import ctypes
 import hashlib
 import json
 import logging
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import threading
 import weakref
+from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,8 @@ from pld_desktop.backends.bundled import ModelFileError, bundled_local_teacher_p
 from pld_desktop.core.backends import ModelIdentity, PromptTooLong
 
 __all__ = [
-    "EvalStats", "GGUF_MAGIC", "LlamaContextCursor", "LlamaOwner", "ModelFileError", "backend_name",
+    "EvalStats", "GGUF_MAGIC", "LlamaContextCursor", "LlamaOwner", "ModelFileError", "PrefixStateCache",
+    "backend_name",
     "check_gguf_file", "extra_buffer_types_usable", "file_sha256", "gguf_chat_formatter", "load_llama",
     "model_identity", "read_gguf_metadata", "template_supports_system",
 ]
@@ -251,6 +254,51 @@ class EvalStats:
     full_resets: int = 0        # times the cache could not be trimmed and everything was evaluated again
     classifications: int = 0    # classify() calls
     label_evaluations: int = 0  # contexts whose logits were read while scoring labels
+    state_saves: int = 0        # system-part states stored in the prefix-state cache
+    state_restores: int = 0     # system parts restored from the prefix-state cache instead of evaluated
+    state_evictions: int = 0    # states dropped from the prefix-state cache (LRU, bounded by bytes)
+
+
+class PrefixStateCache:
+    """LRU of llama.cpp sequence states (`llama_state_seq_get_data` of sequence 0), keyed by the token tuple of
+    the system piece they hold, bounded by the total bytes of the states. Owner thread only."""
+
+    def __init__(self, capacity_bytes: int = 1 << 30) -> None:
+        self.capacity_bytes = int(capacity_bytes)
+        self._states: "OrderedDict[tuple[int, ...], bytes]" = OrderedDict()
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def __contains__(self, key: tuple[int, ...]) -> bool:
+        return key in self._states
+
+    def get(self, key: tuple[int, ...]) -> bytes | None:
+        state = self._states.get(key)
+        if state is not None:
+            self._states.move_to_end(key)
+        return state
+
+    def put(self, key: tuple[int, ...], state: bytes) -> int:
+        """Store a state; returns how many older states were evicted. A state larger than the whole capacity
+        is not stored."""
+        if key in self._states:
+            self.nbytes -= len(self._states.pop(key))
+        if len(state) > self.capacity_bytes:
+            return 0
+        evicted = 0
+        while self._states and self.nbytes + len(state) > self.capacity_bytes:
+            _, old = self._states.popitem(last=False)
+            self.nbytes -= len(old)
+            evicted += 1
+        self._states[key] = state
+        self.nbytes += len(state)
+        return evicted
+
+    def clear(self) -> None:
+        self._states.clear()
+        self.nbytes = 0
 
 
 class LlamaContextCursor:
@@ -269,13 +317,18 @@ class LlamaContextCursor:
     So every logits vector is a function of (prompt, continuation) alone, bit-identical with or without reuse,
     whatever came before.
 
-    A prefix-state cache (for interleaved prompts) slots in at `begin()`: restore a `Llama.save_state()` taken
-    right after the first piece, set `anchor` to its length, and continue.
+    Prefix-state cache (for interleaved prompts): right after the first piece [0, system_end) is evaluated from
+    an empty cache, the KV state of sequence 0 is copied into `prefix_cache` (keyed by those tokens); a later
+    `begin()` whose system piece is not the one in the context but is in the cache clears the context and
+    restores that state instead of evaluating the piece again. The restored KV entries are the bytes the
+    evaluation produced, so what follows is bit-identical to the fresh path (tests check it).
     """
 
-    def __init__(self, llama: llama_cpp.Llama, *, reuse_prefix: bool = True) -> None:
+    def __init__(self, llama: llama_cpp.Llama, *, reuse_prefix: bool = True,
+                 prefix_cache: PrefixStateCache | None = None) -> None:
         self.llama = llama
         self.reuse_prefix = reuse_prefix
+        self.prefix_cache = prefix_cache if reuse_prefix else None
         self.n_vocab = llama.n_vocab()
         self.n_swa = int(llama_capi.llama_model_n_swa(llama.model))
         self.stats = EvalStats()
@@ -341,6 +394,47 @@ class LlamaContextCursor:
             if self._truncate(system_end) == system_end:
                 return
         self._clear()
+        if self.prefix_cache is not None and system_end > 0 and len(self._boundaries) > 1:
+            state = self.prefix_cache.get(tuple(prompt[:system_end]))
+            if state is not None and self._restore(prompt[:system_end], state):
+                return
+
+    # -- prefix-state cache ----------------------------------------------------------------------------
+    def _save_state(self, system_tokens: Sequence[int]) -> None:
+        cache = self.prefix_cache
+        key = tuple(int(t) for t in system_tokens)
+        if cache is None or key in cache:
+            return
+        ctx = self.llama.ctx
+        size = int(llama_capi.llama_state_seq_get_size(ctx, 0))
+        if size <= 0 or size > cache.capacity_bytes:
+            return
+        buffer = (ctypes.c_uint8 * size)()
+        written = int(llama_capi.llama_state_seq_get_data(ctx, buffer, size, 0))
+        if written <= 0:
+            return
+        self.stats.state_evictions += cache.put(key, ctypes.string_at(buffer, written))
+        self.stats.state_saves += 1
+
+    def _restore(self, system_tokens: Sequence[int], state: bytes) -> bool:
+        """Load a saved system-piece state into the (cleared) context; False (context cleared) on failure."""
+        llama = self.llama
+        n = len(system_tokens)
+        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if int(llama_capi.llama_state_seq_set_data(llama.ctx, buffer, len(state), 0)) != len(state):
+            log.warning("could not restore a saved prompt state; evaluating the prompt again")
+            self._clear()
+            return False
+        memory = self._memory()
+        if memory is None or int(llama_capi.llama_memory_seq_pos_max(memory, 0)) != n - 1:
+            self._clear()
+            return False
+        llama.input_ids[:n] = system_tokens
+        llama.n_tokens = n
+        self.anchor = n
+        self._logits_at = None
+        self.stats.state_restores += 1
+        return True
 
     def position(self, tokens: Sequence[int]) -> None:
         """Make `tokens` the evaluated sequence, with fresh logits for its last token."""
@@ -368,6 +462,9 @@ class LlamaContextCursor:
                 self.stats.tokens_evaluated += stop - start
                 if start == 0:
                     self.anchor = stop
+                    if (self.prefix_cache is not None and stop < len(target) and len(self._boundaries) > 1
+                            and stop == self._boundaries[0]):
+                        self._save_state(target[:stop])
         except BaseException:
             self._clear()  # the cache is in an unknown state
             raise

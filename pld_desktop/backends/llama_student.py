@@ -4,7 +4,8 @@ The answer is not generated freely: P(label) is the probability that decoding co
 (llama.cpp's grammar sampler with `root ::= "a" | "b" | ...`) writes that label, computed from the model's
 next-token logits at the few points where the allowed answers branch; the label is its argmax. Consecutive
 calls keep the system prompt's part of the KV cache, so a loop over examples with one prompt evaluates only
-each example's own tokens.
+each example's own tokens; the KV state of each system prompt's part is also kept in an in-memory LRU
+(`prefix_cache_bytes`), so alternating between prompts restores that state instead of evaluating it again.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import llama_cpp
 import llama_cpp.llama_cpp as llama_capi
 
 from pld_desktop.backends.bundled import ModelFileError, bundled_student_path
-from pld_desktop.backends.llama_runtime import (EvalStats, LlamaContextCursor, LlamaOwner, gguf_chat_formatter,
-                                                model_identity)
+from pld_desktop.backends.llama_runtime import (EvalStats, LlamaContextCursor, LlamaOwner, PrefixStateCache,
+                                                gguf_chat_formatter, model_identity)
 from pld_desktop.core.backends import ModelIdentity, Prediction, PromptTooLong
 from pld_desktop.core.prompts import student_user_message
 
@@ -195,7 +196,7 @@ def _too_long_message(needed: int, n_ctx: int) -> str:
 class _StudentModel:
     """Everything the student does with its Llama. Lives on, and is only used from, the owner thread."""
 
-    def __init__(self, llama: llama_cpp.Llama, reuse_prefix: bool) -> None:
+    def __init__(self, llama: llama_cpp.Llama, reuse_prefix: bool, prefix_cache_bytes: int = 0) -> None:
         self.llama = llama
         self.metadata = dict(llama.metadata or {})
         self.formatter = gguf_chat_formatter(llama, add_generation_prompt=True)
@@ -205,7 +206,9 @@ class _StudentModel:
         # "Label: positive" is tokenized. (A trailing space in the prompt instead leaves the model predicting
         # from a lone-space token, far off its training distribution.)
         self.label_prefix = "" if self.formatter is not None else " "
-        self.cursor = LlamaContextCursor(llama, reuse_prefix=reuse_prefix)
+        self.prefix_cache = (PrefixStateCache(prefix_cache_bytes) if reuse_prefix and prefix_cache_bytes > 0
+                             else None)
+        self.cursor = LlamaContextCursor(llama, reuse_prefix=reuse_prefix, prefix_cache=self.prefix_cache)
         vocab = llama_capi.llama_model_get_vocab(llama.model)
         self.end_tokens = [t for t in range(llama.n_vocab()) if llama_capi.llama_vocab_is_eog(vocab, t)]
         if not self.end_tokens and llama.token_eos() >= 0:
@@ -321,18 +324,27 @@ class _StudentModel:
 class LlamaStudent:
     """The Student protocol on a local GGUF model through llama-cpp-python (default: the bundled Gemma 3 270M).
 
+    `prefix_cache_bytes` bounds the in-memory LRU of system-prompt KV states (0 disables it; it also needs
+    `flash_attn`, see the constructor).
+
     Thread contract: one owner thread (`LlamaOwner`) holds the model and runs every call; the public methods
     may be called from any thread and are serialised in arrival order.
     """
 
     def __init__(self, model_path: str | os.PathLike[str] | None = None, n_ctx: int = 4096,
                  n_threads: int | None = None, n_threads_batch: int | None = None, *,
-                 reuse_prefix: bool = True, use_extra_bufts: bool | None = None) -> None:
+                 reuse_prefix: bool = True, use_extra_bufts: bool | None = None,
+                 prefix_cache_bytes: int = 1 << 30, flash_attn: bool = True) -> None:
         path = bundled_student_path() if model_path is None else model_path
         self._owner = LlamaOwner(path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads_batch,
-                                 name="student", use_extra_bufts=use_extra_bufts)
+                                 name="student", use_extra_bufts=use_extra_bufts, flash_attn=flash_attn)
         try:
-            self._model: _StudentModel = self._owner.call(lambda llama: _StudentModel(llama, reuse_prefix))
+            # A restored state holds only the sliding-window cells an SWA cache (Gemma 3) still needs, in other
+            # cache slots than a fresh evaluation: only llama.cpp's flash-attention kernel (which skips masked
+            # cells and visits the others in order) gives bit-identical results then, so the cache needs it.
+            cache_bytes = prefix_cache_bytes if flash_attn else 0
+            self._model: _StudentModel = self._owner.call(
+                lambda llama: _StudentModel(llama, reuse_prefix, cache_bytes))
             self.n_ctx: int = self._owner.call(lambda llama: llama.n_ctx())
             self.identity: ModelIdentity = model_identity(self._owner.model_path, self._model.metadata)
         except BaseException:
@@ -383,6 +395,15 @@ class LlamaStudent:
     def label_space(self, labels: Sequence[str]) -> LabelSpace:
         """The label space used to score `labels` (read-only)."""
         return self._run(lambda m: m.label_space(list(labels))[0])  # type: ignore[return-value]
+
+    def clear_prefix_cache(self) -> None:
+        """Drop every saved system-prompt state (the context itself is left as it is)."""
+        self._run(lambda m: m.prefix_cache.clear() if m.prefix_cache is not None else None)
+
+    def prefix_cache_info(self) -> tuple[int, int]:
+        """(number of saved system-prompt states, their total bytes)."""
+        return self._run(lambda m: (len(m.prefix_cache), m.prefix_cache.nbytes)  # type: ignore[return-value]
+                         if m.prefix_cache is not None else (0, 0))
 
     def stats(self) -> EvalStats:
         """Counters of evaluated and reused tokens and of label evaluations since the model was loaded."""

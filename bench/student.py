@@ -1,0 +1,293 @@
+"""Student latency benchmark for issue 4: what a long rule prompt costs per example at run time.
+
+    python -m bench.student [--model GGUF] [--n 20] [--n-ctx 8192] [--json out.json]
+
+Every figure is a ratio of medians measured side by side in this run, on the same examples and the same loaded
+model (default: the bundled Gemma 3 270M):
+  P1  per-example latency with a ~1.3k-token and a ~4.6k-token rule prompt vs the zero-shot prompt;
+  P2  alternating two different ~1.3k-token prompts (A, B, A, B ...) vs one prompt;
+  P3  per-example latency (1.3k prompt, one-prompt loop) vs llama.cpp's raw cost for the example's own tokens
+      (prefill of the tokens after the system part plus one decode step, on the same Llama, same positions);
+  ref the naive llama-cpp-python loop: create_chat_completion with a GBNF label grammar, same prompts.
+Each condition gets warm-up calls first (which also fill the prefix-state cache); medians are reported.
+Targets (issue 4): P1 <= 1.10x, P2 <= 1.15x, P3 <= 1.5x. Not covered here: P4 (disk-saved prefix states),
+Phase 2 on 10k micro-rules, CSV import of 100k rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Sequence
+
+import llama_cpp
+
+from pld_desktop.backends.llama_student import LlamaStudent
+from pld_desktop.core.prompts import PromptRule, build_rules_prompt, build_zero_shot_prompt, student_user_message
+
+LABELS = ["positive", "negative", "neutral"]
+TASK_A = "Classify the sentiment of the customer review."
+TASK_B = "Decide how the customer feels about the product or service described."
+
+EXAMPLES = [
+    "I loved this movie, it was wonderful!",
+    "Terrible service, I will never come back.",
+    "The package arrived on Tuesday.",
+    "Absolutely fantastic, highly recommend.",
+    "The food was cold and the waiter was rude.",
+    "The store opens at 9am.",
+    "Best purchase I made all year.",
+    "What a waste of money.",
+    "The hotel room was clean and quiet.",
+    "My order was missing two items again.",
+    "The manual is forty pages long.",
+    "Great battery life, it lasts all weekend.",
+    "The screen cracked after one week.",
+    "We paid by card at the counter.",
+    "Friendly staff and quick checkout.",
+    "The app crashes every time I open it.",
+    "The jacket comes in three colours.",
+    "Delicious pizza, we will order again.",
+    "Customer support never answered my email.",
+    "The train left at half past six.",
+    "Such a cozy little cafe, I adore it.",
+    "The headphones broke on the first day.",
+    "The meeting was moved to Thursday.",
+    "Superb quality for the price.",
+]
+
+_TOPICS = ["delivery", "price", "staff", "food", "battery", "screen", "packaging", "refund", "app", "room",
+           "service", "quality", "size", "colour", "sound", "support", "checkout", "warranty", "manual", "taste"]
+_POSITIVE = ["praise", "thanks", "a recommendation", "delight", "satisfaction", "enthusiasm", "a compliment"]
+_NEGATIVE = ["complaints", "anger", "disappointment", "a demand for a refund", "frustration", "a warning to others"]
+_NEUTRAL = ["a plain fact", "a date or time", "a neutral description", "a question without opinion"]
+
+
+def synthetic_rules(count: int, seed: int = 0) -> list[PromptRule]:
+    """`count` numbered-looking, plausible sentiment rules (deterministic)."""
+    rules = []
+    for i in range(count):
+        topic = _TOPICS[(i * 7 + seed) % len(_TOPICS)]
+        kind = (i + seed) % 3
+        if kind == 0:
+            cue = _POSITIVE[(i + seed) % len(_POSITIVE)]
+            rules.append(PromptRule(f"The review expresses {cue} about the {topic}, even if it also mentions "
+                                    f"small problems elsewhere", "positive"))
+        elif kind == 1:
+            cue = _NEGATIVE[(i + seed) % len(_NEGATIVE)]
+            rules.append(PromptRule(f"The review expresses {cue} about the {topic}, or says the {topic} was "
+                                    f"worse than promised", "negative"))
+        else:
+            cue = _NEUTRAL[(i + seed) % len(_NEUTRAL)]
+            rules.append(PromptRule(f"The review only gives {cue} about the {topic} and shows no feeling",
+                                    "neutral"))
+    return rules
+
+
+def rules_prompt_of_size(student: LlamaStudent, task: str, target_tokens: int, seed: int) -> tuple[str, int]:
+    """A rules prompt whose system part is about `target_tokens` tokens; returns (prompt, system tokens)."""
+    def size(count: int) -> tuple[str, int]:
+        prompt = build_rules_prompt(task, LABELS, synthetic_rules(count, seed))
+        return prompt, student.prompt_split(prompt, "x")[1]
+
+    count = 40
+    prompt, n = size(count)
+    count = max(1, round(count * target_tokens / n))
+    for _ in range(6):
+        prompt, n = size(count)
+        if abs(n - target_tokens) <= 25:
+            break
+        count = max(1, count + round((target_tokens - n) / max(1.0, n / count)))
+    return prompt, n
+
+
+def timed_classify(student: LlamaStudent, prompt: str, text: str) -> float:
+    started = time.perf_counter()
+    student.classify(prompt, text, LABELS)
+    return time.perf_counter() - started
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def raw_cost(student: LlamaStudent, prompt: str, text: str) -> float:
+    """llama.cpp's own cost for the example's tokens: with the context at the system part (set up untimed), the
+    prefill of the remaining prompt tokens in one batch plus one decode step (the first label token)."""
+    model = student._model  # noqa: SLF001 - the benchmark measures on the student's own Llama
+
+    def job(llama: llama_cpp.Llama) -> float:
+        tokens = model.prompt_tokens(prompt, text)
+        system_end = model.system_end(prompt, tokens)
+        cursor = model.cursor
+        cursor.begin(tokens, system_end)
+        if llama.n_tokens != system_end:
+            cursor.position(tokens[:system_end + 1])  # evaluates (or restores) the system piece
+            cursor.begin(tokens, system_end)
+        assert llama.n_tokens == system_end
+        step = model.tokenize_text(model.label_prefix + LABELS[0])[0]
+        started = time.perf_counter()
+        llama.eval(tokens[system_end:])
+        llama.eval([step])
+        elapsed = time.perf_counter() - started
+        cursor.begin(tokens, system_end)  # back to the system piece: the cursor's bookkeeping stays valid
+        return elapsed
+
+    return student._owner.call(job)  # noqa: SLF001
+
+
+def naive_chat_completion(student: LlamaStudent, prompt: str, text: str) -> float:
+    """The reference: llama-cpp-python's chat completion with a GBNF grammar over the labels (greedy), on the
+    student's Llama (its own longest-prefix reuse applies; call reset_after_naive() before the student runs
+    again)."""
+    model = student._model  # noqa: SLF001
+    grammar_text = "root ::= " + " | ".join(json.dumps(model.label_prefix + label) for label in LABELS)
+
+    def job(llama: llama_cpp.Llama) -> float:
+        grammar = llama_cpp.LlamaGrammar.from_string(grammar_text, verbose=False)
+        started = time.perf_counter()
+        llama.create_chat_completion(messages=[{"role": "user", "content": student_user_message(prompt, text)}],
+                                     grammar=grammar, temperature=0.0, max_tokens=8)
+        elapsed = time.perf_counter() - started
+        return elapsed
+
+    return student._owner.call(job)  # noqa: SLF001
+
+
+def reset_after_naive(student: LlamaStudent) -> None:
+    """Llama.generate() leaves the context in its own batching; the student's cursor must start afresh."""
+    model = student._model  # noqa: SLF001
+    student._owner.call(lambda _llama: model.cursor.reset())  # noqa: SLF001
+
+
+def run(model: str | None, n: int, n_ctx: int, n_reference: int) -> dict[str, Any]:
+    examples = [EXAMPLES[i % len(EXAMPLES)] + ("" if i < len(EXAMPLES) else f" ({i})") for i in range(n)]
+    warm_text = "Warm-up: the parcel was fine."
+    result: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(),
+                              "llama_cpp_python": llama_cpp.__version__, "n": n, "n_ctx": n_ctx}
+    load_started = time.perf_counter()
+    with LlamaStudent(model, n_ctx=n_ctx) as student:
+        result["load_s"] = time.perf_counter() - load_started
+        result["model"] = {"name": student.identity.name, "path": student.identity.path,
+                           "sha256": student.identity.sha256}
+        zero = build_zero_shot_prompt(TASK_A, LABELS)
+        prompt_a, tokens_a = rules_prompt_of_size(student, TASK_A, 1300, seed=0)
+        prompt_b, tokens_b = rules_prompt_of_size(student, TASK_B, 1300, seed=1)
+        prompt_long, tokens_long = rules_prompt_of_size(student, TASK_A, 4600, seed=2)
+        result["system_tokens"] = {"zero_shot": student.prompt_split(zero, "x")[1], "rules_1k3_a": tokens_a,
+                                   "rules_1k3_b": tokens_b, "rules_4k6": tokens_long}
+        example_tokens = []
+        for text in examples:
+            tokens, system_end = student.prompt_split(prompt_a, text)
+            example_tokens.append(len(tokens) - system_end)
+        result["example_tokens"] = example_tokens
+
+        lat: dict[str, list[float]] = {}
+
+        def one_prompt(name: str, prompt: str) -> None:
+            for _ in range(2):
+                timed_classify(student, prompt, warm_text)
+            lat[name] = [timed_classify(student, prompt, text) for text in examples]
+
+        first_started = time.perf_counter()
+        timed_classify(student, prompt_long, warm_text)
+        result["first_call_4k6_s"] = time.perf_counter() - first_started  # cold: evaluates the system part
+        one_prompt("zero_shot", zero)
+        one_prompt("rules_1k3", prompt_a)
+        one_prompt("rules_4k6", prompt_long)
+        one_prompt("zero_shot_again", zero)  # drift check: the same condition measured twice
+
+        # P2: A, B, A, B ... (each prompt's state saved by the warm-up, then restored at every switch)
+        for prompt in (prompt_a, prompt_b, prompt_a, prompt_b):
+            timed_classify(student, prompt, warm_text)
+        interleaved = []
+        for text in examples:
+            interleaved.append(timed_classify(student, prompt_a, text))
+            interleaved.append(timed_classify(student, prompt_b, text))
+        lat["interleaved_ab"] = interleaved
+        one_prompt("rules_1k3_again", prompt_a)
+
+        # P3: raw llama.cpp cost of each example's own tokens, same Llama, same positions
+        raw_cost(student, prompt_a, warm_text)
+        lat["raw_example_tokens"] = [raw_cost(student, prompt_a, text) for text in examples]
+
+        # Reference: the naive chat-completion loop (one prompt, then interleaved, fewer examples: it is slow)
+        ref_examples = examples[:n_reference]
+        naive_chat_completion(student, prompt_a, warm_text)
+        lat["naive_one_prompt"] = [naive_chat_completion(student, prompt_a, t) for t in ref_examples]
+        naive_chat_completion(student, prompt_b, warm_text)
+        naive_inter = []
+        for text in ref_examples:
+            naive_inter.append(naive_chat_completion(student, prompt_a, text))
+            naive_inter.append(naive_chat_completion(student, prompt_b, text))
+        lat["naive_interleaved_ab"] = naive_inter
+        reset_after_naive(student)
+        stats = student.stats()
+        result["student_stats"] = dict(vars(stats))
+        result["prefix_cache"] = dict(zip(("states", "bytes"), student.prefix_cache_info()))
+
+    result["latencies_s"] = lat
+    med = {name: median(values) for name, values in lat.items()}
+    result["medians_s"] = med
+    zero_med = median(lat["zero_shot"] + lat["zero_shot_again"])
+    one_med = median(lat["rules_1k3"] + lat["rules_1k3_again"])
+    per_example_p3 = [s / r for s, r in zip(lat["rules_1k3"], lat["raw_example_tokens"])]
+    rows = [
+        ("P1 rules ~1.3k vs zero-shot", med["rules_1k3"], zero_med, 1.10),
+        ("P1 rules ~4.6k vs zero-shot", med["rules_4k6"], zero_med, 1.10),
+        ("P2 interleaved A/B vs one prompt", med["interleaved_ab"], one_med, 1.15),
+        ("P3 example vs raw llama.cpp cost", med["rules_1k3"], med["raw_example_tokens"], 1.5),
+        ("ref naive chat loop, one prompt, vs student", med["naive_one_prompt"], one_med, None),
+        ("ref naive chat loop, interleaved, vs student", med["naive_interleaved_ab"], med["interleaved_ab"], None),
+        ("ref naive interleaved vs naive one prompt", med["naive_interleaved_ab"], med["naive_one_prompt"], None),
+    ]
+    result["ratios"] = [{"name": name, "value_s": a, "baseline_s": b, "ratio": a / b, "target": target,
+                         "met": None if target is None else a / b <= target} for name, a, b, target in rows]
+    result["p3_median_of_per_example_ratios"] = median(per_example_p3)
+    return result
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"model: {result['model']['name']}  llama-cpp-python {result['llama_cpp_python']}  n={result['n']}  "
+          f"n_ctx={result['n_ctx']}")
+    print("system tokens: " + ", ".join(f"{k}={v}" for k, v in result["system_tokens"].items())
+          + f"; example tokens (median): {median(result['example_tokens'])}")
+    print(f"{'figure':48} {'median s':>9} {'baseline s':>10} {'ratio':>7} {'target':>7}  met")
+    for row in result["ratios"]:
+        target = "" if row["target"] is None else f"<={row['target']:.2f}"
+        met = "" if row["met"] is None else ("yes" if row["met"] else "NO")
+        print(f"{row['name']:48} {row['value_s']:9.4f} {row['baseline_s']:10.4f} {row['ratio']:6.2f}x "
+              f"{target:>7}  {met}")
+    print(f"P3 median of per-example ratios: {result['p3_median_of_per_example_ratios']:.2f}x; "
+          f"first call with the 4.6k prompt (cold): {result['first_call_4k6_s']:.2f} s")
+    print("all medians (s): " + ", ".join(f"{k}={v:.4f}" for k, v in result["medians_s"].items()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.student", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="GGUF file (default: the bundled Gemma 3 270M)")
+    parser.add_argument("--n", type=int, default=20, help="examples per condition (default 20)")
+    parser.add_argument("--n-ctx", type=int, default=8192, help="context size (default 8192)")
+    parser.add_argument("--n-reference", type=int, default=None,
+                        help="examples for the naive chat-completion reference rows (default min(n, 6))")
+    parser.add_argument("--json", default=None, help="write every raw figure to this JSON file")
+    args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.error("--n must be at least 1")
+    n_reference = args.n_reference if args.n_reference is not None else min(args.n, 6)
+    result = run(args.model, args.n, args.n_ctx, max(1, n_reference))
+    print_table(result)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+        print(f"raw figures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
