@@ -67,6 +67,11 @@ _NEGATIVE = ["complaints", "anger", "disappointment", "a demand for a refund", "
 _NEUTRAL = ["a plain fact", "a date or time", "a neutral description", "a question without opinion"]
 
 
+
+def alternate(measure, student, prompts, texts) -> list[float]:  # type: ignore[no-untyped-def]
+    """Latencies of `measure` over every text with each prompt in turn (A, B, A, B, ...)."""
+    return [measure(student, prompt, text) for text in texts for prompt in prompts]
+
 def synthetic_rules(count: int, seed: int = 0) -> list[PromptRule]:
     """`count` numbered-looking, plausible sentiment rules (deterministic)."""
     rules = []
@@ -204,11 +209,7 @@ def run(model: str | None, n: int, n_ctx: int, n_reference: int) -> dict[str, An
         # P2: A, B, A, B ... (each prompt's state saved by the warm-up, then restored at every switch)
         for prompt in (prompt_a, prompt_b, prompt_a, prompt_b):
             timed_classify(student, prompt, warm_text)
-        interleaved = []
-        for text in examples:
-            interleaved.append(timed_classify(student, prompt_a, text))
-            interleaved.append(timed_classify(student, prompt_b, text))
-        lat["interleaved_ab"] = interleaved
+        lat["interleaved_ab"] = alternate(timed_classify, student, (prompt_a, prompt_b), examples)
         one_prompt("rules_1k3_again", prompt_a)
 
         # P3: raw llama.cpp cost of each example's own tokens, same Llama, same positions
@@ -220,11 +221,7 @@ def run(model: str | None, n: int, n_ctx: int, n_reference: int) -> dict[str, An
         naive_chat_completion(student, prompt_a, warm_text)
         lat["naive_one_prompt"] = [naive_chat_completion(student, prompt_a, t) for t in ref_examples]
         naive_chat_completion(student, prompt_b, warm_text)
-        naive_inter = []
-        for text in ref_examples:
-            naive_inter.append(naive_chat_completion(student, prompt_a, text))
-            naive_inter.append(naive_chat_completion(student, prompt_b, text))
-        lat["naive_interleaved_ab"] = naive_inter
+        lat["naive_interleaved_ab"] = alternate(naive_chat_completion, student, (prompt_a, prompt_b), ref_examples)
         reset_after_naive(student)
         stats = student.stats()
         result["student_stats"] = dict(vars(stats))
