@@ -116,22 +116,10 @@ def _apply_run_overrides(settings: Any, args: argparse.Namespace) -> None:
             setattr(settings, field, value)
 
 
-def _estimate(project: Any, settings: Any, phases: Sequence[int]) -> str:
-    train = project.examples(split="train")
-    todo = len(train) - len(project.micro_rule_example_ids()) if 1 in phases else 0
-    chars = sum(len(e.text) for e in train) / max(1, len(train))
-    tokens_in = int(todo * (chars / 4 + 350))
-    tokens_out = todo * 180
-    cost = (tokens_in * settings.price_in_per_million + tokens_out * settings.price_out_per_million) / 1e6
-    return (f"Phase 1 needs about {todo} teacher calls (~{tokens_in:,} input and ~{tokens_out:,} output tokens, "
-            f"~${cost:.2f} at the configured prices); phases 2-3 add about {max(1, int(len(train) ** 0.5))} + "
-            f"{settings.loop_max_iterations} calls.")
-
-
 def _run(project_path: str, args: argparse.Namespace, phases: Sequence[int], command: str,
          settings_override: Any = None) -> int:
     from .backends.factory import DefaultBackends
-    from .core.pipeline import PHASE_NAMES, run_pipeline
+    from .core.pipeline import PHASE_NAMES, estimate_teacher_run, run_pipeline
     from .core.project import Project
     from .core.settings import load_settings
 
@@ -145,7 +133,7 @@ def _run(project_path: str, args: argparse.Namespace, phases: Sequence[int], com
         settings = settings_override or load_settings(project)
         _apply_run_overrides(settings, args)
         if settings.teacher == "gemini" and (1 in phases or 2 in phases or 3 in phases):
-            print(_estimate(project, settings, phases), file=sys.stderr)
+            print(estimate_teacher_run(project, settings, phases), file=sys.stderr)
             if sys.stdin.isatty() and not getattr(args, "yes", False):
                 if input("Start the paid teacher run? [y/N] ").strip().lower() not in ("y", "yes"):
                     return EXIT_CANCELLED

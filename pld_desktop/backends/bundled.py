@@ -107,3 +107,19 @@ def bundled_embedder_path() -> Path:
         raise ModelFileError(f"The bundled embedding model folder {path} is missing or incomplete. "
                              "Reinstall PLD Desktop.")
     return path
+
+
+BUNDLED_NAMES = {"student": "Gemma 3 270M Q4_K_M (bundled)", "teacher": "SmolLM2-135M-Instruct (bundled)",
+                 "embedder": "all-MiniLM-L6-v2 (bundled)"}
+
+
+def describe_model_choice(path: str | None, role: str) -> str:
+    """A one-line name for a model choice, without loading anything (About box, headers)."""
+    if not path:
+        return BUNDLED_NAMES[role]
+    p = Path(path)
+    try:
+        size = f", {p.stat().st_size / 2**20:,.0f} MiB" if p.is_file() else ""
+    except OSError:
+        size = ""
+    return f"{p.name}{size}"

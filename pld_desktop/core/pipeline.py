@@ -77,6 +77,23 @@ def run_pipeline(project: Project, settings: RunSettings, backends: BackendProvi
     return report
 
 
+# Teacher request kinds per phase (teacher_calls.kind), for per-phase token and cost figures.
+PHASE_TEACHER_KINDS = {1: ("extraction",), 2: ("merge", "review"), 3: ("resolution",)}
+
+
+def estimate_teacher_run(project: Project, settings: RunSettings, phases: Sequence[int]) -> str:
+    """Words for the user before a paid run: calls, tokens and cost still to come (a rough upper figure)."""
+    train = project.examples(split="train")
+    todo = len(train) - len(project.micro_rule_example_ids()) if 1 in phases else 0
+    chars = sum(len(e.text) for e in train) / max(1, len(train))
+    tokens_in = int(todo * (chars / 4 + 350))
+    tokens_out = todo * 180
+    cost = (tokens_in * settings.price_in_per_million + tokens_out * settings.price_out_per_million) / 1e6
+    return (f"Phase 1 needs about {todo} teacher calls (~{tokens_in:,} input and ~{tokens_out:,} output tokens, "
+            f"~${cost:.2f} at the configured prices); phases 2-3 add about {max(1, int(len(train) ** 0.5))} + "
+            f"{settings.loop_max_iterations} calls.")
+
+
 def _check_prerequisites(project: Project, phase: int, requested: set[int]) -> None:
     """Say what to run first before any model is loaded or any key is asked for."""
     if phase == 2 and 1 not in requested and not project.micro_rule_example_ids():

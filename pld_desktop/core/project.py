@@ -469,13 +469,23 @@ class Project:
         return self._write(f"INSERT INTO teacher_calls ({cols}) VALUES ({','.join('?' * len(fields))})",
                            list(fields.values()))
 
-    def teacher_totals(self) -> dict[str, Any]:
+    def teacher_totals(self, kinds: Sequence[str] | None = None) -> dict[str, Any]:
+        """Calls, tokens and cost so far; `kinds` narrows to request kinds (e.g. one phase's)."""
+        where, params = "", []
+        if kinds is not None:
+            where = f" WHERE kind IN ({','.join('?' * len(kinds))})"
+            params = list(kinds)
         row = self.query(
             "SELECT COUNT(*) AS calls, SUM(status = 'ok') AS ok, SUM(status != 'ok') AS failed, "
             "COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, COALESCE(SUM(output_tokens), 0) AS output_tokens, "
             "COALESCE(SUM(thoughts_tokens), 0) AS thoughts_tokens, COALESCE(SUM(total_tokens), 0) AS total_tokens, "
-            "COALESCE(SUM(cost_usd), 0) AS cost_usd FROM teacher_calls")[0]
+            "COALESCE(SUM(cost_usd), 0) AS cost_usd FROM teacher_calls" + where, params)[0]
         return {k: (v or 0) for k, v in row.items()}
+
+    def failed_items(self, phase: int | None = None) -> list[dict[str, Any]]:
+        if phase is None:
+            return self.query("SELECT * FROM failed_items ORDER BY id")
+        return self.query("SELECT * FROM failed_items WHERE phase = ? ORDER BY id", [phase])
 
     def record_failure(self, phase: int, item_key: str, reason: str) -> None:
         self._write("INSERT INTO failed_items (phase, item_key, reason, run_id, created_at) VALUES (?,?,?,?,?)",
