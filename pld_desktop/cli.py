@@ -80,8 +80,7 @@ def _parse_ratios(text: str) -> tuple[float, float, float]:
 
 def cmd_init(args: argparse.Namespace) -> int:
     from .core.dataset import ColumnMapping, SplitSettings, load_dataset
-    from .core.project import Project
-    from .core.settings import RunSettings, save_settings
+    from .core.new_project import create_project
 
     train, dev, test = _parse_ratios(args.ratios)
     mapping = ColumnMapping(text_columns=tuple(args.text), label_column=args.label,
@@ -91,14 +90,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.csv, mapping, SplitSettings(train, dev, test, args.seed))
     for w in dataset.warnings:
         print(f"warning: {w.message}", file=sys.stderr)
-    settings = RunSettings(seed=args.seed)
-    if args.task:
-        settings.task = args.task
-
-    def fill(project: Project) -> None:
-        project.store_dataset(dataset, Path(args.csv).name)
-        save_settings(project, settings)
-    Project.build(args.project, fill, overwrite=args.force)
+    create_project(args.project, dataset, source_name=Path(args.csv).name, task=args.task, overwrite=args.force)
     counts = {s: sum(1 for r in dataset.rows if r.split == s) for s in ("train", "dev", "test")}
     print(f"Created {args.project}: {len(dataset.rows)} rows, labels {', '.join(dataset.labels)}; "
           f"train {counts['train']} / dev {counts['dev']} / test {counts['test']} (test is locked).")
