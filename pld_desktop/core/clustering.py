@@ -113,4 +113,6 @@ def map_2d(vectors: np.ndarray) -> np.ndarray:
     if len(vectors) < 3:
         return np.pad(centred[:, :2], ((0, 0), (0, max(0, 2 - centred.shape[1]))))
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    return centred @ vt[:2].T
+    # SVD fixes each axis only up to sign; pin it so the same rules always draw the same map.
+    axes = vt[:2] * np.sign(vt[:2][np.arange(len(vt[:2])), np.abs(vt[:2]).argmax(axis=1)])[:, None]
+    return centred @ axes.T

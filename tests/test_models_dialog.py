@@ -1,0 +1,272 @@
+"""The model settings dialog: settings round trip, the API key kept out of the project, real background checks."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Iterator
+
+import keyring
+import keyring.backend
+import pytest
+from keyring.backends import fail
+
+from pld_desktop.core.settings import RunSettings, load_settings, save_settings
+from pld_desktop.ui import models_dialog
+from pld_desktop.ui.models_dialog import ModelsDialog, StudentCheck
+
+from .fake_gemini import FakeGemini, FakeResponse, fake_gemini, quota_exhausted, server_error, success, success_body
+from .test_pipeline import make_project
+
+__all__ = ["fake_gemini"]  # the fixture, re-exported for pytest
+
+KEY = "AIzaSyTEST-planted-key-0123456789"
+
+
+class MemoryKeyring(keyring.backend.KeyringBackend):
+    """An in-memory OS keychain."""
+
+    priority = 1  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store: dict[tuple[str, str], str] = {}
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self.store.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.store[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        if self.store.pop((service, username), None) is None:
+            raise keyring.errors.PasswordDeleteError("not stored")
+
+
+@pytest.fixture(autouse=True)
+def no_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+
+
+@pytest.fixture
+def memory_keyring() -> Iterator[MemoryKeyring]:
+    previous = keyring.get_keyring()
+    ring = MemoryKeyring()
+    keyring.set_keyring(ring)
+    yield ring
+    keyring.set_keyring(previous)
+
+
+@pytest.fixture
+def no_keyring() -> Iterator[None]:
+    previous = keyring.get_keyring()
+    keyring.set_keyring(fail.Keyring())
+    yield
+    keyring.set_keyring(previous)
+
+
+def open_dialog(qtbot, settings: RunSettings) -> ModelsDialog:  # type: ignore[no-untyped-def]
+    dialog = ModelsDialog(settings)
+    qtbot.addWidget(dialog)
+    return dialog
+
+
+def wait_idle(qtbot, dialog: ModelsDialog, timeout: int = 60000) -> None:  # type: ignore[no-untyped-def]
+    qtbot.waitUntil(lambda: not dialog.busy(), timeout=timeout)
+
+
+# ---------------------------------------------------------------------------
+def test_settings_round_trip_and_edits(qtbot, no_keyring) -> None:  # type: ignore[no-untyped-def]
+    original = RunSettings(teacher="gemini", teacher_model="gemini-2.5-pro", teacher_base_url="http://127.0.0.1:9/",
+                           teacher_concurrency=3, price_in_per_million=1.25, price_out_per_million=10.0,
+                           student_n_ctx=8192, student_threads=2, dbscan_eps=0.33, label_meanings={"a": "b"})
+    dialog = open_dialog(qtbot, original)
+    assert dialog.settings() == original  # nothing shown is changed by merely opening the dialog
+    dialog.local_radio.setChecked(True)
+    assert not dialog.gemini_box.isEnabled() and dialog.local_box.isEnabled()
+    dialog.gemini_model.setCurrentText("gemini-3-pro-preview")
+    dialog.concurrency.setValue(12)
+    dialog.base_url.clear()
+    dialog.threads.setValue(0)
+    dialog.n_ctx.setValue(2048)
+    s = dialog.settings()
+    assert (s.teacher, s.teacher_model, s.teacher_concurrency) == ("local", "gemini-3-pro-preview", 12)
+    assert s.teacher_base_url is None and s.student_threads is None and s.student_n_ctx == 2048
+    assert s.dbscan_eps == 0.33 and s.label_meanings == {"a": "b"}  # fields the dialog does not show are kept
+
+
+def test_bad_paths_keep_the_dialog_open_with_a_message(qtbot, tmp_path: Path, no_keyring) -> None:
+    dialog = open_dialog(qtbot, RunSettings())
+    not_gguf = tmp_path / "notes.gguf"
+    not_gguf.write_text("hello")
+    dialog.student_gguf.setText(str(not_gguf))
+    dialog.embedder_path.setText(str(tmp_path / "missing"))
+    dialog.gemini_radio.setChecked(True)
+    dialog.base_url.setText("localhost:8080")
+    dialog.accept()
+    assert dialog.result() != ModelsDialog.DialogCode.Accepted
+    text = dialog.error_label.text()
+    assert "not a GGUF model file" in text and "does not exist" in text and "http://" in text
+    dialog.student_gguf.clear()
+    dialog.embedder_path.clear()
+    dialog.base_url.clear()
+    dialog.accept()
+    assert dialog.result() == ModelsDialog.DialogCode.Accepted
+
+
+def test_key_goes_to_the_keychain_not_the_settings(qtbot, tmp_path: Path, memory_keyring: MemoryKeyring) -> None:
+    dialog = open_dialog(qtbot, RunSettings(teacher="gemini"))
+    assert "No key is set" in dialog.key_status.text()
+    dialog.api_key.setText(KEY)
+    dialog.save_key_btn.click()
+    assert memory_keyring.store[("pld-desktop", "gemini-api-key")] == KEY
+    assert dialog.api_key.text() == ""
+    assert "OS keychain" in dialog.key_status.text() and KEY not in dialog.key_status.text()
+    assert dialog.forget_key_btn.isEnabled()
+    settings = dialog.settings()
+    assert KEY not in json.dumps(settings.to_json())
+    project = make_project(tmp_path)
+    save_settings(project, settings)
+    assert load_settings(project).teacher == "gemini"
+    project.close()
+    assert KEY.encode() not in (tmp_path / "p.pld").read_bytes()
+    dialog.forget_key_btn.click()
+    assert memory_keyring.store == {}
+    assert "No key is set" in dialog.key_status.text()
+
+
+def test_a_typed_key_is_saved_on_ok(qtbot, memory_keyring: MemoryKeyring) -> None:  # type: ignore[no-untyped-def]
+    dialog = open_dialog(qtbot, RunSettings())
+    dialog.api_key.setText(KEY)
+    dialog.accept()
+    assert dialog.result() == ModelsDialog.DialogCode.Accepted
+    assert memory_keyring.store[("pld-desktop", "gemini-api-key")] == KEY
+
+
+def test_environment_key_is_reported_by_name(qtbot, memory_keyring, monkeypatch) -> None:
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    dialog = open_dialog(qtbot, RunSettings())
+    assert "environment variable GEMINI_API_KEY" in dialog.key_status.text()
+    assert KEY not in dialog.key_status.text()
+
+
+def test_without_a_keychain_the_dialog_points_to_the_env_var(qtbot, no_keyring) -> None:  # type: ignore[no-untyped-def]
+    dialog = open_dialog(qtbot, RunSettings(teacher="gemini"))
+    assert "No OS keychain is available" in dialog.key_status.text()
+    assert "GEMINI_API_KEY" in dialog.key_status.text()
+    assert not dialog.save_key_btn.isEnabled()
+    dialog.api_key.setText(KEY)
+    dialog.accept()  # the typed key cannot be stored: say so instead of dropping it
+    assert dialog.result() != ModelsDialog.DialogCode.Accepted
+    assert "GEMINI_API_KEY" in dialog.error_label.text() and KEY not in dialog.error_label.text()
+
+
+# ---------------------------------------------------------------------------
+# Test connection against the fake Gemini server (the real google-genai client underneath)
+# ---------------------------------------------------------------------------
+def gemini_dialog(qtbot, server: FakeGemini) -> ModelsDialog:  # type: ignore[no-untyped-def]
+    dialog = open_dialog(qtbot, RunSettings(teacher="gemini", teacher_base_url=server.base_url))
+    dialog.api_key.setText(KEY)  # typed, not saved: used for this test call only
+    return dialog
+
+
+def test_connection_succeeds(qtbot, fake_gemini: FakeGemini, no_keyring) -> None:  # type: ignore[no-untyped-def]
+    fake_gemini.expected_key = KEY
+    fake_gemini.enqueue(success("OK"))
+    dialog = gemini_dialog(qtbot, fake_gemini)
+    dialog.test_btn.click()
+    assert dialog.busy() and not dialog.busy_bar.isHidden() and not dialog.test_btn.isEnabled()
+    wait_idle(qtbot, dialog)
+    text = dialog.teacher_result.text()
+    assert "Connected to Gemini" in text and "gemini-2.5-flash" in text
+    assert KEY not in text
+    assert [r.key_matched for r in fake_gemini.requests] == [True]
+
+
+@pytest.mark.parametrize("response, words", [(quota_exhausted(), "quota exhausted"),
+                                             (server_error(), "server error")])
+def test_connection_failure_is_reported_in_words(qtbot, fake_gemini: FakeGemini, no_keyring, response,
+                                                 words: str) -> None:
+    fake_gemini.always(response)
+    dialog = gemini_dialog(qtbot, fake_gemini)
+    dialog.test_btn.click()
+    wait_idle(qtbot, dialog)
+    text = dialog.teacher_result.text()
+    assert text.startswith("✘ Failed:") and words in text
+    assert KEY not in text
+    assert len(fake_gemini.requests) == 1  # a connection test does not retry
+
+
+def test_rejected_key_is_redacted(qtbot, fake_gemini: FakeGemini, no_keyring) -> None:  # type: ignore[no-untyped-def]
+    fake_gemini.expected_key = "the-right-key-000"
+    dialog = gemini_dialog(qtbot, fake_gemini)
+    dialog.test_btn.click()
+    wait_idle(qtbot, dialog)
+    assert "API key was rejected" in dialog.teacher_result.text()
+    assert KEY not in dialog.teacher_result.text()
+
+
+def test_missing_key_is_explained_without_a_call(qtbot, fake_gemini: FakeGemini, no_keyring) -> None:
+    dialog = open_dialog(qtbot, RunSettings(teacher="gemini", teacher_base_url=fake_gemini.base_url))
+    dialog.test_btn.click()
+    assert not dialog.busy()
+    assert "No Gemini API key" in dialog.teacher_result.text()
+    assert fake_gemini.requests == []
+
+
+def test_cancelled_check_ignores_the_late_result(qtbot, fake_gemini: FakeGemini, no_keyring) -> None:
+    fake_gemini.always(FakeResponse(200, success_body("OK"), delay_s=1.0))
+    dialog = gemini_dialog(qtbot, fake_gemini)
+    dialog.test_btn.click()
+    assert dialog.busy()
+    dialog.cancel_btn.click()
+    assert not dialog.busy() and dialog.test_btn.isEnabled()
+    assert "Cancelled" in dialog.teacher_result.text()
+    qtbot.waitUntil(lambda: not models_dialog._LIVE_CHECKS, timeout=30000)
+    qtbot.wait(50)  # let the late result's queued signal arrive
+    assert "Cancelled" in dialog.teacher_result.text()
+
+
+# ---------------------------------------------------------------------------
+# Student: load and check
+# ---------------------------------------------------------------------------
+def test_student_check_on_a_broken_file(qtbot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    broken = tmp_path / "cut.gguf"
+    broken.write_bytes(b"GGUF" + struct.pack("<I", 3) + struct.pack("<QQ", 291, 40) + b"\x00" * 64)
+    dialog = open_dialog(qtbot, RunSettings(student_gguf=str(broken)))
+    dialog.check_btn.click()
+    wait_idle(qtbot, dialog)
+    text = dialog.student_result.text()
+    assert "Could not load the student" in text and "truncated or corrupted" in text
+    assert dialog.last_student_check is None
+    dialog.student_gguf.setText(str(tmp_path / "nowhere.gguf"))
+    dialog.check_btn.click()
+    wait_idle(qtbot, dialog)
+    assert "not found" in dialog.student_result.text()
+
+
+@pytest.mark.slow
+def test_student_check_on_the_bundled_model(qtbot) -> None:  # type: ignore[no-untyped-def]
+    from pld_desktop.backends.bundled import bundled_student_path
+
+    dialog = open_dialog(qtbot, RunSettings(student_n_ctx=1024))
+    dialog.check_btn.click()
+    wait_idle(qtbot, dialog, timeout=180000)
+    check = dialog.last_student_check
+    assert isinstance(check, StudentCheck), dialog.student_result.text()
+    assert check.size_bytes == bundled_student_path().stat().st_size
+    assert check.architecture == "gemma3" and 2e8 < check.n_params < 3.5e8
+    assert check.n_ctx == 1024 and check.n_ctx_train >= 8192
+    text = dialog.student_result.text()
+    assert "Gemma 3" in text and "MB" in text and "gemma3" in text and f"{check.n_ctx_train:,}" in text
+
+
+@pytest.mark.slow
+def test_local_teacher_connection_is_a_real_call(qtbot) -> None:  # type: ignore[no-untyped-def]
+    dialog = open_dialog(qtbot, RunSettings(teacher="local"))
+    dialog.test_btn.click()
+    wait_idle(qtbot, dialog, timeout=180000)
+    text = dialog.teacher_result.text()
+    assert "local teacher" in text and "SmolLM2" in text and "answered" in text, text
