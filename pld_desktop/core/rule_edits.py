@@ -1,0 +1,431 @@
+"""Edits of a rule list as small frozen commands with inverses, and saving an edited list as a new rule-set version."""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol, Sequence
+
+from .backends import Embedder
+from .progress import Progress, SilentProgress
+from .project import Project
+from .prompts import PromptRule, build_rules_prompt, sha256_text
+from .settings import RunSettings
+
+Rule = dict[str, Any]
+
+EDIT_ORIGIN = "edit"
+HEAD_SETTING = "edited_rule_set_id"  # the editor's latest version; "chosen_rule_set_id" stays the pipeline's choice
+NEW_UID_PREFIX = "E"
+
+
+class RuleEditError(ValueError):
+    """An edit that cannot be applied to this rule list (unknown rule, empty text, bad position...)."""
+
+
+class RuleEdit(Protocol):
+    def apply(self, rules: Sequence[Rule]) -> tuple[list[Rule], "RuleEdit"]:
+        """The edited list (the input is never mutated) and the edit that turns it back."""
+        ...
+
+    def describe(self) -> str: ...
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+def _copy(rules: Sequence[Rule]) -> list[Rule]:
+    return [copy.deepcopy(dict(r)) for r in rules]
+
+
+def _index(rules: Sequence[Rule], uid: str) -> int:
+    for i, r in enumerate(rules):
+        if r.get("uid") == uid:
+            return i
+    raise RuleEditError(f"There is no rule {uid} in this version.")
+
+
+def _clean_text(text: str) -> str:
+    cleaned = " ".join(str(text).split())
+    if not cleaned:
+        raise RuleEditError("A rule needs some text; delete the rule instead of emptying it.")
+    return cleaned
+
+
+def next_uid(rules: Sequence[Rule], taken: Sequence[str] = ()) -> str:
+    """A uid not used by any rule: E<n> with n one above the highest E-number in use (deterministic, so
+    redoing an add after an undo gives the rule the same uid again)."""
+    used = {str(r.get("uid")) for r in rules} | set(taken)
+    numbers = [int(m.group(1)) for u in used if (m := re.fullmatch(rf"{NEW_UID_PREFIX}(\d+)", u))]
+    n = max(numbers, default=0) + 1
+    while f"{NEW_UID_PREFIX}{n}" in used:
+        n += 1
+    return f"{NEW_UID_PREFIX}{n}"
+
+
+def _frozen_rule(rule: Mapping[str, Any]) -> Rule:
+    return copy.deepcopy(dict(rule))
+
+
+# ---------------------------------------------------------------------------
+# Edits
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SetText:
+    uid: str
+    text: str
+
+    def apply(self, rules: Sequence[Rule]) -> tuple[list[Rule], RuleEdit]:
+        out = _copy(rules)
+        i = _index(out, self.uid)
+        old = out[i]["text"]
+        out[i]["text"] = _clean_text(self.text)
+        return out, SetText(self.uid, old)
+
+    def describe(self) -> str:
+        return f"reworded {self.uid}"
+
+
+@dataclass(frozen=True)
+class SetLabel:
+    uid: str
+    label: str
+
+    def apply(self, rules: Sequence[Rule]) -> tuple[list[Rule], RuleEdit]:
+        out = _copy(rules)
+        i = _index(out, self.uid)
+        if not str(self.label).strip():
+            raise RuleEditError("A rule needs a label.")
+        old = out[i]["label"]
+        out[i]["label"] = self.label
+        return out, SetLabel(self.uid, old)
+
+    def describe(self) -> str:
+        return f"relabelled {self.uid} as {self.label}"
+
+
+@dataclass(frozen=True)
+class SetEnabled:
+    uid: str
+    enabled: bool
+
+    def apply(self, rules: Sequence[Rule]) -> tuple[list[Rule], RuleEdit]:
+        out = _copy(rules)
+        i = _index(out, self.uid)
+        old = bool(out[i].get("enabled", True))
+        out[i]["enabled"] = bool(self.enabled)
+        return out, SetEnabled(self.uid, old)
+
+    def describe(self) -> str:
+        return f"{'enabled' if self.enabled else 'disabled'} {self.uid}"
+
+
+@dataclass(frozen=True)
+class Move:
+    """Move one rule so that it ends at position `to_index` (0-based) in the new list."""
+
+    uid: str
+    to_index: int
+
+    def apply(self, rules: Sequence[Rule]) -> tuple[list[Rule], RuleEdit]:
+        out = _copy(rules)
+        i = _index(out, self.uid)
+        if not 0 <= self.to_index < len(out):
+            raise RuleEditError(f"Cannot move {self.uid} to position {self.to_index + 1} of {len(out)}.")
+        out.insert(self.to_index, out.pop(i))
+        return out, Move(self.uid, i)
+
+    def describe(self) -> str:
+        return f"moved {self.uid} to position {self.to_index + 1}"
+
+
+@dataclass(frozen=True)
+class Reorder:
+    """Put the rules in the order of `uids` (a permutation of the current uids), e.g. a multi-rule drag."""
+
+    uids: tuple[str, ...]
+
+    def apply(self, rules: Sequence[Rule]) -> tuple[list[Rule], RuleEdit]:
+        out = _copy(rules)
+        current = tuple(r["uid"] for r in out)
+        if sorted(current) != sorted(self.uids):
+            raise RuleEditError("A reorder must list every rule of the version exactly once.")
+        by_uid = {r["uid"]: r for r in out}
+        return [by_uid[u] for u in self.uids], Reorder(current)
+
+    def describe(self) -> str:
+        return "reordered the rules"
+
+
+@dataclass(frozen=True)
+class Add:
+    """A new, hand-written rule (no micro-rules behind it) at `index` (None: at the end)."""
+
+    text: str
+    label: str
+    index: int | None = None
+    enabled: bool = True
+
+    def apply(self, rules: Sequence[Rule]) -> tuple[list[Rule], RuleEdit]:
+        if not str(self.label).strip():
+            raise RuleEditError("A rule needs a label.")
+        out = _copy(rules)
+        rule = {"uid": next_uid(out), "text": _clean_text(self.text), "label": self.label,
+                "enabled": bool(self.enabled), "cluster_id": None, "micro_rule_ids": [], "example_ids": [],
+                "origin": "written in the rule editor"}
+        at = len(out) if self.index is None else self.index
+        if not 0 <= at <= len(out):
+            raise RuleEditError(f"Cannot add a rule at position {at + 1} of {len(out) + 1}.")
+        out.insert(at, rule)
+        return out, Delete(rule["uid"])
+
+    def describe(self) -> str:
+        return f"added a rule for {self.label}"
+
+
+@dataclass(frozen=True)
+class Insert:
+    """Put back one complete rule (uid and provenance included) at `index`; the inverse of Delete."""
+
+    rule: Mapping[str, Any] = field(hash=False)
+    index: int = 0
+
+    def apply(self, rules: Sequence[Rule]) -> tuple[list[Rule], RuleEdit]:
+        out = _copy(rules)
+        rule = _frozen_rule(self.rule)
+        if any(r["uid"] == rule.get("uid") for r in out):
+            raise RuleEditError(f"A rule {rule.get('uid')} is already in this version.")
+        if not 0 <= self.index <= len(out):
+            raise RuleEditError(f"Cannot insert a rule at position {self.index + 1} of {len(out) + 1}.")
+        out.insert(self.index, rule)
+        return out, Delete(rule["uid"])
+
+    def describe(self) -> str:
+        return f"restored {self.rule.get('uid')}"
+
+
+@dataclass(frozen=True)
+class Delete:
+    uid: str
+
+    def apply(self, rules: Sequence[Rule]) -> tuple[list[Rule], RuleEdit]:
+        out = _copy(rules)
+        i = _index(out, self.uid)
+        removed = out.pop(i)
+        return out, Insert(removed, i)
+
+    def describe(self) -> str:
+        return f"deleted {self.uid}"
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """A copy of a rule, with a new uid, right after it (same provenance: a starting point for a variant)."""
+
+    uid: str
+
+    def apply(self, rules: Sequence[Rule]) -> tuple[list[Rule], RuleEdit]:
+        out = _copy(rules)
+        i = _index(out, self.uid)
+        twin = copy.deepcopy(out[i])
+        twin["uid"] = next_uid(out)
+        twin["origin"] = f"duplicate of {self.uid}"
+        twin["duplicated_from"] = self.uid
+        out.insert(i + 1, twin)
+        return out, Delete(twin["uid"])
+
+    def describe(self) -> str:
+        return f"duplicated {self.uid}"
+
+
+@dataclass(frozen=True)
+class Merge:
+    """Replace several rules by one at the first one's place: its text (or `text`), its label, and the union
+    of their micro-rules and examples, so no provenance is lost."""
+
+    uids: tuple[str, ...]
+    text: str | None = None
+
+    def apply(self, rules: Sequence[Rule]) -> tuple[list[Rule], RuleEdit]:
+        if len(set(self.uids)) < 2:
+            raise RuleEditError("Choose at least two rules to merge.")
+        out = _copy(rules)
+        positions = sorted(_index(out, u) for u in self.uids)
+        first = out[positions[0]]
+        parts = [out[p] for p in positions]
+        merged = copy.deepcopy(first)
+        merged["uid"] = next_uid(out)
+        merged["text"] = _clean_text(self.text) if self.text is not None else first["text"]
+        merged["micro_rule_ids"] = sorted({m for p in parts for m in p.get("micro_rule_ids", [])})
+        merged["example_ids"] = sorted({e for p in parts for e in p.get("example_ids", [])})
+        merged["from_rules"] = [p["uid"] for p in parts]
+        merged["origin"] = "merged in the rule editor from " + ", ".join(p["uid"] for p in parts)
+        for p in reversed(positions):
+            out.pop(p)
+        out.insert(positions[0], merged)
+        # Undo: remove the merged rule, then put every part back where it was (ascending, so indexes hold).
+        inverse: list[RuleEdit] = [Delete(merged["uid"])]
+        inverse += [Insert(parts[k], positions[k]) for k in range(len(parts))]
+        return out, Compound(tuple(inverse), "unmerged " + ", ".join(p["uid"] for p in parts))
+
+    def describe(self) -> str:
+        return "merged " + ", ".join(self.uids)
+
+
+@dataclass(frozen=True)
+class Compound:
+    """Several edits applied in order as one; the inverse undoes them in reverse order."""
+
+    edits: tuple[RuleEdit, ...]
+    label: str = ""
+
+    def apply(self, rules: Sequence[Rule]) -> tuple[list[Rule], RuleEdit]:
+        out = _copy(rules)
+        inverses: list[RuleEdit] = []
+        for edit in self.edits:
+            out, inv = edit.apply(out)
+            inverses.append(inv)
+        return out, Compound(tuple(reversed(inverses)), f"undo {self.describe()}")
+
+    def describe(self) -> str:
+        return self.label or "; ".join(e.describe() for e in self.edits)
+
+
+# ---------------------------------------------------------------------------
+# Conflicts without models
+# ---------------------------------------------------------------------------
+_ANSWER_TAIL = re.compile(r",?\s*(then\s+)?(answer|label|the label is|it is)\s*[:=]?\s*\S+\s*\.?\s*$", re.I)
+
+
+def normalised_condition(text: str) -> str:
+    """The condition part of a rule, case- and punctuation-insensitive ("If X, answer L." -> "if x")."""
+    body = _ANSWER_TAIL.sub("", " ".join(str(text).split()))
+    return " ".join(re.findall(r"\w+", body.lower()))
+
+
+def _normalised_text(text: str) -> str:
+    return " ".join(re.findall(r"\w+", str(text).lower()))
+
+
+def cheap_conflicts(rules: Sequence[Rule], changed: set[str]) -> list[tuple[str, str, str, str, dict[str, Any]]]:
+    """(uid_a, uid_b, source, reason, evidence) for pairs with at least one changed rule: the same condition
+    with different labels, and exact duplicates. No model is needed, so this runs on every edit."""
+    found = []
+    for a in range(len(rules)):
+        for b in range(a + 1, len(rules)):
+            ra, rb = rules[a], rules[b]
+            if ra["uid"] not in changed and rb["uid"] not in changed:
+                continue
+            ua, ub = sorted((ra["uid"], rb["uid"]))
+            if ra["label"] == rb["label"] and _normalised_text(ra["text"]) == _normalised_text(rb["text"]):
+                found.append((ua, ub, "duplicate", f"{ra['uid']} and {rb['uid']} say the same thing "
+                              f"(both lead to {ra['label']}).", {"text": ra["text"]}))
+            elif ra["label"] != rb["label"] and normalised_condition(ra["text"]) \
+                    and normalised_condition(ra["text"]) == normalised_condition(rb["text"]):
+                found.append((ua, ub, "same condition",
+                              f"{ra['uid']} and {rb['uid']} have the same condition but lead to "
+                              f"{ra['label']} and {rb['label']}.",
+                              {"condition": normalised_condition(ra["text"])}))
+    return found
+
+
+# ---------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------
+def prompt_for_rules(task: str, labels: Sequence[str], meanings: dict[str, str], rules: Sequence[Rule]) -> str:
+    """The exact system prompt of a rule list: the same builder as synthesis and the closed loop; disabled
+    rules stay in the version (nothing is dropped) but are left out of the prompt."""
+    return build_rules_prompt(task, list(labels), [PromptRule(r["text"], r["label"]) for r in rules
+                                                   if r.get("enabled", True)], meanings)
+
+
+def _validate(rules: Sequence[Rule], labels: Sequence[str]) -> None:
+    seen: set[str] = set()
+    for n, r in enumerate(rules, 1):
+        uid = r.get("uid")
+        if not uid:
+            raise RuleEditError(f"Rule {n} has no uid.")
+        if uid in seen:
+            raise RuleEditError(f"Two rules share the uid {uid}.")
+        seen.add(uid)
+        if not str(r.get("text", "")).strip():
+            raise RuleEditError(f"Rule {n} ({uid}) has no text.")
+        if r.get("label") not in labels:
+            raise RuleEditError(f"Rule {n} ({uid}) names the label '{r.get('label')}', which is not one of "
+                                f"{', '.join(labels)}.")
+
+
+def save_version(project: Project, parent_id: int, rules: Sequence[Rule], reason: str, *,
+                 set_head: bool = True) -> int:
+    """Write `rules` as a new version (origin "edit", child of `parent_id`) with its rebuilt prompt, carry the
+    parent's conflicts over for pairs of unchanged rules, add cheap conflicts for new or edited rules, and
+    (by default) make it the editor's head. Returns the new version id."""
+    parent = project.rule_set(parent_id)
+    rules = _copy(rules)
+    _validate(rules, parent.labels)
+    prompt = prompt_for_rules(parent.task, parent.labels, parent.meanings, rules)
+    new_id = project.add_rule_set(parent_id=parent_id, reason=reason, origin=EDIT_ORIGIN, round=None,
+                                  task=parent.task, labels=list(parent.labels), meanings=dict(parent.meanings),
+                                  rules=rules, prompt_text=prompt, prompt_sha256=sha256_text(prompt))
+    before = {r["uid"]: (r["text"], r["label"]) for r in parent.rules}
+    unchanged = {r["uid"] for r in rules if before.get(r["uid"]) == (r["text"], r["label"])}
+    stored: set[tuple[str, str, str]] = set()
+    for c in project.conflicts(parent_id):
+        if c["rule_a"] in unchanged and c["rule_b"] in unchanged:
+            project.add_conflict(new_id, c["rule_a"], c["rule_b"], c["source"], c["reason"], c["evidence"])
+            stored.add((c["rule_a"], c["rule_b"], c["source"]))
+    changed = {r["uid"] for r in rules} - unchanged
+    for ua, ub, source, why, evidence in cheap_conflicts(rules, changed):
+        if (ua, ub, source) not in stored:
+            project.add_conflict(new_id, ua, ub, source, why, evidence)
+            stored.add((ua, ub, source))
+    if set_head:
+        project.set_setting(HEAD_SETTING, new_id)
+    return new_id
+
+
+def editor_start_version(project: Project) -> int | None:
+    """The version the editor opens on: its own head, else the pipeline's choice, else synthesis's version."""
+    for key in (HEAD_SETTING, "chosen_rule_set_id", "synthesis_rule_set_id"):
+        rs_id = project.get_setting(key)
+        if rs_id is not None and project.query("SELECT 1 FROM rule_sets WHERE id = ?", [rs_id]):
+            return int(rs_id)
+    return None
+
+
+class _NewConflictsOnly:
+    """Lets synthesis's `store_conflicts` write into a version that already has conflicts without repeating them."""
+
+    def __init__(self, project: Project, rule_set_id: int) -> None:
+        self.project = project
+        self.existing = {(c["rule_a"], c["rule_b"], c["source"]) for c in project.conflicts(rule_set_id)}
+        self.added = 0
+
+    def add_conflict(self, rule_set_id: int, rule_a: str, rule_b: str, source: str, reason: str,
+                     evidence: Any) -> int:
+        if (rule_a, rule_b, source) in self.existing:
+            return 0
+        self.existing.add((rule_a, rule_b, source))
+        self.added += 1
+        return self.project.add_conflict(rule_set_id, rule_a, rule_b, source, reason, evidence)
+
+
+def add_model_conflicts(project: Project, embedder: Embedder, rule_set_id: int,
+                        settings: RunSettings | None = None, progress: Progress | None = None) -> int:
+    """The slower pass for a saved version: similarity and co-firing conflicts from the embedder (as synthesis
+    finds them), skipping those already stored. Embeddings come from the project's cache when present.
+    Returns how many conflicts were added. Meant for a background task after edits settle."""
+    from .phases.synthesis import embed_cached, store_conflicts  # the phase module is heavy; load on use
+
+    settings = settings or RunSettings()
+    progress = progress or SilentProgress()
+    rules = project.rule_set(rule_set_id).rules
+    if len(rules) < 2:
+        return 0
+    micro = project.micro_rules()
+    micro_vecs = embed_cached(project, embedder, [m["rule"] for m in micro], progress) if micro else None
+    rule_vecs = embed_cached(project, embedder, [r["text"] for r in rules], progress)
+    sink = _NewConflictsOnly(project, rule_set_id)
+    store_conflicts(sink, rule_set_id, rules, rule_vecs, [], micro, micro_vecs, settings)  # type: ignore[arg-type]
+    return sink.added

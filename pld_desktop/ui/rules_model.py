@@ -1,0 +1,436 @@
+"""The rule tree as a Qt item model: rules, the micro-rules each one merged, and their source examples; edits go
+through a QUndoStack and every edit (undo and redo included) is saved as a new rule-set version."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from PySide6.QtCore import QAbstractItemModel, QMimeData, QModelIndex, QObject, QPersistentModelIndex, Qt, Signal
+from PySide6.QtGui import QBrush, QColor, QIcon, QUndoCommand, QUndoStack
+from PySide6.QtWidgets import QApplication, QStyle
+
+from ..core.project import Example, Project, ProjectFileError
+from ..core.rule_edits import (Move, Reorder, RuleEdit, RuleEditError, SetEnabled, SetLabel, SetText,
+                               save_version)
+
+# Named custom roles (so views, proxies and tests ask for meaning, not for numbers).
+ConflictRole = Qt.ItemDataRole.UserRole + 1   # list of conflict dicts {"other", "source", "reason", "evidence"}
+UidRole = Qt.ItemDataRole.UserRole + 2        # rule uid ("R3"), micro-rule key ("m12") or example ext_id
+KindRole = Qt.ItemDataRole.UserRole + 3       # "rule" | "micro" | "example"
+
+COL_NUMBER, COL_TEXT, COL_LABEL, COL_ENABLED, COL_MICRO, COL_CONFLICTS = range(6)
+HEADERS = ("#", "Rule", "Label", "Enabled", "Micro-rules", "Conflicts")
+RULE_MIME = "application/x-pld-rule-uids"
+
+CONFLICT_BACKGROUND = QColor(255, 224, 178)   # light amber; text on it is forced dark so it reads on dark themes
+CONFLICT_FOREGROUND = QColor(33, 33, 33)
+DISABLED_FOREGROUND = QColor(128, 128, 128)
+
+_Index = QModelIndex | QPersistentModelIndex
+
+
+@dataclass(eq=False)  # identity equality: list.index() finds this very node
+class Node:
+    kind: str                      # "root" | "rule" | "micro" | "example"
+    data: dict[str, Any]
+    parent: "Node | None" = None
+    children: list["Node"] = field(default_factory=list)
+
+    def row(self) -> int:
+        return self.parent.children.index(self) if self.parent is not None else 0
+
+
+class RuleEditCommand(QUndoCommand):
+    """The one undo command: wraps a core edit; redo applies it (storing its inverse), undo applies the inverse."""
+
+    def __init__(self, model: "RulesModel", edit: RuleEdit) -> None:
+        super().__init__(edit.describe())
+        self._model = model
+        self._edit = edit
+        self._inverse: RuleEdit | None = None
+        self._applied_before = False
+
+    def redo(self) -> None:
+        reason = ("redo: " if self._applied_before else "edit: ") + self._edit.describe()
+        try:
+            self._inverse = self._model.apply_now(self._edit, reason)
+        except (RuleEditError, ProjectFileError) as exc:
+            # A refused edit never enters the history (QUndoStack drops a command that is obsolete after redo).
+            self.setObsolete(True)
+            self._model.edit_failed.emit(str(exc))
+            return
+        self._applied_before = True
+
+    def undo(self) -> None:
+        if self._inverse is None:
+            return
+        try:
+            self._model.apply_now(self._inverse, "undo: " + self._edit.describe())
+        except (RuleEditError, ProjectFileError) as exc:
+            self._model.edit_failed.emit(str(exc))
+
+
+class RulesModel(QAbstractItemModel):
+    """A hand-written tree model over plain nodes. Call only from the GUI thread (it writes to the project)."""
+
+    version_saved = Signal(int)
+    edit_failed = Signal(str)
+    version_loaded = Signal(int)
+
+    def __init__(self, project: Project, rule_set_id: int, undo_stack: QUndoStack | None = None,
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.project = project
+        self.undo_stack = undo_stack if undo_stack is not None else QUndoStack(self)
+        self._root = Node("root", {})
+        self._micro: dict[int, dict[str, Any]] = {}
+        self._examples: dict[int, Example] = {}
+        self._conflicts: dict[str, list[dict[str, Any]]] = {}
+        self._warn_icon: QIcon | None = None
+        self.rule_set_id = rule_set_id
+        self.record = project.rule_set(rule_set_id)
+        self._load_provenance()
+        self.load_version(rule_set_id)
+
+    # -- loading ----------------------------------------------------------------------------
+    def _load_provenance(self) -> None:
+        self._micro = {m["id"]: m for m in self.project.micro_rules()}
+        ids = {m["example_id"] for m in self._micro.values()}
+        self._examples = {e.id: e for e in self.project.examples(ids=ids)} if ids else {}
+
+    def load_version(self, rule_set_id: int) -> None:
+        """Show another saved version; the undo history belongs to the previous one, so it is cleared."""
+        record = self.project.rule_set(rule_set_id)
+        self.beginResetModel()
+        self.rule_set_id = rule_set_id
+        self.record = record
+        self._root.children = [self._rule_node(r) for r in record.rules]
+        self._load_conflicts()
+        self.endResetModel()
+        self.undo_stack.clear()
+        self.version_loaded.emit(rule_set_id)
+
+    def _rule_node(self, rule: dict[str, Any]) -> Node:
+        node = Node("rule", dict(rule), self._root)
+        node.children = self._micro_nodes(node)
+        return node
+
+    def _micro_nodes(self, rule_node: Node) -> list[Node]:
+        out = []
+        for mid in rule_node.data.get("micro_rule_ids", []):
+            m = self._micro.get(mid)
+            if m is None:
+                continue  # a micro-rule id from another project state; the count column still shows it
+            micro = Node("micro", m, rule_node)
+            example = self._examples.get(m["example_id"])
+            if example is not None:
+                micro.children = [Node("example", {"ext_id": example.ext_id, "text": example.text,
+                                                   "label": example.label, "split": example.split}, micro)]
+            out.append(micro)
+        return out
+
+    def _load_conflicts(self) -> None:
+        self._conflicts = {}
+        for c in self.project.conflicts(self.rule_set_id):
+            for uid, other in ((c["rule_a"], c["rule_b"]), (c["rule_b"], c["rule_a"])):
+                self._conflicts.setdefault(uid, []).append(
+                    {"other": other, "source": c["source"], "reason": c["reason"], "evidence": c["evidence"]})
+
+    # -- plain accessors for views and tests ----------------------------------------------------
+    @property
+    def labels(self) -> list[str]:
+        return list(self.record.labels)
+
+    def rules(self) -> list[dict[str, Any]]:
+        return [dict(n.data) for n in self._root.children]
+
+    def conflicts_of(self, uid: str) -> list[dict[str, Any]]:
+        return list(self._conflicts.get(uid, []))
+
+    def node(self, index: _Index) -> Node | None:
+        return index.internalPointer() if index.isValid() else None  # type: ignore[return-value]
+
+    def index_of_uid(self, uid: str, column: int = 0) -> QModelIndex:
+        for row, n in enumerate(self._root.children):
+            if n.data.get("uid") == uid:
+                return self.index(row, column)
+        return QModelIndex()
+
+    # -- editing ------------------------------------------------------------------------------
+    def push(self, edit: RuleEdit) -> bool:
+        """Apply an edit through the undo stack; False (and `edit_failed`) when it was refused."""
+        before = self.rule_set_id
+        self.undo_stack.push(RuleEditCommand(self, edit))
+        return self.rule_set_id != before
+
+    def apply_now(self, edit: RuleEdit, reason: str) -> RuleEdit:
+        """Apply, save as a new version, then update the tree. Raises before anything changes if refused."""
+        new_rules, inverse = edit.apply(self.rules())
+        new_id = save_version(self.project, self.rule_set_id, new_rules, reason)
+        self.rule_set_id = new_id
+        self.record = self.project.rule_set(new_id)
+        self._load_conflicts()
+        self._sync(self.record.rules)
+        if self._root.children:
+            self.dataChanged.emit(self.index(0, 0), self.index(len(self._root.children) - 1, len(HEADERS) - 1))
+        self.version_saved.emit(new_id)
+        return inverse
+
+    def _sync(self, new_rules: Sequence[dict[str, Any]]) -> None:
+        """Bring the top-level rows in line with `new_rules` with row removes, moves and inserts (not a reset),
+        so selection and expansion in the views survive an edit."""
+        root, top = self._root, QModelIndex()
+        wanted = {r["uid"] for r in new_rules}
+        for i in reversed(range(len(root.children))):
+            if root.children[i].data["uid"] not in wanted:
+                self.beginRemoveRows(top, i, i)
+                root.children.pop(i)
+                self.endRemoveRows()
+        present = {n.data["uid"] for n in root.children}
+        order = [r["uid"] for r in new_rules if r["uid"] in present]
+        for i, uid in enumerate(order):
+            j = next(k for k in range(i, len(root.children)) if root.children[k].data["uid"] == uid)
+            if j != i:  # j > i always: rows before i are already in place
+                self.beginMoveRows(top, j, j, top, i)
+                root.children.insert(i, root.children.pop(j))
+                self.endMoveRows()
+        for i, rule in enumerate(new_rules):
+            if i >= len(root.children) or root.children[i].data["uid"] != rule["uid"]:
+                self.beginInsertRows(top, i, i)
+                root.children.insert(i, self._rule_node(rule))
+                self.endInsertRows()
+        for i, rule in enumerate(new_rules):
+            node = root.children[i]
+            if node.data == rule:
+                continue
+            provenance_changed = node.data.get("micro_rule_ids") != rule.get("micro_rule_ids")
+            node.data = dict(rule)
+            if provenance_changed:
+                parent = self.index(i, 0)
+                if node.children:
+                    self.beginRemoveRows(parent, 0, len(node.children) - 1)
+                    node.children = []
+                    self.endRemoveRows()
+                fresh = self._micro_nodes(node)
+                if fresh:
+                    self.beginInsertRows(parent, 0, len(fresh) - 1)
+                    node.children = fresh
+                    self.endInsertRows()
+
+    # -- Qt model interface ----------------------------------------------------------------------
+    def index(self, row: int, column: int, parent: _Index = QModelIndex()) -> QModelIndex:
+        if column < 0 or column >= len(HEADERS) or row < 0:
+            return QModelIndex()
+        owner = self.node(parent) if parent.isValid() else self._root
+        if owner is None or row >= len(owner.children):
+            return QModelIndex()
+        return self.createIndex(row, column, owner.children[row])
+
+    def parent(self, index: _Index = QModelIndex()) -> QModelIndex:  # type: ignore[override]
+        node = self.node(index)
+        if node is None or node.parent is None or node.parent is self._root:
+            return QModelIndex()
+        return self.createIndex(node.parent.row(), 0, node.parent)
+
+    def rowCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: N802 - Qt override
+        if parent.isValid() and parent.column() != 0:
+            return 0
+        owner = self.node(parent) if parent.isValid() else self._root
+        return len(owner.children) if owner is not None else 0
+
+    def columnCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: N802 - Qt override
+        return len(HEADERS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation,  # noqa: N802 - Qt override
+                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole \
+                and 0 <= section < len(HEADERS):
+            return HEADERS[section]
+        return None
+
+    def flags(self, index: _Index) -> Qt.ItemFlag:
+        if not index.isValid():
+            return Qt.ItemFlag.ItemIsDropEnabled  # drops land between top-level rules only
+        node = self.node(index)
+        base = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+        if node is None or node.kind != "rule":
+            return base
+        base |= Qt.ItemFlag.ItemIsDragEnabled
+        if index.column() in (COL_TEXT, COL_LABEL):
+            base |= Qt.ItemFlag.ItemIsEditable
+        if index.column() == COL_ENABLED:
+            base |= Qt.ItemFlag.ItemIsUserCheckable
+        return base
+
+    def _warning_icon(self) -> QIcon:
+        if self._warn_icon is None:
+            app = QApplication.instance()
+            style = app.style() if isinstance(app, QApplication) else None
+            self._warn_icon = style.standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning) if style else QIcon()
+        return self._warn_icon
+
+    def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        node = self.node(index)
+        if node is None:
+            return None
+        col = index.column()
+        if role == KindRole:
+            return node.kind
+        if node.kind == "rule":
+            return self._rule_data(node, index.row(), col, role)
+        if node.kind == "micro":
+            return self._micro_data(node, col, role)
+        return self._example_data(node, col, role)
+
+    def _rule_data(self, node: Node, row: int, col: int, role: int) -> Any:
+        rule = node.data
+        uid = rule["uid"]
+        found = self._conflicts.get(uid, [])
+        enabled = bool(rule.get("enabled", True))
+        if role == UidRole:
+            return uid
+        if role == ConflictRole:
+            return list(found)
+        if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.EditRole):
+            if col == COL_NUMBER:
+                # The uid, not the position: conflicts name rules by uid, and a row's data must not change
+                # just because a row above it was inserted (the model tester checks exactly that).
+                return uid
+            if col == COL_TEXT:
+                return rule["text"]
+            if col == COL_LABEL:
+                return rule["label"]
+            if col == COL_MICRO:
+                return len(rule.get("micro_rule_ids", []))
+            if col == COL_CONFLICTS:
+                return len(found) if found else None
+            return None
+        if role == Qt.ItemDataRole.CheckStateRole and col == COL_ENABLED:
+            return Qt.CheckState.Checked if enabled else Qt.CheckState.Unchecked
+        if role == Qt.ItemDataRole.DecorationRole and col == COL_TEXT and found:
+            return self._warning_icon()
+        if role == Qt.ItemDataRole.BackgroundRole and found:
+            return QBrush(CONFLICT_BACKGROUND)
+        if role == Qt.ItemDataRole.ForegroundRole:
+            if not enabled:
+                return QBrush(DISABLED_FOREGROUND)
+            if found:
+                return QBrush(CONFLICT_FOREGROUND)
+            return None
+        if role == Qt.ItemDataRole.ToolTipRole:
+            if found:
+                lines = [f"Conflicts with {c['other']} ({c['source']}): {c['reason']}" for c in found[:12]]
+                if len(found) > 12:
+                    lines.append(f"... and {len(found) - 12} more")
+                return "\n".join(lines)
+            if col == COL_TEXT:
+                return rule["text"] + ("" if enabled else "\n(disabled: not in the prompt)")
+            if col == COL_NUMBER:
+                return f"Rule {uid}, position {row + 1} of {len(self._root.children)}"
+            return None
+        if role == Qt.ItemDataRole.TextAlignmentRole and col in (COL_MICRO, COL_CONFLICTS):
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+    def _micro_data(self, node: Node, col: int, role: int) -> Any:
+        m = node.data
+        if role == UidRole:
+            return f"m{m['id']}"
+        if role == Qt.ItemDataRole.DisplayRole:
+            return {COL_NUMBER: f"micro {m['id']}", COL_TEXT: m["rule"], COL_LABEL: m["label"]}.get(col)
+        if role == Qt.ItemDataRole.ToolTipRole and col == COL_TEXT:
+            return f"{m['rule']}\n\nTeacher's reasoning: {m.get('reasoning', '')}"
+        return None
+
+    def _example_data(self, node: Node, col: int, role: int) -> Any:
+        e = node.data
+        if role == UidRole:
+            return e["ext_id"]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return {COL_NUMBER: e["ext_id"], COL_TEXT: e["text"],
+                    COL_LABEL: f"{e['label']} ({e['split']})"}.get(col)
+        if role == Qt.ItemDataRole.ToolTipRole and col == COL_TEXT:
+            return e["text"]
+        if role == Qt.ItemDataRole.ForegroundRole:
+            return QBrush(DISABLED_FOREGROUND)
+        return None
+
+    def setData(self, index: _Index, value: Any, role: int = Qt.ItemDataRole.EditRole) -> bool:  # noqa: N802
+        node = self.node(index)
+        if node is None or node.kind != "rule":
+            return False
+        uid, col = node.data["uid"], index.column()
+        if role == Qt.ItemDataRole.EditRole and col == COL_TEXT:
+            text = " ".join(str(value or "").split())
+            if text == node.data["text"]:
+                return False
+            return self.push(SetText(uid, text))
+        if role == Qt.ItemDataRole.EditRole and col == COL_LABEL:
+            label = str(value)
+            if label == node.data["label"]:
+                return False
+            if label not in self.labels:
+                self.edit_failed.emit(f"'{label}' is not a label of this project ({', '.join(self.labels)}).")
+                return False
+            return self.push(SetLabel(uid, label))
+        if role == Qt.ItemDataRole.CheckStateRole and col == COL_ENABLED:
+            state = value.value if hasattr(value, "value") else int(value)
+            enabled = state == Qt.CheckState.Checked.value
+            if enabled == bool(node.data.get("enabled", True)):
+                return False
+            return self.push(SetEnabled(uid, enabled))
+        return False
+
+    # -- drag and drop (reorder top-level rules) ------------------------------------------------------
+    def supportedDropActions(self) -> Qt.DropAction:  # noqa: N802 - Qt override
+        return Qt.DropAction.MoveAction
+
+    def supportedDragActions(self) -> Qt.DropAction:  # noqa: N802 - Qt override
+        return Qt.DropAction.MoveAction
+
+    def mimeTypes(self) -> list[str]:  # noqa: N802 - Qt override
+        return [RULE_MIME]
+
+    def mimeData(self, indexes: Sequence[QModelIndex]) -> QMimeData:  # noqa: N802 - Qt override
+        rows = sorted({i.row() for i in indexes if i.isValid() and self.node(i) and self.node(i).kind == "rule"})
+        mime = QMimeData()
+        mime.setData(RULE_MIME, json.dumps([self._root.children[r].data["uid"] for r in rows]).encode())
+        return mime
+
+    def canDropMimeData(self, data: QMimeData, action: Qt.DropAction, row: int, column: int,  # noqa: N802
+                        parent: _Index) -> bool:
+        if action != Qt.DropAction.MoveAction or not data.hasFormat(RULE_MIME):
+            return False
+        node = self.node(parent)
+        return node is None or node.kind == "rule"
+
+    def dropMimeData(self, data: QMimeData, action: Qt.DropAction, row: int, column: int,  # noqa: N802
+                     parent: _Index) -> bool:
+        if not self.canDropMimeData(data, action, row, column, parent):
+            return False
+        try:
+            moving = [u for u in json.loads(bytes(data.data(RULE_MIME)).decode()) if isinstance(u, str)]
+        except ValueError:
+            return False
+        order = [n.data["uid"] for n in self._root.children]
+        moving = [u for u in order if u in set(moving)]
+        if not moving:
+            return False
+        if parent.isValid():  # dropped onto a rule: put the dragged rules just before it
+            row = self.node(parent).row() if self.node(parent).parent is self._root else -1  # type: ignore[union-attr]
+        if row < 0 or row > len(order):
+            row = len(order)
+        # The drop row counts the dragged rules still in place; the new order leaves them out first.
+        at = row - sum(1 for u in moving if order.index(u) < row)
+        rest = [u for u in order if u not in moving]
+        new_order = rest[:at] + moving + rest[at:]
+        if new_order == order:
+            return False
+        if len(moving) == 1:
+            edit: RuleEdit = Move(moving[0], new_order.index(moving[0]))
+        else:
+            edit = Reorder(tuple(new_order))
+        # The view's later "remove the dragged rows" step is a no-op: this model has no removeRows.
+        return self.push(edit)

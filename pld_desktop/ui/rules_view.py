@@ -1,0 +1,559 @@
+"""The rule editor: a filterable rule tree with undoable edits, a side panel (conflicts, provenance, prompt preview)
+and a picker over the saved rule-set versions."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+from PySide6.QtCore import QItemSelectionModel, QModelIndex, QPersistentModelIndex, QSortFilterProxyModel, Qt, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QFontDatabase, QKeyEvent, QKeySequence, QUndoStack
+from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QGroupBox, QHBoxLayout,
+                               QHeaderView, QLabel, QLineEdit, QPlainTextEdit, QSplitter, QStyle,
+                               QStyledItemDelegate, QStyleOptionViewItem, QToolBar, QTreeView, QTreeWidget,
+                               QTreeWidgetItem, QVBoxLayout, QWidget)
+
+from ..core.export import export_rule_set
+from ..core.project import Project, ProjectFileError
+from ..core.rule_edits import (HEAD_SETTING, Add, Compound, Delete, Duplicate, Move, RuleEdit, editor_start_version)
+from .rules_model import (COL_CONFLICTS, COL_ENABLED, COL_LABEL, COL_MICRO, COL_NUMBER, COL_TEXT, ConflictRole,
+                          KindRole, RulesModel, UidRole)
+
+_Index = QModelIndex | QPersistentModelIndex
+
+
+class RulesFilterProxy(QSortFilterProxyModel):
+    """Filters top-level rules by text (rule, label or uid) and by "has conflicts"; a kept rule keeps its children."""
+
+    def __init__(self, parent: Any = None) -> None:
+        super().__init__(parent)
+        self._needle = ""
+        self._conflicts_only = False
+
+    def set_text(self, text: str) -> None:
+        self.beginFilterChange()  # Qt 6.9+: replaces the deprecated invalidateFilter()
+        self._needle = " ".join(text.split()).lower()
+        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+
+    def set_conflicts_only(self, on: bool) -> None:
+        self.beginFilterChange()
+        self._conflicts_only = bool(on)
+        self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+
+    def filterAcceptsRow(self, source_row: int, source_parent: _Index) -> bool:  # noqa: N802 - Qt override
+        if source_parent.isValid():
+            return True  # children are shown whenever their rule is
+        model = self.sourceModel()
+        index = model.index(source_row, 0, source_parent)
+        if self._conflicts_only and not model.data(index, ConflictRole):
+            return False
+        if not self._needle:
+            return True
+        haystack = " ".join(str(model.data(model.index(source_row, col, source_parent)) or "")
+                            for col in (COL_NUMBER, COL_TEXT, COL_LABEL)).lower()
+        return self._needle in haystack
+
+
+class LabelDelegate(QStyledItemDelegate):
+    """Edits the label column with a combo box of the project's labels (no free typing of unknown labels)."""
+
+    def __init__(self, labels: Callable[[], list[str]], parent: Any = None) -> None:
+        super().__init__(parent)
+        self._labels = labels
+
+    def createEditor(self, parent: QWidget, option: QStyleOptionViewItem, index: _Index) -> QWidget:  # noqa: N802
+        if index.column() != COL_LABEL:
+            return super().createEditor(parent, option, index)
+        combo = QComboBox(parent)
+        combo.addItems(self._labels())
+        return combo
+
+    def setEditorData(self, editor: QWidget, index: _Index) -> None:  # noqa: N802 - Qt override
+        if isinstance(editor, QComboBox):
+            editor.setCurrentText(str(index.data(Qt.ItemDataRole.EditRole)))
+        else:
+            super().setEditorData(editor, index)
+
+    def setModelData(self, editor: QWidget, model: Any, index: _Index) -> None:  # noqa: N802 - Qt override
+        if isinstance(editor, QComboBox):
+            model.setData(index, editor.currentText(), Qt.ItemDataRole.EditRole)
+        else:
+            super().setModelData(editor, model, index)
+
+
+class RulesTree(QTreeView):
+    """The rule tree; F2 edits the rule text whichever cell of the row is current."""
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt override
+        current = self.currentIndex()
+        if event.key() == Qt.Key.Key_F2 and current.isValid() and current.column() not in (COL_TEXT, COL_LABEL):
+            target = current.siblingAtColumn(COL_TEXT)
+            if target.flags() & Qt.ItemFlag.ItemIsEditable:
+                self.setCurrentIndex(target)
+                self.edit(target)
+                return
+        super().keyPressEvent(event)
+
+
+class RulesEditor(QWidget):
+    """Edit a project's rules. Every edit saves a new rule-set version (see core.rule_edits.save_version).
+
+    Call only from the GUI thread. Given a path, the editor opens the project itself and closes it with the widget.
+    """
+
+    version_saved = Signal(int)
+    export_requested = Signal(int)
+
+    def __init__(self, project: Project | str | os.PathLike, parent: QWidget | None = None, *,
+                 rule_set_id: int | None = None, token_counter: Callable[[str], int] | None = None,
+                 n_ctx: int = 4096, handle_export: bool = True) -> None:
+        super().__init__(parent)
+        self._owns_project = not isinstance(project, Project)
+        self.project = Project.open(Path(project)) if self._owns_project else project  # type: ignore[arg-type]
+        start = rule_set_id or editor_start_version(self.project)
+        if start is None:
+            if self._owns_project:
+                self.project.close()
+            raise ProjectFileError("This project has no rules yet: run phases 1 and 2 first.")
+        self.token_counter = token_counter
+        self.n_ctx = n_ctx
+        self.handle_export = handle_export
+        self.undo_stack = QUndoStack(self)
+        self.model = RulesModel(self.project, start, self.undo_stack, self)
+        self.proxy = RulesFilterProxy(self)
+        self.proxy.setSourceModel(self.model)
+        self._build()
+        self.model.version_saved.connect(self._on_version_saved)
+        self.model.edit_failed.connect(self._show_error)
+        self.model.version_loaded.connect(lambda _id: self._refresh_version_view())
+        self._refresh_versions()
+        self._refresh_version_view()
+
+    # -- building -------------------------------------------------------------------------------
+    def _build(self) -> None:
+        style = self.style()
+        self.versions = QComboBox()
+        self.versions.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.versions.setMinimumContentsLength(60)
+        self.versions.activated.connect(self._pick_version)
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Version:"))
+        top.addWidget(self.versions, 1)
+
+        self.toolbar = QToolBar()
+        self.toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+
+        def action(text: str, icon: QStyle.StandardPixmap, slot: Callable[[], None], tip: str,
+                   keys: QKeySequence | None = None) -> QAction:
+            act = QAction(style.standardIcon(icon), text, self)
+            act.setToolTip(tip + (f" ({keys.toString(QKeySequence.SequenceFormat.NativeText)})" if keys else ""))
+            act.triggered.connect(slot)
+            if keys is not None:
+                act.setShortcut(keys)
+            self.toolbar.addAction(act)
+            return act
+
+        self.add_action = action("Add", QStyle.StandardPixmap.SP_FileDialogNewFolder, self.add_rule,
+                                 "Add a rule after the selected one", QKeySequence("Ins"))
+        self.delete_action = action("Delete", QStyle.StandardPixmap.SP_TrashIcon, self.delete_selected,
+                                    "Delete the selected rules", QKeySequence(QKeySequence.StandardKey.Delete))
+        self.duplicate_action = action("Duplicate", QStyle.StandardPixmap.SP_FileLinkIcon, self.duplicate_selected,
+                                       "Duplicate the selected rule", QKeySequence("Ctrl+D"))
+        self.up_action = action("Move up", QStyle.StandardPixmap.SP_ArrowUp, lambda: self.move_selected(-1),
+                                "Move the selected rule up (earlier rules win)", QKeySequence("Alt+Up"))
+        self.down_action = action("Move down", QStyle.StandardPixmap.SP_ArrowDown, lambda: self.move_selected(1),
+                                  "Move the selected rule down", QKeySequence("Alt+Down"))
+        self.toolbar.addSeparator()
+        self.undo_action = self.undo_stack.createUndoAction(self, "Undo")
+        self.undo_action.setIcon(style.standardIcon(QStyle.StandardPixmap.SP_ArrowBack))
+        self.undo_action.setShortcut(QKeySequence.StandardKey.Undo)
+        self.redo_action = self.undo_stack.createRedoAction(self, "Redo")
+        self.redo_action.setIcon(style.standardIcon(QStyle.StandardPixmap.SP_ArrowForward))
+        self.redo_action.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
+        self.toolbar.addAction(self.undo_action)
+        self.toolbar.addAction(self.redo_action)
+        self.toolbar.addSeparator()
+        self.export_action = action("Export…", QStyle.StandardPixmap.SP_DialogSaveButton, self.export_current,
+                                    "Export this version as .txt, .md and .json")
+
+        self.filter_box = QLineEdit()
+        self.filter_box.setPlaceholderText("Filter rules by text, label or id…")
+        self.filter_box.setClearButtonEnabled(True)
+        self.filter_box.textChanged.connect(self._on_filter)
+        self.conflicts_only = QCheckBox("Show conflicts only")
+        self.conflicts_only.toggled.connect(self._on_conflicts_only)
+        self.shown_label = QLabel()
+        filters = QHBoxLayout()
+        filters.addWidget(self.filter_box, 1)
+        filters.addWidget(self.conflicts_only)
+        filters.addWidget(self.shown_label)
+
+        self.tree = RulesTree()
+        self.tree.setModel(self.proxy)
+        self.tree.setItemDelegate(LabelDelegate(lambda: self.model.labels, self.tree))
+        self.tree.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.tree.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.tree.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked
+                                  | QAbstractItemView.EditTrigger.EditKeyPressed)
+        self.tree.setDragDropMode(QAbstractItemView.DragDropMode.InternalMove)
+        self.tree.setDefaultDropAction(Qt.DropAction.MoveAction)
+        self.tree.setDragEnabled(True)
+        self.tree.setAcceptDrops(True)
+        self.tree.setDropIndicatorShown(True)
+        self.tree.setAlternatingRowColors(True)
+        self.tree.setUniformRowHeights(True)
+        self.tree.setWordWrap(False)
+        self.tree.setTextElideMode(Qt.TextElideMode.ElideRight)
+        header = self.tree.header()
+        header.setStretchLastSection(False)
+        for col, mode in ((COL_NUMBER, QHeaderView.ResizeMode.Interactive),
+                          (COL_TEXT, QHeaderView.ResizeMode.Stretch),
+                          (COL_LABEL, QHeaderView.ResizeMode.ResizeToContents),
+                          (COL_ENABLED, QHeaderView.ResizeMode.ResizeToContents),
+                          (COL_MICRO, QHeaderView.ResizeMode.ResizeToContents),
+                          (COL_CONFLICTS, QHeaderView.ResizeMode.ResizeToContents)):
+            header.setSectionResizeMode(col, mode)
+        header.resizeSection(COL_NUMBER, 120)
+        self.tree.selectionModel().selectionChanged.connect(lambda *_: self._on_selection())
+        # Delete acts on the tree only, so the key still deletes characters in the filter box and in editors.
+        self.delete_action.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
+        self.tree.addAction(self.delete_action)
+        for act in (self.add_action, self.duplicate_action, self.up_action, self.down_action, self.undo_action,
+                    self.redo_action):
+            act.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            self.addAction(act)
+
+        # Side panel: the selected rule, its conflicts, the live prompt.
+        self.rule_title = QLabel()
+        self.rule_title.setWordWrap(True)
+        self.rule_title.setTextFormat(Qt.TextFormat.RichText)
+        self.provenance = QLabel()
+        self.provenance.setWordWrap(True)
+        self.provenance.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        rule_box = QGroupBox("Selected rule")
+        rule_lay = QVBoxLayout(rule_box)
+        rule_lay.addWidget(self.rule_title)
+        rule_lay.addWidget(self.provenance)
+        rule_lay.addStretch(1)
+
+        self.conflict_list = QTreeWidget()
+        self.conflict_list.setHeaderLabels(["With", "Found by", "Reason", "Evidence"])
+        self.conflict_list.setRootIsDecorated(False)
+        self.conflict_list.setWordWrap(True)
+        self.conflict_list.setAlternatingRowColors(True)
+        self.conflict_list.itemDoubleClicked.connect(self._jump_to_conflict)
+        ch = self.conflict_list.header()
+        ch.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        ch.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        ch.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        ch.setSectionResizeMode(3, QHeaderView.ResizeMode.Interactive)
+        ch.setStretchLastSection(False)
+        ch.resizeSection(3, 130)
+        self.conflict_box = QGroupBox("Conflicts")
+        conflict_lay = QVBoxLayout(self.conflict_box)
+        conflict_lay.addWidget(self.conflict_list)
+
+        self.token_label = QLabel()
+        self.token_label.setWordWrap(True)
+        self.prompt_view = QPlainTextEdit()
+        self.prompt_view.setReadOnly(True)
+        self.prompt_view.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
+        self.prompt_view.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        prompt_box = QGroupBox("System prompt of this version (exact text)")
+        prompt_lay = QVBoxLayout(prompt_box)
+        prompt_lay.addWidget(self.token_label)
+        prompt_lay.addWidget(self.prompt_view)
+
+        side = QSplitter(Qt.Orientation.Vertical)
+        side.addWidget(rule_box)
+        side.addWidget(self.conflict_box)
+        side.addWidget(prompt_box)
+        side.setStretchFactor(0, 0)
+        side.setStretchFactor(1, 1)
+        side.setStretchFactor(2, 2)
+        side.setSizes([130, 260, 400])
+
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(self.tree)
+        self.splitter.addWidget(side)
+        self.splitter.setStretchFactor(0, 3)
+        self.splitter.setStretchFactor(1, 2)
+        self.splitter.setSizes([780, 520])
+
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+
+        lay = QVBoxLayout(self)
+        lay.addLayout(top)
+        lay.addWidget(self.toolbar)
+        lay.addLayout(filters)
+        lay.addWidget(self.splitter, 1)
+        lay.addWidget(self.status)
+
+    # -- selection helpers -------------------------------------------------------------------------
+    def _source(self, proxy_index: _Index) -> QModelIndex:
+        return self.proxy.mapToSource(proxy_index)
+
+    def selected_uids(self) -> list[str]:
+        """Uids of the selected rules in list order (a selected micro-rule or example counts as its rule)."""
+        uids: set[str] = set()
+        for idx in self.tree.selectionModel().selectedRows():
+            src = self._source(idx)
+            while src.parent().isValid():
+                src = src.parent()
+            uids.add(src.data(UidRole))
+        return [r["uid"] for r in self.model.rules() if r["uid"] in uids]
+
+    def current_uid(self) -> str | None:
+        uids = self.selected_uids()
+        if uids:
+            return uids[0]
+        src = self._source(self.tree.currentIndex())
+        while src.isValid() and src.parent().isValid():
+            src = src.parent()
+        return src.data(UidRole) if src.isValid() else None
+
+    def select_uid(self, uid: str, column: int = 0) -> None:
+        src = self.model.index_of_uid(uid, column)
+        proxy = self.proxy.mapFromSource(src)
+        if proxy.isValid():
+            flags = QItemSelectionModel.SelectionFlag.ClearAndSelect | QItemSelectionModel.SelectionFlag.Rows
+            self.tree.selectionModel().setCurrentIndex(proxy, flags)
+            self.tree.scrollTo(proxy)
+
+    # -- actions ----------------------------------------------------------------------------------
+    def _push(self, edit: RuleEdit) -> bool:
+        self.status.clear()
+        return self.model.push(edit)
+
+    def add_rule(self) -> None:
+        uid = self.current_uid()
+        rules = self.model.rules()
+        pos = next((i for i, r in enumerate(rules) if r["uid"] == uid), None)
+        label = rules[pos]["label"] if pos is not None else self.model.labels[0]
+        index = pos + 1 if pos is not None else len(rules)
+        if self._push(Add(f"If …, answer {label}.", label, index)):
+            new_uid = self.model.rules()[index]["uid"]
+            self.select_uid(new_uid, COL_TEXT)
+            self.tree.edit(self.tree.currentIndex())
+
+    def delete_selected(self) -> None:
+        uids = self.selected_uids()
+        if not uids:
+            return
+        after = self._neighbour_after(uids)
+        edit: RuleEdit = Delete(uids[0]) if len(uids) == 1 else Compound(tuple(Delete(u) for u in uids),
+                                                                        f"deleted {', '.join(uids)}")
+        if self._push(edit) and after is not None:
+            self.select_uid(after)
+
+    def _neighbour_after(self, uids: list[str]) -> str | None:
+        order = [r["uid"] for r in self.model.rules()]
+        last = max(order.index(u) for u in uids)
+        rest = [u for u in order[last + 1:] if u not in uids] or [u for u in order if u not in uids][-1:]
+        return rest[0] if rest else None
+
+    def duplicate_selected(self) -> None:
+        uid = self.current_uid()
+        if uid is not None and self._push(Duplicate(uid)):
+            rules = self.model.rules()
+            self.select_uid(rules[[r["uid"] for r in rules].index(uid) + 1]["uid"])
+
+    def move_selected(self, step: int) -> None:
+        uid = self.current_uid()
+        if uid is None:
+            return
+        order = [r["uid"] for r in self.model.rules()]
+        target = order.index(uid) + step
+        if 0 <= target < len(order) and self._push(Move(uid, target)):
+            self.select_uid(uid)
+
+    def export_current(self) -> None:
+        rs_id = self.model.rule_set_id
+        self.export_requested.emit(rs_id)
+        if not self.handle_export:
+            return
+        folder = QFileDialog.getExistingDirectory(self, "Export this rule-set version to", str(self.project.path.parent))
+        if folder:
+            self.export_to(Path(folder))
+
+    def export_to(self, folder: Path) -> list[Path]:
+        try:
+            written = export_rule_set(self.project, folder, rule_set_id=self.model.rule_set_id)
+        except (OSError, ValueError, RuntimeError, ProjectFileError) as exc:
+            self._show_error(f"Export failed: {exc}")
+            return []
+        self.status.setText(f"Exported v{self.model.rule_set_id}: " + ", ".join(p.name for p in written)
+                            + f" in {folder}")
+        return written
+
+    # -- reactions --------------------------------------------------------------------------------
+    def _on_filter(self, text: str) -> None:
+        self.proxy.set_text(text)
+        self._update_shown()
+
+    def _on_conflicts_only(self, on: bool) -> None:
+        self.proxy.set_conflicts_only(on)
+        self._update_shown()
+
+    def _update_shown(self) -> None:
+        total = self.model.rowCount()
+        shown = self.proxy.rowCount()
+        self.shown_label.setText(f"{shown} of {total} rules" if shown != total else f"{total} rules")
+
+    def _show_error(self, message: str) -> None:
+        self.status.setText(f"<span style='color:#c62828'><b>Not saved:</b> {_html(message)}</span>")
+
+    def _on_version_saved(self, rs_id: int) -> None:
+        self._refresh_versions()
+        self._refresh_version_view()
+        self.version_saved.emit(rs_id)
+
+    def _pick_version(self, row: int) -> None:
+        rs_id = self.versions.itemData(row)
+        if rs_id is not None and rs_id != self.model.rule_set_id:
+            self.model.load_version(int(rs_id))
+            self.tree.expandToDepth(-1)
+
+    def _refresh_versions(self) -> None:
+        chosen = self.project.get_setting("chosen_rule_set_id")
+        head = self.project.get_setting(HEAD_SETTING)
+        self.versions.blockSignals(True)
+        self.versions.clear()
+        for row in reversed(self.project.rule_sets()):  # newest first
+            marks = []
+            if row["id"] == chosen:
+                marks.append("pipeline's choice")
+            if row["id"] == head:
+                marks.append("latest edit")
+            mark = f"  [{', '.join(marks)}]" if marks else ""
+            reason = " ".join(str(row["reason"]).split())
+            if len(reason) > 90:
+                reason = reason[:89] + "…"
+            self.versions.addItem(f"v{row['id']} · {row['origin']}{mark} · {reason}", row["id"])
+            self.versions.setItemData(self.versions.count() - 1, str(row["reason"]), Qt.ItemDataRole.ToolTipRole)
+        self.versions.setCurrentIndex(self.versions.findData(self.model.rule_set_id))
+        self.versions.blockSignals(False)
+
+    def _refresh_version_view(self) -> None:
+        rs = self.model.record
+        if self.versions.currentData() != rs.id:
+            self.versions.blockSignals(True)
+            self.versions.setCurrentIndex(self.versions.findData(rs.id))
+            self.versions.blockSignals(False)
+        if self.prompt_view.toPlainText() != rs.prompt_text:
+            self.prompt_view.setPlainText(rs.prompt_text)
+        self.token_label.setText(self._token_text(rs.prompt_text))
+        self._update_shown()
+        self._on_selection()
+
+    def _token_text(self, prompt: str) -> str:
+        n: int | None = None
+        why = "approximate: characters ÷ 4"
+        if self.token_counter is not None:
+            try:
+                n = int(self.token_counter(prompt))
+                counted = f"{n:,} tokens"
+            except Exception as exc:  # noqa: BLE001 - a closed or failing tokenizer must not break editing
+                why = f"approximate: the student's tokenizer failed ({exc})"
+        if n is None:
+            n = len(prompt) // 4  # no tokenizer: about four characters per token for English text
+            counted = f"≈ {n:,} tokens ({_html(why)})"
+        share = n / self.n_ctx if self.n_ctx else 0.0
+        colour = "#c62828" if share > 1 else ("#ef6c00" if share > 0.8 else "#2e7d32")
+        note = " — too long: the student cannot read it" if share > 1 else (
+            " — little room left for the input" if share > 0.8 else "")
+        enabled = sum(1 for r in self.model.record.rules if r.get("enabled", True))
+        return (f"<span style='color:{colour}'><b>{counted}</b> of the student's {self.n_ctx:,}-token context "
+                f"({share:.0%}){note}</span> · {enabled} of {len(self.model.record.rules)} rules enabled")
+
+    def _on_selection(self) -> None:
+        uid = self.current_uid()
+        rule = next((r for r in self.model.rules() if r["uid"] == uid), None) if uid else None
+        self.delete_action.setEnabled(bool(self.selected_uids()))
+        for act in (self.duplicate_action, self.up_action, self.down_action):
+            act.setEnabled(rule is not None)
+        if rule is not None:
+            order = [r["uid"] for r in self.model.rules()]
+            self.up_action.setEnabled(order.index(uid) > 0)
+            self.down_action.setEnabled(order.index(uid) < len(order) - 1)
+        self.conflict_list.clear()
+        if rule is None:
+            self.rule_title.setText("<i>Select a rule to see its conflicts and where it comes from.</i>")
+            self.provenance.setText(f"Version v{self.model.rule_set_id}: {self.model.record.reason}")
+            self.conflict_box.setTitle("Conflicts")
+            return
+        state = "" if rule.get("enabled", True) else " <i>(disabled: not in the prompt)</i>"
+        self.rule_title.setText(f"<b>{_html(rule['uid'])}</b> → <b>{_html(rule['label'])}</b>{state}<br>"
+                                f"{_html(rule['text'])}")
+        self.provenance.setText(self._provenance_text(rule))
+        found = self.model.conflicts_of(rule["uid"])
+        self.conflict_box.setTitle(f"Conflicts of {rule['uid']} ({len(found)})" if found
+                                   else f"Conflicts of {rule['uid']}: none found")
+        for c in found:
+            ev = _evidence_text(c["evidence"])
+            item = QTreeWidgetItem([c["other"], c["source"], c["reason"], ev])
+            for col, text in enumerate((c["other"], c["source"], c["reason"], ev)):
+                item.setToolTip(col, text)
+            item.setData(0, Qt.ItemDataRole.UserRole, c["other"])
+            self.conflict_list.addTopLevelItem(item)
+
+    def _provenance_text(self, rule: dict[str, Any]) -> str:
+        micro_ids = rule.get("micro_rule_ids", [])
+        parts = [f"Origin: {rule.get('origin') or 'unknown'}."]
+        if micro_ids:
+            index = self.model.index_of_uid(rule["uid"])
+            golds = Counter()
+            for row in range(self.model.rowCount(index)):
+                micro = self.model.index(row, 0, index)
+                for erow in range(self.model.rowCount(micro)):
+                    label = self.model.index(erow, COL_LABEL, micro).data() or ""
+                    golds[label.split(" (")[0]] += 1
+            gold = ", ".join(f"{lab} {n}" for lab, n in golds.most_common())
+            parts.append(f"Merged from {len(micro_ids)} micro-rule(s) on {len(rule.get('example_ids', []))} "
+                         f"training example(s)" + (f"; their gold labels: {gold}." if gold else "."))
+        else:
+            parts.append("No micro-rules behind it (written or rewritten by hand or by the teacher).")
+        if rule.get("from_rules"):
+            parts.append("Rewritten from: " + ", ".join(rule["from_rules"]) + ".")
+        if rule.get("cluster_id") is not None:
+            parts.append(f"Cluster {rule['cluster_id']}.")
+        parts.append(f"Shown version: v{self.model.rule_set_id} ({self.model.record.origin}).")
+        return " ".join(parts)
+
+    def _jump_to_conflict(self, item: QTreeWidgetItem, _column: int) -> None:
+        uid = item.data(0, Qt.ItemDataRole.UserRole)
+        if uid and not self.proxy.mapFromSource(self.model.index_of_uid(uid)).isValid():
+            self.filter_box.clear()
+            self.conflicts_only.setChecked(False)
+        if uid:
+            self.select_uid(uid)
+            self.tree.setFocus()
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
+        if self._owns_project:
+            self.project.close()
+            self._owns_project = False
+        super().closeEvent(event)
+
+
+def _evidence_text(evidence: Any) -> str:
+    """Conflict evidence in words ("63 training items, e.g. 12, 15") rather than raw JSON."""
+    if not isinstance(evidence, dict):
+        return str(evidence)
+    if "examples" in evidence:
+        items = [str(x) for x in evidence.get("examples", [])]
+        count = evidence.get("count", len(items))
+        return f"{count} training item(s), e.g. {', '.join(items[:5])}"
+    if "cosine" in evidence:
+        return f"cosine similarity {evidence['cosine']}"
+    if evidence.get("named_by"):
+        return f"named by the {evidence['named_by']}" + (f" in round {evidence['round']}" if "round" in evidence else "")
+    return "; ".join(f"{k}: {v}" for k, v in evidence.items()) or json.dumps(evidence)
+
+
+def _html(text: str) -> str:
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
