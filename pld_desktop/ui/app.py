@@ -1,272 +1,831 @@
-"""PLD Desktop's window (first cut): open a project or the demo, run the phases in the background, read the results.
+"""PLD Desktop's main window: the project as a document, the four phases, and the views over its results.
 
-The full editor (import dialog, rule tree editing, side-by-side testing) builds on this window.
+The project file is the document and every change is written into it as it happens (there is no Save step);
+"Save As" copies it. Views are adapters over the Qt-free core; long work runs on background threads.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from PySide6.QtCore import QSettings, Qt
-from PySide6.QtGui import QAction, QColor, QFont, QKeySequence
-from PySide6.QtWidgets import (QApplication, QFileDialog, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QMainWindow,
-                               QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QSplitter, QStyle, QTableWidget,
-                               QTableWidgetItem, QTabWidget, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QFont, QIcon, QKeySequence
+from PySide6.QtWidgets import (QApplication, QFileDialog, QGridLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
+                               QListWidget, QListWidgetItem, QMainWindow, QMessageBox, QPlainTextEdit, QProgressBar,
+                               QPushButton, QSplitter, QStackedWidget, QTableWidget, QTableWidgetItem, QTabWidget,
+                               QVBoxLayout, QWidget)
 
 from .. import __version__
-from ..core.pipeline import PHASE_NAMES
+from ..core.pipeline import PHASE_NAMES, PHASE_TEACHER_KINDS
 from ..core.project import Project, ProjectFileError
 from .tasks import PipelineThread
 
 STATE_COLOURS = {"done": "#2e7d32", "running": "#1565c0", "failed": "#c62828", "cancelled": "#ef6c00",
                  "paused": "#ef6c00"}
+STATE_WORDS = {"done": "done", "running": "running", "failed": "failed", "cancelled": "stopped - resumable",
+               "paused": "paused (quota) - resumable"}
+PHASE_HINTS = {1: "The teacher explains each training example as a general rule (micro-rule).",
+               2: "Micro-rules are embedded, clustered per label and merged into a short rule list.",
+               3: "The student runs on training data; the teacher repairs the rules its mistakes expose.",
+               4: "The student answers the locked test split with the rules, zero-shot and 5-shot."}
+TAB_NAMES = ("Run", "Clusters", "Rules", "Test side by side", "Results")
+MAX_RECENT = 8
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 class PhaseCard(QGroupBox):
-    """State, progress with counts, and the last message of one phase."""
+    """One phase: state, progress with counts and ETA, teacher tokens and cost, start/resume and cancel."""
+
+    start_requested = Signal(int)
+    cancel_requested = Signal()
 
     def __init__(self, phase: int) -> None:
-        super().__init__(f"{phase}. {PHASE_NAMES[phase]}")
+        super().__init__(f"{phase}. {PHASE_NAMES[phase].capitalize()}")
+        self.phase = phase
+        self.setToolTip(PHASE_HINTS[phase])
         self.state = QLabel("not started")
         self.bar = QProgressBar()
-        self.bar.setFormat("%v / %m")
+        self.bar.setTextVisible(True)
+        self.counts = QLabel("")
+        self.teacher = QLabel("")
+        self.teacher.setVisible(phase in PHASE_TEACHER_KINDS)
         self.message = QLabel("")
         self.message.setWordWrap(True)
-        self.message.setMinimumHeight(36)
+        self.message.setMinimumHeight(34)
         self.message.setAlignment(Qt.AlignmentFlag.AlignTop)
+        self.message.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.start_btn = QPushButton("Start")
+        self.start_btn.setToolTip(f"Run phase {phase} only (its inputs must exist); a rerun resumes")
+        self.start_btn.clicked.connect(lambda: self.start_requested.emit(self.phase))
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setToolTip("Stop after the items in flight; everything completed is kept")
+        self.cancel_btn.clicked.connect(self.cancel_requested.emit)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.start_btn)
+        buttons.addWidget(self.cancel_btn)
         lay = QVBoxLayout(self)
-        lay.addWidget(self.state)
-        lay.addWidget(self.bar)
-        lay.addWidget(self.message)
+        for w in (self.state, self.bar, self.counts, self.teacher, self.message):
+            lay.addWidget(w)
+        lay.addStretch(1)
+        lay.addLayout(buttons)
 
-    def show_state(self, state: str, done: int, total: int, message: str) -> None:
+    def show_state(self, state: str, done: int, total: int, message: str, *, running_here: bool,
+                   busy: bool, eta: float | None = None, teacher: dict[str, Any] | None = None) -> None:
         colour = STATE_COLOURS.get(state, "palette(text)")
-        self.state.setText(f"<b style='color:{colour}'>{state}</b>")
+        self.state.setText(f"<b style='color:{colour}'>{STATE_WORDS.get(state, state)}</b>")
         self.bar.setMaximum(max(total, 1))
-        self.bar.setValue(min(done, max(total, 1)))
+        self.bar.setValue(min(done, max(total, 1)) if total else (1 if state == "done" else 0))
+        self.bar.setFormat(f"{done} / {total}" if total else ("complete" if state == "done" else ""))
+        counts = f"{done} of {total} items" if total else ""
+        if running_here and eta:
+            counts += f" · about {_format_seconds(eta)} left"
+        self.counts.setText(counts)
+        if teacher is not None:
+            self.teacher.setText(f"teacher: {teacher['calls']} calls, "
+                                 f"{teacher['prompt_tokens'] + teacher['output_tokens'] + teacher['thoughts_tokens']:,}"
+                                 f" tokens, ${teacher['cost_usd']:.4f}")
         self.message.setText(message or "")
         self.message.setToolTip(message or "")
+        self.start_btn.setText("Resume" if state in ("cancelled", "paused", "failed", "running") and not running_here
+                               else "Run again" if state == "done" else "Start")
+        self.start_btn.setEnabled(not busy)
+        self.cancel_btn.setEnabled(running_here)
+
+
+class WelcomePage(QWidget):
+    """What a new user sees first: the three ways in, and the recent projects."""
+
+    def __init__(self, window: "MainWindow") -> None:
+        super().__init__()
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(60, 40, 60, 40)
+        title = QLabel(f"<h1>PLD Desktop</h1><p>Turn labelled examples into a short, readable rule prompt for a "
+                       f"small local model. Load a CSV of labelled examples; a teacher model writes the reasoning "
+                       f"behind each label as a rule, the rules are merged and repaired against the student's "
+                       f"mistakes, and the result becomes the student's system prompt.</p>")
+        title.setWordWrap(True)
+        lay.addWidget(title)
+        row = QHBoxLayout()
+        for text, tip, slot in (("New project from CSV…", "Import a CSV of labelled examples", window.new_project),
+                                ("Open project…", "Open a .pld project file", window.open_dialog),
+                                ("Open the demo project", "A small bank-message triage dataset, bundled",
+                                 window.open_demo)):
+            b = QPushButton(text)
+            b.setToolTip(tip)
+            b.setMinimumHeight(44)
+            b.clicked.connect(slot)
+            row.addWidget(b)
+        lay.addLayout(row)
+        lay.addWidget(QLabel("<b>Recent projects</b>"))
+        self.recent = QListWidget()
+        self.recent.itemActivated.connect(lambda item: window.open_project(Path(item.data(Qt.ItemDataRole.UserRole))))
+        lay.addWidget(self.recent, 1)
+        lay.addWidget(QLabel("You can also drop a CSV or a .pld file onto this window."))
+
+    def show_recent(self, paths: list[str]) -> None:
+        self.recent.clear()
+        for p in paths:
+            item = QListWidgetItem(f"{Path(p).name}    {Path(p).parent}")
+            item.setData(Qt.ItemDataRole.UserRole, p)
+            item.setToolTip(p)
+            self.recent.addItem(item)
 
 
 class MainWindow(QMainWindow):
-    def __init__(self, backends_factory: Any = None) -> None:
+    def __init__(self, backends_factory: Callable[[], Any] | None = None) -> None:
         super().__init__()
         self.backends_factory = backends_factory  # None -> the real models (tests inject doubles)
         self.project_path: Path | None = None
+        self.project: Project | None = None       # the GUI thread's own connection (workers open theirs)
         self.worker: PipelineThread | None = None
-        self.resize(1200, 780)
-        self._build()
+        self.running_phases: list[int] = []
+        self._live: tuple[str, int, int, str] | None = None  # the running stage's latest progress signal
+        self._close_after_stop = False
+        self._tokenizer: Any = None
+        self.views: dict[str, Any] = {}
+        self.setAcceptDrops(True)
+        self.setWindowIcon(app_icon())
+        self.resize(1280, 820)
+        self._build_actions()
+        self._build_menus()
+        self._build_central()
+        self._refresh_timer = QTimer(self, interval=700, singleShot=True, timeout=self._refresh_live)
+        settings = QSettings()
+        geometry = settings.value("window/geometry")
+        if isinstance(geometry, QByteArray):
+            self.restoreGeometry(geometry)
+        self._update_recent_menu()
         self._refresh()
 
-    # -- construction -------------------------------------------------------------
-    def _build(self) -> None:
-        file_menu = self.menuBar().addMenu("&File")
-        open_act = QAction("&Open Project…", self, shortcut=QKeySequence.StandardKey.Open, triggered=self.open_dialog)
-        demo_act = QAction("Open the &Demo Project", self, triggered=self.open_demo)
-        quit_act = QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit, triggered=self.close)
-        file_menu.addActions([open_act, demo_act])
-        file_menu.addSeparator()
-        file_menu.addAction(quit_act)
-        help_menu = self.menuBar().addMenu("&Help")
-        help_menu.addAction(QAction("&About PLD Desktop", self, triggered=self.about))
+    # -- construction -------------------------------------------------------------------------
+    def _action(self, text: str, slot: Callable[..., Any], shortcut: Any = None, tip: str = "") -> QAction:
+        act = QAction(text, self)
+        act.triggered.connect(slot)
+        if shortcut is not None:
+            act.setShortcut(shortcut)
+        if tip:
+            act.setStatusTip(tip)
+            act.setToolTip(tip)
+        return act
 
-        central = QWidget()
-        outer = QVBoxLayout(central)
+    def _build_actions(self) -> None:
+        K = QKeySequence.StandardKey
+        self.new_act = self._action("&New Project from CSV…", self.new_project, K.New,
+                                    "Import a CSV of labelled examples into a new project")
+        self.open_act = self._action("&Open Project…", self.open_dialog, K.Open, "Open a .pld project")
+        self.demo_act = self._action("Open the &Demo Project", self.open_demo,
+                                     tip="A bundled bank-message triage dataset (our own, 105 rows)")
+        self.save_as_act = self._action("Save Project &As…", self.save_as, K.SaveAs,
+                                        "Copy the project to a new file and continue there")
+        self.close_act = self._action("&Close Project", self.close_project, K.Close)
+        self.quit_act = self._action("&Quit", self.close, K.Quit)
+        self.export_acts = {fmt: self._action(name, lambda _=False, f=fmt: self.export((f,)),
+                                              tip=f"Write the current rule set as {name}")
+                            for fmt, name in (("txt", "Prompt as &Text…"), ("md", "Report as &Markdown…"),
+                                              ("json", "Rules as &JSON…"))}
+        self.export_all_act = self._action("&All Formats…", lambda: self.export(("txt", "md", "json")),
+                                           QKeySequence("Ctrl+E"), "Write .txt, .md and .json into a folder")
+        self.run_all_act = self._action("Run &All Phases", self.run_all, QKeySequence("F5"),
+                                        "Run extraction, synthesis, the closed loop and evaluation; a rerun resumes")
+        self.cancel_act = self._action("&Cancel Running Phase", self.cancel, QKeySequence("Ctrl+."),
+                                       "Stop after the items in flight; everything completed is kept")
+        self.phase_acts = {p: self._action(f"Run Phase &{p}: {PHASE_NAMES[p]}", lambda _=False, p=p: self.run_phases([p]))
+                           for p in PHASE_NAMES}
+        self.models_act = self._action("&Models…", self.configure_models, QKeySequence("Ctrl+,"),
+                                       "Choose the teacher, the student and the embedder")
+        self.about_act = self._action("&About PLD Desktop", self.about)
+
+    def _build_menus(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        file_menu.addActions([self.new_act, self.open_act])
+        self.recent_menu = file_menu.addMenu("Open &Recent")
+        file_menu.addAction(self.demo_act)
+        file_menu.addSeparator()
+        file_menu.addActions([self.save_as_act, self.close_act])
+        file_menu.addSeparator()
+        export_menu = file_menu.addMenu("&Export")
+        export_menu.addActions(list(self.export_acts.values()))
+        export_menu.addSeparator()
+        export_menu.addAction(self.export_all_act)
+        file_menu.addSeparator()
+        file_menu.addAction(self.quit_act)
+        self.edit_menu = self.menuBar().addMenu("&Edit")
+        run_menu = self.menuBar().addMenu("&Run")
+        run_menu.addAction(self.run_all_act)
+        run_menu.addActions(list(self.phase_acts.values()))
+        run_menu.addSeparator()
+        run_menu.addAction(self.cancel_act)
+        settings_menu = self.menuBar().addMenu("&Settings")
+        settings_menu.addAction(self.models_act)
+        view_menu = self.menuBar().addMenu("&View")
+        for i, name in enumerate(TAB_NAMES):
+            view_menu.addAction(self._action(f"&{name}", lambda _=False, i=i: self.tabs.setCurrentIndex(i),
+                                             QKeySequence(f"Ctrl+{i + 1}")))
+        help_menu = self.menuBar().addMenu("&Help")
+        help_menu.addAction(self.about_act)
+
+    def _build_central(self) -> None:
+        self.stack = QStackedWidget()
+        self.welcome = WelcomePage(self)
+        self.stack.addWidget(self.welcome)
+
+        page = QWidget()
+        outer = QVBoxLayout(page)
         top = QHBoxLayout()
         self.title = QLabel()
         self.title.setTextFormat(Qt.TextFormat.RichText)
+        self.title.setWordWrap(True)
         top.addWidget(self.title, 1)
+        self.models_btn = QPushButton("Models…")
+        self.models_btn.setToolTip("Teacher, student and embedder for this project")
+        self.models_btn.clicked.connect(self.configure_models)
         self.run_btn = QPushButton("Run all phases")
-        self.run_btn.setToolTip("Run extraction, synthesis, the closed loop and evaluation; a rerun resumes")
+        self.run_btn.setToolTip(self.run_all_act.toolTip() + " (F5)")
         self.run_btn.clicked.connect(self.run_all)
         self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setToolTip("Stop after the items in flight; everything completed is kept")
+        self.cancel_btn.setToolTip(self.cancel_act.toolTip())
         self.cancel_btn.clicked.connect(self.cancel)
-        top.addWidget(self.run_btn)
-        top.addWidget(self.cancel_btn)
+        for b in (self.models_btn, self.run_btn, self.cancel_btn):
+            top.addWidget(b)
         outer.addLayout(top)
 
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        run_page = QWidget()
+        run_lay = QVBoxLayout(run_page)
         cards = QGridLayout()
         self.cards = {p: PhaseCard(p) for p in PHASE_NAMES}
         for i, card in enumerate(self.cards.values()):
+            card.start_requested.connect(lambda p: self.run_phases([p]))
+            card.cancel_requested.connect(self.cancel)
             cards.addWidget(card, 0, i)
-        outer.addLayout(cards)
+        run_lay.addLayout(cards)
         self.stage = QLabel("")
-        outer.addWidget(self.stage)
-
-        tabs = QTabWidget()
-        self.rules = QTreeWidget()
-        self.rules.setHeaderLabels(["Rule", "Label", "Micro-rules", "Conflicts"])
-        self.rules.setColumnWidth(0, 720)
-        self.rules.setAlternatingRowColors(True)
-        self.prompt = QPlainTextEdit(readOnly=True)
-        self.prompt.setFont(QFont("monospace"))
-        self.results = QTableWidget(0, 5)
-        self.results.setHorizontalHeaderLabels(["Prompt", "Macro-F1", "Accuracy", "Latency p50 (s)", "Examples"])
-        self.results.horizontalHeader().setStretchLastSection(True)
-        self.results.setColumnWidth(0, 160)
+        run_lay.addWidget(self.stage)
+        self.run_split = QSplitter(Qt.Orientation.Horizontal)
+        self.chart_box = QGroupBox("Closed loop: dev macro-F1 per iteration")
+        QVBoxLayout(self.chart_box)
+        log_box = QGroupBox("Log")
         self.log = QPlainTextEdit(readOnly=True)
-        tabs.addTab(self.rules, "Rules")
-        tabs.addTab(self.prompt, "Prompt")
-        tabs.addTab(self.results, "Results")
-        tabs.addTab(self.log, "Log")
-        split = QSplitter(Qt.Orientation.Vertical)
-        split.addWidget(tabs)
-        outer.addWidget(split, 1)
-        self.setCentralWidget(central)
-        self.statusBar().showMessage("Open a project (File > Open) or the demo project to begin.")
+        self.log.setMaximumBlockCount(5000)
+        QVBoxLayout(log_box).addWidget(self.log)
+        self.run_split.addWidget(self.chart_box)
+        self.run_split.addWidget(log_box)
+        self.run_split.setSizes([520, 700])
+        run_lay.addWidget(self.run_split, 1)
+        self.tabs.addTab(run_page, "Run")
+        self.clusters_holder = self._holder("Clusters appear after phase 2 (synthesis).")
+        self.rules_holder = self._holder("Rules appear after phase 2 (synthesis).")
+        self.compare_holder = self._holder("Open a project to compare prompts.")
+        self.tabs.addTab(self.clusters_holder, "Clusters")
+        self.tabs.addTab(self.rules_holder, "Rules")
+        self.tabs.addTab(self.compare_holder, "Test side by side")
+        self.results = QTableWidget(0, 6)
+        self.results.setHorizontalHeaderLabels(["Prompt", "Rule set", "Macro-F1", "Accuracy",
+                                                "Latency p50 (s)", "Test examples"])
+        self.results.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.results.horizontalHeader().setStretchLastSection(True)
+        self.results.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.tabs.addTab(self.results, "Results")
+        self.tabs.currentChanged.connect(self._remember_view)
+        outer.addWidget(self.tabs, 1)
+        self.stack.addWidget(page)
+        self.setCentralWidget(self.stack)
+        self.statusBar().showMessage("Create a project from a CSV, open one, or open the demo project.")
 
-    # -- actions --------------------------------------------------------------------
+    @staticmethod
+    def _holder(placeholder: str) -> QWidget:
+        w = QWidget()
+        lay = QVBoxLayout(w)
+        lay.setContentsMargins(0, 0, 0, 0)
+        label = QLabel(placeholder)
+        label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        lay.addWidget(label)
+        return w
+
+    @staticmethod
+    def _put(holder: QWidget, widget: QWidget | None, placeholder: str = "") -> None:
+        lay = holder.layout()
+        while lay.count():
+            old = lay.takeAt(0).widget()
+            if old is not None:
+                old.setParent(None)
+                old.deleteLater()
+        if widget is None:
+            label = QLabel(placeholder)
+            label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            lay.addWidget(label)
+        else:
+            lay.addWidget(widget)
+
+    # -- projects -----------------------------------------------------------------------------
+    def new_project(self, csv_path: Path | None = None) -> None:
+        if not self._can_switch_project():
+            return
+        if not csv_path:
+            path, _ = QFileDialog.getOpenFileName(self, "Import labelled examples", str(self._last_dir()),
+                                                  "CSV files (*.csv *.tsv *.txt);;All files (*)")
+            if not path:
+                return
+            csv_path = Path(path)
+        from .import_dialog import ImportDialog
+        problem = ImportDialog.check_file(Path(csv_path))
+        if problem:
+            QMessageBox.warning(self, "Cannot import this file", problem)
+            return
+        dialog = ImportDialog(Path(csv_path), self)  # asks where to save and writes the project itself
+        if dialog.exec() != ImportDialog.DialogCode.Accepted or dialog.created_path is None:
+            self.statusBar().showMessage("Import cancelled; nothing was created.")
+            return
+        self.open_project(Path(dialog.created_path))
+
     def open_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open project", str(Path.home()), "PLD projects (*.pld)")
+        if not self._can_switch_project():
+            return
+        path, _ = QFileDialog.getOpenFileName(self, "Open project", str(self._last_dir()), "PLD projects (*.pld)")
         if path:
             self.open_project(Path(path))
 
     def open_demo(self) -> None:
         from ..resources import build_demo_project
+        if not self._can_switch_project():
+            return
         folder = Path(QSettings().value("demo_dir", str(Path.home() / "pld-demo")))
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / "demo.pld"
-        if not path.exists():
-            build_demo_project(path)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                build_demo_project(path)
+        except (OSError, ProjectFileError) as exc:
+            QMessageBox.warning(self, "Cannot create the demo project", str(exc))
+            return
         self.open_project(path)
 
     def open_project(self, path: Path) -> None:
+        path = Path(path)
         try:
-            Project.open(path, read_only=True).close()
+            project = Project.open(path)
         except ProjectFileError as exc:
             QMessageBox.warning(self, "Cannot open project", str(exc))
+            self._forget_recent(path)
             return
-        self.project_path = path
+        if not project.has_dataset():
+            project.close()
+            QMessageBox.warning(self, "Cannot open project", f"{path.name} has no dataset; create projects with "
+                                                             f"File > New Project from CSV.")
+            return
+        self._close_views()
+        if self.project is not None:
+            self.project.close()
+        self.project, self.project_path = project, path.resolve()
+        self._add_recent(self.project_path)
         self.setWindowTitle(f"{path.name} - PLD Desktop")
-        self.statusBar().showMessage(f"Opened {path}. Run all phases to distil the rules; a rerun resumes.")
+        self.setWindowFilePath(str(self.project_path))
+        self.log.clear()
+        self._log_failures()
+        self.stack.setCurrentIndex(1)
+        self._build_views()
+        self._refresh()
+        state = project.get_setting("ui_state") or {}
+        self.tabs.setCurrentIndex(int(state.get("tab", 0)) if 0 <= int(state.get("tab", 0)) < len(TAB_NAMES) else 0)
+        self.statusBar().showMessage(f"Opened {self.project_path}. Changes are saved in the file as they happen.")
+
+    def _can_switch_project(self) -> bool:
+        if self.worker is not None:
+            QMessageBox.information(self, "A phase is running",
+                                    "Cancel the running phase before opening another project.")
+            return False
+        return True
+
+    def save_as(self) -> None:
+        if self.project is None:
+            return
+        if not self._can_switch_project():
+            return
+        target, _ = QFileDialog.getSaveFileName(self, "Save project as", str(self.project_path),
+                                                "PLD projects (*.pld)")
+        if not target:
+            return
+        target_path = Path(target) if target.endswith(".pld") else Path(target + ".pld")
+        if target_path.resolve() == self.project_path:
+            self.statusBar().showMessage("The project is already saved there (changes are saved as they happen).")
+            return
+        try:
+            self.project.save_as(target_path)
+        except (OSError, ProjectFileError) as exc:
+            QMessageBox.warning(self, "Could not save the project", str(exc))
+            return
+        self.open_project(target_path)
+        self.statusBar().showMessage(f"Saved a copy as {target_path} and continued there.")
+
+    def close_project(self) -> None:
+        if not self._can_switch_project() or self.project is None:
+            return
+        self._remember_view()
+        self._close_views()
+        self.project.close()
+        self.project = self.project_path = None
+        self.setWindowTitle("PLD Desktop")
+        self.setWindowFilePath("")
+        self.stack.setCurrentIndex(0)
         self._refresh()
 
+    def _build_views(self) -> None:
+        from .clusters_view import ClustersView, LoopChart
+        from .compare_view import CompareView
+        from .rules_view import RulesEditor
+        assert self.project_path is not None
+        self.views["loop"] = LoopChart(self.project_path)
+        self.chart_box.layout().addWidget(self.views["loop"])
+        self.views["clusters"] = ClustersView(self.project_path)
+        self._put(self.clusters_holder, self.views["clusters"])
+        self._rebuild_rules_view()
+        self.views["compare"] = CompareView(self.project_path, self.backends_factory, self)
+        self._put(self.compare_holder, self.views["compare"])
+
+    def _rebuild_rules_view(self) -> None:
+        from .rules_view import RulesEditor
+        assert self.project is not None and self.project_path is not None
+        old = self.views.pop("rules", None)
+        if old is not None:
+            self.edit_menu.clear()
+        if self._current_rule_set_id() is None:
+            self._put(self.rules_holder, None, "Rules appear after phase 2 (synthesis). Run the phases first.")
+            return
+        editor = RulesEditor(self.project, self, token_counter=self._token_counter(),
+                             n_ctx=self._settings().student_n_ctx, handle_export=False)
+        editor.export_requested.connect(lambda rs_id: self.export(("txt", "md", "json"), rs_id))
+        editor.version_saved.connect(self._on_version_saved)
+        self.views["rules"] = editor
+        # The editor's own actions (not copies): one QAction per shortcut keeps Ctrl+Z unambiguous.
+        self.edit_menu.addActions([editor.undo_action, editor.redo_action])
+        self._put(self.rules_holder, editor)
+
+    def _close_views(self) -> None:
+        for name, view in list(self.views.items()):
+            stop = getattr(view, "shutdown", None)
+            if stop is not None:
+                stop()
+        self.views.clear()
+        self.edit_menu.clear()
+        lay = self.chart_box.layout()
+        while lay.count():
+            w = lay.takeAt(0).widget()
+            if w is not None:
+                w.setParent(None)
+                w.deleteLater()
+        for holder, text in ((self.clusters_holder, "Clusters appear after phase 2 (synthesis)."),
+                             (self.rules_holder, "Rules appear after phase 2 (synthesis)."),
+                             (self.compare_holder, "Open a project to compare prompts.")):
+            self._put(holder, None, text)
+
+    def _token_counter(self) -> Callable[[str], int] | None:
+        """The student's own tokenizer when its file loads, else None (the preview then says 'approximate')."""
+        path = self._settings().student_gguf
+        key = path or "<bundled>"
+        if self._tokenizer is None or self._tokenizer[0] != key:
+            try:
+                from ..backends.tokenizer import VocabTokenizer
+                self._tokenizer = (key, VocabTokenizer(path))
+            except Exception as exc:  # noqa: BLE001 - a missing model must not stop the editor opening
+                self.log.appendPlainText(f"[warning] token counts are approximate: {exc}")
+                self._tokenizer = (key, None)
+        tok = self._tokenizer[1]
+        return tok.count if tok is not None else None
+
+    def _settings(self) -> Any:
+        from ..core.settings import RunSettings, load_settings
+        return load_settings(self.project) if self.project is not None else RunSettings()
+
+    def _current_rule_set_id(self) -> int | None:
+        if self.project is None:
+            return None
+        return (self.project.get_setting("edited_rule_set_id") or self.project.get_setting("chosen_rule_set_id")
+                or self.project.get_setting("synthesis_rule_set_id"))
+
+    def _on_version_saved(self, rule_set_id: int) -> None:
+        self.statusBar().showMessage(f"Saved rule-set version {rule_set_id}.", 4000)
+        compare = self.views.get("compare")
+        if compare is not None:
+            compare.refresh_choices()
+
+    def _remember_view(self, *_: Any) -> None:
+        if self.project is not None and self.worker is None:
+            try:
+                self.project.set_setting("ui_state", {"tab": self.tabs.currentIndex()})
+            except Exception:  # noqa: BLE001 - remembering the tab is a convenience, never an error
+                pass
+
+    # -- recent files ---------------------------------------------------------------------------
+    def _recent(self) -> list[str]:
+        value = QSettings().value("recent_files", [])
+        if isinstance(value, str):
+            value = [value]
+        return [str(v) for v in (value or [])]
+
+    def _add_recent(self, path: Path) -> None:
+        items = [str(path)] + [p for p in self._recent() if p != str(path)]
+        QSettings().setValue("recent_files", items[:MAX_RECENT])
+        QSettings().setValue("last_dir", str(path.parent))
+        self._update_recent_menu()
+
+    def _forget_recent(self, path: Path) -> None:
+        QSettings().setValue("recent_files", [p for p in self._recent() if Path(p) != Path(path)])
+        self._update_recent_menu()
+
+    def _last_dir(self) -> Path:
+        return Path(str(QSettings().value("last_dir", str(Path.home()))))
+
+    def _update_recent_menu(self) -> None:
+        self.recent_menu.clear()
+        recent = self._recent()
+        for i, p in enumerate(recent, 1):
+            act = self.recent_menu.addAction(f"&{i} {Path(p).name}")
+            act.setStatusTip(p)
+            act.triggered.connect(lambda _=False, p=p: self._can_switch_project() and self.open_project(Path(p)))
+        self.recent_menu.setEnabled(bool(recent))
+        self.welcome.show_recent(recent)
+
+    # -- drag and drop -----------------------------------------------------------------------------
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
+        if _dropped_file(event.mimeData()) is not None:
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
+        path = _dropped_file(event.mimeData())
+        if path is None:
+            return
+        event.acceptProposedAction()
+        # Dialogs after the drop returns, so the drag source is not left waiting.
+        if path.suffix.lower() == ".pld":
+            QTimer.singleShot(0, lambda: self._can_switch_project() and self.open_project(path))
+        else:
+            QTimer.singleShot(0, lambda: self.new_project(path))
+
+    # -- models ----------------------------------------------------------------------------------
+    def configure_models(self) -> None:
+        if self.project is None:
+            QMessageBox.information(self, "No project", "Open or create a project first; model choices are saved "
+                                                        "with the project (API keys go to the system keyring).")
+            return
+        if self.worker is not None:
+            QMessageBox.information(self, "A phase is running", "Change models after the running phase stops.")
+            return
+        from ..core.settings import save_settings
+        from .models_dialog import ModelsDialog
+        dialog = ModelsDialog(self._settings(), self)
+        if dialog.exec() == ModelsDialog.DialogCode.Accepted:
+            save_settings(self.project, dialog.settings())
+            self.statusBar().showMessage("Model settings saved in the project.", 4000)
+            self._rebuild_rules_view()
+            self._refresh()
+
+    # -- running the phases ------------------------------------------------------------------------
     def run_all(self) -> None:
+        self.run_phases([1, 2, 3, 4])
+
+    def run_phases(self, phases: list[int]) -> None:
         if self.project_path is None or self.worker is not None:
             return
-        self.worker = PipelineThread(self.project_path, [1, 2, 3, 4], self,
-                                     backends_factory=self.backends_factory)
-        self.worker.progress.begun.connect(lambda stage, total: self.stage.setText(stage))
+        from ..core.pipeline import estimate_teacher_run
+        settings = self._settings()
+        if settings.teacher == "gemini" and set(phases) & {1, 2, 3}:
+            estimate = estimate_teacher_run(self.project, settings, phases)
+            answer = QMessageBox.question(self, "Start a paid teacher run?",
+                                          f"{estimate}\n\nThe teacher is {settings.teacher_model} (Gemini). Start?")
+            if answer != QMessageBox.StandardButton.Yes:
+                return
+        self._remember_view()
+        self.running_phases = list(phases)
+        self.worker = PipelineThread(self.project_path, phases, self, backends_factory=self.backends_factory)
+        self.worker.progress.begun.connect(self._on_begin)
         self.worker.progress.reported.connect(self._on_progress)
         self.worker.progress.logged.connect(lambda msg, lvl: self.log.appendPlainText(f"[{lvl}] {msg}"))
         self.worker.finished_with.connect(self._on_finished)
+        self.log.appendPlainText(f"--- running phase{'s' if len(phases) > 1 else ''} "
+                                 f"{', '.join(str(p) for p in phases)}")
         self.worker.start()
         self._refresh()
 
     def cancel(self) -> None:
         if self.worker is not None:
             self.worker.cancel()
+            self.cancel_btn.setEnabled(False)
             self.statusBar().showMessage("Stopping after the items in flight…")
+
+    def _on_begin(self, stage: str, total: int) -> None:
+        self.stage.setText(stage)
+        self._live = (stage, 0, total, "")
+        self._refresh_live()
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
         eta = self.worker.progress.eta_seconds() if self.worker else None
-        eta_text = f", about {eta:.0f} s left" if eta else ""
+        eta_text = f", about {_format_seconds(eta)} left" if eta else ""
         self.statusBar().showMessage(f"{self.stage.text()}: {done}/{total}{eta_text}")
-        self._refresh_phases()
+        self._live = (self.stage.text(), done, total, message)
+        if not self._refresh_timer.isActive():  # the file is read at most every 0.7 s, not per item
+            self._refresh_timer.start()
+
+    def _refresh_live(self) -> None:
+        if self.project is not None:
+            self._show_phases()
 
     def _on_finished(self, status: str, message: str) -> None:
         if self.worker is not None:
             self.worker.wait()
         self.worker = None
+        self.running_phases = []
+        self._live = None
         self.statusBar().showMessage(message)
         self.log.appendPlainText(f"[{status}] {message}")
+        if status != "done":
+            self._log_failures()
+        if self._close_after_stop:
+            self.close()
+            return
+        for name in ("loop", "clusters"):
+            view = self.views.get(name)
+            if view is not None:
+                view.reload()
+        if "compare" in self.views:
+            self.views["compare"].refresh_choices()
+        if "rules" not in self.views or status == "done":
+            self._rebuild_rules_view()
         self._refresh()
+        if status in ("failed", "quota_exhausted"):
+            QMessageBox.warning(self, "The run stopped", message)
 
+    def _log_failures(self) -> None:
+        if self.project is None:
+            return
+        failed = self.project.failed_items()
+        if failed:
+            self.log.appendPlainText(f"{len(failed)} item(s) were given up after retries (kept for a rerun):")
+            for f in failed[-20:]:
+                self.log.appendPlainText(f"  phase {f['phase']} {f['item_key']}: {f['reason']}")
+
+    # -- export --------------------------------------------------------------------------------------
+    def export(self, formats: tuple[str, ...], rule_set_id: int | None = None) -> list[Path]:
+        if self.project is None:
+            return []
+        from ..core.export import export_rule_set
+        rs_id = rule_set_id or self._current_rule_set_id()
+        if rs_id is None:
+            QMessageBox.information(self, "Nothing to export", "Run phases 1 and 2 first: there is no rule set yet.")
+            return []
+        folder = QFileDialog.getExistingDirectory(self, "Export into folder", str(self._last_dir()))
+        if not folder:
+            return []
+        try:
+            written = export_rule_set(self.project, folder, formats, rule_set_id=rs_id)
+        except (OSError, ValueError, RuntimeError) as exc:
+            QMessageBox.warning(self, "Export failed", str(exc))
+            return []
+        self.statusBar().showMessage(f"Exported rule-set version {rs_id}: " + ", ".join(p.name for p in written))
+        self.log.appendPlainText("[info] exported " + ", ".join(str(p) for p in written))
+        return written
+
+    # -- about and closing -----------------------------------------------------------------------------
     def about(self) -> None:
-        import llama_cpp
-        from PySide6 import __version__ as pyside_version
-        QMessageBox.about(self, "About PLD Desktop",
-                          f"<b>PLD Desktop {__version__}</b><br>Prompt-Level Distillation for small local models."
-                          f"<br><br>Qt for Python {pyside_version}<br>llama-cpp-python {llama_cpp.__version__}")
+        QMessageBox.about(self, "About PLD Desktop", about_text(self._loaded_models()))
 
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
+    def _loaded_models(self) -> list[str]:
+        from ..backends.bundled import describe_model_choice
+        s = self._settings()
+        return [f"Student: {describe_model_choice(s.student_gguf, 'student')}",
+                f"Teacher: {s.teacher_model + ' (Gemini)' if s.teacher == 'gemini' else describe_model_choice(s.teacher_gguf, 'teacher')}",
+                f"Embedder: {describe_model_choice(s.embedder, 'embedder')}"]
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
         if self.worker is not None:
-            answer = QMessageBox.question(self, "A phase is running",
-                                          "Stop the running phase and quit? Completed items are kept.")
-            if answer != QMessageBox.StandardButton.Yes:
-                event.ignore()
-                return
-            self.worker.cancel()
-            self.worker.wait()
+            if not self._close_after_stop:
+                answer = QMessageBox.question(self, "A phase is running",
+                                              "Stop the running phase and quit? Completed items are kept and a "
+                                              "rerun resumes where it stopped.")
+                if answer != QMessageBox.StandardButton.Yes:
+                    event.ignore()
+                    return
+                self._close_after_stop = True
+                self.cancel()
+                self.statusBar().showMessage("Stopping the running phase; the window closes when it has stopped…")
+            event.ignore()  # closes from _on_finished once the worker has stopped cleanly
+            return
+        self._remember_view()
+        QSettings().setValue("window/geometry", self.saveGeometry())
+        self._close_views()
+        if self.project is not None:
+            self.project.close()
+            self.project = None
+        if self._tokenizer is not None and self._tokenizer[1] is not None:
+            self._tokenizer[1].close()
         event.accept()
 
-    # -- display ------------------------------------------------------------------------
+    # -- display -------------------------------------------------------------------------------------
     def _refresh(self) -> None:
-        running = self.worker is not None
-        self.run_btn.setEnabled(self.project_path is not None and not running)
-        self.cancel_btn.setEnabled(running)
-        if self.project_path is None:
-            self.title.setText("<h2>PLD Desktop</h2>No project open.")
+        busy = self.worker is not None
+        has_project = self.project is not None
+        for act in (self.run_all_act, *self.phase_acts.values()):
+            act.setEnabled(has_project and not busy)
+        self.run_btn.setEnabled(has_project and not busy)
+        self.cancel_btn.setEnabled(busy)
+        self.cancel_act.setEnabled(busy)
+        for act in (self.save_as_act, self.close_act, self.export_all_act, *self.export_acts.values(),
+                    self.models_act):
+            act.setEnabled(has_project)
+        for act in (self.new_act, self.open_act, self.demo_act):
+            act.setEnabled(not busy)
+        if self.project is None:
+            self.stack.setCurrentIndex(0)
             return
-        with Project.open(self.project_path, read_only=True) as project:
-            info = project.dataset_info() or {}
-            counts = {r["split"]: r["n"] for r in project.query(
-                "SELECT split, COUNT(*) AS n FROM examples GROUP BY split")}
-            self.title.setText(
-                f"<h2>{self.project_path.name}</h2>{info.get('source_name', '')}: {info.get('n_rows', 0)} rows, "
-                f"labels {', '.join(info.get('labels', []))} &nbsp;·&nbsp; train {counts.get('train', 0)} / "
-                f"dev {counts.get('dev', 0)} / test {counts.get('test', 0)} (locked)")
-            self._show_phases(project)
-            self._show_rules(project)
-            self._show_results(project)
+        project = self.project
+        info = project.dataset_info() or {}
+        counts = {r["split"]: r["n"] for r in project.query("SELECT split, COUNT(*) AS n FROM examples GROUP BY split")}
+        s = self._settings()
+        teacher = s.teacher_model + " (Gemini)" if s.teacher == "gemini" else "local GGUF teacher"
+        self.title.setText(
+            f"<h2 style='margin:0'>{self.project_path.name}</h2>{info.get('source_name', '')}: "
+            f"{info.get('n_rows', 0)} rows, labels {', '.join(info.get('labels', []))} &nbsp;·&nbsp; "
+            f"train {counts.get('train', 0)} / dev {counts.get('dev', 0)} / test {counts.get('test', 0)} (locked)"
+            f" &nbsp;·&nbsp; teacher: {teacher}")
+        self._show_phases()
+        self._show_results()
 
-    def _refresh_phases(self) -> None:
-        if self.project_path is not None:
-            with Project.open(self.project_path, read_only=True) as project:
-                self._show_phases(project)
-
-    def _show_phases(self, project: Project) -> None:
-        states = project.phase_states()
+    def _show_phases(self) -> None:
+        assert self.project is not None
+        states = self.project.phase_states()
+        busy = self.worker is not None
+        current = None
+        if busy:
+            running = [p for p in self.running_phases if states.get(p, {}).get("state") == "running"]
+            current = running[0] if running else None
         for phase, card in self.cards.items():
-            st = states.get(phase)
-            if st:
-                card.show_state(st["state"], st["done"], st["total"], st["message"] or "")
+            st = states.get(phase) or {"state": "not started", "done": 0, "total": 0, "message": ""}
+            kinds = PHASE_TEACHER_KINDS.get(phase)
+            teacher = self.project.teacher_totals(kinds) if kinds else None
+            eta = self.worker.progress.eta_seconds() if busy and phase == current and self.worker else None
+            done, total, message = st["done"], st["total"], st["message"] or ""
+            if phase == current and self._live is not None:  # item-level progress comes from the signals
+                stage, done, total, detail = self._live
+                message = f"{stage}: {detail}" if detail else stage
+            card.show_state(st["state"], done, total, message, running_here=phase == current,
+                            busy=busy, eta=eta, teacher=teacher)
 
-    def _show_rules(self, project: Project) -> None:
-        self.rules.clear()
-        rs_id = project.get_setting("chosen_rule_set_id") or project.get_setting("synthesis_rule_set_id")
-        if rs_id is None:
-            self.prompt.setPlainText("No rules yet: run the phases.")
-            return
-        rs = project.rule_set(rs_id)
-        micro = {m["id"]: m for m in project.micro_rules()}
-        conflicts: dict[str, list[str]] = {}
-        for c in project.conflicts(rs_id):
-            for uid, other in ((c["rule_a"], c["rule_b"]), (c["rule_b"], c["rule_a"])):
-                conflicts.setdefault(uid, []).append(f"with {other} ({c['source']}): {c['reason']}")
-        warn = self.style().standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning)
-        for r in rs.rules:
-            found = conflicts.get(r["uid"], [])
-            item = QTreeWidgetItem([r["text"], r["label"], str(len(r.get("micro_rule_ids", []))),
-                                    str(len(found)) if found else ""])
-            item.setToolTip(0, r["text"])
-            if found:
-                item.setIcon(0, warn)
-                item.setBackground(0, QColor(255, 236, 179, 110))
-                item.setToolTip(3, "\n".join(found[:12]))
-            for mid in r.get("micro_rule_ids", [])[:50]:
-                m = micro.get(mid)
-                if m:
-                    child = QTreeWidgetItem([m["rule"], m["label"], m["ext_id"]])
-                    child.setToolTip(0, m["rule"])
-                    item.addChild(child)
-            self.rules.addTopLevelItem(item)
-        self.prompt.setPlainText(rs.prompt_text)
-
-    def _show_results(self, project: Project) -> None:
-        last = project.get_setting("last_evaluation") or {}
+    def _show_results(self) -> None:
+        assert self.project is not None
+        last = self.project.get_setting("last_evaluation") or {}
         names = {"pld": "PLD rules", "zero_shot": "Zero-shot", "few_shot": "5-shot"}
-        rows = [(names[k], project.evaluation(last[k])) for k in names if k in last]
+        rows = [(names[k], self.project.evaluation(last[k])) for k in names if k in last]
         self.results.setRowCount(len(rows))
         for i, (name, ev) in enumerate(rows):
             m = ev["metrics"] or {}
-            values = [name, f"{m.get('macro_f1', 0):.3f}", f"{m.get('accuracy', 0):.3f}",
-                      f"{m.get('latency_p50_s') or 0:.3f}", str(ev["n_examples"])]
+            values = [name, f"v{ev['rule_set_id']}" if ev.get("rule_set_id") else "-", f"{m.get('macro_f1', 0):.3f}",
+                      f"{m.get('accuracy', 0):.3f}", f"{m.get('latency_p50_s') or 0:.3f}", str(ev["n_examples"])]
             for j, v in enumerate(values):
-                self.results.setItem(i, j, QTableWidgetItem(v))
+                item = QTableWidgetItem(v)
+                if j >= 2:
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                self.results.setItem(i, j, item)
+
+
+def _dropped_file(mime: Any) -> Path | None:
+    """The one local .csv/.tsv/.txt/.pld file being dropped, else None."""
+    if not mime.hasUrls():
+        return None
+    paths = [Path(u.toLocalFile()) for u in mime.urls() if u.isLocalFile()]
+    if len(paths) != 1 or paths[0].suffix.lower() not in (".csv", ".tsv", ".txt", ".pld"):
+        return None
+    return paths[0]
+
+
+def app_icon() -> QIcon:
+    from ..resources import resources_dir
+    icon = QIcon()
+    folder = resources_dir() / "icons"
+    for png in sorted(folder.glob("pld-desktop-*.png")):
+        icon.addFile(str(png))
+    return icon
+
+
+def about_text(models: list[str]) -> str:
+    import llama_cpp
+    from PySide6 import __version__ as pyside_version
+    from PySide6.QtCore import qVersion
+    lines = "<br>".join(models)
+    return (f"<h3>PLD Desktop {__version__}</h3><p>Prompt-Level Distillation: a teacher's reasoning, written down "
+            f"as rules a small local model reads as its system prompt.</p>"
+            f"<p>Qt {qVersion()} · Qt for Python {pyside_version}<br>llama-cpp-python {llama_cpp.__version__}<br>"
+            f"Python {sys.version.split()[0]}</p><p>{lines}</p>")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,11 +833,16 @@ def main(argv: list[str] | None = None) -> int:
     app.setOrganizationName("PLD Desktop")
     app.setApplicationName("PLD Desktop")
     app.setApplicationVersion(__version__)
+    app.setWindowIcon(app_icon())
     window = MainWindow()
     args = app.arguments()[1:]
+    window.show()
     if args and args[0].endswith(".pld"):
         window.open_project(Path(args[0]))
-    window.show()
+    elif args and args[0].lower().endswith((".csv", ".tsv")):
+        QTimer.singleShot(0, lambda: window.new_project(Path(args[0])))
+    if os.environ.get("PLD_SMOKE_TEST"):  # packaged-app smoke test: show, paint once, quit with status 0
+        QTimer.singleShot(1500, app.quit)
     return app.exec()
 
 
