@@ -33,9 +33,31 @@ class DefaultBackends:
         if settings.teacher == "local":
             from .local_teacher import LocalTeacher
             return self._get(("local", settings.teacher_gguf), lambda: LocalTeacher(settings.teacher_gguf))
-        raise ValueError(f"Unknown teacher '{settings.teacher}'; choose 'gemini' or 'local'.")
+        if settings.teacher == "openai":
+            from .openai_teacher import OpenAITeacher
+            from .secrets import get_api_key
+            if not settings.teacher_openai_base_url:
+                raise ValueError("The OpenAI-compatible teacher needs a server address (teacher_openai_base_url).")
+            key = ("openai", settings.teacher_openai_base_url, settings.teacher_openai_model,
+                   settings.teacher_concurrency)
+            return self._get(key, lambda: OpenAITeacher(
+                settings.teacher_openai_base_url, settings.teacher_openai_model, api_key=get_api_key("openai"),
+                concurrency=settings.teacher_concurrency,
+                price_per_million=(settings.price_in_per_million, settings.price_out_per_million)))
+        raise ValueError(f"Unknown teacher '{settings.teacher}'; choose 'gemini', 'local' or 'openai'.")
 
     def student(self, settings: RunSettings) -> Student:
+        if settings.student_backend == "openai":
+            from .openai_student import OpenAIStudent
+            from .secrets import get_api_key
+            if not settings.student_base_url:
+                raise ValueError("The server-backed student needs a server address (student_base_url).")
+            key = ("openai-student", settings.student_base_url, settings.student_model,
+                   settings.student_prompt_format, settings.student_top_logprobs, settings.student_concurrency)
+            return self._get(key, lambda: OpenAIStudent(
+                settings.student_base_url, settings.student_model, get_api_key("openai"),
+                concurrency=settings.student_concurrency, prompt_format=settings.student_prompt_format,
+                top_logprobs=settings.student_top_logprobs))
         from .llama_student import LlamaStudent
         key = ("student", settings.student_gguf, settings.student_n_ctx, settings.student_threads)
         return self._get(key, lambda: LlamaStudent(settings.student_gguf, n_ctx=settings.student_n_ctx,

@@ -30,6 +30,7 @@ class _ServiceKey:
 
 _SERVICES: dict[str, _ServiceKey] = {
     "gemini": _ServiceKey(env_vars=("GEMINI_API_KEY", "GOOGLE_API_KEY"), keyring_user="gemini-api-key"),
+    "openai": _ServiceKey(env_vars=("OPENAI_API_KEY",), keyring_user="openai-api-key"),
 }
 
 _NO_KEYCHAIN = "No OS keychain is available; set GEMINI_API_KEY instead"

@@ -47,14 +47,22 @@ def evaluate_prompt(project: Project, student: Student, prompt_text: str, exampl
         return eval_id, existing["metrics"]
     progress.begin(stage or f"Scoring {kind} on {split}", len(examples))
     progress.report(len(done), len(examples), "resumed" if done else "")
-    for example in examples:
-        if example.id in done:
-            continue
-        check(progress)
-        pred = student.classify(prompt_text, example.text, labels)
+    todo = [e for e in examples if e.id not in done]
+
+    def record(example: Example, pred: Any) -> None:
         project.add_prediction(eval_id, example.id, pred.label, pred.probs, pred.latency_s)
         done[example.id] = {"predicted": pred.label, "probs": pred.probs, "latency_s": pred.latency_s}
         progress.report(len(done), len(examples), example.ext_id)
+
+    classify_many = getattr(student, "classify_many", None)
+    if classify_many is not None:  # a server-backed student runs requests concurrently
+        for i, pred in classify_many(prompt_text, [e.text for e in todo], labels, cancelled=progress.cancelled):
+            record(todo[i], pred)
+        check(progress)
+    else:
+        for example in todo:
+            check(progress)
+            record(example, student.classify(prompt_text, example.text, labels))
     gold = [e.label for e in examples]
     predicted = [done[e.id]["predicted"] for e in examples]
     latencies = [done[e.id]["latency_s"] for e in examples]

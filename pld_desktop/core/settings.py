@@ -14,11 +14,13 @@ class RunSettings:
     task: str = DEFAULT_TASK
     seed: int = 13
     # Teacher
-    teacher: str = "local"                # "local" (bundled SmolLM2 or a GGUF) | "gemini"
+    teacher: str = "local"                # "local" (bundled SmolLM2 or a GGUF) | "gemini" | "openai" (a server)
     teacher_model: str = "gemini-2.5-flash"
     teacher_gguf: str | None = None       # None -> bundled SmolLM2-135M-Instruct
     teacher_base_url: str | None = None   # Gemini endpoint override (tests, proxies)
     teacher_concurrency: int = 8
+    teacher_openai_base_url: str | None = None  # an OpenAI-compatible server (Ollama, vLLM, LM Studio, llama.cpp)
+    teacher_openai_model: str = ""
     teacher_max_attempts: int = 3         # validation retries per item before it is recorded as failed
     price_in_per_million: float = 0.30    # USD, user-editable price table for the remote teacher
     price_out_per_million: float = 2.50
@@ -26,6 +28,12 @@ class RunSettings:
     student_gguf: str | None = None       # None -> bundled Gemma 3 270M
     student_n_ctx: int = 4096
     student_threads: int | None = None
+    student_backend: str = "llama"        # "llama" (in-process GGUF) | "openai" (an OpenAI-compatible server)
+    student_base_url: str | None = None   # e.g. http://127.0.0.1:8080/v1
+    student_model: str | None = None      # None -> the first model the server lists
+    student_concurrency: int = 4
+    student_prompt_format: str = "completion"  # "completion" (exact, like the in-process student) | "chat"
+    student_top_logprobs: int = 20        # 20 is OpenAI/vLLM's cap; llama.cpp servers accept more
     # Embedder
     embedder: str | None = None           # None -> bundled all-MiniLM-L6-v2
     # Phase 2: synthesis

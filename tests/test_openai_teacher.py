@@ -1,0 +1,282 @@
+"""The OpenAI-compatible teacher against a scripted local OpenAI REST server, and once against llama_cpp.server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from pydantic import BaseModel
+
+from pld_desktop.backends.openai_teacher import OpenAITeacher
+from pld_desktop.core.backends import TeacherError, TeacherRequest
+from pld_desktop.core.teacher_prompts import EXTRACTION_SYSTEM, extraction_schema, extraction_user, rule_pattern
+
+KEY = "sk-test-PLANTED-5f1c2e9a7b"
+
+
+class Verdict(BaseModel):
+    label: str
+    reason: str
+
+
+REQUEST = TeacherRequest("Be brief.", "Classify: the card was stolen.", Verdict, "probe")
+
+
+def ok_reply(content: str = '{"label": "fraud", "reason": "stolen card"}') -> dict[str, Any]:
+    return {"id": "c1", "object": "chat.completion", "model": "served-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 21, "completion_tokens": 9, "total_tokens": 30,
+                      "completion_tokens_details": {"reasoning_tokens": 4},
+                      "prompt_tokens_details": {"cached_tokens": 8}}}
+
+
+class FakeOpenAI:
+    """A scripted OpenAI REST server on 127.0.0.1: `script` answers each POST with (status, body, headers)."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.script: Callable[[dict[str, Any]], tuple[int, Any, dict[str, str]]] = lambda body: (200, ok_reply(), {})
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _send(self, status: int, body: Any, headers: dict[str, str]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._send(200, {"object": "list", "data": [{"id": "served-model", "object": "model"}]}, {})
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = json.loads(raw or b"{}")
+                fake.requests.append({"path": self.path, "body": body,
+                                      "auth": self.headers.get("Authorization")})
+                self._send(*fake.script(body))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAI]:
+    server = FakeOpenAI()
+    yield server
+    server.close()
+
+
+def teacher(url: str, **kw: Any) -> OpenAITeacher:
+    kw.setdefault("retry_initial_s", 0.01)
+    kw.setdefault("retry_max_s", 0.02)
+    return OpenAITeacher(url, "served-model", api_key=KEY, **kw)
+
+
+def test_structured_reply_usage_and_request_shape(fake_openai: FakeOpenAI) -> None:
+    with teacher(fake_openai.url, concurrency=3) as t:
+        reply = t.generate(REQUEST)
+    assert Verdict.model_validate_json(reply.text).label == "fraud"
+    assert (reply.usage.prompt_tokens, reply.usage.output_tokens, reply.usage.total_tokens) == (21, 9, 30)
+    assert (reply.usage.thoughts_tokens, reply.usage.cached_tokens) == (4, 8)
+    assert reply.model == "served-model" and reply.finish_reason == "stop"
+    sent = fake_openai.requests[0]
+    assert sent["path"] == "/v1/chat/completions" and sent["auth"] == f"Bearer {KEY}"
+    assert sent["body"]["messages"] == [{"role": "system", "content": "Be brief."},
+                                        {"role": "user", "content": "Classify: the card was stolen."}]
+    fmt = sent["body"]["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["schema"] == Verdict.model_json_schema()
+    assert t.max_concurrency == 3 and KEY not in t.model_id and KEY not in repr(t)
+
+
+def test_server_without_json_schema_gets_json_object_with_schema(fake_openai: FakeOpenAI) -> None:
+    def script(body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        if body["response_format"]["type"] == "json_schema":  # what llama-cpp-python's server answers
+            return 500, {"error": {"message": "1 validation error: ('body', 'response_format', 'type') Input should "
+                                              "be 'text' or 'json_object', input: 'json_schema'"}}, {}
+        return 200, ok_reply(), {}
+    fake_openai.script = script
+    with teacher(fake_openai.url, retry_attempts=1) as t:
+        t.generate(REQUEST)
+        t.generate(REQUEST)
+    formats = [r["body"]["response_format"] for r in fake_openai.requests]
+    assert [f["type"] for f in formats] == ["json_schema", "json_object", "json_object"]
+    assert formats[1]["schema"] == Verdict.model_json_schema()
+
+
+def test_429_is_retried_then_reported_as_quota_exhausted(fake_openai: FakeOpenAI) -> None:
+    fake_openai.script = lambda body: (429, {"error": {"message": f"Rate limit reached for key {KEY}"}},
+                                       {"Retry-After": "0"})
+    with teacher(fake_openai.url, retry_attempts=3) as t, pytest.raises(TeacherError) as info:
+        t.generate(REQUEST)
+    assert len(fake_openai.requests) == 3
+    err = info.value
+    assert err.quota_exhausted and err.retryable and err.status == 429
+    assert KEY not in str(err) and "***" in str(err) and "429" in str(err)
+
+
+def test_server_error_retried_until_it_succeeds(fake_openai: FakeOpenAI) -> None:
+    answers = iter([(503, {"error": {"message": "overloaded"}}, {}), (500, "boom", {}), (200, ok_reply(), {})])
+    fake_openai.script = lambda body: next(answers)
+    with teacher(fake_openai.url, retry_attempts=3) as t:
+        assert Verdict.model_validate_json(t.generate(REQUEST).text).reason == "stolen card"
+    assert len(fake_openai.requests) == 3
+
+
+def test_persistent_5xx_is_retryable_and_4xx_is_not(fake_openai: FakeOpenAI) -> None:
+    fake_openai.script = lambda body: (502, {"error": {"message": "bad gateway"}}, {})
+    with teacher(fake_openai.url, retry_attempts=2) as t, pytest.raises(TeacherError) as info:
+        t.generate(REQUEST)
+    assert info.value.retryable and not info.value.quota_exhausted and info.value.status == 502
+    assert "bad gateway" in str(info.value)
+
+    fake_openai.requests.clear()
+    fake_openai.script = lambda body: (400, {"error": {"message": "max_tokens is too large"}}, {})
+    with teacher(fake_openai.url, retry_attempts=4) as t, pytest.raises(TeacherError) as info:
+        t.generate(REQUEST)
+    assert len(fake_openai.requests) == 1 and not info.value.retryable and info.value.status == 400
+    assert "max_tokens is too large" in str(info.value)
+
+
+def test_rejected_key_is_redacted_everywhere(fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture) -> None:
+    fake_openai.script = lambda body: (401, {"error": {"message": f"Incorrect API key provided: {KEY}"}}, {})
+    caplog.set_level(logging.DEBUG)
+    with teacher(fake_openai.url) as t, pytest.raises(TeacherError) as info:
+        t.generate(REQUEST)
+    assert not info.value.retryable and "API key was rejected" in str(info.value)
+    assert KEY not in str(info.value) and KEY not in caplog.text
+
+
+def test_unreachable_server_and_empty_reply_are_clear_errors(fake_openai: FakeOpenAI) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with teacher(f"http://127.0.0.1:{port}", retry_attempts=2) as t, pytest.raises(TeacherError) as info:
+        t.generate(REQUEST)
+    assert "Could not reach" in str(info.value) and info.value.retryable
+    fake_openai.script = lambda body: (200, ok_reply(content=""), {})
+    with teacher(fake_openai.url) as t, pytest.raises(TeacherError, match="empty reply"):
+        t.generate(REQUEST)
+    with pytest.raises(ValueError, match="not an http"):
+        OpenAITeacher("ftp://example.org", "m")
+
+
+def test_concurrent_calls_are_bounded(fake_openai: FakeOpenAI) -> None:
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def script(body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+        return 200, ok_reply(), {}
+    fake_openai.script = script
+    with teacher(fake_openai.url, concurrency=2) as t:
+        threads = [threading.Thread(target=t.generate, args=(REQUEST,)) for _ in range(6)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    assert len(fake_openai.requests) == 6 and peak[0] == 2
+
+
+# ---------------------------------------------------------------------------
+# Real server: llama_cpp.server serving the bundled SmolLM2
+# ---------------------------------------------------------------------------
+# llama.cpp's AMX kernels crash on some CPUs (see llama_runtime.extra_buffer_types_usable); the launcher loads the
+# model without extra buffer types where the probe says so, then runs llama_cpp.server's own main().
+SERVER_LAUNCHER = """
+import runpy, sys
+from pld_desktop.backends.llama_runtime import extra_buffer_types_usable
+import llama_cpp.llama_cpp as capi
+model = sys.argv[sys.argv.index("--model") + 1]
+if not extra_buffer_types_usable(model):
+    original = capi.llama_model_default_params
+    def params():
+        p = original()
+        p.use_extra_bufts = False
+        return p
+    capi.llama_model_default_params = params
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
+
+
+def start_llama_server(model: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """Start `python -m llama_cpp.server` on a free port and wait for /v1/models; (process, base URL)."""
+    import httpx2
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_file = open(os.devnull, "wb")
+    proc = subprocess.Popen([sys.executable, "-c", SERVER_LAUNCHER, "--model", str(model), "--host", "127.0.0.1",
+                             "--port", str(port), "--verbose", "false", *extra],
+                            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"llama_cpp.server exited with code {proc.returncode}")
+        try:
+            if httpx2.get(url + "/models", timeout=2).status_code == 200:
+                return proc, url
+        except httpx2.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("llama_cpp.server did not start within 120 s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.slow
+def test_phase1_reply_from_llama_cpp_server_with_smollm2() -> None:
+    pytest.importorskip("uvicorn")
+    from pld_desktop.backends.bundled import bundled_local_teacher_path
+    proc, url = start_llama_server(bundled_local_teacher_path(), "--n_ctx", "4096")
+    try:
+        labels = ("complaint", "fraud_report", "question")
+        schema = extraction_schema(labels)
+        user = extraction_user("Classify the customer message.", labels, {},
+                               "Someone took 300 pounds from my account with a card I never ordered.", "fraud_report")
+        request = TeacherRequest(EXTRACTION_SYSTEM, user, schema, "extraction", rule_pattern(["fraud_report"]))
+        with OpenAITeacher(url, "smollm2", concurrency=1, max_tokens=400, max_string_chars=320,
+                           retry_attempts=1) as t:
+            reply = t.generate(request)
+        parsed = schema.model_validate_json(reply.text)  # schema-valid: the server honoured the schema
+        assert parsed.label == "fraud_report"
+        assert parsed.rule.startswith("If ") and parsed.rule.endswith("answer fraud_report.")
+        assert reply.usage.prompt_tokens > 100 and reply.usage.output_tokens > 0
+        assert t._format_style == "json_object"  # llama-cpp-python refuses the json_schema form
+    finally:
+        stop_server(proc)
