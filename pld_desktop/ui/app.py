@@ -393,6 +393,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"{path.name} - PLD Desktop")
         self.setWindowFilePath(str(self.project_path))
         self.log.clear()
+        self._log_history()
         self._log_failures()
         self.stack.setCurrentIndex(1)
         self._build_views()
@@ -666,6 +667,18 @@ class MainWindow(QMainWindow):
         if status in ("failed", "quota_exhausted"):
             QMessageBox.warning(self, "The run stopped", message)
 
+    def _log_history(self) -> None:
+        import time as _time
+        assert self.project is not None
+        runs = self.project.query("SELECT started_at, finished_at, status, command FROM runs ORDER BY id")
+        if not runs:
+            self.log.appendPlainText("No runs yet. Press 'Run all phases' (F5) to start; every item is saved as it "
+                                     "completes, so a stopped run resumes where it stopped.")
+        for r in runs[-30:]:
+            when = _time.strftime("%Y-%m-%d %H:%M", _time.localtime(r["started_at"]))
+            took = f" in {_format_seconds(r['finished_at'] - r['started_at'])}" if r["finished_at"] else ""
+            self.log.appendPlainText(f"{when}  {r['command'] or 'run'}: {r['status']}{took}")
+
     def _log_failures(self) -> None:
         if self.project is None:
             return
@@ -752,12 +765,17 @@ class MainWindow(QMainWindow):
         info = project.dataset_info() or {}
         counts = {r["split"]: r["n"] for r in project.query("SELECT split, COUNT(*) AS n FROM examples GROUP BY split")}
         s = self._settings()
-        teacher = s.teacher_model + " (Gemini)" if s.teacher == "gemini" else "local GGUF teacher"
+        from ..backends.bundled import describe_model_choice
+        teacher = {"gemini": f"{s.teacher_model} (Gemini)",
+                   "openai": f"{s.teacher_openai_model or 'model'} at {s.teacher_openai_base_url}"}.get(
+            s.teacher, describe_model_choice(s.teacher_gguf, "teacher"))
+        student = (f"{s.student_model or 'server model'} at {s.student_base_url}" if s.student_backend == "openai"
+                   else describe_model_choice(s.student_gguf, "student"))
         self.title.setText(
             f"<h2 style='margin:0'>{self.project_path.name}</h2>{info.get('source_name', '')}: "
             f"{info.get('n_rows', 0)} rows, labels {', '.join(info.get('labels', []))} &nbsp;·&nbsp; "
             f"train {counts.get('train', 0)} / dev {counts.get('dev', 0)} / test {counts.get('test', 0)} (locked)"
-            f" &nbsp;·&nbsp; teacher: {teacher}")
+            f"<br>teacher: {teacher} &nbsp;·&nbsp; student: {student}")
         self._show_phases()
         self._show_results()
 
