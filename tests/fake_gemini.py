@@ -431,6 +431,124 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 # ---------------------------------------------------------------------------
+# Batch API (google-genai: POST models/<m>:batchGenerateContent, GET batches/<id>, POST batches/<id>:cancel)
+# ---------------------------------------------------------------------------
+_BATCH_CREATE = r"^/v1(?:alpha|beta)?/models/(?P<model>[^/:]+):batchGenerateContent$"
+_BATCH_GET = r"^/v1(?:alpha|beta)?/batches/(?P<id>[^/:]+)$"
+_BATCH_CANCEL = r"^/v1(?:alpha|beta)?/batches/(?P<id>[^/:]+):cancel$"
+_BATCH_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch"
+
+
+@dataclass
+class FakeBatchJob:
+    name: str
+    model: str
+    display_name: str
+    inlined: list[dict[str, Any]]  # the inlinedResponses, computed at creation by the server's canned responder
+    polls: int = 0
+    state: str = "BATCH_STATE_PENDING"
+
+
+class FakeBatches:
+    """Batch endpoints on a FakeGemini (see `enable_batches`). Every field may be changed while a test runs."""
+
+    def __init__(self, server: FakeGemini, *, pending_polls: int = 2, fail_state: str | None = None,
+                 echo_metadata: bool = True) -> None:
+        self.server = server
+        self.pending_polls = pending_polls  # GETs answered PENDING/RUNNING before the job ends
+        self.fail_state = fail_state        # e.g. "BATCH_STATE_FAILED" / "BATCH_STATE_EXPIRED" instead of success
+        self.echo_metadata = echo_metadata  # the real API echoes each request's metadata; False tests the fallback
+        self.create_error: FakeResponse | None = None  # answer the next create with this (e.g. quota_exhausted())
+        self.jobs: dict[str, FakeBatchJob] = {}
+        self.creates = 0
+        self.gets = 0
+        self.cancels = 0
+        self.inner_requests: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+        server.add_route("POST", _BATCH_CREATE, lambda srv, req, m: self._create(req, m))
+        server.add_route("GET", _BATCH_GET, lambda srv, req, m: self._get(m.group("id")))
+        server.add_route("POST", _BATCH_CANCEL, lambda srv, req, m: self._cancel(m.group("id")))
+
+    def _create(self, request: RecordedRequest, match: "re.Match[str]") -> ResponseLike:
+        with self._lock:
+            self.creates += 1
+            if self.create_error is not None:
+                answer, self.create_error = self.create_error, None
+                return answer
+        batch = (request.body or {}).get("batch") or {}
+        items = ((batch.get("inputConfig") or {}).get("requests") or {}).get("requests") or []
+        inlined = []
+        for item in items:
+            inner_body = item.get("request") or {}
+            inner = RecordedRequest(method="POST", path=request.path, query={}, headers={}, body=inner_body,
+                                    raw_body=b"", had_key=request.had_key, key_matched=request.key_matched,
+                                    model=match.group("model"), action="generateContent", time=time.monotonic())
+            with self._lock:
+                self.inner_requests.append(inner)
+            answer = self.server._next_scripted(inner)
+            out: dict[str, Any] = {}
+            if answer.status == 200:
+                out["response"] = json.loads(answer.encoded())
+            else:
+                err = (json.loads(answer.encoded() or b"{}") or {}).get("error") or {}
+                out["error"] = {"code": err.get("code", answer.status), "message": err.get("message", "error")}
+            if self.echo_metadata and item.get("metadata") is not None:
+                out["metadata"] = item["metadata"]
+            inlined.append(out)
+        with self._lock:
+            name = f"batches/fake{len(self.jobs) + 1:04d}"
+            job = FakeBatchJob(name, f"models/{match.group('model')}", batch.get("displayName", ""), inlined)
+            self.jobs[name] = job
+        return self._job_body(job)
+
+    def _get(self, job_id: str) -> ResponseLike:
+        with self._lock:
+            self.gets += 1
+            job = self.jobs.get(f"batches/{job_id}")
+            if job is None:
+                return error(404, "NOT_FOUND", f"Batch batches/{job_id} not found.")
+            job.polls += 1
+            if job.state in ("BATCH_STATE_PENDING", "BATCH_STATE_RUNNING"):
+                if job.polls > self.pending_polls:
+                    job.state = self.fail_state or "BATCH_STATE_SUCCEEDED"
+                elif job.polls > 1:
+                    job.state = "BATCH_STATE_RUNNING"
+            return self._job_body(job)
+
+    def _cancel(self, job_id: str) -> ResponseLike:
+        with self._lock:
+            self.cancels += 1
+            job = self.jobs.get(f"batches/{job_id}")
+            if job is None:
+                return error(404, "NOT_FOUND", f"Batch batches/{job_id} not found.")
+            job.state = "BATCH_STATE_CANCELLED"
+            return {}
+
+    @staticmethod
+    def _job_body(job: FakeBatchJob) -> dict[str, Any]:
+        metadata: dict[str, Any] = {"@type": _BATCH_TYPE, "name": job.name, "model": job.model,
+                                    "displayName": job.display_name, "state": job.state,
+                                    "createTime": "2026-11-28T10:00:00Z", "updateTime": "2026-11-28T10:00:01Z",
+                                    "batchStats": {"requestCount": str(len(job.inlined))}}
+        body: dict[str, Any] = {"name": job.name, "metadata": metadata}
+        if job.state == "BATCH_STATE_SUCCEEDED":
+            output = {"inlinedResponses": {"inlinedResponses": job.inlined}}
+            metadata["output"] = output
+            body["done"] = True
+            body["response"] = {"@type": _BATCH_TYPE, **output}
+        elif job.state in ("BATCH_STATE_FAILED", "BATCH_STATE_CANCELLED", "BATCH_STATE_EXPIRED"):
+            body["done"] = True
+            body["error"] = {"code": 13, "message": f"fake gemini: the batch ended as {job.state}"}
+        return body
+
+
+def enable_batches(server: FakeGemini, *, pending_polls: int = 2, fail_state: str | None = None,
+                   echo_metadata: bool = True) -> FakeBatches:
+    """Serve the Batch API on `server`: inline replies come from its queue/responder/default, like generateContent."""
+    return FakeBatches(server, pending_polls=pending_polls, fail_state=fail_state, echo_metadata=echo_metadata)
+
+
+# ---------------------------------------------------------------------------
 # pytest fixture
 # ---------------------------------------------------------------------------
 @pytest.fixture
@@ -445,4 +563,5 @@ __all__ = [
     "error_body", "error", "quota_exhausted", "server_error", "unavailable", "bad_request", "api_key_invalid",
     "unauthenticated", "permission_denied", "model_not_found", "safety_blocked", "candidate_blocked",
     "empty_candidates", "truncated_json", "invalid_json", "INVALID_JSON_TEXT", "raw",
+    "FakeBatches", "FakeBatchJob", "enable_batches",
 ]

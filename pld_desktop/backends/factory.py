@@ -24,9 +24,10 @@ class DefaultBackends:
 
     def teacher(self, settings: RunSettings) -> Teacher:
         if settings.teacher == "gemini":
-            from .gemini_teacher import GeminiTeacher
+            # The batch teacher is the interactive one plus submit/poll, so it serves both modes.
+            from .gemini_batch import GeminiBatchTeacher
             key = ("gemini", settings.teacher_model, settings.teacher_base_url, settings.teacher_concurrency)
-            return self._get(key, lambda: GeminiTeacher(
+            return self._get(key, lambda: GeminiBatchTeacher(
                 settings.teacher_model, base_url=settings.teacher_base_url,
                 max_concurrency=settings.teacher_concurrency,
                 price_per_million=(settings.price_in_per_million, settings.price_out_per_million)))

@@ -49,7 +49,15 @@ def run_pipeline(project: Project, settings: RunSettings, backends: BackendProvi
             current = phase
             _check_prerequisites(project, phase, set(phases))
             if phase == 1:
-                report.phases[1] = run_extraction(project, backends.teacher(settings), settings, progress)
+                teacher = backends.teacher(settings)
+                if settings.teacher_batch:
+                    from .batch_extraction import PollSchedule, run_batch_extraction
+                    if not hasattr(teacher, "submit_batch"):
+                        raise ValueError("Batch mode needs the Gemini teacher (--teacher gemini).")
+                    poll = PollSchedule(settings.batch_poll_initial_s, 1.5, settings.batch_poll_max_s)
+                    report.phases[1] = run_batch_extraction(project, teacher, settings, progress, poll=poll).extraction
+                else:
+                    report.phases[1] = run_extraction(project, teacher, settings, progress)
             elif phase == 2:
                 report.phases[2] = run_synthesis(project, backends.teacher(settings), backends.embedder(settings),
                                                  settings, progress)
@@ -89,7 +97,10 @@ def estimate_teacher_run(project: Project, settings: RunSettings, phases: Sequen
     tokens_in = int(todo * (chars / 4 + 350))
     tokens_out = todo * 180
     cost = (tokens_in * settings.price_in_per_million + tokens_out * settings.price_out_per_million) / 1e6
-    return (f"Phase 1 needs about {todo} teacher calls (~{tokens_in:,} input and ~{tokens_out:,} output tokens, "
+    if settings.teacher_batch:
+        from .batch_extraction import BATCH_PRICE_FACTOR
+        cost *= BATCH_PRICE_FACTOR
+    return (f"Phase 1{' (batch mode, half price)' if settings.teacher_batch else ''} needs about {todo} teacher calls (~{tokens_in:,} input and ~{tokens_out:,} output tokens, "
             f"~${cost:.2f} at the configured prices); phases 2-3 add about {max(1, int(len(train) ** 0.5))} + "
             f"{settings.loop_max_iterations} calls.")
 

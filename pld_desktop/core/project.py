@@ -139,7 +139,24 @@ def m001_initial(db: Database) -> None:
     )
 
 
-KNOWN_MIGRATIONS = ("m001_initial",)
+@migrations()
+def m002_teacher_batches(db: Database) -> None:
+    # Remote batch jobs (Gemini Batch API) outlive the process that submitted them: the job name and the
+    # request hashes it carries are kept so that a later run polls the job instead of submitting it again.
+    db.executescript(
+        """
+        CREATE TABLE teacher_batches (
+            id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, phase INTEGER NOT NULL, model TEXT NOT NULL,
+            state TEXT NOT NULL, n_requests INTEGER NOT NULL, message TEXT, merged INTEGER NOT NULL DEFAULT 0,
+            run_id INTEGER, created_at REAL NOT NULL, updated_at REAL NOT NULL);
+        CREATE TABLE teacher_batch_requests (
+            batch_id INTEGER NOT NULL REFERENCES teacher_batches(id), request_hash TEXT NOT NULL,
+            item_key TEXT NOT NULL, PRIMARY KEY (batch_id, request_hash));
+        """
+    )
+
+
+KNOWN_MIGRATIONS = ("m001_initial", "m002_teacher_batches")
 
 # Keys that must never be stored in the project file (secrets live in the keyring or the environment).
 _SECRET_MARKERS = ("api_key", "apikey", "secret", "password", "token_value")
@@ -490,6 +507,63 @@ class Project:
     def record_failure(self, phase: int, item_key: str, reason: str) -> None:
         self._write("INSERT INTO failed_items (phase, item_key, reason, run_id, created_at) VALUES (?,?,?,?,?)",
                     [phase, item_key, reason, self.run_id, time.time()])
+
+    # -- remote teacher batch jobs ------------------------------------------------------
+    def add_teacher_batch(self, name: str, *, phase: int, model: str, state: str,
+                          items: Sequence[tuple[str, str]]) -> int:
+        """Record a submitted batch job and its (request_hash, item_key) pairs in one transaction."""
+        now = time.time()
+        with self.transaction() as conn:
+            batch_id = conn.execute(
+                "INSERT INTO teacher_batches (name, phase, model, state, n_requests, run_id, created_at, updated_at) "
+                "VALUES (?,?,?,?,?,?,?,?)", [name, phase, model, state, len(items), self.run_id, now, now]).lastrowid
+            conn.executemany("INSERT OR IGNORE INTO teacher_batch_requests (batch_id, request_hash, item_key) "
+                             "VALUES (?,?,?)", [(batch_id, h, key) for h, key in items])
+        return int(batch_id or 0)
+
+    def update_teacher_batch(self, batch_id: int, *, state: str, message: str | None = None,
+                             merged: bool | None = None) -> None:
+        sets, params = ["state = ?", "updated_at = ?"], [state, time.time()]
+        if message is not None:
+            sets.append("message = ?")
+            params.append(message)
+        if merged is not None:
+            sets.append("merged = ?")
+            params.append(int(merged))
+        self._write(f"UPDATE teacher_batches SET {', '.join(sets)} WHERE id = ?", [*params, batch_id])
+
+    def teacher_batches(self, phase: int | None = None, *, open_only: bool = False) -> list[dict[str, Any]]:
+        """Batch jobs, oldest first; `open_only` keeps those whose results are not merged and that did not end badly."""
+        where, params = [], []
+        if phase is not None:
+            where.append("phase = ?")
+            params.append(phase)
+        if open_only:
+            where.append("merged = 0 AND state IN ('submitted', 'pending', 'running', 'succeeded')")
+        sql = "SELECT * FROM teacher_batches" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        return self.query(sql, params)
+
+    def merge_teacher_batch(self, batch_id: int, calls: Sequence[dict[str, Any]]) -> list[int]:
+        """Record a finished batch's replies as teacher calls and flag the batch merged, all in one transaction,
+        so a crash during the merge neither loses replies nor records them twice on the next run."""
+        ids: list[int] = []
+        now = time.time()
+        with self.transaction() as conn:
+            for fields in calls:
+                fields = {"created_at": now, "run_id": self.run_id, **fields}
+                cols = ",".join(fields)
+                cur = conn.execute(f"INSERT INTO teacher_calls ({cols}) VALUES ({','.join('?' * len(fields))})",
+                                   list(fields.values()))
+                ids.append(int(cur.lastrowid or 0))
+            conn.execute("UPDATE teacher_batches SET state = 'succeeded', merged = 1, updated_at = ? WHERE id = ?",
+                         [now, batch_id])
+        return ids
+
+    def teacher_batch_requests(self, batch_id: int) -> dict[str, str]:
+        """request_hash -> item_key for one batch job, in submission order."""
+        rows = self.query("SELECT request_hash, item_key FROM teacher_batch_requests WHERE batch_id = ? "
+                          "ORDER BY rowid", [batch_id])
+        return {r["request_hash"]: r["item_key"] for r in rows}
 
     # -- micro-rules --------------------------------------------------------------------
     def micro_rules(self) -> list[dict[str, Any]]:

@@ -21,6 +21,9 @@ class RunSettings:
     teacher_concurrency: int = 8
     teacher_openai_base_url: str | None = None  # an OpenAI-compatible server (Ollama, vLLM, LM Studio, llama.cpp)
     teacher_openai_model: str = ""
+    teacher_batch: bool = False           # phase 1 through Gemini Batch (half price, minutes to hours)
+    batch_poll_initial_s: float = 15.0
+    batch_poll_max_s: float = 300.0
     teacher_max_attempts: int = 3         # validation retries per item before it is recorded as failed
     price_in_per_million: float = 0.30    # USD, user-editable price table for the remote teacher
     price_out_per_million: float = 2.50
