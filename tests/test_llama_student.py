@@ -329,9 +329,10 @@ def sentiment_prompt(labels=SENTIMENT, task: str = "Classify the sentiment of th
 
 
 @pytest.fixture(scope="module")
-def student():
+def student(tmp_path_factory):
     from pld_desktop.backends.llama_student import LlamaStudent
-    s = LlamaStudent(n_ctx=4096)
+    # A private state folder: the counters the tests check must not depend on states saved by earlier runs.
+    s = LlamaStudent(n_ctx=4096, state_dir=tmp_path_factory.mktemp("prefix-states"))
     yield s
     s.close()
 
@@ -455,7 +456,7 @@ def test_prefix_reuse_matches_fresh_evaluation(student) -> None:
     prompt_b = sentiment_prompt(task="Decide how the customer feels about the product.")
     calls = [(prompt, text) for text in TEXTS[:5] for prompt in (prompt_a, prompt_a, prompt_b)]
     reused, evaluated, restored = [], [], []
-    student.clear_prefix_cache()
+    student.clear_prefix_cache(disk=True)  # states saved by earlier tests would count as restores
     for prompt, text in calls:
         before = student.stats()
         reused.append(student.classify(prompt, text, SENTIMENT))
@@ -493,7 +494,7 @@ def test_interleaved_prompts_restore_the_system_state_exactly(student) -> None:
     prompt_a = sentiment_prompt() + "\n\n" + padding
     prompt_b = sentiment_prompt(task="Decide how the customer feels about the product.") + "\n\n" + padding
     assert student.prompt_split(prompt_a, "x")[1] > 600
-    student.clear_prefix_cache()
+    student.clear_prefix_cache(disk=True)  # states saved by earlier tests would count as restores
     calls = [(prompt, text) for text in TEXTS[:3] for prompt in (prompt_a, prompt_b)]
     cached, counters = [], []
     for prompt, text in calls:
@@ -509,7 +510,7 @@ def test_interleaved_prompts_restore_the_system_state_exactly(student) -> None:
             assert (restores, saves) == (0, 1) and evaluated >= system_end
         else:  # A and B come back: no system-part evaluation, a state restore instead
             assert (restores, saves) == (1, 0) and evaluated < system_end - 500, (i, evaluated, system_end)
-    with LlamaStudent(n_ctx=4096, prefix_cache_bytes=0) as uncached:
+    with LlamaStudent(n_ctx=4096, prefix_cache_bytes=0, disk_cache_bytes=0) as uncached:
         for (prompt, text), pred in zip(calls, cached):
             expected = uncached.classify(prompt, text, SENTIMENT)
             assert pred.label == expected.label

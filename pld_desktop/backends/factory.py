@@ -62,7 +62,7 @@ class DefaultBackends:
         from .llama_student import LlamaStudent
         key = ("student", settings.student_gguf, settings.student_n_ctx, settings.student_threads)
         return self._get(key, lambda: LlamaStudent(settings.student_gguf, n_ctx=settings.student_n_ctx,
-                                                   n_threads=settings.student_threads))
+                                                   n_threads_batch=settings.student_threads))
 
     def embedder(self, settings: RunSettings) -> Embedder:
         from .embedder import SentenceTransformerEmbedder

@@ -18,7 +18,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import weakref
+import zlib
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -36,7 +38,7 @@ from pld_desktop.core.backends import ModelIdentity, PromptTooLong
 
 __all__ = [
     "EvalStats", "GGUF_MAGIC", "LlamaContextCursor", "LlamaOwner", "ModelFileError", "PrefixStateCache",
-    "backend_name",
+    "PrefixStateDiskCache", "backend_name", "cache_dir", "state_settings",
     "check_gguf_file", "extra_buffer_types_usable", "file_sha256", "gguf_chat_formatter", "load_llama",
     "model_identity", "read_gguf_metadata", "template_supports_system",
 ]
@@ -52,6 +54,10 @@ def backend_name() -> str:
 
 
 def cache_dir() -> Path:
+    """PLD Desktop's cache folder: $PLD_CACHE_DIR if set, else $XDG_CACHE_HOME/pld-desktop (~/.cache/pld-desktop)."""
+    override = os.environ.get("PLD_CACHE_DIR")
+    if override:
+        return Path(override).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "pld-desktop"
 
@@ -257,15 +263,19 @@ class EvalStats:
     state_saves: int = 0        # system-part states stored in the prefix-state cache
     state_restores: int = 0     # system parts restored from the prefix-state cache instead of evaluated
     state_evictions: int = 0    # states dropped from the prefix-state cache (LRU, bounded by bytes)
+    disk_saves: int = 0         # system-part states written to the on-disk prefix-state cache
+    disk_loads: int = 0         # system parts restored from a state file instead of evaluated
+    disk_rejects: int = 0       # state files found unusable (corrupted, truncated, other settings) and deleted
 
 
 class PrefixStateCache:
     """LRU of llama.cpp sequence states (`llama_state_seq_get_data` of sequence 0), keyed by the token tuple of
-    the system piece they hold, bounded by the total bytes of the states. Owner thread only."""
+    the system piece they hold, bounded by the total bytes of the states. Owner thread only.
+    States are kept as bytearrays so a restore can hand llama.cpp the buffer without copying it first."""
 
     def __init__(self, capacity_bytes: int = 1 << 30) -> None:
         self.capacity_bytes = int(capacity_bytes)
-        self._states: "OrderedDict[tuple[int, ...], bytes]" = OrderedDict()
+        self._states: "OrderedDict[tuple[int, ...], bytes | bytearray]" = OrderedDict()
         self.nbytes = 0
 
     def __len__(self) -> int:
@@ -274,13 +284,13 @@ class PrefixStateCache:
     def __contains__(self, key: tuple[int, ...]) -> bool:
         return key in self._states
 
-    def get(self, key: tuple[int, ...]) -> bytes | None:
+    def get(self, key: tuple[int, ...]) -> bytes | bytearray | None:
         state = self._states.get(key)
         if state is not None:
             self._states.move_to_end(key)
         return state
 
-    def put(self, key: tuple[int, ...], state: bytes) -> int:
+    def put(self, key: tuple[int, ...], state: bytes | bytearray) -> int:
         """Store a state; returns how many older states were evicted. A state larger than the whole capacity
         is not stored."""
         if key in self._states:
@@ -299,6 +309,181 @@ class PrefixStateCache:
     def clear(self) -> None:
         self._states.clear()
         self.nbytes = 0
+
+
+def state_settings(llama: llama_cpp.Llama, model_sha256: str, **extra: Any) -> dict[str, Any]:
+    """Everything a saved sequence state depends on besides the prompt tokens: the model file, the llama.cpp
+    build and CPU features (kernels round differently), and the context settings that change the KV layout or
+    its numbers (size, batching, KV types, attention kernel, SWA cache size). Call on the owner thread."""
+    params = llama.context_params
+    fields = ("n_ctx", "n_batch", "n_ubatch", "n_seq_max", "type_k", "type_v", "flash_attn_type", "swa_full",
+              "kv_unified", "offload_kqv", "embeddings", "rope_freq_base", "rope_freq_scale")
+    settings: dict[str, Any] = {name: getattr(params, name) for name in fields if hasattr(params, name)}
+    settings.update(model_sha256=model_sha256, llama_cpp_python=llama_cpp.__version__,
+                    system_info=llama_capi.llama_print_system_info().decode("utf-8", "replace").strip(),
+                    n_ctx_actual=int(llama.n_ctx()), **extra)
+    return settings
+
+
+class PrefixStateDiskCache:
+    """System-piece states saved as files, so a new process (reopening a project) restores a prompt's state
+    instead of evaluating the prompt again.
+
+    A file is named by the sha256 of (`settings`, the piece's tokens); see `state_settings` for what the
+    settings hold. Files are written atomically (temporary file in the same folder, then `os.replace`), so
+    processes sharing the folder never see half a file; each holds a header with its key, token count, payload
+    size and CRC-32, and a file that fails any check (truncated, corrupted, another key) is deleted and ignored.
+    The folder is bounded by `capacity_bytes`: after each write the least recently used files (by mtime, which a
+    load refreshes) are deleted. Every file-system error is logged and treated as a miss: the cache can make a
+    run faster, never make it fail. One instance is used from one thread (the model's owner thread).
+    """
+
+    MAGIC = b"PLDSTATE"
+    FORMAT = 1
+    SUFFIX = ".state"
+
+    def __init__(self, directory: str | os.PathLike[str] | None, settings: Mapping[str, Any], *,
+                 capacity_bytes: int = 4 << 30) -> None:
+        self.directory = Path(directory).expanduser() if directory is not None else cache_dir() / "prefix-states"
+        self.capacity_bytes = int(capacity_bytes)
+        self._settings_blob = json.dumps(dict(settings), sort_keys=True, default=str).encode("utf-8")
+
+    def key(self, tokens: Sequence[int]) -> str:
+        digest = hashlib.sha256(self._settings_blob)
+        digest.update(b"\0tokens\0")
+        digest.update(np.asarray(tokens, dtype=np.int64).tobytes())
+        return digest.hexdigest()
+
+    def path(self, tokens: Sequence[int]) -> Path:
+        return self.directory / f"{self.key(tokens)}{self.SUFFIX}"
+
+    def __contains__(self, tokens: Sequence[int]) -> bool:
+        return self.path(tokens).is_file()
+
+    def load(self, tokens: Sequence[int]) -> bytearray | None:
+        """The saved state of this token piece, or None (missing, or unusable and then deleted)."""
+        key = self.key(tokens)
+        path = self.directory / f"{key}{self.SUFFIX}"
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                data = bytearray(size)
+                got = f.readinto(data)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("could not read the saved prompt state %s: %s", path, exc)
+            return None
+        payload_start = self._check(data, got, key, len(tokens))
+        if payload_start is None:
+            log.warning("ignoring and deleting the damaged or foreign prompt-state file %s", path)
+            self._unlink(path)
+            return None
+        try:
+            os.utime(path)  # LRU by mtime: a state in use is the last one evicted
+        except OSError:
+            pass
+        del data[:payload_start]  # in place: the payload stays the only copy
+        return data
+
+    def _check(self, data: bytearray, got: int, key: str, n_tokens: int) -> int | None:
+        """Offset of the payload if the file is complete and is the state for `key`, else None."""
+        head = len(self.MAGIC) + 4
+        if got != len(data) or got < head or bytes(data[:len(self.MAGIC)]) != self.MAGIC:
+            return None
+        (header_len,) = struct.unpack("<I", data[len(self.MAGIC):head])
+        if header_len > got - head:
+            return None
+        try:
+            header = json.loads(bytes(data[head:head + header_len]).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return None
+        start = head + header_len
+        if not isinstance(header, dict) or header.get("format") != self.FORMAT or header.get("key") != key:
+            return None
+        if header.get("n_tokens") != n_tokens or header.get("payload_bytes") != got - start:
+            return None
+        if header.get("crc32") != zlib.crc32(memoryview(data)[start:]):
+            return None
+        return start
+
+    def save(self, tokens: Sequence[int], state: bytes | bytearray) -> bool:
+        """Write the state of this token piece (atomically), then evict the oldest files beyond the capacity.
+        False if it was not written (too large, or a file-system error)."""
+        if not state or len(state) > self.capacity_bytes:
+            return False
+        key = self.key(tokens)
+        header = json.dumps({"format": self.FORMAT, "key": key, "n_tokens": len(tokens),
+                             "payload_bytes": len(state), "crc32": zlib.crc32(state),
+                             "created": time.time()}).encode("utf-8")
+        target = self.directory / f"{key}{self.SUFFIX}"
+        tmp: str | None = None
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=self.SUFFIX, dir=self.directory)
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.MAGIC + struct.pack("<I", len(header)) + header)
+                f.write(state)
+            os.replace(tmp, target)
+            tmp = None
+        except OSError as exc:
+            log.warning("could not save a prompt state in %s: %s", self.directory, exc)
+            return False
+        finally:
+            if tmp is not None:
+                self._unlink(Path(tmp))
+        self.evict(keep=target)
+        return True
+
+    def entries(self) -> list[tuple[Path, int, int]]:
+        """(path, bytes, mtime_ns) of every state file, oldest first."""
+        found = []
+        try:
+            candidates = list(self.directory.glob(f"*{self.SUFFIX}"))
+        except OSError:
+            return []
+        for path in candidates:
+            if path.name.startswith(".partial-"):
+                continue
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            found.append((path, st.st_size, st.st_mtime_ns))
+        found.sort(key=lambda entry: entry[2])
+        return found
+
+    def evict(self, keep: Path | None = None) -> int:
+        """Delete the least recently used files until the folder holds at most `capacity_bytes`; returns how
+        many were deleted. `keep` (the file just written) goes last."""
+        entries = self.entries()
+        total = sum(size for _, size, _ in entries)
+        removed = 0
+        for path, size, _ in sorted(entries, key=lambda entry: entry[0] == keep):
+            if total <= self.capacity_bytes:
+                break
+            if self._unlink(path):
+                removed += 1
+            total -= size
+        return removed
+
+    def nbytes(self) -> int:
+        return sum(size for _, size, _ in self.entries())
+
+    def clear(self) -> None:
+        for path, _, _ in self.entries():
+            self._unlink(path)
+
+    @staticmethod
+    def _unlink(path: Path) -> bool:
+        try:
+            path.unlink()
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.warning("could not delete %s: %s", path, exc)
+            return False
 
 
 class LlamaContextCursor:
@@ -321,14 +506,18 @@ class LlamaContextCursor:
     an empty cache, the KV state of sequence 0 is copied into `prefix_cache` (keyed by those tokens); a later
     `begin()` whose system piece is not the one in the context but is in the cache clears the context and
     restores that state instead of evaluating the piece again. The restored KV entries are the bytes the
-    evaluation produced, so what follows is bit-identical to the fresh path (tests check it).
+    evaluation produced, so what follows is bit-identical to the fresh path (tests check it). With a
+    `disk_cache` the state is also written to a file, and a piece found in neither the context nor memory is
+    loaded from its file (a new process, e.g. a reopened project, then skips the evaluation).
     """
 
     def __init__(self, llama: llama_cpp.Llama, *, reuse_prefix: bool = True,
-                 prefix_cache: PrefixStateCache | None = None) -> None:
+                 prefix_cache: PrefixStateCache | None = None,
+                 disk_cache: PrefixStateDiskCache | None = None) -> None:
         self.llama = llama
         self.reuse_prefix = reuse_prefix
         self.prefix_cache = prefix_cache if reuse_prefix else None
+        self.disk_cache = disk_cache if reuse_prefix else None
         self.n_vocab = llama.n_vocab()
         self.n_swa = int(llama_capi.llama_model_n_swa(llama.model))
         self.stats = EvalStats()
@@ -342,7 +531,10 @@ class LlamaContextCursor:
     def _clear(self) -> None:
         memory = self._memory()
         if memory is not None:
-            llama_capi.llama_memory_clear(memory, True)
+            # data=False: only the cell metadata. Clearing the data memsets the whole KV buffer (150 MB for a
+            # 270M model at n_ctx 8192), which cost more than restoring a state; cells not in use are masked
+            # out and their old (finite) values never reach a result.
+            llama_capi.llama_memory_clear(memory, False)
         self.llama.n_tokens = 0
         self.anchor = None
         self._logits_at = None
@@ -394,34 +586,77 @@ class LlamaContextCursor:
             if self._truncate(system_end) == system_end:
                 return
         self._clear()
-        if self.prefix_cache is not None and system_end > 0 and len(self._boundaries) > 1:
-            state = self.prefix_cache.get(tuple(prompt[:system_end]))
-            if state is not None and self._restore(prompt[:system_end], state):
-                return
+        if system_end > 0 and len(self._boundaries) > 1:
+            self._restore_saved(prompt[:system_end])
 
-    # -- prefix-state cache ----------------------------------------------------------------------------
+    # -- prefix-state caches ---------------------------------------------------------------------------
+    @property
+    def keeps_states(self) -> bool:
+        return self.prefix_cache is not None or self.disk_cache is not None
+
+    def attach_disk_cache(self, disk_cache: PrefixStateDiskCache | None) -> None:
+        self.disk_cache = disk_cache if self.reuse_prefix else None
+
+    def _restore_saved(self, system_tokens: Sequence[int]) -> bool:
+        """Restore the system piece from memory, else from disk (then kept in memory too). The context is
+        cleared on entry and stays cleared on a miss."""
+        key = tuple(system_tokens)
+        if self.prefix_cache is not None:
+            state = self.prefix_cache.get(key)
+            if state is not None and self._restore(system_tokens, state):
+                return True
+        if self.disk_cache is None:
+            return False
+        state = self.disk_cache.load(key)
+        if state is None:
+            return False
+        if not self._restore(system_tokens, state):
+            # Intact file that llama.cpp refuses (e.g. a changed KV layout the key did not capture): drop it.
+            self.stats.disk_rejects += 1
+            self.disk_cache._unlink(self.disk_cache.path(key))  # noqa: SLF001 - same module
+            return False
+        self.stats.disk_loads += 1
+        if self.prefix_cache is not None:
+            self.stats.state_evictions += self.prefix_cache.put(key, state)
+        return True
+
     def _save_state(self, system_tokens: Sequence[int]) -> None:
-        cache = self.prefix_cache
         key = tuple(int(t) for t in system_tokens)
-        if cache is None or key in cache:
+        memory_cache, disk_cache = self.prefix_cache, self.disk_cache
+        in_memory = memory_cache is None or key in memory_cache
+        on_disk = disk_cache is None or key in disk_cache
+        if in_memory and on_disk:
             return
         ctx = self.llama.ctx
         size = int(llama_capi.llama_state_seq_get_size(ctx, 0))
-        if size <= 0 or size > cache.capacity_bytes:
+        if size <= 0:
             return
-        buffer = (ctypes.c_uint8 * size)()
-        written = int(llama_capi.llama_state_seq_get_data(ctx, buffer, size, 0))
+        state = bytearray(size)
+        view = (ctypes.c_uint8 * size).from_buffer(state)  # llama.cpp writes straight into the bytearray
+        written = int(llama_capi.llama_state_seq_get_data(ctx, view, size, 0))
+        del view  # release the buffer export so the bytearray can be trimmed
         if written <= 0:
             return
-        self.stats.state_evictions += cache.put(key, ctypes.string_at(buffer, written))
-        self.stats.state_saves += 1
+        del state[written:]
+        if not in_memory and len(state) <= memory_cache.capacity_bytes:  # type: ignore[union-attr]
+            self.stats.state_evictions += memory_cache.put(key, state)  # type: ignore[union-attr]
+            self.stats.state_saves += 1
+        if not on_disk and disk_cache.save(key, state):  # type: ignore[union-attr]
+            self.stats.disk_saves += 1
 
-    def _restore(self, system_tokens: Sequence[int], state: bytes) -> bool:
+    def _restore(self, system_tokens: Sequence[int], state: bytes | bytearray) -> bool:
         """Load a saved system-piece state into the (cleared) context; False (context cleared) on failure."""
         llama = self.llama
         n = len(system_tokens)
-        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
-        if int(llama_capi.llama_state_seq_set_data(llama.ctx, buffer, len(state), 0)) != len(state):
+        if isinstance(state, bytearray):
+            buffer = (ctypes.c_uint8 * len(state)).from_buffer(state)  # no copy
+        else:
+            buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        try:
+            loaded = int(llama_capi.llama_state_seq_set_data(llama.ctx, buffer, len(state), 0))
+        finally:
+            del buffer
+        if loaded != len(state):
             log.warning("could not restore a saved prompt state; evaluating the prompt again")
             self._clear()
             return False
@@ -462,7 +697,7 @@ class LlamaContextCursor:
                 self.stats.tokens_evaluated += stop - start
                 if start == 0:
                     self.anchor = stop
-                    if (self.prefix_cache is not None and stop < len(target) and len(self._boundaries) > 1
+                    if (self.keeps_states and stop < len(target) and len(self._boundaries) > 1
                             and stop == self._boundaries[0]):
                         self._save_state(target[:stop])
         except BaseException:

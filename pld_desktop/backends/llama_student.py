@@ -5,7 +5,9 @@ The answer is not generated freely: P(label) is the probability that decoding co
 next-token logits at the few points where the allowed answers branch; the label is its argmax. Consecutive
 calls keep the system prompt's part of the KV cache, so a loop over examples with one prompt evaluates only
 each example's own tokens; the KV state of each system prompt's part is also kept in an in-memory LRU
-(`prefix_cache_bytes`), so alternating between prompts restores that state instead of evaluating it again.
+(`prefix_cache_bytes`), so alternating between prompts restores that state instead of evaluating it again, and
+in files under ~/.cache/pld-desktop/prefix-states (`state_dir`, `disk_cache_bytes`), so a new process restores it
+too.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import heapq
 import itertools
+import logging
 import math
 import os
 import threading
@@ -27,7 +30,8 @@ import llama_cpp.llama_cpp as llama_capi
 
 from pld_desktop.backends.bundled import ModelFileError, bundled_student_path
 from pld_desktop.backends.llama_runtime import (EvalStats, LlamaContextCursor, LlamaOwner, PrefixStateCache,
-                                                gguf_chat_formatter, model_identity)
+                                                PrefixStateDiskCache, gguf_chat_formatter, model_identity,
+                                                state_settings)
 from pld_desktop.core.backends import ModelIdentity, Prediction, PromptTooLong
 from pld_desktop.core.prompts import student_user_message
 
@@ -35,6 +39,7 @@ __all__ = ["END", "EvalStats", "LabelSpace", "LlamaContextCursor", "LlamaStudent
            "token_pieces"]
 
 END = -1  # the "answer ends here" step (any end-of-generation token)
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------
@@ -324,8 +329,13 @@ class _StudentModel:
 class LlamaStudent:
     """The Student protocol on a local GGUF model through llama-cpp-python (default: the bundled Gemma 3 270M).
 
-    `prefix_cache_bytes` bounds the in-memory LRU of system-prompt KV states (0 disables it; it also needs
-    `flash_attn`, see the constructor).
+    `prefix_cache_bytes` bounds the in-memory LRU of system-prompt KV states and `disk_cache_bytes` the folder of
+    saved states (`state_dir`, default `$PLD_CACHE_DIR` or ~/.cache/pld-desktop, then prefix-states/); 0
+    disables either; both need `flash_attn` and `n_threads` 1 (the default). `n_threads` is for one-token
+    decodes (only labels that branch after their first token need them; an example's own tokens are one batch):
+    measured on Gemma 3 270M, 2 threads there make a restored state's logits differ from a fresh evaluation's
+    (~2e-2 in a label probability), which would break the exactness of the state caches, so they are off if
+    `n_threads` > 1. Prompt processing (`n_threads_batch`) uses every core by default.
 
     Thread contract: one owner thread (`LlamaOwner`) holds the model and runs every call; the public methods
     may be called from any thread and are serialised in arrival order.
@@ -334,19 +344,34 @@ class LlamaStudent:
     def __init__(self, model_path: str | os.PathLike[str] | None = None, n_ctx: int = 4096,
                  n_threads: int | None = None, n_threads_batch: int | None = None, *,
                  reuse_prefix: bool = True, use_extra_bufts: bool | None = None,
-                 prefix_cache_bytes: int = 1 << 30, flash_attn: bool = True) -> None:
+                 prefix_cache_bytes: int = 1 << 30, flash_attn: bool = True,
+                 state_dir: str | os.PathLike[str] | None = None, disk_cache_bytes: int = 2 << 30) -> None:
         path = bundled_student_path() if model_path is None else model_path
+        n_threads = 1 if n_threads is None else int(n_threads)
         self._owner = LlamaOwner(path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads_batch,
                                  name="student", use_extra_bufts=use_extra_bufts, flash_attn=flash_attn)
         try:
             # A restored state holds only the sliding-window cells an SWA cache (Gemma 3) still needs, in other
             # cache slots than a fresh evaluation: only llama.cpp's flash-attention kernel (which skips masked
             # cells and visits the others in order) gives bit-identical results then, so the cache needs it.
-            cache_bytes = prefix_cache_bytes if flash_attn else 0
+            # Likewise a one-token decode on several threads (see the class docstring): no state caches then.
+            exact_restores = flash_attn and n_threads <= 1
+            if reuse_prefix and flash_attn and not exact_restores:
+                log.warning("student n_threads=%d: saved prompt states are not used (with several threads a "
+                            "one-token decode after a restored state is not bit-identical); set the threads "
+                            "for prompt processing (n_threads_batch) instead", n_threads)
+            cache_bytes = prefix_cache_bytes if exact_restores else 0
             self._model: _StudentModel = self._owner.call(
                 lambda llama: _StudentModel(llama, reuse_prefix, cache_bytes))
             self.n_ctx: int = self._owner.call(lambda llama: llama.n_ctx())
             self.identity: ModelIdentity = model_identity(self._owner.model_path, self._model.metadata)
+            self.disk_cache: PrefixStateDiskCache | None = None
+            if reuse_prefix and exact_restores and disk_cache_bytes > 0:
+                sha, extra_bufts = self.identity.sha256, self._owner.use_extra_bufts
+                settings = self._owner.call(lambda llama: state_settings(llama, sha, use_extra_bufts=extra_bufts))
+                self.disk_cache = PrefixStateDiskCache(state_dir, settings, capacity_bytes=disk_cache_bytes)
+                disk_cache = self.disk_cache
+                self._owner.call(lambda _llama: self._model.cursor.attach_disk_cache(disk_cache))
         except BaseException:
             self._owner.close()
             raise
@@ -396,9 +421,13 @@ class LlamaStudent:
         """The label space used to score `labels` (read-only)."""
         return self._run(lambda m: m.label_space(list(labels))[0])  # type: ignore[return-value]
 
-    def clear_prefix_cache(self) -> None:
-        """Drop every saved system-prompt state (the context itself is left as it is)."""
+    def clear_prefix_cache(self, *, disk: bool = False) -> None:
+        """Drop every system-prompt state kept in memory, and with `disk` every state file in the student's
+        state folder too (the context itself is left as it is)."""
         self._run(lambda m: m.prefix_cache.clear() if m.prefix_cache is not None else None)
+        if disk and self.disk_cache is not None:
+            disk_cache = self.disk_cache
+            self._run(lambda _m: disk_cache.clear())
 
     def prefix_cache_info(self) -> tuple[int, int]:
         """(number of saved system-prompt states, their total bytes)."""

@@ -92,9 +92,10 @@ class PhaseCard(QGroupBox):
             counts += f" · about {_format_seconds(eta)} left"
         self.counts.setText(counts)
         if teacher is not None:
-            self.teacher.setText(f"teacher: {teacher['calls']} calls, "
-                                 f"{teacher['prompt_tokens'] + teacher['output_tokens'] + teacher['thoughts_tokens']:,}"
-                                 f" tokens, ${teacher['cost_usd']:.4f}")
+            tokens = teacher["prompt_tokens"] + teacher["output_tokens"] + teacher["thoughts_tokens"]
+            cost = f", ${teacher['cost_usd']:.4f}" if teacher["cost_usd"] else ""  # a local teacher costs nothing
+            failed = f" ({teacher['failed']} failed)" if teacher["failed"] else ""
+            self.teacher.setText(f"teacher: {teacher['calls']} calls{failed}, {tokens:,} tokens{cost}")
         self.message.setText(message or "")
         self.message.setToolTip(message or "")
         self.start_btn.setText("Resume" if state in ("cancelled", "paused", "failed", "running") and not running_here
