@@ -853,15 +853,22 @@ def main(argv: list[str] | None = None) -> int:
     app.setApplicationName("PLD Desktop")
     app.setApplicationVersion(__version__)
     app.setWindowIcon(app_icon())
+    app.setDesktopFileName("pld-desktop")
     window = MainWindow()
-    args = app.arguments()[1:]
+    args = [a for a in app.arguments()[1:] if a != "--smoke-test"]
+    smoke = "--smoke-test" in app.arguments()
     window.show()
     if args and args[0].endswith(".pld"):
         window.open_project(Path(args[0]))
     elif args and args[0].lower().endswith((".csv", ".tsv")):
         QTimer.singleShot(0, lambda: window.new_project(Path(args[0])))
-    if os.environ.get("PLD_SMOKE_TEST"):  # packaged-app smoke test: show, paint once, quit with status 0
-        QTimer.singleShot(1500, app.quit)
+    if smoke:  # packaged-app smoke test: show, render once, quit with status 0 (1 if a given project failed)
+        def finish() -> None:
+            window.grab()
+            failed = bool(args) and args[0].endswith(".pld") and window.project is None
+            print(f"PLD_SMOKE {'failed' if failed else 'ok'} project={window.project_path}", flush=True)
+            app.exit(1 if failed else 0)
+        QTimer.singleShot(500, finish)
     return app.exec()
 
 
