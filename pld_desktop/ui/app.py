@@ -6,7 +6,6 @@ The project file is the document and every change is written into it as it happe
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
