@@ -98,14 +98,54 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def _apply_run_overrides(settings: Any, args: argparse.Namespace) -> None:
+    """Copy the run options given on the command line into `settings` (saved with the run, so a rerun without
+    them resumes the same way); a server teacher or student chosen here must have an address."""
     pairs = {"teacher": "teacher", "teacher_model": "teacher_model", "teacher_gguf": "teacher_gguf",
              "student": "student_gguf", "base_url": "teacher_base_url", "concurrency": "teacher_concurrency",
+             "teacher_openai_base_url": "teacher_openai_base_url", "teacher_openai_model": "teacher_openai_model",
+             "student_backend": "student_backend", "student_base_url": "student_base_url",
+             "student_model": "student_model", "student_concurrency": "student_concurrency",
+             "student_prompt_format": "student_prompt_format", "student_top_logprobs": "student_top_logprobs",
              "max_iterations": "loop_max_iterations", "max_test": "max_test_examples", "n_ctx": "student_n_ctx",
              "task": "task", "sample_size": "loop_sample_size"}
     for arg, field in pairs.items():
         value = getattr(args, arg, None)
         if value is not None:
             setattr(settings, field, value)
+    if getattr(args, "student", None) and getattr(args, "student_backend", None) is None:
+        settings.student_backend = "llama"  # a GGUF named on the command line is meant to run in this process
+    # Checked here, before any model loads or the run is recorded, only for what this command line chose.
+    if getattr(args, "teacher", None) == "openai":
+        if not settings.teacher_openai_base_url:
+            raise ValueError("--teacher openai needs the server's address: --teacher-base-url "
+                             "(e.g. http://127.0.0.1:11434/v1 for Ollama, http://127.0.0.1:8000/v1 for vLLM).")
+        if not (settings.teacher_openai_model or "").strip():
+            raise ValueError("--teacher openai needs the served model's name: --teacher-openai-model "
+                             "(e.g. qwen2.5:7b-instruct on Ollama).")
+        _check_server_url("--teacher-base-url", settings.teacher_openai_base_url)
+    if getattr(args, "student_backend", None) == "openai":
+        if not settings.student_base_url:
+            raise ValueError("--student-backend openai needs the server's address: --student-base-url "
+                             "(e.g. http://127.0.0.1:8080/v1 for llama.cpp's server).")
+        _check_server_url("--student-base-url", settings.student_base_url)
+
+
+def _check_server_url(option: str, url: str) -> None:
+    from .backends.openai_student import normalise_base_url
+    try:
+        normalise_base_url(url)
+    except ValueError as exc:
+        raise ValueError(f"{option}: {exc}") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _run(project_path: str, args: argparse.Namespace, phases: Sequence[int], command: str,
@@ -276,12 +316,28 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_init)
 
     def run_options(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--teacher", choices=["gemini", "local"])
+        sp.add_argument("--teacher", choices=["gemini", "local", "openai"],
+                        help="openai: an OpenAI-compatible server (Ollama, vLLM, LM Studio, llama.cpp)")
         sp.add_argument("--teacher-model", help="Gemini model name")
         sp.add_argument("--teacher-gguf", help="GGUF file for the local teacher")
         sp.add_argument("--base-url", help="Gemini endpoint (proxies, tests)")
-        sp.add_argument("--concurrency", type=int)
+        sp.add_argument("--teacher-base-url", dest="teacher_openai_base_url", metavar="URL",
+                        help="OpenAI-compatible teacher server, e.g. http://127.0.0.1:11434/v1 "
+                             "(API key: OPENAI_API_KEY or the OS keychain)")
+        sp.add_argument("--teacher-openai-model", metavar="NAME", help="model name on the teacher server")
+        sp.add_argument("--concurrency", type=_positive_int, help="teacher requests in flight at once")
         sp.add_argument("--student", help="student GGUF (default: bundled Gemma 3 270M)")
+        sp.add_argument("--student-backend", choices=["llama", "openai"],
+                        help="llama: the GGUF in this process (default); openai: an OpenAI-compatible server")
+        sp.add_argument("--student-base-url", metavar="URL", help="student server, e.g. http://127.0.0.1:8080/v1")
+        sp.add_argument("--student-model", metavar="NAME",
+                        help="model name on the student server (default: the first one it lists)")
+        sp.add_argument("--student-concurrency", type=_positive_int, help="student requests in flight at once")
+        sp.add_argument("--student-prompt-format", choices=["completion", "chat"],
+                        help="completion: the exact prompt on /v1/completions (default); chat: the server's "
+                             "chat template")
+        sp.add_argument("--student-top-logprobs", type=_positive_int,
+                        help="next-token logprobs asked per step (OpenAI and vLLM allow at most 20)")
         sp.add_argument("--n-ctx", type=int, help="student context size")
         sp.add_argument("--max-iterations", type=int)
         sp.add_argument("--sample-size", type=int, help="closed-loop training sample per round")

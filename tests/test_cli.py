@@ -54,3 +54,93 @@ def test_export_before_any_rules_is_a_clear_error(tmp_path: Path) -> None:
 def test_opening_a_non_project(tmp_path: Path) -> None:
     r = pld("status", str(demo_csv()))
     assert r.returncode == 2 and "not a PLD project" in r.stderr
+
+
+# ---------------------------------------------------------------------------
+# OpenAI-compatible teacher and student options
+# ---------------------------------------------------------------------------
+def _openai_extraction_script(body: dict) -> tuple[int, dict, dict]:
+    """The fake OpenAI server answers each extraction request the way the FakeTeacher would."""
+    from types import SimpleNamespace
+
+    from tests.fakes import FakeTeacher
+    from tests.test_openai_teacher import ok_reply
+
+    user = next(m["content"] for m in body["messages"] if m["role"] == "user")
+    reply = FakeTeacher()._reply(SimpleNamespace(kind="extraction", user=user), {})  # type: ignore[arg-type]
+    return 200, ok_reply(json.dumps(reply)), {}
+
+
+def test_run_phase_1_with_an_openai_compatible_teacher(tmp_path: Path) -> None:
+    import os
+
+    from tests.test_openai_teacher import KEY, FakeOpenAI
+
+    proj = tmp_path / "bank.pld"
+    assert pld("init", str(proj), "--csv", str(demo_csv()), "--text", "message", "--label", "label",
+               "--id", "id").returncode == 0
+    server = FakeOpenAI()
+    server.script = _openai_extraction_script
+    env = {**os.environ, "OPENAI_API_KEY": KEY, "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring"}
+    try:
+        r = subprocess.run([sys.executable, "-m", "pld_desktop.cli", "run", str(proj), "--phase", "1",
+                            "--teacher", "openai", "--teacher-base-url", server.url.removesuffix("/v1"),
+                            "--teacher-openai-model", "served-model", "--concurrency", "3", "--quiet"],
+                           capture_output=True, text=True, timeout=600, env=env)
+    finally:
+        server.close()
+    assert r.returncode == 0, r.stderr
+    assert KEY not in r.stdout + r.stderr
+    status = json.loads(pld("status", str(proj), "--json").stdout)
+    train = status["splits"]["train"]
+    assert status["phases"]["Extraction"]["state"] == "done" and status["micro_rules"] == train
+    assert status["teacher"]["calls"] == train == len(server.requests)
+    sent = server.requests[0]
+    assert sent["path"] == "/v1/chat/completions" and sent["auth"] == f"Bearer {KEY}"
+    assert sent["body"]["model"] == "served-model" and sent["body"]["response_format"]["type"] == "json_schema"
+    from pld_desktop.core.project import Project
+    from pld_desktop.core.settings import load_settings
+    with Project.open(proj, read_only=True) as project:  # the choice is saved for reruns; the key is not
+        saved = load_settings(project)
+        assert (saved.teacher, saved.teacher_openai_model, saved.teacher_concurrency) == ("openai", "served-model", 3)
+        assert saved.teacher_openai_base_url == server.url.removesuffix("/v1")
+        models = {c["model"] for c in project.query("SELECT DISTINCT model FROM teacher_calls")}
+        assert models == {f"openai:served-model@{server.url}"}  # the bare address gets /v1, as the server expects
+    assert KEY.encode() not in proj.read_bytes()
+
+
+def test_openai_options_are_checked_before_anything_runs(tmp_path: Path) -> None:
+    proj = tmp_path / "bank.pld"
+    assert pld("init", str(proj), "--csv", str(demo_csv()), "--text", "message", "--label", "label").returncode == 0
+    r = pld("run", str(proj), "--phase", "1", "--teacher", "openai", "--teacher-openai-model", "m")
+    assert r.returncode == 2 and "--teacher-base-url" in r.stderr and "Traceback" not in r.stderr
+    r = pld("run", str(proj), "--phase", "1", "--teacher", "openai", "--teacher-base-url", "localhost:11434")
+    assert r.returncode == 2 and "--teacher-openai-model" in r.stderr
+    r = pld("run", str(proj), "--phase", "1", "--teacher", "openai", "--teacher-base-url", "localhost:11434",
+            "--teacher-openai-model", "m")
+    assert r.returncode == 2 and "--teacher-base-url" in r.stderr and "not an http(s) URL" in r.stderr
+    r = pld("eval", str(proj), "--student-backend", "openai")
+    assert r.returncode == 2 and "--student-base-url" in r.stderr
+    r = pld("run", str(proj), "--student-concurrency", "0")
+    assert r.returncode == 2 and "at least 1" in r.stderr
+    status = json.loads(pld("status", str(proj), "--json").stdout)
+    assert all(ph["state"] == "pending" for ph in status["phases"].values()), status["phases"]
+
+
+def test_student_server_options_reach_the_settings() -> None:
+    from pld_desktop.cli import _apply_run_overrides, build_parser
+    from pld_desktop.core.settings import RunSettings
+
+    args = build_parser().parse_args(["run", "p.pld", "--student-backend", "openai", "--student-base-url",
+                                      "http://127.0.0.1:8080/v1", "--student-model", "gemma", "--student-concurrency",
+                                      "6", "--student-prompt-format", "chat", "--student-top-logprobs", "50"])
+    settings = RunSettings(student_gguf="/models/keep.gguf")
+    _apply_run_overrides(settings, args)
+    assert (settings.student_backend, settings.student_base_url, settings.student_model) == \
+        ("openai", "http://127.0.0.1:8080/v1", "gemma")
+    assert (settings.student_concurrency, settings.student_prompt_format, settings.student_top_logprobs) == \
+        (6, "chat", 50)
+    assert settings.student_gguf == "/models/keep.gguf" and settings.teacher == "local"  # untouched
+    # Naming a GGUF switches a saved server student back to the in-process one.
+    _apply_run_overrides(settings, build_parser().parse_args(["run", "p.pld", "--student", "/models/b.gguf"]))
+    assert (settings.student_backend, settings.student_gguf) == ("llama", "/models/b.gguf")

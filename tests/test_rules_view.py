@@ -335,3 +335,171 @@ def test_real_student_tokens_and_real_embedder_conflicts(qtbot, project: Project
     model.push(SetLabel(question["uid"], "complaint"))
     assert "tokenizer failed" in editor.token_label.text()
     assert model.rules()[[r["uid"] for r in model.rules()].index(question["uid"])]["label"] == "complaint"
+
+
+# ---------------------------------------------------------------------------
+# Conflicts from the embedder, found on a background thread
+# ---------------------------------------------------------------------------
+def _make_similar_pair(editor: RulesEditor) -> tuple[str, str]:
+    """Reword a question rule into a complaint rule's wording (label kept): a similarity conflict for the embedder."""
+    from pld_desktop.core.rule_edits import SetText
+    rules = editor.model.rules()
+    complaint = next(r for r in rules if r["label"] == "complaint")
+    question = next(r for r in rules if r["label"] == "question")
+    assert editor.model.push(SetText(question["uid"], complaint["text"].replace("answer complaint",
+                                                                                "answer question")))
+    return complaint["uid"], question["uid"]
+
+
+def _similarity_partners(editor: RulesEditor, uid: str) -> set[str]:
+    return {c["other"] for c in editor.model.conflicts_of(uid) if c["source"] == "similarity"}
+
+
+def test_find_conflicts_runs_in_the_background_and_refreshes_the_view(qtbot, project: Project) -> None:
+    backends = FakeBackends()
+    embedded: list[int] = []
+    embed = backends.e.embed
+    backends.e.embed = lambda texts: (embedded.append(len(texts)), embed(texts))[1]  # type: ignore[method-assign]
+    editor = RulesEditor(project, backends_factory=lambda: backends)
+    qtbot.addWidget(editor)
+    complaint, question = _make_similar_pair(editor)
+    searched = editor.model.rule_set_id
+    before = len(project.conflicts(searched))
+    assert complaint not in _similarity_partners(editor, question)  # the edit alone ran no model
+    editor.select_uid(question)
+    shown_before = editor.conflict_list.topLevelItemCount()
+    undo_steps = editor.undo_stack.count()
+
+    with qtbot.waitSignal(editor.conflict_search_finished, timeout=30000) as done:
+        editor.find_conflicts_action.trigger()
+        assert editor.searching() and not editor.search_row.isHidden()
+        assert not editor.find_conflicts_action.isEnabled() and "v" in editor.search_label.text()
+    status, added = done.args
+    assert status == "done" and added == len(project.conflicts(searched)) - before > 0
+    assert embedded == [1]  # only the reworded rule was new; the micro-rules came from the project's cache
+    assert complaint in _similarity_partners(editor, question)
+    assert question in _similarity_partners(editor, complaint)  # both sides of the pair
+    assert editor.conflict_list.topLevelItemCount() > shown_before  # the side panel shows it at once
+    sources = [editor.conflict_list.topLevelItem(i).text(1) for i in range(editor.conflict_list.topLevelItemCount())]
+    assert "similarity" in sources
+    assert editor.model.index_of_uid(complaint).data(ConflictRole)  # and the tree's conflict role
+    assert "new conflict" in editor.status.text() and f"v{searched}" in editor.status.text()
+    assert editor.search_row.isHidden() and editor.find_conflicts_action.isEnabled() and not editor.searching()
+    assert editor.model.rule_set_id == searched and editor.undo_stack.count() == undo_steps  # no reset, no version
+
+    # A second run finds nothing new and adds no duplicates.
+    with qtbot.waitSignal(editor.conflict_search_finished, timeout=30000) as again:
+        editor.find_conflicts_action.trigger()
+    assert again.args == ["done", 0] and "no new conflicts" in editor.status.text()
+    assert len(project.conflicts(searched)) == before + added
+
+
+class _BlockingEmbedder:
+    """An embedder with nothing cached (its own model id) that blocks until the test lets it go."""
+
+    model_id = "blocking-embedder"
+
+    def __init__(self) -> None:
+        import threading
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.inner = FakeBackends().e
+
+    def embed(self, texts: Any) -> Any:
+        self.entered.set()
+        assert self.release.wait(30)
+        return self.inner.embed(texts)
+
+
+def test_find_conflicts_can_be_cancelled(qtbot, project: Project) -> None:  # type: ignore[no-untyped-def]
+    backends = FakeBackends()
+    blocking = _BlockingEmbedder()
+    backends.e = blocking  # type: ignore[assignment]
+    editor = RulesEditor(project, backends_factory=lambda: backends)
+    qtbot.addWidget(editor)
+    searched = editor.model.rule_set_id
+    before = project.conflicts(searched)
+    editor.find_conflicts_action.trigger()
+    qtbot.waitUntil(blocking.entered.is_set, timeout=10000)
+    qtbot.waitUntil(lambda: editor.search_bar.maximum() > 0, timeout=5000)  # the embedding stage has a size
+    assert "embedding" in editor.search_label.text()
+    editor.search_cancel.click()
+    assert not editor.search_cancel.isEnabled() and "Stopping" in editor.search_label.text()
+    with qtbot.waitSignal(editor.conflict_search_finished, timeout=30000) as done:
+        blocking.release.set()
+    assert done.args == ["cancelled", 0]
+    assert "cancelled" in editor.status.text() and editor.find_conflicts_action.isEnabled()
+    assert project.conflicts(searched) == before
+
+
+def test_find_conflicts_failure_is_shown_in_words(qtbot, project: Project) -> None:  # type: ignore[no-untyped-def]
+    class NoEmbedder(FakeBackends):
+        closed = False
+
+        def embedder(self, settings: object) -> Any:
+            raise FileNotFoundError("The embedder folder /nowhere/minilm does not exist.")
+
+        def close(self) -> None:
+            NoEmbedder.closed = True
+
+    editor = RulesEditor(project, backends_factory=NoEmbedder)
+    qtbot.addWidget(editor)
+    with qtbot.waitSignal(editor.conflict_search_finished, timeout=30000) as done:
+        editor.find_conflicts_action.trigger()
+    assert done.args == ["failed", 0]
+    assert "conflict search failed" in editor.status.text() and "/nowhere/minilm" in editor.status.text()
+    assert editor.find_conflicts_action.isEnabled() and NoEmbedder.closed
+
+
+def test_conflicts_found_after_an_edit_are_not_shown_on_the_new_version(qtbot, project: Project) -> None:
+    backends = FakeBackends()
+    blocking = _BlockingEmbedder()
+    backends.e = blocking  # type: ignore[assignment]
+    editor = RulesEditor(project, backends_factory=lambda: backends)
+    qtbot.addWidget(editor)
+    complaint, question = _make_similar_pair(editor)
+    searched = editor.model.rule_set_id
+    editor.find_conflicts_action.trigger()
+    qtbot.waitUntil(blocking.entered.is_set, timeout=10000)
+    editor.model.push(Move(uids(editor.model)[0], 2))  # the user keeps editing: a new version
+    with qtbot.waitSignal(editor.conflict_search_finished, timeout=30000) as done:
+        blocking.release.set()
+    assert done.args[0] == "done" and done.args[1] > 0
+    assert any({c["rule_a"], c["rule_b"]} == {complaint, question} and c["source"] == "similarity"
+               for c in project.conflicts(searched))
+    assert f"v{searched}" in editor.status.text() and "edited since" in editor.status.text()
+
+
+def test_closing_the_editor_stops_the_search(qtbot, project_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    from pld_desktop.ui import rules_view
+    backends = FakeBackends()
+    blocking = _BlockingEmbedder()
+    backends.e = blocking  # type: ignore[assignment]
+    editor = RulesEditor(project_path, backends_factory=lambda: backends)
+    qtbot.addWidget(editor)
+    searched = editor.model.rule_set_id
+    with Project.open(project_path, read_only=True) as before:
+        stored = before.conflicts(searched)
+    editor.find_conflicts_action.trigger()
+    qtbot.waitUntil(blocking.entered.is_set, timeout=10000)
+    threading.Timer(0.3, blocking.release.set).start()  # the embedder returns while close() is waiting
+    editor.close()  # cancels, then waits for the thread before the project closes
+    assert not editor.searching() and all(t.isFinished() for t in rules_view._LIVE_SEARCHES)
+    qtbot.waitUntil(lambda: not rules_view._LIVE_SEARCHES, timeout=5000)  # dropped once its end is delivered
+    with Project.open(project_path, read_only=True) as reopened:
+        assert reopened.conflicts(searched) == stored  # stopped before anything was written
+        assert reopened.integrity_check() == "ok"
+
+
+@pytest.mark.slow
+def test_find_conflicts_with_the_real_embedder(qtbot, project: Project) -> None:  # type: ignore[no-untyped-def]
+    """The default backends factory loads the embedded MiniLM on the worker thread and finds the edited pair."""
+    editor = RulesEditor(project)  # no backends_factory: DefaultBackends, as in the app
+    qtbot.addWidget(editor)
+    complaint, question = _make_similar_pair(editor)
+    with qtbot.waitSignal(editor.conflict_search_finished, timeout=180000) as done:
+        editor.find_conflicts_action.trigger()
+    assert done.args[0] == "done" and done.args[1] > 0, editor.status.text()
+    assert complaint in _similarity_partners(editor, question)

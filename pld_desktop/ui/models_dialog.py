@@ -1,4 +1,4 @@
-"""The model settings dialog: teacher (local GGUF or Gemini, with its API key), student and embedder."""
+"""The model settings dialog: teacher (local GGUF, Gemini or an OpenAI-compatible server), student and embedder."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (QButtonGroup, QComboBox, QDialog, QDialogButtonBo
 
 from ..backends import secrets
 from ..backends.bundled import ModelFileError, bundled_embedder_path, bundled_local_teacher_path
+from ..backends.openai_student import normalise_base_url
 from ..core.settings import RunSettings
 
 # Editable: the list only suggests names; any model id the API knows can be typed.
@@ -24,6 +25,15 @@ GEMINI_MODELS = ("gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.5-pro",
 BUNDLED_STUDENT = "Gemma 3 270M Q4_K_M (bundled)"
 BUNDLED_TEACHER = "SmolLM2-135M-Instruct (bundled)"
 BUNDLED_EMBEDDER = "all-MiniLM-L6-v2 (bundled)"
+OPENAI_SERVERS = "Ollama, vLLM, LM Studio, llama.cpp"
+# Where a key comes from when it is not in the keychain (the first variable is the one we suggest).
+KEY_ENV_VARS = {"gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"), "openai": ("OPENAI_API_KEY",)}
+PROMPT_FORMATS = (("completion", "Completion: the exact prompt on /v1/completions (as in-process)"),
+                  ("chat", "Chat: the server's chat template on /v1/chat/completions"))
+# The student-server check classifies one made-up message (the dialog has no project to take one from).
+PROBE_TASK = "Decide what the message is about: the weather or food."
+PROBE_TEXT = "It has rained all week and tomorrow brings snow."
+PROBE_LABELS = ("weather", "food")
 
 # Threads that outlive a closed dialog are kept here until they finish (a running QThread must not be destroyed).
 _LIVE_CHECKS: set["_CheckThread"] = set()
@@ -96,6 +106,9 @@ def check_student(model_path: str | None, n_ctx: int, n_threads: int | None) -> 
 def probe_teacher(settings: RunSettings, api_key: str | None) -> str:
     """One tiny real call to the configured teacher; a sentence on success, an exception otherwise.
     `api_key` (a key typed but not saved yet) overrides the stored one for this call only."""
+    if settings.teacher == "openai":
+        return probe_openai_teacher(settings.teacher_openai_base_url or "", settings.teacher_openai_model,
+                                    api_key).describe()
     if settings.teacher == "gemini":
         from ..backends.gemini_teacher import GeminiTeacher
 
@@ -122,6 +135,125 @@ def probe_teacher(settings: RunSettings, api_key: str | None) -> str:
         return (f"The local teacher {name} loaded and answered in {elapsed:.1f} s, but its reply was not the "
                 f"requested JSON: {reply.text[:120]!r}. Runs validate and retry every reply.")
     return f"The local teacher {name} loaded and answered in {elapsed:.1f} s ({reply.usage.total_tokens} tokens)."
+
+
+def _listed_models(http: Any) -> tuple[str, ...]:
+    """The model ids an OpenAI-compatible server lists at /models (some list none yet accept any name)."""
+    listing = http.get("/models")
+    data = listing.get("data") if isinstance(listing, dict) else None
+    return tuple(str(m["id"]) for m in (data or []) if isinstance(m, dict) and m.get("id"))
+
+
+def _names(models: tuple[str, ...], limit: int = 8) -> str:
+    shown = ", ".join(models[:limit])
+    return shown + (f" and {len(models) - limit} more" if len(models) > limit else "")
+
+
+@dataclass(frozen=True)
+class ServerCheck:
+    """What an OpenAI-compatible teacher server told us: the models it lists and how the tiny call went."""
+
+    models: tuple[str, ...]
+    message: str
+
+    def describe(self) -> str:
+        return self.message
+
+
+def probe_openai_teacher(base_url: str, model: str, api_key: str | None) -> ServerCheck:
+    """List the server's models, then make one tiny structured call to `model`, as a run would."""
+    from pydantic import BaseModel
+
+    from ..backends.openai_student import OpenAIHttp
+    from ..backends.openai_teacher import OpenAITeacher
+    from ..core.backends import TeacherRequest
+
+    key = api_key or secrets.get_api_key("openai")
+    http = OpenAIHttp(base_url, key, timeout_s=30.0, max_connections=1, who="The teacher server")
+    try:
+        models = _listed_models(http)
+        where = http.base_url
+    finally:
+        http.close()
+    listed = f"it lists {_names(models)}" if models else "it lists no models"
+    model = model.strip()
+    if not model:
+        return ServerCheck(models, f"The server at {where} answers; {listed}. Choose the teacher model "
+                                   "above and test again.")
+
+    class Ping(BaseModel):
+        answer: str
+
+    started = time.perf_counter()
+    # One attempt, no backoff: the user is waiting and wants the first answer, good or bad.
+    with OpenAITeacher(base_url, model, api_key=key, concurrency=1, retry_attempts=1, timeout_s=60.0) as teacher:
+        reply = teacher.generate(TeacherRequest("Reply in JSON.", 'Reply with {"answer": "OK"}.', Ping, "probe"))
+    elapsed = time.perf_counter() - started
+    note = "" if not models or model in models else (
+        f" Note: {model!r} is not among the listed models, but the server accepted the name.")
+    try:
+        Ping.model_validate_json(reply.text)
+    except ValueError:
+        return ServerCheck(models, f"Connected to {where} ({listed}). {model} answered in {elapsed:.1f} s, but "
+                                   f"not with the requested JSON: {reply.text[:120]!r}. Runs validate and retry "
+                                   f"every reply.{note}")
+    return ServerCheck(models, f"Connected to {where} ({listed}). {model} answered in {elapsed:.1f} s with valid "
+                               f"JSON ({reply.usage.total_tokens} tokens).{note}")
+
+
+@dataclass(frozen=True)
+class StudentServerCheck:
+    """What an OpenAI-compatible student server told us, and one classification through the real scorer."""
+
+    base_url: str
+    models: tuple[str, ...]
+    model: str
+    scoring: str
+    grammar: bool
+    n_ctx: int
+    prompt_format: str
+    label: str
+    probs: dict[str, float]
+    latency_s: float
+    requests: int
+
+    def describe(self) -> str:
+        how = ("next-token logprobs" + (", with a grammar for labels outside the top-k" if self.grammar else "")
+               if self.scoring == "logprobs" else "constrained answers (the server returns no logprobs)")
+        probs = ", ".join(f"{label} {p:.2f}" for label, p in self.probs.items())
+        lines = [f"Connected to {self.base_url}: it lists {_names(self.models) if self.models else 'no models'}.",
+                 f"Model: {self.model}; context {self.n_ctx:,} tokens; {self.prompt_format} route; labels scored "
+                 f"from {how}.",
+                 f"A test classification (\"{PROBE_TEXT}\") took {self.latency_s:.1f} s and {self.requests} "
+                 f"request(s): {self.label} ({probs})."]
+        if self.scoring != "logprobs":
+            lines.append("Warning: without logprobs every answer gets probability 1.0, so the per-label "
+                         "probabilities in the results carry no information.")
+        return "\n".join(lines)
+
+
+def check_student_server(settings: RunSettings, api_key: str | None) -> StudentServerCheck:
+    """List the student server's models, set up the server-backed student as a run would, classify one text."""
+    from ..backends.openai_student import OpenAIHttp, OpenAIStudent
+
+    key = api_key or secrets.get_api_key("openai")
+    base_url = settings.student_base_url or ""
+    http = OpenAIHttp(base_url, key, timeout_s=30.0, max_connections=1, who="The student server")
+    try:
+        models = _listed_models(http)
+    finally:
+        http.close()
+    with OpenAIStudent(base_url, settings.student_model or None, key, concurrency=1, timeout_s=60.0,
+                       prompt_format=settings.student_prompt_format,
+                       top_logprobs=settings.student_top_logprobs) as student:
+        started = time.perf_counter()
+        prediction = student.classify(PROBE_TASK, PROBE_TEXT, list(PROBE_LABELS))
+        elapsed = time.perf_counter() - started
+        return StudentServerCheck(
+            base_url=student.base_url, models=models, model=student.model, scoring=student.scoring,
+            grammar=bool(student.grammar), n_ctx=int(student.n_ctx), prompt_format=student.prompt_format,
+            label=prediction.label, probs=dict(prediction.probs), latency_s=elapsed,
+            requests=int(student.stats()["requests"]))
 
 
 def keychain_available() -> bool:
@@ -178,11 +310,106 @@ class _CheckThread(QThread):
 
 
 # ---------------------------------------------------------------------------
+# An API key field (one per place a key is asked for; several may share a service)
+# ---------------------------------------------------------------------------
+class ApiKeyField(QWidget):
+    """A password field with "Save to keychain" and "Remove", and a line saying which key is in use.
+    The key goes to the OS keychain (backends/secrets.py), never into the settings."""
+
+    message = Signal(str)   # words for the user after a save or a removal
+    changed = Signal()      # the stored key changed: fields of the same service refresh
+
+    def __init__(self, service: str, optional_note: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.service = service
+        self.optional_note = optional_note
+        self.env_var = KEY_ENV_VARS[service][0]
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        self.edit = QLineEdit()
+        self.edit.setEchoMode(QLineEdit.EchoMode.Password)
+        self.edit.setPlaceholderText("paste a key to save it in the OS keychain")
+        self.save_btn = QPushButton("Save to keychain")
+        self.save_btn.clicked.connect(self.save)
+        self.forget_btn = QPushButton("Remove")
+        self.forget_btn.setToolTip("Delete the key stored in the OS keychain")
+        self.forget_btn.clicked.connect(self.forget)
+        row.addWidget(self.edit, 1)
+        row.addWidget(self.save_btn)
+        row.addWidget(self.forget_btn)
+        layout.addLayout(row)
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        self.refresh()
+
+    def typed(self) -> str:
+        return self.edit.text().strip()
+
+    def status_text(self) -> str:
+        source = secrets.api_key_source(self.service)
+        have_keychain = keychain_available()
+        if source is not None and source.startswith("environment"):
+            text = f"Key in use: from the {source}."
+            if have_keychain:
+                text += " A key saved here is stored but the environment variable takes precedence."
+        elif source is not None:
+            text = "Key in use: from the OS keychain (service 'pld-desktop')."
+        else:
+            text = "No key is set." + (f" {self.optional_note}" if self.optional_note else "")
+        if not have_keychain:
+            text += (" No OS keychain is available on this system, so a key cannot be saved here: set the "
+                     f"{self.env_var} environment variable before starting PLD Desktop.")
+        return text
+
+    def refresh(self) -> None:
+        self.status.setText(self.status_text())
+        have_keychain = keychain_available()
+        self.save_btn.setEnabled(have_keychain)
+        self.forget_btn.setEnabled(have_keychain and secrets.api_key_source(self.service) == "OS keychain")
+        if not have_keychain:
+            self.save_btn.setToolTip(f"No OS keychain is available; set {self.env_var} instead")
+
+    def store_typed(self) -> None:
+        """Save the typed key (raises SecretStoreError or ValueError with a message free of the key)."""
+        key = self.edit.text()
+        try:
+            secrets.set_api_key(key, self.service)
+        except (secrets.SecretStoreError, ValueError) as exc:
+            # secrets' messages name GEMINI_API_KEY whatever the service; name this service's variable.
+            text = secrets.redact(str(exc), [key]).replace(KEY_ENV_VARS["gemini"][0], self.env_var)
+            raise type(exc)(text) from None
+        self.edit.clear()
+        self.changed.emit()
+
+    def save(self) -> None:
+        if not self.typed():
+            self.message.emit("Paste an API key into the field first.")
+            return
+        try:
+            self.store_typed()
+        except (secrets.SecretStoreError, ValueError) as exc:
+            self.message.emit(f"The key was not saved: {exc}")
+            return
+        self.message.emit("The API key is saved in the OS keychain (not in the project).")
+
+    def forget(self) -> None:
+        try:
+            secrets.delete_api_key(self.service)
+        except secrets.SecretStoreError as exc:
+            self.message.emit(str(exc))
+            return
+        self.changed.emit()
+        self.message.emit("The API key was removed from the OS keychain.")
+
+
+# ---------------------------------------------------------------------------
 # The dialog
 # ---------------------------------------------------------------------------
 class ModelsDialog(QDialog):
-    """Edits the model part of a project's RunSettings. The API key never enters the settings: it goes to the
-    OS keychain (backends/secrets.py) or stays in the environment."""
+    """Edits the model part of a project's RunSettings. API keys never enter the settings: they go to the
+    OS keychain (backends/secrets.py) or stay in the environment."""
 
     def __init__(self, settings: RunSettings, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -190,10 +417,12 @@ class ModelsDialog(QDialog):
         self._original = dataclasses.replace(settings)
         self._task: _CheckThread | None = None
         self.last_student_check: StudentCheck | None = None
+        self.last_server_check: StudentServerCheck | None = None
         self._build()
         self._load(settings)
         self._refresh_key_status()
         self._update_teacher_mode()
+        self._update_student_mode()
 
     # -- construction -------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -227,21 +456,19 @@ class ModelsDialog(QDialog):
         self.buttons.accepted.connect(self.accept)
         self.buttons.rejected.connect(self.reject)
         outer.addWidget(self.buttons)
-        self.resize(720, 600)
+        self.resize(760, 640)
 
     def _build_teacher(self) -> QWidget:
         page = QWidget()
         layout = QVBoxLayout(page)
-        mode = QHBoxLayout()
         self.local_radio = QRadioButton("Local GGUF model (offline, free)")
         self.gemini_radio = QRadioButton("Gemini API (needs an API key, paid per token)")
+        self.openai_radio = QRadioButton(f"OpenAI-compatible server ({OPENAI_SERVERS})")
         self._mode_group = QButtonGroup(self)
-        for b in (self.local_radio, self.gemini_radio):
+        for b in (self.local_radio, self.gemini_radio, self.openai_radio):
             self._mode_group.addButton(b)
-            mode.addWidget(b)
+            layout.addWidget(b)
             b.toggled.connect(self._update_teacher_mode)
-        mode.addStretch(1)
-        layout.addLayout(mode)
 
         self.local_box = QGroupBox("Local teacher")
         form = QFormLayout(self.local_box)
@@ -256,10 +483,39 @@ class ModelsDialog(QDialog):
         self.gemini_model.setEditable(True)
         self.gemini_model.addItems(GEMINI_MODELS)
         form.addRow("Model:", self.gemini_model)
+        self.gemini_key = ApiKeyField("gemini")
+        # The names the rest of the app and the tests use for the Gemini key widgets.
+        self.api_key, self.save_key_btn = self.gemini_key.edit, self.gemini_key.save_btn
+        self.forget_key_btn, self.key_status = self.gemini_key.forget_btn, self.gemini_key.status
+        form.addRow("API key:", self.gemini_key)
+        self.base_url = QLineEdit()
+        self.base_url.setPlaceholderText("default: Google's endpoint (set only for a proxy or a test server)")
+        form.addRow("Base URL:", self.base_url)
+        layout.addWidget(self.gemini_box)
+
+        self.openai_box = QGroupBox("OpenAI-compatible server")
+        form = QFormLayout(self.openai_box)
+        self.openai_url = QLineEdit()
+        self.openai_url.setPlaceholderText("e.g. http://127.0.0.1:11434/v1 (Ollama) or http://127.0.0.1:8000/v1 (vLLM)")
+        self.openai_url.setToolTip("The server's API address; a bare host:port gets /v1 appended.\n"
+                                   "Ollama :11434, vLLM :8000, LM Studio :1234, llama.cpp server :8080")
+        form.addRow("Base URL:", self.openai_url)
+        self.openai_model = QComboBox()
+        self.openai_model.setEditable(True)
+        self.openai_model.lineEdit().setPlaceholderText("the served model's name; Test connection lists them")
+        form.addRow("Model:", self.openai_model)
+        self.openai_key = ApiKeyField("openai", "Local servers (Ollama, llama.cpp, LM Studio) need none.")
+        form.addRow("API key:", self.openai_key)
+        layout.addWidget(self.openai_box)
+
+        # Both remote teachers take requests in parallel and may cost money.
+        self.remote_box = QGroupBox("Requests and cost")
+        form = self._remote_form = QFormLayout(self.remote_box)
         self.concurrency = QSpinBox()
         self.concurrency.setRange(1, 64)
         self.concurrency.setMaximumWidth(120)
-        self.concurrency.setToolTip("Requests in flight at once; lower it if you hit the per-minute quota")
+        self.concurrency.setToolTip("Requests in flight at once; lower it if you hit the per-minute quota "
+                                    "or the server runs out of memory")
         form.addRow("Concurrent requests:", self.concurrency)
         prices = QHBoxLayout()
         self.price_in = self._price_box()
@@ -270,26 +526,15 @@ class ModelsDialog(QDialog):
         prices.addWidget(self.price_out)
         prices.addStretch(1)
         form.addRow("USD per million tokens:", prices)
-        key_row = QHBoxLayout()
-        self.api_key = QLineEdit()
-        self.api_key.setEchoMode(QLineEdit.EchoMode.Password)
-        self.api_key.setPlaceholderText("paste a key to save it in the OS keychain")
-        self.save_key_btn = QPushButton("Save to keychain")
-        self.save_key_btn.clicked.connect(self.save_key)
-        self.forget_key_btn = QPushButton("Remove")
-        self.forget_key_btn.setToolTip("Delete the key stored in the OS keychain")
-        self.forget_key_btn.clicked.connect(self.forget_key)
-        key_row.addWidget(self.api_key, 1)
-        key_row.addWidget(self.save_key_btn)
-        key_row.addWidget(self.forget_key_btn)
-        form.addRow("API key:", key_row)
-        self.key_status = QLabel()
-        self.key_status.setWordWrap(True)
-        form.addRow("", self.key_status)
-        self.base_url = QLineEdit()
-        self.base_url.setPlaceholderText("default: Google's endpoint (set only for a proxy or a test server)")
-        form.addRow("Base URL:", self.base_url)
-        layout.addWidget(self.gemini_box)
+        self.price_note = QLabel("A server on your own machine costs nothing: set both prices to $0 so the "
+                                 "run's cost figures stay true.")
+        self.price_note.setWordWrap(True)
+        form.addRow("", self.price_note)
+        layout.addWidget(self.remote_box)
+
+        for field in (self.gemini_key, self.openai_key):
+            field.message.connect(self.teacher_result_message)
+            field.changed.connect(self._refresh_key_status)
 
         test_row = QHBoxLayout()
         self.test_btn = QPushButton("Test connection")
@@ -306,8 +551,16 @@ class ModelsDialog(QDialog):
     def _build_student(self) -> QWidget:
         page = QWidget()
         layout = QVBoxLayout(page)
-        box = QGroupBox("Student (the small model that follows the rules)")
-        form = QFormLayout(box)
+        self.student_llama_radio = QRadioButton("In-process GGUF (llama.cpp)")
+        self.student_server_radio = QRadioButton(f"OpenAI-compatible server ({OPENAI_SERVERS})")
+        self._student_group = QButtonGroup(self)
+        for b in (self.student_llama_radio, self.student_server_radio):
+            self._student_group.addButton(b)
+            layout.addWidget(b)
+            b.toggled.connect(self._update_student_mode)
+
+        self.student_local_box = QGroupBox("Student (the small model that follows the rules)")
+        form = QFormLayout(self.student_local_box)
         self.student_gguf = QLineEdit()
         self.student_gguf.setPlaceholderText(BUNDLED_STUDENT)
         form.addRow("GGUF file:", self._path_row(self.student_gguf, self._browse_student))
@@ -324,19 +577,55 @@ class ModelsDialog(QDialog):
         self.n_ctx.setSuffix(" tokens")
         self.n_ctx.setToolTip("The rules, the example and the answer must fit; more context costs memory")
         form.addRow("Context size:", self.n_ctx)
-        layout.addWidget(box)
-        row = QHBoxLayout()
         self.check_btn = QPushButton("Load and check")
         self.check_btn.setToolTip("Load the model with these settings and show what it is")
         self.check_btn.clicked.connect(self.check_student)
-        row.addWidget(self.check_btn)
-        row.addStretch(1)
-        layout.addLayout(row)
+        form.addRow("", self._left(self.check_btn))
+        layout.addWidget(self.student_local_box)
+
+        self.student_server_box = QGroupBox("Student server")
+        form = QFormLayout(self.student_server_box)
+        self.student_url = QLineEdit()
+        self.student_url.setPlaceholderText("e.g. http://127.0.0.1:8080/v1 (llama.cpp server)")
+        self.student_url.setToolTip("The server's API address; a bare host:port gets /v1 appended")
+        form.addRow("Base URL:", self.student_url)
+        self.student_model = QComboBox()
+        self.student_model.setEditable(True)
+        self.student_model.lineEdit().setPlaceholderText("optional: the first model the server lists")
+        form.addRow("Model:", self.student_model)
+        self.student_concurrency = QSpinBox()
+        self.student_concurrency.setRange(1, 64)
+        self.student_concurrency.setMaximumWidth(120)
+        self.student_concurrency.setToolTip("Classifications in flight at once (the server must have that many "
+                                            "slots, e.g. llama.cpp's --parallel)")
+        form.addRow("Concurrent requests:", self.student_concurrency)
+        self.prompt_format = QComboBox()
+        for value, text in PROMPT_FORMATS:
+            self.prompt_format.addItem(text, value)
+        self.prompt_format.setToolTip("Completion sends the exact prompt the in-process student reads (right for "
+                                      "a model without a chat template, like Gemma 3 270M); chat lets the server "
+                                      "apply the model's chat template")
+        form.addRow("Prompt format:", self.prompt_format)
+        self.top_logprobs = QSpinBox()
+        self.top_logprobs.setRange(1, 200)
+        self.top_logprobs.setMaximumWidth(120)
+        self.top_logprobs.setToolTip("Next-token alternatives asked per step to score the labels; OpenAI and vLLM "
+                                     "allow at most 20, llama.cpp servers more (closer to the in-process scores)")
+        form.addRow("Top logprobs:", self.top_logprobs)
+        self.student_key = ApiKeyField("openai", "Local servers need none.")
+        self.student_key.message.connect(self._student_message)
+        self.student_key.changed.connect(self._refresh_key_status)
+        form.addRow("API key:", self.student_key)
+        self.server_check_btn = QPushButton("Check server")
+        self.server_check_btn.setToolTip("List the server's models and classify one short text, as a run would")
+        self.server_check_btn.clicked.connect(self.check_student_server)
+        form.addRow("", self._left(self.server_check_btn))
+        layout.addWidget(self.student_server_box)
+
         self.student_result = self._result_label()
         layout.addWidget(self.student_result)
         layout.addStretch(1)
         return page
-
     def _build_embedder(self) -> QWidget:
         page = QWidget()
         layout = QVBoxLayout(page)
@@ -371,6 +660,16 @@ class ModelsDialog(QDialog):
         return box
 
     @staticmethod
+    def _left(widget: QWidget) -> QWidget:
+        """`widget` at its natural width on the left of a form row."""
+        row = QWidget()
+        layout = QHBoxLayout(row)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(widget)
+        layout.addStretch(1)
+        return row
+
+    @staticmethod
     def _result_label() -> QLabel:
         label = QLabel("")
         label.setWordWrap(True)
@@ -402,48 +701,78 @@ class ModelsDialog(QDialog):
 
     # -- settings in and out ------------------------------------------------------------------------------
     def _load(self, s: RunSettings) -> None:
-        (self.gemini_radio if s.teacher == "gemini" else self.local_radio).setChecked(True)
+        {"gemini": self.gemini_radio, "openai": self.openai_radio}.get(s.teacher, self.local_radio).setChecked(True)
         self.teacher_gguf.setText(s.teacher_gguf or "")
         self.gemini_model.setCurrentText(s.teacher_model)
         self.concurrency.setValue(max(1, s.teacher_concurrency))
         self.price_in.setValue(s.price_in_per_million)
         self.price_out.setValue(s.price_out_per_million)
         self.base_url.setText(s.teacher_base_url or "")
+        self.openai_url.setText(s.teacher_openai_base_url or "")
+        self.openai_model.setCurrentText(s.teacher_openai_model or "")
+        (self.student_server_radio if s.student_backend == "openai" else self.student_llama_radio).setChecked(True)
         self.student_gguf.setText(s.student_gguf or "")
         self.threads.setValue(s.student_threads or 0)
         self.n_ctx.setValue(s.student_n_ctx)
+        self.student_url.setText(s.student_base_url or "")
+        self.student_model.setCurrentText(s.student_model or "")
+        self.student_concurrency.setValue(max(1, s.student_concurrency))
+        index = self.prompt_format.findData(s.student_prompt_format)
+        self.prompt_format.setCurrentIndex(max(0, index))
+        self.top_logprobs.setValue(max(1, s.student_top_logprobs))
         self.embedder_path.setText(s.embedder or "")
+
+    def teacher_mode(self) -> str:
+        if self.gemini_radio.isChecked():
+            return "gemini"
+        return "openai" if self.openai_radio.isChecked() else "local"
 
     def settings(self) -> RunSettings:
         """The settings as edited (every field the dialog does not show is kept as it came in)."""
         return dataclasses.replace(
             self._original,
-            teacher="gemini" if self.gemini_radio.isChecked() else "local",
+            teacher=self.teacher_mode(),
             teacher_model=self.gemini_model.currentText().strip() or self._original.teacher_model,
             teacher_gguf=self.teacher_gguf.text().strip() or None,
             teacher_base_url=self.base_url.text().strip() or None,
+            teacher_openai_base_url=self.openai_url.text().strip() or None,
+            teacher_openai_model=self.openai_model.currentText().strip(),
             teacher_concurrency=self.concurrency.value(),
             price_in_per_million=self.price_in.value(),
             price_out_per_million=self.price_out.value(),
+            student_backend="openai" if self.student_server_radio.isChecked() else "llama",
             student_gguf=self.student_gguf.text().strip() or None,
             student_n_ctx=self.n_ctx.value(),
             student_threads=self.threads.value() or None,
+            student_base_url=self.student_url.text().strip() or None,
+            student_model=self.student_model.currentText().strip() or None,
+            student_concurrency=self.student_concurrency.value(),
+            student_prompt_format=str(self.prompt_format.currentData()),
+            student_top_logprobs=self.top_logprobs.value(),
             embedder=self.embedder_path.text().strip() or None,
         )
 
     def validation_errors(self) -> list[str]:
-        """Problems that would make a run fail at once; cheap checks only (no model is loaded)."""
+        """Problems that would make a run fail at once; cheap checks only (no model is loaded, no call made)."""
         errors: list[str] = []
-        gemini = self.gemini_radio.isChecked()
+        mode = self.teacher_mode()
         model = self.gemini_model.currentText().strip()
-        if gemini and (not model or any(c.isspace() for c in model)):
+        if mode == "gemini" and (not model or any(c.isspace() for c in model)):
             errors.append("Teacher: enter a Gemini model name without spaces, e.g. gemini-2.5-flash.")
         url = self.base_url.text().strip()
         if url and not url.startswith(("http://", "https://")):
             errors.append(f"Teacher: the base URL must start with http:// or https:// (got {url!r}).")
-        if not gemini and self.teacher_gguf.text().strip():
+        if mode == "openai":
+            errors += self._server_errors("Teacher", self.openai_url.text())
+            name = self.openai_model.currentText().strip()
+            if not name or any(c.isspace() for c in name):
+                errors.append("Teacher: enter the served model's name without spaces (Test connection lists "
+                              "them), e.g. qwen2.5:7b-instruct.")
+        if mode == "local" and self.teacher_gguf.text().strip():
             errors += self._gguf_error("Teacher", self.teacher_gguf.text().strip())
-        if self.student_gguf.text().strip():
+        if self.student_server_radio.isChecked():
+            errors += self._server_errors("Student", self.student_url.text())
+        elif self.student_gguf.text().strip():
             errors += self._gguf_error("Student", self.student_gguf.text().strip())
         folder = self.embedder_path.text().strip()
         if folder:
@@ -456,6 +785,16 @@ class ModelsDialog(QDialog):
         return errors
 
     @staticmethod
+    def _server_errors(role: str, url: str) -> list[str]:
+        if not url.strip():
+            return [f"{role}: enter the server's address, e.g. http://127.0.0.1:8080/v1."]
+        try:
+            normalise_base_url(url)
+        except ValueError as exc:
+            return [f"{role}: {exc}"]
+        return []
+
+    @staticmethod
     def _gguf_error(role: str, path: str) -> list[str]:
         from ..backends.llama_runtime import check_gguf_file
         try:
@@ -464,17 +803,20 @@ class ModelsDialog(QDialog):
             return [f"{role}: {exc}"]
         return []
 
+    def _key_fields(self) -> tuple[ApiKeyField, ...]:
+        return (self.gemini_key, self.openai_key, self.student_key)
+
     def accept(self) -> None:
         errors = self.validation_errors()
         # A typed key is the user's work: store it rather than drop it, or say why it cannot be stored.
-        if self.api_key.text().strip():
+        for field in self._key_fields():
+            if not field.typed():
+                continue
             try:
-                secrets.set_api_key(self.api_key.text())
-                self.api_key.clear()
-                self._refresh_key_status()
+                field.store_typed()
             except (secrets.SecretStoreError, ValueError) as exc:
-                errors.append(f"API key: {secrets.redact(str(exc), [self.api_key.text()])} "
-                              "(or clear the key field to close without saving it).")
+                errors.append(f"API key: {exc} (or clear the key field to close without saving it).")
+        self._refresh_key_status()
         if errors:
             self.error_label.setText("\n".join(errors))
             self.error_label.show()
@@ -490,62 +832,55 @@ class ModelsDialog(QDialog):
         self._abandon_task()
         super().closeEvent(event)
 
-    # -- API key --------------------------------------------------------------------------------------------
+    # -- API keys -------------------------------------------------------------------------------------------
     def key_status_text(self) -> str:
-        source = secrets.api_key_source("gemini")
-        have_keychain = keychain_available()
-        if source is not None and source.startswith("environment"):
-            text = f"Key in use: from the {source}."
-            if have_keychain:
-                text += " A key saved here is stored but the environment variable takes precedence."
-        elif source is not None:
-            text = "Key in use: from the OS keychain (service 'pld-desktop')."
-        else:
-            text = "No key is set."
-        if not have_keychain:
-            text += (" No OS keychain is available on this system, so a key cannot be saved here: set the "
-                     "GEMINI_API_KEY environment variable before starting PLD Desktop.")
-        return text
+        """Where the Gemini key in use comes from (the OpenAI-compatible key has its own fields)."""
+        return self.gemini_key.status_text()
 
     def _refresh_key_status(self) -> None:
-        self.key_status.setText(self.key_status_text())
-        have_keychain = keychain_available()
-        self.save_key_btn.setEnabled(have_keychain)
-        self.forget_key_btn.setEnabled(have_keychain and secrets.api_key_source("gemini") == "OS keychain")
-        if not have_keychain:
-            self.save_key_btn.setToolTip("No OS keychain is available; set GEMINI_API_KEY instead")
+        for field in self._key_fields():
+            field.refresh()
 
     def save_key(self) -> None:
-        key = self.api_key.text()
-        if not key.strip():
-            self.teacher_result.setText("Paste an API key into the field first.")
-            return
-        try:
-            secrets.set_api_key(key)
-        except (secrets.SecretStoreError, ValueError) as exc:
-            self.teacher_result.setText(f"The key was not saved: {secrets.redact(str(exc), [key])}")
-            return
-        self.api_key.clear()
-        self._refresh_key_status()
-        self.teacher_result.setText("The API key is saved in the OS keychain (not in the project).")
+        self.gemini_key.save()
 
     def forget_key(self) -> None:
-        try:
-            secrets.delete_api_key("gemini")
-        except secrets.SecretStoreError as exc:
-            self.teacher_result.setText(str(exc))
-            return
-        self._refresh_key_status()
-        self.teacher_result.setText("The API key was removed from the OS keychain.")
+        self.gemini_key.forget()
+
+    @Slot(str)
+    def teacher_result_message(self, text: str) -> None:
+        self.teacher_result.setText(text)
+
+    @Slot(str)
+    def _student_message(self, text: str) -> None:
+        self.student_result.setText(text)
+
+    def _typed_openai_key(self, first: ApiKeyField) -> str:
+        """A typed, unsaved OpenAI-compatible key (from `first`, else the other field) for one check only."""
+        other = self.student_key if first is self.openai_key else self.openai_key
+        return first.typed() or other.typed()
 
     # -- checks in the background ---------------------------------------------------------------------------
     def test_connection(self) -> None:
         settings = self.settings()
-        typed = self.api_key.text().strip()
+        if settings.teacher == "openai":
+            problems = self._server_errors("Teacher", self.openai_url.text())
+            if problems:
+                self.teacher_result.setText(" ".join(problems))
+                return
+            typed = self._typed_openai_key(self.openai_key)
+            what = settings.teacher_openai_model or "the server"
+            self._start("teacher", f"Testing {what} at {settings.teacher_openai_base_url}…",
+                        lambda: probe_openai_teacher(settings.teacher_openai_base_url or "",
+                                                     settings.teacher_openai_model, typed or None),
+                        hide=(typed,) if typed else ())
+            return
+        typed = self.gemini_key.typed()
         if settings.teacher == "gemini" and not typed and secrets.api_key_source("gemini") is None:
             self.teacher_result.setText("No Gemini API key: paste one above, or set GEMINI_API_KEY.")
             return
         what = f"Gemini {settings.teacher_model}" if settings.teacher == "gemini" else "the local teacher"
+        typed = typed if settings.teacher == "gemini" else ""
         self._start("teacher", f"Testing {what}…", lambda: probe_teacher(settings, typed or None),
                     hide=(typed,) if typed else ())
 
@@ -554,14 +889,26 @@ class ModelsDialog(QDialog):
         self._start("student", "Loading the student model…",
                     lambda: check_student(settings.student_gguf, settings.student_n_ctx, settings.student_threads))
 
+    def check_student_server(self) -> None:
+        problems = self._server_errors("Student", self.student_url.text())
+        if problems:
+            self.student_result.setText(" ".join(problems))
+            return
+        settings = self.settings()
+        typed = self._typed_openai_key(self.student_key)
+        self._start("server", f"Checking the student server at {settings.student_base_url}…",
+                    lambda: check_student_server(settings, typed or None), hide=(typed,) if typed else ())
+
     def busy(self) -> bool:
         return self._task is not None
+
+    def _target(self, kind: str) -> QLabel:
+        return self.teacher_result if kind == "teacher" else self.student_result
 
     def _start(self, kind: str, message: str, fn: Callable[[], Any], hide: tuple[str, ...] = ()) -> None:
         if self._task is not None:
             return
-        target = self.teacher_result if kind == "teacher" else self.student_result
-        target.setText("")
+        self._target(kind).setText("")
         task = _CheckThread(kind, fn, hide)
         task.done.connect(self._on_done)
         task.finished.connect(lambda t=task: _LIVE_CHECKS.discard(t))
@@ -579,18 +926,35 @@ class ModelsDialog(QDialog):
         self._task = None
         self._show_busy(False)
         if task.kind == "teacher":
+            if isinstance(result, ServerCheck):
+                self._offer_models(self.openai_model, result.models)
+                result = result.describe()
             self.teacher_result.setText(("✔ " if ok else "✘ Failed: ") + str(result))
+        elif task.kind == "server":
+            self.last_server_check = result if ok else None
+            if isinstance(result, StudentServerCheck):
+                self._offer_models(self.student_model, result.models)
+                self.student_result.setText("✔ " + result.describe())
+            else:
+                self.student_result.setText(f"✘ Could not use the student server: {result}")
         else:
             self.last_student_check = result if ok else None
             self.student_result.setText(result.describe() if ok else f"✘ Could not load the student: {result}")
+
+    @staticmethod
+    def _offer_models(combo: QComboBox, models: tuple[str, ...]) -> None:
+        """Put the listed models in the combo's list, keeping whatever the user typed."""
+        typed = combo.currentText()
+        combo.clear()
+        combo.addItems(list(models))
+        combo.setCurrentText(typed)
 
     def cancel_check(self) -> None:
         kind = self._task.kind if self._task is not None else None
         self._abandon_task()
         if kind is not None:
-            target = self.teacher_result if kind == "teacher" else self.student_result
-            target.setText("Cancelled. (A model load or a request in flight cannot be interrupted; it finishes "
-                           "in the background and its result is ignored.)")
+            self._target(kind).setText("Cancelled. (A model load or a request in flight cannot be interrupted; "
+                                       "it finishes in the background and its result is ignored.)")
 
     def _abandon_task(self) -> None:
         if self._task is not None:
@@ -601,14 +965,31 @@ class ModelsDialog(QDialog):
     def _show_busy(self, on: bool) -> None:
         for w in (self.busy_label, self.busy_bar, self.cancel_btn):
             w.setVisible(on)
-        for b in (getattr(self, "test_btn", None), getattr(self, "check_btn", None)):
-            if b is not None:
-                b.setEnabled(not on)
+        for name in ("test_btn", "check_btn", "server_check_btn"):
+            button = getattr(self, name, None)
+            if button is not None:
+                button.setEnabled(not on)
 
     def _update_teacher_mode(self) -> None:
-        gemini = self.gemini_radio.isChecked()
-        self.gemini_box.setEnabled(gemini)
-        self.local_box.setEnabled(not gemini)
+        mode = self.teacher_mode()
+        # Only the chosen teacher's settings are shown; the others keep their values for a later switch.
+        for box, shown in ((self.local_box, mode == "local"), (self.gemini_box, mode == "gemini"),
+                           (self.openai_box, mode == "openai"), (self.remote_box, mode != "local")):
+            box.setEnabled(shown)
+            box.setVisible(shown)
+        self._remote_form.setRowVisible(self.price_note, mode == "openai")
+        if getattr(self, "_shown_teacher", mode) != mode:
+            self.teacher_result.clear()  # a result about another teacher would mislead
+        self._shown_teacher = mode
+
+    def _update_student_mode(self) -> None:
+        server = self.student_server_radio.isChecked()
+        for box, shown in ((self.student_local_box, not server), (self.student_server_box, server)):
+            box.setEnabled(shown)
+            box.setVisible(shown)
+        if getattr(self, "_shown_student_server", server) != server:
+            self.student_result.clear()
+        self._shown_student_server = server
 
     # -- file pickers ---------------------------------------------------------------------------------------
     def _browse_teacher(self) -> None:

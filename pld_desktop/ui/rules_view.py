@@ -9,20 +9,69 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from PySide6.QtCore import QItemSelectionModel, QModelIndex, QPersistentModelIndex, QSortFilterProxyModel, Qt, Signal
+from PySide6.QtCore import (QItemSelectionModel, QModelIndex, QPersistentModelIndex, QSortFilterProxyModel, Qt,
+                            QThread, Signal)
 from PySide6.QtGui import QAction, QCloseEvent, QFontDatabase, QKeyEvent, QKeySequence, QUndoStack
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QGroupBox, QHBoxLayout,
-                               QHeaderView, QLabel, QLineEdit, QPlainTextEdit, QSplitter, QStyle,
-                               QStyledItemDelegate, QStyleOptionViewItem, QToolBar, QTreeView, QTreeWidget,
+                               QHeaderView, QLabel, QLineEdit, QPlainTextEdit, QProgressBar, QPushButton, QSplitter,
+                               QStyle, QStyledItemDelegate, QStyleOptionViewItem, QToolBar, QTreeView, QTreeWidget,
                                QTreeWidgetItem, QVBoxLayout, QWidget)
 
 from ..core.export import export_rule_set
+from ..core.progress import Cancelled
 from ..core.project import Project, ProjectFileError
 from ..core.rule_edits import (HEAD_SETTING, Add, Compound, Delete, Duplicate, Move, RuleEdit, editor_start_version)
 from .rules_model import (COL_CONFLICTS, COL_ENABLED, COL_LABEL, COL_MICRO, COL_NUMBER, COL_TEXT, ConflictRole,
                           KindRole, RulesModel, UidRole)
+from .tasks import QtProgress
 
 _Index = QModelIndex | QPersistentModelIndex
+
+# Conflict searches still running after their editor was closed or deleted stay referenced here until they end
+# (a running QThread must not be destroyed).
+_LIVE_SEARCHES: set["ConflictSearchThread"] = set()
+
+
+class ConflictSearchThread(QThread):
+    """Runs core.rule_edits.add_model_conflicts for one saved version on its own Project connection.
+
+    `finished_with(status, added, message)`: status is "done", "cancelled" or "failed". Cancellation is
+    cooperative (checked before the search and between embedding batches); a model load cannot be interrupted.
+    """
+
+    finished_with = Signal(str, int, str)
+
+    def __init__(self, project_path: Path, rule_set_id: int, backends_factory: Callable[[], Any]) -> None:
+        super().__init__()  # no parent: it may outlive the editor (see _LIVE_SEARCHES)
+        self.project_path = project_path
+        self.rule_set_id = rule_set_id
+        self.backends_factory = backends_factory
+        self.progress = QtProgress()
+
+    def cancel(self) -> None:
+        self.progress.cancel()
+
+    def run(self) -> None:  # on the worker thread
+        from ..core.rule_edits import add_model_conflicts
+        from ..core.settings import load_settings
+
+        backends: Any = None
+        try:
+            backends = self.backends_factory()
+            with Project.open(self.project_path) as project:  # SQLite: one connection per thread
+                settings = load_settings(project)
+                embedder = backends.embedder(settings)
+                if self.progress.cancelled():  # the model load itself cannot be interrupted; check after it
+                    raise Cancelled("cancelled by the user")
+                added = add_model_conflicts(project, embedder, self.rule_set_id, settings, self.progress)
+            self.finished_with.emit("done", added, "")
+        except Cancelled:
+            self.finished_with.emit("cancelled", 0, "")
+        except Exception as exc:  # noqa: BLE001 - shown to the user in words; the project is unchanged
+            self.finished_with.emit("failed", 0, str(exc).strip() or type(exc).__name__)
+        finally:
+            if backends is not None:
+                backends.close()
 
 
 class RulesFilterProxy(QSortFilterProxyModel):
@@ -106,11 +155,16 @@ class RulesEditor(QWidget):
 
     version_saved = Signal(int)
     export_requested = Signal(int)
+    conflict_search_finished = Signal(str, int)  # status ("done" | "cancelled" | "failed"), conflicts added
 
     def __init__(self, project: Project | str | os.PathLike, parent: QWidget | None = None, *,
                  rule_set_id: int | None = None, token_counter: Callable[[str], int] | None = None,
-                 n_ctx: int = 4096, handle_export: bool = True) -> None:
+                 n_ctx: int = 4096, handle_export: bool = True,
+                 backends_factory: Callable[[], Any] | None = None) -> None:
         super().__init__(parent)
+        # A callable returning a BackendProvider (None: the real models); only its embedder is used here.
+        self.backends_factory = backends_factory
+        self._search: ConflictSearchThread | None = None
         self._owns_project = not isinstance(project, Project)
         self.project = Project.open(Path(project)) if self._owns_project else project  # type: ignore[arg-type]
         start = rule_set_id or editor_start_version(self.project)
@@ -178,6 +232,12 @@ class RulesEditor(QWidget):
         self.toolbar.addSeparator()
         self.export_action = action("Export…", QStyle.StandardPixmap.SP_DialogSaveButton, self.export_current,
                                     "Export this version as .txt, .md and .json")
+        self.toolbar.addSeparator()
+        self.find_conflicts_action = action(
+            "Find conflicts with the embedder", QStyle.StandardPixmap.SP_FileDialogContentsView,
+            self.find_conflicts,
+            "Embed the rules of this version and add the conflicts phase 2 would find: very similar rules with "
+            "different labels, and rules that fire on the same training items but lead to different labels")
 
         self.filter_box = QLineEdit()
         self.filter_box.setPlaceholderText("Filter rules by text, label or id…")
@@ -286,11 +346,27 @@ class RulesEditor(QWidget):
         self.status = QLabel()
         self.status.setWordWrap(True)
 
+        # Shown only while the conflict search runs.
+        self.search_label = QLabel()
+        self.search_bar = QProgressBar()
+        self.search_bar.setMaximumWidth(220)
+        self.search_cancel = QPushButton("Cancel search")
+        self.search_cancel.setToolTip("Stop the conflict search; nothing is added to this version")
+        self.search_cancel.clicked.connect(self.cancel_conflict_search)
+        self.search_row = QWidget()
+        search_lay = QHBoxLayout(self.search_row)
+        search_lay.setContentsMargins(0, 0, 0, 0)
+        search_lay.addWidget(self.search_label, 1)
+        search_lay.addWidget(self.search_bar)
+        search_lay.addWidget(self.search_cancel)
+        self.search_row.hide()
+
         lay = QVBoxLayout(self)
         lay.addLayout(top)
         lay.addWidget(self.toolbar)
         lay.addLayout(filters)
         lay.addWidget(self.splitter, 1)
+        lay.addWidget(self.search_row)
         lay.addWidget(self.status)
 
     # -- selection helpers -------------------------------------------------------------------------
@@ -390,6 +466,98 @@ class RulesEditor(QWidget):
                             + f" in {folder}")
         return written
 
+    # -- conflicts from the embedder (background) -------------------------------------------------
+    def searching(self) -> bool:
+        return self._search is not None
+
+    def find_conflicts(self) -> None:
+        """Start the embedder's conflict pass on the shown version in the background."""
+        if self._search is not None:
+            return
+        if len(self.model.rules()) < 2:
+            self.status.setText("A conflict needs two rules; this version has fewer.")
+            return
+        from ..backends.factory import DefaultBackends
+
+        task = ConflictSearchThread(Path(self.project.path), self.model.rule_set_id,
+                                    self.backends_factory or DefaultBackends)
+        task.progress.begun.connect(self._on_search_begun)
+        task.progress.reported.connect(self._on_search_reported)
+        task.finished_with.connect(self._on_search_finished)
+        task.finished.connect(lambda t=task: _LIVE_SEARCHES.discard(t))
+        _LIVE_SEARCHES.add(task)
+        self._search = task
+        self.status.clear()
+        self.search_label.setText(f"Finding conflicts in v{task.rule_set_id}: loading the embedder…")
+        self.search_bar.setRange(0, 0)  # busy until the first stage says how many items it has
+        self.search_cancel.setEnabled(True)
+        self.search_row.show()
+        self.find_conflicts_action.setEnabled(False)
+        task.start()
+
+    def cancel_conflict_search(self) -> None:
+        if self._search is None:
+            return
+        self._search.cancel()
+        self.search_cancel.setEnabled(False)
+        self.search_label.setText("Stopping the conflict search (a model that is loading finishes first)…")
+
+    def _on_search_begun(self, stage: str, total: int) -> None:
+        if self.sender() is not getattr(self._search, "progress", None):
+            return
+        stage = stage.split(": ", 1)[-1]  # the core names its stage after phase 2; here it is the editor's
+        self.search_label.setText(f"Finding conflicts in v{self._search.rule_set_id}: {stage}…")
+        self.search_bar.setRange(0, max(1, total))
+        self.search_bar.setValue(0)
+
+    def _on_search_reported(self, done: int, total: int, _message: str) -> None:
+        if self.sender() is not getattr(self._search, "progress", None):
+            return
+        self.search_bar.setRange(0, max(1, total))
+        self.search_bar.setValue(done)
+
+    def _on_search_finished(self, status: str, added: int, message: str) -> None:
+        task = self.sender()
+        if task is not self._search:
+            return
+        self._search = None
+        self.search_row.hide()
+        self.find_conflicts_action.setEnabled(True)
+        searched = task.rule_set_id
+        if status == "failed":
+            self._show_error(message, prefix="The conflict search failed")
+        elif status == "cancelled":
+            self.status.setText(f"Conflict search cancelled; nothing was added to v{searched}.")
+        else:
+            found = f"{added} new conflict{'s' if added != 1 else ''}" if added else "no new conflicts"
+            if searched == self.model.rule_set_id:
+                self._reload_conflicts()
+                self.status.setText(f"The embedder found {found} in v{searched}.")
+            else:
+                # The user edited meanwhile: the conflicts belong to the version that was searched.
+                self.status.setText(f"The embedder found {found} in v{searched}, but you have edited since "
+                                    f"(now v{self.model.rule_set_id}); run the search again for this version.")
+        self.conflict_search_finished.emit(status, added)
+
+    def _reload_conflicts(self) -> None:
+        """Re-read the shown version's conflicts from the project without resetting the tree (selection,
+        expansion and the undo history stay)."""
+        self.model._load_conflicts()  # no public reload on RulesModel yet; it only re-reads project.conflicts()
+        rows = self.model.rowCount()
+        if rows:
+            self.model.dataChanged.emit(self.model.index(0, 0),
+                                        self.model.index(rows - 1, self.model.columnCount() - 1))
+        self.proxy.set_conflicts_only(self.conflicts_only.isChecked())  # re-filter: conflicts changed
+        self._update_shown()
+        self._on_selection()
+
+    def shutdown(self) -> None:
+        """Stop a running search and wait for its thread (the window or the project is closing)."""
+        task, self._search = self._search, None
+        if task is not None:
+            task.cancel()
+            task.wait()  # ends at the next cancellation check; a model that is loading finishes first
+
     # -- reactions --------------------------------------------------------------------------------
     def _on_filter(self, text: str) -> None:
         self.proxy.set_text(text)
@@ -404,8 +572,8 @@ class RulesEditor(QWidget):
         shown = self.proxy.rowCount()
         self.shown_label.setText(f"{shown} of {total} rules" if shown != total else f"{total} rules")
 
-    def _show_error(self, message: str) -> None:
-        self.status.setText(f"<span style='color:#c62828'><b>Not saved:</b> {_html(message)}</span>")
+    def _show_error(self, message: str, prefix: str = "Not saved") -> None:
+        self.status.setText(f"<span style='color:#c62828'><b>{_html(prefix)}:</b> {_html(message)}</span>")
 
     def _on_version_saved(self, rs_id: int) -> None:
         self._refresh_versions()
@@ -534,6 +702,7 @@ class RulesEditor(QWidget):
             self.tree.setFocus()
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
+        self.shutdown()
         if self._owns_project:
             self.project.close()
             self._owns_project = False
