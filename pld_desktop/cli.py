@@ -112,6 +112,10 @@ def _apply_run_overrides(settings: Any, args: argparse.Namespace) -> None:
         value = getattr(args, arg, None)
         if value is not None:
             setattr(settings, field, value)
+    if getattr(args, "batch", None):
+        settings.teacher_batch = True
+        if settings.teacher != "gemini":
+            raise ValueError("--batch needs the Gemini teacher (--teacher gemini).")
     if getattr(args, "student", None) and getattr(args, "student_backend", None) is None:
         settings.student_backend = "llama"  # a GGUF named on the command line is meant to run in this process
     # Checked here, before any model loads or the run is recorded, only for what this command line chose.
@@ -258,6 +262,22 @@ def _print_status(project: Any) -> None:
               f"p50 {m['latency_p50_s']:.3f} s")
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .core.batch_extraction import batch_summary
+    from .core.project import Project
+    with Project.open(args.project, read_only=True) as project:
+        jobs = batch_summary(project)
+    if args.json:
+        print(json.dumps(jobs, indent=2))
+        return EXIT_OK
+    if not jobs:
+        print("No batch jobs in this project (run phase 1 with --teacher gemini --batch).")
+    for j in jobs:
+        print(f"{j.get('name')}: {j.get('state')}, {j.get('n_requests')} requests, merged {j.get('merged')}"
+              + (f" - {j['message']}" if j.get("message") else ""))
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from .core.project import Project
     with Project.open(args.project, read_only=True) as project:
@@ -342,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--max-iterations", type=int)
         sp.add_argument("--sample-size", type=int, help="closed-loop training sample per round")
         sp.add_argument("--max-test", type=int, help="evaluate on at most N test examples")
+        sp.add_argument("--batch", action="store_true", default=None,
+                        help="phase 1 through Gemini Batch (half price; minutes to hours; a rerun resumes polling)")
         sp.add_argument("--yes", action="store_true", help="do not ask before a paid teacher run")
         sp.add_argument("--quiet", action="store_true")
 
@@ -370,6 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
 
+    b = sub.add_parser("batch", help="Gemini Batch jobs of phase 1: name, state, requests, merged")
+    b.add_argument("project")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_batch)
+
     d = sub.add_parser("demo", help="run the bundled demo end to end on the embedded models")
     d.add_argument("--dir", default="pld-demo", help="folder for demo.pld and its exports")
     d.add_argument("--max-iterations", type=int, default=2)
@@ -382,6 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .backends.bundled import ModelFileError
     from .core.backends import PromptTooLong, TeacherError
+    from .core.batch_extraction import BatchJobFailed
     from .core.dataset import DatasetError
     from .core.project import ProjectFileError
     try:
@@ -390,6 +418,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
+    except BatchJobFailed as exc:  # the requests stay pending; a rerun submits them again
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("Stopped. Completed items are saved; rerun the same command to resume.", file=sys.stderr)
         return EXIT_CANCELLED

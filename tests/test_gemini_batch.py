@@ -322,3 +322,27 @@ def test_batch_mode_refuses_a_teacher_without_batches(tmp_path: Path) -> None:
         run_pipeline(project, RunSettings(teacher="local", teacher_batch=True), FakeBackends(), SilentProgress(),
                      phases=[1])
     project.close()
+
+
+def test_pld_run_batch_then_batch_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from pld_desktop.cli import main
+    from pld_desktop.core.settings import load_settings, save_settings
+    project = make_project(tmp_path, "cli.pld")
+    settings = load_settings(project)
+    settings.batch_poll_initial_s, settings.batch_poll_max_s = 0.02, 0.1  # the poll schedule lives in the project
+    save_settings(project, settings)
+    project.close()
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    with FakeGemini(expected_key=KEY) as server:
+        server.responder = extraction_responder
+        batches = enable_batches(server, pending_polls=1)
+        assert main(["run", str(tmp_path / "cli.pld"), "--phase", "1", "--teacher", "gemini", "--base-url",
+                     server.base_url, "--batch", "--yes", "--quiet"]) == 0
+        assert batches.creates == 1 and generate_calls(server) == 0
+    capsys.readouterr()
+    assert main(["batch", str(tmp_path / "cli.pld")]) == 0
+    out = capsys.readouterr().out
+    assert "succeeded" in out and KEY not in out
+    assert main(["run", str(tmp_path / "cli.pld"), "--phase", "1", "--teacher", "local", "--batch"]) == 2
+    assert "--batch needs the Gemini teacher" in capsys.readouterr().err

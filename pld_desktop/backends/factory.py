@@ -44,7 +44,7 @@ class DefaultBackends:
             return self._get(key, lambda: OpenAITeacher(
                 settings.teacher_openai_base_url, settings.teacher_openai_model, api_key=get_api_key("openai"),
                 concurrency=settings.teacher_concurrency,
-                price_per_million=(settings.price_in_per_million, settings.price_out_per_million)))
+                price_per_million=_server_prices(settings)))
         raise ValueError(f"Unknown teacher '{settings.teacher}'; choose 'gemini', 'local' or 'openai'.")
 
     def student(self, settings: RunSettings) -> Student:
@@ -75,3 +75,12 @@ class DefaultBackends:
                 if close is not None:
                     close()
             self._cache.clear()
+
+
+def _server_prices(settings: RunSettings) -> tuple[float, float]:
+    """A teacher server on this machine costs nothing; a remote one is billed at the configured prices."""
+    from urllib.parse import urlparse
+    host = (urlparse(settings.teacher_openai_base_url or "").hostname or "").lower()
+    if host in ("127.0.0.1", "localhost", "::1") or host.startswith("127."):
+        return (0.0, 0.0)
+    return (settings.price_in_per_million, settings.price_out_per_million)

@@ -33,7 +33,8 @@ _SERVICES: dict[str, _ServiceKey] = {
     "openai": _ServiceKey(env_vars=("OPENAI_API_KEY",), keyring_user="openai-api-key"),
 }
 
-_NO_KEYCHAIN = "No OS keychain is available; set GEMINI_API_KEY instead"
+def _no_keychain(spec: "_ServiceKey") -> str:
+    return f"No OS keychain is available; set {spec.env_vars[0]} instead"
 
 
 def _service(service: str) -> _ServiceKey:
@@ -88,12 +89,12 @@ def set_api_key(key: str, service: str = "gemini") -> None:
     try:
         keyring.set_password(KEYRING_SERVICE, spec.keyring_user, key)
     except keyring.errors.NoKeyringError:
-        raise SecretStoreError(_NO_KEYCHAIN) from None
+        raise SecretStoreError(_no_keychain(spec)) from None
     except Exception as exc:  # noqa: BLE001 - backend errors vary (SecretStorage, jeepney, Windows, macOS)
         detail = redact(str(exc), [key])
         raise SecretStoreError(
             f"Could not store the API key in the OS keychain ({type(exc).__name__}: {detail}); "
-            f"set GEMINI_API_KEY instead") from None
+            f"set {spec.env_vars[0]} instead") from None
 
 
 def delete_api_key(service: str = "gemini") -> None:

@@ -465,7 +465,8 @@ class MainWindow(QMainWindow):
             self._put(self.rules_holder, None, "Rules appear after phase 2 (synthesis). Run the phases first.")
             return
         editor = RulesEditor(self.project, self, token_counter=self._token_counter(),
-                             n_ctx=self._settings().student_n_ctx, handle_export=False)
+                             n_ctx=self._settings().student_n_ctx, handle_export=False,
+                             backends_factory=self.backends_factory)
         editor.export_requested.connect(lambda rs_id: self.export(("txt", "md", "json"), rs_id))
         editor.version_saved.connect(self._on_version_saved)
         self.views["rules"] = editor
