@@ -384,7 +384,7 @@ def test_env_precedence_then_keyring(fake_keyring: dict, monkeypatch: pytest.Mon
     secrets.delete_api_key()  # nothing stored: no error
     assert fake_keyring == {}
     with pytest.raises(ValueError):
-        secrets.get_api_key("openai")
+        secrets.get_api_key("no-such-service")
 
 
 def test_no_keychain_is_handled(monkeypatch: pytest.MonkeyPatch) -> None:
