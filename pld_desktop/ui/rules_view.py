@@ -9,8 +9,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from PySide6.QtCore import (QItemSelectionModel, QModelIndex, QPersistentModelIndex, QSortFilterProxyModel, Qt,
-                            QThread, Signal)
+from PySide6.QtCore import (QItemSelectionModel, QModelIndex, QPersistentModelIndex, QRect, QSize, QSortFilterProxyModel,
+                            Qt, QThread, Signal)
 from PySide6.QtGui import QAction, QCloseEvent, QFontDatabase, QKeyEvent, QKeySequence, QUndoStack
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QGroupBox, QHBoxLayout,
                                QHeaderView, QLabel, QLineEdit, QPlainTextEdit, QProgressBar, QPushButton, QSplitter,
@@ -131,6 +131,21 @@ class LabelDelegate(QStyledItemDelegate):
             model.setData(index, editor.currentText(), Qt.ItemDataRole.EditRole)
         else:
             super().setModelData(editor, model, index)
+
+    def sizeHint(self, option: QStyleOptionViewItem, index: _Index) -> QSize:  # noqa: N802 - Qt override
+        """Rule text wraps: its row is as tall as the text at the column's current width."""
+        hint = super().sizeHint(option, index)
+        view = self.parent()
+        if index.column() != COL_TEXT or not isinstance(view, QTreeView):
+            return hint
+        depth, p = 0, index.parent()
+        while p.isValid():
+            depth, p = depth + 1, p.parent()
+        icon = option.decorationSize.width() + 8 if index.data(Qt.ItemDataRole.DecorationRole) is not None else 0
+        width = max(80, view.columnWidth(COL_TEXT) - icon - 12 - (depth * view.indentation() if COL_TEXT == 0 else 0))
+        rect = option.fontMetrics.boundingRect(QRect(0, 0, width, 100000), int(Qt.TextFlag.TextWordWrap),
+                                               str(index.data() or ""))
+        return QSize(hint.width(), max(hint.height(), rect.height() + 6))
 
 
 class RulesTree(QTreeView):
@@ -264,9 +279,9 @@ class RulesEditor(QWidget):
         self.tree.setAcceptDrops(True)
         self.tree.setDropIndicatorShown(True)
         self.tree.setAlternatingRowColors(True)
-        self.tree.setUniformRowHeights(True)
-        self.tree.setWordWrap(False)
-        self.tree.setTextElideMode(Qt.TextElideMode.ElideRight)
+        # Rules are read and signed off, so their whole text wraps instead of being cut at the column edge.
+        self.tree.setUniformRowHeights(False)
+        self.tree.setWordWrap(True)
         header = self.tree.header()
         header.setStretchLastSection(False)
         for col, mode in ((COL_NUMBER, QHeaderView.ResizeMode.Interactive),
@@ -276,7 +291,8 @@ class RulesEditor(QWidget):
                           (COL_MICRO, QHeaderView.ResizeMode.ResizeToContents),
                           (COL_CONFLICTS, QHeaderView.ResizeMode.ResizeToContents)):
             header.setSectionResizeMode(col, mode)
-        header.resizeSection(COL_NUMBER, 120)
+        header.resizeSection(COL_NUMBER, 110)
+        header.sectionResized.connect(lambda col, *_: col == COL_TEXT and self.tree.scheduleDelayedItemsLayout())
         self.tree.selectionModel().selectionChanged.connect(lambda *_: self._on_selection())
         # Delete acts on the tree only, so the key still deletes characters in the filter box and in editors.
         self.delete_action.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
