@@ -311,7 +311,8 @@ class RulesModel(QAbstractItemModel):
             return Qt.CheckState.Checked if enabled else Qt.CheckState.Unchecked
         if role == Qt.ItemDataRole.DecorationRole and col == COL_TEXT and found:
             return self._warning_icon()
-        if role == Qt.ItemDataRole.BackgroundRole and found:
+        # Not behind the checkbox: a dark palette draws its indicator dark, which vanishes on amber.
+        if role == Qt.ItemDataRole.BackgroundRole and found and col != COL_ENABLED:
             return QBrush(CONFLICT_BACKGROUND)
         if role == Qt.ItemDataRole.ForegroundRole:
             if not enabled:
