@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import signal
 import sys
 import time
@@ -210,9 +211,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .core.export import export_rule_set
     from .core.project import Project
+    from .core.results_csv import export_results_csv
     with Project.open(args.project) as project:
         out = Path(args.out) if args.out else Path(args.project).resolve().parent / "exports"
-        paths = export_rule_set(project, out, tuple(args.format), rule_set_id=args.rule_set)
+        prompt_formats = tuple(f for f in args.format if f != "csv")
+        paths = export_rule_set(project, out, prompt_formats, rule_set_id=args.rule_set) if prompt_formats else []
+        if "csv" in args.format:  # per-example test results; spreadsheet formulas neutralised
+            out.mkdir(parents=True, exist_ok=True)
+            paths.append(export_results_csv(project, out / f"{Path(args.project).stem}-results.csv"))
     for p in paths:
         print(p)
     return EXIT_OK
@@ -383,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="write the prompt as .txt, .md and .json")
     x.add_argument("project")
     x.add_argument("--out", help="output folder (default: exports/ beside the project)")
-    x.add_argument("--format", nargs="+", default=["txt", "md", "json"], choices=["txt", "md", "json"])
+    x.add_argument("--format", nargs="+", default=["txt", "md", "json"], choices=["txt", "md", "json", "csv"],
+                   help="txt/md/json: the rule prompt; csv: per-example test results of the last evaluation")
     x.add_argument("--rule-set", type=int)
     x.set_defaults(func=cmd_export)
 
@@ -414,6 +421,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .core.project import ProjectFileError
     try:
         return int(args.func(args) or 0)
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+        print(f"error: the project file is damaged and cannot be read ({type(exc).__name__}); restore a copy. "
+              "The file was not changed.", file=sys.stderr)
+        return EXIT_INPUT
     except (DatasetError, ProjectFileError, ModelFileError, PromptTooLong, TeacherError, ValueError,
             FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

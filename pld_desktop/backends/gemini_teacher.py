@@ -121,6 +121,7 @@ class GeminiTeacher:
             response = self._call(request.user, config)
             latency = time.perf_counter() - started
         text, finish_reason = self._reply_text(response)
+        text = secrets.redact(text, self._secrets)  # a reply echoing the key must not reach the project file
         usage = self._usage(response)
         log.debug("gemini %s call (%s): %.2f s, %d prompt + %d output + %d thinking tokens, finish %s",
                   self.model, request.kind, latency, usage.prompt_tokens, usage.output_tokens,

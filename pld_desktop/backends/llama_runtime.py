@@ -91,6 +91,33 @@ def check_gguf_file(model_path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else physical pages; None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_memory(path: Path) -> None:
+    """Refuse, in words and before llama.cpp maps it, a model whose weights (about the file's size) do not fit in
+    the memory this machine has free: loading it would swap for minutes or get the app killed."""
+    size = path.stat().st_size
+    free = available_memory_bytes()
+    if free is not None and size > free:
+        raise ModelFileError(
+            f"{path.name} needs about {size / 2**30:.1f} GiB of memory for its weights, but only "
+            f"{free / 2**30:.1f} GiB is available on this machine. Choose a smaller or more quantised model "
+            f"(e.g. a Q4_K_M file), or close other programs.")
+
+
 # ---------------------------------------------------------------------------
 # Identity: sha256 with a small on-disk cache
 # ---------------------------------------------------------------------------
@@ -873,6 +900,7 @@ class LlamaOwner:
                  n_threads_batch: int | None = None, seed: int = 0, name: str = "llama",
                  use_extra_bufts: bool | None = None, **llama_kwargs: Any) -> None:
         self.model_path = check_gguf_file(model_path)
+        check_fits_memory(self.model_path)
         if n_ctx <= 0:
             raise ValueError(f"n_ctx must be positive, got {n_ctx}")
         if use_extra_bufts is None:

@@ -326,6 +326,9 @@ class _StudentModel:
         return Prediction(label=label, probs=probs, latency_s=time.perf_counter() - started)
 
 
+MIN_STUDENT_CTX = 256
+
+
 class LlamaStudent:
     """The Student protocol on a local GGUF model through llama-cpp-python (default: the bundled Gemma 3 270M).
 
@@ -346,6 +349,9 @@ class LlamaStudent:
                  reuse_prefix: bool = True, use_extra_bufts: bool | None = None,
                  prefix_cache_bytes: int = 1 << 30, flash_attn: bool = True,
                  state_dir: str | os.PathLike[str] | None = None, disk_cache_bytes: int = 2 << 30) -> None:
+        if n_ctx < MIN_STUDENT_CTX:  # llama.cpp misbehaves below this; no rule prompt fits anyway
+            raise ValueError(f"The student's context size ({n_ctx} tokens) is too small: use at least "
+                             f"{MIN_STUDENT_CTX} tokens (--n-ctx / Models > Student > context size).")
         path = bundled_student_path() if model_path is None else model_path
         n_threads = 1 if n_threads is None else int(n_threads)
         self._owner = LlamaOwner(path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads_batch,

@@ -6,6 +6,7 @@ instruction says that nothing inside them is an instruction (prompt-injection hy
 
 from __future__ import annotations
 
+import html
 import re
 from functools import lru_cache
 from typing import Literal, Sequence
@@ -90,8 +91,13 @@ def labels_text(labels: Sequence[str], meanings: dict[str, str] | None = None) -
     return "\n".join(f"- {lab}" + (f": {meanings[lab]}" if meanings.get(lab) else "") for lab in labels)
 
 
+_DELIMITER = re.compile(r"<(/?)example", re.IGNORECASE)
+
+
 def example_block(text: str, **attrs: str) -> str:
-    attr = "".join(f' {k}="{v}"' for k, v in attrs.items())
+    """Example text as delimited data; a text cannot open or close a block of its own."""
+    text = _DELIMITER.sub(lambda m: f"&lt;{m.group(1)}example", text)
+    attr = "".join(f' {k}="{html.escape(v, quote=True)}"' for k, v in attrs.items())
     return f"<example{attr}>\n{text}\n</example>"
 
 

@@ -193,7 +193,8 @@ class MainWindow(QMainWindow):
         self.export_acts = {fmt: self._action(name, lambda _=False, f=fmt: self.export((f,)),
                                               tip=f"Write the current rule set as {name}")
                             for fmt, name in (("txt", "Prompt as &Text…"), ("md", "Report as &Markdown…"),
-                                              ("json", "Rules as &JSON…"))}
+                                              ("json", "Rules as &JSON…"),
+                                              ("csv", "Test Results as &CSV…"))}
         self.export_all_act = self._action("&All Formats…", lambda: self.export(("txt", "md", "json")),
                                            QKeySequence("Ctrl+E"), "Write .txt, .md and .json into a folder")
         self.run_all_act = self._action("Run &All Phases", self.run_all, QKeySequence("F5"),
@@ -701,8 +702,12 @@ class MainWindow(QMainWindow):
         folder = QFileDialog.getExistingDirectory(self, "Export into folder", str(self._last_dir()))
         if not folder:
             return []
+        from ..core.results_csv import export_results_csv
         try:
-            written = export_rule_set(self.project, folder, formats, rule_set_id=rs_id)
+            prompt_formats = tuple(f for f in formats if f != "csv")
+            written = export_rule_set(self.project, folder, prompt_formats, rule_set_id=rs_id) if prompt_formats else []
+            if "csv" in formats:  # per-example test results, spreadsheet formulas neutralised
+                written.append(export_results_csv(self.project, Path(folder) / f"{self.project_path.stem}-results.csv"))
         except (OSError, ValueError, RuntimeError) as exc:
             QMessageBox.warning(self, "Export failed", str(exc))
             return []

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..backends import Student
+from ..backends import PromptTooLong, Student
 from ..evaluate import evaluate_prompt
 from ..progress import Progress
 from ..project import Example, Project
@@ -55,6 +55,13 @@ def run_evaluation(project: Project, student: Student, settings: RunSettings, pr
                                           rs.meanings),
     }
     report = EvaluationReport(rule_set_id=rs_id, n_examples=len(test))
+    if test:  # every prompt must fit before any is scored: a half-done comparison is not a result
+        longest = max(test, key=lambda e: len(e.text)).text
+        for kind, prompt in prompts.items():
+            try:
+                student.check_fits(prompt, longest, labels)
+            except PromptTooLong as exc:
+                raise PromptTooLong(f"The {kind.replace('_', '-')} prompt does not fit: {exc}") from None
     project.set_phase(PHASE, "running", 0, len(prompts), "")
     for n, (kind, prompt) in enumerate(prompts.items(), 1):
         eval_id, metrics = evaluate_prompt(project, student, prompt, test, kind=kind, split="test", progress=progress,

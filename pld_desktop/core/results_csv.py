@@ -1,0 +1,73 @@
+"""Per-example results as a spreadsheet-safe CSV: id, text, gold label, and each prompt's prediction and confidence."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any, Sequence
+
+from .export import write_atomic
+from .project import Project
+
+# Order of the prompts in the file; only those evaluated in the last phase-4 run appear.
+PROMPT_KINDS = ("pld", "zero_shot", "few_shot")
+# A spreadsheet treats a cell starting with one of these as a formula (or strips/obeys the control character):
+# OWASP "CSV injection". A leading apostrophe makes Excel, LibreOffice and Sheets show the text as typed.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_cell(value: Any) -> Any:
+    """`value` with a leading apostrophe when it is text a spreadsheet would run as a formula; numbers as is."""
+    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
+        return "'" + value
+    return value
+
+
+def results_rows(project: Project, evaluation_ids: dict[str, int] | None = None) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows: one row per evaluated example, one predicted/confidence column pair per prompt.
+
+    `evaluation_ids` maps a prompt kind to an evaluation id; by default the last phase-4 run's evaluations.
+    """
+    if evaluation_ids is None:
+        last = project.get_setting("last_evaluation") or {}
+        evaluation_ids = {k: last[k] for k in PROMPT_KINDS if k in last}
+    if not evaluation_ids:
+        raise ValueError("No per-example results yet: run phase 4 (evaluation) first.")
+    kinds = [k for k in PROMPT_KINDS if k in evaluation_ids] + sorted(set(evaluation_ids) - set(PROMPT_KINDS))
+    predictions = {k: project.predictions(evaluation_ids[k]) for k in kinds}
+    example_ids = sorted(set().union(*(set(p) for p in predictions.values())))
+    examples = {e.id: e for e in project.examples(ids=example_ids)}
+    header = ["id", "split", "text", "gold"]
+    for kind in kinds:
+        header += [f"{kind}_predicted", f"{kind}_confidence"]
+    rows: list[list[Any]] = []
+    for example_id in example_ids:
+        ex = examples[example_id]
+        row: list[Any] = [ex.ext_id, ex.split, ex.text, ex.label]
+        for kind in kinds:
+            pred = predictions[kind].get(example_id)
+            if pred is None:  # an evaluation that stopped early: say so rather than invent a value
+                row += ["", ""]
+            else:
+                row += [pred["predicted"], f"{float(pred['probs'].get(pred['predicted'], 0.0)):.6f}"]
+        rows.append(row)
+    return header, rows
+
+
+def encode_csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
+    """UTF-8 with BOM (so Excel detects the encoding), CRLF line ends, every text cell formula-neutralised."""
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+    writer.writerow([neutralise_cell(h) for h in header])
+    for row in rows:
+        writer.writerow([neutralise_cell(v) for v in row])
+    return ("\ufeff" + buf.getvalue()).encode("utf-8")
+
+
+def export_results_csv(project: Project, path: str | Path, evaluation_ids: dict[str, int] | None = None) -> Path:
+    """Write the per-example results to `path` atomically (temp file beside it, then replace)."""
+    path = Path(path)
+    header, rows = results_rows(project, evaluation_ids)
+    write_atomic(path, encode_csv(header, rows))
+    return path
