@@ -13,8 +13,6 @@ too.
 from __future__ import annotations
 
 import ctypes
-import heapq
-import itertools
 import logging
 import math
 import os
@@ -29,6 +27,7 @@ import llama_cpp
 import llama_cpp.llama_cpp as llama_capi
 
 from pld_desktop.backends.bundled import ModelFileError, bundled_student_path
+from pld_desktop.backends.label_search import label_mass
 from pld_desktop.backends.llama_runtime import (EvalStats, LlamaContextCursor, LlamaOwner, PrefixStateCache,
                                                 PrefixStateDiskCache, gguf_chat_formatter, model_identity,
                                                 state_settings)
@@ -110,57 +109,23 @@ class LabelSpace:
         followed by the token `path` (a view is fine: it is read at once). Ambiguous states are expanded from
         the most probable down, at most `max_evaluations` of them."""
         end_ids = np.asarray(sorted({int(t) for t in end_tokens}), dtype=np.int64)
-        mass = {label: 0.0 for label in self.labels}
-        unexplored: list[tuple[float, list[str]]] = []
-        evaluations = 0
-        counter = itertools.count()  # ties in the heap resolve in insertion order: deterministic
-        heap: list[tuple[float, int, tuple[int, ...], bytes]] = [(-1.0, next(counter), (), b"")]
-        while heap:
-            neg_p, _, path, written = heapq.heappop(heap)
-            p = -neg_p
-            consistent = self.consistent(written)
-            if len(consistent) == 1:
-                mass[consistent[0]] += p
-                continue
-            if evaluations >= max_evaluations or (max_path_tokens is not None and len(path) >= max_path_tokens):
-                unexplored.append((p, consistent))
-                continue
+
+        def expand(path: tuple[int, ...], written: bytes, alive: list[str]) -> list[tuple[int, bytes, float]]:
             options = self.options(written)
             logits = next_logits(path)
-            evaluations += 1
-            values = np.empty(len(options), dtype=np.float64)
-            for i, (token, _piece) in enumerate(options):
+            steps = []
+            for token, piece in options:
                 if token == END:
                     if end_ids.size == 0:
                         raise ValueError("The model has no end-of-generation token to end a label with.")
-                    values[i] = _logsumexp(np.asarray(logits[end_ids], dtype=np.float64))
+                    steps.append((token, b"", _logsumexp(np.asarray(logits[end_ids], dtype=np.float64))))
                 else:
-                    values[i] = float(logits[token])
-            values -= _logsumexp(values)
-            for (token, piece), logp in zip(options, values.tolist()):
-                q = p * math.exp(logp)
-                if token == END:
-                    mass[self._by_text[written]] += q
-                    continue
-                child = written + piece
-                child_labels = self.consistent(child)
-                if len(child_labels) == 1:
-                    mass[child_labels[0]] += q
-                elif q >= min_branch_prob:
-                    heapq.heappush(heap, (-q, next(counter), path + (token,), child))
-                else:
-                    unexplored.append((q, child_labels))
-        explored = dict(mass)
-        for q, labels in unexplored:
-            weights = [explored[label] for label in labels]
-            share = math.fsum(weights)
-            for label, weight in zip(labels, weights):
-                mass[label] += q * (weight / share if share > 0 else 1.0 / len(labels))
-        dropped = math.fsum(q for q, _ in unexplored)
-        total = math.fsum(mass.values())
-        if not total > 0 or not math.isfinite(total):
-            raise ValueError("The model's label scores are not finite.")
-        return ScoreResult({label: m / total for label, m in mass.items()}, evaluations, dropped)
+                    steps.append((token, piece, float(logits[token])))
+            return steps
+
+        probs, evaluations, dropped = label_mass(self.spelled, expand, min_branch_prob=min_branch_prob,
+                                                 max_evaluations=max_evaluations, max_path_len=max_path_tokens)
+        return ScoreResult(probs, evaluations, dropped)
 
 
 def _logsumexp(values: np.ndarray) -> float:

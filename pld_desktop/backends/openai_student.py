@@ -19,8 +19,6 @@ and continues a partial label through a grammar that forces it.
 from __future__ import annotations
 
 import hashlib
-import heapq
-import itertools
 import json
 import logging
 import math
@@ -38,6 +36,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     import httpx  # type: ignore[no-redef]
 
 from pld_desktop.backends import secrets
+from pld_desktop.backends.label_search import label_mass
 from pld_desktop.core.backends import ModelIdentity, Prediction, PromptTooLong
 from pld_desktop.core.prompts import student_user_message
 
@@ -194,62 +193,19 @@ def score_pieces(labels: Sequence[str], prefix: str, next_logprobs: Distribution
     spelled = {label: (prefix + label).encode("utf-8") for label in labels}
     by_text = {text: label for label, text in spelled.items()}
 
-    def consistent(written: bytes) -> list[str]:
-        return [label for label, text in spelled.items() if text.startswith(written)]
-
-    mass = {label: 0.0 for label in labels}
-    unexplored: list[tuple[float, list[str]]] = []
-    evaluations = 0
-    counter = itertools.count()
-    heap: list[tuple[float, int, tuple[bytes, ...], bytes]] = [(-1.0, next(counter), (), b"")]
-    while heap:
-        neg_p, _, path, written = heapq.heappop(heap)
-        p = -neg_p
-        alive = consistent(written)
-        if len(alive) == 1:
-            mass[alive[0]] += p
-            continue
-        if evaluations >= max_evaluations:
-            unexplored.append((p, alive))
-            continue
-        seen = next_logprobs(path, written, alive)
-        evaluations += 1
-        options: list[tuple[bytes, float]] = []
+    def expand(path: tuple[Any, ...], written: bytes, alive: list[str]) -> list[tuple[bytes, bytes, float]]:
+        seen = next_logprobs(path, written, alive)  # type: ignore[arg-type]
+        steps = []
         for piece, logprob in (seen or {}).items():
             if piece == b"":
                 if written in by_text:
-                    options.append((piece, logprob))
+                    steps.append((piece, piece, logprob))
             elif any(spelled[label][len(written):].startswith(piece) for label in alive):
-                options.append((piece, logprob))
-        if not options:
-            unexplored.append((p, alive))
-            continue
-        top = max(lp for _, lp in options)
-        norm = top + math.log(math.fsum(math.exp(lp - top) for _, lp in options))
-        for piece, logprob in options:
-            q = p * math.exp(logprob - norm)
-            if piece == b"":
-                mass[by_text[written]] += q
-                continue
-            child = written + piece
-            child_labels = consistent(child)
-            if len(child_labels) == 1:
-                mass[child_labels[0]] += q
-            elif q >= min_branch_prob:
-                heapq.heappush(heap, (-q, next(counter), path + (piece,), child))
-            else:
-                unexplored.append((q, child_labels))
-    explored = dict(mass)
-    for q, alive in unexplored:
-        weights = [explored[label] for label in alive]
-        share = math.fsum(weights)
-        for label, weight in zip(alive, weights):
-            mass[label] += q * (weight / share if share > 0 else 1.0 / len(alive))
-    total = math.fsum(mass.values())
-    if not total > 0 or not math.isfinite(total):
-        raise ValueError("The server's label scores are not finite.")
-    return ({label: m / total for label, m in mass.items()}, evaluations,
-            math.fsum(q for q, _ in unexplored))
+                steps.append((piece, piece, logprob))
+        return steps
+
+    return label_mass(spelled, expand, min_branch_prob=min_branch_prob, max_evaluations=max_evaluations,
+                      who="server")
 
 
 def _piece_bytes(entry: dict[str, Any]) -> bytes:
