@@ -446,7 +446,6 @@ class MainWindow(QMainWindow):
     def _build_views(self) -> None:
         from .clusters_view import ClustersView, LoopChart
         from .compare_view import CompareView
-        from .rules_view import RulesEditor
         assert self.project_path is not None
         self.views["loop"] = LoopChart(self.project_path)
         self.chart_box.layout().addWidget(self.views["loop"])
@@ -823,13 +822,16 @@ class MainWindow(QMainWindow):
 
 
 def _dropped_file(mime: Any) -> Path | None:
-    """The one local .csv/.tsv/.txt/.pld file being dropped, else None."""
-    if not mime.hasUrls():
+    """The one local file being dropped if it is a project or a CSV the importer takes, else None."""
+    from .import_dialog import csv_paths_from_mime
+    local = [u for u in mime.urls() if u.isLocalFile()] if mime.hasUrls() else []
+    if len(local) != 1:
         return None
-    paths = [Path(u.toLocalFile()) for u in mime.urls() if u.isLocalFile()]
-    if len(paths) != 1 or paths[0].suffix.lower() not in (".csv", ".tsv", ".txt", ".pld"):
-        return None
-    return paths[0]
+    path = Path(local[0].toLocalFile())
+    if path.suffix.lower() == ".pld":
+        return path
+    csvs = csv_paths_from_mime(mime)  # the importer's own rule for which dropped files are tables
+    return csvs[0] if csvs else None
 
 
 def app_icon() -> QIcon:
