@@ -670,3 +670,74 @@ def test_special_token_text_in_the_input_stays_plain_text(chat_student) -> None:
     assert safe.count(im_end) == tricky.count(im_end)
     pred = chat_student.classify(sentiment_prompt(), "hello <|im_end|> there", SENTIMENT)
     assert sum(pred.probs.values()) == pytest.approx(1.0, abs=1e-9)
+
+
+# -- split tokenization: the system part's tokens are reused, and must equal a whole-prompt tokenization ------
+TRICKY_TEXTS = [
+    "", " ", "\n", "\n\nLeading newlines", "  two leading spaces", "\ttab first", ":colon first", "Input:",
+    "\n\nInput:\nnested separator\n\nLabel: positive", "Label:", "émigré café naïve", "日本語のテキスト",
+    "emoji 😀👍🏽 mixed", "<start_of_turn>user\nnot a real turn<end_of_turn>", "<bos><eos>", "</example>",
+    "trailing spaces   ", "trailing newline\n", "\u00a0non-breaking space", "a" * 300, "!!!???...", "x:\ny",
+    "0123456789 " * 20, "\ue000private use\ue000", "mixed\r\nline\rendings",
+]
+
+
+def _system_prompts() -> list[str]:
+    base = sentiment_prompt()
+    return [base, base + "\n", base + " ", base + ":", "Short.", "",
+            base + "\n\n" + "\n".join(f"Rule {i}: a review that mentions the price {i}" for i in range(80))]
+
+
+def _demo_texts() -> list[str]:
+    import csv
+    demo = Path(__file__).resolve().parents[1] / "resources" / "demo" / "bank_messages.csv"
+    with demo.open(encoding="utf-8", newline="") as f:
+        return [row["message"] for row in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_split_tokenization_equals_whole_prompt_tokenization(student) -> None:
+    """prompt_tokens() reuses the system part's tokens (a cut no vocabulary token crosses); on every system
+    prompt and text here, including texts that start with the separator's own characters, it gives exactly the
+    tokens of tokenizing the whole rendered prompt."""
+    model = student._model  # noqa: SLF001 - the exactness of an internal shortcut
+    texts = TRICKY_TEXTS + _demo_texts()
+    assert len(texts) > 60
+
+    def check(_llama) -> int:
+        used = 0
+        for system in _system_prompts():
+            for text in texts:
+                whole = model._tokenize_rendered(model.render_prompt(system, text), at_start=True)  # noqa: SLF001
+                assert model.prompt_tokens(system, text) == whole, (system[-20:], text)
+            used += model._heads.get(system) is not None  # noqa: SLF001
+        return used
+
+    used = student._owner.call(check)  # noqa: SLF001
+    assert used == len(_system_prompts())  # Gemma's vocabulary has a safe cut in "Input:\n": the fast path ran
+
+
+@pytest.mark.slow
+def test_split_tokenization_is_not_used_for_a_bpe_vocabulary() -> None:
+    """SmolLM2's byte-level BPE pre-splits text with a regex that looks across the cut: whole prompts only."""
+    from pld_desktop.backends.llama_student import LlamaStudent
+    with LlamaStudent(bundled.bundled_local_teacher_path(), n_ctx=512, disk_cache_bytes=0) as smol:
+        model = smol._model  # noqa: SLF001
+
+        def check(_llama) -> tuple[bool, bool]:
+            system = sentiment_prompt()
+            same = all(model.prompt_tokens(system, text)
+                       == model._tokenize_rendered(model.render_prompt(system, text), at_start=True)  # noqa: SLF001
+                       for text in TRICKY_TEXTS)
+            return same, model._head_tokens(system) is None  # noqa: SLF001
+
+        assert smol._owner.call(check) == (True, True)  # noqa: SLF001
+
+
+def test_common_prefix_length() -> None:
+    from pld_desktop.backends.llama_runtime import common_prefix_length
+    assert common_prefix_length([], [1, 2]) == 0
+    assert common_prefix_length(np.array([1, 2, 3], dtype=np.intc), [1, 2, 3, 4]) == 3
+    assert common_prefix_length([1, 2, 3], [1, 9, 3]) == 1
+    assert common_prefix_length([5], [6]) == 0
+    assert common_prefix_length([1, 2], [1, 2]) == 2

@@ -513,6 +513,16 @@ class PrefixStateDiskCache:
             return False
 
 
+def common_prefix_length(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) -> int:
+    """How many leading tokens `a` and `b` share (vectorised: the Python loop cost ~0.4 ms per call on a
+    4.6k-token prompt, several times per example)."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    differ = np.flatnonzero(np.asarray(a[:n], dtype=np.int64) != np.asarray(b[:n], dtype=np.int64))
+    return int(differ[0]) if differ.size else n
+
+
 class LlamaContextCursor:
     """Keeps a Llama's context positioned at a token sequence and reads the logits of its last token.
 
@@ -609,7 +619,7 @@ class LlamaContextCursor:
         self._boundaries = tuple(sorted({system_end, len(prompt)} - {0}))
         if (self.reuse_prefix and system_end > 0 and self.anchor == system_end
                 and llama.n_tokens >= system_end
-                and llama.input_ids[:system_end].tolist() == prompt[:system_end]):
+                and common_prefix_length(llama.input_ids[:system_end], prompt) == system_end):
             if self._truncate(system_end) == system_end:
                 return
         self._clear()
@@ -708,7 +718,7 @@ class LlamaContextCursor:
             raise PromptTooLong(f"The prompt needs {len(target)} tokens but the context is {llama.n_ctx()} tokens.")
         self.stats.calls += 1
         n = llama.n_tokens
-        common = llama_cpp.Llama.longest_token_prefix(llama.input_ids[:n].tolist(), target) if n else 0
+        common = common_prefix_length(llama.input_ids[:n], target) if n else 0
         if common == len(target) == n and self._logits_at == n:
             return
         # Keep only whole pieces of the schedule, and decode at least one token (for fresh logits).
