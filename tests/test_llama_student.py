@@ -741,3 +741,26 @@ def test_common_prefix_length() -> None:
     assert common_prefix_length([1, 2, 3], [1, 9, 3]) == 1
     assert common_prefix_length([5], [6]) == 0
     assert common_prefix_length([1, 2], [1, 2]) == 2
+
+
+def test_flash_attention_is_chosen_for_sliding_window_models_only() -> None:
+    from pld_desktop.backends.llama_student import default_flash_attn
+    assert default_flash_attn(bundled.bundled_student_path()) is True          # Gemma 3: sliding window
+    assert default_flash_attn(bundled.bundled_local_teacher_path()) is False   # SmolLM2 (Llama): none
+
+
+@pytest.mark.slow
+def test_without_flash_attention_restored_states_are_exact_on_a_model_without_sliding_window() -> None:
+    """SmolLM2 runs without flash attention (its default); alternating two prompts restores each one's saved state,
+    and every probability equals an evaluation from scratch exactly."""
+    from pld_desktop.backends.llama_student import LlamaStudent
+    path = bundled.bundled_local_teacher_path()
+    prompts = [sentiment_prompt() + "\n" + "\n".join(f"Rule {i}: padding about topic {i}." for i in range(k))
+               for k in (20, 30)]
+    with LlamaStudent(path, n_ctx=2048, disk_cache_bytes=0) as cached, \
+            LlamaStudent(path, n_ctx=2048, reuse_prefix=False) as fresh:
+        for text in TEXTS[:4]:
+            for prompt in prompts:
+                assert cached.classify(prompt, text, SENTIMENT).probs == fresh.classify(prompt, text, SENTIMENT).probs
+        assert cached.stats().state_restores >= 6
+        assert cached._owner.call(lambda llama: llama.context_params.flash_attn_type) == 0  # noqa: SLF001

@@ -30,7 +30,7 @@ from pld_desktop.backends.bundled import ModelFileError, bundled_student_path
 from pld_desktop.backends.label_search import label_mass
 from pld_desktop.backends.llama_runtime import (EvalStats, LlamaContextCursor, LlamaOwner, PrefixStateCache,
                                                 PrefixStateDiskCache, common_prefix_length, gguf_chat_formatter,
-                                                model_identity, state_settings)
+                                                model_identity, read_gguf_metadata, state_settings)
 from pld_desktop.core.backends import ModelIdentity, Prediction, PromptTooLong
 from pld_desktop.core.prompts import student_user_message
 
@@ -347,12 +347,24 @@ class _StudentModel:
 MIN_STUDENT_CTX = 256
 
 
+def default_flash_attn(model_path: str | os.PathLike[str]) -> bool:
+    """Flash attention only for sliding-window models (Gemma 2/3), where saved prompt states are bit-identical
+    only with it. Elsewhere llama.cpp's CPU flash-attention kernel is the slow choice: with SmolLM2's 64-wide
+    heads an example after a 4.6k-token prompt took 1.03 s with it and 0.16 s without (bench.student)."""
+    arch = read_gguf_metadata(model_path, {"general.architecture"}).get("general.architecture")
+    if not isinstance(arch, str):
+        return True  # unreadable header: the loader will say what is wrong
+    window = read_gguf_metadata(model_path, {f"{arch}.attention.sliding_window"})
+    return int(window.get(f"{arch}.attention.sliding_window", 0) or 0) > 0
+
+
 class LlamaStudent:
     """The Student protocol on a local GGUF model through llama-cpp-python (default: the bundled Gemma 3 270M).
 
     `prefix_cache_bytes` bounds the in-memory LRU of system-prompt KV states and `disk_cache_bytes` the folder of
     saved states (`state_dir`, default `$PLD_CACHE_DIR` or ~/.cache/pld-desktop, then prefix-states/); 0
-    disables either; both need `flash_attn` and `n_threads` 1 (the default). `n_threads` is for one-token
+    disables either; both need `n_threads` 1 (the default) and, on a sliding-window model, `flash_attn` (the default
+    `None` turns it on for exactly those models: see `default_flash_attn`). `n_threads` is for one-token
     decodes (only labels that branch after their first token need them; an example's own tokens are one batch):
     measured on Gemma 3 270M, 2 threads there make a restored state's logits differ from a fresh evaluation's
     (~2e-2 in a label probability), which would break the exactness of the state caches, so they are off if
@@ -365,13 +377,15 @@ class LlamaStudent:
     def __init__(self, model_path: str | os.PathLike[str] | None = None, n_ctx: int = 4096,
                  n_threads: int | None = None, n_threads_batch: int | None = None, *,
                  reuse_prefix: bool = True, use_extra_bufts: bool | None = None,
-                 prefix_cache_bytes: int = 1 << 30, flash_attn: bool = True,
+                 prefix_cache_bytes: int = 1 << 30, flash_attn: bool | None = None,
                  state_dir: str | os.PathLike[str] | None = None, disk_cache_bytes: int = 2 << 30) -> None:
         if n_ctx < MIN_STUDENT_CTX:  # llama.cpp misbehaves below this; no rule prompt fits anyway
             raise ValueError(f"The student's context size ({n_ctx} tokens) is too small: use at least "
                              f"{MIN_STUDENT_CTX} tokens (--n-ctx / Models > Student > context size).")
         path = bundled_student_path() if model_path is None else model_path
         n_threads = 1 if n_threads is None else int(n_threads)
+        if flash_attn is None:
+            flash_attn = default_flash_attn(path)
         self._owner = LlamaOwner(path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads_batch,
                                  name="student", use_extra_bufts=use_extra_bufts, flash_attn=flash_attn)
         try:
@@ -379,11 +393,15 @@ class LlamaStudent:
             # cache slots than a fresh evaluation: only llama.cpp's flash-attention kernel (which skips masked
             # cells and visits the others in order) gives bit-identical results then, so the cache needs it.
             # Likewise a one-token decode on several threads (see the class docstring): no state caches then.
-            exact_restores = flash_attn and n_threads <= 1
-            if reuse_prefix and flash_attn and not exact_restores:
+            n_swa = self._owner.call(lambda llama: int(llama_capi.llama_model_n_swa(llama.model)))
+            exact_restores = (flash_attn or n_swa == 0) and n_threads <= 1
+            if reuse_prefix and n_threads > 1:
                 log.warning("student n_threads=%d: saved prompt states are not used (with several threads a "
                             "one-token decode after a restored state is not bit-identical); set the threads "
                             "for prompt processing (n_threads_batch) instead", n_threads)
+            elif reuse_prefix and not exact_restores:
+                log.warning("student without flash attention on a sliding-window model: saved prompt states are "
+                            "not used (they would not be bit-identical)")
             cache_bytes = prefix_cache_bytes if exact_restores else 0
             self._model: _StudentModel = self._owner.call(
                 lambda llama: _StudentModel(llama, reuse_prefix, cache_bytes))
