@@ -750,17 +750,33 @@ def test_flash_attention_is_chosen_for_sliding_window_models_only() -> None:
 
 
 @pytest.mark.slow
-def test_without_flash_attention_restored_states_are_exact_on_a_model_without_sliding_window() -> None:
-    """SmolLM2 runs without flash attention (its default); alternating two prompts restores each one's saved state,
-    and every probability equals an evaluation from scratch exactly."""
+@pytest.mark.parametrize("n_threads", [None, 2])
+def test_without_flash_attention_restored_states_are_exact_on_a_model_without_sliding_window(n_threads) -> None:
+    """SmolLM2 runs without flash attention (its default), with one or several decode threads; alternating two
+    prompts restores each one's saved state, and every probability equals an evaluation from scratch exactly."""
     from pld_desktop.backends.llama_student import LlamaStudent
     path = bundled.bundled_local_teacher_path()
     prompts = [sentiment_prompt() + "\n" + "\n".join(f"Rule {i}: padding about topic {i}." for i in range(k))
                for k in (20, 30)]
-    with LlamaStudent(path, n_ctx=2048, disk_cache_bytes=0) as cached, \
-            LlamaStudent(path, n_ctx=2048, reuse_prefix=False) as fresh:
+    with LlamaStudent(path, n_ctx=2048, n_threads=n_threads, disk_cache_bytes=0) as cached, \
+            LlamaStudent(path, n_ctx=2048, n_threads=n_threads, reuse_prefix=False) as fresh:
         for text in TEXTS[:4]:
             for prompt in prompts:
                 assert cached.classify(prompt, text, SENTIMENT).probs == fresh.classify(prompt, text, SENTIMENT).probs
         assert cached.stats().state_restores >= 6
         assert cached._owner.call(lambda llama: llama.context_params.flash_attn_type) == 0  # noqa: SLF001
+
+
+@pytest.mark.slow
+def test_several_decode_threads_on_a_sliding_window_model_turn_the_state_caches_off(tmp_path: Path) -> None:
+    """Gemma 3 with 2 decode threads: a restored state would not be bit-identical, so none is kept or restored,
+    and interleaved prompts still equal a fresh evaluation exactly."""
+    from pld_desktop.backends.llama_student import LlamaStudent
+    prompts = [sentiment_prompt(), sentiment_prompt() + "\nRule: sarcasm counts as negative."]
+    with LlamaStudent(n_ctx=1024, n_threads=2, state_dir=tmp_path) as student, \
+            LlamaStudent(n_ctx=1024, n_threads=2, reuse_prefix=False) as fresh:
+        for text in TEXTS[:2]:
+            for prompt in prompts:
+                assert student.classify(prompt, text, SENTIMENT).probs == fresh.classify(prompt, text, SENTIMENT).probs
+        assert student.prefix_cache_info() == (0, 0)
+        assert student.stats().state_restores == 0 and student.disk_cache is None

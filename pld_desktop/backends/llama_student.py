@@ -347,15 +347,21 @@ class _StudentModel:
 MIN_STUDENT_CTX = 256
 
 
+def has_sliding_window(model_path: str | os.PathLike[str]) -> bool:
+    """Whether the GGUF declares sliding-window attention (Gemma 2/3); True if the header cannot be read (the
+    cautious settings; the loader then says what is wrong)."""
+    arch = read_gguf_metadata(model_path, {"general.architecture"}).get("general.architecture")
+    if not isinstance(arch, str):
+        return True
+    window = read_gguf_metadata(model_path, {f"{arch}.attention.sliding_window"})
+    return int(window.get(f"{arch}.attention.sliding_window", 0) or 0) > 0
+
+
 def default_flash_attn(model_path: str | os.PathLike[str]) -> bool:
     """Flash attention only for sliding-window models (Gemma 2/3), where saved prompt states are bit-identical
     only with it. Elsewhere llama.cpp's CPU flash-attention kernel is the slow choice: with SmolLM2's 64-wide
     heads an example after a 4.6k-token prompt took 1.03 s with it and 0.16 s without (bench.student)."""
-    arch = read_gguf_metadata(model_path, {"general.architecture"}).get("general.architecture")
-    if not isinstance(arch, str):
-        return True  # unreadable header: the loader will say what is wrong
-    window = read_gguf_metadata(model_path, {f"{arch}.attention.sliding_window"})
-    return int(window.get(f"{arch}.attention.sliding_window", 0) or 0) > 0
+    return has_sliding_window(model_path)
 
 
 class LlamaStudent:
@@ -363,12 +369,13 @@ class LlamaStudent:
 
     `prefix_cache_bytes` bounds the in-memory LRU of system-prompt KV states and `disk_cache_bytes` the folder of
     saved states (`state_dir`, default `$PLD_CACHE_DIR` or ~/.cache/pld-desktop, then prefix-states/); 0
-    disables either; both need `n_threads` 1 (the default) and, on a sliding-window model, `flash_attn` (the default
-    `None` turns it on for exactly those models: see `default_flash_attn`). `n_threads` is for one-token
-    decodes (only labels that branch after their first token need them; an example's own tokens are one batch):
-    measured on Gemma 3 270M, 2 threads there make a restored state's logits differ from a fresh evaluation's
-    (~2e-2 in a label probability), which would break the exactness of the state caches, so they are off if
-    `n_threads` > 1. Prompt processing (`n_threads_batch`) uses every core by default.
+    disables either. On a sliding-window model (Gemma 3) both need `flash_attn` and `n_threads` 1, the defaults
+    there: `n_threads` is for one-token decodes (only labels that branch after their first token need them; an
+    example's own tokens are one batch), and measured on Gemma 3 270M 2 threads make a restored state's logits
+    differ from a fresh evaluation's (~4e-2 in a label probability), which would break the exactness of the
+    state caches, so they are off then. Other models default to no flash attention (`default_flash_attn`) and
+    llama-cpp-python's decode threads; their restores are exact with either. Prompt processing
+    (`n_threads_batch`) uses every core by default.
 
     Thread contract: one owner thread (`LlamaOwner`) holds the model and runs every call; the public methods
     may be called from any thread and are serialised in arrival order.
@@ -383,19 +390,22 @@ class LlamaStudent:
             raise ValueError(f"The student's context size ({n_ctx} tokens) is too small: use at least "
                              f"{MIN_STUDENT_CTX} tokens (--n-ctx / Models > Student > context size).")
         path = bundled_student_path() if model_path is None else model_path
-        n_threads = 1 if n_threads is None else int(n_threads)
+        sliding = has_sliding_window(path)
+        if n_threads is None and sliding:
+            n_threads = 1  # see below; otherwise llama-cpp-python's default (half the logical cores)
         if flash_attn is None:
-            flash_attn = default_flash_attn(path)
+            flash_attn = sliding
         self._owner = LlamaOwner(path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads_batch,
                                  name="student", use_extra_bufts=use_extra_bufts, flash_attn=flash_attn)
         try:
             # A restored state holds only the sliding-window cells an SWA cache (Gemma 3) still needs, in other
             # cache slots than a fresh evaluation: only llama.cpp's flash-attention kernel (which skips masked
-            # cells and visits the others in order) gives bit-identical results then, so the cache needs it.
-            # Likewise a one-token decode on several threads (see the class docstring): no state caches then.
-            n_swa = self._owner.call(lambda llama: int(llama_capi.llama_model_n_swa(llama.model)))
-            exact_restores = (flash_attn or n_swa == 0) and n_threads <= 1
-            if reuse_prefix and n_threads > 1:
+            # cells and visits the others in order) on one thread gives bit-identical results then, so the
+            # state caches need both there. Without a sliding window restores are exact either way (tested).
+            n_swa, n_threads = self._owner.call(lambda llama: (int(llama_capi.llama_model_n_swa(llama.model)),
+                                                               int(llama.context_params.n_threads)))
+            exact_restores = n_swa == 0 or (flash_attn and n_threads <= 1)
+            if reuse_prefix and not exact_restores and n_threads > 1:
                 log.warning("student n_threads=%d: saved prompt states are not used (with several threads a "
                             "one-token decode after a restored state is not bit-identical); set the threads "
                             "for prompt processing (n_threads_batch) instead", n_threads)
