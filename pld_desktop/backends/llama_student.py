@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -163,6 +163,19 @@ def _too_long_message(needed: int, n_ctx: int) -> str:
 # ---------------------------------------------------------------------------
 # The student
 # ---------------------------------------------------------------------------
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _remember(cache: dict[_K, _V], key: _K, value: _V) -> _V:
+    """Store `value` in a per-prompt cache that is emptied past 64 entries (prompts change as rules are edited;
+    old ones are rarely asked for again) and return it."""
+    if len(cache) > 64:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
 class _StudentModel:
     """Everything the student does with its Llama. Lives on, and is only used from, the owner thread."""
 
@@ -239,18 +252,15 @@ class _StudentModel:
             marker = "\ue000PLD-INPUT\ue000"
             separator = student_user_message("", marker).split(marker)[0]  # "\n\nInput:\n"
             rendered = self.render_prompt(system_prompt, marker)
-            if rendered.count(marker) == 1 and rendered.split(marker)[0].endswith(separator):
-                before = rendered.split(marker)[0]
+            before = rendered.partition(marker)[0]
+            if rendered.count(marker) == 1 and before.endswith(separator):
                 pairs = self._vocab_char_pairs()
                 for cut in range(len(before) - 1, len(before) - len(separator), -1):
                     if before[cut - 1:cut + 1] not in pairs:
                         text = before[:cut]
                         head = (text, self._tokenize_rendered(text, at_start=True))
                         break
-        if len(self._heads) > 64:
-            self._heads.clear()
-        self._heads[system_prompt] = head
-        return head
+        return _remember(self._heads, system_prompt, head)
 
     def _vocab_char_pairs(self) -> frozenset[str]:
         """Every two adjacent characters inside some vocabulary token's text (~0.3 s once for 262k tokens)."""
@@ -269,18 +279,14 @@ class _StudentModel:
         if stable is None:
             probe_a = self.prompt_tokens(system_prompt, "A")
             probe_b = self.prompt_tokens(system_prompt, "z")
-            stable = probe_a[:common_prefix_length(probe_a, probe_b)]
-            if len(self._system_prefixes) > 64:
-                self._system_prefixes.clear()
-            self._system_prefixes[system_prompt] = stable
+            stable = _remember(self._system_prefixes, system_prompt,
+                               probe_a[:common_prefix_length(probe_a, probe_b)])
         return common_prefix_length(stable, prompt)
 
     def _system_has_special_token_text(self, system_prompt: str) -> bool:
         verdict = self._system_specials.get(system_prompt)
         if verdict is None:
-            if len(self._system_specials) > 64:
-                self._system_specials.clear()
-            verdict = self._system_specials[system_prompt] = self._has_special_token_text(system_prompt)
+            verdict = _remember(self._system_specials, system_prompt, self._has_special_token_text(system_prompt))
         return verdict
 
     def _has_special_token_text(self, text: str) -> bool:
@@ -310,9 +316,7 @@ class _StudentModel:
         if cached is None:
             space = LabelSpace(key, self.pieces, self.label_prefix)
             longest = max(len(self.tokenize_text(self.label_prefix + label)) for label in key)
-            if len(self._spaces) > 64:
-                self._spaces.clear()
-            cached = self._spaces[key] = (space, longest)
+            cached = _remember(self._spaces, key, (space, longest))
         return cached
 
     def check_fits(self, system_prompt: str, longest_input: str, labels: Sequence[str]) -> int:
@@ -357,13 +361,6 @@ def has_sliding_window(model_path: str | os.PathLike[str]) -> bool:
     return int(window.get(f"{arch}.attention.sliding_window", 0) or 0) > 0
 
 
-def default_flash_attn(model_path: str | os.PathLike[str]) -> bool:
-    """Flash attention only for sliding-window models (Gemma 2/3), where saved prompt states are bit-identical
-    only with it. Elsewhere llama.cpp's CPU flash-attention kernel is the slow choice: with SmolLM2's 64-wide
-    heads an example after a 4.6k-token prompt took 1.03 s with it and 0.16 s without (bench.student)."""
-    return has_sliding_window(model_path)
-
-
 class LlamaStudent:
     """The Student protocol on a local GGUF model through llama-cpp-python (default: the bundled Gemma 3 270M).
 
@@ -373,7 +370,7 @@ class LlamaStudent:
     there: `n_threads` is for one-token decodes (only labels that branch after their first token need them; an
     example's own tokens are one batch), and measured on Gemma 3 270M 2 threads make a restored state's logits
     differ from a fresh evaluation's (~4e-2 in a label probability), which would break the exactness of the
-    state caches, so they are off then. Other models default to no flash attention (`default_flash_attn`) and
+    state caches, so they are off then. Other models default to no flash attention (see `__init__`) and
     llama-cpp-python's decode threads; their restores are exact with either. Prompt processing
     (`n_threads_batch`) uses every core by default.
 
@@ -394,6 +391,9 @@ class LlamaStudent:
         if n_threads is None and sliding:
             n_threads = 1  # see below; otherwise llama-cpp-python's default (half the logical cores)
         if flash_attn is None:
+            # Flash attention only where saved prompt states need it to be bit-identical (sliding windows).
+            # Elsewhere llama.cpp's CPU kernel is the slow choice: with SmolLM2's 64-wide heads an example after
+            # a 4.6k-token prompt took 1.03 s with it and 0.16 s without (bench.student).
             flash_attn = sliding
         self._owner = LlamaOwner(path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads_batch,
                                  name="student", use_extra_bufts=use_extra_bufts, flash_attn=flash_attn)
