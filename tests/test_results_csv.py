@@ -13,7 +13,6 @@ import pytest
 
 from pld_desktop.backends.gemini_teacher import GeminiTeacher
 from pld_desktop.core import export as export_module
-from pld_desktop.core.dataset import ColumnMapping, SplitSettings, load_dataset
 from pld_desktop.core.export import export_rule_set
 from pld_desktop.core.pipeline import run_pipeline
 from pld_desktop.core.progress import SilentProgress
@@ -109,9 +108,7 @@ def test_formula_texts_from_a_real_dataset_are_neutralised(tmp_path: Path) -> No
         row["message"] = hostile[n % len(hostile)] if n % 2 == 0 else row["message"]
         return row
     csv_path = ch.tiny_csv(tmp_path / "h.csv", per_label=8, transform=rewrite)
-    ds = load_dataset(csv_path, ColumnMapping(("message",), "label", id_column="id"), SplitSettings())
-    project = Project.create(tmp_path / "h.pld")
-    project.store_dataset(ds, "h.csv")
+    project = Project.open(ch.make_project(tmp_path / "h.pld", csv_path, _settings()))
     assert run_pipeline(project, _settings(), FakeBackends(), SilentProgress()).status == "done"
     path = export_results_csv(project, tmp_path / "h.csv.results.csv")
     _, rows = _read(path)
@@ -158,9 +155,7 @@ def test_hostile_texts_are_sent_as_delimited_data_and_exports_escape_them(tmp_pa
         row["message"] = f"{row['message']} {INJECTION} {MARKUP}"
         return row
     csv_path = ch.tiny_csv(tmp_path / "inj.csv", per_label=8, transform=rewrite)
-    ds = load_dataset(csv_path, ColumnMapping(("message",), "label", id_column="id"), SplitSettings())
-    project = Project.create(tmp_path / "inj.pld")
-    project.store_dataset(ds, "inj.csv")
+    project = Project.open(ch.make_project(tmp_path / "inj.pld", csv_path, _settings()))
     backends = FakeBackends(teacher=HostileTeacher())
     assert run_pipeline(project, _settings(), backends, SilentProgress()).status == "done"
     extraction = [r for r in backends.t.requests if r.kind == "extraction"]
@@ -191,9 +186,7 @@ def test_an_example_cannot_close_its_own_data_delimiter(tmp_path: Path) -> None:
         row["message"] = f"{row['message']} {escape}"
         return row
     csv_path = ch.tiny_csv(tmp_path / "esc.csv", per_label=8, transform=rewrite)
-    ds = load_dataset(csv_path, ColumnMapping(("message",), "label", id_column="id"), SplitSettings())
-    project = Project.create(tmp_path / "esc.pld")
-    project.store_dataset(ds, "esc.csv")
+    project = Project.open(ch.make_project(tmp_path / "esc.pld", csv_path, _settings()))
     backends = FakeBackends()
     run_pipeline(project, _settings(), backends, SilentProgress(), phases=[1])
     for req in (r for r in backends.t.requests if r.kind == "extraction"):
