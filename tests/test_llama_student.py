@@ -347,6 +347,11 @@ def raw_llama(student):
     llm.close()
 
 
+# A winner this far ahead of the runner-up is far outside the ~1e-2 logit noise between evaluation schedules
+# and the small mass of a label's alternative spellings, so greedy decoding picks the same label.
+CLEAR_MARGIN = 0.2
+
+
 def greedy_constrained_label(llm, prompt_tokens: list[int], labels: list[str], label_prefix: str,
                              system_end: int | None = None) -> str:
     """llama-cpp-python's own grammar-constrained greedy decoding of one label.
@@ -440,13 +445,23 @@ def test_shared_and_prefix_labels_match_a_fresh_evaluation(student, raw_llama, l
 
 @pytest.mark.slow
 @pytest.mark.parametrize("labels", [SENTIMENT, ["not_mentioned", "not_entailed"], ["yes", "no"]])
-def test_argmax_equals_llama_cpp_grammar_constrained_greedy_decoding(student, raw_llama, labels) -> None:
+def test_argmax_agrees_with_llama_cpp_grammar_constrained_greedy_decoding(student, raw_llama, labels) -> None:
+    """The product promises the most probable label under the grammar-constrained label distribution.
+    Greedy constrained decoding picks token by token, so where labels share leading tokens (or a label has
+    several spellings) the two can legitimately differ when labels are close (0.52 vs 0.48 seen on another
+    CPU). Greedy must agree wherever the winner is clear; near-ties are not a promise and are not asserted."""
     prompt = sentiment_prompt(labels)
+    clear = 0
     for text in TEXTS:
         pred = student.classify(prompt, text, labels)
+        first, second = sorted(pred.probs.values(), reverse=True)[:2]
+        if first - second < CLEAR_MARGIN:
+            continue
+        clear += 1
         tokens, system_end = student.prompt_split(prompt, text)
         generated = greedy_constrained_label(raw_llama, tokens, labels, student.label_prefix, system_end)
         assert generated == student.label_prefix + pred.label, (text, pred.probs)
+    assert clear >= 3, f"only {clear} of {len(TEXTS)} texts have a clear winner; the check says too little"
 
 
 @pytest.mark.slow
