@@ -586,7 +586,7 @@ class MainWindow(QMainWindow):
             return
         from ..core.settings import save_settings
         from .models_dialog import ModelsDialog
-        dialog = ModelsDialog(self._settings(), self)
+        dialog = ModelsDialog(self._settings(), self, project_path=self.project_path)
         if dialog.exec() == ModelsDialog.DialogCode.Accepted:
             save_settings(self.project, dialog.settings())
             self.statusBar().showMessage("Model settings saved in the project.", 4000)
