@@ -181,3 +181,27 @@ def test_pld_models_json_lists_all_three(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert text.returncode == 0 and "smollm2:135m" in text.stdout and "gemma3" in text.stdout
 
+
+
+_LLAMA_SIZES = r"""
+import sys, llama_cpp
+llama = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=int(sys.argv[2]), verbose=True)
+del llama
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["student", "teacher"])
+def test_memory_estimate_matches_what_llama_cpp_allocates(which: str) -> None:
+    """KV cache exactly, work buffers within 15%, as llama.cpp itself reports them when it loads the model."""
+    import re
+    path = bundled_student_path() if which == "student" else bundled_local_teacher_path()
+    out = subprocess.run([sys.executable, "-c", _LLAMA_SIZES, str(path), "2048"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    mib = 2 ** 20
+    kv = sum(float(x) for x in re.findall(r"llama_kv_cache: size =\s+([\d.]+) MiB", out.stderr)) * mib
+    compute = float(re.findall(r"CPU compute buffer size =\s+([\d.]+) MiB", out.stderr)[0]) * mib
+    est = memory_estimate(describe_file(path), 2048, available=2**40)
+    assert est.kv_cache == kv
+    assert abs(est.compute - compute) / compute < 0.15

@@ -78,7 +78,8 @@ def test_the_list_shows_each_store_and_fills_in_student_and_teacher(qtbot, home:
     assert archs == {"Hugging Face cache": "gemma3", "LM Studio": "qwen2", "Ollama": "llama"}
     ollama = _row(dialog, "Ollama")
     assert table.item(ollama, 0).text() == "smollm2:135m"
-    assert "at 2,048" in table.item(ollama, 8).text()  # sized for the dialog's context setting
+    assert table.item(ollama, 8).text().endswith("✔")  # it fits
+    assert "2,048 tokens of context" in table.item(ollama, 8).toolTip()  # sized for the dialog's context setting
 
     assert not panel.student_btn.isEnabled()  # nothing selected yet
     table.selectRow(_row(dialog, "LM Studio"))

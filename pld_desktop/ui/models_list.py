@@ -16,7 +16,7 @@ from ..core.progress import Cancelled
 from .tasks import QtProgress
 
 COLUMNS = ("Model", "Source", "Architecture", "Parameters", "Quantisation", "Size", "Trained context",
-           "Chat template", "Memory here", "Status")
+           "Chat template", "Memory", "Status")
 PATH_ROLE = Qt.ItemDataRole.UserRole + 1
 
 # Jobs that outlive a closed dialog are kept here until they finish (a running QThread must not be destroyed).
@@ -57,6 +57,14 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
+def _size(n: int) -> str:
+    return _gib(n) if n >= 2**30 else f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.0f} M" if n >= 1e6 else f"{n:,}"
+
+
 class ModelListPanel(QWidget):
     """Lists the GGUFs found on this machine (backends/model_store.py) and offers the curated ones to fetch.
 
@@ -82,8 +90,13 @@ class ModelListPanel(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().hide()
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)  # long repo paths: elided, tooltip
+        header.setStretchLastSection(True)
+        self.table.setColumnWidth(0, 300)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.table.setWordWrap(False)
         self.table.itemSelectionChanged.connect(self._update_buttons)
         layout.addWidget(self.table, 1)
 
@@ -149,13 +162,15 @@ class ModelListPanel(QWidget):
 
     def _fill(self, rows: list[tuple[FoundModel, MemoryEstimate | None]]) -> None:
         self.models = [m for m, _ in rows]
+        n_ctx = next((mem.n_ctx for _, mem in rows if mem is not None), None)
+        self.table.setHorizontalHeaderItem(8, QTableWidgetItem(f"Memory at {n_ctx:,}" if n_ctx else "Memory"))
         self.table.setRowCount(len(rows))
         for r, (m, mem) in enumerate(rows):
-            memory = "" if mem is None else (f"{_gib(mem.total)} at {mem.n_ctx:,}"
+            memory = "" if mem is None else (_size(mem.total)
                                              + ("" if mem.fits is None else (" ✔" if mem.fits else " ✘ too big")))
             status = "ok" if m.status == "ok" and not m.problem else f"{m.status}: {m.problem}"
-            cells = (m.label, m.source, m.architecture or "?", f"{m.n_params / 1e9:.2f} B" if m.n_params else "",
-                     m.quantisation, _gib(m.size_bytes), f"{m.n_ctx_train:,}" if m.n_ctx_train else "",
+            cells = (m.label, m.source, m.architecture or "?", _count(m.n_params) if m.n_params else "",
+                     m.quantisation, _size(m.size_bytes), f"{m.n_ctx_train:,}" if m.n_ctx_train else "",
                      ("yes" if m.has_chat_template else "no") if m.status == "ok" else "", memory, status)
             for c, text in enumerate(cells):
                 item = QTableWidgetItem(text)
