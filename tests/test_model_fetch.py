@@ -167,8 +167,11 @@ def test_cancel_keeps_the_part_and_the_next_fetch_resumes(tmp_path: Path, hub: F
     partial = _blob_dir(tmp_path) / (hashlib.sha256(model_bytes).hexdigest() + ".incomplete")
     kept = partial.stat().st_size
     assert 0 < kept < len(model_bytes)
+    sent_before = hub.bytes_sent
     result = fetch_model(f"{REPO}:{FILE}", SilentProgress(), env=env, token="")
     assert result.resumed_from == kept and result.downloaded_bytes == len(model_bytes) - kept
+    assert hub.bytes_sent - sent_before == len(model_bytes) - kept
+    assert [r["range"] for r in hub.requests if r["method"] == "GET"][-1] == f"bytes={kept}-"
     assert Path(result.path).read_bytes() == model_bytes
 
 

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (QApplication, QFileDialog, QGridLayout, QGroupBox
                                QVBoxLayout, QWidget)
 
 from .. import __version__
+from ..backends import model_fetch  # noqa: F401 - notes the user's HF_HUB_OFFLINE before the embedder sets its own
 from ..core.pipeline import PHASE_NAMES, PHASE_TEACHER_KINDS
 from ..core.project import Project, ProjectFileError
 from .tasks import PipelineThread
