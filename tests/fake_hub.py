@@ -44,6 +44,8 @@ class FakeHub:
     stall_after: int | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     bytes_sent: int = 0
+    active: int = 0  # requests being answered now
+    _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -94,6 +96,21 @@ class FakeHub:
         return not repo.gated or h.headers.get("Authorization") == f"Bearer {repo.token}"
 
     def _handle(self, h: BaseHTTPRequestHandler, head: bool) -> None:
+        with self._lock:
+            self.active += 1
+        try:
+            self._answer(h, head)
+        finally:
+            with self._lock:
+                self.active -= 1
+
+    def wait_idle(self, timeout_s: float = 30.0) -> None:
+        """Until no request is being answered (a client that went away may leave a handler writing)."""
+        deadline = time.monotonic() + timeout_s
+        while self.active and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def _answer(self, h: BaseHTTPRequestHandler, head: bool) -> None:
         self.requests.append({"method": h.command, "path": h.path, "range": h.headers.get("Range"),
                               "authorization": h.headers.get("Authorization")})
         path = h.path.split("?", 1)[0]

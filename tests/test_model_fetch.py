@@ -103,6 +103,7 @@ def test_resume_after_a_kill_mid_file(tmp_path: Path, hub: FakeHub, model_bytes:
     assert listed[f"{REPO} (unfinished download)"].status == "partial"
 
     hub.stall_after = None
+    hub.wait_idle()
     sent_before = hub.bytes_sent
     out = _pld(["models", "fetch", f"{REPO}:{FILE}"], env)
     assert out.returncode == 0, out.stderr
@@ -167,6 +168,7 @@ def test_cancel_keeps_the_part_and_the_next_fetch_resumes(tmp_path: Path, hub: F
     partial = _blob_dir(tmp_path) / (hashlib.sha256(model_bytes).hexdigest() + ".incomplete")
     kept = partial.stat().st_size
     assert 0 < kept < len(model_bytes)
+    hub.wait_idle()
     sent_before = hub.bytes_sent
     result = fetch_model(f"{REPO}:{FILE}", SilentProgress(), env=env, token="")
     assert result.resumed_from == kept and result.downloaded_bytes == len(model_bytes) - kept
