@@ -17,6 +17,7 @@ from pld_desktop.ui.models_dialog import ModelsDialog
 from tests.fake_hub import FakeHub, HubFile, HubRepo
 from tests.gguf_files import write_tiny_gguf
 from tests.test_model_store import _home_with_three_stores
+from tests.test_model_probe import project_with_rules  # noqa: F401 - a fixture
 from tests.test_models_dialog import MemoryKeyring
 
 TOKEN = "hf_dialog_token_0123456789"
@@ -131,3 +132,20 @@ def test_cancel_stops_the_download_and_keeps_the_part(qtbot, home: Path, hub: Fa
     qtbot.waitUntil(lambda: not panel.busy(), timeout=60_000)
     assert "Cancelled" in panel.result.text() and "resumes" in panel.result.text()
     assert 10 << 20 <= partial.stat().st_size < len(data)
+
+
+@pytest.mark.slow
+def test_probe_from_the_list_times_the_real_student(qtbot, home: Path, project_with_rules: Path) -> None:  # type: ignore[no-untyped-def]
+    _home_with_three_stores(home)
+    dialog = ModelsDialog(RunSettings(student_n_ctx=1024), project_path=project_with_rules)
+    qtbot.addWidget(dialog)
+    dialog.tabs.setCurrentIndex(dialog.tabs.count() - 1)
+    panel = dialog.model_list
+    qtbot.waitUntil(lambda: not panel.busy() and panel.table.rowCount() == 3, timeout=60_000)
+    panel.table.selectRow(_row(dialog, "Hugging Face cache"))  # the bundled Gemma 3 270M behind an HF layout
+    panel.probe_btn.click()
+    assert panel.busy() and not panel.probe_btn.isEnabled()
+    qtbot.waitUntil(lambda: not panel.busy(), timeout=300_000)
+    text = panel.result.text()
+    assert text.startswith("✔ Gemma 3 270m"), text
+    assert "Prompt: version 1" in text and "per example over 4 examples" in text
