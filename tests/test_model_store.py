@@ -130,6 +130,14 @@ def test_partial_and_unreadable_files_are_listed_as_such(tmp_path: Path) -> None
         read_gguf_header(folder / "not-gguf.gguf")
 
 
+def test_only_the_first_part_of_a_split_model_can_be_chosen(tmp_path: Path) -> None:
+    first = describe_file(write_tiny_gguf(tmp_path / "m-00001-of-00002.gguf", split=(0, 2)))
+    second = describe_file(write_tiny_gguf(tmp_path / "m-00002-of-00002.gguf", split=(1, 2)))
+    assert (first.split_part, first.split_count, first.usable) == (1, 2, True)
+    assert (second.split_part, second.usable) == (2, False) and "choose part 1" in second.problem
+    assert describe_file(write_tiny_gguf(tmp_path / "whole.gguf")).split_part == 0
+
+
 def test_ollama_manifest_with_a_missing_blob_and_hf_unfinished_download(tmp_path: Path) -> None:
     manifest = tmp_path / ".ollama" / "models" / "manifests" / "registry.ollama.ai" / "library" / "gemma3" / "4b"
     manifest.parent.mkdir(parents=True)

@@ -57,11 +57,14 @@ class FoundModel:
     n_vocab: int = 0
     kv_bytes_per_token: int = 0  # f16 K and V over all layers, from the header's heads and dims
     sliding_window: int = 0
+    split_part: int = 0          # 1-based part of a model split over several files (0: not split)
+    split_count: int = 0
 
     @property
     def usable(self) -> bool:
-        """A complete language model (a vision projector, 'clip', is not a student or a teacher)."""
-        return self.status == "ok" and self.architecture not in ("", "clip")
+        """A complete language model that llama.cpp opens from this file: not a vision projector ('clip'), and of
+        a split model only its first part (llama.cpp finds the others beside it)."""
+        return self.status == "ok" and self.architecture not in ("", "clip") and self.split_part <= 1
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -218,6 +221,12 @@ def describe_file(path: str | os.PathLike[str], source: str = "added folder", la
                    "(an unfinished download or a cut-off copy)")
     elif header.architecture == "clip":
         problem = "a vision projector (mmproj), not a language model"
+    split_part = _int(meta.get("split.no")) + 1 if "split.no" in meta else 0  # split.no counts from 0
+    split_count = _int(meta.get("split.count"))
+    if split_part > 1:
+        problem = f"part {split_part} of {split_count} of a split model: choose part 1"
+    elif split_part == 1:
+        problem = f"part 1 of {split_count} (llama.cpp loads the other parts from the same folder)"
     n_vocab = _int(header.arch_value("vocab_size")) or header.array_lengths.get("tokenizer.ggml.tokens", 0)
     return FoundModel(
         path=str(p), source=source, label=label, status=status, problem=problem,
@@ -227,7 +236,8 @@ def describe_file(path: str | os.PathLike[str], source: str = "added folder", la
         has_chat_template=bool(meta.get("tokenizer.chat_template")),
         n_layer=_int(header.arch_value("block_count")), n_embd=_int(header.arch_value("embedding_length")),
         n_vocab=n_vocab, kv_bytes_per_token=_kv_bytes_per_token(header),
-        sliding_window=_int(header.arch_value("attention.sliding_window")))
+        sliding_window=_int(header.arch_value("attention.sliding_window")), split_part=split_part,
+        split_count=split_count)
 
 
 # ---------------------------------------------------------------------------
