@@ -351,8 +351,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     n_ctx = _models_n_ctx(args)
     free = available_memory_bytes()
     models = find_models()
-    on_disk = {(m.label.rsplit("/", 1)[0], m.label.rsplit("/", 1)[-1]) for m in models
-               if m.source == "Hugging Face cache" and m.status == "ok"}
+    on_disk = {m.label for m in models if m.source == "Hugging Face cache" and m.status == "ok"}
     rows = []
     for m in models:
         row = m.to_json()
@@ -361,7 +360,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             row["memory"] = {"n_ctx": n_ctx, "total": est.total, "weights": est.weights, "kv_cache": est.kv_cache,
                              "compute": est.compute, "available": est.available, "fits": est.fits}
         rows.append(row)
-    curated = [{**c.to_json(), "on_disk": (c.repo, c.filename) in on_disk} for c in CURATED]
+    curated = [{**c.to_json(), "on_disk": f"{c.repo}/{c.filename}" in on_disk} for c in CURATED]
     if args.json:
         print(json.dumps({"locations": [loc.__dict__ for loc in model_locations()], "models": rows,
                           "curated": curated, "available_memory": free}, indent=2))

@@ -202,3 +202,16 @@ def test_specs_and_repo_listing(tmp_path: Path, hub: FakeHub, online: None) -> N
 def test_checksum_error_type(tmp_path: Path, hub: FakeHub, online: None) -> None:
     with pytest.raises(ChecksumMismatch):
         fetch_model("org/bad-GGUF:b.gguf", SilentProgress(), env=_env(tmp_path, hub), token="")
+
+
+def test_a_curated_name_is_fetched_and_then_marked_on_disk(tmp_path: Path, hub: FakeHub, model_bytes: bytes) -> None:
+    import json
+    hub.repos["unsloth/gemma-3-1b-it-GGUF"] = HubRepo({"gemma-3-1b-it-Q4_K_M.gguf": HubFile(model_bytes)})
+    env = _env(tmp_path, hub)
+    out = _pld(["models", "fetch", "gemma-3-1b-it", "--json"], env)
+    assert out.returncode == 0, out.stderr
+    fetched = json.loads(out.stdout)
+    assert (fetched["repo"], fetched["filename"]) == ("unsloth/gemma-3-1b-it-GGUF", "gemma-3-1b-it-Q4_K_M.gguf")
+    listing = json.loads(_pld(["models", "--json"], env).stdout)
+    marks = {c["key"]: c["on_disk"] for c in listing["curated"]}
+    assert marks["gemma-3-1b-it"] is True and marks["gemma-3-4b-it"] is False
