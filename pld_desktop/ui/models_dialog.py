@@ -632,6 +632,7 @@ class ModelsDialog(QDialog):
         layout.addWidget(self.student_result)
         layout.addStretch(1)
         return page
+
     def _build_local_models(self) -> QWidget:
         """GGUFs found on this machine (HF cache, LM Studio, Ollama, llama.cpp, added folders), fetch, probe."""
         page = QWidget()
