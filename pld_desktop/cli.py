@@ -339,10 +339,10 @@ def _gib(n: int) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from .backends.llama_runtime import available_memory_bytes
     from .backends.model_fetch import CURATED
     from .backends.model_store import (add_model_folder, find_models, memory_estimate, model_locations,
                                        remove_model_folder)
-    from .backends.llama_runtime import available_memory_bytes
 
     if args.add_folder:
         add_model_folder(args.add_folder)

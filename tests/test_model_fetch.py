@@ -15,7 +15,12 @@ from typing import Iterator
 import pytest
 
 from pld_desktop.backends import model_fetch
-from pld_desktop.backends.model_fetch import ChecksumMismatch, FetchError, fetch_model, resolve_spec
+from pld_desktop.backends.model_fetch import (
+    ChecksumMismatch,
+    FetchError,
+    fetch_model,
+    resolve_spec,
+)
 from pld_desktop.backends.model_store import find_models
 from pld_desktop.core.progress import Cancelled, ProgressBase, SilentProgress
 from tests.fake_hub import FakeHub, HubFile, HubRepo

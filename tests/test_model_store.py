@@ -11,10 +11,25 @@ from pathlib import Path
 import gguf  # the dev extra installs it: a missing package is a failure, not a skip
 import pytest
 
-from pld_desktop.backends.bundled import bundled_local_teacher_path, bundled_student_path
-from pld_desktop.backends.gguf_header import (FILE_TYPE_NAMES, GGML_TYPE_SIZES, HeaderError, read_gguf_header)
-from pld_desktop.backends.model_store import (add_model_folder, describe_file, find_models, hf_hub_cache,
-                                              memory_estimate, model_folders, model_locations)
+from pld_desktop.backends.bundled import (
+    bundled_local_teacher_path,
+    bundled_student_path,
+)
+from pld_desktop.backends.gguf_header import (
+    FILE_TYPE_NAMES,
+    GGML_TYPE_SIZES,
+    HeaderError,
+    read_gguf_header,
+)
+from pld_desktop.backends.model_store import (
+    add_model_folder,
+    describe_file,
+    find_models,
+    hf_hub_cache,
+    memory_estimate,
+    model_folders,
+    model_locations,
+)
 from tests.gguf_files import write_tiny_gguf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -16,8 +16,8 @@ from pld_desktop.core.settings import RunSettings
 from pld_desktop.ui.models_dialog import ModelsDialog
 from tests.fake_hub import FakeHub, HubFile, HubRepo
 from tests.gguf_files import write_tiny_gguf
-from tests.test_model_store import _home_with_three_stores
 from tests.test_model_probe import project_with_rules  # noqa: F401 - a fixture
+from tests.test_model_store import _home_with_three_stores
 from tests.test_models_dialog import MemoryKeyring
 
 TOKEN = "hf_dialog_token_0123456789"
@@ -135,7 +135,8 @@ def test_cancel_stops_the_download_and_keeps_the_part(qtbot, home: Path, hub: Fa
 
 
 @pytest.mark.slow
-def test_probe_from_the_list_times_the_real_student(qtbot, home: Path, project_with_rules: Path) -> None:  # type: ignore[no-untyped-def]
+def test_probe_from_the_list_times_the_real_student(qtbot, home: Path,  # type: ignore[no-untyped-def]
+                                                    project_with_rules: Path) -> None:  # noqa: F811 - the fixture
     _home_with_three_stores(home)
     dialog = ModelsDialog(RunSettings(student_n_ctx=1024), project_path=project_with_rules)
     qtbot.addWidget(dialog)

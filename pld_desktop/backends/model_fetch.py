@@ -136,8 +136,8 @@ def _hub() -> Any:
 
 def _words(exc: BaseException, repo: str, filename: str | None, token: str | None, endpoint: str) -> FetchError:
     """A huggingface_hub / network error as a FetchError the user can act on (token redacted)."""
-    from huggingface_hub import errors
     import httpx2
+    from huggingface_hub import errors
 
     what = f"{repo}/{filename}" if filename else repo
     if isinstance(exc, errors.OfflineModeIsEnabled):
@@ -205,7 +205,7 @@ def _sha256_file(path: Path, progress: Progress, size: int) -> str:
 
 def _progress_bar_class(progress: Progress, total: int) -> type:
     """A tqdm class that forwards huggingface_hub's byte counts to `progress` and raises Cancelled when asked."""
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]  # tqdm ships no type hints
 
     class Bar(tqdm):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -314,7 +314,7 @@ def fetch_model(spec: str, progress: Progress, *, revision: str = "main", token:
         except Cancelled:
             progress.log(f"Stopped; {partial.stat().st_size / 2**20:.0f} MiB kept, a new fetch resumes.")
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - as above
             raise _words(exc, repo, filename, token, endpoint) from None
         got = partial.stat().st_size
         if size is not None and got != size:

@@ -40,8 +40,8 @@ class ProbeResult:
     predictions: list[tuple[str, str]] = field(default_factory=list)  # (gold, predicted)
 
     def describe(self) -> str:
-        lines = [f"{self.model.name} ({self.model.quantisation or '?'}, {self.model.size_bytes / 2**30:.2f} GiB): "
-                 f"{self.memory.describe()}.",
+        lines = [(f"{self.model.name} ({self.model.quantisation or '?'}, {self.model.size_bytes / 2**30:.2f} GiB): "
+                  f"{self.memory.describe()}."),
                  f"Loaded in {self.load_s:.1f} s. Prompt: {self.prompt_name}, {self.prompt_tokens:,} tokens.",
                  f"First example {self.first_s:.2f} s (processes the prompt once)"
                  + (f"; then {self.per_example_s:.2f} s per example" if self.per_example_s is not None else "")

@@ -387,7 +387,8 @@ def memory_estimate(model: FoundModel, n_ctx: int, available: int | None = None)
     The work-buffer term is an estimate: one 512-token batch of activations (embedding and vocabulary wide) in
     f32, which is the order of llama.cpp's CPU compute buffer."""
     if available is None:
-        from .llama_runtime import available_memory_bytes  # imports llama.cpp: only when sizing is asked for
+        # Imported here: it loads llama.cpp, needed only when sizing is asked for.
+        from .llama_runtime import available_memory_bytes
         available = available_memory_bytes()
     kv = model.kv_bytes_per_token * n_ctx
     compute = 512 * 4 * (8 * model.n_embd + model.n_vocab) if model.n_embd else 0

@@ -5,13 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from PySide6.QtCore import QThread, Qt, Signal, Slot
-from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QHBoxLayout, QHeaderView, QLabel,
-                               QProgressBar, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtCore import Qt, QThread, Signal, Slot
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..backends.model_fetch import CURATED, FetchResult, fetch_model
 from ..backends.model_probe import ProbeResult, probe_model
-from ..backends.model_store import FoundModel, MemoryEstimate, add_model_folder, find_models, memory_estimate
+from ..backends.model_store import (
+    FoundModel,
+    MemoryEstimate,
+    add_model_folder,
+    find_models,
+    memory_estimate,
+)
 from ..core.progress import Cancelled
 from .tasks import QtProgress
 
@@ -20,7 +38,7 @@ COLUMNS = ("Model", "Source", "Architecture", "Parameters", "Quantisation", "Siz
 PATH_ROLE = Qt.ItemDataRole.UserRole + 1
 
 # Jobs that outlive a closed dialog are kept here until they finish (a running QThread must not be destroyed).
-_LIVE_JOBS: set["_Job"] = set()
+_LIVE_JOBS: set[_Job] = set()
 
 
 class _Job(QThread):
@@ -128,7 +146,9 @@ class ModelListPanel(QWidget):
             self.fetch_combo.addItem(f"{c.key}  ({c.role}, ~{c.approx_bytes / 1e9:.1f} GB; {c.licence})", c.key)
             self.fetch_combo.setItemData(self.fetch_combo.count() - 1, f"{c.repo}:{c.filename}\n{c.note}",
                                          Qt.ItemDataRole.ToolTipRole)
-        self.fetch_combo.lineEdit().setPlaceholderText("a model above, or any org/repo[:file.gguf] on the Hub")
+        line = self.fetch_combo.lineEdit()
+        if line is not None:  # always, for an editable combo box
+            line.setPlaceholderText("a model above, or any org/repo[:file.gguf] on the Hub")
         self.fetch_combo.setToolTip("Downloads into the Hugging Face cache (HF_HUB_CACHE); resumes a stopped "
                                     "download; checks the Hub's sha256")
         self.fetch_btn = QPushButton("Fetch")
