@@ -31,6 +31,7 @@ class _ServiceKey:
 _SERVICES: dict[str, _ServiceKey] = {
     "gemini": _ServiceKey(env_vars=("GEMINI_API_KEY", "GOOGLE_API_KEY"), keyring_user="gemini-api-key"),
     "openai": _ServiceKey(env_vars=("OPENAI_API_KEY",), keyring_user="openai-api-key"),
+    "huggingface": _ServiceKey(env_vars=("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"), keyring_user="huggingface-token"),
 }
 
 def _no_keychain(spec: "_ServiceKey") -> str:

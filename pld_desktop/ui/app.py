@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (QApplication, QFileDialog, QGridLayout, QGroupBox
                                QVBoxLayout, QWidget)
 
 from .. import __version__
+from ..backends import model_fetch  # noqa: F401 - notes the user's HF_HUB_OFFLINE before the embedder sets its own
 from ..core.pipeline import PHASE_NAMES, PHASE_TEACHER_KINDS
 from ..core.project import Project, ProjectFileError
 from .tasks import PipelineThread
@@ -586,7 +587,7 @@ class MainWindow(QMainWindow):
             return
         from ..core.settings import save_settings
         from .models_dialog import ModelsDialog
-        dialog = ModelsDialog(self._settings(), self)
+        dialog = ModelsDialog(self._settings(), self, project_path=self.project_path)
         if dialog.exec() == ModelsDialog.DialogCode.Accepted:
             save_settings(self.project, dialog.settings())
             self.statusBar().showMessage("Model settings saved in the project.", 4000)

@@ -18,6 +18,7 @@ from ..backends import secrets
 from ..backends.bundled import ModelFileError, bundled_embedder_path, bundled_local_teacher_path
 from ..backends.openai_student import normalise_base_url
 from ..core.settings import RunSettings
+from .models_list import ModelListPanel
 
 # Editable: the list only suggests names; any model id the API knows can be typed.
 GEMINI_MODELS = ("gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.5-pro",
@@ -27,7 +28,8 @@ BUNDLED_TEACHER = "SmolLM2-135M-Instruct (bundled)"
 BUNDLED_EMBEDDER = "all-MiniLM-L6-v2 (bundled)"
 OPENAI_SERVERS = "Ollama, vLLM, LM Studio, llama.cpp"
 # Where a key comes from when it is not in the keychain (the first variable is the one we suggest).
-KEY_ENV_VARS = {"gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"), "openai": ("OPENAI_API_KEY",)}
+KEY_ENV_VARS = {"gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"), "openai": ("OPENAI_API_KEY",),
+                "huggingface": ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
 PROMPT_FORMATS = (("completion", "Completion: the exact prompt on /v1/completions (as in-process)"),
                   ("chat", "Chat: the server's chat template on /v1/chat/completions"))
 # The student-server check classifies one made-up message (the dialog has no project to take one from).
@@ -411,9 +413,11 @@ class ModelsDialog(QDialog):
     """Edits the model part of a project's RunSettings. API keys never enter the settings: they go to the
     OS keychain (backends/secrets.py) or stay in the environment."""
 
-    def __init__(self, settings: RunSettings, parent: QWidget | None = None) -> None:
+    def __init__(self, settings: RunSettings, parent: QWidget | None = None, *,
+                 project_path: Path | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Models")
+        self.project_path = project_path
         self._original = dataclasses.replace(settings)
         self._task: _CheckThread | None = None
         self.last_student_check: StudentCheck | None = None
@@ -431,6 +435,8 @@ class ModelsDialog(QDialog):
         self.tabs.addTab(self._build_teacher(), "Teacher")
         self.tabs.addTab(self._build_student(), "Student")
         self.tabs.addTab(self._build_embedder(), "Embedder")
+        self.tabs.addTab(self._build_local_models(), "On this machine")
+        self.tabs.currentChanged.connect(self._tab_shown)
         outer.addWidget(self.tabs, 1)
 
         busy = QHBoxLayout()
@@ -626,6 +632,40 @@ class ModelsDialog(QDialog):
         layout.addWidget(self.student_result)
         layout.addStretch(1)
         return page
+
+    def _build_local_models(self) -> QWidget:
+        """GGUFs found on this machine (HF cache, LM Studio, Ollama, llama.cpp, added folders), fetch, probe."""
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        self.model_list = ModelListPanel(lambda: self.n_ctx.value(), self.project_path)
+        self.model_list.use_as_student.connect(self.use_as_student)
+        self.model_list.use_as_teacher.connect(self.use_as_teacher)
+        layout.addWidget(self.model_list, 1)
+        form = QFormLayout()
+        self.hf_key = ApiKeyField("huggingface", "Needed only for gated models (e.g. Google's own Gemma "
+                                                 "repositories) after you accept their licence on the Hub.")
+        self.hf_key.edit.setPlaceholderText("paste a Hugging Face read token to save it in the OS keychain")
+        self.hf_key.message.connect(self.model_list.result.setText)
+        form.addRow("Hugging Face token:", self.hf_key)
+        layout.addLayout(form)
+        return page
+
+    @Slot(int)
+    def _tab_shown(self, index: int) -> None:
+        if self.tabs.widget(index) is self.model_list.parentWidget() and not self.model_list.models \
+                and not self.model_list.busy():
+            self.model_list.refresh()
+
+    @Slot(str)
+    def use_as_student(self, path: str) -> None:
+        self.student_llama_radio.setChecked(True)
+        self.student_gguf.setText(path)
+
+    @Slot(str)
+    def use_as_teacher(self, path: str) -> None:
+        self.local_radio.setChecked(True)
+        self.teacher_gguf.setText(path)
+
     def _build_embedder(self) -> QWidget:
         page = QWidget()
         layout = QVBoxLayout(page)
@@ -804,7 +844,7 @@ class ModelsDialog(QDialog):
         return []
 
     def _key_fields(self) -> tuple[ApiKeyField, ...]:
-        return (self.gemini_key, self.openai_key, self.student_key)
+        return (self.gemini_key, self.openai_key, self.student_key, self.hf_key)
 
     def accept(self) -> None:
         errors = self.validation_errors()
@@ -822,14 +862,17 @@ class ModelsDialog(QDialog):
             self.error_label.show()
             return
         self._abandon_task()
+        self.model_list.abandon()
         super().accept()
 
     def reject(self) -> None:
         self._abandon_task()
+        self.model_list.abandon()
         super().reject()
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
         self._abandon_task()
+        self.model_list.abandon()
         super().closeEvent(event)
 
     # -- API keys -------------------------------------------------------------------------------------------
