@@ -135,6 +135,21 @@ def _apply_run_overrides(settings: Any, args: argparse.Namespace) -> None:
         _check_server_url("--student-base-url", settings.student_base_url)
 
 
+# The run options that name an endpoint or a model file: typing one on this machine accepts it.
+_TRUSTED_OPTIONS = {"base_url": "teacher_base_url", "teacher_openai_base_url": "teacher_openai_base_url",
+                    "teacher_gguf": "teacher_gguf", "student": "student_gguf", "student_base_url": "student_base_url"}
+
+
+def _accept_trust(trust: Any, settings: Any, args: argparse.Namespace, phases: Sequence[int]) -> list[Any]:
+    """Record as accepted what this command line names (all in use with --trust-project-settings); return what
+    is still not accepted."""
+    from .backends.trust import settings_in_use
+    typed = {field for option, field in _TRUSTED_OPTIONS.items() if getattr(args, option, None)}
+    everything = bool(getattr(args, "trust_project_settings", False))
+    trust.trust(i for i in settings_in_use(settings, phases) if everything or i.field in typed)
+    return list(trust.untrusted(settings, phases))
+
+
 def _check_server_url(option: str, url: str) -> None:
     from .backends.openai_student import normalise_base_url
     try:
@@ -160,15 +175,24 @@ def _run(project_path: str, args: argparse.Namespace, phases: Sequence[int], com
     from .core.project import Project
     from .core.settings import load_settings
 
+    from .backends.trust import TrustStore, UntrustedSettingError
+
     project = Project.open(project_path)
     progress = ConsoleProgress(quiet=getattr(args, "quiet", False))
-    backends = DefaultBackends()
+    trust = TrustStore()
+    backends = DefaultBackends(trust=trust)
     try:
         if not project.has_dataset():
             print("error: the project has no dataset; create it with 'pld init'.", file=sys.stderr)
             return EXIT_INPUT
         settings = settings_override or load_settings(project)
         _apply_run_overrides(settings, args)
+        # Before anything is sent anywhere: endpoints and model paths from the project file need this machine's
+        # acceptance; an option typed on this command line (or --trust-project-settings) is that acceptance.
+        untrusted = _accept_trust(trust, settings, args, phases)
+        if untrusted:
+            print(f"error: {UntrustedSettingError(untrusted)}", file=sys.stderr)
+            return EXIT_INPUT
         if settings.teacher == "gemini" and (1 in phases or 2 in phases or 3 in phases):
             print(estimate_teacher_run(project, settings, phases), file=sys.stderr)
             if sys.stdin.isatty() and not getattr(args, "yes", False):
@@ -371,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--batch", action="store_true", default=None,
                         help="phase 1 through Gemini Batch (half price; minutes to hours; a rerun resumes polling)")
         sp.add_argument("--yes", action="store_true", help="do not ask before a paid teacher run")
+        sp.add_argument("--trust-project-settings", action="store_true",
+                        help="accept the servers and model files this project names (remembered on this machine)")
         sp.add_argument("--quiet", action="store_true")
 
     r = sub.add_parser("run", help="run phases (all by default); a rerun resumes")
