@@ -19,7 +19,7 @@ import llama_cpp
 from pld_desktop.backends.bundled import ModelFileError, bundled_local_teacher_path
 from pld_desktop.backends.llama_runtime import (LlamaContextCursor, LlamaOwner, file_sha256, gguf_chat_formatter,
                                                 template_supports_system)
-from pld_desktop.backends.teacher_grammar import schema_grammar
+from pld_desktop.backends.teacher_grammar import rule_hit_bound, schema_grammar
 from pld_desktop.core.backends import TeacherError, TeacherReply, TeacherRequest, TeacherUsage
 
 __all__ = ["LocalTeacher", "ModelFileError"]
@@ -102,12 +102,16 @@ class LocalTeacher:
             raise TeacherError(f"The local teacher failed: {exc}", retryable=False) from exc
         choice = completion["choices"][0]
         usage = completion.get("usage") or {}
+        text = choice["message"].get("content") or ""
+        finish = str(choice.get("finish_reason") or "")
+        if rule_hit_bound(text):
+            finish = "length"  # a rule at the grammar's word bound may be cut: the core retries it
         return TeacherReply(
-            text=choice["message"].get("content") or "",
+            text=text,
             usage=TeacherUsage(prompt_tokens=int(usage.get("prompt_tokens", 0)),
                                output_tokens=int(usage.get("completion_tokens", 0)),
                                total_tokens=int(usage.get("total_tokens", 0))),
-            latency_s=latency, model=self.model_id, finish_reason=str(choice.get("finish_reason") or ""))
+            latency_s=latency, model=self.model_id, finish_reason=finish)
 
     def close(self) -> None:
         self._owner.close()

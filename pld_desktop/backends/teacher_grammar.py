@@ -6,9 +6,9 @@ control characters into JSON strings. This converter covers the subset of JSON S
 the teacher schemas; every literal goes through `gbnf_literal`, which writes anything outside printable ASCII as
 a `\\x`/`\\u`/`\\U` escape, so no label or text can end a literal or inject a rule.
 
-A `rule` property with a grammar hint is written "If <condition>, answer <label>." where the condition has no
-character cap (the reply is bounded in tokens by the teacher's max_tokens; a cut reply is invalid JSON and is
-retried, never stored) and always ends the sentence; an object with a `rule` and a `label` has its `label`
+A `rule` property with a grammar hint is written "If <condition>, answer <label>." where the condition is whole
+words with no character cap, so it is never cut mid-word and always ends the sentence (the reply is bounded in
+tokens by max_tokens; a reply cut there, or a rule at the word bound, is retried, never stored); an object with a `rule` and a `label` has its `label`
 fixed to the label its rule answers, so the label the teacher is given (extraction, merge) is a literal.
 """
 
@@ -18,17 +18,24 @@ import json
 import re
 from typing import Any
 
-__all__ = ["gbnf_literal", "hint_labels", "schema_grammar"]
+__all__ = ["RULE_MAX_WORDS", "gbnf_literal", "hint_labels", "rule_hit_bound", "schema_grammar"]
 
 # JSON string content: no raw quote, backslash or control character; escapes as JSON allows them.
 _JSON_CHAR = r'[^"\\\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])'
-# A rule's condition: plain characters only (no escapes), so it reads the same in JSON and as text.
-_CONDITION_CHAR = r'[^"\\\x00-\x1F]'
+# A rule's condition: words of plain characters (no escapes, so it reads the same in JSON and as text) joined
+# by single spaces. A tiny model rambles until max_tokens without a bound, so the condition has at most
+# RULE_MAX_WORDS words: it can only end at a word, and a rule that reaches the bound is reported as cut
+# (`rule_hit_bound`) and retried, never stored.
+_CONDITION_CHAR = r'[^ "\\\x00-\x1F]'
+RULE_MAX_WORDS = 30
+_WORD_MAX_CHARS = 40
 _PRIMITIVES = {
     "ws": '" "?',
     "json-char": _JSON_CHAR,
     "json-string": '"\\"" json-char* "\\"" ws',
     "condition-char": _CONDITION_CHAR,
+    "condition-word": f"condition-char{{1,{_WORD_MAX_CHARS}}}",
+    "condition": f'condition-word (" " condition-word){{1,{RULE_MAX_WORDS - 1}}}',
     "integer": '"-"? ([0-9] | [1-9] [0-9] [0-9]? [0-9]? [0-9]? [0-9]? [0-9]? [0-9]? [0-9]?) ws',
     "number": '"-"? [0-9]+ ("." [0-9]+)? ([eE] [-+]? [0-9]+)? ws',
     "boolean": '("true" | "false") ws',
@@ -130,10 +137,8 @@ class _Builder:
         answers = self.rule_labels if label is None else (label,)
         if not answers:
             return self.add("rule-any", f'"\\"" {self.primitive("json-char")}* "\\"" ws')
-        cond = self.primitive("condition-char")
         alts = " | ".join(gbnf_literal(f", answer {_json_content(lab)}.") for lab in answers)
-        # At least 8 condition characters, as the core's hint asks; no upper cap (bounded in tokens).
-        return self.add("rule", f'"\\"If " {cond}{{8,}} ({alts}) "\\"" ws')
+        return self.add("rule", f'"\\"If " {self.primitive("condition")} ({alts}) "\\"" ws')
 
     def visit(self, schema: Any, name: str, label: str | None = None) -> str:
         if not isinstance(schema, dict) or not schema:
@@ -161,7 +166,14 @@ class _Builder:
         if kind == "object" or "properties" in schema:
             return self.object_rule(schema, name)
         if kind == "array":
-            item = self.visit(schema.get("items", {}), f"{name}-item")
+            items = schema.get("items", {})
+            item = self.visit(items, f"{name}-item")
+            target = self.resolve(items["$ref"]) if isinstance(items, dict) and "$ref" in items else items
+            if self.rule_labels and isinstance(target, dict) and "rule" in (target.get("properties") or {}):
+                # A list of rules: one at least, and at most one per label plus one, so a looping model stops
+                # within max_tokens (SmolLM2 repeats one rule until the bound otherwise).
+                most = len(self.rule_labels) + 1
+                return self.add(name, f'"[" ws {item} ("," ws {item}){{0,{most - 1}}} "]" ws')
             return self.add(name, f'"[" ws ({item} ("," ws {item})*)? "]" ws')
         if kind == "string":
             return self.string_rule(schema, name)
@@ -202,6 +214,32 @@ class _Builder:
         lines += [f"{name} ::= {body}" for name, body in self.rules.items()]
         lines += [f"{name} ::= {body}" for name, body in _PRIMITIVES.items()]
         return "\n".join(lines) + "\n"
+
+
+def rule_hit_bound(reply_text: str) -> bool:
+    """Whether a reply holds a rule whose condition reached RULE_MAX_WORDS words (so it may be cut short)."""
+    try:
+        data = json.loads(reply_text)
+    except ValueError:
+        return False
+
+    def rules(node: Any) -> Any:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "rule" and isinstance(value, str):
+                    yield value
+                else:
+                    yield from rules(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from rules(value)
+
+    for rule in rules(data):
+        if rule.startswith("If ") and ", answer " in rule:
+            words = rule[3:rule.rindex(", answer ")].split(" ")
+            if len(words) >= RULE_MAX_WORDS or max(len(w) for w in words) >= _WORD_MAX_CHARS:
+                return True
+    return False
 
 
 def schema_grammar(schema: dict[str, Any], *, max_chars: int = 320, patterns: dict[str, str] | None = None) -> str:
