@@ -159,12 +159,18 @@ def reset_to_defaults(settings: Any, items: Iterable[UntrustedSetting]) -> Any:
     """A copy of `settings` with the given endpoints and model paths replaced by the bundled defaults."""
     import copy
     out = copy.copy(settings)
-    for item in items:
-        setattr(out, item.field, None)
-        if item.field == "teacher_openai_base_url":  # a Gemini proxy falls back to Google's own endpoint
-            out.teacher = "local"
-        if item.field == "student_base_url":
-            out.student_backend = "llama"
+    before = {i.field for i in settings_in_use(settings)}
+    pending = list(items)
+    while pending:
+        for item in pending:
+            setattr(out, item.field, None)
+            if item.field == "teacher_openai_base_url":  # a Gemini proxy falls back to Google's own endpoint
+                out.teacher = "local"
+            if item.field == "student_base_url":
+                out.student_backend = "llama"
+        # Falling back can bring a stored path into use that was not before (a GGUF behind a server student).
+        pending = [i for i in settings_in_use(out) if i.field not in before]
+        before |= {i.field for i in pending}
     return out
 
 
