@@ -87,7 +87,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     mapping = ColumnMapping(text_columns=tuple(args.text), label_column=args.label,
                             template=args.template.replace("\\n", "\n") if args.template else None,
                             id_column=args.id, split_column=args.split_column, group_column=args.group,
-                            keep_source_split=args.keep_split)
+                            keep_source_split=args.keep_split, merge_labels=args.merge_labels)
     dataset = load_dataset(args.csv, mapping, SplitSettings(train, dev, test, args.seed))
     for w in dataset.warnings:
         print(f"warning: {w.message}", file=sys.stderr)
@@ -363,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--seed", type=int, default=13)
     i.add_argument("--task", help="task description the student reads")
     i.add_argument("--force", action="store_true", help="overwrite an existing project file")
+    i.add_argument("--merge-labels", choices=["nfc", "casefold"],
+                   help="merge labels that differ only by Unicode form and invisible characters (nfc), or also by "
+                        "letter case (casefold); without it they stay separate and are reported")
     i.set_defaults(func=cmd_init)
 
     def run_options(sp: argparse.ArgumentParser) -> None:
@@ -438,7 +441,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _TerminalSafe:
+    """A text stream that writes control characters (ANSI escapes in labels or texts, bidi overrides) as visible
+    escapes, so data printed by `pld` can never drive the terminal. Newlines and tabs pass; tqdm's own
+    carriage returns pass too (they only move to the start of the line)."""
+
+    _UNSAFE = __import__("re").compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e"
+                                       "\u2066-\u2069]")
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(self._UNSAFE.sub(lambda m: f"\\x{ord(m.group(0)):02x}" if ord(m.group(0)) < 0x100
+                                            else f"\\u{ord(m.group(0)):04x}", text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with control and bidi characters written as escapes (what `pld` prints)."""
+    import io
+    buffer = io.StringIO()
+    _TerminalSafe(buffer).write(text)
+    return buffer.getvalue()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    saved = sys.stdout, sys.stderr
+    if not isinstance(sys.stdout, _TerminalSafe):
+        sys.stdout, sys.stderr = _TerminalSafe(sys.stdout), _TerminalSafe(sys.stderr)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from .backends.bundled import ModelFileError
     from .core.backends import PromptTooLong, TeacherError
