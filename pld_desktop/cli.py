@@ -87,7 +87,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     mapping = ColumnMapping(text_columns=tuple(args.text), label_column=args.label,
                             template=args.template.replace("\\n", "\n") if args.template else None,
                             id_column=args.id, split_column=args.split_column, group_column=args.group,
-                            keep_source_split=args.keep_split)
+                            keep_source_split=args.keep_split, merge_labels=args.merge_labels)
     dataset = load_dataset(args.csv, mapping, SplitSettings(train, dev, test, args.seed))
     for w in dataset.warnings:
         print(f"warning: {w.message}", file=sys.stderr)
@@ -135,6 +135,21 @@ def _apply_run_overrides(settings: Any, args: argparse.Namespace) -> None:
         _check_server_url("--student-base-url", settings.student_base_url)
 
 
+# The run options that name an endpoint or a model file: typing one on this machine accepts it.
+_TRUSTED_OPTIONS = {"base_url": "teacher_base_url", "teacher_openai_base_url": "teacher_openai_base_url",
+                    "teacher_gguf": "teacher_gguf", "student": "student_gguf", "student_base_url": "student_base_url"}
+
+
+def _accept_trust(trust: Any, settings: Any, args: argparse.Namespace, phases: Sequence[int]) -> list[Any]:
+    """Record as accepted what this command line names (all in use with --trust-project-settings); return what
+    is still not accepted."""
+    from .backends.trust import settings_in_use
+    typed = {field for option, field in _TRUSTED_OPTIONS.items() if getattr(args, option, None)}
+    everything = bool(getattr(args, "trust_project_settings", False))
+    trust.trust(i for i in settings_in_use(settings, phases) if everything or i.field in typed)
+    return list(trust.untrusted(settings, phases))
+
+
 def _check_server_url(option: str, url: str) -> None:
     from .backends.openai_student import normalise_base_url
     try:
@@ -160,15 +175,24 @@ def _run(project_path: str, args: argparse.Namespace, phases: Sequence[int], com
     from .core.project import Project
     from .core.settings import load_settings
 
+    from .backends.trust import TrustStore, UntrustedSettingError
+
     project = Project.open(project_path)
     progress = ConsoleProgress(quiet=getattr(args, "quiet", False))
-    backends = DefaultBackends()
+    trust = TrustStore()
+    backends = DefaultBackends(trust=trust)
     try:
         if not project.has_dataset():
             print("error: the project has no dataset; create it with 'pld init'.", file=sys.stderr)
             return EXIT_INPUT
         settings = settings_override or load_settings(project)
         _apply_run_overrides(settings, args)
+        # Before anything is sent anywhere: endpoints and model paths from the project file need this machine's
+        # acceptance; an option typed on this command line (or --trust-project-settings) is that acceptance.
+        untrusted = _accept_trust(trust, settings, args, phases)
+        if untrusted:
+            print(f"error: {UntrustedSettingError(untrusted)}", file=sys.stderr)
+            return EXIT_INPUT
         if settings.teacher == "gemini" and (1 in phases or 2 in phases or 3 in phases):
             print(estimate_teacher_run(project, settings, phases), file=sys.stderr)
             if sys.stdin.isatty() and not getattr(args, "yes", False):
@@ -491,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--seed", type=int, default=13)
     i.add_argument("--task", help="task description the student reads")
     i.add_argument("--force", action="store_true", help="overwrite an existing project file")
+    i.add_argument("--merge-labels", choices=["nfc", "casefold"],
+                   help="merge labels that differ only by Unicode form and invisible characters (nfc), or also by "
+                        "letter case (casefold); without it they stay separate and are reported")
     i.set_defaults(func=cmd_init)
 
     def run_options(sp: argparse.ArgumentParser) -> None:
@@ -523,6 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--batch", action="store_true", default=None,
                         help="phase 1 through Gemini Batch (half price; minutes to hours; a rerun resumes polling)")
         sp.add_argument("--yes", action="store_true", help="do not ask before a paid teacher run")
+        sp.add_argument("--trust-project-settings", action="store_true",
+                        help="accept the servers and model files this project names (remembered on this machine)")
         sp.add_argument("--quiet", action="store_true")
 
     r = sub.add_parser("run", help="run phases (all by default); a rerun resumes")
@@ -565,7 +594,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _TerminalSafe:
+    """A text stream that writes control characters (ANSI escapes in labels or texts, bidi overrides) as visible
+    escapes, so data printed by `pld` can never drive the terminal. Newlines and tabs pass; tqdm's own
+    carriage returns pass too (they only move to the start of the line)."""
+
+    _UNSAFE = __import__("re").compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e"
+                                       "\u2066-\u2069]")
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(self._UNSAFE.sub(lambda m: f"\\x{ord(m.group(0)):02x}" if ord(m.group(0)) < 0x100
+                                            else f"\\u{ord(m.group(0)):04x}", text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with control and bidi characters written as escapes (what `pld` prints)."""
+    import io
+    buffer = io.StringIO()
+    _TerminalSafe(buffer).write(text)
+    return buffer.getvalue()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    saved = sys.stdout, sys.stderr
+    if not isinstance(sys.stdout, _TerminalSafe):
+        sys.stdout, sys.stderr = _TerminalSafe(sys.stdout), _TerminalSafe(sys.stderr)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from .backends.bundled import ModelFileError
     from .core.backends import PromptTooLong, TeacherError

@@ -8,6 +8,11 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The per-machine trust store (accepted servers and model files) of the tests, never the user's own; `pld`
+# subprocesses inherit it.
+if not os.environ.get("PLD_CONFIG_DIR"):
+    import tempfile
+    os.environ["PLD_CONFIG_DIR"] = tempfile.mkdtemp(prefix="pld-test-config-")
 
 import pytest
 

@@ -184,6 +184,9 @@ def make_project(path: Path, csv_path: Path, settings: RunSettings) -> Path:
         project.store_dataset(ds, csv_path.name)
         save_settings(project, settings)
     Project.build(path, fill)
+    # Made on this machine by its user: the servers and model files it names are accepted, as typing them was.
+    from pld_desktop.backends.trust import TrustStore, settings_in_use
+    TrustStore().trust(settings_in_use(settings))
     return path
 
 

@@ -36,12 +36,35 @@ def _echo(status: int, name: str) -> fg.FakeResponse:
     return fg.error(status, name, f"Key {KEY} (key={KEY}) was rejected for this project.")
 
 
+def _encoded_echoes(key: str) -> dict[str, str]:
+    """The key as a hostile server might repeat it: encoded, re-cased, or cut short."""
+    import base64
+    raw = key.encode()
+    return {"base64": base64.b64encode(raw).decode(), "base64_shifted": base64.b64encode(b"k:" + raw).decode(),
+            "hex": raw.hex(), "hex_upper": raw.hex().upper(), "lower": key.lower(), "upper": key.upper(),
+            "percent_bytes": "".join(f"%{b:02X}" for b in raw), "percent_bytes_lower": "".join(f"%{b:02x}" for b in raw),
+            "minus_last": key[:-1], "minus_first": key[1:]}
+
+
 ECHOING_FAULTS = [
     lambda b: _echo(401, "UNAUTHENTICATED"),
     lambda b: _echo(403, "PERMISSION_DENIED"),
     lambda b: _echo(400, "INVALID_ARGUMENT"),
     lambda b: fg.raw(502, f"<html><body>Bad gateway for x-goog-api-key: {KEY}</body></html>"),
+    *[(lambda form: lambda b: fg.error(400, "INVALID_ARGUMENT", f"Unknown credential {form} for this project."))(f)
+      for f in _encoded_echoes(KEY).values()],
 ]
+
+
+def scan_all_forms(blob: bytes, key: str) -> list[str]:
+    """`crash_harness.scan_for_secret` plus the forms above (byte-wise percent-encoding, hex in any case, the key
+    minus its first or last character)."""
+    found = set(ch.scan_for_secret(blob, key))
+    low = blob.lower()
+    for name, form in _encoded_echoes(key).items():
+        if form.encode().lower() in low:
+            found.add(name)
+    return sorted(found)
 
 
 class EchoingTeacher:
@@ -64,11 +87,11 @@ class EchoingTeacher:
 def _scan_all(paths: list[Path], texts: dict[str, str]) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for path in paths:
-        hits = ch.scan_for_secret(path.read_bytes(), KEY)
+        hits = scan_all_forms(path.read_bytes(), KEY)
         if hits:
             found[str(path)] = hits
     for name, text in texts.items():
-        hits = ch.scan_for_secret(text.encode("utf-8", "surrogateescape"), KEY)
+        hits = scan_all_forms(text.encode("utf-8", "surrogateescape"), KEY)
         if hits:
             found[name] = hits
     return found
@@ -104,6 +127,12 @@ def test_planted_key_appears_nowhere(source: str, tmp_path: Path) -> None:
         r = ch.run_pld("run", str(path), "--phase", "1", "--yes", env=env, timeout=300)
         outputs["401 run stdout"], outputs["401 run stderr"] = r.stdout, r.stderr
         assert "rejected" in r.stderr, r.stderr[-2000:]
+        # 1b. Every request echoes the key in an encoded or partial form, one form after the other.
+        forms = iter(ECHOING_FAULTS[4:] * 40)
+        server.responder = lambda body: next(forms)(body)
+        r = ch.run_pld("run", str(path), "--phase", "1", "--yes", env=env, timeout=300)
+        outputs["encoded echo run stdout"], outputs["encoded echo run stderr"] = r.stdout, r.stderr
+        assert "Unknown credential" in r.stderr, r.stderr[-2000:]
         # 2. A run with a 30% share of key-echoing faults, then a clean rerun.
         faults = EchoingTeacher(server)
         r = ch.run_pld("run", str(path), "--phase", "1", "--yes", env=env, timeout=300)
@@ -169,6 +198,20 @@ def test_scanner_finds_every_encoding() -> None:
     assert ch.scan_for_secret(KEY.encode().hex().encode(), KEY)
     assert ch.scan_for_secret(KEY.upper().encode(), KEY) == ["case_insensitive"]
     assert ch.scan_for_secret(b"nothing to see", KEY) == []
+    for name, form in _encoded_echoes(KEY).items():
+        assert name in scan_all_forms(f"error: {form}.".encode(), KEY), name
+
+
+def test_redaction_removes_every_encoded_and_partial_form() -> None:
+    """The one redaction home covers what the hostile server above sends, inside other text."""
+    from pld_desktop.backends.secrets import redact
+    for name, form in _encoded_echoes(KEY).items():
+        text = f'{{"error": {{"message": "Unknown credential {form} for this project."}}}}'
+        cleaned = redact(text, [KEY])
+        assert scan_all_forms(cleaned.encode(), KEY) == [], (name, cleaned)
+        assert "Unknown credential" in cleaned and "for this project" in cleaned
+    assert redact("HTTP 400: the model gemini-2.5-flash is not found.", [KEY]) == \
+        "HTTP 400: the model gemini-2.5-flash is not found."
 
 
 def test_a_reply_that_repeats_the_key_is_not_stored(tmp_path: Path) -> None:

@@ -7,14 +7,30 @@ from typing import Any
 
 from ..core.backends import Embedder, Student, Teacher
 from ..core.settings import RunSettings
+from .trust import TrustStore, UntrustedSettingError, settings_in_use
+
+_TEACHER_FIELDS = frozenset({"teacher_base_url", "teacher_openai_base_url", "teacher_gguf"})
+_STUDENT_FIELDS = frozenset({"student_base_url", "student_gguf"})
 
 
 class DefaultBackends:
-    """The `BackendProvider` used by the CLI and the GUI: bundled models unless settings name others."""
+    """The `BackendProvider` used by the CLI and the GUI: bundled models unless settings name others.
 
-    def __init__(self) -> None:
+    With a `trust` store (the CLI and the window pass this machine's), a backend whose endpoint or model file
+    the user has not accepted is refused before it is built, so no key or example can reach it.
+    """
+
+    def __init__(self, trust: TrustStore | None = None) -> None:
         self._lock = threading.Lock()
         self._cache: dict[Any, Any] = {}
+        self._trust = trust
+
+    def _check_trust(self, settings: RunSettings, fields: frozenset[str]) -> None:
+        if self._trust is None:
+            return
+        refused = [i for i in settings_in_use(settings) if i.field in fields and not self._trust.is_trusted(i)]
+        if refused:
+            raise UntrustedSettingError(refused)
 
     def _get(self, key: Any, make: Any) -> Any:
         with self._lock:
@@ -23,6 +39,7 @@ class DefaultBackends:
             return self._cache[key]
 
     def teacher(self, settings: RunSettings) -> Teacher:
+        self._check_trust(settings, _TEACHER_FIELDS)
         if settings.teacher == "gemini":
             # The batch teacher is the interactive one plus submit/poll, so it serves both modes.
             from .gemini_batch import GeminiBatchTeacher
@@ -48,6 +65,7 @@ class DefaultBackends:
         raise ValueError(f"Unknown teacher '{settings.teacher}'; choose 'gemini', 'local' or 'openai'.")
 
     def student(self, settings: RunSettings) -> Student:
+        self._check_trust(settings, _STUDENT_FIELDS)
         if settings.student_backend == "openai":
             from .openai_student import OpenAIStudent
             from .secrets import get_api_key
@@ -65,6 +83,7 @@ class DefaultBackends:
                                                    n_threads_batch=settings.student_threads))
 
     def embedder(self, settings: RunSettings) -> Embedder:
+        self._check_trust(settings, frozenset({"embedder"}))
         from .embedder import SentenceTransformerEmbedder
         return self._get(("embedder", settings.embedder), lambda: SentenceTransformerEmbedder(settings.embedder))
 

@@ -1,7 +1,8 @@
 """The local teacher: the core's Teacher protocol on a local GGUF chat model (default: bundled SmolLM2-135M).
 
-Replies are constrained to the request's JSON schema by llama.cpp's grammar sampler. If llama-cpp-python cannot
-convert a schema it silently falls back to generic JSON, so the core's schema validation stays the judge.
+Replies are constrained to the request's JSON schema by llama.cpp's grammar sampler, on a grammar built by
+`teacher_grammar` (labels escaped, rules whole, the extraction label fixed); the core's schema validation stays
+the judge.
 Generation is greedy and deterministic: the prompt is evaluated on the fixed schedule of `LlamaContextCursor`
 (system part, then the rest) before `create_chat_completion` samples from it, so the same request gives the
 same reply whatever was asked before, while consecutive requests with one system text share its KV cache.
@@ -18,6 +19,7 @@ import llama_cpp
 from pld_desktop.backends.bundled import ModelFileError, bundled_local_teacher_path
 from pld_desktop.backends.llama_runtime import (LlamaContextCursor, LlamaOwner, file_sha256, gguf_chat_formatter,
                                                 template_supports_system)
+from pld_desktop.backends.teacher_grammar import rule_hit_bound, schema_grammar
 from pld_desktop.core.backends import TeacherError, TeacherReply, TeacherRequest, TeacherUsage
 
 __all__ = ["LocalTeacher", "ModelFileError"]
@@ -63,23 +65,29 @@ class LocalTeacher:
         instructions lead the user turn."""
         return _messages(request.system, request.user, self.supports_system)
 
+    def grammar_for(self, request: TeacherRequest) -> str:
+        """The GBNF grammar the reply to `request` is decoded under (every label and literal escaped)."""
+        try:
+            return schema_grammar(request.schema.model_json_schema(), max_chars=self.max_string_chars,
+                                  patterns=dict(request.grammar_patterns))
+        except Exception as exc:  # noqa: BLE001 - a broken schema class is the caller's bug, reported plainly
+            raise TeacherError(f"Cannot build the grammar of {request.schema.__name__}: {exc}") from exc
+
     def generate(self, request: TeacherRequest) -> TeacherReply:
         if self._owner.closed:
             raise RuntimeError("The local teacher has been closed.")
         messages = self.messages_for(request)
-        try:
-            schema = bounded_schema(request.schema.model_json_schema(), self.max_string_chars,
-                                    dict(request.grammar_patterns))
-        except Exception as exc:  # noqa: BLE001 - a broken schema class is the caller's bug, reported plainly
-            raise TeacherError(f"Cannot build the JSON schema of {request.schema.__name__}: {exc}") from exc
+        grammar = self.grammar_for(request)
         max_tokens, repeat_penalty = self.max_tokens, self.repeat_penalty
         model = self._model
 
         def run(llama: llama_cpp.Llama) -> tuple[dict[str, Any], float]:
             started = time.perf_counter()
+            # llama.cpp answers a grammar it cannot parse with a NULL sampler, which crashes the process later.
+            check_grammar(llama, grammar)
             model.evaluate_prompt(messages, request.system)
             completion = llama.create_chat_completion(
-                messages=messages, response_format={"type": "json_object", "schema": schema},
+                messages=messages, grammar=llama_cpp.LlamaGrammar.from_string(grammar, verbose=False),
                 temperature=0.0, max_tokens=max_tokens, repeat_penalty=repeat_penalty, stream=False)
             return completion, time.perf_counter() - started  # type: ignore[return-value]
 
@@ -94,12 +102,16 @@ class LocalTeacher:
             raise TeacherError(f"The local teacher failed: {exc}", retryable=False) from exc
         choice = completion["choices"][0]
         usage = completion.get("usage") or {}
+        text = choice["message"].get("content") or ""
+        finish = str(choice.get("finish_reason") or "")
+        if rule_hit_bound(text):
+            finish = "length"  # a rule at the grammar's word bound may be cut: the core retries it
         return TeacherReply(
-            text=choice["message"].get("content") or "",
+            text=text,
             usage=TeacherUsage(prompt_tokens=int(usage.get("prompt_tokens", 0)),
                                output_tokens=int(usage.get("completion_tokens", 0)),
                                total_tokens=int(usage.get("total_tokens", 0))),
-            latency_s=latency, model=self.model_id, finish_reason=str(choice.get("finish_reason") or ""))
+            latency_s=latency, model=self.model_id, finish_reason=finish)
 
     def close(self) -> None:
         self._owner.close()
@@ -154,6 +166,16 @@ class _TeacherModel:
             return
         self.cursor.begin(tokens, self._system_end(system))
         self.cursor.position(tokens)
+
+
+def check_grammar(llama: llama_cpp.Llama, grammar: str) -> None:
+    """Raise TeacherError unless llama.cpp parses `grammar` with this model's vocabulary."""
+    vocab = llama_cpp.llama_model_get_vocab(llama.model)
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
+    if not sampler:
+        raise TeacherError("The local teacher's reply grammar does not parse (a bug; please report it).",
+                           retryable=False)
+    llama_cpp.llama_sampler_free(sampler)
 
 
 def _messages(system: str, user: str, supports_system: bool) -> list[dict[str, str]]:

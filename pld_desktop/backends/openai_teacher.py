@@ -157,13 +157,14 @@ class OpenAITeacher:
         finish = str(choice.get("finish_reason") or "")
         message = choice.get("message") or {}
         if message.get("refusal"):
-            raise TeacherError(f"The teacher model refused: {str(message['refusal'])[:300]}", retryable=False)
+            refusal = self._http.redact(str(message["refusal"]))[:300]
+            raise TeacherError(f"The teacher model refused: {refusal}", retryable=False)
         if finish == "content_filter":
             raise TeacherError("The teacher server's content filter stopped the reply.", retryable=False)
         text = message.get("content")
         if isinstance(text, list):  # some servers send content parts
             text = "".join(str(part.get("text", "")) for part in text if isinstance(part, dict))
-        text = str(text or "")
+        text = self._http.redact(str(text or ""))  # a reply echoing the key must not reach the project file
         if not text.strip():
             hint = " The output token limit was reached." if finish == "length" else ""
             raise TeacherError(f"The teacher returned an empty reply (finish reason {finish or 'none'}).{hint}",

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import functools
+import json
 import logging
 import os
 import re
 import threading
+import urllib.parse
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -113,16 +117,69 @@ def delete_api_key(service: str = "gemini") -> None:
 # `key=...` in URLs and `x-goog-api-key: ...` / `"x-goog-api-key": "..."` in headers, dict reprs or JSON.
 _QUERY_KEY = re.compile(r"([?&](?:api_?)?key=)[^&#\s'\"]+", re.IGNORECASE)
 _HEADER_KEY = re.compile(r"(x-goog-api-key['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+", re.IGNORECASE)
+_BEARER = re.compile(r"(bearer\s+)[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
 # Shorter strings are not keys and replacing them would garble unrelated text.
 _MIN_SECRET_LEN = 4
+# A leaked run of this many consecutive characters of a key (or of one of its encodings, scaled) is redacted,
+# so a key minus its last characters, or a fragment of it, goes too; a random key shares no such run with text.
+_FRAGMENT_CHARS = 12
+
+
+def _fragment_len(secret: str) -> int:
+    if len(secret) < 8:
+        return len(secret)
+    return min(_FRAGMENT_CHARS, len(secret) - 2)
+
+
+def _encoded_forms(secret: str) -> list[tuple[str, int]]:
+    """(form, window) pairs: every way a server might echo `secret`, with the length of the shortest run of
+    that form that gives away a fragment of the key. Matching is case-insensitive (lower-cased key, hex)."""
+    raw = secret.encode("utf-8")
+    k = _fragment_len(secret)
+    forms = [(secret, k), (json.dumps(secret)[1:-1], k),
+             (urllib.parse.quote(secret, safe=""), k), (urllib.parse.quote_plus(secret), k),
+             ("".join(f"%{b:02X}" for b in raw), 3 * k),  # percent-encoded byte by byte
+             (raw.hex(), 2 * k)]
+    for shift in range(3):
+        # base64 of the key at any offset in a longer text: the characters that do not depend on neighbours.
+        start = (shift * 4 + 2) // 3
+        for enc in (base64.b64encode(b"\0" * shift + raw), base64.urlsafe_b64encode(b"\0" * shift + raw)):
+            core = enc.decode("ascii").rstrip("=")[start:-1]
+            forms.append((core, (4 * k + 2) // 3))
+    return [(form, min(window, len(form))) for form, window in forms if len(form) >= _MIN_SECRET_LEN]
+
+
+@functools.lru_cache(maxsize=32)
+def _secret_pattern(secrets: frozenset[str]) -> re.Pattern[str] | None:
+    """One regex finding, at every start position (a lookahead, so matches overlap), any window of any form."""
+    windows: set[str] = set()
+    for secret in secrets:
+        for form, window in _encoded_forms(secret):
+            windows.update(form[i:i + window] for i in range(len(form) - window + 1))
+    if not windows:
+        return None
+    alternatives = "|".join(re.escape(w) for w in sorted(windows, key=len, reverse=True))
+    return re.compile(f"(?=({alternatives}))", re.IGNORECASE)
 
 
 def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """Replace every known secret, `key=` query value and `x-goog-api-key` header value in `text` with ***."""
-    # Longest first so a key that contains another known key is replaced whole.
-    for secret in sorted({s for s in secrets if s and len(s) >= _MIN_SECRET_LEN}, key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
+    """Replace every known secret (the given ones and every key this process uses) in `text` with ***: plain,
+    any case, URL- or percent-encoded, hex, base64, JSON-escaped, or any run of 12 of its characters (so a key
+    minus its last character too); and every `key=` query value, `x-goog-api-key` header and bearer token."""
+    known = frozenset(s for s in (*secrets, *tuple(_log_secrets)) if s and len(s) >= _MIN_SECRET_LEN)
+    pattern = _secret_pattern(known) if known else None
+    if pattern is not None and text:
+        spans: list[list[int]] = []
+        for match in pattern.finditer(text):
+            start, end = match.start(1), match.end(1)
+            if spans and start <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], end)
+            else:
+                spans.append([start, end])
+        for start, end in reversed(spans):
+            text = text[:start] + REDACTED + text[end:]
     text = _QUERY_KEY.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
     return _HEADER_KEY.sub(lambda m: m.group(1) + REDACTED, text)
 
 

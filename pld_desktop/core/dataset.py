@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -127,9 +128,12 @@ class ColumnMapping:
     split_column: str | None = None
     group_column: str | None = None
     keep_source_split: bool = False
+    # Look-alike labels merged at import, only when asked: None (kept apart and reported), "nfc" (same text
+    # after Unicode NFC and without zero-width/bidi characters) or "casefold" (also ignoring letter case).
+    merge_labels: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "text_columns": list(self.text_columns),
             "label_column": self.label_column,
             "template": self.template,
@@ -138,6 +142,9 @@ class ColumnMapping:
             "group_column": self.group_column,
             "keep_source_split": self.keep_source_split,
         }
+        if self.merge_labels is not None:  # absent otherwise, so older mappings read and hash the same
+            out["merge_labels"] = self.merge_labels
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ColumnMapping:
@@ -157,10 +164,14 @@ class ColumnMapping:
             if value is not None and not isinstance(value, str):
                 raise _json_error("column mapping", f"'{key}' must be text or null")
             optional[key] = value
+        merge = d.get("merge_labels")
+        if merge is not None and merge not in LABEL_MERGES:
+            raise _json_error("column mapping", f"'merge_labels' must be one of {', '.join(LABEL_MERGES)} or null")
         return cls(
             text_columns=tuple(text_columns),
             label_column=label,
             keep_source_split=bool(d.get("keep_source_split", False)),
+            merge_labels=merge,
             **optional,
         )
 
@@ -413,7 +424,8 @@ def _decode(raw: bytes, final: bool = True) -> tuple[str, str]:
     if encoding is None and b"\x00" in head:
         encoding = _looks_like_utf16_without_bom(head)
     if encoding is None:
-        binary = sum(head.count(bytes([b])) for b in _BINARY_BYTES)
+        # Terminal colour codes (ESC [ ... m) pasted into a cell are text, not a sign of a binary file.
+        binary = sum(re.sub(rb"\x1b\[[0-9;]*[A-Za-z]", b"", head).count(bytes([b])) for b in _BINARY_BYTES)
         if binary >= 8 and binary / len(head) > 0.05:  # a stray NUL in a tiny file gets its own message
             raise _not_text()
         encoding = "utf-8"
@@ -440,6 +452,78 @@ def _decode(raw: bytes, final: bool = True) -> tuple[str, str]:
     return text, encoding
 
 
+_SEP_HINT = re.compile(r'\A"?sep=(\\t|[^\r\n"])"?[ \t]*,*(?:\r\n|\n|\r|\Z)', re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Look-alike labels
+# --------------------------------------------------------------------------------------------------------------------
+LABEL_MERGES = ("nfc", "casefold")
+# Zero-width, joiner, soft hyphen, BOM and bidi control characters: invisible, yet they make a label different.
+_INVISIBLE = re.compile("[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+
+
+def label_form(label: str, how: str) -> str:
+    """`label` as compared under a merge: NFC without invisible characters, case-folded for "casefold"."""
+    text = unicodedata.normalize("NFC", _INVISIBLE.sub("", label)).strip()
+    return text.casefold() if how == "casefold" else text
+
+
+def merged_labels(labels: Sequence[str], how: str) -> dict[str, str]:
+    """Each label -> the label it is merged into: the most frequent spelling among its look-alikes (ties to
+    a spelling without invisible characters, then the alphabetically first). A label without look-alikes
+    keeps its spelling."""
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    groups: dict[str, list[str]] = {}
+    for label in counts:
+        if label:
+            groups.setdefault(label_form(label, how), []).append(label)
+    target = {key: min(members, key=lambda lab: (-counts[lab], label_form(lab, "nfc") != lab, lab))
+              for key, members in groups.items()}
+    return {label: (target[label_form(label, how)] if label else label) for label in counts}
+
+
+def visible_label(label: str) -> str:
+    """A label as text that shows what sets it apart: invisible, control and combining characters as \\uXXXX."""
+    out = []
+    for ch in label:
+        if _INVISIBLE.match(ch) or unicodedata.category(ch) in ("Cc", "Cf", "Mn", "Zl", "Zp", "Co", "Cs"):
+            out.append(f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def lookalike_label_warnings(labels: Sequence[str], rows: Sequence[int], column: str | None,
+                             merged: str | None = None) -> list[Problem]:
+    """A warning per group of labels that differ only by case, Unicode normalisation or invisible characters,
+    naming the rows of each spelling and how to merge them (never done without being asked)."""
+    where: dict[str, list[int]] = {}
+    for label, row in zip(labels, rows):
+        if label:
+            where.setdefault(label, []).append(int(row))
+    groups: dict[str, list[str]] = {}
+    for label in where:
+        groups.setdefault(label_form(label, "casefold"), []).append(label)
+    problems = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        members.sort(key=lambda lab: where[lab][0])
+        same_nfc = len({label_form(lab, "nfc") for lab in members}) == 1
+        why = ("differ only by Unicode form or invisible (zero-width or bidi) characters" if same_nfc
+               else "differ only by letter case" + ("" if merged == "nfc" else " (or also by Unicode form)"))
+        listed = ", ".join(f"'{visible_label(lab)}' ({_rows_phrase(where[lab]).lower()})" for lab in members)
+        how = "nfc" if same_nfc else "casefold"
+        problems.append(Problem(
+            f"The labels {listed} {why}; they are kept as {len(members)} separate labels. To merge them into one, "
+            f"import again with --merge-labels {how} (the import dialog offers the same choice).",
+            row=where[members[1]][0], column=column))
+    return problems
+
+
 def _sniff_delimiter(text: str) -> str:
     """Comma, unless the header line has no comma but has tabs or semicolons (European Excel, TSV)."""
     for line in text[:65536].splitlines():
@@ -454,7 +538,12 @@ def _parse(text: str, *, max_rows: int | None = None, truncated: bool = False) -
     """Parse decoded CSV text into a str DataFrame indexed by spreadsheet line number; raise on structural errors."""
     if not text.strip():
         raise DatasetError(Problem("The file is empty: it contains no text (only blank lines or spaces)."))
-    delimiter = _sniff_delimiter(text)
+    hint = _SEP_HINT.match(text)
+    if hint:  # Excel's "sep=;" first line: it names the separator and is not a row (Excel does not show it)
+        delimiter = "\t" if hint.group(1) == "\\t" else hint.group(1)
+        text = text[hint.end():]
+    else:
+        delimiter = _sniff_delimiter(text)
     stream = io.StringIO(text, newline="")
     reader = csv.reader(stream, delimiter=delimiter)
     header: list[str] | None = None
@@ -1023,6 +1112,13 @@ def build_dataset(df: pd.DataFrame, mapping: ColumnMapping, split: SplitSettings
 
     # Labels.
     label_values = values[mapping.label_column]
+    if mapping.merge_labels is not None:
+        if mapping.merge_labels not in LABEL_MERGES:
+            raise DatasetError(Problem(f"Unknown way to merge look-alike labels '{mapping.merge_labels}'; "
+                                       f"choose {' or '.join(LABEL_MERGES)}."))
+        label_values = label_values.map(merged_labels(label_values.tolist(), mapping.merge_labels))
+    warnings += lookalike_label_warnings(label_values.tolist(), rows_all.tolist(), mapping.label_column,
+                                         mapping.merge_labels)
     label_empty = (label_values.str.len() == 0).to_numpy()
     if label_empty.any():
         errors.append(_rows_problem(rows_all[label_empty].tolist(), "the label is empty.", "have an empty label.",

@@ -88,6 +88,15 @@ def _short_validation_error(exc: Exception) -> str:
     return f"reply is not valid JSON ({exc})"
 
 
+# Finish reasons meaning the output token bound was hit (local/OpenAI, Gemini): such a reply is retried, never
+# stored, even when what arrived happens to parse.
+_CUT_FINISH_REASONS = frozenset({"length", "MAX_TOKENS", "FinishReason.MAX_TOKENS"})
+
+
+class _CutReply(ValueError):
+    """A reply that hit the output bound."""
+
+
 def _run_job(teacher: Teacher, request: TeacherRequest, max_attempts: int, progress: Progress) -> list[_Attempt]:
     """Worker-thread body: call, validate, retry invalid replies with the validation error appended."""
     attempts: list[_Attempt] = []
@@ -103,9 +112,12 @@ def _run_job(teacher: Teacher, request: TeacherRequest, max_attempts: int, progr
                 break
             continue
         try:
+            if reply.finish_reason in _CUT_FINISH_REASONS:
+                raise _CutReply("the reply reached the length limit and may be cut; write a shorter, complete "
+                                "reply")
             parsed = parse_reply(reply.text, request.schema)
         except (ValidationError, ValueError) as exc:
-            reason = _short_validation_error(exc)
+            reason = str(exc) if isinstance(exc, _CutReply) else _short_validation_error(exc)
             attempts.append(_Attempt(reply, None, None, reason))
             current = TeacherRequest(
                 system=request.system, kind=request.kind, schema=request.schema,

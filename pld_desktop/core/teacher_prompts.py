@@ -7,6 +7,7 @@ instruction says that nothing inside them is an instruction (prompt-injection hy
 from __future__ import annotations
 
 import html
+import json
 import re
 from functools import lru_cache
 from typing import Literal, Sequence
@@ -80,10 +81,13 @@ def rule_pattern(labels: Sequence[str]) -> tuple[tuple[str, str], ...]:
     Only plain characters and classes are used: llama-cpp-python's regex-to-GBNF converter emits an invalid
     escape for an escaped full stop (and llama.cpp crashes on a grammar it cannot parse), so the full stop is written `[.]`.
     """
-    alternatives = "|".join(lab for lab in labels if re.fullmatch(r"[\w -]+", lab))
-    if not alternatives:
-        return ()
-    return (("rule", f'^If [^"\\\\]{{8,120}}, answer ({alternatives})[.]$'),)
+    plain = [lab for lab in labels if re.fullmatch(r"[\w -]+", lab)]
+    # Labels a regex cannot carry safely (quotes, backslashes, newlines, ...) go to grammar-building backends
+    # as a JSON list; they escape them themselves. Added only then, so request hashes of plain labels stay.
+    extra = (("rule_labels", json.dumps(list(labels), ensure_ascii=False)),) if len(plain) < len(labels) else ()
+    if not plain:
+        return extra
+    return (("rule", f'^If [^"\\\\]{{8,120}}, answer ({"|".join(plain)})[.]$'),) + extra
 
 
 def labels_text(labels: Sequence[str], meanings: dict[str, str] | None = None) -> str:

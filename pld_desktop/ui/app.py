@@ -603,6 +603,9 @@ class MainWindow(QMainWindow):
             return
         from ..core.pipeline import estimate_teacher_run
         settings = self._settings()
+        if not self._accept_project_settings(settings, phases):
+            return
+        settings = self._settings()
         if settings.teacher == "gemini" and set(phases) & {1, 2, 3}:
             estimate = estimate_teacher_run(self.project, settings, phases)
             answer = QMessageBox.question(self, "Start a paid teacher run?",
@@ -620,6 +623,32 @@ class MainWindow(QMainWindow):
                                  f"{', '.join(str(p) for p in phases)}")
         self.worker.start()
         self._refresh()
+
+    def _accept_project_settings(self, settings: Any, phases: list[int]) -> bool:
+        """Servers and model files named by the project file are used only once this machine's user accepts
+        them (remembered on this machine); "Use defaults" resets them to the bundled models. False: cancelled."""
+        from ..backends.trust import TrustStore, reset_to_defaults
+        from ..core.settings import save_settings
+        store = TrustStore()
+        untrusted = store.untrusted(settings, phases)
+        if not untrusted:
+            return True
+        box = QMessageBox(QMessageBox.Icon.Warning, "Use the servers and models this project names?",
+                          "This project file names:\n\n" + "\n".join(f"- {i.describe()}" for i in untrusted)
+                          + "\n\nA project file may come from someone else: your API key and your examples "
+                            "would be sent to these servers. Accept them on this machine, or use the defaults "
+                            "(bundled models) for this project?", parent=self)
+        accept = box.addButton("Accept", QMessageBox.ButtonRole.AcceptRole)
+        defaults = box.addButton("Use defaults", QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        if box.clickedButton() is accept:
+            store.trust(untrusted)
+            return True
+        if box.clickedButton() is defaults and self.project is not None:
+            save_settings(self.project, reset_to_defaults(settings, untrusted))
+            return True
+        return False
 
     def cancel(self) -> None:
         if self.worker is not None:

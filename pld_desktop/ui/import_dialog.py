@@ -385,6 +385,17 @@ class ImportDialog(QDialog):
         self.label_note.setStyleSheet("color: #B00020;")
         self.label_note.hide()
         layout.addWidget(self.label_note)
+        # Labels that differ only by case, Unicode form or invisible characters are listed in the problems;
+        # merging them is the user's choice, never automatic.
+        merge_row = QHBoxLayout()
+        merge_row.addWidget(QLabel("Look-alike labels:"))
+        self.merge_labels_combo = QComboBox()
+        for text, value in (("keep separate", None), ("merge Unicode forms and invisible characters", "nfc"),
+                            ("merge ignoring letter case too", "casefold")):
+            self.merge_labels_combo.addItem(text, value)
+        self.merge_labels_combo.currentIndexChanged.connect(self._on_label_changed)
+        merge_row.addWidget(self.merge_labels_combo, 1)
+        layout.addLayout(merge_row)
         layout.addWidget(QLabel("What each label means (optional; the student reads it):"))
         self.meanings_table = QTableWidget(0, 2)
         self.meanings_table.setHorizontalHeaderLabels(["Label", "Meaning"])
@@ -798,6 +809,7 @@ class ImportDialog(QDialog):
             split_column=split_column,
             group_column=optional(self.group_combo),
             keep_source_split=bool(split_column) and self.keep_split_check.isChecked(),
+            merge_labels=self.merge_labels_combo.currentData(),
         )
 
     def split_settings(self) -> SplitSettings:

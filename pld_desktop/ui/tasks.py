@@ -56,7 +56,8 @@ class PipelineThread(QThread):
         from ..core.project import Project
         from ..core.settings import load_settings
 
-        backends = (self.backends_factory or DefaultBackends)()
+        from ..backends.trust import TrustStore
+        backends = (self.backends_factory or (lambda: DefaultBackends(trust=TrustStore())))()
         try:
             with Project.open(self.project_path) as project:
                 report = run_pipeline(project, load_settings(project), backends, self.progress, phases=self.phases,
