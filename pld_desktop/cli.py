@@ -475,7 +475,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _install_sigterm_as_interrupt()
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # inside the try: a reader gone at exit is a broken pipe handled here, not a traceback
+        return code
     except BrokenPipeError:
         # The reader closed the pipe (`pld status | true`): nothing more can be said on stdout; say nothing and
         # keep Python from complaining again when it flushes stdout at exit.
