@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import signal
 import sys
@@ -15,6 +16,9 @@ from . import __version__
 from .core.progress import ProgressBase
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_QUOTA, EXIT_CANCELLED = 0, 1, 2, 4, 130
+EXIT_IN_USE = 3          # the project is in use by another run (retry when it has finished)
+EXIT_TERMINATED = 143    # stopped by SIGTERM (resumable), 128 + 15 as shells report it
+EXIT_BROKEN_PIPE = 141   # the reader of our output went away (`pld status | head -1`), 128 + SIGPIPE
 
 
 class ConsoleProgress(ProgressBase):
@@ -55,13 +59,35 @@ class ConsoleProgress(ProgressBase):
             self._bar = None
 
 
+_stop_signal: int | None = None  # the signal that stopped this process (SIGINT or SIGTERM), for the exit code
+
+
+def _stop_exit_code() -> int:
+    return EXIT_TERMINATED if _stop_signal == signal.SIGTERM else EXIT_CANCELLED
+
+
 def _install_sigint(progress: ConsoleProgress) -> None:
+    """SIGINT and SIGTERM alike: the first asks the run to stop after the items in flight, a second stops at once
+    (both leave a resumable project; a service manager's SIGTERM is a request to stop, not a crash)."""
     def handler(signum: int, frame: Any) -> None:
+        global _stop_signal
+        _stop_signal = signum
         if progress.cancelled():
             raise KeyboardInterrupt
         progress.cancel()
-        print("\nStopping after the items in flight (press Ctrl-C again to stop at once)...", file=sys.stderr)
+        again = "press Ctrl-C again" if signum == signal.SIGINT else "send SIGTERM again"
+        print(f"\nStopping after the items in flight ({again} to stop at once)...", file=sys.stderr)
     signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _install_sigterm_as_interrupt() -> None:
+    """Outside a run, SIGTERM unwinds like Ctrl-C, so `finally` blocks remove partial files and release locks."""
+    def handler(signum: int, frame: Any) -> None:
+        global _stop_signal
+        _stop_signal = signum
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
 
 
 # ---------------------------------------------------------------------------
@@ -101,6 +127,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 def _apply_run_overrides(settings: Any, args: argparse.Namespace) -> None:
     """Copy the run options given on the command line into `settings` (saved with the run, so a rerun without
     them resumes the same way); a server teacher or student chosen here must have an address."""
+    from .core.settings_check import BUNDLED, model_path_value
+    if getattr(args, "teacher", None) == BUNDLED:  # the embedded local teacher, whatever the project had
+        args.teacher, args.teacher_gguf = "local", BUNDLED
     pairs = {"teacher": "teacher", "teacher_model": "teacher_model", "teacher_gguf": "teacher_gguf",
              "student": "student_gguf", "base_url": "teacher_base_url", "concurrency": "teacher_concurrency",
              "teacher_openai_base_url": "teacher_openai_base_url", "teacher_openai_model": "teacher_openai_model",
@@ -112,12 +141,14 @@ def _apply_run_overrides(settings: Any, args: argparse.Namespace) -> None:
     for arg, field in pairs.items():
         value = getattr(args, arg, None)
         if value is not None:
+            if arg in ("student", "teacher_gguf"):
+                value = model_path_value(value)  # "bundled" or "" -> the embedded model
             setattr(settings, field, value)
     if getattr(args, "batch", None):
         settings.teacher_batch = True
         if settings.teacher != "gemini":
             raise ValueError("--batch needs the Gemini teacher (--teacher gemini).")
-    if getattr(args, "student", None) and getattr(args, "student_backend", None) is None:
+    if getattr(args, "student", None) is not None and getattr(args, "student_backend", None) is None:
         settings.student_backend = "llama"  # a GGUF named on the command line is meant to run in this process
     # Checked here, before any model loads or the run is recorded, only for what this command line chose.
     if getattr(args, "teacher", None) == "openai":
@@ -168,12 +199,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _run(project_path: str, args: argparse.Namespace, phases: Sequence[int], command: str,
          settings_override: Any = None) -> int:
     from .backends.factory import DefaultBackends
     from .core.pipeline import PHASE_NAMES, estimate_teacher_run, run_pipeline
     from .core.project import Project
+    from .core.run_lock import RunLock
     from .core.settings import load_settings
+    from .core.settings_check import check_settings
 
     from .backends.trust import TrustStore, UntrustedSettingError
 
@@ -181,12 +224,15 @@ def _run(project_path: str, args: argparse.Namespace, phases: Sequence[int], com
     progress = ConsoleProgress(quiet=getattr(args, "quiet", False))
     trust = TrustStore()
     backends = DefaultBackends(trust=trust)
+    lock = RunLock(project.path, command)
     try:
+        lock.acquire()  # refused at once when another run holds the project (run_pipeline holds it too)
         if not project.has_dataset():
             print("error: the project has no dataset; create it with 'pld init'.", file=sys.stderr)
             return EXIT_INPUT
         settings = settings_override or load_settings(project)
         _apply_run_overrides(settings, args)
+        check_settings(settings)  # before any question, model load or save: a bad option never sticks
         # Before anything is sent anywhere: endpoints and model paths from the project file need this machine's
         # acceptance; an option typed on this command line (or --trust-project-settings) is that acceptance.
         untrusted = _accept_trust(trust, settings, args, phases)
@@ -204,10 +250,13 @@ def _run(project_path: str, args: argparse.Namespace, phases: Sequence[int], com
         progress.close()
         if report.status == "cancelled":
             print(report.message, file=sys.stderr)
-            return EXIT_CANCELLED
+            return _stop_exit_code()
         if report.status == "quota_exhausted":
             print(report.message, file=sys.stderr)
             return EXIT_QUOTA
+        if report.status == "failed":
+            print(f"error: {report.message}", file=sys.stderr)
+            return EXIT_FAILED
         print(f"Finished phases {', '.join(PHASE_NAMES[p] for p in sorted(phases))} "
               f"in {time.monotonic() - started:.0f} s.", file=sys.stderr)
         _print_status(project)
@@ -216,6 +265,7 @@ def _run(project_path: str, args: argparse.Namespace, phases: Sequence[int], com
         progress.close()
         backends.close()
         project.close()
+        lock.release()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -236,8 +286,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .core.export import export_rule_set
     from .core.project import Project
     from .core.results_csv import export_results_csv
+    out = Path(args.out) if args.out else Path(args.project).resolve().parent / "exports"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out names a folder for the exported files, but {out} is a file; "
+                         "choose a folder (it is created when missing).")
     with Project.open(args.project) as project:
-        out = Path(args.out) if args.out else Path(args.project).resolve().parent / "exports"
         prompt_formats = tuple(f for f in args.format if f != "csv")
         paths = export_rule_set(project, out, prompt_formats, rule_set_id=args.rule_set) if prompt_formats else []
         if "csv" in args.format:  # per-example test results; spreadsheet formulas neutralised
@@ -249,7 +302,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _status_dict(project: Any) -> dict[str, Any]:
-    from .core.pipeline import PHASE_NAMES
+    from .core.pipeline import PHASE_NAMES, shown_phase_state
     info = project.dataset_info() or {}
     counts = {r["split"]: r["n"] for r in project.query("SELECT split, COUNT(*) AS n FROM examples GROUP BY split")}
     phases = project.phase_states()
@@ -263,7 +316,8 @@ def _status_dict(project: Any) -> dict[str, Any]:
     return {
         "project": str(project.path), "dataset": info.get("source_name"), "rows": info.get("n_rows"),
         "labels": info.get("labels"), "splits": counts,
-        "phases": {PHASE_NAMES[p]: {"state": phases[p]["state"], "done": phases[p]["done"],
+        "phases": {PHASE_NAMES[p]: {"state": shown_phase_state(project.path, phases[p]["state"]),
+                                    "done": phases[p]["done"],
                                     "total": phases[p]["total"], "message": phases[p]["message"]}
                    for p in sorted(phases)},
         "micro_rules": len(project.micro_rule_example_ids()),
@@ -275,13 +329,17 @@ def _status_dict(project: Any) -> dict[str, Any]:
     }
 
 
+STATE_WORDS = {"interrupted": "interrupted, resumable"}
+
+
 def _print_status(project: Any) -> None:
     s = _status_dict(project)
     print(f"Project {s['project']}")
     print(f"  dataset: {s['dataset']} ({s['rows']} rows; labels {', '.join(s['labels'] or [])}; "
           f"splits {s['splits']})")
     for name, ph in s["phases"].items():
-        print(f"  {name:<12} {ph['state']:<10} {ph['done']}/{ph['total']}  {ph['message'] or ''}")
+        state = STATE_WORDS.get(ph["state"], ph["state"])
+        print(f"  {name:<12} {state:<10} {ph['done']}/{ph['total']}  {ph['message'] or ''}")
     t = s["teacher"]
     print(f"  teacher: {t['calls']} calls ({t['failed']} invalid or failed attempts; {s['failed_items']} items "
           f"given up after retries), {t['prompt_tokens']:,} in / "
@@ -521,17 +579,18 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_init)
 
     def run_options(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--teacher", choices=["gemini", "local", "openai"],
-                        help="openai: an OpenAI-compatible server (Ollama, vLLM, LM Studio, llama.cpp)")
+        sp.add_argument("--teacher", choices=["gemini", "local", "openai", "bundled"],
+                        help="openai: an OpenAI-compatible server (Ollama, vLLM, LM Studio, llama.cpp); "
+                             "bundled: the embedded SmolLM2 teacher")
         sp.add_argument("--teacher-model", help="Gemini model name")
-        sp.add_argument("--teacher-gguf", help="GGUF file for the local teacher")
+        sp.add_argument("--teacher-gguf", help="GGUF file for the local teacher ('bundled': the embedded one)")
         sp.add_argument("--base-url", help="Gemini endpoint (proxies, tests)")
         sp.add_argument("--teacher-base-url", dest="teacher_openai_base_url", metavar="URL",
                         help="OpenAI-compatible teacher server, e.g. http://127.0.0.1:11434/v1 "
                              "(API key: OPENAI_API_KEY or the OS keychain)")
         sp.add_argument("--teacher-openai-model", metavar="NAME", help="model name on the teacher server")
         sp.add_argument("--concurrency", type=_positive_int, help="teacher requests in flight at once")
-        sp.add_argument("--student", help="student GGUF (default: bundled Gemma 3 270M)")
+        sp.add_argument("--student", help="student GGUF ('bundled' or default: the embedded Gemma 3 270M)")
         sp.add_argument("--student-backend", choices=["llama", "openai"],
                         help="llama: the GGUF in this process (default); openai: an OpenAI-compatible server")
         sp.add_argument("--student-base-url", metavar="URL", help="student server, e.g. http://127.0.0.1:8080/v1")
@@ -543,10 +602,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "chat template")
         sp.add_argument("--student-top-logprobs", type=_positive_int,
                         help="next-token logprobs asked per step (OpenAI and vLLM allow at most 20)")
-        sp.add_argument("--n-ctx", type=int, help="student context size")
-        sp.add_argument("--max-iterations", type=int)
-        sp.add_argument("--sample-size", type=int, help="closed-loop training sample per round")
-        sp.add_argument("--max-test", type=int, help="evaluate on at most N test examples")
+        sp.add_argument("--n-ctx", type=_positive_int, help="student context size")
+        sp.add_argument("--max-iterations", type=_nonnegative_int, help="closed-loop rounds at most")
+        sp.add_argument("--sample-size", type=_positive_int, help="closed-loop training sample per round")
+        sp.add_argument("--max-test", type=_positive_int, help="evaluate on at most N test examples")
         sp.add_argument("--batch", action="store_true", default=None,
                         help="phase 1 through Gemini Batch (half price; minutes to hours; a rerun resumes polling)")
         sp.add_argument("--yes", action="store_true", help="do not ask before a paid teacher run")
@@ -587,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the bundled demo end to end on the embedded models")
     d.add_argument("--dir", default="pld-demo", help="folder for demo.pld and its exports")
-    d.add_argument("--max-iterations", type=int, default=2)
+    d.add_argument("--max-iterations", type=_nonnegative_int, default=2)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
     _add_models_parser(sub)
@@ -634,13 +693,44 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    _install_sigterm_as_interrupt()
+    try:
+        code = _dispatch(args)
+        sys.stdout.flush()  # inside the try: a reader gone at exit is a broken pipe handled here, not a traceback
+        return code
+    except BrokenPipeError:
+        # The reader closed the pipe (`pld status | true`): nothing more can be said on stdout; say nothing and
+        # keep Python from complaining again when it flushes stdout at exit.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except OSError:
+            pass
+        return EXIT_BROKEN_PIPE
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     from .backends.bundled import ModelFileError
     from .core.backends import PromptTooLong, TeacherError
     from .core.batch_extraction import BatchJobFailed
     from .core.dataset import DatasetError
-    from .core.project import ProjectFileError
+    from .core.project import ProjectFileError, ProjectInUse, in_use_message
     try:
         return int(args.func(args) or 0)
+    except ProjectInUse as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_IN_USE
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            print(f"error: {in_use_message(Path(getattr(args, 'project', '') or '.'))}", file=sys.stderr)
+            return EXIT_IN_USE
+        if "full" in str(exc):
+            print("error: the disk is full; nothing was lost. Free some space and run the command again.",
+                  file=sys.stderr)
+            return EXIT_FAILED
+        print(f"error: the project file is damaged and cannot be read ({type(exc).__name__}); restore a copy. "
+              "The file was not changed.", file=sys.stderr)
+        return EXIT_INPUT
     except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
         print(f"error: the project file is damaged and cannot be read ({type(exc).__name__}); restore a copy. "
               "The file was not changed.", file=sys.stderr)
@@ -654,7 +744,19 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("Stopped. Completed items are saved; rerun the same command to resume.", file=sys.stderr)
-        return EXIT_CANCELLED
+        return _stop_exit_code()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # the machine, not the input: a full disk, a vanished folder, a permission
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}. Nothing in the project was lost.", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - the class guard: a message, never a traceback (PLD_DEBUG=1 shows it)
+        if os.environ.get("PLD_DEBUG"):
+            raise
+        print(f"error: unexpected internal error ({type(exc).__name__}: {exc}). Completed work is saved; "
+              "rerun with PLD_DEBUG=1 for the details and report them.", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -155,5 +155,8 @@ class FakeBackends:
     def embedder(self, settings: object) -> FakeEmbedder:
         return self.e
 
+    def teacher_endpoint(self, settings: object) -> str | None:
+        return None  # the fake teacher lives in this process: nothing to reach
+
     def close(self) -> None:
         pass

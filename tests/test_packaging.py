@@ -264,3 +264,24 @@ def test_bundle_student_predicts_with_the_bundled_gguf(bundle: Path, demo_projec
             assert p["predicted"] in labels
             assert set(p["probs"]) == set(labels)
             assert abs(sum(p["probs"].values()) - 1.0) < 1e-3
+
+
+@pytest.mark.slow
+def test_bundle_runs_the_whole_demo(bundle: Path, tmp_path: Path) -> None:
+    """The main job inside the bundle: `pld demo`, all four phases on the embedded models, then the exports.
+    Any traceback or missing file (a module, torch's torch_shm_manager, a model) fails it."""
+    home = tmp_path / "home"
+    proc = _run([str(bundle / "pld"), "demo", "--dir", str(tmp_path / "demo"), "--max-iterations", "1", "--quiet"],
+                _bundle_env(home), 3600, tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-5000:]
+    for sign in ("Traceback", "No such file", "not found", "Unable to find", "ModuleNotFoundError"):
+        assert sign not in output, output[-5000:]
+    status = json.loads(_run([str(bundle / "pld"), "status", str(tmp_path / "demo" / "demo.pld"), "--json"],
+                             _bundle_env(home), 120, tmp_path).stdout)
+    assert {name: phase["state"] for name, phase in status["phases"].items()} == {
+        "Extraction": "done", "Synthesis": "done", "Closed loop": "done", "Evaluation": "done"}
+    assert status["micro_rules"] > 0 and status["rule_sets"] >= 1
+    assert set(status["evaluation"]) == {"pld", "zero_shot", "few_shot"}
+    exports = sorted(p.suffix for p in (tmp_path / "demo" / "exports").iterdir())
+    assert exports == [".json", ".md", ".txt"]

@@ -64,6 +64,11 @@ class DefaultBackends:
                 price_per_million=_server_prices(settings)))
         raise ValueError(f"Unknown teacher '{settings.teacher}'; choose 'gemini', 'local' or 'openai'.")
 
+    def teacher_endpoint(self, settings: RunSettings) -> str | None:
+        """The address the teacher will call (checked for reachability before a phase), None when in-process."""
+        from ..core.reachability import teacher_endpoint
+        return teacher_endpoint(settings)
+
     def student(self, settings: RunSettings) -> Student:
         self._check_trust(settings, _STUDENT_FIELDS)
         if settings.student_backend == "openai":

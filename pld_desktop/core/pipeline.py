@@ -12,6 +12,7 @@ from .phases.extraction import run_extraction
 from .phases.synthesis import run_synthesis
 from .progress import Cancelled, Progress
 from .project import Project
+from .reachability import TeacherUnreachable, check_reachable
 from .settings import RunSettings, save_settings
 from .teacher_calls import QuotaExhausted
 
@@ -27,6 +28,10 @@ class BackendProvider(Protocol):
 
     def embedder(self, settings: RunSettings) -> Embedder: ...
 
+    def teacher_endpoint(self, settings: RunSettings) -> str | None:
+        """The address the teacher calls (probed before a phase that calls it), or None for one in-process."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -39,15 +44,36 @@ class PipelineReport:
 
 def run_pipeline(project: Project, settings: RunSettings, backends: BackendProvider, progress: Progress, *,
                  phases: Sequence[int] = (1, 2, 3, 4), command: str = "run") -> PipelineReport:
-    """Run `phases` in order; a cancelled or quota-stopped run leaves a resumable state and says so."""
+    """Run `phases` in order; a cancelled or quota-stopped run leaves a resumable state and says so.
+
+    The project's run lock is held throughout (ProjectInUse if another live run holds it), and the settings are
+    validated before anything is saved, so two runs never write one project and bad options never stick.
+    """
+    from .run_lock import RunLock
+    from .settings_check import check_settings
+
+    check_settings(settings)
+    with RunLock(project.path, command):
+        return _run_locked(project, settings, backends, progress, phases, command)
+
+
+def _run_locked(project: Project, settings: RunSettings, backends: BackendProvider, progress: Progress,
+                phases: Sequence[int], command: str) -> PipelineReport:
     save_settings(project, settings)
     project.start_run(command, settings.to_json())
     report = PipelineReport()
     current = 0
+    probed = False
     try:
         for phase in sorted(phases):
             current = phase
             _check_prerequisites(project, phase, set(phases))
+            if not probed and _needs_teacher(project, phase):
+                probed = True
+                url = backends.teacher_endpoint(settings)
+                if url:
+                    progress.log(f"Checking that the teacher answers at {_host_port(url)}...")
+                    check_reachable(url)
             if phase == 1:
                 teacher = backends.teacher(settings)
                 if settings.teacher_batch:
@@ -58,6 +84,7 @@ def run_pipeline(project: Project, settings: RunSettings, backends: BackendProvi
                     report.phases[1] = run_batch_extraction(project, teacher, settings, progress, poll=poll).extraction
                 else:
                     report.phases[1] = run_extraction(project, teacher, settings, progress)
+                _fail_if_every_item_failed(project, 1, report.phases[1])
             elif phase == 2:
                 report.phases[2] = run_synthesis(project, backends.teacher(settings), backends.embedder(settings),
                                                  settings, progress)
@@ -68,6 +95,10 @@ def run_pipeline(project: Project, settings: RunSettings, backends: BackendProvi
                 report.phases[4] = run_evaluation(project, backends.student(settings), settings, progress)
             else:
                 raise ValueError(f"There is no phase {phase}; phases are 1-4.")
+    except (TeacherUnreachable, PhaseFailed) as exc:
+        # Not a crash: the cause is known and said once, and the phase stays resumable.
+        report.status, report.message = "failed", f"Phase {current} failed: {exc}"
+        project.set_phase(current, "failed", message=str(exc)[:500])
     except Cancelled:
         report.status, report.message = "cancelled", f"Stopped during phase {current}; rerun to resume."
         project.set_phase(current, "cancelled", message=report.message)
@@ -83,6 +114,44 @@ def run_pipeline(project: Project, settings: RunSettings, backends: BackendProvi
         raise
     project.finish_run(report.status)
     return report
+
+
+def shown_phase_state(project_path: Any, state: str) -> str:
+    """The state to show for a phase: "running" only while a live run holds the project; a phase left
+    "running" by a process that died (SIGKILL, power loss) is "interrupted" (resumable: a rerun continues)."""
+    from .run_lock import holder_of
+    if state == "running" and holder_of(project_path) is None:
+        return "interrupted"
+    return state
+
+
+class PhaseFailed(Exception):
+    """A phase ended without producing anything (e.g. every item failed); the message gives the cause."""
+
+
+def _needs_teacher(project: Project, phase: int) -> bool:
+    """Whether `phase` still has teacher work to do (a finished phase reruns from the cache, offline)."""
+    if phase not in (1, 2, 3):
+        return False
+    if phase == 1:
+        return len(project.micro_rule_example_ids()) < len(project.examples(split="train"))
+    return (project.phase_states().get(phase) or {}).get("state") != "done"
+
+
+def _host_port(url: str) -> str:
+    from urllib.parse import urlparse
+    parsed = urlparse(url)
+    return f"{parsed.hostname}:{parsed.port or (443 if parsed.scheme == 'https' else 80)}"
+
+
+def _fail_if_every_item_failed(project: Project, phase: int, phase_report: Any) -> None:
+    """A phase that attempted items and got none is a failure with its cause, never "Finished"."""
+    failed = getattr(phase_report, "failed", 0)
+    produced = getattr(phase_report, "cached", 0) + getattr(phase_report, "called", 0) - failed
+    if failed and produced <= 0 and not project.micro_rule_example_ids():
+        failures = getattr(phase_report, "failures", []) or []
+        cause = failures[0][1] if failures else "no reason recorded"
+        raise PhaseFailed(f"all {failed} items failed; the first said: {cause}")
 
 
 # Teacher request kinds per phase (teacher_calls.kind), for per-phase token and cost figures.

@@ -36,6 +36,10 @@ class ProjectTooNew(ProjectFileError):
     pass
 
 
+class ProjectInUse(ProjectFileError):
+    """Another live run holds the project (see core.run_lock); the message names its pid."""
+
+
 # ---------------------------------------------------------------------------
 # Schema
 # ---------------------------------------------------------------------------
@@ -214,23 +218,101 @@ def _check_header(path: Path) -> None:
             f"{path.name} is an SQLite database but not a PLD project file (application id {app_id:#x}).")
 
 
+# How long an open waits for another connection's write lock before it says the file is in use. A run holds
+# the write lock only while it commits one item, so a longer wait means a stuck or very large transaction.
+BUSY_TIMEOUT_S = 15.0
+
+# Integrity verdicts already reached in this process, by (path, mtime, size): PRAGMA quick_check reads every
+# page (84-214 ms on a 100k-example project), and the window and the CLI open the same file many times.
+_checked_ok: set[tuple[str, int, int]] = set()
+_checked_lock = threading.Lock()
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return (str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+def _is_locked_error(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def in_use_message(path: Path) -> str:
+    """Words for a project another connection keeps locked: the run holding it (pid) when one does."""
+    from .run_lock import describe_in_use, holder_of
+    holder = holder_of(path)
+    if holder:
+        return describe_in_use(path, holder)
+    return (f"{path.name} is in use by another program or window (it stayed locked for {BUSY_TIMEOUT_S:.0f} s); "
+            "close it there, then try again.")
+
+
+def _recover_hot_journal(path: Path) -> None:
+    """Roll back a transaction a killed process left unfinished, before anything judges the file.
+
+    A journal beside the file means either a live writer (its lock makes SQLite leave the journal alone) or a
+    *hot* journal from a crash, which only a read-write connection can roll back; a read-only one fails with
+    "attempt to write a readonly database", which is not damage. The first read on a read-write connection
+    does the rollback (that is SQLite's own recovery; the journal holds the original pages).
+    """
+    journal = path.with_name(path.name + "-journal")
+    try:
+        if not journal.exists() or journal.stat().st_size == 0:
+            return
+    except OSError:
+        return
+    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+        raise ProjectFileError(
+            f"{path.name} has an unfinished transaction from a run that stopped abruptly, and it cannot be rolled "
+            f"back here because the file or its folder is read-only. Open it once where it can be written. Do not "
+            f"delete {journal.name}: it holds the pages that make the file whole again.")
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
+    except sqlite3.Error as exc:
+        raise ProjectFileError(f"Cannot open {path.name}: {exc}.") from None
+    try:
+        conn.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.OperationalError as exc:
+        if _is_locked_error(exc):
+            raise ProjectInUse(in_use_message(path)) from None
+        raise ProjectFileError(f"{path.name} has an unfinished transaction that could not be rolled back ({exc}). "
+                               f"Keep {journal.name} beside it and restore a copy if this persists.") from None
+    except sqlite3.DatabaseError:
+        pass  # judged (and reported as damage) by the read-only checks that follow
+    finally:
+        conn.close()
+
+
 def _read_only_checks(path: Path) -> None:
     """Integrity and schema-version checks on a read-only connection (the file is never modified)."""
     uri = f"file:{path.resolve()}?mode=ro"
     try:
-        conn = sqlite3.connect(uri, uri=True)
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
     except sqlite3.Error as exc:
         raise ProjectFileError(f"Cannot open {path.name}: {exc}.") from None
     try:
-        try:
-            result = conn.execute("PRAGMA quick_check").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise ProjectFileError(f"{path.name} is damaged and cannot be opened ({exc}).") from None
-        if result != "ok":
-            raise ProjectFileError(f"{path.name} is damaged: {result}.")
+        key = _file_key(path)
+        with _checked_lock:
+            known_ok = key in _checked_ok
+        if not known_ok:
+            try:
+                result = conn.execute("PRAGMA quick_check").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if _is_locked_error(exc):
+                    raise ProjectInUse(in_use_message(path)) from None
+                raise ProjectFileError(f"{path.name} is damaged and cannot be opened ({exc}).") from None
+            except sqlite3.DatabaseError as exc:
+                raise ProjectFileError(f"{path.name} is damaged and cannot be opened ({exc}).") from None
+            if result != "ok":
+                raise ProjectFileError(f"{path.name} is damaged: {result}.")
         try:
             names = {r[0] for r in conn.execute(
                 "SELECT name FROM _sqlite_migrations WHERE migration_set = ?", [MIGRATION_SET])}
+        except sqlite3.OperationalError as exc:
+            if _is_locked_error(exc):
+                raise ProjectInUse(in_use_message(path)) from None
+            raise ProjectFileError(f"{path.name} is not a PLD project file (no schema record).") from None
         except sqlite3.DatabaseError:
             raise ProjectFileError(f"{path.name} is not a PLD project file (no schema record).") from None
         unknown = names - set(KNOWN_MIGRATIONS)
@@ -238,6 +320,9 @@ def _read_only_checks(path: Path) -> None:
             raise ProjectTooNew(
                 f"{path.name} was written by a newer version of PLD Desktop (schema steps "
                 f"{', '.join(sorted(unknown))}); update the app to open it. The file was not changed.")
+        if not known_ok:
+            with _checked_lock:
+                _checked_ok.add(key)
     finally:
         conn.close()
 
@@ -282,25 +367,40 @@ class Project:
             raise ProjectFileError(f"The folder {path.parent} does not exist.")
         if not os.access(path.parent, os.W_OK):
             raise ProjectFileError(f"Cannot create {path.name}: the folder {path.parent} is not writable.")
+        from .run_lock import RunLock
+        # Held until the new file is in place: refuses to replace a project a run is using (ProjectInUse), and
+        # a run cannot start on a name while it is being replaced.
+        lock = RunLock(path, "init").acquire()
         tmp = path.with_name(path.name + ".creating")
-        tmp.unlink(missing_ok=True)
+        conn: sqlite3.Connection | None = None
         try:
+            tmp.unlink(missing_ok=True)
             conn = sqlite3.connect(tmp, check_same_thread=False)
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             migrations.apply(Database(conn))
             project = cls(tmp, conn)
             fill(project)
             conn.close()
+            conn = None
             os.replace(tmp, path)
         except sqlite3.Error as exc:
-            raise ProjectFileError(f"Cannot create {path.name}: {exc}.") from None
+            raise ProjectFileError(f"Cannot create {path.name}: "
+                                   f"{_friendly_sqlite_error(path, exc) if isinstance(exc, sqlite3.OperationalError) else exc}") from None
+        except OSError as exc:
+            raise ProjectFileError(f"Cannot create {path.name}: {exc.strerror or exc}.") from None
         finally:
-            if tmp.exists():
+            if conn is not None:
                 try:
                     conn.close()
-                except Exception:  # noqa: BLE001 - best effort before removing the partial file
+                except sqlite3.Error:  # best effort before removing the partial file
                     pass
-                tmp.unlink(missing_ok=True)
+            # The partial file and its journal (left when a write failed mid-transaction, e.g. on a full disk).
+            for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+                try:
+                    leftover.unlink(missing_ok=True)
+                except OSError:
+                    pass
+            lock.release()
         return cls.open(path) if keep_open else None
 
     @classmethod
@@ -309,6 +409,7 @@ class Project:
         if not path.exists():
             raise ProjectFileError(f"Project file not found: {path}")
         _check_header(path)
+        _recover_hot_journal(path)
         _read_only_checks(path)
         if not read_only and not os.access(path, os.W_OK):
             raise ProjectFileError(f"{path.name} is read-only; open it read-only or copy it somewhere writable.")
@@ -316,14 +417,21 @@ class Project:
             # SQLite needs to create a journal file beside the document.
             raise ProjectFileError(f"The folder of {path.name} is not writable, so changes cannot be saved safely.")
         if read_only:
-            conn = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, check_same_thread=False)
+            conn = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, check_same_thread=False,
+                                   timeout=BUSY_TIMEOUT_S)
         else:
-            conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
-            conn.execute("PRAGMA journal_mode = DELETE")  # one file the user can copy or mail
-            conn.execute("PRAGMA foreign_keys = ON")
-            db = Database(conn)
-            if migrations.pending(db):  # upgrade an older file step by step, each in a transaction
-                migrations.apply(db)
+            conn = sqlite3.connect(path, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
+            try:
+                conn.execute("PRAGMA journal_mode = DELETE")  # one file the user can copy or mail
+                conn.execute("PRAGMA foreign_keys = ON")
+                db = Database(conn)
+                if migrations.pending(db):  # upgrade an older file step by step, each in a transaction
+                    migrations.apply(db)
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                if _is_locked_error(exc):
+                    raise ProjectInUse(in_use_message(path)) from None
+                raise ProjectFileError(_friendly_sqlite_error(path, exc)) from None
         return cls(path, conn, read_only=read_only)
 
     def close(self) -> None:
@@ -421,7 +529,19 @@ class Project:
             return None
         info = rows[0]
         for key in ("mapping_json", "split_json", "labels_json", "columns_json"):
-            info[key[:-5]] = json.loads(info.pop(key))
+            try:
+                info[key[:-5]] = json.loads(info.pop(key))
+            except (TypeError, ValueError):
+                raise ProjectFileError(f"{self.path.name} is damaged: its stored {key[:-5]} cannot be read.") from None
+        # Shapes every caller relies on, checked once here: a file edited by hand or by another tool is
+        # refused with words instead of failing deep inside a phase or a status line.
+        labels, columns = info["labels"], info["columns"]
+        if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
+            raise ProjectFileError(f"{self.path.name} is damaged: its stored labels are not a list of names.")
+        if not (isinstance(columns, list) and all(isinstance(x, str) for x in columns)):
+            raise ProjectFileError(f"{self.path.name} is damaged: its stored columns are not a list of names.")
+        if not isinstance(info["mapping"], dict) or not isinstance(info["split"], dict):
+            raise ProjectFileError(f"{self.path.name} is damaged: its stored column mapping or split is unreadable.")
         return info
 
     def labels(self) -> list[str]:
@@ -703,17 +823,30 @@ class _Txn:
         return self.project._conn
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        conn = self.project._conn
         try:
             if exc_type is None:
                 try:
-                    self.project._conn.execute("COMMIT")
+                    conn.execute("COMMIT")
                 except sqlite3.OperationalError as err:
-                    self.project._conn.execute("ROLLBACK")
+                    self._rollback()
                     raise ProjectFileError(_friendly_sqlite_error(self.project.path, err)) from None
             else:
-                self.project._conn.execute("ROLLBACK")
+                self._rollback()
+                if isinstance(exc, sqlite3.OperationalError):  # e.g. a full disk during an insert
+                    raise ProjectFileError(_friendly_sqlite_error(self.project.path, exc)) from None
         finally:
             self.project.lock.release()
+
+    def _rollback(self) -> None:
+        # SQLite has already rolled back by itself after some errors (SQLITE_FULL, SQLITE_IOERR); a second
+        # ROLLBACK would then fail with "cannot rollback - no transaction is active" and hide the real error.
+        conn = self.project._conn
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.OperationalError:
+                pass
 
 
 def _friendly_sqlite_error(path: Path, exc: sqlite3.Error) -> str:
@@ -723,7 +856,7 @@ def _friendly_sqlite_error(path: Path, exc: sqlite3.Error) -> str:
     if "readonly" in text:
         return f"{path.name} cannot be written (read-only file or folder)."
     if "locked" in text:
-        return f"{path.name} is in use by another program or window."
+        return in_use_message(path)
     return f"Could not write to {path.name}: {text}."
 
 

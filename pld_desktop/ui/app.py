@@ -19,14 +19,14 @@ from PySide6.QtWidgets import (QApplication, QFileDialog, QGridLayout, QGroupBox
 
 from .. import __version__
 from ..backends import model_fetch  # noqa: F401 - notes the user's HF_HUB_OFFLINE before the embedder sets its own
-from ..core.pipeline import PHASE_NAMES, PHASE_TEACHER_KINDS
+from ..core.pipeline import PHASE_NAMES, PHASE_TEACHER_KINDS, shown_phase_state
 from ..core.project import Project, ProjectFileError
 from .tasks import PipelineThread
 
 STATE_COLOURS = {"done": "#2e7d32", "running": "#1565c0", "failed": "#c62828", "cancelled": "#ef6c00",
-                 "paused": "#ef6c00"}
+                 "paused": "#ef6c00", "interrupted": "#ef6c00"}
 STATE_WORDS = {"done": "done", "running": "running", "failed": "failed", "cancelled": "stopped - resumable",
-               "paused": "paused (quota) - resumable"}
+               "paused": "paused (quota) - resumable", "interrupted": "interrupted, resumable"}
 PHASE_HINTS = {1: "The teacher explains each training example as a general rule (micro-rule).",
                2: "Micro-rules are embedded, clustered per label and merged into a short rule list.",
                3: "The student runs on training data; the teacher repairs the rules its mistakes expose.",
@@ -98,7 +98,8 @@ class PhaseCard(QGroupBox):
             self.teacher.setText(f"teacher: {teacher['calls']} calls{failed}, {tokens:,} tokens{cost}")
         self.message.setText(message or "")
         self.message.setToolTip(message or "")
-        self.start_btn.setText("Resume" if state in ("cancelled", "paused", "failed", "running") and not running_here
+        self.start_btn.setText("Resume" if state in ("cancelled", "paused", "failed", "running", "interrupted")
+                               and not running_here
                                else "Run again" if state == "done" else "Start")
         self.start_btn.setEnabled(not busy)
         self.cancel_btn.setEnabled(running_here)
@@ -831,7 +832,8 @@ class MainWindow(QMainWindow):
             if phase == current and self._live is not None:  # item-level progress comes from the signals
                 stage, done, total, detail = self._live
                 message = f"{stage}: {detail}" if detail else stage
-            card.show_state(st["state"], done, total, message, running_here=phase == current,
+            state = shown_phase_state(self.project_path, st["state"]) if phase != current else st["state"]
+            card.show_state(state, done, total, message, running_here=phase == current,
                             busy=busy, eta=eta, teacher=teacher)
 
     def _show_results(self) -> None:

@@ -822,6 +822,13 @@ class ModelsDialog(QDialog):
             elif not ((path / "modules.json").is_file() or (path / "config.json").is_file()):
                 errors.append(f"Embedder: {path} is not a sentence-transformers model folder "
                               "(no modules.json or config.json).")
+        # Then the checks every run makes (core.settings_check, shared with the CLI and the pipeline), for the
+        # models this dialog edits: it never accepts what a run would refuse.
+        from ..core.settings_check import settings_problems
+        said = {e.split(":")[0] for e in errors}
+        errors += [p for p in settings_problems(self.settings())
+                   if p.split(":")[0].split(" (")[0] in ("Teacher", "Student", "Embedder")
+                   and p.split(":")[0].split(" (")[0] not in said]
         return errors
 
     @staticmethod
