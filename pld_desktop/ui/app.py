@@ -651,6 +651,10 @@ class MainWindow(QMainWindow):
         self._live = None
         self.statusBar().showMessage(message)
         self.log.appendPlainText(f"[{status}] {message}")
+        chosen = (self.project.get_setting("chosen") or {}) if self.project is not None else {}
+        if chosen.get("warning"):  # no rules prompt beats zero-shot on dev: say so, with the figures
+            self.log.appendPlainText(f"[warning] {chosen['warning']}")
+            self.statusBar().showMessage(chosen["warning"])
         if status != "done":
             self._log_failures()
         if self._close_after_stop:
