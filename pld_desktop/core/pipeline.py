@@ -116,10 +116,18 @@ def rules_with_examples(project: Project, rule_set_id: int, settings: RunSetting
                 wrong[e.label] = (conf, e)
     fallback = {e.label: e for e in stratified_sample(train, len(rs.labels) * 3, settings.seed + 7)}
     picked = [wrong[lab][1] if lab in wrong else fallback[lab] for lab in rs.labels if lab in wrong or lab in fallback]
-    prompt = build_rules_with_examples_prompt(rs.task, rs.labels, [PromptRule(r["text"], r["label"])
-                                                                   for r in rs.rules if r.get("enabled", True)],
-                                              [FewShotExample(e.text, e.label) for e in picked], rs.meanings)
-    return prompt, [e.id for e in picked]
+    ids = [e.id for e in picked]
+    return examples_prompt(project, rule_set_id, ids), ids
+
+
+def examples_prompt(project: Project, rule_set_id: int, example_ids: Sequence[int]) -> str:
+    """The rules+examples prompt of a rule set with the given worked examples, in that order."""
+    rs = project.rule_set(rule_set_id)
+    by_id = {e.id: e for e in project.examples(ids=example_ids)}
+    shots = [FewShotExample(by_id[i].text, by_id[i].label) for i in example_ids if i in by_id]
+    return build_rules_with_examples_prompt(rs.task, rs.labels, [PromptRule(r["text"], r["label"])
+                                                                 for r in rs.rules if r.get("enabled", True)],
+                                            shots, rs.meanings)
 
 
 def baseline_prompts(project: Project, rule_set_id: int, settings: RunSettings) -> dict[str, str]:
