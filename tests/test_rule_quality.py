@@ -371,3 +371,39 @@ def test_calibration_on_the_bundled_student(tmp_path: Path) -> None:
     finally:
         student.close()
         project.close()
+
+
+def test_gemini_gets_a_one_value_enum_and_bad_replies_are_retried_with_the_reason(tmp_path: Path) -> None:
+    """The real google-genai client against the local fake server: schema, off-label retry, MAX_TOKENS retry."""
+    from .fake_gemini import FakeGemini, success, truncated_json
+    from .test_gemini_pipeline import KEY, extraction_responder, gemini_backends
+    project = make_project(tmp_path)
+    train = project.examples(split="train")
+    with FakeGemini(expected_key=KEY) as server:
+        bad = json.dumps({"reasoning": "r", "rule": "If it asks how, answer question.", "label": "complaint"})
+        server.enqueue(truncated_json({"reasoning": "r", "rule": "If the message", "label": "x"}))
+        state = {"off": 0}
+
+        def responder(body: dict) -> object:
+            user = body["contents"][0]["parts"][0]["text"]
+            if "Gold label: complaint" in user and "rejected" not in user and state["off"] < 1:
+                state["off"] += 1
+                return success(bad)
+            return extraction_responder(body)
+        server.responder = responder
+        report = run_pipeline(project, settings(teacher="gemini"), gemini_backends(server), SilentProgress(),
+                              phases=[1])
+        assert report.status == "done"
+        schemas = [json.dumps(r.generation_config) for r in server.requests]
+        gold_of = [re.search(r"Gold label: (\S+)", r.body["contents"][0]["parts"][0]["text"]).group(1)
+                   for r in server.requests]
+        for schema, gold in zip(schemas, gold_of):
+            assert f'"enum": ["{gold}"]' in schema  # the label field allows the gold label only
+        retried = [r.body["contents"][0]["parts"][0]["text"] for r in server.requests
+                   if "rejected" in r.body["contents"][0]["parts"][0]["text"]]
+        assert any("answers 'question' but it must explain" in u for u in retried)
+        assert any("output length bound" in u for u in retried)
+    assert len(project.micro_rules()) == len(train)
+    q = quality_status(project)["rule_quality"]
+    assert q["off_label"] == 0 and q["truncated"] == 0
+    project.close()

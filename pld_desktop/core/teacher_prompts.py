@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import re
 from functools import lru_cache
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 from pydantic import BaseModel, Field, create_model
 
@@ -21,6 +21,13 @@ def _label_type(labels: Sequence[str]) -> object:
     return Literal[tuple(labels)]  # type: ignore[valid-type]
 
 
+def _as_enum(schema: dict[str, Any]) -> None:
+    # pydantic writes a one-value Literal as "const", which Gemini's response schema does not take; an enum
+    # of one value says the same to every backend (Gemini, llama.cpp's grammar, OpenAI-compatible servers).
+    if "const" in schema:
+        schema["enum"] = [schema.pop("const")]
+
+
 @lru_cache(maxsize=32)
 def extraction_schema(labels: tuple[str, ...]) -> type[BaseModel]:
     return create_model(
@@ -28,7 +35,7 @@ def extraction_schema(labels: tuple[str, ...]) -> type[BaseModel]:
         reasoning=(str, Field(description="Why the gold label is correct for this example.")),
         rule=(str, Field(min_length=12, description="One general, self-contained instruction (no names of "
                                                     "specific entities) that leads to the label.")),
-        label=(_label_type(labels), Field(description="The label the rule leads to.")),
+        label=(_label_type(labels), Field(description="The label the rule leads to.", json_schema_extra=_as_enum)),
     )
 
 
@@ -37,7 +44,8 @@ def merge_schema(labels: tuple[str, ...]) -> type[BaseModel]:
     return create_model(
         "MergedRule",
         rule=(str, Field(min_length=12, description="One consolidated instruction covering the cluster's rules.")),
-        label=(_label_type(labels), Field(description="The label the consolidated rule leads to.")),
+        label=(_label_type(labels), Field(description="The label the consolidated rule leads to.",
+                                          json_schema_extra=_as_enum)),
     )
 
 
