@@ -20,7 +20,7 @@ from pld_desktop.core.teacher_prompts import (copy_reason, extraction_schema, lo
                                               off_label_reason)
 
 from .fakes import FakeBackends, FakeStudent, FakeTeacher, _example_text
-from .test_pipeline import make_project, settings as _settings
+from .test_pipeline import make_project
 from pld_desktop.core.settings import RunSettings
 from pld_desktop.resources import DEMO_TASK
 

@@ -36,7 +36,7 @@ class BackendProvider(Protocol):
 
 @dataclass
 class PipelineReport:
-    phases: dict[int, Any] = field(default_factory=dict)
+    phases: dict[int | str, Any] = field(default_factory=dict)  # "choice": the prompt chosen on dev
     status: str = "done"  # done | cancelled | quota_exhausted | failed
     message: str = ""
 
@@ -105,9 +105,8 @@ def rules_with_examples(project: Project, rule_set_id: int, settings: RunSetting
     train = project.examples(split="train")
     wrong: dict[str, tuple[float, Example]] = {}
     by_id = {e.id: e for e in train}
-    for ev in project.query("SELECT id FROM evaluations WHERE rule_set_id = ? AND split = 'train' "
-                            "AND prompt_sha256 = ? AND status = 'done' ORDER BY id", [rule_set_id, rs.prompt_sha256]):
-        for ex_id, p in project.predictions(ev["id"]).items():
+    for ev_id in project.done_evaluation_ids(rule_set_id=rule_set_id, split="train", prompt_sha256=rs.prompt_sha256):
+        for ex_id, p in project.predictions(ev_id).items():
             e = by_id.get(ex_id)
             if e is None or p["predicted"] == e.label:
                 continue

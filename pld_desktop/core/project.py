@@ -694,6 +694,12 @@ class Project:
         rows = self.query("SELECT id FROM evaluations ORDER BY id")
         return [self.evaluation(r["id"]) for r in rows]
 
+    def done_evaluation_ids(self, *, rule_set_id: int, split: str, prompt_sha256: str) -> list[int]:
+        """Finished evaluations of one rule set's prompt on one split, oldest first."""
+        rows = self.query("SELECT id FROM evaluations WHERE rule_set_id = ? AND split = ? AND prompt_sha256 = ? "
+                          "AND status = 'done' ORDER BY id", [rule_set_id, split, prompt_sha256])
+        return [r["id"] for r in rows]
+
     def add_loop_round(self, **fields: Any) -> int:
         fields.setdefault("created_at", time.time())
         fields.setdefault("run_id", self.run_id)
