@@ -297,6 +297,9 @@ def _print_quality(s: dict[str, Any]) -> None:
               f"5-shot {f(c['few_shot_dev_macro_f1'])}")
         if c.get("warning"):
             print(f"  warning: {c['warning']}")
+    for kind, m in (s.get("test_raw_and_calibrated") or {}).items():
+        if m.get("macro_f1_calibrated") is not None:
+            print(f"  test {kind:<12} macro-F1 raw {m['macro_f1']:.3f}, calibrated {m['macro_f1_calibrated']:.3f}")
 
 
 def cmd_batch(args: argparse.Namespace) -> int:

@@ -237,7 +237,15 @@ def chosen_summary(project: Project) -> dict[str, Any]:
 def quality_status(project: Project) -> dict[str, Any]:
     """`rule_quality` and `chosen` for `pld status --json` and the Run tab."""
     try:
-        return {"rule_quality": rule_quality(project), "chosen": chosen_summary(project)}
+        last = project.get_setting("last_evaluation") or {}
+        test = {}
+        for kind in ("pld", "pld_examples", "zero_shot", "few_shot"):
+            cal = project.get_setting(f"calibrated:{last[kind]}") if kind in last else None
+            raw = project.evaluation(last[kind])["metrics"] if kind in last else None
+            if raw:
+                test[kind] = {"macro_f1": raw.get("macro_f1"),
+                              "macro_f1_calibrated": (cal or {}).get("metrics", {}).get("macro_f1")}
+        return {"rule_quality": rule_quality(project), "chosen": chosen_summary(project), "test_raw_and_calibrated": test}
     except Exception as exc:  # noqa: BLE001 - a status must print even when a figure cannot be computed
         return {"rule_quality": {"error": str(exc)[:200]}, "chosen": chosen_summary(project)}
 
