@@ -222,6 +222,7 @@ def rule_quality(project: Project) -> dict[str, Any]:
         "off_label": sum(1 for m in micro if off_label_reason(m["rule"], m["gold_label"], labels)),
         "labels_without_rules": [lab for lab in labels if lab not in covered] if rs_id is not None else list(labels),
         "rules_flagged": [{"uid": r["uid"], "reason": r["flag"]} for r in rules if r.get("flag")],
+        "rules_truncated": sum(1 for r in rules if r.get("enabled", True) and looks_cut(r["text"])),
         "given_up_items": len(project.given_up_requests()),
     }
 
