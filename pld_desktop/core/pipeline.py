@@ -200,6 +200,11 @@ def choose_prompt(project: Project, student: Student, settings: RunSettings, pro
             f"({mode}), zero-shot {zero:.3f}, 5-shot {few if few is not None else float('nan'):.3f}. The rules are "
             "kept for reading and editing, but this student does better without them; try a larger student "
             "(--student a Gemma 3 4B instruct GGUF) or a stronger teacher (--teacher gemini).")
+    elif few is not None and result["dev_macro_f1"] < few:
+        result["warning"] = (
+            f"The chosen rules prompt beats zero-shot on dev but not 5-shot: dev macro-F1 {result['dev_macro_f1']:.3f} "
+            f"vs 5-shot {few:.3f} (zero-shot {zero if zero is not None else float('nan'):.3f}). Try a larger "
+            "student or a stronger teacher, or use the 5-shot prompt for this task.")
     project.set_setting("chosen_rule_set_id", best_rs)
     project.set_setting("chosen", result)
     return result
