@@ -407,3 +407,23 @@ def test_gemini_gets_a_one_value_enum_and_bad_replies_are_retried_with_the_reaso
     q = quality_status(project)["rule_quality"]
     assert q["off_label"] == 0 and q["truncated"] == 0
     project.close()
+
+
+from hypothesis import given, settings as hyp_settings, strategies as st  # noqa: E402 - grouped with their tests
+
+
+@hyp_settings(max_examples=60, deadline=None)
+@given(gold=st.text(min_size=1, max_size=20), other=st.text(min_size=1, max_size=20),
+       rule=st.text(max_size=200), example=st.text(max_size=200))
+def test_checks_take_any_user_text(gold: str, other: str, rule: str, example: str) -> None:
+    """Labels and examples are user data: the one-value schema and the checks hold for any text."""
+    schema = extraction_schema((gold,))
+    ok = schema.model_validate_json(json.dumps({"reasoning": "r", "rule": "If it fits, answer x.", "label": gold}))
+    assert getattr(ok, "label") == gold
+    if other != gold:
+        with pytest.raises(ValueError):
+            schema.model_validate_json(json.dumps({"reasoning": "r", "rule": "If it fits, answer x.", "label": other}))
+    for reason in (off_label_reason(rule, gold, [gold, other]), copy_reason(rule, [example]),
+                   meaning_reason(rule, gold)):
+        assert reason is None or isinstance(reason, str)
+    assert copy_reason(example, [example]) is not None or longest_shared_run(example, example) < 5
