@@ -228,7 +228,12 @@ def test_large_noise_is_regrouped_and_lone_rules_only_stand_alone() -> None:
     assert (out >= 0).sum() >= 11 - 1 and "regrouped" in note  # the noise became clusters
     lone = np.array([0, 0, 0, 1])
     out, note = keep_every_label(vecs[:4], lone)
-    assert list(out) == [0, 0, 0, -1] and "set aside" in note
+    assert list(out) == [0, 0, 0, 0] and "joined their nearest" in note  # no rule of its own, not dropped
+    two = np.array([0, 0, 1, 1, 2])
+    near = vecs[:5].copy()
+    near[4] = near[2] + 0.01 * near[0]  # the lone rule is nearly the same as a member of cluster 1
+    out, _ = keep_every_label(near, two)
+    assert out[4] == 1
     singles = np.array([0, 1, 2])
     out, _ = keep_every_label(vecs[:3], singles)
     assert len(set(out.tolist())) == 1 and (out >= 0).all()  # one rule from the label's lone rules

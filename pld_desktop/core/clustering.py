@@ -116,9 +116,15 @@ def keep_every_label(vectors: np.ndarray, labels: np.ndarray, degenerate_reason:
     sizes = {int(c): int((out == c).sum()) for c in set(out.tolist()) if c >= 0}
     singles = [c for c, size in sizes.items() if size == 1]
     if singles and len(singles) < len(sizes):
-        for c in singles:  # the label has real clusters: a lone rule is set aside
-            out[out == c] = -1
-        notes.append(f"{len(singles)} single-rule cluster(s) set aside (the label has larger clusters)")
+        # The label has real clusters: a lone rule is no rule of its own; it joins the nearest larger cluster,
+        # whose merge keeps its condition (dropping it would lose knowledge the way noise did).
+        big = [c for c in sizes if c not in singles]
+        cents = np.stack([vectors[out == c].mean(axis=0) for c in big])
+        cents /= np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12)
+        for c in singles:
+            i = int(np.flatnonzero(out == c)[0])
+            out[i] = big[int(np.argmax(cents @ vectors[i]))]
+        notes.append(f"{len(singles)} single-rule cluster(s) joined their nearest larger cluster")
     elif singles and len(singles) > 1:
         target = min(singles)
         for c in singles:  # nothing but lone rules: one cluster, merged into one rule
