@@ -12,11 +12,14 @@ rerun with the same CSV, options and --out resumes from the project file and cos
 Protocol (Badhe & Shah, 2026, on this project's engine): the CSV is imported like `pld init` (an optional
 stratified sample of --max-rows rows, then a fresh seeded train/dev/test split; the test split is locked), phases
 1-3 run with the configured teacher and student (`run_pipeline`), and then the same student classifies the same
-test examples with four system prompts: zero-shot, 5-shot, the rules right after synthesis (setting
-`synthesis_rule_set_id`) and the rules the closed loop chose (`chosen_rule_set_id`). Each row reports macro-F1,
-accuracy, the student's per-item latency (p50), and the teacher calls, tokens and cost spent to build that prompt
-(cumulative: closed-loop rules include the extraction and synthesis calls). Written to --out as table.md and
-table.json, and printed.
+test examples with five system prompts: zero-shot, 5-shot, the rules right after synthesis (setting
+`synthesis_rule_set_id`), the rules the closed loop and the dev choice kept (`chosen_rule_set_id`), and those
+rules with one worked training example per label (rules+examples). Each row reports macro-F1 and accuracy raw
+and with contextual calibration (core/calibration.py), the student's per-item latency (p50), and the teacher
+calls, tokens and cost spent to build that prompt (cumulative: closed-loop rules include the extraction and
+synthesis calls); below the table the rule figures (share of micro-rules cut, copied, off-label; labels without
+a rule) and the prompt chosen on dev. `--group COL` samples and splits whole groups. Written to --out as
+table.md and table.json, and printed.
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ from pld_desktop.core.dataset import ColumnMapping, DatasetError, SplitSettings,
 from pld_desktop.core.evaluate import evaluate_prompt, student_record
 from pld_desktop.core.new_project import create_project, read_source
 from pld_desktop.core.phases.evaluation import few_shot_examples, test_examples
-from pld_desktop.core.pipeline import PHASE_TEACHER_KINDS, BackendProvider, run_pipeline
+from pld_desktop.core.calibration import calibrated_evaluation
+from pld_desktop.core.pipeline import (PHASE_TEACHER_KINDS, BackendProvider, chosen_summary, rule_quality,
+                                       rules_with_examples, run_pipeline)
+from pld_desktop.core.pipeline import examples_prompt as pipeline_examples_prompt
 from pld_desktop.core.progress import Cancelled, ProgressBase
 from pld_desktop.core.project import Project, ProjectFileError
 from pld_desktop.core.prompts import FewShotExample, build_few_shot_prompt, build_zero_shot_prompt
@@ -44,7 +50,7 @@ from pld_desktop.core.settings import load_settings, save_settings
 from pld_desktop.core.teacher_calls import QuotaExhausted
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_QUOTA, EXIT_CANCELLED = 0, 1, 2, 4, 130  # as `pld`
-ROWS = ("zero-shot", "5-shot", "PLD (synthesis)", "PLD (closed loop)")
+ROWS = ("zero-shot", "5-shot", "PLD (synthesis)", "PLD (closed loop)", "PLD rules+examples")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -53,6 +59,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--text-col", nargs="+", required=True, help="column(s) holding the input text")
     p.add_argument("--label-col", required=True, help="column holding the label")
     p.add_argument("--id-col", default=None, help="column holding a unique id (optional)")
+    p.add_argument("--group", default=None, metavar="COL",
+                   help="column whose rows belong together (e.g. one contract): a group never straddles splits")
     p.add_argument("--template", default=None, help="template joining several text columns, e.g. 'Q: {q}'")
     p.add_argument("--task", default=None, help="the task sentence the student reads (default: the generic one)")
     p.add_argument("--teacher", choices=("local", "gemini"), default="local")
@@ -86,6 +94,20 @@ def sample_rows(frame: pd.DataFrame, label_col: str, n: int, seed: int) -> pd.Da
     return pd.concat(parts).sort_index()
 
 
+def sample_groups(frame: pd.DataFrame, group_col: str, n: int, seed: int) -> pd.DataFrame:
+    """Whole groups, in a seeded order, until about `n` rows: a sample never splits a group."""
+    keys = frame[group_col].astype(str)
+    order = pd.Series(keys.unique()).sample(frac=1.0, random_state=seed).tolist()
+    taken: list[str] = []
+    rows = 0
+    for key in order:
+        if rows >= n:
+            break
+        taken.append(key)
+        rows += int((keys == key).sum())
+    return frame[keys.isin(set(taken))].sort_index()
+
+
 def _reusable(path: Path, dataset_hash: str) -> bool:
     if not path.exists():
         return False
@@ -113,10 +135,14 @@ def run_paper(args: argparse.Namespace, backends: BackendProvider, progress: Pro
     frame = source.frame
     if args.label_col not in frame.columns:
         raise DatasetError(f"The CSV has no column '{args.label_col}' (columns: {', '.join(map(str, frame.columns))}).")
+    if args.group and args.group not in frame.columns:
+        raise DatasetError(f"The CSV has no column '{args.group}' (columns: {', '.join(map(str, frame.columns))}).")
     if args.max_rows:
-        frame = sample_rows(frame, args.label_col, args.max_rows, args.seed)
+        frame = (sample_groups(frame, args.group, args.max_rows, args.seed) if args.group
+                 else sample_rows(frame, args.label_col, args.max_rows, args.seed))
     mapping = ColumnMapping(text_columns=tuple(args.text_col), label_column=args.label_col, id_column=args.id_col,
-                            template=args.template.replace("\\n", "\n") if args.template else None)
+                            template=args.template.replace("\\n", "\n") if args.template else None,
+                            group_column=args.group)
     dataset = build_dataset(frame, mapping, SplitSettings(seed=args.seed), source_sha256=source.sha256,
                             encoding=source.encoding)
     path = out / "project.pld"
@@ -161,15 +187,26 @@ def run_paper(args: argparse.Namespace, backends: BackendProvider, progress: Pro
             ("PLD (synthesis)", "pld", synthesis_rs.prompt_text, synthesis_id, (1, 2)),
             ("PLD (closed loop)", "pld", chosen_rs.prompt_text, chosen_id, (1, 2, 3)),
         ]
+        chosen = project.get_setting("chosen") or {}
+        if chosen.get("rule_set") == chosen_id and chosen.get("example_ids"):  # the examples scored on dev
+            examples_prompt = pipeline_examples_prompt(project, chosen_id, chosen["example_ids"])
+        else:
+            examples_prompt, _ = rules_with_examples(project, chosen_id, settings)
+        prompts.append(("PLD rules+examples", "pld_examples", examples_prompt, chosen_id, (1, 2, 3)))
         rows = []
         for name, kind, prompt, rs_id, phases in prompts:
-            _, metrics = evaluate_prompt(project, student, prompt, test, kind=kind, split="test", progress=progress,
-                                         rule_set_id=rs_id, stage=f"{name} on {len(test)} test examples")
+            eval_id, metrics = evaluate_prompt(project, student, prompt, test, kind=kind, split="test",
+                                               progress=progress, rule_set_id=rs_id,
+                                               stage=f"{name} on {len(test)} test examples")
+            calibrated = calibrated_evaluation(project, student, eval_id, test)["metrics"]
             teacher = _teacher_row(project, phases) if phases else {"teacher_calls": 0, "teacher_tokens": 0,
                                                                      "teacher_cost_usd": 0.0}
             rows.append({"method": name, "rule_set_id": rs_id, "macro_f1": metrics["macro_f1"],
-                         "accuracy": metrics["accuracy"], "latency_p50_s": metrics["latency_p50_s"],
+                         "accuracy": metrics["accuracy"], "macro_f1_calibrated": calibrated["macro_f1"],
+                         "accuracy_calibrated": calibrated["accuracy"], "latency_p50_s": metrics["latency_p50_s"],
                          "n_test": metrics["n"], "prompt_chars": len(prompt), **teacher})
+        quality = rule_quality(project)
+        n_micro = max(1, quality["micro_rules"])
         counts = {s: len(project.examples(split=s)) for s in ("train", "dev", "test")}
         table = {
             "csv": str(args.csv), "rows_used": len(dataset.rows), "labels": labels, "splits": counts,
@@ -177,7 +214,13 @@ def run_paper(args: argparse.Namespace, backends: BackendProvider, progress: Pro
             "student": student_record(student), "seed": args.seed,
             "closed_loop_changed_rules": chosen_id != synthesis_id,
             "loop_rounds": len(project.loop_rounds()), "runtime_s": round(time.monotonic() - started, 1),
-            "project": str(path), "rows": rows,
+            "project": str(path), "rows": rows, "group": args.group,
+            "rule_quality": {**{k: quality[k] for k in ("micro_rules", "truncated", "copied", "off_label",
+                                                        "labels_without_rules")},
+                             "share_cut": quality["truncated"] / n_micro, "share_copied": quality["copied"] / n_micro,
+                             "share_off_label": quality["off_label"] / n_micro,
+                             "rules_flagged": len(quality["rules_flagged"])},
+            "chosen": chosen_summary(project),
         }
     finally:
         project.close()
@@ -190,12 +233,26 @@ def to_markdown(table: dict[str, Any]) -> str:
             f"test n={table['rows'][0]['n_test']} (train {table['splits']['train']} / dev {table['splits']['dev']}); "
             f"teacher {table['teacher_model']}, student {table['student']['name']}; {table['runtime_s']:.0f} s")
     lines = [head, "",
-             "| method | macro-F1 | accuracy | latency p50 (s) | teacher calls | teacher tokens | teacher cost (USD) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| method | macro-F1 | calibrated | accuracy | calibrated | latency p50 (s) | teacher calls | "
+             "teacher tokens | teacher cost (USD) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in table["rows"]:
         latency = "-" if r["latency_p50_s"] is None else f"{r['latency_p50_s']:.3f}"
-        lines.append(f"| {r['method']} | {r['macro_f1']:.3f} | {r['accuracy']:.3f} | {latency} | "
+        lines.append(f"| {r['method']} | {r['macro_f1']:.3f} | {r.get('macro_f1_calibrated', float('nan')):.3f} | "
+                     f"{r['accuracy']:.3f} | {r.get('accuracy_calibrated', float('nan')):.3f} | {latency} | "
                      f"{r['teacher_calls']} | {r['teacher_tokens']:,} | {r['teacher_cost_usd']:.4f} |")
+    q = table.get("rule_quality")
+    if q:
+        lines += ["", f"Rules: {q['micro_rules']} micro-rules, {q['share_cut']:.0%} cut, {q['share_copied']:.0%} "
+                      f"copy their example, {q['share_off_label']:.0%} off-label; {q['rules_flagged']} merged rule(s) "
+                      f"flagged as copies; labels without a rule: {', '.join(q['labels_without_rules']) or 'none'}."]
+    c = table.get("chosen")
+    if c:
+        def f(x: Any) -> str:
+            return "-" if x is None else f"{x:.3f}"
+        lines += ["", f"Chosen on dev: v{c['rule_set']} {c['prompt']}{' calibrated' if c['calibrated'] else ' raw'}, "
+                      f"dev macro-F1 {f(c['dev_macro_f1'])} (zero-shot {f(c['zero_shot_dev_macro_f1'])}, 5-shot "
+                      f"{f(c['few_shot_dev_macro_f1'])})." + (f" {c['warning']}" if c.get("warning") else "")]
     if not table["closed_loop_changed_rules"]:
         lines += ["", f"The closed loop accepted no candidate in {table['loop_rounds']} round(s): its rules are the "
                       "synthesis rules."]

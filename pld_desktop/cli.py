@@ -244,6 +244,10 @@ def _run(project_path: str, args: argparse.Namespace, phases: Sequence[int], com
             if sys.stdin.isatty() and not getattr(args, "yes", False):
                 if input("Start the paid teacher run? [y/N] ").strip().lower() not in ("y", "yes"):
                     return EXIT_CANCELLED
+        if getattr(args, "retry_failed", False):
+            from .core.pipeline import retry_failed_items
+            n = retry_failed_items(project, phases)
+            print(f"Retrying {n} item(s) given up earlier.", file=sys.stderr)
         _install_sigint(progress)
         started = time.monotonic()
         report = run_pipeline(project, settings, backends, progress, phases=phases, command=command)
@@ -349,10 +353,17 @@ def _status_dict(project: Any) -> dict[str, Any]:
         "chosen_rule_set": project.rule_set_pointer(CHOSEN_RULE_SET),
         "teacher": project.teacher_totals(),
         "evaluation": evals,
+        **_quality_status(project),
     } | _loop_status(project)
 
 
 STATE_WORDS = {"interrupted": "interrupted, resumable"}
+
+
+def _quality_status(project: Any) -> dict[str, Any]:
+    """`rule_quality` and `chosen` (issue 12), kept in one function beside the other status fields."""
+    from .core.pipeline import quality_status
+    return quality_status(project)
 
 
 def _print_status(project: Any) -> None:
@@ -372,6 +383,29 @@ def _print_status(project: Any) -> None:
     for kind, m in s["evaluation"].items():
         print(f"  test {kind:<10} macro-F1 {m['macro_f1']:.3f}  accuracy {m['accuracy']:.3f}  "
               f"p50 {m['latency_p50_s']:.3f} s")
+    _print_quality(s)
+
+
+def _print_quality(s: dict[str, Any]) -> None:
+    q, c = s.get("rule_quality") or {}, s.get("chosen") or {}
+    if "micro_rules" in q:
+        print(f"  rule quality: {q['micro_rules']} micro-rules, {q['truncated']} cut, {q['copied']} copy their "
+              f"example, {q['off_label']} off-label; labels without a rule: "
+              f"{', '.join(q['labels_without_rules']) or 'none'}")
+        if q.get("given_up_items"):
+            print(f"  {q['given_up_items']} teacher item(s) given up after retries; 'pld run --retry-failed' "
+                  "tries them again")
+    if c:
+        def f(x: Any) -> str:
+            return "-" if x is None else f"{x:.3f}"
+        print(f"  chosen on dev: v{c['rule_set']} {c['prompt']}{' (calibrated)' if c['calibrated'] else ''} "
+              f"macro-F1 {f(c['dev_macro_f1'])}; zero-shot {f(c['zero_shot_dev_macro_f1'])}, "
+              f"5-shot {f(c['few_shot_dev_macro_f1'])}")
+        if c.get("warning"):
+            print(f"  warning: {c['warning']}")
+    for kind, m in (s.get("test_raw_and_calibrated") or {}).items():
+        if m.get("macro_f1_calibrated") is not None:
+            print(f"  test {kind:<12} macro-F1 raw {m['macro_f1']:.3f}, calibrated {m['macro_f1_calibrated']:.3f}")
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -956,6 +990,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("project")
     r.add_argument("--phase", type=int, action="append", choices=[1, 2, 3, 4], help="phase to run (repeatable)")
     r.add_argument("--task")
+    r.add_argument("--retry-failed", action="store_true",
+                   help="retry the teacher items given up after their attempts (a plain rerun does not)")
     run_options(r)
     r.set_defaults(func=cmd_run)
 

@@ -24,7 +24,13 @@ def check_table(table: dict, n_test: int) -> None:
         assert row["n_test"] == n_test
         assert row["latency_p50_s"] is not None and 0.0 <= row["latency_p50_s"] < 60
         assert not math.isnan(row["macro_f1"])
-    zero, five, synthesis, loop = table["rows"]
+        assert 0.0 <= row["macro_f1_calibrated"] <= 1.0 and 0.0 <= row["accuracy_calibrated"] <= 1.0
+    zero, five, synthesis, loop, with_examples = table["rows"]
+    assert with_examples["teacher_calls"] == loop["teacher_calls"]
+    assert with_examples["prompt_chars"] > loop["prompt_chars"]  # the rules plus worked examples
+    q = table["rule_quality"]
+    assert q["micro_rules"] > 0 and 0.0 <= q["share_cut"] <= 1.0 and isinstance(q["labels_without_rules"], list)
+    assert table["chosen"]["rule_set"] is not None
     assert zero["teacher_calls"] == five["teacher_calls"] == 0
     assert synthesis["teacher_calls"] > 0 and synthesis["rule_set_id"] is not None
     # Closed-loop figures include everything the synthesis row spent, plus the loop's own calls.
@@ -75,6 +81,25 @@ def test_teacher_quota_stops_with_a_resumable_message(tmp_path: Path, capsys: py
     assert rc == paper.EXIT_QUOTA
     assert "quota" in capsys.readouterr().err.lower()
     assert not (tmp_path / "table.json").exists()
+
+
+def test_group_option_keeps_each_group_in_one_split(tmp_path: Path) -> None:
+    import pandas as pd
+    frame = pd.read_csv(demo_csv())
+    frame["doc"] = [f"d{i // 3}" for i in range(len(frame))]  # three rows per group
+    grouped = tmp_path / "grouped.csv"
+    frame.to_csv(grouped, index=False)
+    out = tmp_path / "out"
+    assert paper.main([str(grouped), *ARGS, "--group", "doc", "--max-rows", "45", "--max-iterations", "1",
+                       "--max-test", "6", "--out", str(out)], backends_factory=FakeBackends) == 0
+    table = json.loads((out / "table.json").read_text())
+    assert table["group"] == "doc"
+    from pld_desktop.core.project import Project
+    with Project.open(out / "project.pld", read_only=True) as project:
+        splits = project.query("SELECT grp, COUNT(DISTINCT split) AS n FROM examples GROUP BY grp")
+    assert splits and all(r["n"] == 1 for r in splits)
+    sample = paper.sample_groups(frame, "doc", 10, seed=3)
+    assert sample.groupby("doc").size().eq(3).all()  # whole groups only
 
 
 def test_sample_rows_keeps_every_label() -> None:

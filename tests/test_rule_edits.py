@@ -166,15 +166,18 @@ def test_save_version_carries_unchanged_conflicts_and_finds_cheap_ones(project: 
                          SetLabel(edited_uid, "complaint"))).apply(parent.rules)
     target = next(r for r in rules if r["uid"] != edited_uid and r["label"] != "complaint")
     rules, _ = SetText(target["uid"], "If the message mentions 'rude', answer " + target["label"] + ".").apply(rules)
+    # A third rule repeats the edited one word for word (synthesis no longer leaves duplicate lone rules).
+    dup_of = next(r for r in rules if r["label"] == "complaint" and r["uid"] != edited_uid)
+    rules, _ = SetText(dup_of["uid"], "If the message mentions 'rude', answer complaint.").apply(rules)
     new_id = save_version(project, chosen, rules, "edit: test")
     new = project.conflicts(new_id)
     kept = {(c["rule_a"], c["rule_b"], c["source"]) for c in new}
-    changed = {edited_uid, target["uid"]}
+    changed = {edited_uid, target["uid"], dup_of["uid"]}
     for c in old:
         key = (c["rule_a"], c["rule_b"], c["source"])
         assert (key in kept) == (not ({c["rule_a"], c["rule_b"]} & changed)), key
-    assert any(c["source"] == "same condition" and {c["rule_a"], c["rule_b"]} == changed for c in new)
-    dup_of = next(r for r in rules if r["label"] == "complaint" and "'rude'" in r["text"] and r["uid"] != edited_uid)
+    assert any(c["source"] == "same condition" and {c["rule_a"], c["rule_b"]} == {edited_uid, target["uid"]}
+               for c in new)
     assert any(c["source"] == "duplicate" and {c["rule_a"], c["rule_b"]} == {edited_uid, dup_of["uid"]}
                for c in new)
 

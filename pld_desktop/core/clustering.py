@@ -92,6 +92,47 @@ def cluster_rules(vectors: np.ndarray, eps: float = 0.4, min_samples: int = 6) -
     return ClusterResult(labels, f"agglomerative(average, cosine, k={target}) fallback", reason, tried)
 
 
+# When DBSCAN sets aside more than this share of a label's micro-rules as noise, they are grouped by the
+# agglomerative fallback and merged too: a large noise share is lost knowledge, not outliers.
+NOISE_REGROUP_SHARE = 0.25
+
+
+def keep_every_label(vectors: np.ndarray, labels: np.ndarray, degenerate_reason: str = "") -> tuple[np.ndarray, str]:
+    """Final clusters of one label's micro-rules: large or degenerate noise is regrouped, not dropped, and a
+    single-member cluster stays a rule only when the label has nothing else. Returns (labels, note)."""
+    out = np.asarray(labels, dtype=int).copy()
+    n = len(out)
+    notes = []
+    noise = np.flatnonzero(out < 0)
+    if len(noise) and (len(noise) > NOISE_REGROUP_SHARE * n or degenerate_reason or len(noise) == n):
+        base = int(out.max()) + 1 if (out >= 0).any() else 0
+        if len(noise) >= 4:
+            k = max(1, min(len(noise) // 2, int(round(np.sqrt(len(noise))))))
+            sub = AgglomerativeClustering(n_clusters=k, metric="cosine", linkage="average").fit(vectors[noise]).labels_
+        else:
+            sub = np.zeros(len(noise), dtype=int)
+        out[noise] = base + sub.astype(int)
+        notes.append(f"{len(noise)} of {n} rules were noise; regrouped (agglomerative) and merged, not dropped")
+    sizes = {int(c): int((out == c).sum()) for c in set(out.tolist()) if c >= 0}
+    singles = [c for c, size in sizes.items() if size == 1]
+    if singles and len(singles) < len(sizes):
+        # The label has real clusters: a lone rule is no rule of its own; it joins the nearest larger cluster,
+        # whose merge keeps its condition (dropping it would lose knowledge the way noise did).
+        big = [c for c in sizes if c not in singles]
+        cents = np.stack([vectors[out == c].mean(axis=0) for c in big])
+        cents /= np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12)
+        for c in singles:
+            i = int(np.flatnonzero(out == c)[0])
+            out[i] = big[int(np.argmax(cents @ vectors[i]))]
+        notes.append(f"{len(singles)} single-rule cluster(s) joined their nearest larger cluster")
+    elif singles and len(singles) > 1:
+        target = min(singles)
+        for c in singles:  # nothing but lone rules: one cluster, merged into one rule
+            out[out == c] = target
+        notes.append(f"{len(singles)} single-rule clusters joined into one (no larger cluster for the label)")
+    return out, "; ".join(notes)
+
+
 def _count(labels: np.ndarray) -> int:
     return len({int(x) for x in labels if x >= 0})
 

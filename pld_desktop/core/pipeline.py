@@ -5,14 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
-from .backends import Embedder, Student, Teacher
+from .backends import Embedder, PromptTooLong, Student, Teacher
+from .evaluate import evaluate_prompt
 from .phases.closed_loop import run_closed_loop
 from .phases.evaluation import run_evaluation
 from .phases.extraction import run_extraction
 from .phases.synthesis import run_synthesis
 from .progress import Cancelled, Progress
-from .project import Project
+from .project import Example, Project
+from .prompts import (FewShotExample, PromptRule, build_few_shot_prompt, build_rules_with_examples_prompt,
+                      build_zero_shot_prompt)
 from .reachability import TeacherUnreachable, check_reachable
+from .sampling import stratified_sample
 from .settings import RunSettings, save_settings
 from .teacher_calls import QuotaExhausted
 
@@ -37,7 +41,7 @@ class BackendProvider(Protocol):
 
 @dataclass
 class PipelineReport:
-    phases: dict[int, Any] = field(default_factory=dict)
+    phases: dict[int | str, Any] = field(default_factory=dict)  # "choice": the prompt chosen on dev
     status: str = "done"  # done | cancelled | quota_exhausted | failed
     message: str = ""
 
@@ -91,6 +95,9 @@ def _run_locked(project: Project, settings: RunSettings, backends: BackendProvid
             elif phase == 3:
                 report.phases[3] = run_closed_loop(project, backends.teacher(settings), backends.student(settings),
                                                    settings, progress, embedder=backends.embedder(settings))
+                report.phases["choice"] = choose_prompt(project, backends.student(settings), settings, progress)
+                if report.phases["choice"].get("warning"):
+                    progress.log(report.phases["choice"]["warning"], "warning")
             elif phase == 4:
                 report.phases[4] = run_evaluation(project, backends.student(settings), settings, progress)
             else:
@@ -152,6 +159,170 @@ def _fail_if_every_item_failed(project: Project, phase: int, phase_report: Any) 
         failures = getattr(phase_report, "failures", []) or []
         cause = failures[0][1] if failures else "no reason recorded"
         raise PhaseFailed(f"all {failed} items failed; the first said: {cause}")
+
+
+def retry_failed_items(project: Project, phases: Sequence[int] | None = None) -> int:
+    """Let the next run retry the teacher requests given up earlier (``pld run --retry-failed``, the window's
+    *Retry failed items*); returns how many will be retried."""
+    return project.clear_given_up(phases)
+
+
+def rules_with_examples(project: Project, rule_set_id: int, settings: RunSettings) -> tuple[str, list[int]]:
+    """The rules+examples candidate: the rules plus one training example per label, for each label the one the
+    rules got most confidently wrong on a training sample when there is one (else a seeded pick)."""
+    rs = project.rule_set(rule_set_id)
+    train = project.examples(split="train")
+    wrong: dict[str, tuple[float, Example]] = {}
+    by_id = {e.id: e for e in train}
+    for ev_id in project.done_evaluation_ids(rule_set_id=rule_set_id, split="train", prompt_sha256=rs.prompt_sha256):
+        for ex_id, p in project.predictions(ev_id).items():
+            e = by_id.get(ex_id)
+            if e is None or p["predicted"] == e.label:
+                continue
+            conf = float(p["probs"].get(p["predicted"], 0.0))
+            if e.label not in wrong or conf > wrong[e.label][0]:
+                wrong[e.label] = (conf, e)
+    fallback = {e.label: e for e in stratified_sample(train, len(rs.labels) * 3, settings.seed + 7)}
+    picked = [wrong[lab][1] if lab in wrong else fallback[lab] for lab in rs.labels if lab in wrong or lab in fallback]
+    ids = [e.id for e in picked]
+    return examples_prompt(project, rule_set_id, ids), ids
+
+
+def examples_prompt(project: Project, rule_set_id: int, example_ids: Sequence[int]) -> str:
+    """The rules+examples prompt of a rule set with the given worked examples, in that order."""
+    rs = project.rule_set(rule_set_id)
+    by_id = {e.id: e for e in project.examples(ids=example_ids)}
+    shots = [FewShotExample(by_id[i].text, by_id[i].label) for i in example_ids if i in by_id]
+    return build_rules_with_examples_prompt(rs.task, rs.labels, [PromptRule(r["text"], r["label"])
+                                                                 for r in rs.rules if r.get("enabled", True)],
+                                            shots, rs.meanings)
+
+
+def baseline_prompts(project: Project, rule_set_id: int, settings: RunSettings) -> dict[str, str]:
+    """Zero-shot and 5-shot prompts read the same task and label meanings as the rules (as phase 4 does)."""
+    from .phases.evaluation import few_shot_examples
+    rs = project.rule_set(rule_set_id)
+    labels = project.labels()
+    shots = few_shot_examples(project.examples(split="train"), settings.few_shot_k, settings.seed)
+    return {"zero_shot": build_zero_shot_prompt(rs.task, labels, rs.meanings),
+            "few_shot": build_few_shot_prompt(rs.task, labels, [FewShotExample(e.text, e.label) for e in shots],
+                                              rs.meanings)}
+
+
+def choose_prompt(project: Project, student: Student, settings: RunSettings, progress: Progress) -> dict[str, Any]:
+    """The prompt to ship: the best on dev among the rule versions of the run and the rules+examples candidate,
+    next to zero-shot and 5-shot on dev; calibration is switched on when it raises the chosen prompt's dev
+    macro-F1. Every score is a cached evaluation, so a rerun costs nothing. Saved as the setting `chosen`."""
+    from .calibration import calibrated_evaluation
+    dev = project.examples(split="dev")
+    loop_choice = project.get_setting("chosen_rule_set_id") or project.get_setting("synthesis_rule_set_id")
+    versions = [loop_choice, project.get_setting("synthesis_rule_set_id")]
+    versions += [r["candidate_rule_set_id"] for r in project.loop_rounds() if r["dev_macro_f1"] is not None]
+    scores: dict[int, tuple[int, float]] = {}
+    for rs_id in dict.fromkeys(v for v in versions if v is not None):
+        try:
+            eval_id, m = evaluate_prompt(project, student, project.rule_set(rs_id).prompt_text, dev, kind="pld",
+                                         split="dev", progress=progress, rule_set_id=rs_id,
+                                         stage=f"Choice: rules v{rs_id} on dev")
+        except PromptTooLong:
+            continue
+        scores[rs_id] = (eval_id, float(m["macro_f1"]))
+    if not scores:
+        return {}
+    best_rs = loop_choice if loop_choice in scores else next(iter(scores))
+    for rs_id, (_, f1) in scores.items():  # strictly better only: the loop's choice wins ties
+        if f1 > scores[best_rs][1]:
+            best_rs = rs_id
+    rows: dict[str, dict[str, Any]] = {"rules": {"eval_id": scores[best_rs][0], "f1": scores[best_rs][1]}}
+    ex_prompt, ex_ids = rules_with_examples(project, best_rs, settings)
+    prompts = {"rules+examples": ex_prompt, **baseline_prompts(project, best_rs, settings)}
+    for name, prompt in prompts.items():
+        try:
+            eval_id, m = evaluate_prompt(project, student, prompt, dev, kind=name.replace("+", "_"), split="dev",
+                                         progress=progress, rule_set_id=best_rs if name == "rules+examples" else None,
+                                         stage=f"Choice: {name} on dev")
+        except PromptTooLong as exc:
+            progress.log(f"Choice: the {name} prompt does not fit the student ({exc})", "warning")
+            continue
+        rows[name] = {"eval_id": eval_id, "f1": float(m["macro_f1"])}
+    for row in rows.values():  # the same calibration for every prompt
+        row["f1_calibrated"] = float(calibrated_evaluation(project, student, row["eval_id"], dev)["metrics"]["macro_f1"])
+    chosen = "rules"
+    if "rules+examples" in rows and rows["rules+examples"]["f1"] > rows["rules"]["f1"]:
+        chosen = "rules+examples"
+    calibrated = rows[chosen]["f1_calibrated"] > rows[chosen]["f1"]
+    field_ = "f1_calibrated" if calibrated else "f1"
+    zero = rows.get("zero_shot", {}).get(field_)
+    few = rows.get("few_shot", {}).get(field_)
+    best_rules_f1 = max(rows[k][field_] for k in ("rules", "rules+examples") if k in rows)
+    result: dict[str, Any] = {
+        "rule_set": best_rs, "prompt": chosen, "dev_macro_f1": rows[chosen][field_],
+        "zero_shot_dev_macro_f1": zero, "few_shot_dev_macro_f1": few, "calibrated": calibrated,
+        "dev_raw": {k: v["f1"] for k, v in rows.items()},
+        "dev_calibrated": {k: v["f1_calibrated"] for k, v in rows.items()},
+        "example_ids": ex_ids, "dev_evaluations": {k: v["eval_id"] for k, v in rows.items()}, "warning": "",
+    }
+    if zero is not None and best_rules_f1 <= zero:
+        mode = "calibrated" if calibrated else "raw"
+        result["warning"] = (
+            f"No rules prompt beats zero-shot on dev: the best rules prompt scores dev macro-F1 {best_rules_f1:.3f} "
+            f"({mode}), zero-shot {zero:.3f}, 5-shot {few if few is not None else float('nan'):.3f}. The rules are "
+            "kept for reading and editing, but this student does better without them; try a larger student "
+            "(--student a Gemma 3 4B instruct GGUF) or a stronger teacher (--teacher gemini).")
+    elif few is not None and result["dev_macro_f1"] < few:
+        result["warning"] = (
+            f"The chosen rules prompt beats zero-shot on dev but not 5-shot: dev macro-F1 {result['dev_macro_f1']:.3f} "
+            f"vs 5-shot {few:.3f} (zero-shot {zero if zero is not None else float('nan'):.3f}). Try a larger "
+            "student or a stronger teacher, or use the 5-shot prompt for this task.")
+    project.set_setting("chosen_rule_set_id", best_rs)
+    project.set_setting("chosen", result)
+    return result
+
+
+def rule_quality(project: Project) -> dict[str, Any]:
+    """Figures of the rules' quality: micro-rules cut, copying their example, naming another label than the
+    one they explain, and labels without an enabled rule in the chosen version (checks: teacher_prompts)."""
+    from .teacher_prompts import copy_reason, looks_cut, off_label_reason
+    labels = project.labels()
+    micro = project.micro_rules()
+    texts = {e.id: e.text for e in project.examples(split="train")}
+    rs_id = project.get_setting("chosen_rule_set_id") or project.get_setting("synthesis_rule_set_id")
+    rules = project.rule_set(rs_id).rules if rs_id is not None else []
+    covered = {r["label"] for r in rules if r.get("enabled", True)}
+    return {
+        "micro_rules": len(micro),
+        "truncated": sum(1 for m in micro if looks_cut(m["rule"])),
+        "copied": sum(1 for m in micro if copy_reason(m["rule"], [texts.get(m["example_id"], "")])),
+        "off_label": sum(1 for m in micro if off_label_reason(m["rule"], m["gold_label"], labels)),
+        "labels_without_rules": [lab for lab in labels if lab not in covered] if rs_id is not None else list(labels),
+        "rules_flagged": [{"uid": r["uid"], "reason": r["flag"]} for r in rules if r.get("flag")],
+        "rules_truncated": sum(1 for r in rules if r.get("enabled", True) and looks_cut(r["text"])),
+        "given_up_items": len(project.given_up_requests()),
+    }
+
+
+def chosen_summary(project: Project) -> dict[str, Any]:
+    """The `chosen` block of `pld status --json` (empty before phase 3 ran)."""
+    chosen = project.get_setting("chosen") or {}
+    keys = ("rule_set", "prompt", "dev_macro_f1", "zero_shot_dev_macro_f1", "few_shot_dev_macro_f1", "calibrated",
+            "warning", "dev_raw", "dev_calibrated")
+    return {k: chosen.get(k) for k in keys} if chosen else {}
+
+
+def quality_status(project: Project) -> dict[str, Any]:
+    """`rule_quality` and `chosen` for `pld status --json` and the Run tab."""
+    try:
+        last = project.get_setting("last_evaluation") or {}
+        test = {}
+        for kind in ("pld", "pld_examples", "zero_shot", "few_shot"):
+            cal = project.get_setting(f"calibrated:{last[kind]}") if kind in last else None
+            raw = project.evaluation(last[kind])["metrics"] if kind in last else None
+            if raw:
+                test[kind] = {"macro_f1": raw.get("macro_f1"),
+                              "macro_f1_calibrated": (cal or {}).get("metrics", {}).get("macro_f1")}
+        return {"rule_quality": rule_quality(project), "chosen": chosen_summary(project), "test_raw_and_calibrated": test}
+    except Exception as exc:  # noqa: BLE001 - a status must print even when a figure cannot be computed
+        return {"rule_quality": {"error": str(exc)[:200]}, "chosen": chosen_summary(project)}
 
 
 # Teacher request kinds per phase (teacher_calls.kind), for per-phase token and cost figures.

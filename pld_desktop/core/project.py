@@ -672,6 +672,24 @@ class Project:
         self._write("INSERT INTO failed_items (phase, item_key, reason, run_id, created_at) VALUES (?,?,?,?,?)",
                     [phase, item_key, reason, self.run_id, time.time()])
 
+    # -- given-up teacher requests (a rerun does not send them again; see teacher_calls) ---------------
+    def given_up_requests(self) -> dict[str, dict[str, Any]]:
+        """request_hash -> {"phase", "key", "reason"} of every request given up after its attempts."""
+        return dict(self.get_setting("given_up_requests") or {})
+
+    def mark_given_up(self, request_hash: str, phase: int, item_key: str, reason: str) -> None:
+        marks = self.given_up_requests()
+        marks[request_hash] = {"phase": phase, "key": item_key, "reason": reason[:500]}
+        self.set_setting("given_up_requests", marks)
+
+    def clear_given_up(self, phases: Iterable[int] | None = None) -> int:
+        """Forget the given-up marks (of `phases`, or all) so the next run retries them; returns how many."""
+        marks = self.given_up_requests()
+        wanted = None if phases is None else set(phases)
+        keep = {h: m for h, m in marks.items() if wanted is not None and m.get("phase") not in wanted}
+        self.set_setting("given_up_requests", keep)
+        return len(marks) - len(keep)
+
     # -- remote teacher batch jobs ------------------------------------------------------
     def add_teacher_batch(self, name: str, *, phase: int, model: str, state: str,
                           items: Sequence[tuple[str, str]]) -> int:
@@ -840,11 +858,24 @@ class Project:
         rows = self.query("SELECT id FROM evaluations ORDER BY id")
         return [self.evaluation(r["id"]) for r in rows]
 
+    def done_evaluation_ids(self, *, rule_set_id: int, split: str, prompt_sha256: str) -> list[int]:
+        """Finished evaluations of one rule set's prompt on one split, oldest first."""
+        rows = self.query("SELECT id FROM evaluations WHERE rule_set_id = ? AND split = ? AND prompt_sha256 = ? "
+                          "AND status = 'done' ORDER BY id", [rule_set_id, split, prompt_sha256])
+        return [r["id"] for r in rows]
+
     def add_loop_round(self, **fields: Any) -> int:
         fields.setdefault("created_at", time.time())
         fields.setdefault("run_id", self.run_id)
         return self._write(f"INSERT INTO loop_rounds ({','.join(fields)}) VALUES ({','.join('?' * len(fields))})",
                            list(fields.values()))
+
+    def find_loop_round(self, round: int, base_rule_set_id: int, candidate_rule_set_id: int | None) -> int | None:
+        """The id of an identical recorded round (a rerun of the loop must not duplicate its history)."""
+        rows = self.query("SELECT id FROM loop_rounds WHERE round = ? AND base_rule_set_id = ? AND "
+                          "candidate_rule_set_id IS ? ORDER BY id LIMIT 1",
+                          [round, base_rule_set_id, candidate_rule_set_id])
+        return rows[0]["id"] if rows else None
 
     def loop_rounds(self) -> list[dict[str, Any]]:
         return self.query("SELECT * FROM loop_rounds ORDER BY id")

@@ -62,6 +62,16 @@ def build_few_shot_prompt(task: str, labels: Sequence[str], examples: Sequence[F
                         "Examples:\n\n" + shots, _answer_line(labels)])
 
 
+def build_rules_with_examples_prompt(task: str, labels: Sequence[str], rules: Sequence[PromptRule],
+                                     examples: Sequence[FewShotExample],
+                                     meanings: dict[str, str] | None = None) -> str:
+    """The rules prompt with k solved training examples after the rules (the rules+examples candidate)."""
+    rules_part = build_rules_prompt(task, labels, rules, meanings)
+    head = rules_part[: rules_part.rindex(_answer_line(labels))].rstrip()
+    shots = "\n\n".join(f"Input:\n{e.text}\nLabel: {e.label}" for e in examples)
+    return "\n\n".join([head, "Worked examples:\n\n" + shots, _answer_line(labels)])
+
+
 def student_user_message(system_prompt: str, text: str) -> str:
     """The single user turn the student sees. Gemma has no system role, so the system prompt leads the
     first user turn (library-notes section 1); the input is delimited so it reads as data."""

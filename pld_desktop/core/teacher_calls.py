@@ -30,11 +30,23 @@ class LockedSplitError(RuntimeError):
     """A test-split example was about to be sent to the teacher. This is a bug, never a user error."""
 
 
+# A content check on a schema-valid reply: None when the reply is usable, else the reason (sent back to the
+# teacher as feedback on the retry, and recorded with the attempt).
+ReplyCheck = Callable[[BaseModel], "str | None"]
+
+# Finish reasons meaning "the reply hit the output bound" (Gemini, OpenAI-compatible servers, llama.cpp).
+CUT_FINISH_REASONS = frozenset({"MAX_TOKENS", "FinishReason.MAX_TOKENS", "length", "max_tokens"})
+
+
 @dataclass(frozen=True)
 class TeacherJob:
     key: str                          # the phase's own item key (e.g. "example:17", "cluster:4")
     request: TeacherRequest
     example_ids: tuple[int, ...] = ()  # every example whose text is in the request (checked: no test rows)
+    check: ReplyCheck | None = None   # hard content rules beyond the schema (off-label, useless rewrite...)
+    # Soft rules (a copied example, a meaning that is not words): retried like `check`, but a reply that still
+    # fails them after the last attempt is kept, flagged with the reason, instead of being a failed item.
+    soft_check: ReplyCheck | None = None
 
 
 @dataclass
@@ -44,6 +56,8 @@ class TeacherOutcome:
     call_id: int | None
     cached: bool
     error: str | None = None
+    flag: str | None = None      # set when a kept reply still fails its soft check
+    attempts: int = 0            # teacher attempts this outcome took (0 when cached or given up earlier)
 
 
 @dataclass
@@ -52,6 +66,7 @@ class _Attempt:
     error: TeacherError | None
     parsed: BaseModel | None
     invalid_reason: str | None
+    checked: BaseModel | None = None  # schema-valid but failed the soft check (kept, flagged, when out of attempts)
 
 
 @dataclass
@@ -60,6 +75,7 @@ class BatchStats:
     called: int = 0
     failed: int = 0
     attempts: int = 0
+    given_up: int = 0            # items given up in an earlier run and not retried (see retry_failed)
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -88,17 +104,17 @@ def _short_validation_error(exc: Exception) -> str:
     return f"reply is not valid JSON ({exc})"
 
 
-# Finish reasons meaning the output token bound was hit (local/OpenAI, Gemini): such a reply is retried, never
-# stored, even when what arrived happens to parse.
-_CUT_FINISH_REASONS = frozenset({"length", "MAX_TOKENS", "FinishReason.MAX_TOKENS"})
+def cut_reason(reply: TeacherReply) -> str | None:
+    """Why a reply must not be stored: it hit the output bound (finish reason or the adapter's truncation flag)."""
+    if reply.finish_reason in CUT_FINISH_REASONS or getattr(reply, "truncated", False):
+        return (f"the reply hit the output length bound (finish reason {reply.finish_reason or 'truncated'}) "
+                "and was cut; write one complete, shorter sentence")
+    return None
 
 
-class _CutReply(ValueError):
-    """A reply that hit the output bound."""
-
-
-def _run_job(teacher: Teacher, request: TeacherRequest, max_attempts: int, progress: Progress) -> list[_Attempt]:
-    """Worker-thread body: call, validate, retry invalid replies with the validation error appended."""
+def _run_job(teacher: Teacher, request: TeacherRequest, max_attempts: int, progress: Progress,
+             check: ReplyCheck | None = None, soft_check: ReplyCheck | None = None) -> list[_Attempt]:
+    """Worker-thread body: call, validate, retry invalid, cut or check-failing replies with the reason appended."""
     attempts: list[_Attempt] = []
     current = request
     for _ in range(max_attempts):
@@ -111,14 +127,19 @@ def _run_job(teacher: Teacher, request: TeacherRequest, max_attempts: int, progr
             if exc.quota_exhausted or not exc.retryable:
                 break
             continue
+        checked: BaseModel | None = None
         try:
-            if reply.finish_reason in _CUT_FINISH_REASONS:
-                raise _CutReply("the reply reached the length limit and may be cut; write a shorter, complete "
-                                "reply")
-            parsed = parse_reply(reply.text, request.schema)
+            reason = cut_reason(reply)
+            if reason is None:
+                parsed = parse_reply(reply.text, request.schema)
+                reason = check(parsed) if check is not None else None
+                if reason is None and soft_check is not None:
+                    reason = soft_check(parsed)
+                    checked = parsed if reason is not None else None
         except (ValidationError, ValueError) as exc:
-            reason = str(exc) if isinstance(exc, _CutReply) else _short_validation_error(exc)
-            attempts.append(_Attempt(reply, None, None, reason))
+            reason = _short_validation_error(exc)
+        if reason is not None:
+            attempts.append(_Attempt(reply, None, None, reason, checked))
             current = TeacherRequest(
                 system=request.system, kind=request.kind, schema=request.schema,
                 grammar_patterns=request.grammar_patterns,
@@ -136,7 +157,9 @@ def run_teacher_jobs(project: Project, teacher: Teacher, jobs: Sequence[TeacherJ
     """Run `jobs` against the teacher, reusing cached replies; call `on_outcome` (on this thread) per item.
 
     Writes happen on the calling thread only, one commit per completed item. Raises `Cancelled` or
-    `QuotaExhausted` after recording everything that finished; a rerun resumes from the cache.
+    `QuotaExhausted` after recording everything that finished; a rerun resumes from the cache. A request
+    given up in an earlier run (all attempts invalid or failed) is not sent again: a rerun costs nothing and
+    reports the same figures; `pipeline.retry_failed_items` (``pld run --retry-failed``) lifts that.
     """
     stats = BatchStats()
     outcomes: dict[str, TeacherOutcome] = {}
@@ -153,6 +176,7 @@ def run_teacher_jobs(project: Project, teacher: Teacher, jobs: Sequence[TeacherJ
         progress.report(done, total, outcome.key)
 
     pending: list[tuple[TeacherJob, str]] = []
+    given_up = project.given_up_requests()
     for job in jobs:
         _guard_locked_split(project, job)
         h = request_hash(teacher.model_id, job.request)
@@ -160,11 +184,17 @@ def run_teacher_jobs(project: Project, teacher: Teacher, jobs: Sequence[TeacherJ
         if cached is not None:
             try:
                 parsed = parse_reply(cached["response_text"], job.request.schema)
-                stats.cached += 1
-                finish(TeacherOutcome(job.key, parsed, cached["id"], True))
-                continue
+                if job.check is None or job.check(parsed) is None:
+                    flag = job.soft_check(parsed) if job.soft_check is not None else None
+                    stats.cached += 1
+                    finish(TeacherOutcome(job.key, parsed, cached["id"], True, flag=flag))
+                    continue
             except (ValidationError, ValueError):
-                pass  # schema changed since; call again
+                pass  # schema or checks changed since; call again
+        if h in given_up:
+            stats.given_up += 1
+            finish(TeacherOutcome(job.key, None, None, True, error=given_up[h].get("reason", "given up")))
+            continue
         pending.append((job, h))
 
     if not pending:
@@ -178,7 +208,8 @@ def run_teacher_jobs(project: Project, teacher: Teacher, jobs: Sequence[TeacherJ
         while queue or running:
             while queue and len(running) < workers and not progress.cancelled() and quota_hit is None:
                 job, h = queue.pop(0)
-                running[pool.submit(_run_job, teacher, job.request, max_attempts, progress)] = (job, h)
+                running[pool.submit(_run_job, teacher, job.request, max_attempts, progress, job.check,
+                                         job.soft_check)] = (job, h)
             if not running:
                 break
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED, timeout=0.5)
@@ -186,7 +217,8 @@ def run_teacher_jobs(project: Project, teacher: Teacher, jobs: Sequence[TeacherJ
                 job, h = running.pop(fut)
                 attempts = fut.result()
                 stats.called += 1
-                outcome = _record_attempts(project, teacher, job, h, attempts, price_in, price_out, stats, phase)
+                outcome = _record_attempts(project, teacher, job, h, attempts, price_in, price_out, stats, phase,
+                                           max_attempts)
                 if outcome is None:  # cancelled before the first attempt
                     continue
                 if any(a.error is not None and a.error.quota_exhausted for a in attempts):
@@ -211,7 +243,8 @@ def _guard_locked_split(project: Project, job: TeacherJob) -> None:
 
 
 def _record_attempts(project: Project, teacher: Teacher, job: TeacherJob, h: str, attempts: list[_Attempt],
-                     price_in: float, price_out: float, stats: BatchStats, phase: int) -> TeacherOutcome | None:
+                     price_in: float, price_out: float, stats: BatchStats, phase: int,
+                     max_attempts: int = 1) -> TeacherOutcome | None:
     if not attempts:
         return None
     request_json = json.dumps({"model": teacher.model_id, "kind": job.request.kind, "system": job.request.system,
@@ -219,6 +252,10 @@ def _record_attempts(project: Project, teacher: Teacher, job: TeacherJob, h: str
                               ensure_ascii=False)
     last_id: int | None = None
     example_id = job.example_ids[0] if len(job.example_ids) == 1 else None
+    final = attempts[-1]
+    if final.checked is not None:
+        # Out of attempts but schema-valid: keep the reply (status ok, so a rerun reuses it), flagged.
+        attempts[-1] = final = _Attempt(final.reply, None, final.checked, final.invalid_reason)
     for n, att in enumerate(attempts, 1):
         stats.attempts += 1
         fields: dict[str, Any] = {"request_hash": h, "kind": job.request.kind, "model": teacher.model_id,
@@ -233,14 +270,18 @@ def _record_attempts(project: Project, teacher: Teacher, job: TeacherJob, h: str
         else:
             fields.update(status="error", error=str(att.error))
         last_id = project.record_teacher_call(**fields)
-    final = attempts[-1]
     if final.parsed is not None:
-        return TeacherOutcome(job.key, final.parsed, last_id, False)
+        return TeacherOutcome(job.key, final.parsed, last_id, False, flag=final.invalid_reason,
+                              attempts=len(attempts))
     reason = final.invalid_reason or str(final.error) or "unknown error"
     stats.failed += 1
     stats.failures.append((job.key, reason))
     project.record_failure(phase, job.key, reason)
-    return TeacherOutcome(job.key, None, last_id, False, error=reason)
+    exhausted = len(attempts) >= max_attempts or (final.error is not None and not final.error.retryable)
+    if exhausted and not (final.error is not None and final.error.quota_exhausted):
+        # Given up: a rerun does not send it again (zero calls, stable figures) unless asked to retry.
+        project.mark_given_up(h, phase, job.key, reason)
+    return TeacherOutcome(job.key, None, last_id, False, error=reason, attempts=len(attempts))
 
 
 def now() -> float:

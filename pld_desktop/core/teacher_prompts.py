@@ -10,7 +10,7 @@ import html
 import json
 import re
 from functools import lru_cache
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 from pydantic import BaseModel, Field, create_model
 
@@ -22,6 +22,13 @@ def _label_type(labels: Sequence[str]) -> object:
     return Literal[tuple(labels)]  # type: ignore[valid-type]
 
 
+def _as_enum(schema: dict[str, Any]) -> None:
+    # pydantic writes a one-value Literal as "const", which Gemini's response schema does not take; an enum
+    # of one value says the same to every backend (Gemini, llama.cpp's grammar, OpenAI-compatible servers).
+    if "const" in schema:
+        schema["enum"] = [schema.pop("const")]
+
+
 @lru_cache(maxsize=32)
 def extraction_schema(labels: tuple[str, ...]) -> type[BaseModel]:
     return create_model(
@@ -29,7 +36,7 @@ def extraction_schema(labels: tuple[str, ...]) -> type[BaseModel]:
         reasoning=(str, Field(description="Why the gold label is correct for this example.")),
         rule=(str, Field(min_length=12, description="One general, self-contained instruction (no names of "
                                                     "specific entities) that leads to the label.")),
-        label=(_label_type(labels), Field(description="The label the rule leads to.")),
+        label=(_label_type(labels), Field(description="The label the rule leads to.", json_schema_extra=_as_enum)),
     )
 
 
@@ -38,7 +45,8 @@ def merge_schema(labels: tuple[str, ...]) -> type[BaseModel]:
     return create_model(
         "MergedRule",
         rule=(str, Field(min_length=12, description="One consolidated instruction covering the cluster's rules.")),
-        label=(_label_type(labels), Field(description="The label the consolidated rule leads to.")),
+        label=(_label_type(labels), Field(description="The label the consolidated rule leads to.",
+                                          json_schema_extra=_as_enum)),
     )
 
 
@@ -157,3 +165,91 @@ def resolution_user(task: str, labels: Sequence[str], meanings: dict[str, str], 
     oks = "\n\n".join(example_block(t, gold=g) for t, g in successes) or "(none)"
     return (f"Task: {task}\n\nLabels:\n{labels_text(labels, meanings)}\n\nCurrent rules:\n{listed}\n\n"
             f"Examples the model got WRONG:\n{fails}\n\nExamples the model got RIGHT:\n{oks}")
+
+
+# ---------------------------------------------------------------------------
+# Content checks on replies (run by teacher_calls; a failing reply is retried with the reason as feedback)
+# ---------------------------------------------------------------------------
+# A rule copies an example when it shares a run of COPY_MIN_WORDS consecutive words with it, or (for short
+# examples such as one-line questions) a run of at least COPY_SHORT_MIN_WORDS words covering COPY_SHARE of the
+# example's words. Words are compared lower-cased, punctuation dropped. Chosen so that a rule may quote a
+# cue of a few words ("asks how many") but not restate a sentence of the data.
+COPY_MIN_WORDS = 8
+COPY_SHORT_MIN_WORDS = 5
+COPY_SHARE = 0.6
+
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?", re.UNICODE)
+
+
+def _words(text: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(text or "")]
+
+
+def longest_shared_run(a: str, b: str) -> int:
+    """Length in words of the longest word sequence that `a` and `b` share (normalised, contiguous)."""
+    wa, wb = _words(a), _words(b)
+    best = 0
+    prev = [0] * (len(wb) + 1)
+    for x in wa:
+        cur = [0] * (len(wb) + 1)
+        for j, y in enumerate(wb, 1):
+            if x == y:
+                cur[j] = prev[j - 1] + 1
+                best = max(best, cur[j])
+        prev = cur
+    return best
+
+
+def copy_reason(rule: str, examples: Sequence[str]) -> str | None:
+    """None when `rule` is general, else why it counts as a copy of one of `examples`."""
+    for text in examples:
+        n_words = len(_words(text))
+        run = longest_shared_run(rule, text)
+        if run >= COPY_MIN_WORDS or (run >= COPY_SHORT_MIN_WORDS and run >= COPY_SHARE * n_words):
+            return (f"the rule copies its example ({run} consecutive words of the example's {n_words}); state the "
+                    "general condition in your own words, without the example's wording or specific names")
+    return None
+
+
+def _names(text: str, label: str) -> bool:
+    return re.search(r"(?<![\w-])" + re.escape(label.lower()) + r"(?![\w-])", text.lower()) is not None
+
+
+def off_label_reason(rule: str, gold: str, labels: Sequence[str]) -> str | None:
+    """None when the rule's text leads to `gold`, else the reason: it answers, or only names, another label."""
+    others = [lab for lab in labels if lab != gold]
+    low = rule.lower()
+    for lab in others:
+        if re.search(r"\b(?:answer|label|->)\s*[:\"'“(]?\s*" + re.escape(lab.lower()) + r"(?![\w-])", low):
+            return (f"the rule's text answers '{lab}' but it must explain the label '{gold}'; end it with "
+                    f"'answer {gold}.'")
+    if not _names(rule, gold):
+        # Only word-like labels: "1" or "no" also occur in ordinary text.
+        named = [lab for lab in others if len(lab) >= 3 and re.search(r"[^\W\d_]", lab) and _names(rule, lab)]
+        if named:
+            return (f"the rule's text names the label '{named[0]}' and not '{gold}', which it must explain; end "
+                    f"it with 'answer {gold}.'")
+    return None
+
+
+def looks_cut(rule: str) -> bool:
+    """True when a stored rule was cut: it does not end at a sentence end, or its condition fills the local
+    grammar's character cap exactly (rule_pattern's {8,120}: the grammar closed the rule mid-sentence)."""
+    if not re.search(r"[.!?][\"'”’)]*\s*$", rule or ""):
+        return True
+    m = re.match(r"^If (.*), answer [^,]+[.]$", rule or "", re.S)
+    return m is not None and len(m.group(1)) >= RULE_CONDITION_CAP
+
+
+RULE_CONDITION_CAP = 120  # the character cap of rule_pattern's condition
+
+
+def meaning_reason(meaning: str, label: str) -> str | None:
+    """None when `meaning` is words describing the label, else why not (empty, numbers, the label alone)."""
+    words = [w for w in _words(meaning) if re.search(r"[^\W\d_]", w)]
+    if not meaning.strip():
+        return f"the meaning of '{label}' is empty"
+    if len(words) < 3 or " ".join(words) == label.lower():
+        return (f"the meaning of '{label}' ('{meaning.strip()[:40]}') is not a description; write one line of "
+                "words saying when the label applies")
+    return None

@@ -682,6 +682,14 @@ class MainWindow(QMainWindow):
         self._live = None
         self.statusBar().showMessage(message)
         self.log.appendPlainText(f"[{status}] {message}")
+        chosen = (self.project.get_setting("chosen") or {}) if self.project is not None else {}
+        if chosen.get("warning"):  # no rules prompt beats zero-shot on dev: say so, with the figures
+            self.log.appendPlainText(f"[warning] {chosen['warning']}")
+            self.statusBar().showMessage(chosen["warning"])
+        given_up = len(self.project.given_up_requests()) if self.project is not None else 0
+        if given_up:  # not resent by a rerun; core.pipeline.retry_failed_items retries them
+            self.log.appendPlainText(f"[info] {given_up} teacher item(s) given up after their attempts; a rerun "
+                                     "does not resend them (pld run --retry-failed does).")
         if status != "done":
             self._log_failures()
         if self._close_after_stop:

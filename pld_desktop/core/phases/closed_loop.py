@@ -33,6 +33,7 @@ class LoopReport:
     best_dev_f1: float = 0.0
     rounds: list[dict[str, Any]] = field(default_factory=list)
     stopped_because: str = ""
+    failed_attempts: int = 0  # rounds whose rewrite was empty, dropped a label or changed nothing (after retries)
 
 
 def prompt_for(project: Project, rule_set_id: int) -> str:
@@ -89,7 +90,7 @@ def run_closed_loop(project: Project, teacher: Teacher, student: Student, settin
         job = TeacherJob(f"round:{rnd}:from:{current_id}",
                          TeacherRequest(RESOLUTION_SYSTEM, user, resolution_schema(labels), "resolution",
                                         rule_pattern(labels)),
-                         tuple(e.id for e in fail_pick + ok_pick))
+                         tuple(e.id for e in fail_pick + ok_pick), check=rewrite_check(rules))
         progress.begin(f"Phase 3 round {rnd}: teacher rewrites the rules", 1)
         outcomes, _ = run_teacher_jobs(project, teacher, [job], progress, phase=PHASE,
                                        max_attempts=settings.teacher_max_attempts)
@@ -97,12 +98,18 @@ def run_closed_loop(project: Project, teacher: Teacher, student: Student, settin
         round_row: dict[str, Any] = {"round": rnd, "base": current_id, "failures": len(failures),
                                      "sample": len(sample)}
         if parsed is None or not getattr(parsed, "rules"):
-            round_row.update(candidate=None, accepted=False, note="teacher reply failed")
+            # An empty, label-dropping or unchanged rewrite was retried with the reason; still useless, it is
+            # a failed attempt (not a candidate that "did not improve").
+            note = f"failed attempt: {outcomes[job.key].error or 'the rewrite has no rules'}"
+            round_row.update(candidate=None, accepted=False, failed=True, note=note)
             report.rounds.append(round_row)
-            _record_round(project, rnd, current_id, None, None, best_f1, False, "teacher reply failed")
+            report.failed_attempts += 1
+            progress.log(f"Round {rnd}: {note}", "warning")
+            _record_round(project, rnd, current_id, None, None, best_f1, False, note)
             no_gain += 1
             if no_gain >= settings.loop_patience:
-                report.stopped_because = f"no improvement for {no_gain} rounds"
+                report.stopped_because = (f"no usable rewrite or improvement for {no_gain} round(s) "
+                                          f"({report.failed_attempts} failed attempt(s))")
                 break
             continue
         new_rules, repair_note = _repair(_provenance(parsed, rules, rnd), rules, labels)
@@ -160,7 +167,9 @@ def run_closed_loop(project: Project, teacher: Teacher, student: Student, settin
     report.chosen_rule_set_id, report.best_dev_f1 = best_id, best_f1
     project.set_setting("chosen_rule_set_id", best_id)
     msg = (f"chosen v{best_id}: dev macro-F1 {best_f1:.3f} (start {report.start_dev_f1:.3f}); "
-           f"{len(report.rounds)} round(s); stopped: {report.stopped_because}")
+           f"{len(report.rounds)} round(s)"
+           + (f", {report.failed_attempts} failed rewrite attempt(s)" if report.failed_attempts else "")
+           + f"; stopped: {report.stopped_because}")
     project.set_phase(PHASE, "done", len(report.rounds), settings.loop_max_iterations, msg)
     progress.log(msg)
     return report
@@ -209,7 +218,30 @@ def _repair(new_rules: list[dict[str, Any]], old_rules: list[dict[str, Any]],
     return out, "; ".join(notes)
 
 
+def rewrite_check(current_rules: list[dict[str, Any]]) -> Any:
+    """The check a rewrite must pass: not empty, no label of the current list lost, not the same list again."""
+    current = [(" ".join(str(r["text"]).split()), r["label"]) for r in current_rules]
+    covered = {lab for _, lab in current}
+
+    def check(parsed: Any) -> str | None:
+        rules = list(getattr(parsed, "rules"))
+        if not rules:
+            return ("the rule list is empty; return the complete rewritten list, with at least one rule for "
+                    "every label")
+        new = [(" ".join(r.rule.split()), r.label) for r in rules]
+        lost = sorted(covered - {lab for _, lab in new})
+        if lost:
+            return (f"the list drops the label(s) {', '.join(lost)}; every label that had a rule must keep at "
+                    "least one")
+        if new == current:
+            return "the list is unchanged; change the rules so that the failures shown would be fixed"
+        return None
+    return check
+
+
 def _record_round(project: Project, rnd: int, base: int, cand: int | None, f1: float | None, base_f1: float,
                   accepted: bool, root_cause: str) -> None:
+    if project.find_loop_round(rnd, base, cand) is not None:
+        return  # a rerun reached the same round with the same versions: the history holds it already
     project.add_loop_round(round=rnd, base_rule_set_id=base, candidate_rule_set_id=cand, dev_macro_f1=f1,
                            base_dev_macro_f1=base_f1, accepted=int(accepted), root_cause=root_cause)

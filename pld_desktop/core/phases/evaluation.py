@@ -11,7 +11,9 @@ from ..evaluate import evaluate_prompt
 from ..progress import Progress
 from ..project import Example, Project
 from ..sampling import stratified_sample
-from ..prompts import FewShotExample, build_few_shot_prompt, build_zero_shot_prompt
+from ..calibration import calibrated_evaluation
+from ..prompts import (FewShotExample, PromptRule, build_few_shot_prompt, build_rules_with_examples_prompt,
+                       build_zero_shot_prompt)
 from ..settings import RunSettings
 from ..working import working_rule_set
 
@@ -55,6 +57,15 @@ def run_evaluation(project: Project, student: Student, settings: RunSettings, pr
         "few_shot": build_few_shot_prompt(rs.task, labels, [FewShotExample(e.text, e.label) for e in shots],
                                           rs.meanings),
     }
+    chosen = project.get_setting("chosen") or {}
+    if chosen.get("rule_set") == rs_id and chosen.get("example_ids"):
+        # The rules+examples candidate of the choice, with the same worked examples it was scored with on dev.
+        picked = project.examples(ids=chosen["example_ids"])
+        order = {i: n for n, i in enumerate(chosen["example_ids"])}
+        picked.sort(key=lambda e: order[e.id])
+        prompts["pld_examples"] = build_rules_with_examples_prompt(
+            rs.task, labels, [PromptRule(r["text"], r["label"]) for r in rs.rules if r.get("enabled", True)],
+            [FewShotExample(e.text, e.label) for e in picked], rs.meanings)
     report = EvaluationReport(rule_set_id=rs_id, n_examples=len(test))
     if test:  # every prompt must fit before any is scored: a half-done comparison is not a result
         longest = max(test, key=lambda e: len(e.text)).text
@@ -66,13 +77,17 @@ def run_evaluation(project: Project, student: Student, settings: RunSettings, pr
     project.set_phase(PHASE, "running", 0, len(prompts), "")
     for n, (kind, prompt) in enumerate(prompts.items(), 1):
         eval_id, metrics = evaluate_prompt(project, student, prompt, test, kind=kind, split="test", progress=progress,
-                                           rule_set_id=rs_id if kind == "pld" else None,
+                                           rule_set_id=rs_id if kind in ("pld", "pld_examples") else None,
                                            stage=f"Phase 4: {kind.replace('_', '-')} on {len(test)} test examples")
-        report.results[kind] = {"evaluation_id": eval_id, "metrics": metrics}
+        # Calibrated scores beside the raw ones, for every prompt alike (the project's switch is decided on dev).
+        calibrated = calibrated_evaluation(project, student, eval_id, test)["metrics"] if test else None
+        report.results[kind] = {"evaluation_id": eval_id, "metrics": metrics, "calibrated_metrics": calibrated}
         project.set_phase(PHASE, "running", n, len(prompts), f"{kind} done")
     project.set_setting("last_evaluation", {k: v["evaluation_id"] for k, v in report.results.items()} |
                         {"rule_set_id": rs_id})
-    summary = ", ".join(f"{k} macro-F1 {v['metrics']['macro_f1']:.3f}" for k, v in report.results.items())
+    summary = ", ".join(f"{k} macro-F1 {v['metrics']['macro_f1']:.3f}"
+                        + (f" (calibrated {v['calibrated_metrics']['macro_f1']:.3f})" if v["calibrated_metrics"] else "")
+                        for k, v in report.results.items())
     project.set_phase(PHASE, "done", len(prompts), len(prompts), summary)
     progress.log(summary)
     return report

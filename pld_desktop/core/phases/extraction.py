@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 from ..backends import Teacher, TeacherRequest
 from ..progress import Progress
 from ..project import Project
 from ..settings import RunSettings
 from ..teacher_calls import TeacherJob, TeacherOutcome, run_teacher_jobs
-from ..teacher_prompts import EXTRACTION_SYSTEM, extraction_schema, extraction_user, rule_pattern
+from ..teacher_prompts import (EXTRACTION_SYSTEM, copy_reason, extraction_schema, extraction_user, off_label_reason,
+                               rule_pattern)
 
 PHASE = 1
 
@@ -22,21 +24,37 @@ class ExtractionReport:
     called: int = 0
     failed: int = 0
     label_mismatches: int = 0
+    copied: int = 0       # micro-rules kept flagged because they still copied their example after the retries
+    given_up: int = 0     # items given up in an earlier run, not retried (pld run --retry-failed retries them)
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 
+def micro_rule_checks(gold: str, labels: Sequence[str], example_text: str) -> tuple[Any, Any]:
+    """(hard, soft) checks of a micro-rule: its text must lead to the gold label; it should not copy its example."""
+    def hard(parsed: Any) -> str | None:
+        return off_label_reason(getattr(parsed, "rule"), gold, labels)
+
+    def soft(parsed: Any) -> str | None:
+        return copy_reason(getattr(parsed, "rule"), [example_text])
+    return hard, soft
+
+
 def extraction_jobs(project: Project, settings: RunSettings) -> list[TeacherJob]:
-    """The teacher requests for every training example that has no micro-rule yet (train split only)."""
+    """The teacher requests for every training example that has no micro-rule yet (train split only).
+
+    The teacher explains the label it is given: the schema's label field allows the gold label only (a
+    one-value enum), and a rule whose text leads to another label is retried with the reason."""
     labels = tuple(project.labels())
-    schema = extraction_schema(labels)
     have = project.micro_rule_example_ids()
     jobs = []
     for ex in project.examples(split="train"):
         if ex.id in have:
             continue
         user = extraction_user(settings.task, labels, settings.label_meanings, ex.text, ex.label)
-        request = TeacherRequest(EXTRACTION_SYSTEM, user, schema, "extraction", rule_pattern([ex.label]))
-        jobs.append(TeacherJob(f"example:{ex.ext_id}", request, (ex.id,)))
+        request = TeacherRequest(EXTRACTION_SYSTEM, user, extraction_schema((ex.label,)), "extraction",
+                                 rule_pattern([ex.label]))
+        hard, soft = micro_rule_checks(ex.label, labels, ex.text)
+        jobs.append(TeacherJob(f"example:{ex.ext_id}", request, (ex.id,), check=hard, soft_check=soft))
     return jobs
 
 
@@ -58,8 +76,10 @@ def run_extraction(project: Project, teacher: Teacher, settings: RunSettings, pr
         parsed = outcome.parsed
         label = getattr(parsed, "label")
         if label != gold[example_id]:
-            # The rule explains the gold label; a teacher that names another label is noted, not trusted.
+            # Cannot happen with the one-value enum; kept for replies cached before it.
             report.label_mismatches += 1
+        if outcome.flag:
+            report.copied += 1
         project.add_micro_rule(example_id, getattr(parsed, "reasoning"), getattr(parsed, "rule"), gold[example_id],
                                outcome.call_id or 0)
 
@@ -69,8 +89,14 @@ def run_extraction(project: Project, teacher: Teacher, settings: RunSettings, pr
                                 done_offset=report.already_done, total=len(train))
     report.cached, report.called, report.failed, report.failures = (stats.cached, stats.called, stats.failed,
                                                                     stats.failures)
+    report.given_up = stats.given_up
     n_rules = len(project.micro_rule_example_ids())
     msg = f"{n_rules} micro-rules from {len(train)} training examples; {report.failed} failed"
+    if report.given_up:
+        msg += (f"; {report.given_up} item(s) given up earlier, not retried (pld run --retry-failed, or "
+                "Retry failed items in the window)")
+    if report.copied:
+        msg += f"; {report.copied} copy their example (kept out of synthesis, flagged)"
     if report.label_mismatches:
         msg += f"; {report.label_mismatches} rules named another label than the gold one (kept under the gold label)"
     project.set_phase(PHASE, "done" if n_rules else "failed", n_rules, len(train), msg)

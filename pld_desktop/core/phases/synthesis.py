@@ -16,14 +16,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..backends import Embedder, Teacher, TeacherRequest
-from ..clustering import centroid_order, cluster_rules, map_2d
+from ..clustering import centroid_order, cluster_rules, keep_every_label, map_2d
 from ..progress import Progress, check
 from ..project import Project
 from ..prompts import PromptRule, build_rules_prompt, sha256_text
 from ..settings import RunSettings
 from ..teacher_calls import TeacherJob, run_teacher_jobs
-from ..teacher_prompts import (MERGE_SYSTEM, REVIEW_SYSTEM, Review, merge_schema, merge_user, review_user,
-                              rule_pattern)
+from ..teacher_prompts import (MERGE_SYSTEM, REVIEW_SYSTEM, Review, copy_reason, meaning_reason, merge_schema,
+                               merge_user, off_label_reason, review_user, rule_pattern)
 
 PHASE = 2
 
@@ -36,6 +36,9 @@ class SynthesisReport:
     rules: int = 0
     conflicts: int = 0
     failed_merges: int = 0
+    copied_micro_rules: int = 0
+    flagged_rules: int = 0     # merged rules kept out of the prompt (still copying an example after the retries)
+    rejected_meanings: list[str] = field(default_factory=list)
     rule_set_id: int | None = None
     methods: dict[str, str] = field(default_factory=dict)
 
@@ -66,7 +69,7 @@ def embed_cached(project: Project, embedder: Embedder, texts: Sequence[str], pro
 
 def _clustering_key(micro: list[dict[str, Any]], embedder: Embedder, settings: RunSettings) -> str:
     raw = json.dumps([[m["id"], m["rule"], m["label"]] for m in micro] +
-                     [embedder.model_id, settings.dbscan_eps, settings.dbscan_min_samples])
+                     [embedder.model_id, settings.dbscan_eps, settings.dbscan_min_samples, "regroup-v2"])
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
@@ -87,13 +90,12 @@ def _cluster_and_store(project: Project, micro: list[dict[str, Any]], vectors: n
         report_json[label] = {"method": result.method, "degenerate": result.degenerate_reason,
                               "clusters": result.n_clusters, "noise_fraction": result.noise_fraction,
                               "tried": result.tried}
+        final, note = keep_every_label(vectors[idx], result.labels, result.degenerate_reason)
+        if note:
+            report_json[label]["note"] = note
         groups: dict[int, list[int]] = {}
-        for local, c in zip(idx, result.labels):
+        for local, c in zip(idx, final):
             groups.setdefault(int(c), []).append(local)
-        if -1 in groups and len(groups) == 1:
-            # A label whose rules are all noise still needs a rule: treat them as one cluster.
-            groups = {0: groups.pop(-1)}
-            report_json[label]["note"] = "all rules were noise; merged as one cluster so the label keeps a rule"
         planned += [(label, c, members) for c, members in sorted(groups.items())]
     with project.transaction() as conn:
         conn.execute("INSERT INTO clusterings (key, method, params_json, report_json, created_at) VALUES (?,?,?,?,?)",
@@ -135,6 +137,13 @@ def run_synthesis(project: Project, teacher: Teacher, embedder: Embedder, settin
     if not micro:
         project.set_phase(PHASE, "failed", 0, 0, "No micro-rules: run phase 1 first.")
         raise ValueError("Phase 2 needs micro-rules; run phase 1 (extraction) first.")
+    texts = {e.id: e.text for e in project.examples(split="train")}
+    # A micro-rule that still copies its example after the retries stays out of synthesis (shown flagged),
+    # unless its label has no other micro-rule.
+    copied = {m["id"] for m in micro if copy_reason(m["rule"], [texts.get(m["example_id"], "")])}
+    general_labels = {m["label"] for m in micro if m["id"] not in copied}
+    micro = [m for m in micro if m["id"] not in copied or m["label"] not in general_labels]
+    report.copied_micro_rules = len(copied)
     project.set_phase(PHASE, "running", 0, 0, "embedding")
     vectors = embed_cached(project, embedder, [m["rule"] for m in micro], progress)
     by_id = {m["id"]: i for i, m in enumerate(micro)}
@@ -151,9 +160,12 @@ def run_synthesis(project: Project, teacher: Teacher, embedder: Embedder, settin
         idx = [by_id[m] for m in c["micro_rule_ids"]]
         order = [idx[j] for j in centroid_order(vectors[idx])][: settings.merge_max_members]
         rules = [micro[i]["rule"] for i in order]
-        request = TeacherRequest(MERGE_SYSTEM, merge_user(settings.task, c["label"], rules), merge_schema(labels),
-                                 "merge", rule_pattern([c["label"]]))
-        jobs.append(TeacherJob(f"cluster:{c['id']}", request, tuple(micro[i]["example_id"] for i in order)))
+        # The merged rule must lead to the cluster's label (a one-value enum) and not copy a source example.
+        request = TeacherRequest(MERGE_SYSTEM, merge_user(settings.task, c["label"], rules),
+                                 merge_schema((c["label"],)), "merge", rule_pattern([c["label"]]))
+        sources = [texts.get(micro[by_id[m]]["example_id"], "") for m in c["micro_rule_ids"]]
+        jobs.append(TeacherJob(f"cluster:{c['id']}", request, tuple(micro[i]["example_id"] for i in order),
+                               check=_off_label_check(c["label"], labels), soft_check=_copy_check(sources)))
     progress.begin("Phase 2: merging clusters", len(jobs))
     outcomes, stats = run_teacher_jobs(project, teacher, jobs, progress, phase=PHASE,
                                        max_attempts=settings.teacher_max_attempts)
@@ -163,17 +175,22 @@ def run_synthesis(project: Project, teacher: Teacher, embedder: Embedder, settin
     for c in real:
         outcome = outcomes.get(f"cluster:{c['id']}")
         members = c["micro_rule_ids"]
+        idx = [by_id[m] for m in members]
         if outcome is None or outcome.parsed is None:
             # Keep the cluster's knowledge: fall back to its most central micro-rule, marked as such.
-            idx = [by_id[m] for m in members]
             text = micro[idx[int(centroid_order(vectors[idx])[0])]]["rule"]
             origin = "central micro-rule (merge failed)"
         else:
-            text = getattr(outcome.parsed, "rule").strip()
+            text = " ".join(getattr(outcome.parsed, "rule").split())
             origin = "merged"
-        rules.append({"uid": f"C{c['id']}", "text": text, "label": c["label"], "enabled": True,
-                      "cluster_id": c["id"], "micro_rule_ids": members,
-                      "example_ids": sorted(micro[by_id[m]]["example_id"] for m in members), "origin": origin})
+        flag = copy_reason(text, [texts.get(micro[i]["example_id"], "") for i in idx])
+        rule = {"uid": f"C{c['id']}", "text": text, "label": c["label"], "enabled": flag is None,
+                "cluster_id": c["id"], "micro_rule_ids": members,
+                "example_ids": sorted(micro[by_id[m]]["example_id"] for m in members), "origin": origin}
+        if flag:  # kept out of the prompt, shown (disabled) with the reason
+            rule["flag"] = flag
+            report.flagged_rules += 1
+        rules.append(rule)
     rules.sort(key=lambda r: (labels.index(r["label"]), -len(r["micro_rule_ids"])))
     for i, r in enumerate(rules, 1):
         r["uid"] = f"R{i}"
@@ -182,22 +199,30 @@ def run_synthesis(project: Project, teacher: Teacher, embedder: Embedder, settin
     meanings = dict(settings.label_meanings)
     teacher_conflicts: list[tuple[int, int, str]] = []
     if rules:
+        to_explain = [lab for lab in labels if lab not in meanings]
         review_job = TeacherJob("review", TeacherRequest(REVIEW_SYSTEM, review_user(
-            settings.task, labels, [(r["text"], r["label"]) for r in rules]), Review, "review"))
+            settings.task, labels, [(r["text"], r["label"]) for r in rules]), Review, "review"),
+            soft_check=_meanings_check(to_explain))
         progress.begin("Phase 2: reviewing rules", 1)
         rev, _ = run_teacher_jobs(project, teacher, [review_job], progress, phase=PHASE,
                                   max_attempts=settings.teacher_max_attempts)
         parsed = rev["review"].parsed if "review" in rev else None
         if parsed is not None:
+            # Meanings typed at import are used as given; the teacher's are used only when they are words.
             for lm in parsed.label_meanings:  # type: ignore[attr-defined]
-                if lm.label in labels and lm.label not in meanings and lm.meaning.strip():
+                if lm.label in labels and lm.label not in meanings and meaning_reason(lm.meaning, lm.label) is None:
                     meanings[lm.label] = " ".join(lm.meaning.split())
             for pair in parsed.conflicts:  # type: ignore[attr-defined]
                 teacher_conflicts.append((pair.rule_a, pair.rule_b, pair.reason))
     meanings = {lab: meanings[lab] for lab in labels if lab in meanings}
+    report.rejected_meanings = [lab for lab in labels if lab not in meanings]
+    if report.rejected_meanings:
+        progress.log("No usable meaning from the teacher for " + ", ".join(report.rejected_meanings)
+                     + " (empty or not a description); left empty. Type one in the rule editor if it helps.",
+                     "warning")
 
-    prompt = build_rules_prompt(settings.task, list(labels), [PromptRule(r["text"], r["label"]) for r in rules],
-                                meanings)
+    prompt = build_rules_prompt(settings.task, list(labels),
+                                [PromptRule(r["text"], r["label"]) for r in rules if r["enabled"]], meanings)
     existing = project.find_rule_set(origin="synthesis", parent_id=None, rules=rules, task=settings.task,
                                      labels=list(labels), meanings=meanings)
     if existing is None:
@@ -214,10 +239,35 @@ def run_synthesis(project: Project, teacher: Teacher, embedder: Embedder, settin
     report.conflicts = len(project.conflicts(rs_id))
     project.set_setting("synthesis_rule_set_id", rs_id)
     msg = (f"{len(rules)} rules from {len(micro)} micro-rules ({len(real)} clusters, {report.noise_rules} noise "
-           f"rules kept aside, {report.conflicts} conflicts, {report.failed_merges} merges failed)")
+           f"rules kept aside, {report.conflicts} conflicts, {report.failed_merges} merges failed"
+           + (f", {report.copied_micro_rules} micro-rules copying their example left out" if report.copied_micro_rules
+              else "")
+           + (f", {report.flagged_rules} rules copying an example kept out of the prompt (flagged)"
+              if report.flagged_rules else "")
+           + (f"; no meaning for {', '.join(report.rejected_meanings)}" if report.rejected_meanings else "") + ")")
     project.set_phase(PHASE, "done", len(real), len(real), msg)
     progress.log(msg)
     return report
+
+
+def _off_label_check(label: str, labels: Sequence[str]) -> Any:
+    return lambda parsed: off_label_reason(getattr(parsed, "rule"), label, labels)
+
+
+def _copy_check(sources: Sequence[str]) -> Any:
+    return lambda parsed: copy_reason(getattr(parsed, "rule"), sources)
+
+
+def _meanings_check(wanted: Sequence[str]) -> Any:
+    """Every label without a typed meaning needs one line of words from the review (not a number, not empty)."""
+    def check(parsed: Any) -> str | None:
+        given = {lm.label: lm.meaning for lm in parsed.label_meanings}
+        for lab in wanted:
+            reason = meaning_reason(given.get(lab, ""), lab)
+            if reason:
+                return reason + "; give one meaning for every label, using the label names exactly"
+        return None
+    return check
 
 
 def find_conflicts(project: Project, embedder: Embedder, rule_set_id: int, rules: list[dict[str, Any]],
