@@ -143,8 +143,12 @@ class WelcomePage(QWidget):
 
 
 class MainWindow(QMainWindow):
+    _tokenizer_ready = Signal()  # emitted by the vocabulary's loading thread; delivered on the GUI thread
+
     def __init__(self, backends_factory: Callable[[], Any] | None = None) -> None:
         super().__init__()
+        self._tokenizer_ready.connect(self._on_tokenizer_ready)
+        self._finishing: list[Any] = []  # finished workers whose threads are still tearing down
         self.backends_factory = backends_factory  # None -> the real models (tests inject doubles)
         self.project_path: Path | None = None
         self.project: Project | None = None       # the GUI thread's own connection (workers open theirs)
@@ -493,18 +497,31 @@ class MainWindow(QMainWindow):
             self._put(holder, None, text)
 
     def _token_counter(self) -> Callable[[str], int] | None:
-        """The student's own tokenizer when its file loads, else None (the preview then says 'approximate')."""
+        """The student's own tokenizer when its file loads, else None (the preview then says 'approximate').
+        It loads on a helper thread (the bundled file's sha256 check and the vocabulary took 0.5-0.9 s on the
+        GUI thread); until then the preview is approximate and it is refreshed once the counts are exact."""
         path = self._settings().student_gguf
         key = path or "<bundled>"
         if self._tokenizer is None or self._tokenizer[0] != key:
-            try:
-                from ..backends.tokenizer import VocabTokenizer
-                self._tokenizer = (key, VocabTokenizer(path))
-            except Exception as exc:  # noqa: BLE001 - a missing model must not stop the editor opening
-                self.log.appendPlainText(f"[warning] token counts are approximate: {exc}")
-                self._tokenizer = (key, None)
+            from ..backends.tokenizer import VocabTokenizer
+            if self._tokenizer is not None and self._tokenizer[1] is not None:
+                self._tokenizer[1].close()
+            self._tokenizer = (key, VocabTokenizer(path, background=True, on_ready=self._tokenizer_ready.emit))
         tok = self._tokenizer[1]
         return tok.count if tok is not None else None
+
+    def _on_tokenizer_ready(self) -> None:
+        tok = self._tokenizer[1] if self._tokenizer is not None else None
+        if tok is None:
+            return
+        if tok.error is not None:
+            self.log.appendPlainText(f"[warning] token counts are approximate: {tok.error}")
+            self._tokenizer = (self._tokenizer[0], None)
+        editor = self.views.get("rules")
+        if editor is not None:
+            if tok.error is not None:
+                editor.token_counter = None
+            editor.token_label.setText(editor._token_text(editor.model.record.prompt_text))
 
     def _settings(self) -> Any:
         from ..core.settings import RunSettings, load_settings
@@ -645,7 +662,14 @@ class MainWindow(QMainWindow):
 
     def _on_finished(self, status: str, message: str) -> None:
         if self.worker is not None:
-            self.worker.wait()
+            # No wait() here: the worker still frees its models after this signal (~0.1 s and more for big
+            # ones); the thread object is kept until its own finished signal, then deleted.
+            worker = self.worker
+            self._finishing.append(worker)
+            if worker.isFinished():
+                self._drop_finished(worker)
+            else:
+                worker.finished.connect(lambda w=worker: self._drop_finished(w))
         self.worker = None
         self.running_phases = []
         self._live = None
@@ -667,6 +691,11 @@ class MainWindow(QMainWindow):
         self._refresh()
         if status in ("failed", "quota_exhausted"):
             QMessageBox.warning(self, "The run stopped", message)
+
+    def _drop_finished(self, worker: Any) -> None:
+        if worker in self._finishing:
+            self._finishing.remove(worker)
+            worker.deleteLater()
 
     def _log_history(self) -> None:
         import time as _time
@@ -747,6 +776,9 @@ class MainWindow(QMainWindow):
             self.project = None
         if self._tokenizer is not None and self._tokenizer[1] is not None:
             self._tokenizer[1].close()
+        for worker in list(self._finishing):  # the window is going: let a worker's teardown end first
+            worker.wait()
+            self._drop_finished(worker)
         event.accept()
 
     # -- display -------------------------------------------------------------------------------------
