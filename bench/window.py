@@ -144,11 +144,24 @@ def build_project(folder: Path, rows: int, n_rules: int) -> Path:
 # ---------------------------------------------------------------------------
 # Scenarios
 # ---------------------------------------------------------------------------
+PROFILE: list[str] = []  # --profile: scenarios (name substrings) whose main-thread work is profiled
+
+
 def measure(app: Any, monitor: StallMonitor, name: str, actions: Sequence[Callable[[], Any]],
             settle: Callable[[], bool] | None = None) -> dict[str, Any]:
+    profiler = None
+    if any(p in name for p in PROFILE):
+        import cProfile
+        profiler = cProfile.Profile()
+        profiler.enable()
     monitor.start()
     run_actions(app, actions, settle)
     figures = monitor.stop()
+    if profiler is not None:
+        import pstats
+        profiler.disable()
+        print(f"--- profile of '{name}'", file=sys.stderr)
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
     row = {"scenario": name, "max_ms": round(figures["max_ms"], 1), "p99_ms": round(figures["p99_ms"], 1),
            "target_ms": TARGET_MS, "met": figures["max_ms"] <= TARGET_MS, "ticks": figures["ticks"]}
     print(f"{name:55} max {row['max_ms']:7.1f} ms  p99 {row['p99_ms']:6.1f} ms  "
@@ -252,7 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=100_000, help="examples in the project and the CSV (100k)")
     parser.add_argument("--edits", type=int, default=10, help="rule edits (each also undone and redone)")
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
+    parser.add_argument("--profile", action="append", default=[], help="profile scenarios containing this text")
     args = parser.parse_args(argv)
+    PROFILE[:] = args.profile
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     result = run(args)
     for row in result["stalls"]:
