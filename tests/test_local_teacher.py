@@ -73,7 +73,7 @@ def test_system_text_leads_the_user_turn_when_the_template_drops_system() -> Non
 @pytest.fixture(scope="module")
 def teacher():
     from pld_desktop.backends.local_teacher import LocalTeacher
-    t = LocalTeacher()
+    t = LocalTeacher(batched=False)  # the unbatched path; the batched one is in test_batched_teacher.py
     yield t
     t.close()
 

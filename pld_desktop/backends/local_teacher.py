@@ -3,9 +3,14 @@
 Replies are constrained to the request's JSON schema by llama.cpp's grammar sampler, on a grammar built by
 `teacher_grammar` (labels escaped, rules whole, the extraction label fixed); the core's schema validation stays
 the judge.
-Generation is greedy and deterministic: the prompt is evaluated on the fixed schedule of `LlamaContextCursor`
-(system part, then the rest) before `create_chat_completion` samples from it, so the same request gives the
-same reply whatever was asked before, while consecutive requests with one system text share its KV cache.
+Two generation paths, both greedy. The batched one (default; PLD_FAST_PATHS=0 or batched=False turns it off)
+decodes up to `max_concurrency` requests together in one multi-sequence context on all cores
+(`BatchedGenerator`): a request's system part is evaluated once per model and shared, kept in the prefix-state
+caches in memory and on disk like the student's. Its replies are valid under the same grammar; batching changes
+llama.cpp's floating-point order, so a reply can differ from the unbatched path's where the model is near a tie.
+The unbatched path evaluates the prompt on the fixed schedule of `LlamaContextCursor` (system part, then the rest)
+before `create_chat_completion` samples from it, so the same request gives the same reply whatever was asked
+before, while consecutive requests with one system text share its KV cache.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from typing import Any
 import llama_cpp
 
 from pld_desktop.backends.bundled import ModelFileError, bundled_local_teacher_path
-from pld_desktop.backends.llama_runtime import (LlamaContextCursor, LlamaOwner, file_sha256, gguf_chat_formatter,
-                                                template_supports_system)
+from pld_desktop.backends.llama_runtime import (BatchedGenerator, GenerationJob, GenerationQueue, LlamaContextCursor,
+                                                LlamaOwner, PrefixStateCache, PrefixStateDiskCache,
+                                                decode_threads, default_parallel_sequences, file_sha256, gguf_chat_formatter,
+                                                read_gguf_metadata, state_settings, template_supports_system)
 from pld_desktop.backends.teacher_grammar import rule_hit_bound, schema_grammar
 from pld_desktop.core.backends import TeacherError, TeacherReply, TeacherRequest, TeacherUsage
 
@@ -29,7 +36,8 @@ class LocalTeacher:
     """Teacher on a local GGUF model through llama-cpp-python.
 
     Thread contract: one owner thread holds the model and runs every generation; `generate()` may be called from
-    any thread and calls are serialised (max_concurrency = 1).
+    any thread. Unbatched, calls are serialised (max_concurrency = 1); batched, up to `max_concurrency` calls
+    are decoded together.
     """
 
     max_concurrency = 1
@@ -38,32 +46,70 @@ class LocalTeacher:
     def __init__(self, model_path: str | os.PathLike[str] | None = None, *, n_ctx: int = 8192,
                  max_tokens: int = 512, repeat_penalty: float = 1.1, max_string_chars: int = 320,
                  n_threads: int | None = None,
-                 n_threads_batch: int | None = None, use_extra_bufts: bool | None = None) -> None:
+                 n_threads_batch: int | None = None, use_extra_bufts: bool | None = None,
+                 batched: bool | None = None, n_parallel: int | None = None,
+                 state_dir: str | os.PathLike[str] | None = None, disk_cache: bool = True) -> None:
         """`max_tokens` bounds every reply (a tiny model can loop until the context is full); `repeat_penalty`
         1.1 (llama-cpp-python's chat-handler default; create_chat_completion's own is 1.0) stops SmolLM2's greedy
-        decoding from repeating one word until max_tokens, which it did on 1 of 6 short test reviews."""
+        decoding from repeating one word until max_tokens, which it did on 1 of 6 short test reviews.
+        `batched` (default: on unless PLD_FAST_PATHS=0) selects the batched path, `n_parallel` its number of
+        sequences (default from the cores and the context); `state_dir` is the on-disk prefix-state folder."""
         if max_tokens <= 0:
             raise ValueError(f"max_tokens must be positive, got {max_tokens}")
         path = bundled_local_teacher_path() if model_path is None else model_path
-        self._owner = LlamaOwner(path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads_batch,
-                                 name="local-teacher", use_extra_bufts=use_extra_bufts)
+        if batched is None:
+            batched = fast_paths_enabled()
+        if batched and not read_gguf_metadata(path, {"tokenizer.chat_template"}):
+            batched = False  # without a GGUF template only create_chat_completion knows the prompt format
+        self.batched = batched
+        cores = os.cpu_count() or 1
+        if batched:
+            # llama-cpp-python's default is half the logical cores: decode on all that are free. The Llama's
+            # own context only tokenizes here, so it is kept small; the batched context gets the n_ctx asked for.
+            n_threads = n_threads or decode_threads(cores)
+            n_threads_batch = n_threads_batch or n_threads
+        self._owner = LlamaOwner(path, n_ctx=min(n_ctx, 512) if batched else n_ctx, n_threads=n_threads,
+                                 n_threads_batch=n_threads_batch, name="local-teacher",
+                                 use_extra_bufts=use_extra_bufts)
+        self._generator: BatchedGenerator | None = None
+        self._jobs = GenerationQueue()
         try:
             self._model: _TeacherModel = self._owner.call(_TeacherModel)
             self.supports_system: bool = self._model.supports_system
-            self.n_ctx: int = self._owner.call(lambda llama: llama.n_ctx())
             self.model_path = self._owner.model_path
-            self.model_id = f"local:{self.model_path.name}@{file_sha256(self.model_path)[:12]}"
+            sha = file_sha256(self.model_path)
+            self.model_id = f"local:{self.model_path.name}@{sha[:12]}"
+            if batched:
+                parallel = n_parallel or default_parallel_sequences(n_ctx, max_tokens + 512, cores)
+
+                def make(llama: llama_cpp.Llama) -> BatchedGenerator:
+                    generator = BatchedGenerator(llama, n_ctx=n_ctx, n_parallel=parallel,
+                                                 n_threads=int(n_threads), repeat_penalty=repeat_penalty,
+                                                 prefix_cache=PrefixStateCache(256 << 20))
+                    if disk_cache:
+                        settings = state_settings(llama, sha, purpose="batched-teacher",
+                                                  batched_n_ctx=generator.n_ctx,
+                                                  batched_n_seq_max=parallel + generator.N_PREFIX_HOLDERS,
+                                                  batched_kv_unified=True)
+                        generator.disk_cache = PrefixStateDiskCache(state_dir, settings)
+                    return generator
+
+                self._generator = self._owner.call(make)
+                self.max_concurrency = parallel
+                self.n_ctx: int = self._generator.n_ctx
+            else:
+                self.n_ctx = self._owner.call(lambda llama: llama.n_ctx())
         except BaseException:
-            self._owner.close()
+            self.close()
             raise
         self.max_tokens = max_tokens
         self.repeat_penalty = repeat_penalty
         self.max_string_chars = max_string_chars
 
-    def messages_for(self, request: TeacherRequest) -> list[dict[str, str]]:
-        """The chat messages sent for a request: a system turn when the template keeps one, else the
-        instructions lead the user turn."""
-        return _messages(request.system, request.user, self.supports_system)
+    @property
+    def generation_stats(self) -> Any:
+        """Counters of the batched path (None when unbatched)."""
+        return None if self._generator is None else self._generator.stats
 
     def grammar_for(self, request: TeacherRequest) -> str:
         """The GBNF grammar the reply to `request` is decoded under (every label and literal escaped)."""
@@ -73,21 +119,28 @@ class LocalTeacher:
         except Exception as exc:  # noqa: BLE001 - a broken schema class is the caller's bug, reported plainly
             raise TeacherError(f"Cannot build the grammar of {request.schema.__name__}: {exc}") from exc
 
+    def messages_for(self, request: TeacherRequest) -> list[dict[str, str]]:
+        """The chat messages sent for a request: a system turn when the template keeps one, else the
+        instructions lead the user turn."""
+        return _messages(request.system, request.user, self.supports_system)
+
     def generate(self, request: TeacherRequest) -> TeacherReply:
         if self._owner.closed:
             raise RuntimeError("The local teacher has been closed.")
         messages = self.messages_for(request)
         grammar = self.grammar_for(request)
+        if self._generator is not None:
+            return self._generate_batched(request, messages, grammar)
         max_tokens, repeat_penalty = self.max_tokens, self.repeat_penalty
         model = self._model
 
         def run(llama: llama_cpp.Llama) -> tuple[dict[str, Any], float]:
             started = time.perf_counter()
+            model.evaluate_prompt(messages, request.system)
             # llama.cpp answers a grammar it cannot parse with a NULL sampler, which crashes the process later.
             check_grammar(llama, grammar)
-            model.evaluate_prompt(messages, request.system)
             completion = llama.create_chat_completion(
-                messages=messages, grammar=llama_cpp.LlamaGrammar.from_string(grammar, verbose=False),
+                messages=messages, grammar=_parsed_grammar(grammar),
                 temperature=0.0, max_tokens=max_tokens, repeat_penalty=repeat_penalty, stream=False)
             return completion, time.perf_counter() - started  # type: ignore[return-value]
 
@@ -103,17 +156,55 @@ class LocalTeacher:
         choice = completion["choices"][0]
         usage = completion.get("usage") or {}
         text = choice["message"].get("content") or ""
-        finish = str(choice.get("finish_reason") or "")
-        if rule_hit_bound(text):
-            finish = "length"  # a rule at the grammar's word bound may be cut: the core retries it
         return TeacherReply(
             text=text,
             usage=TeacherUsage(prompt_tokens=int(usage.get("prompt_tokens", 0)),
                                output_tokens=int(usage.get("completion_tokens", 0)),
                                total_tokens=int(usage.get("total_tokens", 0))),
-            latency_s=latency, model=self.model_id, finish_reason=finish)
+            latency_s=latency, model=self.model_id,
+            finish_reason=_finish_reason(text, str(choice.get("finish_reason") or "")))
+
+    def _generate_batched(self, request: TeacherRequest, messages: list[dict[str, str]],
+                          grammar: str) -> TeacherReply:
+        generator, model, n_ctx, max_tokens = self._generator, self._model, self.n_ctx, self.max_tokens
+        assert generator is not None
+
+        def prepare(job: GenerationJob) -> None:  # on the owner thread
+            tokens = model._tokens(messages)
+            if len(tokens) >= n_ctx:
+                raise ValueError(f"Requested tokens ({len(tokens)}) exceed context window of {n_ctx}")
+            job.tokens = tokens
+            job.prefix_len = model._system_end(request.system)
+            check_grammar(generator.llama, grammar)  # a NULL grammar sampler would crash the process
+            job.grammar = _parsed_grammar(grammar)
+            job.max_tokens = min(max_tokens, n_ctx - len(tokens))
+
+        job = GenerationJob([], 0, None, 0, prepare=prepare)
+        if self._jobs.put(job):
+            self._owner.submit(lambda llama: generator.run(self._jobs))
+        try:
+            result = job.future.result()
+        except TeacherError:
+            raise
+        except ValueError as exc:
+            if "exceed context window" in str(exc):
+                raise TeacherError(f"The request does not fit the local teacher's context of {self.n_ctx} "
+                                   f"tokens: {exc}", retryable=False) from exc
+            raise TeacherError(f"The local teacher failed: {exc}", retryable=False) from exc
+        except RuntimeError as exc:
+            raise TeacherError(f"The local teacher failed: {exc}", retryable=False) from exc
+        n_out = len(result.tokens)
+        return TeacherReply(
+            text=result.text,
+            usage=TeacherUsage(prompt_tokens=result.prompt_tokens, output_tokens=n_out,
+                               total_tokens=result.prompt_tokens + n_out),
+            latency_s=result.latency_s, model=self.model_id,
+            finish_reason=_finish_reason(result.text, result.finish_reason))
 
     def close(self) -> None:
+        generator, self._generator = getattr(self, "_generator", None), None
+        if generator is not None and not self._owner.closed:
+            self._owner.submit(lambda llama: generator.close())  # after any running service (FIFO)
         self._owner.close()
 
     def __enter__(self) -> "LocalTeacher":
@@ -166,6 +257,30 @@ class _TeacherModel:
             return
         self.cursor.begin(tokens, self._system_end(system))
         self.cursor.position(tokens)
+
+
+def fast_paths_enabled() -> bool:
+    """The issue-15 paths (batched teacher, all cores) unless the environment says PLD_FAST_PATHS=0."""
+    return os.environ.get("PLD_FAST_PATHS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+_grammars: dict[str, Any] = {}
+
+
+def _parsed_grammar(text: str) -> Any:
+    """`text` as a llama_cpp.LlamaGrammar, cached by text: parsing costs ~ms per request and both generation
+    paths decode under the same grammar."""
+    grammar = _grammars.get(text)
+    if grammar is None:
+        if len(_grammars) > 256:
+            _grammars.clear()
+        grammar = _grammars[text] = llama_cpp.LlamaGrammar.from_string(text, verbose=False)
+    return grammar
+
+
+def _finish_reason(text: str, finish: str) -> str:
+    """A rule that stopped at the grammar's word bound may be cut: report it as "length" so the core retries."""
+    return "length" if rule_hit_bound(text) else finish
 
 
 def check_grammar(llama: llama_cpp.Llama, grammar: str) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+import os
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 from .backends import Student
@@ -12,6 +13,18 @@ from .metrics import classification_metrics
 from .progress import Progress, check
 from .project import Example, Project
 from .prompts import sha256_text
+
+
+@dataclass(frozen=True)
+class _Reused:
+    label: str
+    probs: dict[str, float]
+    latency_s: float
+
+
+def reuse_predictions() -> bool:
+    """Reuse of predictions across evaluations (issue 15) unless PLD_FAST_PATHS=0 (benchmarks of the old path)."""
+    return os.environ.get("PLD_FAST_PATHS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def student_record(student: Student) -> dict[str, Any]:
@@ -53,6 +66,15 @@ def evaluate_prompt(project: Project, student: Student, prompt_text: str, exampl
         project.add_prediction(eval_id, example.id, pred.label, pred.probs, pred.latency_s)
         done[example.id] = {"predicted": pred.label, "probs": pred.probs, "latency_s": pred.latency_s}
         progress.report(len(done), len(examples), example.ext_id)
+
+    if reuse_predictions() and todo:
+        # The closed loop scores one prompt on overlapping samples, and phases re-score what another scored.
+        seen = project.prompt_predictions(prompt_sha, student.identity.sha256, student.n_ctx, [e.id for e in todo],
+                                          exclude_evaluation=eval_id)
+        for example in [e for e in todo if e.id in seen]:
+            old = seen[example.id]
+            record(example, _Reused(old["predicted"], old["probs"], old["latency_s"]))
+        todo = [e for e in todo if e.id not in seen]
 
     classify_many = getattr(student, "classify_many", None)
     if classify_many is not None:  # a server-backed student runs requests concurrently

@@ -839,6 +839,26 @@ class Project:
         return {r["example_id"]: {"predicted": r["predicted"], "probs": json.loads(r["probs_json"]),
                                   "latency_s": r["latency_s"]} for r in rows}
 
+    def prompt_predictions(self, prompt_sha256: str, student_sha256: str, n_ctx: int,
+                           example_ids: Sequence[int], *, exclude_evaluation: int) -> dict[int, dict[str, Any]]:
+        """Predictions any other evaluation already made for these examples with the same prompt and student
+        (file sha256 and context size): the student is deterministic, so they are reused, not recomputed."""
+        wanted = set(example_ids)
+        if not wanted:
+            return {}
+        rows = self.query("SELECT p.example_id, p.predicted, p.probs_json, p.latency_s, e.student_json "
+                          "FROM predictions p JOIN evaluations e ON e.id = p.evaluation_id "
+                          "WHERE e.prompt_sha256 = ? AND e.id != ?", [prompt_sha256, exclude_evaluation])
+        found: dict[int, dict[str, Any]] = {}
+        for r in rows:
+            if r["example_id"] not in wanted or r["example_id"] in found:
+                continue
+            student = json.loads(r["student_json"])
+            if student.get("sha256") == student_sha256 and student.get("n_ctx") == n_ctx:
+                found[r["example_id"]] = {"predicted": r["predicted"], "probs": json.loads(r["probs_json"]),
+                                          "latency_s": r["latency_s"]}
+        return found
+
     def add_prediction(self, evaluation_id: int, example_id: int, predicted: str, probs: dict[str, float],
                        latency_s: float) -> None:
         self._write("INSERT OR REPLACE INTO predictions (evaluation_id, example_id, predicted, probs_json, latency_s) "

@@ -11,12 +11,13 @@ from typing import Any, Callable
 
 from PySide6.QtCore import (QItemSelectionModel, QModelIndex, QPersistentModelIndex, QRect, QSize, QSortFilterProxyModel,
                             Qt, QThread, Signal)
-from PySide6.QtGui import QAction, QCloseEvent, QFontDatabase, QKeyEvent, QKeySequence, QUndoStack
+from PySide6.QtGui import QAction, QCloseEvent, QFont, QFontDatabase, QKeyEvent, QKeySequence, QUndoStack
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QGroupBox, QHBoxLayout,
                                QHeaderView, QLabel, QLineEdit, QPlainTextEdit, QProgressBar, QPushButton, QSplitter,
                                QStyle, QStyledItemDelegate, QStyleOptionViewItem, QToolBar, QTreeView, QTreeWidget,
                                QTreeWidgetItem, QVBoxLayout, QWidget)
 
+from ..backends.tokenizer import TokenizerLoading
 from ..core.export import export_rule_set
 from ..core.progress import Cancelled
 from ..core.project import Project, ProjectFileError
@@ -112,6 +113,9 @@ class LabelDelegate(QStyledItemDelegate):
     def __init__(self, labels: Callable[[], list[str]], parent: Any = None) -> None:
         super().__init__(parent)
         self._labels = labels
+        self._heights: dict[tuple[Any, ...], tuple[Any, Any, QSize]] = {}
+        self._font: QFont | None = None
+        self._font_key = ""
 
     def createEditor(self, parent: QWidget, option: QStyleOptionViewItem, index: _Index) -> QWidget:  # noqa: N802
         if index.column() != COL_LABEL:
@@ -133,19 +137,40 @@ class LabelDelegate(QStyledItemDelegate):
             super().setModelData(editor, model, index)
 
     def sizeHint(self, option: QStyleOptionViewItem, index: _Index) -> QSize:  # noqa: N802 - Qt override
-        """Rule text wraps: its row is as tall as the text at the column's current width."""
-        hint = super().sizeHint(option, index)
+        """Rule text wraps: its row is as tall as the text at the column's current width. Sizes are cached per
+        tree node and column and reused while the node's data (and the width and font) stay the same, so a
+        relayout re-measures only the cells whose content changed, without a single data() call for the rest."""
         view = self.parent()
-        if index.column() != COL_TEXT or not isinstance(view, QTreeView):
-            return hint
-        depth, p = 0, index.parent()
-        while p.isValid():
-            depth, p = depth + 1, p.parent()
-        icon = option.decorationSize.width() + 8 if index.data(Qt.ItemDataRole.DecorationRole) is not None else 0
-        width = max(80, view.columnWidth(COL_TEXT) - icon - 12 - (depth * view.indentation() if COL_TEXT == 0 else 0))
-        rect = option.fontMetrics.boundingRect(QRect(0, 0, width, 100000), int(Qt.TextFlag.TextWordWrap),
-                                               str(index.data() or ""))
-        return QSize(hint.width(), max(hint.height(), rect.height() + 6))
+        model = index.model()
+        source = model.mapToSource(index) if isinstance(model, QSortFilterProxyModel) else index
+        node = source.internalPointer()
+        column = index.column()
+        wraps = column == COL_TEXT and isinstance(view, QTreeView)
+        font = option.font
+        if self._font is None or font != self._font:
+            self._font, self._font_key = QFont(font), font.key()
+        # The conflicts column also shows the model's conflict list, which changes without the node's data.
+        extra = index.data() if column == COL_CONFLICTS else None
+        key = (id(node), column, view.columnWidth(COL_TEXT) if wraps else 0, self._font_key, extra)
+        hit = self._heights.get(key)
+        data = getattr(node, "data", None)
+        if hit is not None and hit[0] is node and hit[1] is data:
+            return QSize(hit[2])
+        size = super().sizeHint(option, index)
+        if wraps:
+            depth, p = 0, index.parent()
+            while p.isValid():
+                depth, p = depth + 1, p.parent()
+            icon = option.decorationSize.width() + 8 if index.data(Qt.ItemDataRole.DecorationRole) is not None else 0
+            width = max(80, view.columnWidth(COL_TEXT) - icon - 12
+                        - (depth * view.indentation() if COL_TEXT == 0 else 0))
+            rect = option.fontMetrics.boundingRect(QRect(0, 0, width, 100000), int(Qt.TextFlag.TextWordWrap),
+                                                   str(index.data() or ""))
+            size = QSize(size.width(), max(size.height(), rect.height() + 6))
+        if len(self._heights) > 50_000:
+            self._heights.clear()
+        self._heights[key] = (node, data, size)  # the node is kept, so its id is not reused meanwhile
+        return QSize(size)
 
 
 class RulesTree(QTreeView):
@@ -641,6 +666,8 @@ class RulesEditor(QWidget):
             try:
                 n = int(self.token_counter(prompt))
                 counted = f"{n:,} tokens"
+            except TokenizerLoading as exc:  # counted off the GUI thread; the label is refreshed when done
+                why = f"approximate: the student's tokenizer is {exc}"
             except Exception as exc:  # noqa: BLE001 - a closed or failing tokenizer must not break editing
                 why = f"approximate: the student's tokenizer failed ({exc})"
         if n is None:

@@ -1,0 +1,93 @@
+"""The local teacher's batched path (issue 15): several requests decoded together on the bundled SmolLM2."""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from pld_desktop.backends import llama_runtime
+from pld_desktop.core import teacher_prompts as tp
+from pld_desktop.core.backends import TeacherRequest
+
+LABELS = ("complaint", "fraud_report", "question")
+MESSAGES = [("I was charged a late fee although I paid on time.", "complaint"),
+            ("Someone used my card in Spain and it was not me.", "fraud_report"),
+            ("What time does the Leeds branch open on Saturday?", "question"),
+            ("Your app has been down all day and nobody answers the phone.", "complaint"),
+            ("I got a text asking for my PIN and I replied with it.", "fraud_report"),
+            ("Can I change my address online?", "question")]
+
+
+def extraction(text: str, label: str) -> TeacherRequest:
+    return TeacherRequest(tp.EXTRACTION_SYSTEM, tp.extraction_user("Triage bank messages.", LABELS, {}, text, label),
+                          tp.extraction_schema(LABELS), "extraction", tp.rule_pattern([label]))
+
+
+def test_parallel_sequences_follow_cores_and_context() -> None:
+    assert llama_runtime.default_parallel_sequences(8192, 1024, cores=2) == 8
+    assert llama_runtime.default_parallel_sequences(65536, 1024, cores=2) == 16
+    assert llama_runtime.default_parallel_sequences(65536, 1024, cores=1) == 8
+    assert llama_runtime.default_parallel_sequences(512, 1024, cores=8) == 1
+
+
+def test_decode_threads_leave_busy_cores_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(llama_runtime.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert llama_runtime.decode_threads(4) == 4
+    monkeypatch.setattr(llama_runtime.os, "getloadavg", lambda: (1.1, 0.0, 0.0))
+    assert llama_runtime.decode_threads(4) == 3
+    monkeypatch.setattr(llama_runtime.os, "getloadavg", lambda: (11.0, 0.0, 0.0))
+    assert llama_runtime.decode_threads(2) == 1
+
+
+def test_fast_paths_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pld_desktop.backends.local_teacher import fast_paths_enabled
+    monkeypatch.delenv("PLD_FAST_PATHS", raising=False)
+    assert fast_paths_enabled()
+    monkeypatch.setenv("PLD_FAST_PATHS", "0")
+    assert not fast_paths_enabled()
+
+
+@pytest.mark.slow
+def test_batched_replies_follow_each_requests_own_grammar_and_share_the_prefix(tmp_path: Path) -> None:
+    from pld_desktop.backends.local_teacher import LocalTeacher
+    requests = [extraction(text, label) for text, label in MESSAGES]
+    with LocalTeacher(batched=True, n_parallel=len(requests), state_dir=tmp_path, max_tokens=160) as teacher:
+        assert teacher.batched and teacher.max_concurrency == len(requests)
+        with ThreadPoolExecutor(len(requests)) as pool:
+            replies = list(pool.map(teacher.generate, requests))
+        stats = teacher.generation_stats
+    for request, reply, (_, label) in zip(requests, replies, MESSAGES):
+        assert reply.finish_reason in ("stop", "length")
+        assert reply.usage.output_tokens > 0 and reply.usage.prompt_tokens > 50
+        if reply.finish_reason == "stop":
+            parsed = request.schema.model_validate_json(reply.text)
+            # Each sequence has its own grammar: the rule ends with that request's label.
+            assert re.fullmatch(dict(request.grammar_patterns)["rule"], parsed.rule)
+            assert parsed.rule.endswith(f"answer {label}.")
+    assert stats.requests == len(requests)
+    assert stats.max_parallel > 1                     # replies were decoded together
+    assert stats.prefix_evaluations == 1              # the system part once for all six
+    assert stats.prefix_reuses == len(requests) - 1
+    assert stats.decodes < stats.generated            # fewer llama_decode calls than tokens sampled
+
+
+@pytest.mark.slow
+def test_one_request_alone_equals_the_unbatched_path_and_disk_states_restore(tmp_path: Path) -> None:
+    from pld_desktop.backends.local_teacher import LocalTeacher
+    request = extraction(*MESSAGES[1])
+    with LocalTeacher(batched=False, max_tokens=120) as plain:
+        expected = plain.generate(request)
+    with LocalTeacher(batched=True, n_parallel=2, state_dir=tmp_path, max_tokens=120) as first:
+        alone = first.generate(request)
+        assert first.generation_stats.prefix_evaluations == 1
+    # Greedy decoding of a request alone: the same tokens as create_chat_completion's.
+    assert (alone.text, alone.finish_reason, alone.usage.output_tokens) == \
+        (expected.text, expected.finish_reason, expected.usage.output_tokens)
+    with LocalTeacher(batched=True, n_parallel=2, state_dir=tmp_path, max_tokens=120) as second:
+        again = second.generate(request)
+        stats = second.generation_stats
+    assert stats.prefix_restores == 1 and stats.prefix_evaluations == 0  # the system part came from disk
+    assert again.text == alone.text
