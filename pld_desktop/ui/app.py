@@ -24,6 +24,9 @@ from .tasks import PipelineThread
 
 STATE_COLOURS = {"done": "#2e7d32", "running": "#1565c0", "failed": "#c62828", "cancelled": "#ef6c00",
                  "paused": "#ef6c00"}
+# The same states on a dark palette: the light-theme shades are too dark to read on a dark window.
+STATE_COLOURS_DARK = {"done": "#81c784", "running": "#64b5f6", "failed": "#ef9a9a", "cancelled": "#ffb74d",
+                      "paused": "#ffb74d"}
 STATE_WORDS = {"done": "done", "running": "running", "failed": "failed", "cancelled": "stopped - resumable",
                "paused": "paused (quota) - resumable"}
 PHASE_HINTS = {1: "The teacher explains each training example as a general rule (micro-rule).",
@@ -43,6 +46,17 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
+PROMPT_KIND_WORDS = {"pld": "Rules", "zero_shot": "Zero-shot", "zero-shot": "Zero-shot", "few_shot": "5-shot",
+                     "few-shot": "5-shot"}
+
+
+def prompt_kinds_in_words(text: str, few_shot_k: int = 5) -> str:
+    """Phase 4's messages name prompts by their stored kind (`pld`, `zero_shot`); a reader wants words."""
+    import re
+    words = dict(PROMPT_KIND_WORDS, few_shot=f"{few_shot_k}-shot", **{"few-shot": f"{few_shot_k}-shot"})
+    return re.sub(r"(?<![\w./\\-])(pld|zero[_-]shot|few[_-]shot)(?![\w./\\-])", lambda m: words[m.group(1)], text)
+
+
 class PhaseCard(QGroupBox):
     """One phase: state, progress with counts and ETA, teacher tokens and cost, start/resume and cancel."""
 
@@ -52,6 +66,7 @@ class PhaseCard(QGroupBox):
     def __init__(self, phase: int) -> None:
         super().__init__(f"{phase}. {PHASE_NAMES[phase].capitalize()}")
         self.phase = phase
+        self.few_shot_k = 5  # the project's k, set by the window, for naming the k-shot prompt
         self.setToolTip(PHASE_HINTS[phase])
         self.state = QLabel("not started")
         self.bar = QProgressBar()
@@ -81,12 +96,20 @@ class PhaseCard(QGroupBox):
 
     def show_state(self, state: str, done: int, total: int, message: str, *, running_here: bool,
                    busy: bool, eta: float | None = None, teacher: dict[str, Any] | None = None) -> None:
-        colour = STATE_COLOURS.get(state, "palette(text)")
+        from .charts_extra import is_dark_palette
+        colour = (STATE_COLOURS_DARK if is_dark_palette() else STATE_COLOURS).get(state, "palette(text)")
         self.state.setText(f"<b style='color:{colour}'>{STATE_WORDS.get(state, state)}</b>")
         self.bar.setMaximum(max(total, 1))
         self.bar.setValue(min(done, max(total, 1)) if total else (1 if state == "done" else 0))
         self.bar.setFormat(f"{done} / {total}" if total else ("complete" if state == "done" else ""))
         counts = f"{done} of {total} items" if total else ""
+        if self.phase == 3 and state == "done" and total and done < total:
+            # The loop's total is a ceiling, not a plan: an early stop is complete, not 2/5 of the way.
+            self.bar.setValue(self.bar.maximum())
+            self.bar.setFormat("complete")
+            counts = f"stopped after {done} of at most {total} rounds"
+        elif self.phase == 3 and total:
+            counts = f"{done} of at most {total} rounds"
         if running_here and eta:
             counts += f" · about {_format_seconds(eta)} left"
         self.counts.setText(counts)
@@ -95,8 +118,9 @@ class PhaseCard(QGroupBox):
             cost = f", ${teacher['cost_usd']:.4f}" if teacher["cost_usd"] else ""  # a local teacher costs nothing
             failed = f" ({teacher['failed']} failed)" if teacher["failed"] else ""
             self.teacher.setText(f"teacher: {teacher['calls']} calls{failed}, {tokens:,} tokens{cost}")
-        self.message.setText(message or "")
-        self.message.setToolTip(message or "")
+        message = prompt_kinds_in_words(message or "", self.few_shot_k)
+        self.message.setText(message)
+        self.message.setToolTip(message)
         self.start_btn.setText("Resume" if state in ("cancelled", "paused", "failed", "running") and not running_here
                                else "Run again" if state == "done" else "Start")
         self.start_btn.setEnabled(not busy)
@@ -234,6 +258,9 @@ class MainWindow(QMainWindow):
             view_menu.addAction(self._action(f"&{name}", lambda _=False, i=i: self.tabs.setCurrentIndex(i),
                                              QKeySequence(f"Ctrl+{i + 1}")))
         help_menu = self.menuBar().addMenu("&Help")
+        help_menu.addAction(self._action("&Keyboard Shortcuts", lambda: self.show_help(0), QKeySequence("F1")))
+        help_menu.addAction(self._action("&How a Run Works", lambda: self.show_help(1)))
+        help_menu.addSeparator()
         help_menu.addAction(self.about_act)
 
     def _build_central(self) -> None:
@@ -613,7 +640,8 @@ class MainWindow(QMainWindow):
         self.worker = PipelineThread(self.project_path, phases, self, backends_factory=self.backends_factory)
         self.worker.progress.begun.connect(self._on_begin)
         self.worker.progress.reported.connect(self._on_progress)
-        self.worker.progress.logged.connect(lambda msg, lvl: self.log.appendPlainText(f"[{lvl}] {msg}"))
+        self.worker.progress.logged.connect(
+            lambda msg, lvl: self.log.appendPlainText(f"[{lvl}] {prompt_kinds_in_words(msg, settings.few_shot_k)}"))
         self.worker.finished_with.connect(self._on_finished)
         self.log.appendPlainText(f"--- running phase{'s' if len(phases) > 1 else ''} "
                                  f"{', '.join(str(p) for p in phases)}")
@@ -627,6 +655,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("Stopping after the items in flight…")
 
     def _on_begin(self, stage: str, total: int) -> None:
+        stage = prompt_kinds_in_words(stage, self._settings().few_shot_k)
         self.stage.setText(stage)
         self._live = (stage, 0, total, "")
         self._refresh_live()
@@ -649,6 +678,8 @@ class MainWindow(QMainWindow):
         self.worker = None
         self.running_phases = []
         self._live = None
+        self.stage.setText("")
+        message = prompt_kinds_in_words(message, self._settings().few_shot_k)
         self.statusBar().showMessage(message)
         self.log.appendPlainText(f"[{status}] {message}")
         if status != "done":
@@ -715,6 +746,16 @@ class MainWindow(QMainWindow):
         return written
 
     # -- about and closing -----------------------------------------------------------------------------
+    def show_help(self, page: int = 0) -> None:
+        from .help_dialog import HelpDialog
+        actions = [a for menu in self.menuBar().actions() if menu.menu() is not None
+                   for a in _menu_actions(menu.menu())]
+        rules = self.views.get("rules")
+        if rules is not None:  # the editor's own actions live in its toolbar, not only in the Edit menu
+            actions += list(rules.actions()) + [a for w in rules.findChildren(QWidget) for a in w.actions()]
+        self.help_dialog = HelpDialog(actions, self, page=page)
+        self.help_dialog.show()
+
     def about(self) -> None:
         QMessageBox.about(self, "About PLD Desktop", about_text(self._loaded_models()))
 
@@ -792,7 +833,9 @@ class MainWindow(QMainWindow):
         if busy:
             running = [p for p in self.running_phases if states.get(p, {}).get("state") == "running"]
             current = running[0] if running else None
+        k = self._settings().few_shot_k
         for phase, card in self.cards.items():
+            card.few_shot_k = k
             st = states.get(phase) or {"state": "not started", "done": 0, "total": 0, "message": ""}
             kinds = PHASE_TEACHER_KINDS.get(phase)
             teacher = self.project.teacher_totals(kinds) if kinds else None
@@ -819,6 +862,14 @@ class MainWindow(QMainWindow):
                 if j >= 2:
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.results.setItem(i, j, item)
+
+
+def _menu_actions(menu: Any) -> list[QAction]:
+    """Every action of a menu and its submenus, in menu order."""
+    out: list[QAction] = []
+    for act in menu.actions():
+        out.extend(_menu_actions(act.menu()) if act.menu() is not None else [act])
+    return out
 
 
 def _dropped_file(mime: Any) -> Path | None:

@@ -315,6 +315,10 @@ class RulesModel(QAbstractItemModel):
         if role == Qt.ItemDataRole.BackgroundRole and found and col != COL_ENABLED:
             return QBrush(CONFLICT_BACKGROUND)
         if role == Qt.ItemDataRole.ForegroundRole:
+            if col == COL_ENABLED:
+                # The style draws the check mark in the item's text colour: the forced-dark conflict ink made
+                # it vanish in its dark box on a dark palette. The palette's own text colour always shows.
+                return None
             if not enabled:
                 return QBrush(DISABLED_FOREGROUND)
             if found:

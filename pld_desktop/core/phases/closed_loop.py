@@ -97,9 +97,12 @@ def run_closed_loop(project: Project, teacher: Teacher, student: Student, settin
         round_row: dict[str, Any] = {"round": rnd, "base": current_id, "failures": len(failures),
                                      "sample": len(sample)}
         if parsed is None or not getattr(parsed, "rules"):
-            round_row.update(candidate=None, accepted=False, note="teacher reply failed")
+            # "failed" only when the call failed; a well-formed reply without rules is a different story.
+            note = (f"teacher reply failed: {outcomes[job.key].error or 'no usable reply'}" if parsed is None
+                    else "the teacher's reply proposed no rules")
+            round_row.update(candidate=None, accepted=False, note=note)
             report.rounds.append(round_row)
-            _record_round(project, rnd, current_id, None, None, best_f1, False, "teacher reply failed")
+            _record_round(project, rnd, current_id, None, None, best_f1, False, note)
             no_gain += 1
             if no_gain >= settings.loop_patience:
                 report.stopped_because = f"no improvement for {no_gain} rounds"
