@@ -24,13 +24,14 @@ from .evaluate import evaluate_prompt
 from .metrics import classification_metrics
 from .phases.evaluation import few_shot_examples, test_examples
 from .progress import Progress, check
-from .project import Example, Project
+from .project import CHOSEN_RULE_SET, EDITED_RULE_SET, Example, Project
 from .prompts import FewShotExample, build_few_shot_prompt, build_zero_shot_prompt
 from .settings import RunSettings, load_settings
+from .working import working_rule_set
 
 PROMPT_KINDS = ("version", "current_edit", "zero_shot", "few_shot", "text")
 SPLITS = ("dev", "test", "train")
-EDITED_SETTING = "edited_rule_set_id"  # the rule editor's current head (a saved rule-set version)
+EDITED_SETTING = EDITED_RULE_SET  # the rule editor's current head; one constant, defined in core.project
 
 
 # ---------------------------------------------------------------------------
@@ -101,11 +102,7 @@ def _reference_rule_set(project: Project, preferred: int | None = None) -> int |
     """The rule set whose task and meanings the baselines use: as phase 4 does (chosen, else synthesis)."""
     if preferred is not None:
         return preferred
-    rs_id = project.get_setting("chosen_rule_set_id") or project.get_setting("synthesis_rule_set_id")
-    if rs_id is None:
-        rows = project.rule_sets()
-        rs_id = rows[-1]["id"] if rows else None
-    return rs_id
+    return working_rule_set(project)
 
 
 def _task_and_meanings(project: Project, settings: RunSettings,
@@ -127,7 +124,7 @@ def resolve_prompt(project: Project, choice: PromptChoice, settings: RunSettings
     if choice.kind in ("version", "current_edit"):
         rs_id = choice.rule_set_id
         if choice.kind == "current_edit":
-            rs_id = project.get_setting(EDITED_SETTING)
+            rs_id = project.rule_set_pointer(EDITED_RULE_SET)
             if rs_id is None:
                 raise ValueError("There is no edited version yet: edit the rules first, or pick a saved version.")
         assert rs_id is not None
@@ -160,7 +157,8 @@ def _short(text: str, width: int) -> str:
 def prompt_choices(project: Project) -> list[PromptChoice]:
     """Everything a picker offers: the editor's head, saved versions (newest first) and the two baselines."""
     settings = load_settings(project)
-    chosen = project.get_setting("chosen_rule_set_id")
+    chosen = project.rule_set_pointer(CHOSEN_RULE_SET)
+    working = working_rule_set(project)
     dev_scores = {r["candidate_rule_set_id"]: r["dev_macro_f1"] for r in project.query(
         "SELECT candidate_rule_set_id, dev_macro_f1 FROM loop_rounds WHERE candidate_rule_set_id IS NOT NULL")}
     for r in project.query("SELECT base_rule_set_id, base_dev_macro_f1 FROM loop_rounds "
@@ -169,11 +167,13 @@ def prompt_choices(project: Project) -> list[PromptChoice]:
     out: list[PromptChoice] = []
     versions = project.rule_sets()
     known = {v["id"] for v in versions}
-    edited = project.get_setting(EDITED_SETTING)
+    edited = project.rule_set_pointer(EDITED_RULE_SET)
     if edited is not None and edited in known:
         out.append(PromptChoice("current_edit", None, f"Current edit (version {edited})"))
     for v in reversed(versions):
         parts = [f"v{v['id']}", v["origin"] + (f" round {v['round']}" if v["round"] else "")]
+        if v["id"] == working:
+            parts.append("working")
         if v["id"] == chosen:
             parts.append("chosen")
         if dev_scores.get(v["id"]) is not None:
@@ -489,3 +489,14 @@ def classify_both(student: Student, prompt_a: str, prompt_b: str, text: str,
 __all__ = ["ComparisonResult", "ComparisonRow", "ExampleSet", "PromptChoice", "ResolvedPrompt", "UserRow",
            "classify_both", "compare_prompts", "mcnemar_exact", "prompt_choices",
            "resolve_prompt", "verdict_text"]
+
+
+def default_pair(project: Project) -> tuple[PromptChoice, PromptChoice]:
+    """Side by side's default: the working version (core.working) against the zero-shot baseline."""
+    working = working_rule_set(project)
+    if working is None:
+        settings = load_settings(project)
+        return PromptChoice("zero_shot", None, "Zero-shot baseline"), \
+            PromptChoice("few_shot", None, f"{settings.few_shot_k}-shot baseline")
+    return PromptChoice("version", working, f"v{working} · working"), \
+        PromptChoice("zero_shot", None, "Zero-shot baseline")

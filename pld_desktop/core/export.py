@@ -13,6 +13,8 @@ from typing import Any
 
 from .. import __version__
 from .project import Project
+from .scoring import latest_scores
+from .working import require_working_rule_set, working_rule_set
 from .prompts import student_user_message
 
 FORMATS = ("txt", "md", "json")
@@ -53,27 +55,37 @@ def _fence(text: str) -> str:
 
 def export_payload(project: Project, rule_set_id: int | None = None) -> dict[str, Any]:
     """Everything the exports say, gathered once from the project."""
-    last = project.get_setting("last_evaluation") or {}
-    rs_id = rule_set_id or last.get("rule_set_id") or project.get_setting("chosen_rule_set_id") \
-        or project.get_setting("synthesis_rule_set_id")
-    if rs_id is None:
+    if rule_set_id is None and working_rule_set(project) is None:
         raise ValueError("Nothing to export yet: the project has no rule set (run phases 1-2 first).")
+    rs_id = require_working_rule_set(project, rule_set_id)
     rs = project.rule_set(rs_id)
+    # The version's own newest scores (and the baselines on the same examples), never another version's.
     evaluations: dict[str, Any] = {}
-    if last.get("rule_set_id") == rs_id:
-        for kind in ("pld", "zero_shot", "few_shot"):
-            if kind in last:
-                evaluations[kind] = project.evaluation(last[kind])
-    pld_eval = evaluations.get("pld")
-    if pld_eval is not None and pld_eval["prompt_sha256"] != rs.prompt_sha256:
-        raise RuntimeError("The evaluated prompt differs from the rule set's prompt; refusing to export.")
+    dev_evaluations: dict[str, Any] = {}
+    for split, into in (("test", evaluations), ("dev", dev_evaluations)):
+        for prompt, score in latest_scores(project, rs_id, split).items():
+            into["pld" if prompt == "rules" else prompt] = project.evaluation(score.evaluation_id)
+    for evs in (evaluations, dev_evaluations):
+        pld_eval = evs.get("pld")
+        if pld_eval is not None and pld_eval["prompt_sha256"] != rs.prompt_sha256:
+            raise RuntimeError("The evaluated prompt differs from the rule set's prompt; refusing to export.")
     micro = {m["id"]: m for m in project.micro_rules()}
+    # One id scheme for examples everywhere a user reads them: the CSV's id, else its row number (ext_id).
+    ext_ids = {e.id: e.ext_id for e in project.examples()}
     rules = []
+    number = 0
     for r in rs.rules:
-        rules.append({**r, "micro_rules": [{"id": mid, "rule": micro[mid]["rule"], "example": micro[mid]["ext_id"]}
-                                           for mid in r.get("micro_rule_ids", []) if mid in micro]})
+        enabled = bool(r.get("enabled", True))
+        number += enabled
+        body = {k: v for k, v in r.items() if k != "example_ids"}
+        rules.append({**body, "enabled": enabled, "prompt_number": number if enabled else None,
+                      "examples": [ext_ids.get(e, str(e)) for e in r.get("example_ids", [])],
+                      "micro_rules": [{"id": mid, "rule": micro[mid]["rule"], "example": micro[mid]["ext_id"]}
+                                      for mid in r.get("micro_rule_ids", []) if mid in micro]})
     info = project.dataset_info() or {}
     settings = project.settings().get("run_settings", {})
+    scored_student = next((ev["student"] for ev in (evaluations.get("pld"), dev_evaluations.get("pld")) if ev), None)
+    teachers = sorted({r["model"] for r in project.query("SELECT DISTINCT model FROM teacher_calls")})
     # Noise micro-rules are not in the prompt but are never dropped: the export lists them.
     noise = project.query(
         "SELECT m.id, m.rule, m.label, e.ext_id FROM clusters c JOIN cluster_members cm ON cm.cluster_id = c.id "
@@ -82,15 +94,39 @@ def export_payload(project: Project, rule_set_id: int | None = None) -> dict[str
         "ORDER BY m.id")
     return {
         "rule_set": rs, "rules": rules, "conflicts": project.conflicts(rs_id), "evaluations": evaluations,
+        "dev_evaluations": dev_evaluations,
+        "student": scored_student or _configured_student(settings),
+        "teacher": _configured_teacher(settings),
         "dataset": {"source_name": info.get("source_name"), "source_sha256": info.get("source_sha256"),
                     "dataset_hash": info.get("dataset_hash"), "n_rows": info.get("n_rows"),
                     "labels": info.get("labels"), "mapping": info.get("mapping")},
-        "teacher_models": sorted({r["model"] for r in project.query("SELECT DISTINCT model FROM teacher_calls")}),
+        "teacher_models": teachers,
         "embedder": settings.get("embedder") or "bundled all-MiniLM-L6-v2",
         "teacher_usage": project.teacher_totals(),
         "noise_micro_rules": [{"id": n["id"], "rule": n["rule"], "label": n["label"], "example": n["ext_id"]}
                               for n in noise],
     }
+
+
+def _configured_student(settings: dict[str, Any]) -> dict[str, Any]:
+    """The student named by the run settings, for a version not scored yet (no file hash without loading it)."""
+    if settings.get("student_backend") == "openai":
+        return {"name": settings.get("student_model") or "the first model the server lists",
+                "backend": "openai", "base_url": settings.get("student_base_url"), "scored": False}
+    gguf = settings.get("student_gguf")
+    return {"name": Path(gguf).name if gguf else "bundled Gemma 3 270M", "path": gguf, "backend": "llama",
+            "n_ctx": settings.get("student_n_ctx"), "scored": False}
+
+
+def _configured_teacher(settings: dict[str, Any]) -> dict[str, Any]:
+    kind = settings.get("teacher", "local")
+    if kind == "gemini":
+        return {"kind": "gemini", "model": settings.get("teacher_model")}
+    if kind == "openai":
+        return {"kind": "openai", "model": settings.get("teacher_openai_model"),
+                "base_url": settings.get("teacher_openai_base_url")}
+    gguf = settings.get("teacher_gguf")
+    return {"kind": "local", "model": Path(gguf).name if gguf else "bundled SmolLM2-135M-Instruct"}
 
 
 def render_txt(payload: dict[str, Any]) -> bytes:
@@ -112,7 +148,8 @@ def render_json(payload: dict[str, Any]) -> bytes:
         "conflicts": [{k: c[k] for k in ("rule_a", "rule_b", "source", "reason", "evidence")}
                       for c in payload["conflicts"]],
         "metrics": {k: v["metrics"] for k, v in evals.items()},
-        "models": {"student": evals["pld"]["student"] if "pld" in evals else None,
+        "dev_metrics": {k: v["metrics"] for k, v in payload["dev_evaluations"].items()},
+        "models": {"student": payload["student"], "teacher": payload["teacher"],
                    "teachers": payload["teacher_models"], "embedder": payload["embedder"]},
         "dataset": payload["dataset"],
         "teacher_usage": payload["teacher_usage"],
@@ -121,49 +158,61 @@ def render_json(payload: dict[str, Any]) -> bytes:
     return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
+def _results_table(title: str, evals: dict[str, Any]) -> list[str]:
+    student = evals.get("pld", next(iter(evals.values())))["student"]
+    out = [f"## {title}", "",
+           f"Student: {md_escape(student.get('name', ''))} (sha256 `{student.get('sha256', '')[:16]}`), "
+           f"{next(iter(evals.values()))['n_examples']} examples.", "",
+           "| prompt | macro-F1 | accuracy | latency p50 (s) | latency p95 (s) |", "|---|---|---|---|---|"]
+    names = {"pld": "PLD rules", "zero_shot": "zero-shot", "few_shot": "few-shot"}
+    for kind, ev in evals.items():
+        m = ev["metrics"]
+        p50, p95 = m.get("latency_p50_s"), m.get("latency_p95_s")
+        out.append(f"| {names.get(kind, kind)} | {m['macro_f1']:.3f} | {m['accuracy']:.3f} | "
+                   f"{'-' if p50 is None else f'{p50:.3f}'} | {'-' if p95 is None else f'{p95:.3f}'} |")
+    return out + [""]
+
+
 def render_md(payload: dict[str, Any]) -> bytes:
     rs = payload["rule_set"]
     evals = payload["evaluations"]
     out = [f"# Rule set v{rs.id}", "",
+           f"- Version: {rs.id} ({md_escape(rs.origin)}" + (f", parent v{rs.parent_id}" if rs.parent_id else "") + ")",
            f"- Made by: {md_escape(rs.reason)}",
            f"- Prompt sha256: `{rs.prompt_sha256}`",
            f"- Dataset: {md_escape(payload['dataset'].get('source_name') or '')} "
            f"({payload['dataset'].get('n_rows')} rows, hash `{(payload['dataset'].get('dataset_hash') or '')[:16]}`)",
            f"- Exported by PLD Desktop {__version__}", ""]
     if evals:
-        student = evals.get("pld", next(iter(evals.values())))["student"]
-        out += ["## Results on the test split", "",
-                f"Student: {md_escape(student.get('name', ''))} (sha256 `{student.get('sha256', '')[:16]}`), "
-                f"{next(iter(evals.values()))['n_examples']} test examples.", "",
-                "| prompt | macro-F1 | accuracy | latency p50 (s) | latency p95 (s) |", "|---|---|---|---|---|"]
-        names = {"pld": "PLD rules", "zero_shot": "zero-shot", "few_shot": "5-shot"}
-        for kind, ev in evals.items():
-            m = ev["metrics"]
-            out.append(f"| {names.get(kind, kind)} | {m['macro_f1']:.3f} | {m['accuracy']:.3f} | "
-                       f"{m['latency_p50_s']:.3f} | {m['latency_p95_s']:.3f} |")
-        out.append("")
+        out += _results_table("Results on the test split", evals)
+    if payload.get("dev_evaluations"):
+        out += _results_table("Results on the dev split", payload["dev_evaluations"])
     out += ["## Task", "", md_escape(rs.task), "", "## Labels", ""]
     out += [f"- **{md_escape(lab)}**" + (f": {md_escape(rs.meanings[lab])}" if rs.meanings.get(lab) else "")
             for lab in rs.labels]
-    out += ["", "## Rules", ""]
-    number = 0
-    for lab in rs.labels:
-        group = [r for r in payload["rules"] if r["label"] == lab]
-        if not group:
-            continue
-        out += [f"### {md_escape(lab)}", ""]
-        for r in group:
-            number += 1
-            state = "" if r.get("enabled", True) else " *(disabled)*"
-            out.append(f"{number}. {md_escape(r['text'])}{state}  ")
-            out.append(f"   *{md_escape(r['uid'])}, from {len(r.get('micro_rule_ids', []))} micro-rules, "
-                       f"{len(r.get('example_ids', []))} examples*")
+    # Prompt order and the prompt's own numbers, so rule 3 here is rule 3 of the .txt; disabled rules are not in
+    # the prompt, so they are listed apart without a number.
+    enabled = [r for r in payload["rules"] if r.get("enabled", True)]
+    disabled = [r for r in payload["rules"] if not r.get("enabled", True)]
+    out += ["", "## Rules (in prompt order)", ""]
+    for r in enabled:
+        out.append(f"{r['prompt_number']}. {md_escape(r['text'])} → **{md_escape(r['label'])}**  ")
+        out.append(f"   *{md_escape(r['uid'])}, from {len(r.get('micro_rule_ids', []))} micro-rules, "
+                   f"{len(r.get('examples', []))} examples*")
+    if not enabled:
+        out.append("*(no enabled rules: the prompt has no rule list)*")
+    out.append("")
+    if disabled:
+        out += ["## Disabled rules (not in the prompt)", ""]
+        for r in disabled:
+            out.append(f"- {md_escape(r['text'])} → **{md_escape(r['label'])}** *({md_escape(r['uid'])})*")
         out.append("")
     if payload["conflicts"]:
         out += ["## Conflicts", "", "| rules | found by | reason |", "|---|---|---|"]
         for c in payload["conflicts"]:
-            out.append(f"| {md_escape(c['rule_a'])} / {md_escape(c['rule_b'])} | {md_escape(c['source'])} | "
-                       f"{md_escape(c['reason'])} |")
+            pair = md_escape(c["rule_a"]) if c["rule_a"] == c["rule_b"] else \
+                f"{md_escape(c['rule_a'])} / {md_escape(c['rule_b'])}"
+            out.append(f"| {pair} | {md_escape(c['source'])} | {md_escape(c['reason'])} |")
         out.append("")
     if payload["noise_micro_rules"]:
         out += ["## Micro-rules left out (clustering noise)", "",

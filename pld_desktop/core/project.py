@@ -158,6 +158,13 @@ def m002_teacher_batches(db: Database) -> None:
 
 KNOWN_MIGRATIONS = ("m001_initial", "m002_teacher_batches")
 
+# Settings that name a rule-set version. One constant per key, read through `Project.rule_set_pointer`.
+CHOSEN_RULE_SET = "chosen_rule_set_id"        # the pipeline's choice (phase 3's best on dev)
+SYNTHESIS_RULE_SET = "synthesis_rule_set_id"  # phase 2's version
+EDITED_RULE_SET = "edited_rule_set_id"        # the version the user last edited or picked (the editor's head)
+RULE_SET_POINTERS = (CHOSEN_RULE_SET, SYNTHESIS_RULE_SET, EDITED_RULE_SET)
+RuleSetPointer = str
+
 # Keys that must never be stored in the project file (secrets live in the keyring or the environment).
 _SECRET_MARKERS = ("api_key", "apikey", "secret", "password", "token_value")
 
@@ -395,6 +402,43 @@ class Project:
 
     def settings(self) -> dict[str, Any]:
         return {r["key"]: json.loads(r["value"]) for r in self.query("SELECT key, value FROM settings")}
+
+    # -- rule-set pointers (typed accessors for the settings that name a version) -----------------
+    def rule_set_pointer(self, key: "RuleSetPointer") -> int | None:
+        """The version a pointer setting names, or None when unset or when that version is not in the file."""
+        if key not in RULE_SET_POINTERS:
+            raise ValueError(f"'{key}' is not a rule-set pointer; use one of {', '.join(RULE_SET_POINTERS)}.")
+        value = self.get_setting(key)
+        if value is None:
+            return None
+        try:
+            rs_id = int(value)
+        except (TypeError, ValueError):
+            return None
+        return rs_id if self.query("SELECT 1 FROM rule_sets WHERE id = ?", [rs_id]) else None
+
+    def set_rule_set_pointer(self, key: "RuleSetPointer", rule_set_id: int | None) -> None:
+        """Point `key` at an existing version (None clears it); an unknown version is refused."""
+        if key not in RULE_SET_POINTERS:
+            raise ValueError(f"'{key}' is not a rule-set pointer; use one of {', '.join(RULE_SET_POINTERS)}.")
+        if rule_set_id is None:
+            self._write("DELETE FROM settings WHERE key = ?", [key])
+            return
+        self.rule_set(int(rule_set_id))  # clear error for a version that does not exist
+        self.set_setting(key, int(rule_set_id))
+
+    def evaluations_done(self) -> list[dict[str, Any]]:
+        """Every finished evaluation (no predictions), oldest first, with its metrics decoded."""
+        rows = self.query("SELECT id, kind, rule_set_id, split, prompt_sha256, student_json, n_examples, "
+                          "metrics_json, finished_at FROM evaluations WHERE status = 'done' ORDER BY id")
+        for r in rows:
+            r["metrics"] = json.loads(r.pop("metrics_json") or "null")
+            r["student"] = json.loads(r.pop("student_json"))
+        return rows
+
+    def rule_set_parents(self) -> dict[int, int | None]:
+        """id -> parent id for every version (cheap: no rule bodies)."""
+        return {r["id"]: r["parent_id"] for r in self.query("SELECT id, parent_id FROM rule_sets")}
 
     # -- dataset ----------------------------------------------------------------
     def has_dataset(self) -> bool:

@@ -9,8 +9,10 @@ from typing import Any, Sequence
 
 from .export import write_atomic
 from .project import Project
+from .scoring import latest_scores
+from .working import require_working_rule_set
 
-# Order of the prompts in the file; only those evaluated in the last phase-4 run appear.
+# Order of the prompts in the file; only those scored with the version on the same examples appear.
 PROMPT_KINDS = ("pld", "zero_shot", "few_shot")
 # A spreadsheet treats a cell starting with one of these as a formula (or strips/obeys the control character):
 # OWASP "CSV injection". A leading apostrophe makes Excel, LibreOffice and Sheets show the text as typed.
@@ -24,14 +26,29 @@ def neutralise_cell(value: Any) -> Any:
     return value
 
 
-def results_rows(project: Project, evaluation_ids: dict[str, int] | None = None) -> tuple[list[str], list[list[Any]]]:
-    """Header and rows: one row per evaluated example, one predicted/confidence column pair per prompt.
+def working_evaluation_ids(project: Project, rule_set_id: int | None = None) -> tuple[int, dict[str, int]]:
+    """(version, prompt kind -> evaluation id) for the results of `rule_set_id` (default: the working version):
+    its newest test score with the baselines on the same examples, else its newest dev score."""
+    rs_id = require_working_rule_set(project, rule_set_id)
+    for split in ("test", "dev"):
+        scores = latest_scores(project, rs_id, split)
+        if scores:
+            return rs_id, {("pld" if p == "rules" else p): s.evaluation_id for p, s in scores.items()}
+    raise ValueError(f"No per-example results for version {rs_id} yet: score it first "
+                     f"(pld eval --split dev, or --split test for the final check).")
 
-    `evaluation_ids` maps a prompt kind to an evaluation id; by default the last phase-4 run's evaluations.
+
+def results_rows(project: Project, evaluation_ids: dict[str, int] | None = None, *,
+                 rule_set_id: int | None = None) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows: one row per evaluated example, one predicted/confidence column pair per prompt, and a
+    last column naming the rule-set version whose prompt made the `pld_` predictions.
+
+    `evaluation_ids` maps a prompt kind to an evaluation id; by default the working version's newest scores.
     """
     if evaluation_ids is None:
-        last = project.get_setting("last_evaluation") or {}
-        evaluation_ids = {k: last[k] for k in PROMPT_KINDS if k in last}
+        rule_set_id, evaluation_ids = working_evaluation_ids(project, rule_set_id)
+    elif "pld" in evaluation_ids:
+        rule_set_id = project.evaluation(evaluation_ids["pld"])["rule_set_id"]
     if not evaluation_ids:
         raise ValueError("No per-example results yet: run phase 4 (evaluation) first.")
     kinds = [k for k in PROMPT_KINDS if k in evaluation_ids] + sorted(set(evaluation_ids) - set(PROMPT_KINDS))
@@ -41,6 +58,7 @@ def results_rows(project: Project, evaluation_ids: dict[str, int] | None = None)
     header = ["id", "split", "text", "gold"]
     for kind in kinds:
         header += [f"{kind}_predicted", f"{kind}_confidence"]
+    header.append("rule_set")
     rows: list[list[Any]] = []
     for example_id in example_ids:
         ex = examples[example_id]
@@ -51,6 +69,7 @@ def results_rows(project: Project, evaluation_ids: dict[str, int] | None = None)
                 row += ["", ""]
             else:
                 row += [pred["predicted"], f"{float(pred['probs'].get(pred['predicted'], 0.0)):.6f}"]
+        row.append(f"v{rule_set_id}" if rule_set_id is not None else "")
         rows.append(row)
     return header, rows
 
@@ -65,9 +84,10 @@ def encode_csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
     return ("\ufeff" + buf.getvalue()).encode("utf-8")
 
 
-def export_results_csv(project: Project, path: str | Path, evaluation_ids: dict[str, int] | None = None) -> Path:
+def export_results_csv(project: Project, path: str | Path, evaluation_ids: dict[str, int] | None = None, *,
+                       rule_set_id: int | None = None) -> Path:
     """Write the per-example results to `path` atomically (temp file beside it, then replace)."""
     path = Path(path)
-    header, rows = results_rows(project, evaluation_ids)
+    header, rows = results_rows(project, evaluation_ids, rule_set_id=rule_set_id)
     write_atomic(path, encode_csv(header, rows))
     return path

@@ -9,14 +9,15 @@ from typing import Any, Mapping, Protocol, Sequence
 
 from .backends import Embedder
 from .progress import Progress, SilentProgress
-from .project import Project
+from .project import EDITED_RULE_SET, Project
 from .prompts import PromptRule, build_rules_prompt, sha256_text
 from .settings import RunSettings
+from .working import set_working_rule_set, working_rule_set
 
 Rule = dict[str, Any]
 
 EDIT_ORIGIN = "edit"
-HEAD_SETTING = "edited_rule_set_id"  # the editor's latest version; "chosen_rule_set_id" stays the pipeline's choice
+HEAD_SETTING = EDITED_RULE_SET  # the editor's latest version; the pipeline's choice is CHOSEN_RULE_SET
 NEW_UID_PREFIX = "E"
 
 
@@ -381,17 +382,13 @@ def save_version(project: Project, parent_id: int, rules: Sequence[Rule], reason
             project.add_conflict(new_id, ua, ub, source, why, evidence)
             stored.add((ua, ub, source))
     if set_head:
-        project.set_setting(HEAD_SETTING, new_id)
+        set_working_rule_set(project, new_id)
     return new_id
 
 
 def editor_start_version(project: Project) -> int | None:
-    """The version the editor opens on: its own head, else the pipeline's choice, else synthesis's version."""
-    for key in (HEAD_SETTING, "chosen_rule_set_id", "synthesis_rule_set_id"):
-        rs_id = project.get_setting(key)
-        if rs_id is not None and project.query("SELECT 1 FROM rule_sets WHERE id = ?", [rs_id]):
-            return int(rs_id)
-    return None
+    """The version the editor opens on: the working version (core.working)."""
+    return working_rule_set(project)
 
 
 class _NewConflictsOnly:

@@ -540,8 +540,8 @@ class MainWindow(QMainWindow):
     def _current_rule_set_id(self) -> int | None:
         if self.project is None:
             return None
-        return (self.project.get_setting("edited_rule_set_id") or self.project.get_setting("chosen_rule_set_id")
-                or self.project.get_setting("synthesis_rule_set_id"))
+        from ..core.working import working_rule_set
+        return working_rule_set(self.project)
 
     def _on_version_saved(self, rule_set_id: int) -> None:
         self.statusBar().showMessage(f"Saved rule-set version {rule_set_id}.", 4000)

@@ -13,6 +13,7 @@ from ..project import Example, Project
 from ..sampling import stratified_sample
 from ..prompts import FewShotExample, build_few_shot_prompt, build_zero_shot_prompt
 from ..settings import RunSettings
+from ..working import working_rule_set
 
 PHASE = 4
 
@@ -40,7 +41,7 @@ def test_examples(project: Project, settings: RunSettings) -> list[Example]:
 
 def run_evaluation(project: Project, student: Student, settings: RunSettings, progress: Progress, *,
                    rule_set_id: int | None = None) -> EvaluationReport:
-    rs_id = rule_set_id or project.get_setting("chosen_rule_set_id") or project.get_setting("synthesis_rule_set_id")
+    rs_id = rule_set_id if rule_set_id is not None else working_rule_set(project)
     if rs_id is None:
         project.set_phase(PHASE, "failed", 0, 0, "No rule set to evaluate: run phases 2-3 first.")
         raise ValueError("Phase 4 needs a rule set; run phase 2 (and 3) first.")
