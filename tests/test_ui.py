@@ -52,6 +52,16 @@ def _import_through_the_dialog(qtbot: Any, window: MainWindow, csv: Path, target
     window.new_project(csv)
 
 
+def _assert_results_history(window: MainWindow) -> None:
+    """The Results tab lists both baselines, and the pipeline's choice with its test score."""
+    model = window.views["results"].model
+    names = [model.values(r)[0] for r in range(model.rowCount())]
+    assert names[:2] == ["Zero-shot", "5-shot"], names
+    choice = model.history.pipeline_choice
+    row = names.index(f"v{choice}")
+    assert "pipeline's choice" in model.values(row)[1] and model.values(row)[7] is not None
+
+
 def test_full_gui_flow(qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     window = MainWindow(backends_factory=FakeBackends)
     qtbot.addWidget(window)
@@ -80,7 +90,7 @@ def test_full_gui_flow(qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     qtbot.waitUntil(lambda: window.worker is None)
     assert all("done" in card.state.text() for card in window.cards.values())
     assert "calls" in window.cards[1].teacher.text()
-    assert window.results.rowCount() == 3
+    _assert_results_history(window)
 
     # The rules editor shows the pipeline's choice with conflicts highlighted.
     editor = window.views["rules"]
@@ -135,7 +145,17 @@ def test_full_gui_flow(qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     again.open_project(target)
     assert again.tabs.currentIndex() == TAB_NAMES.index("Rules")
     assert again.views["rules"].model.rule_set_id == current
-    assert again.results.rowCount() == 3
+    _assert_results_history(again)
+
+    # The edited working version has no score yet; "Score on dev" scores it, its parent and the baselines.
+    results = again.views["results"]
+    assert f"v{current}" not in [results.model.values(r)[0] for r in range(results.model.rowCount())]
+    with qtbot.waitSignal(results.scoring_finished, timeout=60000) as scored:
+        assert results.score("dev")
+    assert scored.args[0] == "done", scored.args
+    names = [results.model.values(r)[0] for r in range(results.model.rowCount())]
+    values = results.model.values(names.index(f"v{current}"))
+    assert "working" in values[1] and values[3] is not None and values[4] is not None and values[5] is not None
     assert all("done" in card.state.text() for card in again.cards.values())
     again.close()
 

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QFont, QIcon, QKeySequence
-from PySide6.QtWidgets import (QApplication, QFileDialog, QGridLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QIcon, QKeySequence
+from PySide6.QtWidgets import (QApplication, QFileDialog, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
                                QListWidget, QListWidgetItem, QMainWindow, QMessageBox, QPlainTextEdit, QProgressBar,
-                               QPushButton, QSplitter, QStackedWidget, QTableWidget, QTableWidgetItem, QTabWidget,
+                               QPushButton, QSplitter, QStackedWidget, QTabWidget,
                                QVBoxLayout, QWidget)
 
 from .. import __version__
@@ -185,6 +185,9 @@ class MainWindow(QMainWindow):
         self._build_menus()
         self._build_central()
         self._refresh_timer = QTimer(self, interval=700, singleShot=True, timeout=self._refresh_live)
+        # Dev scores of an edit arrive without asking, a few seconds after the last edit, when nothing else runs.
+        self.auto_score_dev = True
+        self._auto_score_timer = QTimer(self, interval=3000, singleShot=True, timeout=self._auto_score)
         settings = QSettings()
         geometry = settings.value("window/geometry")
         if isinstance(geometry, QByteArray):
@@ -319,13 +322,8 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.clusters_holder, "Clusters")
         self.tabs.addTab(self.rules_holder, "Rules")
         self.tabs.addTab(self.compare_holder, "Test side by side")
-        self.results = QTableWidget(0, 6)
-        self.results.setHorizontalHeaderLabels(["Prompt", "Rule set", "Macro-F1", "Accuracy",
-                                                "Latency p50 (s)", "Test examples"])
-        self.results.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.results.horizontalHeader().setStretchLastSection(True)
-        self.results.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.tabs.addTab(self.results, "Results")
+        self.results_holder = self._holder("Open a project to see its scores.")
+        self.tabs.addTab(self.results_holder, "Results")
         self.tabs.currentChanged.connect(self._remember_view)
         outer.addWidget(self.tabs, 1)
         self.stack.addWidget(page)
@@ -481,6 +479,10 @@ class MainWindow(QMainWindow):
         self._rebuild_rules_view()
         self.views["compare"] = CompareView(self.project_path, self.backends_factory, self)
         self._put(self.compare_holder, self.views["compare"])
+        from .results_view import ResultsView
+        self.views["results"] = ResultsView(self.project_path, self.backends_factory, self)
+        self.views["results"].scoring_finished.connect(self._on_scored)
+        self._put(self.results_holder, self.views["results"])
 
     def _rebuild_rules_view(self) -> None:
         from .rules_view import RulesEditor
@@ -516,7 +518,8 @@ class MainWindow(QMainWindow):
                 w.deleteLater()
         for holder, text in ((self.clusters_holder, "Clusters appear after phase 2 (synthesis)."),
                              (self.rules_holder, "Rules appear after phase 2 (synthesis)."),
-                             (self.compare_holder, "Open a project to compare prompts.")):
+                             (self.compare_holder, "Open a project to compare prompts."),
+                             (self.results_holder, "Open a project to see its scores.")):
             self._put(holder, None, text)
 
     def _token_counter(self) -> Callable[[str], int] | None:
@@ -545,6 +548,34 @@ class MainWindow(QMainWindow):
 
     def _on_version_saved(self, rule_set_id: int) -> None:
         self.statusBar().showMessage(f"Saved rule-set version {rule_set_id}.", 4000)
+        compare = self.views.get("compare")
+        if compare is not None:
+            compare.refresh_choices()
+        self._show_results()
+        self._auto_score_timer.start()  # restarted by every edit: scores once the edits settle
+
+    def _student_idle(self) -> bool:
+        """No phase, comparison or score is using the student."""
+        compare, results = self.views.get("compare"), self.views.get("results")
+        return (self.worker is None and (compare is None or compare.worker is None)
+                and (results is None or not results.busy()))
+
+    def _auto_score(self) -> None:
+        """Score the working version on dev in the background while the student is idle (never on test)."""
+        results = self.views.get("results")
+        if results is None or not self.auto_score_dev or self.project is None:
+            return
+        if not self._student_idle():
+            self._auto_score_timer.start()  # try again later
+            return
+        working = self._current_rule_set_id()
+        if working is not None:
+            results.score("dev", working, auto=True)
+
+    def _on_scored(self, status: str, message: str) -> None:
+        self.log.appendPlainText(f"[{'info' if status == 'done' else status}] {message}")
+        if status == "done":
+            self.statusBar().showMessage(message, 6000)
         compare = self.views.get("compare")
         if compare is not None:
             compare.refresh_choices()
@@ -635,8 +666,17 @@ class MainWindow(QMainWindow):
                                           f"{estimate}\n\nThe teacher is {settings.teacher_model} (Gemini). Start?")
             if answer != QMessageBox.StandardButton.Yes:
                 return
+        results = self.views.get("results")
+        if results is not None and results.busy():
+            if not results.auto:
+                QMessageBox.information(self, "A score is running", "Cancel the score in the Results tab first.")
+                return
+            results.shutdown()  # a background dev score gives way; what it scored is kept and reused
+        self._auto_score_timer.stop()
         self._remember_view()
         self.running_phases = list(phases)
+        if results is not None:
+            results.set_stale(True)
         self.worker = PipelineThread(self.project_path, phases, self, backends_factory=self.backends_factory)
         self.worker.progress.begun.connect(self._on_begin)
         self.worker.progress.reported.connect(self._on_progress)
@@ -679,6 +719,8 @@ class MainWindow(QMainWindow):
         self.running_phases = []
         self._live = None
         self.stage.setText("")
+        if "results" in self.views:
+            self.views["results"].set_stale(False)
         message = prompt_kinds_in_words(message, self._settings().few_shot_k)
         self.statusBar().showMessage(message)
         self.log.appendPlainText(f"[{status}] {message}")
@@ -848,20 +890,9 @@ class MainWindow(QMainWindow):
                             busy=busy, eta=eta, teacher=teacher)
 
     def _show_results(self) -> None:
-        assert self.project is not None
-        last = self.project.get_setting("last_evaluation") or {}
-        names = {"pld": "PLD rules", "zero_shot": "Zero-shot", "few_shot": "5-shot"}
-        rows = [(names[k], self.project.evaluation(last[k])) for k in names if k in last]
-        self.results.setRowCount(len(rows))
-        for i, (name, ev) in enumerate(rows):
-            m = ev["metrics"] or {}
-            values = [name, f"v{ev['rule_set_id']}" if ev.get("rule_set_id") else "-", f"{m.get('macro_f1', 0):.3f}",
-                      f"{m.get('accuracy', 0):.3f}", f"{m.get('latency_p50_s') or 0:.3f}", str(ev["n_examples"])]
-            for j, v in enumerate(values):
-                item = QTableWidgetItem(v)
-                if j >= 2:
-                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                self.results.setItem(i, j, item)
+        view = self.views.get("results")
+        if view is not None and not view.busy():
+            view.reload()
 
 
 def _menu_actions(menu: Any) -> list[QAction]:

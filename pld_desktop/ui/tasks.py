@@ -81,20 +81,27 @@ class AnnouncingBackends:
         return getattr(self._inner, name)
 
 
+# A job for the runner besides the phases: (project, backends, settings, progress) -> a message for the user.
+# It runs on the worker thread with the thread's own project connection; raise Cancelled to stop.
+Job = Callable[[Any, Any, Any, ProgressBase], str]
+
+
 class PipelineThread(QThread):
-    """Opens its own connection to the project (one per thread) and runs the requested phases.
+    """Opens its own connection to the project (one per thread) and runs the requested phases, or one `job`
+    (scoring a version, recomputing conflicts, rule impact: the window's other background work).
 
     Cancellation is cooperative: `cancel()` sets the flag the phases check between items; never terminate().
     """
 
-    finished_with = Signal(str, str)  # status, message
+    finished_with = Signal(str, str)  # status ("done" | "cancelled" | "failed" | ...), message
 
     def __init__(self, project_path: Path, phases: Sequence[int], parent: QObject | None = None, *,
-                 backends_factory: Callable[[], Any] | None = None) -> None:
+                 backends_factory: Callable[[], Any] | None = None, job: Job | None = None) -> None:
         super().__init__(parent)
         self.project_path = project_path
         self.backends_factory = backends_factory
         self.phases = list(phases)
+        self.job = job
         self.progress = QtProgress()
 
     def cancel(self) -> None:
@@ -106,7 +113,21 @@ class PipelineThread(QThread):
         from ..core.project import Project
         from ..core.settings import load_settings
 
+        from ..core.progress import Cancelled
+
         backends = AnnouncingBackends((self.backends_factory or DefaultBackends)(), self.progress)
+        if self.job is not None:
+            try:
+                with Project.open(self.project_path) as project:
+                    message = self.job(project, backends, load_settings(project), self.progress)
+                self.finished_with.emit("done", message)
+            except Cancelled:
+                self.finished_with.emit("cancelled", "Stopped; what was scored so far is kept and reused.")
+            except Exception as exc:  # noqa: BLE001 - shown to the user in words
+                self.finished_with.emit("failed", str(exc) or type(exc).__name__)
+            finally:
+                backends.close()
+            return
         try:
             with Project.open(self.project_path) as project:
                 report = run_pipeline(project, load_settings(project), backends, self.progress, phases=self.phases,
