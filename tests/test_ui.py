@@ -15,6 +15,7 @@ from pld_desktop.core.project import Project
 from pld_desktop.resources import demo_csv
 from pld_desktop.ui.app import MainWindow, TAB_NAMES, _dropped_file
 from pld_desktop.ui.import_dialog import ImportDialog
+from pld_desktop.ui.results_view import HistoryModel
 
 from .fakes import FakeBackends, FakeTeacher
 from .test_pipeline import make_project
@@ -59,7 +60,7 @@ def _assert_results_history(window: MainWindow) -> None:
     assert names[:2] == ["Zero-shot", "5-shot"], names
     choice = model.history.pipeline_choice
     row = names.index(f"v{choice}")
-    assert "pipeline's choice" in model.values(row)[1] and model.values(row)[7] is not None
+    assert "pipeline's choice" in model.values(row)[1] and model.values(row)[HistoryModel.COL_TEST] is not None
 
 
 def test_full_gui_flow(qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -155,7 +156,9 @@ def test_full_gui_flow(qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert scored.args[0] == "done", scored.args
     names = [results.model.values(r)[0] for r in range(results.model.rowCount())]
     values = results.model.values(names.index(f"v{current}"))
-    assert "working" in values[1] and values[3] is not None and values[4] is not None and values[5] is not None
+    assert "working" in values[HistoryModel.COL_MARKS]
+    for col in (HistoryModel.COL_DEV, HistoryModel.COL_DEV_PARENT, HistoryModel.COL_DEV_ZERO, HistoryModel.COL_DEV_FEW):
+        assert values[col] is not None, HistoryModel.HEADERS[col]
     assert all("done" in card.state.text() for card in again.cards.values())
     again.close()
 

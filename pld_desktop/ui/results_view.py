@@ -44,10 +44,10 @@ def _delta(own: Score | None, other: Score | None) -> float | None:
 class HistoryModel(QAbstractTableModel):
     """Baselines first (zero-shot, k-shot), then every scored version, newest first. Read-only."""
 
-    HEADERS = ("Prompt", "Marked", "Made by", "Dev macro-F1", "Δ parent", "Δ zero-shot", "Δ k-shot",
-               "Test macro-F1", "Δ parent (test)", "Dev / test examples")
-    COL_VERSION, COL_MARKS, COL_ORIGIN, COL_DEV, COL_DEV_PARENT, COL_DEV_ZERO, COL_DEV_FEW, COL_TEST, \
-        COL_TEST_PARENT, COL_N = range(10)
+    HEADERS = ("Prompt", "Marked", "Dev macro-F1", "Δ parent", "Δ zero-shot", "Δ k-shot",
+               "Test macro-F1", "Δ parent (test)", "Dev / test n", "Made by")
+    COL_VERSION, COL_MARKS, COL_DEV, COL_DEV_PARENT, COL_DEV_ZERO, COL_DEV_FEW, COL_TEST, \
+        COL_TEST_PARENT, COL_N, COL_ORIGIN = range(10)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -102,18 +102,20 @@ class HistoryModel(QAbstractTableModel):
         dev, test = scores.get("dev"), scores.get("test")
         base = self.history.baselines
         if hr is None:
-            marks, origin = "baseline", ""
+            marks, origin = "baseline", "built from the task and labels" + ("" if name == "Zero-shot" else
+                                                                            " and training examples")
             parent_dev = zero = few = parent_test = None
         else:
             marks = ", ".join(m for m, on in (("working", hr.is_working),
                                               ("pipeline's choice", hr.is_pipeline_choice)) if on)
-            origin = hr.origin + (f" round {hr.round}" if hr.round else "")
+            origin = " ".join((hr.reason or hr.origin).split())
+            origin = origin if len(origin) <= 110 else origin[:109] + "…"
             parent_dev, parent_test = hr.dev_delta_vs_parent, hr.test_delta_vs_parent
             zero = _delta(dev, base.get("dev", {}).get("zero_shot"))
             few = _delta(dev, base.get("dev", {}).get("few_shot"))
         n = f"{dev.n if dev else '—'} / {test.n if test else '—'}"
-        return (name, marks, origin, dev.macro_f1 if dev else None, parent_dev, zero, few,
-                test.macro_f1 if test else None, parent_test, n)
+        return (name, marks, dev.macro_f1 if dev else None, parent_dev, zero, few,
+                test.macro_f1 if test else None, parent_test, n, origin)
 
     def data(self, index: ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid():
@@ -150,7 +152,7 @@ class HistoryModel(QAbstractTableModel):
             font.setBold(hr is not None and hr.is_working)
             font.setItalic(self.stale or hr is None)
             return font
-        if role == Qt.ItemDataRole.TextAlignmentRole and col >= self.COL_DEV:
+        if role == Qt.ItemDataRole.TextAlignmentRole and self.COL_DEV <= col <= self.COL_N:
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None
 
@@ -190,6 +192,7 @@ class ResultsView(QWidget):
         self.bar.setFormat("%v / %m")
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.bar.setVisible(False)  # shown while a score runs
         for w in (self.dev_btn, self.test_btn, self.cancel_btn, self.bar):
             row.addWidget(w)
         row.addWidget(self.status, 1)
@@ -281,6 +284,7 @@ class ResultsView(QWidget):
         self.worker.progress.reported.connect(self._on_progress)
         self.worker.finished_with.connect(self._on_finished)
         self.bar.setRange(0, 0)
+        self.bar.setVisible(True)
         self.status.setText(f"Scoring v{rs_id} on {split}" + (" (in the background, the student was idle)…"
                                                              if auto else "…"))
         self.worker.start()
@@ -311,8 +315,7 @@ class ResultsView(QWidget):
             self.worker.wait()
             self.worker.deleteLater()
         self.worker = None
-        self.bar.setRange(0, 1)
-        self.bar.setValue(1 if status == "done" else 0)
+        self.bar.setVisible(False)
         self.status.setStyleSheet("color: #c62828" if status == "failed" else "")
         self.status.setText(message)
         self.reload()
