@@ -200,12 +200,29 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    if args.rule_set is not None:
-        from .core.project import Project
-        with Project.open(args.project) as project:
-            project.rule_set(args.rule_set)  # clear error if it does not exist
-            project.set_setting("chosen_rule_set_id", args.rule_set)
-    return _run(args.project, args, [4], "eval")
+    """Score a version (default: the working one) on dev, or on test (phase 4: with zero-shot and few-shot)."""
+    from .core.phases.evaluation import run_evaluation
+    from .core.scoring import latest_scores, score_version, test_use_count
+    from .core.working import require_working_rule_set
+
+    def work(project: Any, student: Any, settings: Any, progress: ConsoleProgress) -> int:
+        rs_id = require_working_rule_set(project, args.rule_set)
+        if args.split == "test":
+            run_evaluation(project, student, settings, progress, rule_set_id=rs_id)
+            scores = latest_scores(project, rs_id, "test")
+            progress.close()
+            print(f"v{rs_id} on test: macro-F1 {scores['rules'].macro_f1:.3f}, accuracy "
+                  f"{scores['rules'].accuracy:.3f} (n={scores['rules'].n}); zero-shot "
+                  f"{scores['zero_shot'].macro_f1:.3f}, few-shot {scores['few_shot'].macro_f1:.3f}")
+            print(f"Versions scored on test so far: {test_use_count(project)} (the more versions are compared on "
+                  "test, the less the best test score proves).")
+            return EXIT_OK
+        result = score_version(project, student, rs_id, split="dev", settings=settings, progress=progress)
+        progress.close()
+        print(result.summary())
+        return EXIT_OK
+
+    return _with_student(args, work)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -214,11 +231,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .core.results_csv import export_results_csv
     with Project.open(args.project) as project:
         out = Path(args.out) if args.out else Path(args.project).resolve().parent / "exports"
-        prompt_formats = tuple(f for f in args.format if f != "csv")
-        paths = export_rule_set(project, out, prompt_formats, rule_set_id=args.rule_set) if prompt_formats else []
-        if "csv" in args.format:  # per-example test results; spreadsheet formulas neutralised
+        from .core.working import require_working_rule_set
+        rs_id = require_working_rule_set(project, args.rule_set)
+        formats = args.format or _default_export_formats(project, rs_id)
+        prompt_formats = tuple(f for f in formats if f != "csv")
+        paths = export_rule_set(project, out, prompt_formats, rule_set_id=rs_id) if prompt_formats else []
+        if "csv" in formats:  # per-example results of the same version; spreadsheet formulas neutralised
             out.mkdir(parents=True, exist_ok=True)
-            paths.append(export_results_csv(project, out / f"{Path(args.project).stem}-results.csv"))
+            paths.append(export_results_csv(project, out / f"{Path(args.project).stem}-results-v{rs_id}.csv",
+                                            rule_set_id=rs_id))
+    print(f"Exported rule-set version {rs_id}:", file=sys.stderr)
     for p in paths:
         print(p)
     return EXIT_OK
@@ -226,6 +248,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _status_dict(project: Any) -> dict[str, Any]:
     from .core.pipeline import PHASE_NAMES
+    from .core.project import CHOSEN_RULE_SET
     info = project.dataset_info() or {}
     counts = {r["split"]: r["n"] for r in project.query("SELECT split, COUNT(*) AS n FROM examples GROUP BY split")}
     phases = project.phase_states()
@@ -245,10 +268,10 @@ def _status_dict(project: Any) -> dict[str, Any]:
         "micro_rules": len(project.micro_rule_example_ids()),
         "failed_items": project.query("SELECT COUNT(*) AS n FROM failed_items")[0]["n"],
         "rule_sets": len(project.rule_sets()),
-        "chosen_rule_set": project.get_setting("chosen_rule_set_id"),
+        "chosen_rule_set": project.rule_set_pointer(CHOSEN_RULE_SET),
         "teacher": project.teacher_totals(),
         "evaluation": evals,
-    }
+    } | _loop_status(project)
 
 
 def _print_status(project: Any) -> None:
@@ -262,7 +285,8 @@ def _print_status(project: Any) -> None:
     print(f"  teacher: {t['calls']} calls ({t['failed']} invalid or failed attempts; {s['failed_items']} items "
           f"given up after retries), {t['prompt_tokens']:,} in / "
           f"{t['output_tokens'] + t['thoughts_tokens']:,} out tokens, ${t['cost_usd']:.4f}")
-    print(f"  micro-rules: {s['micro_rules']}, rule-set versions: {s['rule_sets']}, chosen: {s['chosen_rule_set']}")
+    print(f"  micro-rules: {s['micro_rules']}, rule-set versions: {s['rule_sets']}, chosen: {s['chosen_rule_set']}, "
+          f"working: {s['working_rule_set']} ({s['working_source']}); versions scored on test: {s['test_use_count']}")
     for kind, m in s["evaluation"].items():
         print(f"  test {kind:<10} macro-F1 {m['macro_f1']:.3f}  accuracy {m['accuracy']:.3f}  "
               f"p50 {m['latency_p50_s']:.3f} s")
@@ -317,6 +341,321 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for p in export_rule_set(project, folder / "exports"):
             print(p)
     return EXIT_OK
+
+
+# ---------------------------------------------------------------------------
+# The analyst's loop: working version, rules, versions, diff (issue 11)
+# ---------------------------------------------------------------------------
+def _default_export_formats(project: Any, rs_id: int) -> list[str]:
+    from .core.export import FORMATS
+    from .core.scoring import latest_scores
+    scored = bool(latest_scores(project, rs_id, "test") or latest_scores(project, rs_id, "dev"))
+    return list(FORMATS) + (["csv"] if scored else [])
+
+
+def _loop_status(project: Any) -> dict[str, Any]:
+    """The working version, every score and the test-use count, for `pld status` (--json too)."""
+    from .core.scoring import status_evaluations, test_use_count
+    from .core.working import working_version
+    wv = working_version(project)
+    return {"working_rule_set": wv.rule_set_id if wv else None, "working_source": wv.source if wv else None,
+            "evaluations": status_evaluations(project), "test_use_count": test_use_count(project)}
+
+
+def _with_student(args: argparse.Namespace, work: Any) -> int:
+    """Open the project, apply the run options, load the student and call `work(project, student, settings,
+    progress)`; Ctrl-C stops after the item in flight (what was scored is kept)."""
+    from .backends.factory import DefaultBackends
+    from .core.progress import Cancelled
+    from .core.project import Project
+    from .core.settings import load_settings
+
+    project = Project.open(args.project)
+    progress = ConsoleProgress(quiet=getattr(args, "quiet", False))
+    backends = DefaultBackends()
+    try:
+        if not project.has_dataset():
+            print("error: the project has no dataset; create it with 'pld init'.", file=sys.stderr)
+            return EXIT_INPUT
+        settings = load_settings(project)
+        _apply_run_overrides(settings, args)
+        from .core.working import require_working_rule_set
+        require_working_rule_set(project, getattr(args, "rule_set", None))  # before a model loads
+        _install_sigint(progress)
+        try:
+            return int(work(project, backends.student(settings), settings, progress))
+        except Cancelled:
+            progress.close()
+            print("Stopped. What was scored is saved; rerun the same command to go on.", file=sys.stderr)
+            return EXIT_CANCELLED
+    finally:
+        progress.close()
+        backends.close()
+        project.close()
+
+
+def _rule_ref(rules: list[dict[str, Any]], ref: str) -> str:
+    """A rule's uid from what the user typed: its number in the prompt ("3"), its uid ("R3", "E1"), or "dK"
+    for the K-th disabled rule (disabled rules have no number in the prompt)."""
+    from .core.diff import prompt_numbers
+    numbers = prompt_numbers(rules)
+    text = str(ref).strip()
+    if text.isdigit():
+        for uid, n in numbers.items():
+            if n == int(text):
+                return uid
+        raise ValueError(f"There is no rule {text} in the prompt (it has {max([n or 0 for n in numbers.values()] + [0])}"
+                         " numbered rules; disabled rules are named d1, d2, ... or by uid).")
+    disabled = [r["uid"] for r in rules if not r.get("enabled", True)]
+    if text.lower().startswith("d") and text[1:].isdigit():
+        k = int(text[1:])
+        if 1 <= k <= len(disabled):
+            return disabled[k - 1]
+        raise ValueError(f"There is no disabled rule {text} ({len(disabled)} rules are disabled).")
+    if any(r["uid"] == text for r in rules):
+        return text
+    raise ValueError(f"'{ref}' names no rule: use its number in the prompt, its uid (R3) or d1, d2 for disabled ones.")
+
+
+def _full_index_of_number(rules: list[dict[str, Any]], number: int, *, allow_end: bool) -> int:
+    from .core.diff import prompt_numbers
+    numbers = prompt_numbers(rules)
+    for i, r in enumerate(rules):
+        if numbers[r["uid"]] == number:
+            return i
+    count = max([n or 0 for n in numbers.values()] + [0])
+    if allow_end and number == count + 1:
+        return len(rules)
+    raise ValueError(f"Position {number} is outside the prompt's rules 1-{count}" + (f" (or {count + 1} for the end)"
+                                                                                      if allow_end else "") + ".")
+
+
+def _rule_edit(args: argparse.Namespace, rules: list[dict[str, Any]], labels: list[str]) -> Any:
+    from .core import rule_edits as E
+    action = args.action
+    if action == "add":
+        if not args.text or not args.label:
+            raise ValueError("pld rules P add needs --text and --label.")
+        if args.label not in labels:
+            raise ValueError(f"'{args.label}' is not a label of this project ({', '.join(labels)}).")
+        at = None if args.at is None else _full_index_of_number(rules, args.at, allow_end=True)
+        return E.Add(args.text, args.label, at)
+    if args.number is None:
+        raise ValueError(f"pld rules P {action} needs the rule's number, e.g. pld rules P {action} 3.")
+    uid = _rule_ref(rules, args.number)
+    if action == "set":
+        if args.text is None and args.label is None:
+            raise ValueError("pld rules P set N needs --text and/or --label.")
+        if args.label is not None and args.label not in labels:
+            raise ValueError(f"'{args.label}' is not a label of this project ({', '.join(labels)}).")
+        edits = ([E.SetText(uid, args.text)] if args.text is not None else []) + \
+            ([E.SetLabel(uid, args.label)] if args.label is not None else [])
+        return edits[0] if len(edits) == 1 else E.Compound(tuple(edits))
+    if action in ("disable", "enable"):
+        return E.SetEnabled(uid, action == "enable")
+    if action == "delete":
+        return E.Delete(uid)
+    if action == "move":
+        if args.to is None:
+            raise ValueError("pld rules P move N needs --to M (the rule's new number in the prompt).")
+        return E.Move(uid, _full_index_of_number(rules, args.to, allow_end=False))
+    if action == "fix-label":
+        return E.fix_label_to_text(rules, uid, labels)
+    if action == "fix-text":
+        return E.fix_text_to_label(rules, uid, labels)
+    raise ValueError(f"Unknown rules action '{action}'.")
+
+
+def _conflict_notes(conflicts: list[dict[str, Any]]) -> dict[str, list[str]]:
+    from .core.rule_edits import changed_since
+    notes: dict[str, list[str]] = {}
+    for c in conflicts:
+        a, b = c["rule_a"], c["rule_b"]
+        mark = " (rule changed since)" if changed_since(c) else ""
+        if a == b:
+            notes.setdefault(a, []).append(f"{c['source']}: {c['reason']}")
+            continue
+        notes.setdefault(a, []).append(f"{c['source']} with {b}{mark}")
+        notes.setdefault(b, []).append(f"{c['source']} with {a}{mark}")
+    return notes
+
+
+def _print_rules(project: Any, rs_id: int, impact: Any = None, as_json: bool = False) -> None:
+    from .core.diff import prompt_numbers
+    from .core.rule_edits import version_conflicts
+    from .core.working import working_version
+    rs = project.rule_set(rs_id)
+    numbers = prompt_numbers(rs.rules)
+    notes = _conflict_notes(version_conflicts(project, rs_id))
+    by_uid = impact.by_uid() if impact is not None else {}
+    if as_json:
+        rows = []
+        for r in rs.rules:
+            imp = by_uid.get(r["uid"])
+            rows.append({"number": numbers[r["uid"]], "uid": r["uid"], "label": r["label"], "text": r["text"],
+                         "enabled": bool(r.get("enabled", True)), "conflicts": notes.get(r["uid"], []),
+                         "impact": None if imp is None else {"delta_macro_f1": imp.delta, "hurts": imp.hurts,
+                                                             "macro_f1_without": imp.macro_f1_without,
+                                                             "flips": imp.flips}})
+        print(json.dumps({"rule_set": rs_id, "rules": rows,
+                          "impact": None if impact is None else {"macro_f1": impact.macro_f1, "n": impact.n,
+                                                                 "split": impact.split,
+                                                                 "complete": impact.complete}}, indent=2))
+        return
+    wv = working_version(project)
+    print(f"Rule-set version {rs_id}" + (" (working version)" if wv and wv.rule_set_id == rs_id else "")
+          + f": {sum(1 for n in numbers.values() if n)} rules in the prompt, "
+          f"{sum(1 for n in numbers.values() if n is None)} disabled")
+    if impact is not None:
+        print(f"Impact on dev (n={impact.n}, macro-F1 with every rule {impact.macro_f1:.3f}); delta = with - "
+              "without: positive helps, negative hurts" + ("" if impact.complete else " [partial]"))
+    disabled = 0
+    for r in rs.rules:
+        n = numbers[r["uid"]]
+        if n is None:
+            disabled += 1
+        tag = f"{n:>3}." if n is not None else f" d{disabled}"
+        state = "" if n is not None else "  [disabled]"
+        line = f"{tag} {r['uid']:<5} {r['label']:<14} {r['text']}{state}"
+        imp = by_uid.get(r["uid"])
+        if imp is not None:
+            line += f"\n       impact {imp.delta:+.3f} macro-F1, {len(imp.flips)} examples flip" + \
+                ("  HURTS" if imp.hurts else "")
+            if imp.flips:
+                line += "\n       flips: " + ", ".join(f"{f['example']} {f['with']}->{f['without']}"
+                                                      for f in imp.flips[:8]) + (" ..." if len(imp.flips) > 8 else "")
+        for note in notes.get(r["uid"], []):
+            line += f"\n       conflict: {note}"
+        print(line)
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    """List the working version's rules (with --impact: what each is worth on dev), or edit them: every edit is
+    a new version made by the same core edit commands as the window's undo stack."""
+    from .core.impact import rule_impact, stored_impact
+    from .core.project import Project
+    from .core.rule_edits import label_mismatches, save_version
+    from .core.working import require_working_rule_set
+
+    if args.action is None:
+        if args.impact:
+            def work(project: Any, student: Any, settings: Any, progress: ConsoleProgress) -> int:
+                rs_id = require_working_rule_set(project, args.rule_set)
+                report = rule_impact(project, student, rs_id, settings=settings, progress=progress)
+                progress.close()
+                _print_rules(project, rs_id, report, args.json)
+                return EXIT_OK
+            return _with_student(args, work)
+        with Project.open(args.project, read_only=True) as project:
+            rs_id = require_working_rule_set(project, args.rule_set)
+            _print_rules(project, rs_id, stored_impact(project, rs_id), args.json)
+        return EXIT_OK
+    with Project.open(args.project) as project:
+        parent_id = require_working_rule_set(project, args.rule_set)
+        parent = project.rule_set(parent_id)
+        edit = _rule_edit(args, parent.rules, parent.labels)
+        rules, _ = edit.apply(parent.rules)
+        new_id = save_version(project, parent_id, rules, f"pld rules: {edit.describe()}")
+        print(f"v{new_id} (from v{parent_id}): {edit.describe()}; v{new_id} is now the working version.")
+        for uid, said, label in label_mismatches(rules, parent.labels):
+            print(f"warning: {uid}'s text says {said}, its label is {label} (fix: pld rules {args.project} "
+                  f"fix-label {uid}, or fix-text {uid})", file=sys.stderr)
+    if not args.no_model_conflicts:
+        _recompute_conflicts(args, new_id)
+    return EXIT_OK
+
+
+def _recompute_conflicts(args: argparse.Namespace, rs_id: int) -> None:
+    """Similarity and co-firing conflicts of the edited rules, with the embedder (as the window does in the
+    background); a failure here leaves the version saved with its carried-over conflicts."""
+    from .backends.factory import DefaultBackends
+    from .core.progress import SilentProgress
+    from .core.project import Project
+    from .core.rule_edits import recompute_conflicts
+    from .core.settings import load_settings
+    backends = DefaultBackends()
+    try:
+        with Project.open(args.project) as project:
+            settings = load_settings(project)
+            added = recompute_conflicts(project, backends.embedder(settings), rs_id, settings, SilentProgress())
+        if added:
+            print(f"{added} similarity or co-firing conflict(s) found for the edited rule(s).", file=sys.stderr)
+    finally:
+        backends.close()
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from .core.project import Project
+    from .core.scoring import version_history
+    with Project.open(args.project, read_only=True) as project:
+        history = version_history(project)
+    if args.json:
+        print(json.dumps(history.to_json(), indent=2))
+        return EXIT_OK
+    if not history.rows:
+        print("No rule-set versions yet: run phases 1-2 (pld run) first.")
+        return EXIT_OK
+
+    def score(s: Any, delta: float | None) -> str:
+        if s is None:
+            return "-"
+        return f"{s.macro_f1:.3f}" + (f" ({delta:+.3f})" if delta is not None else "")
+
+    print(f"{'ver':>4} {'parent':>6}  {'dev F1 (vs parent)':<19} {'test F1 (vs parent)':<20} reason")
+    for r in history.rows:
+        marks = ("W" if r.is_working else " ") + ("P" if r.is_pipeline_choice else " ")
+        print(f"{marks}{r.rule_set_id:>3} {r.parent_id if r.parent_id else '-':>6}  "
+              f"{score(r.dev, r.dev_delta_vs_parent):<19} {score(r.test, r.test_delta_vs_parent):<20} "
+              f"{r.origin}: {r.reason}")
+    for split, base in history.baselines.items():
+        print(f"  baselines on {split}: " + ", ".join(f"{k} {s.macro_f1:.3f} (n={s.n})" for k, s in base.items()))
+    print(f"W = working version (v{history.working_rule_set}), P = pipeline's choice (v{history.pipeline_choice}); "
+          f"versions scored on test: {history.test_use_count}")
+    return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from .core.diff import diff_versions
+    from .core.project import Project
+    with Project.open(args.project, read_only=True) as project:
+        d = diff_versions(project, args.a, args.b)
+    print(json.dumps(d.to_json(), indent=2) if args.json else d.to_text())
+    return EXIT_OK
+
+
+def _add_loop_parsers(sub: Any, run_options: Any) -> None:
+    ru = sub.add_parser("rules", help="list the working version's rules (numbered as in the prompt) or edit them")
+    ru.add_argument("project")
+    ru.add_argument("action", nargs="?", choices=["set", "disable", "enable", "move", "add", "delete",
+                                                  "fix-label", "fix-text"],
+                    help="an edit (each makes a new version); none: list the rules")
+    ru.add_argument("number", nargs="?", help="the rule: its number in the prompt, its uid (R3), or d1, d2... "
+                                              "for disabled rules")
+    ru.add_argument("--text", help="the rule's new text (set, add)")
+    ru.add_argument("--label", help="the rule's label (set, add)")
+    ru.add_argument("--to", type=int, help="move: the rule's new number in the prompt")
+    ru.add_argument("--at", type=int, help="add: the new rule's number in the prompt (default: last)")
+    ru.add_argument("--rule-set", type=int, help="the version to list or edit (default: the working version)")
+    ru.add_argument("--impact", action="store_true",
+                    help="score the version on dev without each enabled rule: the change in macro-F1 and the "
+                         "examples that flip (runs the student; cached)")
+    ru.add_argument("--no-model-conflicts", action="store_true",
+                    help="after an edit, skip the embedder's similarity and co-firing check of the edited rule")
+    ru.add_argument("--json", action="store_true")
+    run_options(ru)
+    ru.set_defaults(func=cmd_rules)
+
+    v = sub.add_parser("versions", help="every rule-set version: parent, reason, dev and test scores")
+    v.add_argument("project")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_versions)
+
+    df = sub.add_parser("diff", help="rules added, removed, changed and moved between two versions")
+    df.add_argument("project")
+    df.add_argument("a", type=int)
+    df.add_argument("b", type=int)
+    df.add_argument("--json", action="store_true")
+    df.set_defaults(func=cmd_diff)
 
 
 # ---------------------------------------------------------------------------
@@ -380,17 +719,25 @@ def build_parser() -> argparse.ArgumentParser:
     run_options(r)
     r.set_defaults(func=cmd_run)
 
-    e = sub.add_parser("eval", help="phase 4: rule set vs zero-shot and 5-shot on the test split")
+    e = sub.add_parser("eval", help="score a version on dev (default), or on test against zero-shot and 5-shot")
     e.add_argument("project")
-    e.add_argument("--rule-set", type=int, help="rule-set version to evaluate (default: the chosen one)")
+    e.add_argument("--rule-set", type=int, help="rule-set version to score (default: the working version)")
+    e.add_argument("--split", choices=["dev", "test"], default="dev",
+                   help="dev: the everyday score, with its parent and the baselines (default); test: the final "
+                        "check (phase 4; every version scored on test is counted)")
     run_options(e)
     e.set_defaults(func=cmd_eval)
 
-    x = sub.add_parser("export", help="write the prompt as .txt, .md and .json")
+    x = sub.add_parser("export", help="write the working version's prompt (.txt .md .json), results and "
+                                      "deployment files")
     x.add_argument("project")
     x.add_argument("--out", help="output folder (default: exports/ beside the project)")
-    x.add_argument("--format", nargs="+", default=["txt", "md", "json"], choices=["txt", "md", "json", "csv"],
-                   help="txt/md/json: the rule prompt; csv: per-example test results of the last evaluation")
+    x.add_argument("--format", nargs="+", default=None,
+                   choices=["txt", "md", "json", "csv", "modelfile", "llama-server", "classify-py"],
+                   help="txt/md/json: the rule prompt; csv: per-example results of the version (its newest test "
+                        "score, else dev); modelfile: Ollama; llama-server: a llama.cpp server command and GBNF "
+                        "grammar; classify-py: a standalone script that classifies a CSV with the prompt. "
+                        "Default: all of them (csv when the version has a score)")
     x.add_argument("--rule-set", type=int)
     x.set_defaults(func=cmd_export)
 
@@ -409,6 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-iterations", type=int, default=2)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
+    _add_loop_parsers(sub, run_options)
     return p
 
 

@@ -59,8 +59,9 @@ def test_results_csv_has_every_test_example_and_each_prompts_prediction(evaluate
     path = export_results_csv(evaluated, tmp_path / "results.csv")
     header, rows = _read(path)
     assert header == ["id", "split", "text", "gold", "pld_predicted", "pld_confidence", "zero_shot_predicted",
-                      "zero_shot_confidence", "few_shot_predicted", "few_shot_confidence"]
+                      "zero_shot_confidence", "few_shot_predicted", "few_shot_confidence", "rule_set"]
     last = evaluated.get_setting("last_evaluation")
+    assert {r[-1] for r in rows} == {f"v{last['rule_set_id']}"}  # the version whose prompt made pld_predicted
     test = {e.ext_id: e for e in evaluated.examples(split="test")}
     assert sorted(r[0] for r in rows) == sorted(test)
     labels = set(evaluated.labels())
@@ -242,6 +243,7 @@ def test_pld_export_writes_the_results_csv(tmp_path: Path, capsys: pytest.Captur
     out = tmp_path / "out"
     assert main(["export", str(tmp_path / "p.pld"), "--out", str(out), "--format", "csv", "md"]) == 0
     written = sorted(p.name for p in out.iterdir())
-    assert written == ["p-results.csv", "p-rules-v" + written[1].split("-v")[1]] and written[1].endswith(".md")
-    rows = list(csv.reader(io.StringIO((out / "p-results.csv").read_text(encoding="utf-8-sig"))))
+    version = written[1].split("-v")[1].removesuffix(".md")
+    assert written == [f"p-results-v{version}.csv", f"p-rules-v{version}.md"]  # both name the working version
+    rows = list(csv.reader(io.StringIO((out / f"p-results-v{version}.csv").read_text(encoding="utf-8-sig"))))
     assert len(rows) == 1 + n_test

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from .export import write_atomic
 from .project import Project
 from .scoring import latest_scores
-from .working import require_working_rule_set
+from .working import require_working_rule_set, working_rule_set
 
 # Order of the prompts in the file; only those scored with the version on the same examples appear.
 PROMPT_KINDS = ("pld", "zero_shot", "few_shot")
@@ -29,13 +29,16 @@ def neutralise_cell(value: Any) -> Any:
 def working_evaluation_ids(project: Project, rule_set_id: int | None = None) -> tuple[int, dict[str, int]]:
     """(version, prompt kind -> evaluation id) for the results of `rule_set_id` (default: the working version):
     its newest test score with the baselines on the same examples, else its newest dev score."""
+    if rule_set_id is None and working_rule_set(project) is None:
+        raise ValueError("No per-example results yet: the project has no rule set; run phase 4 (evaluation) after "
+                         "phases 1-3, or score a version with pld eval.")
     rs_id = require_working_rule_set(project, rule_set_id)
     for split in ("test", "dev"):
         scores = latest_scores(project, rs_id, split)
         if scores:
             return rs_id, {("pld" if p == "rules" else p): s.evaluation_id for p, s in scores.items()}
-    raise ValueError(f"No per-example results for version {rs_id} yet: score it first "
-                     f"(pld eval --split dev, or --split test for the final check).")
+    raise ValueError(f"No per-example results for version {rs_id} yet: score it first (pld eval --split dev, "
+                     f"or run phase 4 / pld eval --split test for the final check).")
 
 
 def results_rows(project: Project, evaluation_ids: dict[str, int] | None = None, *,

@@ -331,6 +331,134 @@ def cheap_conflicts(rules: Sequence[Rule], changed: set[str]) -> list[tuple[str,
     return found
 
 
+# A rule's text can name a label ("..., answer unrelated.") that is not its label field: the prompt line then
+# reads "If ..., answer unrelated. -> stereotype", which contradicts itself. The cue must stand right before the
+# label so that "not stereotype" or a label word inside the condition is not taken for the rule's answer.
+_LABEL_CUE = r"(?:answer(?:\s+(?:is|with))?|(?:the\s+)?label(?:\s+(?:is|it|it\s+as|as))?|labell?ed(?:\s+as)?|" \
+             r"classif(?:y|ied)(?:\s+(?:it|this|the\s+\w+))?\s+as|->|=>|then(?:\s+it\s+is)?|it\s+is)"
+LABEL_MISMATCH = "label mismatch"
+
+
+def _label_matches(text: str, labels: Sequence[str]) -> list[re.Match[str]]:
+    found = []
+    for label in sorted(labels, key=len, reverse=True):
+        pattern = re.compile(rf"(?<![\w-]){_LABEL_CUE}\s*[:=]?\s*[\"'\u201c\u2018*]?(?P<label>{re.escape(label)})"
+                             rf"(?![\w-])", re.I)
+        found += list(pattern.finditer(text))
+    return sorted(found, key=lambda m: m.start("label"))
+
+
+def text_label(text: str, labels: Sequence[str]) -> str | None:
+    """The label the rule's text names as its answer (the last one cued by "answer", "label", "->", ...),
+    spelled as in `labels`; None when the text names none."""
+    matches = _label_matches(str(text), labels)
+    if not matches:
+        return None
+    said = matches[-1].group("label").lower()
+    return next(lab for lab in labels if lab.lower() == said)
+
+
+def label_mismatches(rules: Sequence[Rule], labels: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(uid, label the text names, label field) for every rule whose text names another label than its own."""
+    out = []
+    for r in rules:
+        said = text_label(r["text"], labels)
+        if said is not None and said != r["label"]:
+            out.append((r["uid"], said, r["label"]))
+    return out
+
+
+def mismatch_conflict(uid: str, said: str, label: str) -> tuple[str, str, str, str, dict[str, Any]]:
+    return (uid, uid, LABEL_MISMATCH, f"text says {said}, label is {label}", {"text_label": said, "label": label})
+
+
+def fix_label_to_text(rules: Sequence[Rule], uid: str, labels: Sequence[str]) -> SetLabel:
+    """The edit that sets the rule's label to the label its text names (one-click fix of a label mismatch)."""
+    rule = rules[_index(rules, uid)]
+    said = text_label(rule["text"], labels)
+    if said is None:
+        raise RuleEditError(f"The text of {uid} names no label.")
+    return SetLabel(uid, said)
+
+
+def fix_text_to_label(rules: Sequence[Rule], uid: str, labels: Sequence[str]) -> SetText:
+    """The edit that rewrites the label the rule's text names into the rule's label field (the other fix)."""
+    rule = rules[_index(rules, uid)]
+    matches = _label_matches(rule["text"], labels)
+    if not matches:
+        raise RuleEditError(f"The text of {uid} names no label.")
+    m = matches[-1]
+    text = rule["text"][:m.start("label")] + rule["label"] + rule["text"][m.end("label"):]
+    return SetText(uid, text)
+
+
+def changed_since(conflict: Mapping[str, Any]) -> list[str]:
+    """The rules of a carried teacher conflict that were edited after the teacher named it (empty: unchanged)."""
+    evidence = conflict.get("evidence")
+    return list(evidence.get("rule_changed_since", [])) if isinstance(evidence, dict) else []
+
+
+def _content(rules: Sequence[Rule]) -> dict[str, tuple[str, str]]:
+    return {r["uid"]: (r["text"], r["label"]) for r in rules}
+
+
+def _lineage(project: Project, rule_set_id: int, limit: int = 200) -> list[int]:
+    """`rule_set_id` and its ancestors, nearest first."""
+    parents = project.rule_set_parents()
+    out: list[int] = []
+    current: int | None = rule_set_id
+    while current is not None and current not in out and len(out) < limit:
+        out.append(current)
+        current = parents.get(current)
+    return out
+
+
+def carry_conflicts(project: Project, parent_id: int, new_id: int, rules: Sequence[Rule]) -> None:
+    """Conflicts of a new edited version, by stable rule id (uid).
+
+    - A pair whose two rules have the same text and label as in the parent, or in an older ancestor, keeps that
+      version's conflicts: undoing an edit gives back exactly the conflicts from before it. When the whole rule
+      list equals an ancestor's, that ancestor's conflicts are copied as they are and nothing else is added.
+    - A teacher conflict whose rule changed is kept, marked `rule_changed_since` (the teacher cannot be asked
+      again on every keystroke); similarity and co-firing are for `recompute_conflicts` to find again.
+    - Cheap conflicts (same condition, duplicates) of the changed rules and label mismatches are added.
+    """
+    content = _content(rules)
+    lineage = _lineage(project, parent_id)
+    versions = {rs_id: project.rule_set(rs_id) for rs_id in lineage}
+    same = next((rs_id for rs_id in lineage if _content(versions[rs_id].rules) == content
+                 and [r["uid"] for r in versions[rs_id].rules] == [r["uid"] for r in rules]), None)
+    if same is not None:
+        for c in project.conflicts(same):
+            project.add_conflict(new_id, c["rule_a"], c["rule_b"], c["source"], c["reason"], c["evidence"])
+        return
+    stored: dict[tuple[str, str, str], tuple[str, Any]] = {}
+    for rs_id in lineage:
+        there = _content(versions[rs_id].rules)
+        for c in project.conflicts(rs_id):
+            key = (c["rule_a"], c["rule_b"], c["source"])
+            if key in stored or c["source"] == LABEL_MISMATCH:
+                continue
+            if all(u in content and content[u] == there.get(u) for u in (c["rule_a"], c["rule_b"])):
+                stored[key] = (c["reason"], c["evidence"])
+    parent_content = _content(versions[parent_id].rules)
+    for c in project.conflicts(parent_id):
+        key = (c["rule_a"], c["rule_b"], c["source"])
+        if c["source"] != "teacher" or key in stored or not (c["rule_a"] in content and c["rule_b"] in content):
+            continue
+        edited = {u for u in (c["rule_a"], c["rule_b"]) if content[u] != parent_content.get(u)}
+        evidence = dict(c["evidence"]) if isinstance(c["evidence"], dict) else {"was": c["evidence"]}
+        evidence["rule_changed_since"] = sorted(set(changed_since(c)) | edited)
+        stored[key] = (c["reason"], evidence)
+    changed = {u for u in content if content[u] != parent_content.get(u)}
+    found = cheap_conflicts(rules, changed)
+    found += [mismatch_conflict(*m) for m in label_mismatches(rules, versions[parent_id].labels)]
+    for ua, ub, source, why, evidence in found:
+        stored.setdefault((ua, ub, source), (why, evidence))
+    for (ua, ub, source), (why, evidence) in stored.items():
+        project.add_conflict(new_id, ua, ub, source, why, evidence)
+
+
 # ---------------------------------------------------------------------------
 # Saving
 # ---------------------------------------------------------------------------
@@ -369,18 +497,7 @@ def save_version(project: Project, parent_id: int, rules: Sequence[Rule], reason
     new_id = project.add_rule_set(parent_id=parent_id, reason=reason, origin=EDIT_ORIGIN, round=None,
                                   task=parent.task, labels=list(parent.labels), meanings=dict(parent.meanings),
                                   rules=rules, prompt_text=prompt, prompt_sha256=sha256_text(prompt))
-    before = {r["uid"]: (r["text"], r["label"]) for r in parent.rules}
-    unchanged = {r["uid"] for r in rules if before.get(r["uid"]) == (r["text"], r["label"])}
-    stored: set[tuple[str, str, str]] = set()
-    for c in project.conflicts(parent_id):
-        if c["rule_a"] in unchanged and c["rule_b"] in unchanged:
-            project.add_conflict(new_id, c["rule_a"], c["rule_b"], c["source"], c["reason"], c["evidence"])
-            stored.add((c["rule_a"], c["rule_b"], c["source"]))
-    changed = {r["uid"] for r in rules} - unchanged
-    for ua, ub, source, why, evidence in cheap_conflicts(rules, changed):
-        if (ua, ub, source) not in stored:
-            project.add_conflict(new_id, ua, ub, source, why, evidence)
-            stored.add((ua, ub, source))
+    carry_conflicts(project, parent_id, new_id, rules)
     if set_head:
         set_working_rule_set(project, new_id)
     return new_id
@@ -392,16 +509,20 @@ def editor_start_version(project: Project) -> int | None:
 
 
 class _NewConflictsOnly:
-    """Lets synthesis's `store_conflicts` write into a version that already has conflicts without repeating them."""
+    """Lets synthesis's `store_conflicts` write into a version that already has conflicts without repeating them;
+    with `only`, pairs without one of those rules are skipped (they were carried over unchanged)."""
 
-    def __init__(self, project: Project, rule_set_id: int) -> None:
+    def __init__(self, project: Project, rule_set_id: int, only: set[str] | None = None) -> None:
         self.project = project
         self.existing = {(c["rule_a"], c["rule_b"], c["source"]) for c in project.conflicts(rule_set_id)}
+        self.only = only
         self.added = 0
 
     def add_conflict(self, rule_set_id: int, rule_a: str, rule_b: str, source: str, reason: str,
                      evidence: Any) -> int:
         if (rule_a, rule_b, source) in self.existing:
+            return 0
+        if self.only is not None and rule_a not in self.only and rule_b not in self.only:
             return 0
         self.existing.add((rule_a, rule_b, source))
         self.added += 1
@@ -409,7 +530,8 @@ class _NewConflictsOnly:
 
 
 def add_model_conflicts(project: Project, embedder: Embedder, rule_set_id: int,
-                        settings: RunSettings | None = None, progress: Progress | None = None) -> int:
+                        settings: RunSettings | None = None, progress: Progress | None = None, *,
+                        only: set[str] | None = None) -> int:
     """The slower pass for a saved version: similarity and co-firing conflicts from the embedder (as synthesis
     finds them), skipping those already stored. Embeddings come from the project's cache when present.
     Returns how many conflicts were added. Meant for a background task after edits settle."""
@@ -423,6 +545,37 @@ def add_model_conflicts(project: Project, embedder: Embedder, rule_set_id: int,
     micro = project.micro_rules()
     micro_vecs = embed_cached(project, embedder, [m["rule"] for m in micro], progress) if micro else None
     rule_vecs = embed_cached(project, embedder, [r["text"] for r in rules], progress)
-    sink = _NewConflictsOnly(project, rule_set_id)
+    sink = _NewConflictsOnly(project, rule_set_id, only)
     store_conflicts(sink, rule_set_id, rules, rule_vecs, [], micro, micro_vecs, settings)  # type: ignore[arg-type]
     return sink.added
+
+
+def edited_rules(project: Project, rule_set_id: int) -> set[str]:
+    """uids of the rules that are new or whose text or label differ from the parent version's."""
+    rs = project.rule_set(rule_set_id)
+    if rs.parent_id is None:
+        return {r["uid"] for r in rs.rules}
+    before = _content(project.rule_set(rs.parent_id).rules)
+    return {u for u, c in _content(rs.rules).items() if before.get(u) != c}
+
+
+def recompute_conflicts(project: Project, embedder: Embedder, rule_set_id: int,
+                        settings: RunSettings | None = None, progress: Progress | None = None) -> int:
+    """The background pass after an edit: similarity and co-firing conflicts of the edited rules (pairs of
+    unchanged rules were carried over by `save_version`). Idempotent; returns how many conflicts were added."""
+    return add_model_conflicts(project, embedder, rule_set_id, settings, progress,
+                               only=edited_rules(project, rule_set_id))
+
+
+def version_conflicts(project: Project, rule_set_id: int) -> list[dict[str, Any]]:
+    """A version's stored conflicts plus its label mismatches (found from the text, so versions saved before
+    the check existed, e.g. synthesis's, show them too)."""
+    rs = project.rule_set(rule_set_id)
+    conflicts = project.conflicts(rule_set_id)
+    have = {(c["rule_a"], c["source"]) for c in conflicts if c["source"] == LABEL_MISMATCH}
+    for uid, said, label in label_mismatches(rs.rules, rs.labels):
+        if (uid, LABEL_MISMATCH) not in have:
+            ua, ub, source, reason, evidence = mismatch_conflict(uid, said, label)
+            conflicts.append({"id": None, "rule_set_id": rule_set_id, "rule_a": ua, "rule_b": ub, "source": source,
+                              "reason": reason, "evidence": evidence, "created_at": None})
+    return conflicts

@@ -37,6 +37,7 @@ class Score:
     accuracy: float
     n: int
     student_sha256: str
+    prompt_sha256: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"rule_set": self.rule_set_id, "prompt": self.prompt, "split": self.split,
@@ -85,7 +86,7 @@ def _score(ev: dict[str, Any]) -> Score:
     m = ev["metrics"] or {}
     return Score(int(ev["id"]), ev["rule_set_id"], PROMPT_NAMES.get(ev["kind"], ev["kind"]), ev["split"],
                  float(m.get("macro_f1", 0.0)), float(m.get("accuracy", 0.0)), int(m.get("n", ev["n_examples"])),
-                 str((ev.get("student") or {}).get("sha256", "")))
+                 str((ev.get("student") or {}).get("sha256", "")), str(ev.get("prompt_sha256", "")))
 
 
 def split_examples(project: Project, split: str, settings: RunSettings | None = None) -> list[Example]:
@@ -150,25 +151,43 @@ def score_on_test(project: Project, student: Student, rule_set_id: int | None = 
 
 
 def all_scores(project: Project) -> list[Score]:
-    """Every finished evaluation on dev or test, oldest first (the closed loop's training-sample scores are
-    internal and left out)."""
+    """Every finished evaluation on dev or test, oldest first, as recorded (the closed loop's training-sample
+    scores are internal and left out)."""
     return [_score(ev) for ev in project.evaluations_done() if ev["split"] in SPLITS]
+
+
+def _version_scores(project: Project, scores: Sequence[Score] | None = None) -> list[Score]:
+    """Every dev/test score of every version's own prompt, attributed by prompt bytes: an evaluation is a score
+    of each version whose prompt has that sha256, whoever ran it (the closed loop, phase 4, rule impact's
+    "without rule i" that equals a version with that rule disabled, side by side)."""
+    scores = all_scores(project) if scores is None else scores
+    by_sha: dict[str, list[int]] = {}
+    for v in project.rule_sets():
+        by_sha.setdefault(v["prompt_sha256"], []).append(int(v["id"]))
+    out = []
+    for s in scores:
+        if s.prompt in BASELINE_KINDS:
+            continue
+        for rs_id in by_sha.get(s.prompt_sha256, []):
+            out.append(Score(s.evaluation_id, rs_id, "rules", s.split, s.macro_f1, s.accuracy, s.n,
+                             s.student_sha256, s.prompt_sha256))
+    return out
 
 
 def test_use_count(project: Project) -> int:
     """How many distinct rule-set versions have been scored on the test split: the more versions are compared
     on test, the less the best test score proves."""
-    return len({s.rule_set_id for s in all_scores(project) if s.split == "test" and s.prompt == "rules"})
+    return len({s.rule_set_id for s in _version_scores(project) if s.split == "test"})
 
 
 def latest_scores(project: Project, rule_set_id: int, split: str) -> dict[str, Score]:
     """The newest score of `rule_set_id` on `split` ("rules") and the baselines scored with the same student on
     the same number of examples ("zero_shot", "few_shot"), when present."""
     scores = all_scores(project)
-    mine = [s for s in scores if s.rule_set_id == rule_set_id and s.prompt == "rules" and s.split == split]
+    mine = [s for s in _version_scores(project, scores) if s.rule_set_id == rule_set_id and s.split == split]
     if not mine:
         return {}
-    own = mine[-1]
+    own = max(mine, key=lambda s: s.evaluation_id)
     out = {"rules": own}
     for s in scores:
         if s.prompt in BASELINE_KINDS and s.split == split and s.n == own.n and s.student_sha256 == own.student_sha256:
@@ -230,15 +249,14 @@ def version_history(project: Project) -> History:
     """Every version with its newest dev and test score (the pipeline's and the user's alike), deltas against
     the parent's score with the same student on the same number of examples, and the baselines."""
     scores = all_scores(project)
+    mine = sorted(_version_scores(project, scores), key=lambda s: s.evaluation_id)
     newest: dict[tuple[int, str], Score] = {}
-    for s in scores:
-        if s.prompt == "rules" and s.rule_set_id is not None:
-            newest[(s.rule_set_id, s.split)] = s
     # Parent deltas only compare like with like: same split, student and example count.
     by_shape: dict[tuple[int, str, str, int], Score] = {}
-    for s in scores:
-        if s.prompt == "rules" and s.rule_set_id is not None:
-            by_shape[(s.rule_set_id, s.split, s.student_sha256, s.n)] = s
+    for s in mine:
+        assert s.rule_set_id is not None
+        newest[(s.rule_set_id, s.split)] = s
+        by_shape[(s.rule_set_id, s.split, s.student_sha256, s.n)] = s
     history = History(working_rule_set=working_rule_set(project), pipeline_choice=pipeline_choice(project),
                       test_use_count=len({rs for rs, split in newest if split == "test"}))
     for v in project.rule_sets():
@@ -258,3 +276,23 @@ def version_history(project: Project) -> History:
         if s.prompt in BASELINE_KINDS:
             history.baselines.setdefault(s.split, {})[s.prompt] = s
     return history
+
+
+def status_evaluations(project: Project) -> list[dict[str, Any]]:
+    """`pld status --json`'s `evaluations`: {rule_set, prompt, split, macro_f1, accuracy, n} for each version's
+    newest dev and test score (`prompt` "rules"), and the newest zero-shot and few-shot baselines per split and
+    example count (`prompt` "zero_shot" / "few_shot", `rule_set` null: their prompt has no rules). "custom" (a
+    prompt pasted in side by side) is listed too, with `rule_set` null. Rule impact's "without rule i" scores
+    are internal and left out (see `pld rules --impact`)."""
+    history = version_history(project)
+    out: list[dict[str, Any]] = []
+    for row in history.rows:
+        for s in (row.dev, row.test):
+            if s is not None:
+                out.append(s.to_json())
+    newest: dict[tuple[str, str, int], Score] = {}
+    for s in all_scores(project):
+        if s.prompt in BASELINE_KINDS or s.prompt == "custom":
+            newest[(s.prompt, s.split, s.n)] = s
+    out += [s.to_json() | {"rule_set": None} for s in newest.values()]
+    return [{k: v for k, v in e.items() if k != "evaluation_id"} for e in out]
