@@ -14,7 +14,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLab
 
 from ..core.project import Project, ProjectFileError
 from ..core.scoring import History, HistoryRow, Score, version_history
-from .tasks import PipelineThread
+from .tasks import PipelineThread, keep_alive
 
 ModelIndex = QModelIndex | QPersistentModelIndex
 VersionRole = Qt.ItemDataRole.UserRole + 1   # the row's rule-set id (None on a baseline row)
@@ -278,8 +278,8 @@ class ResultsView(QWidget):
             if answer != QMessageBox.StandardButton.Yes:
                 return False
         self.auto = auto
-        self.worker = PipelineThread(self.project_path, [], self, backends_factory=self.backends_factory,
-                                     job=score_job(rs_id, split))
+        self.worker = keep_alive(PipelineThread(self.project_path, [], None, backends_factory=self.backends_factory,
+                                                job=score_job(rs_id, split)))
         self.worker.progress.begun.connect(self._on_begun)
         self.worker.progress.reported.connect(self._on_progress)
         self.worker.finished_with.connect(self._on_finished)
@@ -311,9 +311,10 @@ class ResultsView(QWidget):
         self.status.setText(f"{self.worker.progress.stage}: {done}/{total}")
 
     def _on_finished(self, status: str, message: str) -> None:
+        if self.worker is not None and self.sender() is not self.worker:
+            return  # a score stopped by shutdown() ending after a newer one started
         if self.worker is not None:
             self.worker.wait()
-            self.worker.deleteLater()
         self.worker = None
         self.bar.setVisible(False)
         self.status.setStyleSheet("color: #c62828" if status == "failed" else "")

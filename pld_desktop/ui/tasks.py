@@ -137,3 +137,16 @@ class PipelineThread(QThread):
             self.finished_with.emit("failed", str(exc))
         finally:
             backends.close()
+
+
+# Background jobs whose view went away before they ended stay referenced here until they finish: a running
+# QThread must not be destroyed with its parent. Views create job threads without a parent and call this.
+_LIVE_JOBS: set[PipelineThread] = set()
+
+
+def keep_alive(thread: PipelineThread) -> PipelineThread:
+    """Hold a reference to `thread` until it has finished (then it is deleted later)."""
+    _LIVE_JOBS.add(thread)
+    thread.finished.connect(lambda t=thread: (_LIVE_JOBS.discard(t), t.deleteLater()))
+    return thread
+
