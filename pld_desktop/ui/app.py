@@ -33,7 +33,7 @@ PHASE_HINTS = {1: "The teacher explains each training example as a general rule 
                2: "Micro-rules are embedded, clustered per label and merged into a short rule list.",
                3: "The student runs on training data; the teacher repairs the rules its mistakes expose.",
                4: "The student answers the locked test split with the rules, zero-shot and 5-shot."}
-TAB_NAMES = ("Run", "Clusters", "Rules", "Test side by side", "Results")
+TAB_NAMES = ("Run", "Clusters", "Rules", "Test side by side", "Results", "Version diff")
 MAX_RECENT = 8
 
 
@@ -324,6 +324,8 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.compare_holder, "Test side by side")
         self.results_holder = self._holder("Open a project to see its scores.")
         self.tabs.addTab(self.results_holder, "Results")
+        self.diff_holder = self._holder("Open a project to compare its rule-set versions.")
+        self.tabs.addTab(self.diff_holder, "Version diff")
         self.tabs.currentChanged.connect(self._remember_view)
         outer.addWidget(self.tabs, 1)
         self.stack.addWidget(page)
@@ -483,6 +485,9 @@ class MainWindow(QMainWindow):
         self.views["results"] = ResultsView(self.project_path, self.backends_factory, self)
         self.views["results"].scoring_finished.connect(self._on_scored)
         self._put(self.results_holder, self.views["results"])
+        from .diff_view import DiffView
+        self.views["diff"] = DiffView(self.project_path, self)
+        self._put(self.diff_holder, self.views["diff"])
 
     def _rebuild_rules_view(self) -> None:
         from .rules_view import RulesEditor
@@ -498,6 +503,7 @@ class MainWindow(QMainWindow):
                              backends_factory=self.backends_factory)
         editor.export_requested.connect(lambda rs_id: self.export(("txt", "md", "json"), rs_id))
         editor.version_saved.connect(self._on_version_saved)
+        editor.version_picked.connect(self._on_version_picked)
         self.views["rules"] = editor
         # The editor's own actions (not copies): one QAction per shortcut keeps Ctrl+Z unambiguous.
         self.edit_menu.addActions([editor.undo_action, editor.redo_action])
@@ -519,7 +525,8 @@ class MainWindow(QMainWindow):
         for holder, text in ((self.clusters_holder, "Clusters appear after phase 2 (synthesis)."),
                              (self.rules_holder, "Rules appear after phase 2 (synthesis)."),
                              (self.compare_holder, "Open a project to compare prompts."),
-                             (self.results_holder, "Open a project to see its scores.")):
+                             (self.results_holder, "Open a project to see its scores."),
+                             (self.diff_holder, "Open a project to compare its rule-set versions.")):
             self._put(holder, None, text)
 
     def _token_counter(self) -> Callable[[str], int] | None:
@@ -552,7 +559,16 @@ class MainWindow(QMainWindow):
         if compare is not None:
             compare.refresh_choices()
         self._show_results()
+        if "diff" in self.views:
+            self.views["diff"].refresh_choices()
         self._auto_score_timer.start()  # restarted by every edit: scores once the edits settle
+
+    def _on_version_picked(self, rule_set_id: int) -> None:
+        self.statusBar().showMessage(f"Version {rule_set_id} is now the working version.", 4000)
+        for name in ("compare", "diff"):
+            if name in self.views:
+                self.views[name].refresh_choices()
+        self._show_results()
 
     def _student_idle(self) -> bool:
         """No phase, comparison or score is using the student."""
@@ -733,8 +749,9 @@ class MainWindow(QMainWindow):
             view = self.views.get(name)
             if view is not None:
                 view.reload()
-        if "compare" in self.views:
-            self.views["compare"].refresh_choices()
+        for name in ("compare", "diff"):
+            if name in self.views:
+                self.views[name].refresh_choices()
         if "rules" not in self.views or status == "done":
             self._rebuild_rules_view()
         self._refresh()

@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDia
 
 from ..core.backends import Prediction
 from ..core.compare import (ComparisonResult, ComparisonRow, ExampleSet, PromptChoice, classify_both,
-                            compare_prompts, prompt_choices, resolve_prompt)
+                            compare_prompts, default_pair, prompt_choices, resolve_prompt)
 from ..core.dataset import ColumnMapping, render_template
 from ..core.progress import Cancelled
 from ..core.project import Project
@@ -317,6 +317,7 @@ class CompareView(QWidget):
         self._loaded_csv: ExampleSet | None = None
         self._last_example_index = 0
         self._stale_try = False
+        self._last_defaults: list[Any] = [None, None]
         self._build()
         self.refresh_choices()
 
@@ -549,15 +550,14 @@ class CompareView(QWidget):
         """Re-read versions and split sizes from the project (call after the rules change); keeps selections."""
         with Project.open(self.project_path, read_only=True) as project:
             choices = prompt_choices(project)
-            chosen = project.get_setting("chosen_rule_set_id")
+            default_a, default_b = default_pair(project)  # the working version vs zero-shot
             counts = {r["split"]: r["n"] for r in project.query(
                 "SELECT split, COUNT(*) AS n FROM examples GROUP BY split")}
-        default_a = next((c for c in choices if c.kind == "current_edit"), None) \
-            or next((c for c in choices if c.kind == "version" and c.rule_set_id == chosen), None) \
-            or choices[0]
-        default_b = next(c for c in choices if c.kind == "zero_shot")
-        for combo, default in ((self.prompt_a, default_a), (self.prompt_b, default_b)):
+        before = [c.currentData().key if c.currentData() is not None else None for c in (self.prompt_a, self.prompt_b)]
+        for i, (combo, default) in enumerate(((self.prompt_a, default_a), (self.prompt_b, default_b))):
             keep = combo.currentData().key if combo.currentData() is not None else default.key
+            if keep == self._last_defaults[i]:
+                keep = default.key  # the user left the default: it follows the working version
             combo.blockSignals(True)
             combo.clear()
             for choice in choices:
@@ -567,6 +567,10 @@ class CompareView(QWidget):
             combo.setCurrentIndex(index)
             combo.setToolTip(combo.currentText())
             combo.blockSignals(False)
+        self._last_defaults = [default_a.key, default_b.key]
+        after = [c.currentData().key if c.currentData() is not None else None for c in (self.prompt_a, self.prompt_b)]
+        if after != before or any(k and k[0] == "current_edit" for k in after):
+            self.clear_try_answers()  # the answers shown came from other prompts
 
         current = self.examples.currentData()
         self.examples.clear()
