@@ -38,6 +38,7 @@ class DiffView(QWidget):
         super().__init__(parent)
         self.project_path = Path(project_path)
         self.diff: VersionDiff | None = None
+        self._last_defaults: tuple[Any, Any] = (None, None)
         outer = QVBoxLayout(self)
         pick = QHBoxLayout()
         self.version_a = QComboBox()
@@ -104,10 +105,14 @@ class DiffView(QWidget):
             self.summary.setText(f"Cannot read the versions: {exc}")
             return
         parents = {v["id"]: v["parent_id"] for v in versions}
+        # Default: from the pipeline's choice to the working version (what the analyst changed), else from
+        # the working version's parent. A pair the user has not changed follows the defaults.
+        default_b = working
+        default_a = choice if choice is not None and choice != working else parents.get(working) if working else None
         keep_a, keep_b = self.version_a.currentData(), self.version_b.currentData()
-        if keep_b is None and working is not None:
-            keep_b = working
-            keep_a = parents.get(working) or choice
+        if (keep_a, keep_b) == self._last_defaults or keep_a is None or keep_b is None:
+            keep_a, keep_b = default_a if default_a is not None else working, default_b
+        self._last_defaults = (default_a if default_a is not None else working, default_b)
         for combo, keep in ((self.version_a, keep_a), (self.version_b, keep_b)):
             combo.blockSignals(True)
             combo.clear()

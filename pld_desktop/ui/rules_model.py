@@ -24,7 +24,7 @@ SortRole = Qt.ItemDataRole.UserRole + 4       # what the tree sorts by (prompt o
 ImpactRole = Qt.ItemDataRole.UserRole + 5     # the rule's core.impact.RuleImpact, or None when not computed
 
 COL_NUMBER, COL_TEXT, COL_LABEL, COL_ENABLED, COL_MICRO, COL_CONFLICTS, COL_IMPACT = range(7)
-HEADERS = ("#", "Rule", "Label", "Enabled", "Micro-rules", "Conflicts", "Without it (dev F1)")
+HEADERS = ("#", "Rule", "Label", "Enabled", "Micro-rules", "Conflicts", "Without it")
 HURTS_FOREGROUND = QColor(198, 40, 40)
 HELPS_FOREGROUND = QColor(46, 125, 50)
 RULE_MIME = "application/x-pld-rule-uids"
@@ -279,6 +279,10 @@ class RulesModel(QAbstractItemModel):
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole \
                 and 0 <= section < len(HEADERS):
             return HEADERS[section]
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.ToolTipRole \
+                and section == COL_IMPACT:
+            return ("The change in dev macro-F1 when the rule is left out of the prompt, and how many dev examples "
+                    "change their answer. ⚠ marks a rule the version is better without. Sort to rank the rules.")
         return None
 
     def flags(self, index: _Index) -> Qt.ItemFlag:
@@ -331,9 +335,8 @@ class RulesModel(QAbstractItemModel):
             if col == COL_NUMBER:
                 return row
             if col == COL_IMPACT:
-                # Sorted by the change without the rule: the rules that hurt most (largest gain without) last
-                # in ascending order; rules not scored sort after every scored one.
-                return -impact.delta if impact is not None else float("inf")
+                # Ascending = least worth first: the rules that hurt most lead; rules not scored come last.
+                return impact.delta if impact is not None else float("inf")
             if col == COL_CONFLICTS:
                 return len(found)
             if col == COL_MICRO:
@@ -403,8 +406,9 @@ class RulesModel(QAbstractItemModel):
         change = -impact.delta  # macro-F1 without the rule minus with it
         flips = len(impact.flips)
         if role == Qt.ItemDataRole.DisplayRole:
-            mark = "⚠ hurts: " if impact.hurts else ""
-            return f"{mark}{change:+.3f} · {flips} flip{'s' if flips != 1 else ''}"
+            mark = "⚠ hurts " if impact.hurts else ""
+            shown = "±0.000" if abs(change) < 0.0005 else f"{change:+.3f}"
+            return f"{mark}{shown}, {flips} flip{'s' if flips != 1 else ''}"
         if role == Qt.ItemDataRole.ForegroundRole:
             dark = QApplication.palette().color(QPalette.ColorRole.Base).lightness() < 128
             hurts, helps = (HURTS_FOREGROUND.lighter(170), HELPS_FOREGROUND.lighter(170)) if dark else \

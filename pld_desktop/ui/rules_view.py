@@ -286,7 +286,7 @@ class RulesEditor(QWidget):
                                     "Export this version as .txt, .md and .json")
         self.toolbar.addSeparator()
         self.find_conflicts_action = action(
-            "Find conflicts with the embedder", QStyle.StandardPixmap.SP_FileDialogContentsView,
+            "Find conflicts", QStyle.StandardPixmap.SP_FileDialogContentsView,
             self.find_conflicts,
             "Embed the rules of this version and add the conflicts phase 2 would find: very similar rules with "
             "different labels, and rules that fire on the same training items but lead to different labels")
@@ -295,6 +295,13 @@ class RulesEditor(QWidget):
             "Rule impact", QStyle.StandardPixmap.SP_FileDialogDetailedView, self.compute_impact,
             "Score this version on dev without each enabled rule in turn (in the background): the column "
             "'Without it' shows the change in dev macro-F1 and the examples that flip; rules that hurt are marked")
+
+        # Undo/redo name the edit ("Undo relabelled R8 as complaint"): icons only, so the toolbar fits 1280 px;
+        # the text stays in the tooltip and in the Edit menu.
+        for act in (self.undo_action, self.redo_action):
+            button = self.toolbar.widgetForAction(act)
+            if button is not None:
+                button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonIconOnly)
 
         self.filter_box = QLineEdit()
         self.filter_box.setPlaceholderText("Filter rules by text, label or id…")
@@ -339,7 +346,7 @@ class RulesEditor(QWidget):
         self.tree.setSortingEnabled(True)
         self.tree.sortByColumn(COL_NUMBER, Qt.SortOrder.AscendingOrder)
         header.sortIndicatorChanged.connect(self._on_sort_changed)
-        header.resizeSection(COL_NUMBER, 110)
+        header.resizeSection(COL_NUMBER, 64)
         header.sectionResized.connect(lambda col, *_: col == COL_TEXT and self.tree.scheduleDelayedItemsLayout())
         self.tree.selectionModel().selectionChanged.connect(lambda *_: self._on_selection())
         # Delete acts on the tree only, so the key still deletes characters in the filter box and in editors.
