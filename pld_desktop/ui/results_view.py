@@ -325,8 +325,8 @@ class ResultsView(QWidget):
     # -- display ---------------------------------------------------------------------------------
     def set_stale(self, stale: bool) -> None:
         """Mark the shown scores as from before the run in progress (greyed, with a note)."""
-        self.stale_note.setVisible(stale)
         self.model.set_stale(stale)
+        self.stale_note.setVisible(stale)
         self._update_buttons()
 
     def _update_buttons(self, *_: Any) -> None:
@@ -336,7 +336,7 @@ class ResultsView(QWidget):
         self.dev_btn.setText(f"Score{label} on dev")
         self.test_btn.setText(f"Score{label} on test…")
         for b in (self.dev_btn, self.test_btn):
-            b.setEnabled(not running and target is not None and not self.stale_note.isVisible())
+            b.setEnabled(not running and target is not None and not self.model.stale)
         self.cancel_btn.setEnabled(running)
 
     def shutdown(self) -> None:
