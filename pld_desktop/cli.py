@@ -347,10 +347,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # The analyst's loop: working version, rules, versions, diff (issue 11)
 # ---------------------------------------------------------------------------
 def _default_export_formats(project: Any, rs_id: int) -> list[str]:
-    from .core.export import FORMATS
+    from .core.export import ALL_FORMATS
     from .core.scoring import latest_scores
     scored = bool(latest_scores(project, rs_id, "test") or latest_scores(project, rs_id, "dev"))
-    return list(FORMATS) + (["csv"] if scored else [])
+    return list(ALL_FORMATS) + (["csv"] if scored else [])
 
 
 def _loop_status(project: Any) -> dict[str, Any]:

@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from .deploy import DEPLOY_FORMATS, deploy_files
 from .project import Project
 from .scoring import latest_scores
 from .working import require_working_rule_set, working_rule_set
 from .prompts import student_user_message
 
 FORMATS = ("txt", "md", "json")
+ALL_FORMATS = FORMATS + DEPLOY_FORMATS  # the prompt documents plus the deployment files (core/deploy.py)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -235,14 +237,20 @@ def export_rule_set(project: Project, out_dir: str | os.PathLike, formats: tuple
     payload = export_payload(project, rule_set_id)
     rs = payload["rule_set"]
     stem = stem or f"{project.path.stem}-rules-v{rs.id}"
-    written = []
+    unknown = [f for f in formats if f not in RENDERERS and f not in DEPLOY_FORMATS]
+    if unknown:
+        raise ValueError(f"Unknown export format '{unknown[0]}'; choose from {', '.join(ALL_FORMATS)}.")
+    files: list[tuple[str, str, bytes]] = []  # rendered first, so a format that cannot be written writes nothing
     for fmt in formats:
-        if fmt not in RENDERERS:
-            raise ValueError(f"Unknown export format '{fmt}'; choose from {', '.join(FORMATS)}.")
-        data = RENDERERS[fmt](payload)
-        path = out_dir / f"{stem}.{fmt}"
+        if fmt in RENDERERS:
+            files.append((fmt, f"{stem}.{fmt}", RENDERERS[fmt](payload)))
+        else:
+            files += [(fmt, name, data) for name, data in deploy_files(fmt, payload, stem)]
+    written = []
+    pld = payload["evaluations"].get("pld") or payload["dev_evaluations"].get("pld")
+    for fmt, name, data in files:
+        path = out_dir / name
         write_atomic(path, data)
-        pld = payload["evaluations"].get("pld")
         project.record_export(path, fmt, hashlib.sha256(data).hexdigest(), rs.id, pld["id"] if pld else None)
         written.append(path)
     return written

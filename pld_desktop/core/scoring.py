@@ -175,9 +175,9 @@ def _version_scores(project: Project, scores: Sequence[Score] | None = None) -> 
 
 
 def test_use_count(project: Project) -> int:
-    """How many distinct rule-set versions have been scored on the test split: the more versions are compared
-    on test, the less the best test score proves."""
-    return len({s.rule_set_id for s in _version_scores(project) if s.split == "test"})
+    """How many distinct rule-set prompts have been scored on the test split: the more versions are compared on
+    test, the less the best test score proves. Versions with byte-identical prompts count once (one comparison)."""
+    return len({s.prompt_sha256 for s in _version_scores(project) if s.split == "test"})
 
 
 def latest_scores(project: Project, rule_set_id: int, split: str) -> dict[str, Score]:
@@ -258,7 +258,7 @@ def version_history(project: Project) -> History:
         newest[(s.rule_set_id, s.split)] = s
         by_shape[(s.rule_set_id, s.split, s.student_sha256, s.n)] = s
     history = History(working_rule_set=working_rule_set(project), pipeline_choice=pipeline_choice(project),
-                      test_use_count=len({rs for rs, split in newest if split == "test"}))
+                      test_use_count=len({s.prompt_sha256 for s in mine if s.split == "test"}))
     for v in project.rule_sets():
         row = HistoryRow(v["id"], v["parent_id"], v["origin"], v["round"], v["reason"], v["created_at"],
                          newest.get((v["id"], "dev")), newest.get((v["id"], "test")))

@@ -1,0 +1,295 @@
+#!/usr/bin/env python3
+"""Classify a CSV with a PLD Desktop rule prompt on a local GGUF model through llama-cpp-python.
+
+Template of the `classify-py` export (core/deploy.py fills the block between the PLD-CONFIG marks); the app
+never imports it. The decision rule is the app's: P(label) is the probability that decoding constrained to the
+labels writes that label, computed from the model's next-token logits where the allowed answers branch, and
+the answer is its argmax (the first label wins a tie). Logits are evaluated on the app's fixed schedule (the
+system part, the input, the answer so far, each as one batch), so the same GGUF, context size and
+llama-cpp-python build give the app's labels.
+
+Usage: python classify.py input.csv [--model model.gguf] [--out labelled.csv] [--text-column COL]
+Needs: pip install llama-cpp-python numpy
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import ctypes
+import heapq
+import itertools
+import math
+import sys
+
+# PLD-CONFIG-BEGIN
+SYSTEM_PROMPT = "Classify the input into exactly one of the labels below."
+LABELS = ["a", "b"]
+MESSAGE_HEAD = ""               # the user message is MESSAGE_HEAD + input + MESSAGE_TAIL
+MESSAGE_TAIL = ""
+INPUT_PARTS: list = [["text", True]]  # [text, is_column]: how the input columns combine into the input
+DEFAULT_MODEL = ""
+N_CTX = 4096
+RULE_SET = 0
+PROMPT_SHA256 = ""
+# PLD-CONFIG-END
+
+MIN_BRANCH_PROB = 3e-3
+MAX_EVALUATIONS = 8
+
+
+def render_input(record: dict) -> str:
+    out = []
+    for part, is_column in INPUT_PARTS:
+        if not is_column:
+            out.append(part)
+            continue
+        if part not in record:
+            raise SystemExit(f"error: the CSV has no column '{part}' (the project's input columns: "
+                             f"{', '.join(p for p, c in INPUT_PARTS if c)}); or pass --text-column")
+        value = record[part] or ""
+        out.append(str(value).replace("\r\n", "\n").replace("\r", "\n").strip())
+    return "".join(out).strip()
+
+
+class Model:
+    def __init__(self, path: str, n_ctx: int) -> None:
+        import llama_cpp
+        import llama_cpp.llama_cpp as capi
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        import numpy as np
+
+        self.np, self.capi = np, capi
+        self.llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, seed=0, verbose=False)
+        if int(capi.llama_model_n_swa(self.llm.model)) > 0:
+            # As the app: on a sliding-window model (Gemma 3) flash attention and one decode thread.
+            del self.llm
+            self.llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_threads=1, seed=0, flash_attn=True,
+                                       verbose=False)
+        llm = self.llm
+        self.n_vocab = llm.n_vocab()
+        self.n_swa = int(capi.llama_model_n_swa(llm.model))
+        template = (llm.metadata or {}).get("tokenizer.chat_template")
+        self.formatter = None
+        if template:
+            def text(t: int) -> str:
+                return llm._model.token_get_text(t) if t != -1 else ""
+            self.formatter = Jinja2ChatFormatter(template=template, eos_token=text(llm.token_eos()),
+                                                 bos_token=text(llm.token_bos()), add_generation_prompt=True,
+                                                 stop_token_ids=[llm.token_eos()])
+        self.label_prefix = "" if self.formatter is not None else " "
+        vocab = capi.llama_model_get_vocab(llm.model)
+        self.end_tokens = [t for t in range(self.n_vocab) if capi.llama_vocab_is_eog(vocab, t)] or [llm.token_eos()]
+        self.pieces: dict[bytes, list[int]] = {}
+        buf = ctypes.create_string_buffer(128)
+        for t in range(self.n_vocab):
+            n = capi.llama_token_to_piece(vocab, t, buf, 128, 0, False)
+            if n < 0:
+                big = ctypes.create_string_buffer(-n)
+                n = capi.llama_token_to_piece(vocab, t, big, -n, 0, False)
+                piece = big.raw[:n]
+            else:
+                piece = buf.raw[:n]
+            if piece:
+                self.pieces.setdefault(piece, []).append(t)
+        self.anchor: int | None = None
+        self.logits_at: int | None = None
+        self.boundaries: tuple = ()
+
+    # -- tokens --------------------------------------------------------------------------------------
+    def prompt_tokens(self, text: str) -> list[int]:
+        message = MESSAGE_HEAD + text + MESSAGE_TAIL
+        if self.formatter is None:
+            return self.llm.tokenize(message.encode("utf-8"), add_bos=True, special=False)
+        rendered = self.formatter(messages=[{"role": "user", "content": message}]).prompt
+        return self.llm.tokenize(rendered.encode("utf-8"), add_bos=False, special=True)
+
+    # -- the app's evaluation schedule ---------------------------------------------------------------
+    def _memory(self):  # type: ignore[no-untyped-def]
+        return self.capi.llama_get_memory(self.llm.ctx)
+
+    def _clear(self) -> None:
+        self.capi.llama_memory_clear(self._memory(), False)
+        self.llm.n_tokens = 0
+        self.anchor = None
+        self.logits_at = None
+
+    def _truncate(self, keep: int) -> int:
+        llm, capi = self.llm, self.capi
+        if keep >= llm.n_tokens:
+            return llm.n_tokens
+        pos_min = int(capi.llama_memory_seq_pos_min(self._memory(), 0))
+        required = max(0, keep - self.n_swa) if self.n_swa > 0 else 0
+        if keep > 0 and 0 <= pos_min <= required and capi.llama_memory_seq_rm(self._memory(), 0, keep, -1):
+            llm.n_tokens = keep
+            self.logits_at = None
+            if self.anchor is not None and self.anchor > keep:
+                self.anchor = None
+            return keep
+        self._clear()
+        return 0
+
+    def begin(self, prompt: list[int], system_end: int) -> None:
+        llm = self.llm
+        system_end = max(0, min(system_end, len(prompt) - 1))
+        self.boundaries = tuple(sorted({system_end, len(prompt)} - {0}))
+        if (system_end > 0 and self.anchor == system_end and llm.n_tokens >= system_end
+                and list(llm.input_ids[:system_end]) == prompt[:system_end]):
+            if self._truncate(system_end) == system_end:
+                return
+        self._clear()
+
+    def position(self, target: list[int]) -> None:
+        llm = self.llm
+        n = llm.n_tokens
+        current = list(llm.input_ids[:n])
+        common = 0
+        for a, b in zip(current, target):
+            if a != b:
+                break
+            common += 1
+        if common == len(target) == n and self.logits_at == n:
+            return
+        limit = min(common, len(target) - 1)
+        system_end = self.boundaries[0] if len(self.boundaries) > 1 else None
+        keep = max([0] + [b for b in self.boundaries if b <= limit and (b != system_end or self.anchor == b)])
+        keep = self._truncate(keep)
+        cuts = [keep] + [b for b in self.boundaries if keep < b < len(target)] + [len(target)]
+        for start, stop in zip(cuts, cuts[1:]):
+            llm.eval(target[start:stop])
+            if start == 0:
+                self.anchor = stop
+        self.logits_at = llm.n_tokens
+
+    def logits(self):  # type: ignore[no-untyped-def]
+        pointer = self.capi.llama_get_logits_ith(self.llm.ctx, -1)
+        return self.np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
+
+    # -- P(label) ------------------------------------------------------------------------------------
+    def classify(self, text: str, system_end_probe: list[int]) -> tuple[str, dict[str, float]]:
+        prompt = self.prompt_tokens(text)
+        system_end = 0
+        for a, b in zip(system_end_probe, prompt):
+            if a != b:
+                break
+            system_end += 1
+        self.begin(prompt, system_end)
+        spelled = {label: (self.label_prefix + label).encode("utf-8") for label in LABELS}
+        by_text = {t: label for label, t in spelled.items()}
+        np = self.np
+        ends = np.asarray(sorted(set(self.end_tokens)), dtype=np.int64)
+
+        def consistent(written: bytes) -> list[str]:
+            return [label for label, t in spelled.items() if t.startswith(written)]
+
+        def expand(path: tuple, written: bytes) -> list[tuple[int, bytes, float]]:
+            found: dict[int, bytes] = {}
+            for label in consistent(written):
+                rest = spelled[label][len(written):]
+                for k in range(1, len(rest) + 1):
+                    for token in self.pieces.get(rest[:k], ()):
+                        found.setdefault(int(token), rest[:k])
+            options = sorted(found.items())
+            if written in by_text:
+                options.append((-1, b""))
+            self.position(prompt + list(path))
+            logits = self.logits()
+            steps = []
+            for token, piece in options:
+                if token == -1:
+                    values = np.asarray(logits[ends], dtype=np.float64)
+                    top = float(np.max(values))
+                    lse = top if not math.isfinite(top) else top + math.log(float(np.sum(np.exp(values - top))))
+                    steps.append((token, b"", lse))
+                else:
+                    steps.append((token, piece, float(logits[token])))
+            return steps
+
+        max_path = self.llm.n_ctx() - len(prompt)
+        mass = {label: 0.0 for label in spelled}
+        unexplored: list[tuple[float, list[str]]] = []
+        evaluations = 0
+        counter = itertools.count()
+        heap: list = [(-1.0, next(counter), (), b"")]
+        while heap:
+            neg_p, _, path, written = heapq.heappop(heap)
+            p = -neg_p
+            alive = consistent(written)
+            if len(alive) == 1:
+                mass[alive[0]] += p
+                continue
+            if evaluations >= MAX_EVALUATIONS or len(path) >= max_path:
+                unexplored.append((p, alive))
+                continue
+            options = expand(path, written)
+            evaluations += 1
+            if not options:
+                unexplored.append((p, alive))
+                continue
+            top = max(logp for _, _, logp in options)
+            norm = top + math.log(math.fsum(math.exp(logp - top) for _, _, logp in options)) \
+                if math.isfinite(top) else top
+            for step, piece, logp in options:
+                q = p * math.exp(logp - norm)
+                if piece == b"":
+                    mass[by_text[written]] += q
+                    continue
+                child = written + piece
+                child_labels = consistent(child)
+                if len(child_labels) == 1:
+                    mass[child_labels[0]] += q
+                elif q >= MIN_BRANCH_PROB:
+                    heapq.heappush(heap, (-q, next(counter), path + (step,), child))
+                else:
+                    unexplored.append((q, child_labels))
+        explored = dict(mass)
+        for q, alive in unexplored:
+            weights = [explored[label] for label in alive]
+            share = math.fsum(weights)
+            for label, weight in zip(alive, weights):
+                mass[label] += q * (weight / share if share > 0 else 1.0 / len(alive))
+        total = math.fsum(mass.values())
+        probs = {label: (v / total if total > 0 and math.isfinite(total) else 1.0 / len(mass))
+                 for label, v in mass.items()}
+        return max(LABELS, key=lambda label: probs[label]), probs
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=f"Classify a CSV with PLD rule-set version {RULE_SET} "
+                                             f"(prompt sha256 {PROMPT_SHA256[:16]}).")
+    ap.add_argument("csv", help="input CSV (UTF-8) with the project's input columns, or see --text-column")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="the student GGUF (default: the one the app scored)")
+    ap.add_argument("--n-ctx", type=int, default=N_CTX)
+    ap.add_argument("--text-column", help="a column that already holds the rendered input text")
+    ap.add_argument("--out", help="output CSV (default: standard output)")
+    args = ap.parse_args(argv)
+    if not args.model:
+        raise SystemExit("error: pass --model path/to/student.gguf")
+    with open(args.csv, newline="", encoding="utf-8-sig") as fh:
+        records = list(csv.DictReader(fh))
+    model = Model(args.model, args.n_ctx)
+    # The tokens shared by the prompts of two unrelated inputs depend only on the system prompt (as the app).
+    probe_a, probe_b = model.prompt_tokens("A"), model.prompt_tokens("z")
+    shared = 0
+    for a, b in zip(probe_a, probe_b):
+        if a != b:
+            break
+        shared += 1
+    probe = probe_a[:shared]
+    out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
+    try:
+        fields = list(records[0].keys()) if records else []
+        writer = csv.writer(out)
+        writer.writerow(fields + ["predicted", "confidence"])
+        for record in records:
+            text = str(record.get(args.text_column) or "").strip() if args.text_column else render_input(record)
+            label, probs = model.classify(text, probe)
+            writer.writerow([record.get(f, "") for f in fields] + [label, f"{probs[label]:.6f}"])
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
