@@ -239,7 +239,7 @@ def test_editor_widget_keyboard_toolbar_versions_and_export(qtbot, project_path:
     with qtbot.waitSignal(editor.version_saved, timeout=2000) as blocker:
         qtbot.keyClick(tree, Qt.Key.Key_Delete)
     assert second not in uids(model) and blocker.args == [model.rule_set_id]
-    assert editor.versions.currentData() == model.rule_set_id and "latest edit" in editor.versions.currentText()
+    assert editor.versions.currentData() == model.rule_set_id and "working" in editor.versions.currentText()
     assert editor.prompt_view.toPlainText() == editor.project.rule_set(model.rule_set_id).prompt_text
     qtbot.keyClick(tree, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
     assert uids(model)[1] == second

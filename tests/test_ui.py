@@ -15,6 +15,7 @@ from pld_desktop.core.project import Project
 from pld_desktop.resources import demo_csv
 from pld_desktop.ui.app import MainWindow, TAB_NAMES, _dropped_file
 from pld_desktop.ui.import_dialog import ImportDialog
+from pld_desktop.ui.results_view import HistoryModel
 
 from .fakes import FakeBackends, FakeTeacher
 from .test_pipeline import make_project
@@ -52,6 +53,16 @@ def _import_through_the_dialog(qtbot: Any, window: MainWindow, csv: Path, target
     window.new_project(csv)
 
 
+def _assert_results_history(window: MainWindow) -> None:
+    """The Results tab lists both baselines, and the pipeline's choice with its test score."""
+    model = window.views["results"].model
+    names = [model.values(r)[0] for r in range(model.rowCount())]
+    assert names[:2] == ["Zero-shot", "5-shot"], names
+    choice = model.history.pipeline_choice
+    row = names.index(f"v{choice}")
+    assert "pipeline's choice" in model.values(row)[1] and model.values(row)[HistoryModel.COL_TEST] is not None
+
+
 def test_full_gui_flow(qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     window = MainWindow(backends_factory=FakeBackends)
     qtbot.addWidget(window)
@@ -80,7 +91,7 @@ def test_full_gui_flow(qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     qtbot.waitUntil(lambda: window.worker is None)
     assert all("done" in card.state.text() for card in window.cards.values())
     assert "calls" in window.cards[1].teacher.text()
-    assert window.results.rowCount() == 3
+    _assert_results_history(window)
 
     # The rules editor shows the pipeline's choice with conflicts highlighted.
     editor = window.views["rules"]
@@ -135,7 +146,20 @@ def test_full_gui_flow(qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     again.open_project(target)
     assert again.tabs.currentIndex() == TAB_NAMES.index("Rules")
     assert again.views["rules"].model.rule_set_id == current
-    assert again.results.rowCount() == 3
+    _assert_results_history(again)
+
+    # Nothing is scored against the baselines on dev yet; "Score on dev" scores the working version, its parent
+    # and both baselines on dev. (Undo made its prompt equal v1's, so the history already knows its dev score.)
+    results = again.views["results"]
+    assert "dev" not in results.model.history.baselines
+    with qtbot.waitSignal(results.scoring_finished, timeout=60000) as scored:
+        assert results.score("dev")
+    assert scored.args[0] == "done", scored.args
+    names = [results.model.values(r)[0] for r in range(results.model.rowCount())]
+    values = results.model.values(names.index(f"v{current}"))
+    assert "working" in values[HistoryModel.COL_MARKS]
+    for col in (HistoryModel.COL_DEV, HistoryModel.COL_DEV_PARENT, HistoryModel.COL_DEV_ZERO, HistoryModel.COL_DEV_FEW):
+        assert values[col] is not None, HistoryModel.HEADERS[col]
     assert all("done" in card.state.text() for card in again.cards.values())
     again.close()
 

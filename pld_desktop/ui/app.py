@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QFont, QIcon, QKeySequence
-from PySide6.QtWidgets import (QApplication, QFileDialog, QGridLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QIcon, QKeySequence
+from PySide6.QtWidgets import (QApplication, QFileDialog, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
                                QListWidget, QListWidgetItem, QMainWindow, QMessageBox, QPlainTextEdit, QProgressBar,
-                               QPushButton, QSplitter, QStackedWidget, QTableWidget, QTableWidgetItem, QTabWidget,
+                               QPushButton, QSplitter, QStackedWidget, QTabWidget,
                                QVBoxLayout, QWidget)
 
 from .. import __version__
@@ -26,13 +26,16 @@ from .tasks import PipelineThread
 
 STATE_COLOURS = {"done": "#2e7d32", "running": "#1565c0", "failed": "#c62828", "cancelled": "#ef6c00",
                  "paused": "#ef6c00", "interrupted": "#ef6c00"}
+# The same states on a dark palette: the light-theme shades are too dark to read on a dark window.
+STATE_COLOURS_DARK = {"done": "#81c784", "running": "#64b5f6", "failed": "#ef9a9a", "cancelled": "#ffb74d",
+                      "paused": "#ffb74d", "interrupted": "#ffb74d"}
 STATE_WORDS = {"done": "done", "running": "running", "failed": "failed", "cancelled": "stopped - resumable",
                "paused": "paused (quota) - resumable", "interrupted": "interrupted, resumable"}
 PHASE_HINTS = {1: "The teacher explains each training example as a general rule (micro-rule).",
                2: "Micro-rules are embedded, clustered per label and merged into a short rule list.",
                3: "The student runs on training data; the teacher repairs the rules its mistakes expose.",
                4: "The student answers the locked test split with the rules, zero-shot and 5-shot."}
-TAB_NAMES = ("Run", "Clusters", "Rules", "Test side by side", "Results")
+TAB_NAMES = ("Run", "Clusters", "Rules", "Test side by side", "Results", "Version diff")
 MAX_RECENT = 8
 
 
@@ -45,6 +48,17 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
+PROMPT_KIND_WORDS = {"pld": "Rules", "zero_shot": "Zero-shot", "zero-shot": "Zero-shot", "few_shot": "5-shot",
+                     "few-shot": "5-shot"}
+
+
+def prompt_kinds_in_words(text: str, few_shot_k: int = 5) -> str:
+    """Phase 4's messages name prompts by their stored kind (`pld`, `zero_shot`); a reader wants words."""
+    import re
+    words = dict(PROMPT_KIND_WORDS, few_shot=f"{few_shot_k}-shot", **{"few-shot": f"{few_shot_k}-shot"})
+    return re.sub(r"(?<![\w./\\-])(pld|zero[_-]shot|few[_-]shot)(?![\w./\\-])", lambda m: words[m.group(1)], text)
+
+
 class PhaseCard(QGroupBox):
     """One phase: state, progress with counts and ETA, teacher tokens and cost, start/resume and cancel."""
 
@@ -54,6 +68,7 @@ class PhaseCard(QGroupBox):
     def __init__(self, phase: int) -> None:
         super().__init__(f"{phase}. {PHASE_NAMES[phase].capitalize()}")
         self.phase = phase
+        self.few_shot_k = 5  # the project's k, set by the window, for naming the k-shot prompt
         self.setToolTip(PHASE_HINTS[phase])
         self.state = QLabel("not started")
         self.bar = QProgressBar()
@@ -83,12 +98,20 @@ class PhaseCard(QGroupBox):
 
     def show_state(self, state: str, done: int, total: int, message: str, *, running_here: bool,
                    busy: bool, eta: float | None = None, teacher: dict[str, Any] | None = None) -> None:
-        colour = STATE_COLOURS.get(state, "palette(text)")
+        from .charts_extra import is_dark_palette
+        colour = (STATE_COLOURS_DARK if is_dark_palette() else STATE_COLOURS).get(state, "palette(text)")
         self.state.setText(f"<b style='color:{colour}'>{STATE_WORDS.get(state, state)}</b>")
         self.bar.setMaximum(max(total, 1))
         self.bar.setValue(min(done, max(total, 1)) if total else (1 if state == "done" else 0))
         self.bar.setFormat(f"{done} / {total}" if total else ("complete" if state == "done" else ""))
         counts = f"{done} of {total} items" if total else ""
+        if self.phase == 3 and state == "done" and total and done < total:
+            # The loop's total is a ceiling, not a plan: an early stop is complete, not 2/5 of the way.
+            self.bar.setValue(self.bar.maximum())
+            self.bar.setFormat("complete")
+            counts = f"stopped after {done} of at most {total} rounds"
+        elif self.phase == 3 and total:
+            counts = f"{done} of at most {total} rounds"
         if running_here and eta:
             counts += f" · about {_format_seconds(eta)} left"
         self.counts.setText(counts)
@@ -97,8 +120,9 @@ class PhaseCard(QGroupBox):
             cost = f", ${teacher['cost_usd']:.4f}" if teacher["cost_usd"] else ""  # a local teacher costs nothing
             failed = f" ({teacher['failed']} failed)" if teacher["failed"] else ""
             self.teacher.setText(f"teacher: {teacher['calls']} calls{failed}, {tokens:,} tokens{cost}")
-        self.message.setText(message or "")
-        self.message.setToolTip(message or "")
+        message = prompt_kinds_in_words(message or "", self.few_shot_k)
+        self.message.setText(message)
+        self.message.setToolTip(message)
         self.start_btn.setText("Resume" if state in ("cancelled", "paused", "failed", "running", "interrupted")
                                and not running_here
                                else "Run again" if state == "done" else "Start")
@@ -217,6 +241,9 @@ class MainWindow(QMainWindow):
         self._build_menus()
         self._build_central()
         self._refresh_timer = QTimer(self, interval=700, singleShot=True, timeout=self._refresh_live)
+        # Dev scores of an edit arrive without asking, a few seconds after the last edit, when nothing else runs.
+        self.auto_score_dev = True
+        self._auto_score_timer = QTimer(self, interval=3000, singleShot=True, timeout=self._auto_score)
         settings = QSettings()
         geometry = settings.value("window/geometry")
         if isinstance(geometry, QByteArray):
@@ -290,6 +317,9 @@ class MainWindow(QMainWindow):
             view_menu.addAction(self._action(f"&{name}", lambda _=False, i=i: self.tabs.setCurrentIndex(i),
                                              QKeySequence(f"Ctrl+{i + 1}")))
         help_menu = self.menuBar().addMenu("&Help")
+        help_menu.addAction(self._action("&Keyboard Shortcuts", lambda: self.show_help(0), QKeySequence("F1")))
+        help_menu.addAction(self._action("&How a Run Works", lambda: self.show_help(1)))
+        help_menu.addSeparator()
         help_menu.addAction(self.about_act)
 
     def _build_central(self) -> None:
@@ -348,13 +378,10 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.clusters_holder, "Clusters")
         self.tabs.addTab(self.rules_holder, "Rules")
         self.tabs.addTab(self.compare_holder, "Test side by side")
-        self.results = QTableWidget(0, 6)
-        self.results.setHorizontalHeaderLabels(["Prompt", "Rule set", "Macro-F1", "Accuracy",
-                                                "Latency p50 (s)", "Test examples"])
-        self.results.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.results.horizontalHeader().setStretchLastSection(True)
-        self.results.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.tabs.addTab(self.results, "Results")
+        self.results_holder = self._holder("Open a project to see its scores.")
+        self.tabs.addTab(self.results_holder, "Results")
+        self.diff_holder = self._holder("Open a project to compare its rule-set versions.")
+        self.tabs.addTab(self.diff_holder, "Version diff")
         self.tabs.currentChanged.connect(self._remember_view)
         outer.addWidget(self.tabs, 1)
         self.stack.addWidget(page)
@@ -510,6 +537,13 @@ class MainWindow(QMainWindow):
         self._rebuild_rules_view()
         self.views["compare"] = CompareView(self.project_path, self.backends_factory, self)
         self._put(self.compare_holder, self.views["compare"])
+        from .results_view import ResultsView
+        self.views["results"] = ResultsView(self.project_path, self.backends_factory, self)
+        self.views["results"].scoring_finished.connect(self._on_scored)
+        self._put(self.results_holder, self.views["results"])
+        from .diff_view import DiffView
+        self.views["diff"] = DiffView(self.project_path, self)
+        self._put(self.diff_holder, self.views["diff"])
 
     def _rebuild_rules_view(self) -> None:
         from .rules_view import RulesEditor
@@ -525,6 +559,7 @@ class MainWindow(QMainWindow):
                              backends_factory=self.backends_factory)
         editor.export_requested.connect(lambda rs_id: self.export(("txt", "md", "json"), rs_id))
         editor.version_saved.connect(self._on_version_saved)
+        editor.version_picked.connect(self._on_version_picked)
         self.views["rules"] = editor
         # The editor's own actions (not copies): one QAction per shortcut keeps Ctrl+Z unambiguous.
         self.edit_menu.addActions([editor.undo_action, editor.redo_action])
@@ -545,7 +580,9 @@ class MainWindow(QMainWindow):
                 w.deleteLater()
         for holder, text in ((self.clusters_holder, "Clusters appear after phase 2 (synthesis)."),
                              (self.rules_holder, "Rules appear after phase 2 (synthesis)."),
-                             (self.compare_holder, "Open a project to compare prompts.")):
+                             (self.compare_holder, "Open a project to compare prompts."),
+                             (self.results_holder, "Open a project to see its scores."),
+                             (self.diff_holder, "Open a project to compare its rule-set versions.")):
             self._put(holder, None, text)
 
     def _token_counter(self) -> Callable[[str], int] | None:
@@ -587,6 +624,43 @@ class MainWindow(QMainWindow):
 
     def _on_version_saved(self, rule_set_id: int) -> None:
         self.statusBar().showMessage(f"Saved rule-set version {rule_set_id}.", 4000)
+        compare = self.views.get("compare")
+        if compare is not None:
+            compare.refresh_choices()
+        self._show_results()
+        if "diff" in self.views:
+            self.views["diff"].refresh_choices()
+        self._auto_score_timer.start()  # restarted by every edit: scores once the edits settle
+
+    def _on_version_picked(self, rule_set_id: int) -> None:
+        self.statusBar().showMessage(f"Version {rule_set_id} is now the working version.", 4000)
+        for name in ("compare", "diff"):
+            if name in self.views:
+                self.views[name].refresh_choices()
+        self._show_results()
+
+    def _student_idle(self) -> bool:
+        """No phase, comparison or score is using the student."""
+        compare, results = self.views.get("compare"), self.views.get("results")
+        return (self.worker is None and (compare is None or compare.worker is None)
+                and (results is None or not results.busy()))
+
+    def _auto_score(self) -> None:
+        """Score the working version on dev in the background while the student is idle (never on test)."""
+        results = self.views.get("results")
+        if results is None or not self.auto_score_dev or self.project is None:
+            return
+        if not self._student_idle():
+            self._auto_score_timer.start()  # try again later
+            return
+        working = self._current_rule_set_id()
+        if working is not None:
+            results.score("dev", working, auto=True)
+
+    def _on_scored(self, status: str, message: str) -> None:
+        self.log.appendPlainText(f"[{'info' if status == 'done' else status}] {message}")
+        if status == "done":
+            self.statusBar().showMessage(message, 6000)
         compare = self.views.get("compare")
         if compare is not None:
             compare.refresh_choices()
@@ -680,12 +754,22 @@ class MainWindow(QMainWindow):
                                           f"{estimate}\n\nThe teacher is {settings.teacher_model} (Gemini). Start?")
             if answer != QMessageBox.StandardButton.Yes:
                 return
+        results = self.views.get("results")
+        if results is not None and results.busy():
+            if not results.auto:
+                QMessageBox.information(self, "A score is running", "Cancel the score in the Results tab first.")
+                return
+            results.shutdown()  # a background dev score gives way; what it scored is kept and reused
+        self._auto_score_timer.stop()
         self._remember_view()
         self.running_phases = list(phases)
+        if results is not None:
+            results.set_stale(True)
         self.worker = PipelineThread(self.project_path, phases, self, backends_factory=self.backends_factory)
         self.worker.progress.begun.connect(self._on_begin)
         self.worker.progress.reported.connect(self._on_progress)
-        self.worker.progress.logged.connect(lambda msg, lvl: self.log.appendPlainText(f"[{lvl}] {msg}"))
+        self.worker.progress.logged.connect(
+            lambda msg, lvl: self.log.appendPlainText(f"[{lvl}] {prompt_kinds_in_words(msg, settings.few_shot_k)}"))
         self.worker.finished_with.connect(self._on_finished)
         self.log.appendPlainText(f"--- running phase{'s' if len(phases) > 1 else ''} "
                                  f"{', '.join(str(p) for p in phases)}")
@@ -725,6 +809,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage("Stopping after the items in flight…")
 
     def _on_begin(self, stage: str, total: int) -> None:
+        stage = prompt_kinds_in_words(stage, self._settings().few_shot_k)
         self.stage.setText(stage)
         self._live = (stage, 0, total, "")
         self._refresh_live()
@@ -754,6 +839,10 @@ class MainWindow(QMainWindow):
         self.worker = None
         self.running_phases = []
         self._live = None
+        self.stage.setText("")
+        if "results" in self.views:
+            self.views["results"].set_stale(False)
+        message = prompt_kinds_in_words(message, self._settings().few_shot_k)
         self.statusBar().showMessage(message)
         self.log.appendPlainText(f"[{status}] {message}")
         chosen = (self.project.get_setting("chosen") or {}) if self.project is not None else {}
@@ -773,8 +862,9 @@ class MainWindow(QMainWindow):
             view = self.views.get(name)
             if view is not None:
                 view.reload()
-        if "compare" in self.views:
-            self.views["compare"].refresh_choices()
+        for name in ("compare", "diff"):
+            if name in self.views:
+                self.views[name].refresh_choices()
         if "rules" not in self.views or status == "done":
             self._rebuild_rules_view()
         self._refresh()
@@ -833,6 +923,16 @@ class MainWindow(QMainWindow):
         return written
 
     # -- about and closing -----------------------------------------------------------------------------
+    def show_help(self, page: int = 0) -> None:
+        from .help_dialog import HelpDialog
+        actions = [a for menu in self.menuBar().actions() if menu.menu() is not None
+                   for a in _menu_actions(menu.menu())]
+        rules = self.views.get("rules")
+        if rules is not None:  # the editor's own actions live in its toolbar, not only in the Edit menu
+            actions += list(rules.actions()) + [a for w in rules.findChildren(QWidget) for a in w.actions()]
+        self.help_dialog = HelpDialog(actions, self, page=page)
+        self.help_dialog.show()
+
     def about(self) -> None:
         QMessageBox.about(self, "About PLD Desktop", about_text(self._loaded_models()))
 
@@ -913,7 +1013,9 @@ class MainWindow(QMainWindow):
         if busy:
             running = [p for p in self.running_phases if states.get(p, {}).get("state") == "running"]
             current = running[0] if running else None
+        k = self._settings().few_shot_k
         for phase, card in self.cards.items():
+            card.few_shot_k = k
             st = states.get(phase) or {"state": "not started", "done": 0, "total": 0, "message": ""}
             kinds = PHASE_TEACHER_KINDS.get(phase)
             teacher = self.project.teacher_totals(kinds) if kinds else None
@@ -927,20 +1029,17 @@ class MainWindow(QMainWindow):
                             busy=busy, eta=eta, teacher=teacher)
 
     def _show_results(self) -> None:
-        assert self.project is not None
-        last = self.project.get_setting("last_evaluation") or {}
-        names = {"pld": "PLD rules", "zero_shot": "Zero-shot", "few_shot": "5-shot"}
-        rows = [(names[k], self.project.evaluation(last[k])) for k in names if k in last]
-        self.results.setRowCount(len(rows))
-        for i, (name, ev) in enumerate(rows):
-            m = ev["metrics"] or {}
-            values = [name, f"v{ev['rule_set_id']}" if ev.get("rule_set_id") else "-", f"{m.get('macro_f1', 0):.3f}",
-                      f"{m.get('accuracy', 0):.3f}", f"{m.get('latency_p50_s') or 0:.3f}", str(ev["n_examples"])]
-            for j, v in enumerate(values):
-                item = QTableWidgetItem(v)
-                if j >= 2:
-                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                self.results.setItem(i, j, item)
+        view = self.views.get("results")
+        if view is not None and not view.busy():
+            view.reload()
+
+
+def _menu_actions(menu: Any) -> list[QAction]:
+    """Every action of a menu and its submenus, in menu order."""
+    out: list[QAction] = []
+    for act in menu.actions():
+        out.extend(_menu_actions(act.menu()) if act.menu() is not None else [act])
+    return out
 
 
 def _dropped_file(mime: Any) -> Path | None:

@@ -9,6 +9,8 @@ from PySide6.QtCore import QMargins, Qt
 from PySide6.QtGui import QColor, QPainter
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
+from .charts_extra import apply_palette_theme, is_dark_palette
+
 BAR_COLOR = QColor("#4C78A8")
 HIGHLIGHT_COLOR = QColor("#E45756")
 # Beyond this many categories the bars become unreadable; the rest are summed into one bar, which says so.
@@ -43,6 +45,7 @@ class CountBarChart(QChartView):
             if any(name in highlight for name, _ in rest):
                 highlight.add(other)  # the summed bar is flagged when any label inside it is
         chart = QChart()
+        apply_palette_theme(chart)
         chart.setTitle(title)
         chart.legend().hide()
         chart.setMargins(QMargins(4, 4, 4, 4))
@@ -53,7 +56,7 @@ class CountBarChart(QChartView):
         bar_set.setColor(BAR_COLOR)
         bar_set.setBorderColor(BAR_COLOR)
         bar_set.setSelectedColor(HIGHLIGHT_COLOR)  # "selected" bars are the highlighted ones
-        bar_set.setLabelColor(QColor("#222222"))
+        bar_set.setLabelColor(QColor("#EEEEEE") if is_dark_palette() else QColor("#222222"))
         # A horizontal series draws the first category at the bottom: reverse so the largest is on top.
         for name, value in reversed(items):
             bar_set.append(float(value))

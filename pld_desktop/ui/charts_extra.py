@@ -45,8 +45,36 @@ def faded(color: QColor, amount: float = 0.8) -> QColor:
                   round(color.blue() + (255 - color.blue()) * amount))
 
 
+def is_dark_palette() -> bool:
+    """Whether the application's palette is dark (window colour darker than mid-grey)."""
+    from PySide6.QtGui import QGuiApplication, QPalette
+    return QGuiApplication.palette().color(QPalette.ColorRole.Window).lightness() < 128
+
+
+def ink() -> QColor:
+    """A colour for outlines and marks drawn over a chart's background: near-black, or near-white when dark."""
+    return QColor("#EEEEEE") if is_dark_palette() else QColor("#111111")
+
+
+def neutral_color() -> QColor:
+    """The colour of a neutral line (the candidates' line, the start marker), legible on either background."""
+    return QColor("#B0BEC5") if is_dark_palette() else QColor("#455A64")
+
+
+def grid_color() -> QColor:
+    return QColor("#4A4A4A") if is_dark_palette() else QColor("#EEEEEE")
+
+
+def apply_palette_theme(chart: QChart) -> None:
+    """The chart follows the window's palette: QtCharts' light theme is white with black text whatever the
+    palette, so on a dark desktop it was a white slab next to the window; its dark theme keeps text legible."""
+    # Call before adding series: setTheme() restyles the series already in the chart.
+    chart.setTheme(QChart.ChartTheme.ChartThemeDark if is_dark_palette() else QChart.ChartTheme.ChartThemeLight)
+
+
 def new_chart(title: str = "") -> QChart:
     chart = QChart()
+    apply_palette_theme(chart)
     chart.setTitle(title)
     font = QFont(chart.titleFont())
     font.setBold(True)

@@ -15,9 +15,9 @@ from PySide6.QtWidgets import (QHeaderView, QLabel, QSplitter, QStackedWidget, Q
 
 from ..core.phases.synthesis import clusters_of, latest_clustering
 from ..core.project import Project, ProjectFileError
-from .charts_extra import (ACCEPTED_COLOR, NOISE_COLOR, REJECTED_COLOR, attach, chart_view, faded, integer_axis,
-                           label_shape, line_series, marker_icon, new_chart, padded_range, palette_color,
-                           scatter_series, style_scatter, value_axis)
+from .charts_extra import (ACCEPTED_COLOR, NOISE_COLOR, REJECTED_COLOR, attach, chart_view, faded, grid_color, ink,
+                           integer_axis, label_shape, line_series, marker_icon, neutral_color, new_chart,
+                           padded_range, palette_color, scatter_series, style_scatter, value_axis)
 
 # Item data roles of the clusters tree (named, so views and tests read the same thing).
 KIND_ROLE = Qt.ItemDataRole.UserRole
@@ -307,7 +307,7 @@ class ClustersView(QWidget):
         # The map's coordinates have no units; the grid helps the eye, the numbers would only distract.
         for axis in (x_axis, y_axis):
             axis.setLabelsVisible(False)
-            axis.setGridLineColor(QColor("#EEEEEE"))
+            axis.setGridLineColor(grid_color())
         # Noise first so coloured clusters are drawn on top of it.
         ordered = sorted(self.data.groups, key=lambda g: not g.is_noise)
         for g in ordered:
@@ -323,8 +323,8 @@ class ClustersView(QWidget):
             self._series[g.key] = series
             self._series_ids[g.key] = ids
         # A ring around the selected micro-rule.
-        self._focus = scatter_series("selected rule", [], QColor(0, 0, 0, 0), size=20, border=QColor("#111111"))
-        self._focus.setPen(QColor("#111111"))
+        self._focus = scatter_series("selected rule", [], QColor(0, 0, 0, 0), size=20, border=ink())
+        self._focus.setPen(ink())
         attach(self.chart, self._focus, x_axis, y_axis)
         self._apply_highlight(set())
 
@@ -374,7 +374,7 @@ class ClustersView(QWidget):
                 style_scatter(series, color)
                 series.setMarkerSize(base)
             elif key in keys:
-                style_scatter(series, color, QColor("#111111"))
+                style_scatter(series, color, ink())
                 series.setMarkerSize(_FOCUS_SIZE)
             else:
                 style_scatter(series, faded(color), faded(color.darker(140), 0.7))
@@ -473,13 +473,13 @@ class LoopChart(QWidget):
         y_axis = value_axis("Dev macro-F1", max(0.0, low), min(1.0, high), label_format="%.2f")
         y_axis.applyNiceNumbers()
         line = line_series("Candidate", [(0, start)] + candidates if start is not None else candidates,
-                           QColor("#455A64"), show_points=False)
+                           neutral_color(), show_points=False)
         attach(self.chart, line, x_axis, y_axis)
         best_line = line_series("Best so far", best, ACCEPTED_COLOR.lighter(130), width=2.0,
                                 style=Qt.PenStyle.DashLine)
         attach(self.chart, best_line, x_axis, y_axis)
         if start is not None:
-            attach(self.chart, scatter_series("Start", [(0, start)], QColor("#455A64"), size=10), x_axis, y_axis)
+            attach(self.chart, scatter_series("Start", [(0, start)], neutral_color(), size=10), x_axis, y_axis)
         self.accepted_series = scatter_series("Accepted", accepted, ACCEPTED_COLOR, size=13)
         self.rejected_series = scatter_series("Rejected", rejected, REJECTED_COLOR, size=12,
                                               shape=QScatterSeries.MarkerShape.MarkerShapeRotatedRectangle)

@@ -16,8 +16,8 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDia
 
 from ..core.backends import Prediction
 from ..core.compare import (ComparisonResult, ComparisonRow, ExampleSet, PromptChoice, classify_both,
-                            compare_prompts, prompt_choices, resolve_prompt)
-from ..core.dataset import ColumnMapping
+                            compare_prompts, default_pair, prompt_choices, resolve_prompt)
+from ..core.dataset import ColumnMapping, render_template
 from ..core.progress import Cancelled
 from ..core.project import Project
 from ..core.settings import load_settings
@@ -53,6 +53,10 @@ class StudentHost:
                 self._backends = (self._factory or DefaultBackends)()
             return self._backends.student(settings)
 
+    def loaded(self) -> bool:
+        """Whether the student has been created (the first call after this loads the model file)."""
+        return self._backends is not None
+
     def close(self) -> None:
         with self._lock:
             if self._backends is not None:
@@ -77,7 +81,8 @@ class CompareThread(QThread):
 
     def run(self) -> None:  # worker thread
         try:
-            self.progress.begin("Loading the student model", 0)
+            if not self.host.loaded():
+                self.progress.begin("Loading the student model (the first run takes a few seconds)", 0)
             with Project.open(self.project_path) as project:
                 settings = load_settings(project)
                 student = self.host.student(settings)
@@ -311,6 +316,8 @@ class CompareView(QWidget):
         self.result: ComparisonResult | None = None
         self._loaded_csv: ExampleSet | None = None
         self._last_example_index = 0
+        self._stale_try = False
+        self._last_defaults: list[Any] = [None, None]
         self._build()
         self.refresh_choices()
 
@@ -461,14 +468,33 @@ class CompareView(QWidget):
         return box
 
     def _try_panel(self) -> QWidget:
+        """One field per input column of the project; the template renders them into the text the student reads."""
         box = QGroupBox("Try it")
         lay = QHBoxLayout(box)
-        self.try_text = TryBox()
-        self.try_text.submitted.connect(self.classify)
-        self.try_text.setPlaceholderText("Type an input and press Classify (Ctrl+Return) to see both prompts' answers")
-        self.try_text.setMaximumHeight(64)
+        self._mapping = self._read_mapping()
+        columns = list(self._mapping.text_columns) if self._mapping is not None else ["text"]
+        fields = QGridLayout()
+        self.try_fields: dict[str, TryBox] = {}
+        for row, column in enumerate(columns):
+            field = TryBox()
+            field.submitted.connect(self.classify)
+            field.setPlaceholderText(f"{column}  (Classify: Ctrl+Return)")
+            field.setToolTip(f"The value of the input column '{column}'")
+            # Several columns share the box's height; one column keeps the taller single box.
+            field.setMaximumHeight(64 if len(columns) == 1 else 34)
+            field.textChanged.connect(self._show_rendered)
+            if len(columns) > 1:
+                fields.addWidget(QLabel(column), row, 0)
+            fields.addWidget(field, row, 1)
+            self.try_fields[column] = field
+        self.try_text = next(iter(self.try_fields.values()))  # the first field (the only one for one column)
+        self.rendered = QLabel("")
+        self.rendered.setWordWrap(True)
+        self.rendered.setTextFormat(Qt.TextFormat.RichText)
+        self.rendered.setToolTip("The text the student reads: the project's template filled with the fields")
+        fields.addWidget(self.rendered, len(columns), 0, 1, 2)
         self.classify_btn = QPushButton("Classify")
-        self.classify_btn.setToolTip("Classify the text with prompt A and prompt B (Ctrl+Return)")
+        self.classify_btn.setToolTip("Classify the input with prompt A and prompt B (Ctrl+Return)")
         self.classify_btn.clicked.connect(self.classify)
         answers = QGridLayout()
         self.try_a = QLabel("A: —")
@@ -478,25 +504,60 @@ class CompareView(QWidget):
             lab.setMinimumWidth(320)
         answers.addWidget(self.try_a, 0, 0)
         answers.addWidget(self.try_b, 1, 0)
-        lay.addWidget(self.try_text, 1)
+        lay.addLayout(fields, 1)
         lay.addWidget(self.classify_btn)
         lay.addLayout(answers)
+        for combo in (self.prompt_a, self.prompt_b):  # an answer belongs to the prompts it came from
+            combo.currentIndexChanged.connect(self.clear_try_answers)
         return box
+
+    def _read_mapping(self) -> ColumnMapping | None:
+        try:
+            with Project.open(self.project_path, read_only=True) as project:
+                info = project.dataset_info() or {}
+            return ColumnMapping.from_json(info["mapping"]) if info.get("mapping") else None
+        except Exception:  # noqa: BLE001 - without a mapping the box takes the text as typed
+            return None
+
+    def try_input(self) -> str:
+        """The try-it fields rendered through the project's template, exactly as the dataset's rows were."""
+        if self._mapping is None:
+            return self.try_text.toPlainText().strip()
+        record = {c: f.toPlainText() for c, f in self.try_fields.items()}
+        if not any(v.strip() for v in record.values()):
+            return ""
+        return render_template(self._mapping.template, self._mapping.text_columns, record)
+
+    def _show_rendered(self) -> None:
+        try:
+            text = self.try_input()
+        except Exception as exc:  # noqa: BLE001 - a template problem is shown, not raised
+            self.rendered.setText(f"<span style='color:#c62828'>{_escape(str(exc))}</span>")
+            return
+        self.rendered.setText(f"<span style='color:gray'>The student reads:</span> {_escape(text)}" if text else "")
+
+    def clear_try_answers(self) -> None:
+        """Forget the try-it answers: they were given by the prompts picked before."""
+        if self.try_worker is not None:
+            self._stale_try = True  # the answer in flight is dropped when it arrives
+        self.try_a.setText("A: —")
+        self.try_b.setText("B: —")
+        self.try_a.setToolTip("")
+        self.try_b.setToolTip("")
 
     # -- pickers --------------------------------------------------------------------
     def refresh_choices(self) -> None:
         """Re-read versions and split sizes from the project (call after the rules change); keeps selections."""
         with Project.open(self.project_path, read_only=True) as project:
             choices = prompt_choices(project)
-            chosen = project.get_setting("chosen_rule_set_id")
+            default_a, default_b = default_pair(project)  # the working version vs zero-shot
             counts = {r["split"]: r["n"] for r in project.query(
                 "SELECT split, COUNT(*) AS n FROM examples GROUP BY split")}
-        default_a = next((c for c in choices if c.kind == "current_edit"), None) \
-            or next((c for c in choices if c.kind == "version" and c.rule_set_id == chosen), None) \
-            or choices[0]
-        default_b = next(c for c in choices if c.kind == "zero_shot")
-        for combo, default in ((self.prompt_a, default_a), (self.prompt_b, default_b)):
+        before = [c.currentData().key if c.currentData() is not None else None for c in (self.prompt_a, self.prompt_b)]
+        for i, (combo, default) in enumerate(((self.prompt_a, default_a), (self.prompt_b, default_b))):
             keep = combo.currentData().key if combo.currentData() is not None else default.key
+            if keep == self._last_defaults[i]:
+                keep = default.key  # the user left the default: it follows the working version
             combo.blockSignals(True)
             combo.clear()
             for choice in choices:
@@ -506,6 +567,10 @@ class CompareView(QWidget):
             combo.setCurrentIndex(index)
             combo.setToolTip(combo.currentText())
             combo.blockSignals(False)
+        self._last_defaults = [default_a.key, default_b.key]
+        after = [c.currentData().key if c.currentData() is not None else None for c in (self.prompt_a, self.prompt_b)]
+        if after != before or any(k and k[0] == "current_edit" for k in after):
+            self.clear_try_answers()  # the answers shown came from other prompts
 
         current = self.examples.currentData()
         self.examples.clear()
@@ -740,13 +805,20 @@ class CompareView(QWidget):
     def classify(self) -> None:
         if self.try_worker is not None:
             return
-        text = self.try_text.toPlainText().strip()
+        try:
+            text = self.try_input()
+        except Exception as exc:  # noqa: BLE001 - e.g. a template column left out; shown in words
+            self.try_a.setText(f"<span style='color:#c62828'>{_escape(str(exc))}</span>")
+            self.try_b.setText("")
+            return
         if not text:
             self.try_a.setText("<span style='color:#c62828'>Type some text to classify first.</span>")
             self.try_b.setText("")
             return
-        self.try_a.setText("A: <i>classifying…</i>")
-        self.try_b.setText("B: <i>classifying…</i>")
+        self._stale_try = False
+        waiting = "classifying…" if self.host.loaded() else "loading the student model, then classifying…"
+        self.try_a.setText(f"A: <i>{waiting}</i>")
+        self.try_b.setText(f"B: <i>{waiting}</i>")
         self.try_worker = ClassifyThread(self.project_path, self.host, self.prompt_a.currentData(),
                                          self.prompt_b.currentData(), text, self)
         self.try_worker.succeeded.connect(self._on_classified)
@@ -763,6 +835,8 @@ class CompareView(QWidget):
 
     def _on_classified(self, pa: Prediction, pb: Prediction) -> None:
         self._end_try()
+        if self._stale_try:  # the prompts changed while it ran: this answer is not theirs
+            return
         for lab, side, pred in ((self.try_a, "A", pa), (self.try_b, "B", pb)):
             lab.setText(f"<b>{side}: {_escape(pred.label)}</b> &nbsp;confidence {pred.probs.get(pred.label, 0):.0%}")
             lab.setToolTip(", ".join(f"{k} {v:.2f}" for k, v in sorted(pred.probs.items(), key=lambda kv: -kv[1])))

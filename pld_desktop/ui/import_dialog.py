@@ -12,10 +12,11 @@ import pandas as pd
 from PySide6.QtCore import QAbstractTableModel, QMimeData, QModelIndex, QObject, QPersistentModelIndex, Qt, QTimer, \
     Signal
 from PySide6.QtGui import QFont
-from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox,
-                               QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel,
-                               QListWidget, QListWidgetItem, QPlainTextEdit, QProgressBar, QPushButton, QSpinBox,
-                               QSplitter, QStyle, QTableView, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComboBox, QDialog, QDialogButtonBox,
+                               QDoubleSpinBox, QFileDialog, QFormLayout, QFrame, QGridLayout, QGroupBox, QHBoxLayout,
+                               QHeaderView, QLabel, QListWidget, QListWidgetItem, QPlainTextEdit, QProgressBar,
+                               QPushButton, QScrollArea, QSpinBox, QSplitter, QStyle, QTableView, QTableWidget,
+                               QTableWidgetItem, QVBoxLayout, QWidget)
 
 from ..core.dataset import (ColumnMapping, DatasetError, ImportedDataset, Problem, SplitSettings, build_dataset,
                             preview_csv, read_csv, render_template)
@@ -52,6 +53,15 @@ def csv_paths_from_mime(mime: QMimeData) -> list[Path]:
         if path.suffix.lower() in CSV_SUFFIXES and not path.is_dir():
             paths.append(path)
     return paths
+
+
+def fitting_size(widget: QWidget, width: int, height: int) -> tuple[int, int]:
+    """`width` x `height`, shrunk to the available area of the widget's screen (window frame and panel left)."""
+    screen = widget.screen() or QApplication.primaryScreen()
+    if screen is None:
+        return width, height
+    area = screen.availableGeometry()
+    return min(width, area.width() - 40), min(height, area.height() - 70)
 
 
 def _one_line(value: Any, limit: int) -> str:
@@ -197,7 +207,7 @@ class ImportDialog(QDialog):
     # Building the widgets
     # ------------------------------------------------------------------------------------------------------------
     def _build(self) -> None:
-        self.resize(1240, 860)
+        self.resize(*fitting_size(self, 1240, 860))
         root = QVBoxLayout(self)
 
         self.summary = QLabel(self.csv_path.name)
@@ -245,7 +255,12 @@ class ImportDialog(QDialog):
         splitter.setStretchFactor(1, 5)
         splitter.setStretchFactor(2, 1)
         splitter.setSizes([240, 430, 150])  # room for about ten preview rows at the default size
-        root.addWidget(splitter, 1)
+        # On a small screen (1280x800, 1366x768) the form scrolls inside the dialog; the buttons stay in view.
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setWidget(splitter)
+        root.addWidget(self.scroll, 1)
 
         bottom = QHBoxLayout()
         self.status = QLabel("")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from PySide6.QtCore import QAbstractItemModel, QMimeData, QModelIndex, QObject, QPersistentModelIndex, Qt, Signal
-from PySide6.QtGui import QBrush, QColor, QIcon, QUndoCommand, QUndoStack
+from PySide6.QtGui import QBrush, QColor, QIcon, QPalette, QUndoCommand, QUndoStack
 from PySide6.QtWidgets import QApplication, QStyle
 
 from ..core.project import Example, Project, ProjectFileError
@@ -20,8 +20,13 @@ ConflictRole = Qt.ItemDataRole.UserRole + 1   # list of conflict dicts {"other",
 UidRole = Qt.ItemDataRole.UserRole + 2        # rule uid ("R3"), micro-rule key ("m12") or example ext_id
 KindRole = Qt.ItemDataRole.UserRole + 3       # "rule" | "micro" | "example"
 
-COL_NUMBER, COL_TEXT, COL_LABEL, COL_ENABLED, COL_MICRO, COL_CONFLICTS = range(6)
-HEADERS = ("#", "Rule", "Label", "Enabled", "Micro-rules", "Conflicts")
+SortRole = Qt.ItemDataRole.UserRole + 4       # what the tree sorts by (prompt order for "#", numbers as numbers)
+ImpactRole = Qt.ItemDataRole.UserRole + 5     # the rule's core.impact.RuleImpact, or None when not computed
+
+COL_NUMBER, COL_TEXT, COL_LABEL, COL_ENABLED, COL_MICRO, COL_CONFLICTS, COL_IMPACT = range(7)
+HEADERS = ("#", "Rule", "Label", "Enabled", "Micro-rules", "Conflicts", "Without it")
+HURTS_FOREGROUND = QColor(198, 40, 40)
+HELPS_FOREGROUND = QColor(46, 125, 50)
 RULE_MIME = "application/x-pld-rule-uids"
 
 CONFLICT_BACKGROUND = QColor(255, 224, 178)   # light amber; text on it is forced dark so it reads on dark themes
@@ -88,6 +93,8 @@ class RulesModel(QAbstractItemModel):
         self._micro: dict[int, dict[str, Any]] = {}
         self._examples: dict[int, Example] = {}
         self._conflicts: dict[str, list[dict[str, Any]]] = {}
+        self.impact: dict[str, Any] = {}      # uid -> core.impact.RuleImpact of the shown version
+        self.impact_report: Any = None
         self._warn_icon: QIcon | None = None
         self.rule_set_id = rule_set_id
         self.record = project.rule_set(rule_set_id)
@@ -132,11 +139,35 @@ class RulesModel(QAbstractItemModel):
         return out
 
     def _load_conflicts(self) -> None:
+        from ..core.rule_edits import changed_since, version_conflicts
         self._conflicts = {}
-        for c in self.project.conflicts(self.rule_set_id):
-            for uid, other in ((c["rule_a"], c["rule_b"]), (c["rule_b"], c["rule_a"])):
+        for c in version_conflicts(self.project, self.rule_set_id):
+            pairs = [(c["rule_a"], c["rule_b"])] if c["rule_a"] == c["rule_b"] else \
+                [(c["rule_a"], c["rule_b"]), (c["rule_b"], c["rule_a"])]  # a rule's own conflict is listed once
+            for uid, other in pairs:
                 self._conflicts.setdefault(uid, []).append(
-                    {"other": other, "source": c["source"], "reason": c["reason"], "evidence": c["evidence"]})
+                    {"other": other, "source": c["source"], "reason": c["reason"], "evidence": c["evidence"],
+                     "changed_since": changed_since(c)})
+        self._load_impact()
+
+    def reload_conflicts(self) -> None:
+        """Re-read the shown version's conflicts (after a background pass added some) without a reset."""
+        self._load_conflicts()
+        self._all_changed()
+
+    def _load_impact(self) -> None:
+        from ..core.impact import stored_impact
+        report = stored_impact(self.project, self.rule_set_id)
+        self.impact = report.by_uid() if report is not None else {}
+        self.impact_report = report
+
+    def reload_impact(self) -> None:
+        self._load_impact()
+        self._all_changed()
+
+    def _all_changed(self) -> None:
+        if self._root.children:
+            self.dataChanged.emit(self.index(0, 0), self.index(len(self._root.children) - 1, len(HEADERS) - 1))
 
     # -- plain accessors for views and tests ----------------------------------------------------
     @property
@@ -253,6 +284,10 @@ class RulesModel(QAbstractItemModel):
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole \
                 and 0 <= section < len(HEADERS):
             return HEADERS[section]
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.ToolTipRole \
+                and section == COL_IMPACT:
+            return ("The change in dev macro-F1 when the rule is left out of the prompt, and how many dev examples "
+                    "change their answer. ⚠ marks a rule the version is better without. Sort to rank the rules.")
         return None
 
     def flags(self, index: _Index) -> Qt.ItemFlag:
@@ -294,10 +329,28 @@ class RulesModel(QAbstractItemModel):
         uid = rule["uid"]
         found = self._conflicts.get(uid, [])
         enabled = bool(rule.get("enabled", True))
+        impact = self.impact.get(uid)
         if role == UidRole:
             return uid
         if role == ConflictRole:
             return list(found)
+        if role == ImpactRole:
+            return impact
+        if role == SortRole:
+            if col == COL_NUMBER:
+                return row
+            if col == COL_IMPACT:
+                # Ascending = least worth first: the rules that hurt most lead; rules not scored come last.
+                return impact.delta if impact is not None else float("inf")
+            if col == COL_CONFLICTS:
+                return len(found)
+            if col == COL_MICRO:
+                return len(rule.get("micro_rule_ids", []))
+            if col == COL_ENABLED:
+                return int(enabled)
+            return str(self._rule_data(node, row, col, Qt.ItemDataRole.DisplayRole) or "").lower()
+        if col == COL_IMPACT:
+            return self._impact_data(impact, enabled, role)
         if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.EditRole):
             if col == COL_NUMBER:
                 # The uid, not the position: conflicts name rules by uid, and a row's data must not change
@@ -320,6 +373,10 @@ class RulesModel(QAbstractItemModel):
         if role == Qt.ItemDataRole.BackgroundRole and found and col != COL_ENABLED:
             return QBrush(CONFLICT_BACKGROUND)
         if role == Qt.ItemDataRole.ForegroundRole:
+            if col == COL_ENABLED:
+                # The style draws the check mark in the item's text colour: the forced-dark conflict ink made
+                # it vanish in its dark box on a dark palette. The palette's own text colour always shows.
+                return None
             if not enabled:
                 return QBrush(DISABLED_FOREGROUND)
             if found:
@@ -327,7 +384,9 @@ class RulesModel(QAbstractItemModel):
             return None
         if role == Qt.ItemDataRole.ToolTipRole:
             if found:
-                lines = [f"Conflicts with {c['other']} ({c['source']}): {c['reason']}" for c in found[:12]]
+                lines = [(f"{c['reason']} ({c['source']})" if c["other"] == uid else
+                          f"Conflicts with {c['other']} ({c['source']}): {c['reason']}")
+                         + (" [rule changed since]" if c.get("changed_since") else "") for c in found[:12]]
                 if len(found) > 12:
                     lines.append(f"... and {len(found) - 12} more")
                 return "\n".join(lines)
@@ -338,6 +397,48 @@ class RulesModel(QAbstractItemModel):
             return None
         if role == Qt.ItemDataRole.TextAlignmentRole and col in (COL_MICRO, COL_CONFLICTS):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+    @staticmethod
+    def _impact_data(impact: Any, enabled: bool, role: int) -> Any:
+        """The impact cell: dev macro-F1 without the rule minus with it, and the examples that flip."""
+        if impact is None:
+            if role == Qt.ItemDataRole.ToolTipRole:
+                return ("Not in the prompt, so it has no effect." if not enabled else
+                        "Not computed for this version yet: press 'Rule impact' to score the version on dev "
+                        "without each rule in turn.")
+            return None
+        change = -impact.delta  # macro-F1 without the rule minus with it
+        flips = len(impact.flips)
+        if role == Qt.ItemDataRole.DisplayRole:
+            mark = "⚠ hurts " if impact.hurts else ""
+            shown = "±0.000" if abs(change) < 0.0005 else f"{change:+.3f}"
+            return f"{mark}{shown}, {flips} flip{'s' if flips != 1 else ''}"
+        if role == Qt.ItemDataRole.ForegroundRole:
+            dark = QApplication.palette().color(QPalette.ColorRole.Base).lightness() < 128
+            hurts, helps = (HURTS_FOREGROUND.lighter(170), HELPS_FOREGROUND.lighter(170)) if dark else \
+                (HURTS_FOREGROUND, HELPS_FOREGROUND)
+            return QBrush(hurts if impact.hurts else helps if impact.delta > 0 else DISABLED_FOREGROUND)
+        if role == Qt.ItemDataRole.FontRole and impact.hurts:
+            from PySide6.QtGui import QFont
+            font = QFont()
+            font.setBold(True)
+            return font
+        if role == Qt.ItemDataRole.TextAlignmentRole:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            verdict = ("It hurts: dev macro-F1 is higher without it." if impact.hurts else
+                       "It helps: dev macro-F1 is lower without it." if impact.delta > 0 else
+                       "No change in dev macro-F1 without it.")
+            lines = [f"Rule {impact.prompt_number} of the prompt. Without it, dev macro-F1 changes by "
+                     f"{change:+.3f}. {verdict}",
+                     f"{impact.fixed_without} example(s) it gets wrong are right without it; "
+                     f"{impact.broken_without} it gets right are wrong without it."]
+            for f in impact.flips[:12]:
+                lines.append(f"  {f['example']}: gold {f['gold']}; with it {f['with']}, without it {f['without']}")
+            if flips > 12:
+                lines.append(f"  … and {flips - 12} more")
+            return "\n".join(lines)
         return None
 
     def _micro_data(self, node: Node, col: int, role: int) -> Any:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from PySide6.QtCore import (QItemSelectionModel, QModelIndex, QPersistentModelIndex, QRect, QSize, QSortFilterProxyModel,
-                            Qt, QThread, Signal)
+                            Qt, QThread, QTimer, Signal)
 from PySide6.QtGui import QAction, QCloseEvent, QFont, QFontDatabase, QKeyEvent, QKeySequence, QUndoStack
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QGroupBox, QHBoxLayout,
                                QHeaderView, QLabel, QLineEdit, QPlainTextEdit, QProgressBar, QPushButton, QSplitter,
@@ -21,10 +21,10 @@ from ..backends.tokenizer import TokenizerLoading
 from ..core.export import export_rule_set
 from ..core.progress import Cancelled
 from ..core.project import Project, ProjectFileError
-from ..core.rule_edits import (HEAD_SETTING, Add, Compound, Delete, Duplicate, Move, RuleEdit, editor_start_version)
-from .rules_model import (COL_CONFLICTS, COL_ENABLED, COL_LABEL, COL_MICRO, COL_NUMBER, COL_TEXT, ConflictRole,
-                          KindRole, RulesModel, UidRole)
-from .tasks import QtProgress
+from ..core.rule_edits import (Add, Compound, Delete, Duplicate, Move, RuleEdit, editor_start_version)
+from .rules_model import (COL_CONFLICTS, COL_ENABLED, COL_IMPACT, COL_LABEL, COL_MICRO, COL_NUMBER, COL_TEXT,
+                          ConflictRole, KindRole, RulesModel, SortRole, UidRole)
+from .tasks import PipelineThread, QtProgress, keep_alive
 
 _Index = QModelIndex | QPersistentModelIndex
 
@@ -73,6 +73,32 @@ class ConflictSearchThread(QThread):
         finally:
             if backends is not None:
                 backends.close()
+
+
+def conflict_recompute_job(rule_set_id: int, rules: set[str]) -> Callable[[Any, Any, Any, Any], str]:
+    """The runner's job after edits settle: similarity and co-firing conflicts of the `rules` edited since the
+    last pass, in `rule_set_id` (core.rule_edits.add_model_conflicts; pairs of unchanged rules were carried)."""
+    def job(project: Project, backends: Any, settings: Any, progress: Any) -> str:
+        from ..core.rule_edits import add_model_conflicts
+        embedder = backends.embedder(settings)
+        added = add_model_conflicts(project, embedder, rule_set_id, settings, progress, only=set(rules))
+        return f"{added} new conflict{'s' if added != 1 else ''} for the edited rule{'s' if len(rules) != 1 else ''}"
+    return job
+
+
+def impact_job(rule_set_id: int) -> Callable[[Any, Any, Any, Any], str]:
+    """The runner's job for the impact column: core.impact.rule_impact on dev for `rule_set_id`."""
+    def job(project: Project, backends: Any, settings: Any, progress: Any) -> str:
+        from ..core.impact import rule_impact
+        report = rule_impact(project, backends.student(settings), rule_set_id, settings=settings, progress=progress)
+        hurt = sum(r.hurts for r in report.rules)
+        return (f"Rule impact of v{rule_set_id} on {report.n} dev examples: {hurt} of {len(report.rules)} enabled "
+                f"rule{'s' if len(report.rules) != 1 else ''} lower dev macro-F1")
+    return job
+
+
+def _content(rules: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    return {r["uid"]: (r["text"], r["label"]) for r in rules}
 
 
 class RulesFilterProxy(QSortFilterProxyModel):
@@ -195,6 +221,8 @@ class RulesEditor(QWidget):
 
     version_saved = Signal(int)
     export_requested = Signal(int)
+    version_picked = Signal(int)     # the user picked a saved version (it became the working version)
+    job_finished = Signal(str, str)  # kind ("impact" | "conflicts"), status ("done" | "cancelled" | "failed")
     conflict_search_finished = Signal(str, int)  # status ("done" | "cancelled" | "failed"), conflicts added
 
     def __init__(self, project: Project | str | os.PathLike, parent: QWidget | None = None, *,
@@ -205,6 +233,13 @@ class RulesEditor(QWidget):
         # A callable returning a BackendProvider (None: the real models); only its embedder is used here.
         self.backends_factory = backends_factory
         self._search: ConflictSearchThread | None = None
+        self.job: PipelineThread | None = None     # a background impact or conflict pass (one at a time)
+        self.job_kind = ""
+        self._job_version: int | None = None
+        # Conflicts of edited rules are recomputed once edits settle; this is the version they were last
+        # recomputed for (or opened at), so the pass covers every rule edited since.
+        self._conflicts_base: dict[str, tuple[str, str]] | None = None
+        self.auto_conflicts = True
         self._owns_project = not isinstance(project, Project)
         self.project = Project.open(Path(project)) if self._owns_project else project  # type: ignore[arg-type]
         start = rule_set_id or editor_start_version(self.project)
@@ -225,6 +260,8 @@ class RulesEditor(QWidget):
         self.model.version_loaded.connect(lambda _id: self._refresh_version_view())
         self._refresh_versions()
         self._refresh_version_view()
+        self._conflicts_base = _content(self.model.rules())
+        self._conflict_timer = QTimer(self, interval=1500, singleShot=True, timeout=self._start_conflict_pass)
 
     # -- building -------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -274,10 +311,22 @@ class RulesEditor(QWidget):
                                     "Export this version as .txt, .md and .json")
         self.toolbar.addSeparator()
         self.find_conflicts_action = action(
-            "Find conflicts with the embedder", QStyle.StandardPixmap.SP_FileDialogContentsView,
+            "Find conflicts", QStyle.StandardPixmap.SP_FileDialogContentsView,
             self.find_conflicts,
             "Embed the rules of this version and add the conflicts phase 2 would find: very similar rules with "
             "different labels, and rules that fire on the same training items but lead to different labels")
+
+        self.impact_action = action(
+            "Rule impact", QStyle.StandardPixmap.SP_FileDialogDetailedView, self.compute_impact,
+            "Score this version on dev without each enabled rule in turn (in the background): the column "
+            "'Without it' shows the change in dev macro-F1 and the examples that flip; rules that hurt are marked")
+
+        # Undo/redo name the edit ("Undo relabelled R8 as complaint"): icons only, so the toolbar fits 1280 px;
+        # the text stays in the tooltip and in the Edit menu.
+        for act in (self.undo_action, self.redo_action):
+            button = self.toolbar.widgetForAction(act)
+            if button is not None:
+                button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonIconOnly)
 
         self.filter_box = QLineEdit()
         self.filter_box.setPlaceholderText("Filter rules by text, label or id…")
@@ -314,9 +363,15 @@ class RulesEditor(QWidget):
                           (COL_LABEL, QHeaderView.ResizeMode.ResizeToContents),
                           (COL_ENABLED, QHeaderView.ResizeMode.ResizeToContents),
                           (COL_MICRO, QHeaderView.ResizeMode.ResizeToContents),
-                          (COL_CONFLICTS, QHeaderView.ResizeMode.ResizeToContents)):
+                          (COL_CONFLICTS, QHeaderView.ResizeMode.ResizeToContents),
+                          (COL_IMPACT, QHeaderView.ResizeMode.ResizeToContents)):
             header.setSectionResizeMode(col, mode)
-        header.resizeSection(COL_NUMBER, 110)
+        # Sortable (by impact above all); "#" ascending is the prompt's order, the only one drags make sense in.
+        self.proxy.setSortRole(SortRole)
+        self.tree.setSortingEnabled(True)
+        self.tree.sortByColumn(COL_NUMBER, Qt.SortOrder.AscendingOrder)
+        header.sortIndicatorChanged.connect(self._on_sort_changed)
+        header.resizeSection(COL_NUMBER, 64)
         header.sectionResized.connect(lambda col, *_: col == COL_TEXT and self.tree.scheduleDelayedItemsLayout())
         self.tree.selectionModel().selectionChanged.connect(lambda *_: self._on_selection())
         # Delete acts on the tree only, so the key still deletes characters in the filter box and in editors.
@@ -402,12 +457,41 @@ class RulesEditor(QWidget):
         search_lay.addWidget(self.search_cancel)
         self.search_row.hide()
 
+        # Shown only while a background impact or conflict pass runs.
+        self.job_label = QLabel()
+        self.job_bar = QProgressBar()
+        self.job_bar.setMaximumWidth(220)
+        self.job_cancel = QPushButton("Cancel")
+        self.job_cancel.clicked.connect(self.cancel_job)
+        self.job_row = QWidget()
+        job_lay = QHBoxLayout(self.job_row)
+        job_lay.setContentsMargins(0, 0, 0, 0)
+        job_lay.addWidget(self.job_label, 1)
+        job_lay.addWidget(self.job_bar)
+        job_lay.addWidget(self.job_cancel)
+        self.job_row.hide()
+
+        # One-click fixes of a rule whose text names another label than its label field.
+        self.fix_label_btn = QPushButton()
+        self.fix_label_btn.clicked.connect(lambda: self.fix_mismatch("label"))
+        self.fix_text_btn = QPushButton()
+        self.fix_text_btn.clicked.connect(lambda: self.fix_mismatch("text"))
+        self.fix_row = QWidget()
+        fix_lay = QHBoxLayout(self.fix_row)
+        fix_lay.setContentsMargins(0, 0, 0, 0)
+        fix_lay.addWidget(self.fix_label_btn)
+        fix_lay.addWidget(self.fix_text_btn)
+        fix_lay.addStretch(1)
+        self.fix_row.hide()
+        rule_lay.insertWidget(2, self.fix_row)
+
         lay = QVBoxLayout(self)
         lay.addLayout(top)
         lay.addWidget(self.toolbar)
         lay.addLayout(filters)
         lay.addWidget(self.splitter, 1)
         lay.addWidget(self.search_row)
+        lay.addWidget(self.job_row)
         lay.addWidget(self.status)
 
     # -- selection helpers -------------------------------------------------------------------------
@@ -583,21 +667,142 @@ class RulesEditor(QWidget):
     def _reload_conflicts(self) -> None:
         """Re-read the shown version's conflicts from the project without resetting the tree (selection,
         expansion and the undo history stay)."""
-        self.model._load_conflicts()  # no public reload on RulesModel yet; it only re-reads project.conflicts()
-        rows = self.model.rowCount()
-        if rows:
-            self.model.dataChanged.emit(self.model.index(0, 0),
-                                        self.model.index(rows - 1, self.model.columnCount() - 1))
+        self.model.reload_conflicts()
+        self._after_conflicts_changed()
+
+    def _after_conflicts_changed(self) -> None:
         self.proxy.set_conflicts_only(self.conflicts_only.isChecked())  # re-filter: conflicts changed
         self._update_shown()
         self._on_selection()
 
     def shutdown(self) -> None:
-        """Stop a running search and wait for its thread (the window or the project is closing)."""
+        """Stop a running search or job and wait for its thread (the window or the project is closing)."""
         task, self._search = self._search, None
         if task is not None:
             task.cancel()
             task.wait()  # ends at the next cancellation check; a model that is loading finishes first
+        self._conflict_timer.stop()
+        job, self.job = self.job, None
+        if job is not None:
+            job.cancel()
+            job.wait()
+
+    # -- background jobs: rule impact, conflicts of edited rules ------------------------------------------------
+    def compute_impact(self) -> bool:
+        """Score the shown version on dev without each enabled rule, in the background."""
+        if self.job is not None and self.job_kind == "conflicts":
+            self.cancel_job()  # the conflict pass is redone after; impact was asked for
+        if self.job is not None:
+            return False
+        rs_id = self.model.rule_set_id
+        return self._start_job("impact", rs_id, impact_job(rs_id), f"Rule impact of v{rs_id}: loading the student…")
+
+    def _start_job(self, kind: str, rs_id: int, job: Callable[[Any, Any, Any, Any], str], text: str) -> bool:
+        from ..backends.factory import DefaultBackends
+        self.job = keep_alive(PipelineThread(Path(self.project.path), [], None,
+                                             backends_factory=self.backends_factory or DefaultBackends, job=job))
+        self.job_kind, self._job_version = kind, rs_id
+        self.job.progress.begun.connect(self._on_job_begun)
+        self.job.progress.reported.connect(self._on_job_reported)
+        self.job.finished_with.connect(self._on_job_finished)
+        self.job_label.setText(text)
+        self.job_bar.setRange(0, 0)
+        self.job_cancel.setEnabled(True)
+        self.job_row.show()
+        self.impact_action.setEnabled(False)
+        self.job.start()
+        return True
+
+    def cancel_job(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+            self.job_cancel.setEnabled(False)
+
+    def _on_job_begun(self, stage: str, total: int) -> None:
+        if self.job is None or self.sender() is not self.job.progress:
+            return
+        what = "Rule impact" if self.job_kind == "impact" else "Checking the edited rules' conflicts"
+        self.job_label.setText(f"{what} (v{self._job_version}): {stage.split(': ', 1)[-1]}…")
+        self.job_bar.setRange(0, max(0, total))
+
+    def _on_job_reported(self, done: int, total: int, _message: str) -> None:
+        if self.job is None or self.sender() is not self.job.progress:
+            return
+        self.job_bar.setRange(0, max(1, total))
+        self.job_bar.setValue(done)
+
+    def _on_job_finished(self, status: str, message: str) -> None:
+        job = self.sender()
+        if job is not self.job:
+            return
+        kind, rs_id = self.job_kind, self._job_version
+        job.wait()
+        self.job, self.job_kind, self._job_version = None, "", None
+        self.job_row.hide()
+        self.impact_action.setEnabled(True)
+        if status == "failed":
+            self._show_error(message, prefix="Rule impact failed" if kind == "impact" else "The conflict check failed")
+        elif kind == "impact":
+            if rs_id == self.model.rule_set_id:
+                self.model.reload_impact()
+            self.status.setText(message if status == "done" else
+                                "Rule impact stopped; the rules scored so far are kept and reused.")
+        elif status == "done" and rs_id == self.model.rule_set_id:
+            self.model.reload_conflicts()
+            self._after_conflicts_changed()
+            self.status.setText(f"Conflicts rechecked in the background for v{rs_id}: {message}.")
+        self.job_finished.emit(kind, status)
+        if self._pending_conflict_rules():
+            self._conflict_timer.start()  # edits arrived while it ran (or it was stopped): check again
+
+    def _pending_conflict_rules(self) -> set[str]:
+        """Rules of the shown version whose text or label changed since the last conflict pass."""
+        if self._conflicts_base is None:
+            return set()
+        now = _content(self.model.rules())
+        return {u for u, c in now.items() if self._conflicts_base.get(u) != c}
+
+    def _start_conflict_pass(self) -> None:
+        if not self.auto_conflicts:
+            return
+        if self.job is not None or self._search is not None:
+            self._conflict_timer.start()  # after the running job
+            return
+        edited = self._pending_conflict_rules()
+        if not edited or len(self.model.rules()) < 2:
+            return
+        rs_id = self.model.rule_set_id
+        self._conflicts_base = _content(self.model.rules())
+        self._start_job("conflicts", rs_id, conflict_recompute_job(rs_id, edited),
+                        f"Checking the conflicts of {', '.join(sorted(edited))} (v{rs_id}) in the background…")
+
+    def _on_sort_changed(self, column: int, order: Qt.SortOrder) -> None:
+        # Dropping a rule between rows only means "this position in the prompt" when rows show prompt order.
+        self.tree.setDragEnabled(column == COL_NUMBER and order == Qt.SortOrder.AscendingOrder)
+
+    # -- label mismatch: one-click fixes ------------------------------------------------------------
+    def mismatch_of(self, uid: str) -> dict[str, Any] | None:
+        """The rule's label-mismatch conflict (its text names another label than its label field), if any."""
+        from ..core.rule_edits import LABEL_MISMATCH
+        return next((c for c in self.model.conflicts_of(uid) if c["source"] == LABEL_MISMATCH), None)
+
+    def fix_mismatch(self, which: str) -> bool:
+        """Fix the selected rule's label mismatch: "label" sets the label to the text's, "text" rewrites the
+        text to name the label. Both are ordinary undoable edits."""
+        from ..core.rule_edits import RuleEditError, fix_label_to_text, fix_text_to_label
+        uid = self.current_uid()
+        if uid is None or self.mismatch_of(uid) is None:
+            return False
+        try:
+            fix = fix_label_to_text if which == "label" else fix_text_to_label
+            edit = fix(self.model.rules(), uid, self.model.labels)
+        except RuleEditError as exc:
+            self._show_error(str(exc))
+            return False
+        ok = self._push(edit)
+        if ok:
+            self.select_uid(uid)
+        return ok
 
     # -- reactions --------------------------------------------------------------------------------
     def _on_filter(self, text: str) -> None:
@@ -620,24 +825,31 @@ class RulesEditor(QWidget):
         self._refresh_versions()
         self._refresh_version_view()
         self.version_saved.emit(rs_id)
+        if self._pending_conflict_rules():
+            self._conflict_timer.start()  # restarted by every edit: one pass once the edits settle
 
     def _pick_version(self, row: int) -> None:
         rs_id = self.versions.itemData(row)
         if rs_id is not None and rs_id != self.model.rule_set_id:
+            from ..core.working import set_working_rule_set
             self.model.load_version(int(rs_id))
+            set_working_rule_set(self.project, int(rs_id))  # a picked version is the working version
+            self._conflicts_base = _content(self.model.rules())
             self.tree.expandToDepth(-1)
+            self.version_picked.emit(int(rs_id))
 
     def _refresh_versions(self) -> None:
-        chosen = self.project.get_setting("chosen_rule_set_id")
-        head = self.project.get_setting(HEAD_SETTING)
+        from ..core.working import pipeline_choice, working_rule_set
+        chosen = pipeline_choice(self.project)
+        working = working_rule_set(self.project)
         self.versions.blockSignals(True)
         self.versions.clear()
         for row in reversed(self.project.rule_sets()):  # newest first
             marks = []
+            if row["id"] == working:
+                marks.append("working")
             if row["id"] == chosen:
                 marks.append("pipeline's choice")
-            if row["id"] == head:
-                marks.append("latest edit")
             mark = f"  [{', '.join(marks)}]" if marks else ""
             reason = " ".join(str(row["reason"]).split())
             if len(reason) > 90:
@@ -692,6 +904,7 @@ class RulesEditor(QWidget):
             self.up_action.setEnabled(order.index(uid) > 0)
             self.down_action.setEnabled(order.index(uid) < len(order) - 1)
         self.conflict_list.clear()
+        self.fix_row.hide()
         if rule is None:
             self.rule_title.setText("<i>Select a rule to see its conflicts and where it comes from.</i>")
             self.provenance.setText(f"Version v{self.model.rule_set_id}: {self.model.record.reason}")
@@ -706,11 +919,26 @@ class RulesEditor(QWidget):
                                    else f"Conflicts of {rule['uid']}: none found")
         for c in found:
             ev = _evidence_text(c["evidence"])
-            item = QTreeWidgetItem([c["other"], c["source"], c["reason"], ev])
-            for col, text in enumerate((c["other"], c["source"], c["reason"], ev)):
+            reason = c["reason"]
+            if c.get("changed_since"):
+                reason = f"[rule changed since: {', '.join(c['changed_since'])}] {reason}"
+            other = "itself" if c["other"] == rule["uid"] else c["other"]
+            item = QTreeWidgetItem([other, c["source"], reason, ev])
+            for col, text in enumerate((other, c["source"], reason, ev)):
                 item.setToolTip(col, text)
+            if c.get("changed_since"):
+                item.setToolTip(2, "The teacher named this conflict before the rule was edited; it is kept so you "
+                                   "can check whether the edit resolved it.\n\n" + reason)
             item.setData(0, Qt.ItemDataRole.UserRole, c["other"])
             self.conflict_list.addTopLevelItem(item)
+        mismatch = self.mismatch_of(rule["uid"])
+        self.fix_row.setVisible(mismatch is not None)
+        if mismatch is not None:
+            said = mismatch["evidence"].get("text_label", "?")
+            self.fix_label_btn.setText(f"Set the label to '{said}'")
+            self.fix_label_btn.setToolTip(f"The text says {said}: make the label {said} (undoable)")
+            self.fix_text_btn.setText(f"Make the text say '{rule['label']}'")
+            self.fix_text_btn.setToolTip(f"Rewrite the label the text names into {rule['label']} (undoable)")
 
     def _provenance_text(self, rule: dict[str, Any]) -> str:
         micro_ids = rule.get("micro_rule_ids", [])
