@@ -153,6 +153,12 @@ def test_only_the_first_part_of_a_split_model_can_be_chosen(tmp_path: Path) -> N
     assert describe_file(write_tiny_gguf(tmp_path / "whole.gguf")).split_part == 0
 
 
+def test_an_embedding_model_is_listed_but_cannot_be_chosen(tmp_path: Path) -> None:
+    embedder = describe_file(write_tiny_gguf(tmp_path / "e.gguf", arch="nomic-bert", pooling_type=1))
+    assert embedder.status == "ok" and not embedder.usable and "embedding model" in embedder.problem
+    assert describe_file(write_tiny_gguf(tmp_path / "g.gguf", pooling_type=0)).usable
+
+
 def test_ollama_manifest_with_a_missing_blob_and_hf_unfinished_download(tmp_path: Path) -> None:
     manifest = tmp_path / ".ollama" / "models" / "manifests" / "registry.ollama.ai" / "library" / "gemma3" / "4b"
     manifest.parent.mkdir(parents=True)

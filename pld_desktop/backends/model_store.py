@@ -59,12 +59,14 @@ class FoundModel:
     sliding_window: int = 0
     split_part: int = 0          # 1-based part of a model split over several files (0: not split)
     split_count: int = 0
+    embedding_only: bool = False  # an embedding model (pools its output; Ollama keeps these too)
 
     @property
     def usable(self) -> bool:
         """A complete language model that llama.cpp opens from this file: not a vision projector ('clip'), and of
         a split model only its first part (llama.cpp finds the others beside it)."""
-        return self.status == "ok" and self.architecture not in ("", "clip") and self.split_part <= 1
+        return (self.status == "ok" and self.architecture not in ("", "clip") and self.split_part <= 1
+                and not self.embedding_only)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -221,6 +223,9 @@ def describe_file(path: str | os.PathLike[str], source: str = "added folder", la
                    "(an unfinished download or a cut-off copy)")
     elif header.architecture == "clip":
         problem = "a vision projector (mmproj), not a language model"
+    embedding_only = _int(header.arch_value("pooling_type")) > 0
+    if embedding_only:
+        problem = "an embedding model (it pools its output), not a text generator"
     split_part = _int(meta.get("split.no")) + 1 if "split.no" in meta else 0  # split.no counts from 0
     split_count = _int(meta.get("split.count"))
     if split_part > 1:
@@ -237,7 +242,7 @@ def describe_file(path: str | os.PathLike[str], source: str = "added folder", la
         n_layer=_int(header.arch_value("block_count")), n_embd=_int(header.arch_value("embedding_length")),
         n_vocab=n_vocab, kv_bytes_per_token=_kv_bytes_per_token(header),
         sliding_window=_int(header.arch_value("attention.sliding_window")), split_part=split_part,
-        split_count=split_count)
+        split_count=split_count, embedding_only=embedding_only)
 
 
 # ---------------------------------------------------------------------------
