@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import http.server
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from pld_desktop.backends.trust import (TrustStore, UntrustedSettingError, endpoint_id, reset_to_defaults,
-                                        settings_in_use)
+from pld_desktop.backends.trust import (
+    TrustStore,
+    UntrustedSettingError,
+    endpoint_id,
+    reset_to_defaults,
+    settings_in_use,
+)
 from pld_desktop.core.settings import RunSettings
 
 from . import crash_harness as ch
@@ -43,7 +48,7 @@ class RecordingServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> "RecordingServer":
+    def __enter__(self) -> RecordingServer:
         self.thread.start()
         return self
 
