@@ -136,6 +136,15 @@ def test_factory_refuses_an_untrusted_backend(tmp_path: Path, server: RecordingS
     backends.close()
 
 
+def test_every_default_provider_checks_this_machines_trust(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The window's views (compare, rules) build `DefaultBackends()` themselves: the guard is on by default."""
+    from pld_desktop.backends.factory import DefaultBackends
+    monkeypatch.setenv("PLD_CONFIG_DIR", str(tmp_path / "machine"))
+    settings = RunSettings(student_backend="openai", student_base_url="http://192.0.2.7:9/v1")
+    with pytest.raises(UntrustedSettingError, match="192.0.2.7"):
+        DefaultBackends().student(settings)
+
+
 def test_use_defaults_resets_to_the_bundled_models() -> None:
     settings = RunSettings(teacher="openai", teacher_openai_base_url="http://evil.example/v1",
                            student_backend="openai", student_base_url="http://evil.example:8080/v1",

@@ -56,8 +56,7 @@ class PipelineThread(QThread):
         from ..core.project import Project
         from ..core.settings import load_settings
 
-        from ..backends.trust import TrustStore
-        backends = (self.backends_factory or (lambda: DefaultBackends(trust=TrustStore())))()
+        backends = (self.backends_factory or DefaultBackends)()
         try:
             with Project.open(self.project_path) as project:
                 report = run_pipeline(project, load_settings(project), backends, self.progress, phases=self.phases,
