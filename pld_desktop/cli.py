@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sqlite3
 import signal
 import sys
@@ -212,13 +213,12 @@ def _nonnegative_int(text: str) -> int:
 def _run(project_path: str, args: argparse.Namespace, phases: Sequence[int], command: str,
          settings_override: Any = None) -> int:
     from .backends.factory import DefaultBackends
+    from .backends.trust import TrustStore, UntrustedSettingError
     from .core.pipeline import PHASE_NAMES, estimate_teacher_run, run_pipeline
     from .core.project import Project
     from .core.run_lock import RunLock
     from .core.settings import load_settings
     from .core.settings_check import check_settings
-
-    from .backends.trust import TrustStore, UntrustedSettingError
 
     project = Project.open(project_path)
     progress = ConsoleProgress(quiet=getattr(args, "quiet", False))
@@ -1042,7 +1042,7 @@ class _TerminalSafe:
     escapes, so data printed by `pld` can never drive the terminal. Newlines and tabs pass; tqdm's own
     carriage returns pass too (they only move to the start of the line)."""
 
-    _UNSAFE = __import__("re").compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e"
+    _UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e"
                                        "\u2066-\u2069]")
 
     def __init__(self, stream: Any) -> None:
@@ -1055,14 +1055,6 @@ class _TerminalSafe:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
-
-
-def terminal_safe(text: str) -> str:
-    """`text` with control and bidi characters written as escapes (what `pld` prints)."""
-    import io
-    buffer = io.StringIO()
-    _TerminalSafe(buffer).write(text)
-    return buffer.getvalue()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

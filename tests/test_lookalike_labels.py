@@ -8,7 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pld_desktop.core.dataset import ColumnMapping, SplitSettings, build_dataset, load_dataset
+from pld_desktop.core.dataset import (
+    ColumnMapping,
+    SplitSettings,
+    build_dataset,
+    load_dataset,
+)
 
 LOOKALIKES = ["Pos", "POS", "pos", "neg", "caf\u00e9", "cafe\u0301", "z\u200bero", "zero", "\u202ertl", "rtl"]
 

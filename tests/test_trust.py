@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import http.server
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from pld_desktop.backends.trust import (TrustStore, UntrustedSettingError, endpoint_id, reset_to_defaults,
-                                        settings_in_use)
+from pld_desktop.backends.trust import (
+    TrustStore,
+    UntrustedSettingError,
+    endpoint_id,
+    reset_to_defaults,
+    settings_in_use,
+)
 from pld_desktop.core.settings import RunSettings
 
 from . import crash_harness as ch
@@ -43,7 +48,7 @@ class RecordingServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> "RecordingServer":
+    def __enter__(self) -> RecordingServer:
         self.thread.start()
         return self
 
@@ -131,6 +136,15 @@ def test_factory_refuses_an_untrusted_backend(tmp_path: Path, server: RecordingS
     backends.close()
 
 
+def test_every_default_provider_checks_this_machines_trust(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The window's views (compare, rules) build `DefaultBackends()` themselves: the guard is on by default."""
+    from pld_desktop.backends.factory import DefaultBackends
+    monkeypatch.setenv("PLD_CONFIG_DIR", str(tmp_path / "machine"))
+    settings = RunSettings(student_backend="openai", student_base_url="http://192.0.2.7:9/v1")
+    with pytest.raises(UntrustedSettingError, match="192.0.2.7"):
+        DefaultBackends().student(settings)
+
+
 def test_use_defaults_resets_to_the_bundled_models() -> None:
     settings = RunSettings(teacher="openai", teacher_openai_base_url="http://evil.example/v1",
                            student_backend="openai", student_base_url="http://evil.example:8080/v1",
@@ -144,3 +158,53 @@ def test_endpoint_id_normalises_scheme_host_and_port() -> None:
     assert endpoint_id("https://Example.COM/v1beta?x=1") == "https://example.com:443"
     assert endpoint_id("http://127.0.0.1:8080/v1") == "http://127.0.0.1:8080"
     assert endpoint_id("example.com") == "https://example.com:443"
+
+
+@pytest.mark.parametrize("choice", ["Accept", "Use defaults", "Cancel"])
+def test_window_asks_before_using_a_projects_server(qtbot: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    choice: str) -> None:
+    from PySide6.QtWidgets import QMessageBox
+
+    from pld_desktop.core.project import Project
+    from pld_desktop.core.settings import load_settings, save_settings
+    from pld_desktop.ui.app import MainWindow
+
+    from .fakes import FakeBackends
+    from .test_pipeline import make_project
+    monkeypatch.setenv("PLD_CONFIG_DIR", str(tmp_path / "config"))
+    project = make_project(tmp_path)
+    save_settings(project, RunSettings(teacher="openai", teacher_openai_base_url="http://192.0.2.7:9/v1",
+                                       teacher_openai_model="m"))
+    project.close()
+    shown: list[str] = []
+
+    def fake_exec(box: QMessageBox) -> int:
+        shown.append(box.text())
+        button = next(b for b in box.buttons() if b.text().replace("&", "") == choice)
+        button.click()
+        return 0
+    monkeypatch.setattr(QMessageBox, "exec", fake_exec)
+    window = MainWindow(backends_factory=lambda: FakeBackends())
+    qtbot.addWidget(window)  # type: ignore[attr-defined]
+    window.open_project(tmp_path / "p.pld")
+    started: list[list[int]] = []
+
+    def no_run(*args: object, **kwargs: object) -> None:  # the run itself is not this test's business
+        started.append(list(args[1]))  # type: ignore[call-overload]
+        raise RuntimeError("stop here")
+    monkeypatch.setattr("pld_desktop.ui.app.PipelineThread", no_run)
+    try:
+        window.run_phases([1])
+    except RuntimeError:
+        pass
+    assert shown and "http://192.0.2.7:9" in shown[0]
+    store = TrustStore(tmp_path / "config" / "trusted.json")
+    with Project.open(tmp_path / "p.pld", read_only=True) as p:
+        settings = load_settings(p)
+    if choice == "Accept":
+        assert started == [[1]] and store.untrusted(settings) == []
+    elif choice == "Use defaults":
+        assert started == [[1]] and settings.teacher == "local" and settings.teacher_openai_base_url is None
+    else:
+        assert started == [] and store.untrusted(settings)
+    window.close()

@@ -16,14 +16,15 @@ _STUDENT_FIELDS = frozenset({"student_base_url", "student_gguf"})
 class DefaultBackends:
     """The `BackendProvider` used by the CLI and the GUI: bundled models unless settings name others.
 
-    With a `trust` store (the CLI and the window pass this machine's), a backend whose endpoint or model file
-    the user has not accepted is refused before it is built, so no key or example can reach it.
+    A backend whose endpoint or model file this machine's user has not accepted (`trust`, by default this
+    machine's store) is refused before it is built, so no key or example can reach it; every window view and
+    the CLI get this guard. `trust=None` turns it off for callers that made the settings themselves.
     """
 
-    def __init__(self, trust: TrustStore | None = None) -> None:
+    def __init__(self, trust: TrustStore | None | str = "this machine") -> None:
         self._lock = threading.Lock()
         self._cache: dict[Any, Any] = {}
-        self._trust = trust
+        self._trust: TrustStore | None = TrustStore() if isinstance(trust, str) else trust
 
     def _check_trust(self, settings: RunSettings, fields: frozenset[str]) -> None:
         if self._trust is None:

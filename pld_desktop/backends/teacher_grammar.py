@@ -69,7 +69,7 @@ def _json_content(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)[1:-1]
 
 
-_ANSWER = re.compile(r"answer \((.*)\)\[\.\]\$$", re.S)
+_ANSWER = re.compile(r"answer \((.*)\)\[\.\]\$$", re.DOTALL)
 
 
 def hint_labels(patterns: dict[str, str]) -> tuple[str, ...] | None:
@@ -145,24 +145,24 @@ class _Builder:
             return self.primitive("value")
         if "$ref" in schema:
             ref = schema["$ref"]
-            key = (ref, label)
-            if key not in self.refs:
-                self.refs[key] = self.visit(self.resolve(ref), ref.rsplit("/", 1)[-1], label)
-            return self.refs[key]
+            ref_key = (ref, label)
+            if ref_key not in self.refs:
+                self.refs[ref_key] = self.visit(self.resolve(ref), ref.rsplit("/", 1)[-1], label)
+            return self.refs[ref_key]
         if "const" in schema:
             return self.add(name, gbnf_literal(json.dumps(schema["const"], ensure_ascii=False)) + " ws")
         if "enum" in schema:
             values = schema["enum"]
             alts = " | ".join(gbnf_literal(json.dumps(v, ensure_ascii=False)) for v in values)
             return self.add(name, f"({alts}) ws")
-        for key in ("anyOf", "oneOf"):
-            if key in schema:
-                alts = [self.visit(s, f"{name}-{i}", label) for i, s in enumerate(schema[key])]
-                return self.add(name, " | ".join(alts))
+        for combinator in ("anyOf", "oneOf"):
+            if combinator in schema:
+                options = [self.visit(s, f"{name}-{i}", label) for i, s in enumerate(schema[combinator])]
+                return self.add(name, " | ".join(options))
         kind = schema.get("type")
         if isinstance(kind, list):
-            alts = [self.visit({**schema, "type": t}, f"{name}-{t}", label) for t in kind]
-            return self.add(name, " | ".join(alts))
+            options = [self.visit({**schema, "type": t}, f"{name}-{t}", label) for t in kind]
+            return self.add(name, " | ".join(options))
         if kind == "object" or "properties" in schema:
             return self.object_rule(schema, name)
         if kind == "array":
@@ -190,7 +190,7 @@ class _Builder:
         if not paired:
             return self.add(name, self.object_body(props, name, None))
         # One alternative per label the rule may answer: its `label` is that label as a literal.
-        answers = [lab for lab in self.rule_labels or () if lab in label_enum] or list(self.rule_labels or ())
+        answers = [lab for lab in self.rule_labels or () if lab in (label_enum or ())] or list(self.rule_labels or ())
         alts = [self.object_body(props, f"{name}-{i}", lab) for i, lab in enumerate(answers)]
         return self.add(name, " | ".join(f"({a})" for a in alts))
 

@@ -13,9 +13,10 @@ import os
 import sys
 import tempfile
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 __all__ = ["TrustStore", "UntrustedSetting", "UntrustedSettingError", "config_dir", "endpoint_id",

@@ -538,10 +538,10 @@ def _parse(text: str, *, max_rows: int | None = None, truncated: bool = False) -
     """Parse decoded CSV text into a str DataFrame indexed by spreadsheet line number; raise on structural errors."""
     if not text.strip():
         raise DatasetError(Problem("The file is empty: it contains no text (only blank lines or spaces)."))
-    hint = _SEP_HINT.match(text)
-    if hint:  # Excel's "sep=;" first line: it names the separator and is not a row (Excel does not show it)
-        delimiter = "\t" if hint.group(1) == "\\t" else hint.group(1)
-        text = text[hint.end():]
+    sep_line = _SEP_HINT.match(text)
+    if sep_line:  # Excel's "sep=;" first line: it names the separator and is not a row (Excel does not show it)
+        delimiter = "\t" if sep_line.group(1) == "\\t" else sep_line.group(1)
+        text = text[sep_line.end():]
     else:
         delimiter = _sniff_delimiter(text)
     stream = io.StringIO(text, newline="")

@@ -115,9 +115,7 @@ class PipelineThread(QThread):
 
         from ..core.progress import Cancelled
 
-        from ..backends.trust import TrustStore
-        backends = AnnouncingBackends((self.backends_factory or (lambda: DefaultBackends(trust=TrustStore())))(),
-                                      self.progress)
+        backends = AnnouncingBackends((self.backends_factory or DefaultBackends)(), self.progress)
         if self.job is not None:
             try:
                 with Project.open(self.project_path) as project:
