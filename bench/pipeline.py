@@ -268,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for mode in modes:
                 print(f"running {dataset['name']} ({mode} paths) ...", file=sys.stderr, flush=True)
                 result["runs"].setdefault(dataset["name"], {})[mode] = run_mode(dataset, mode, args, folder)
+                if args.json:  # after every run, so a long benchmark stopped early keeps what it measured
+                    Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
         result["ratios"] = ratio_rows(result["runs"])
     finally:
         shutil.rmtree(folder, ignore_errors=True)

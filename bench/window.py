@@ -116,7 +116,7 @@ def build_project(folder: Path, rows: int, n_rules: int) -> Path:
     labels = sorted({r.label for r in dataset.rows})
     rng = random.Random(1)
     words = "fee card branch app transfer refund account phishing charge delay staff loan pin online".split()
-    rules = []
+    rules: list[dict[str, Any]] = []
     for i in range(n_rules):
         label = labels[i % len(labels)]
         # Long enough to wrap over several lines in the rule tree.
@@ -125,7 +125,7 @@ def build_project(folder: Path, rows: int, n_rules: int) -> Path:
                 f"suggests {label} (case {i}), answer {label}.")
         rules.append({"uid": f"R{i + 1}", "text": text, "label": label, "enabled": True, "micro_rule_ids": [],
                       "example_ids": [], "origin": "merged"})
-    prompt = build_rules_prompt(DEMO_TASK, labels, [PromptRule(r["text"], r["label"]) for r in rules],
+    prompt = build_rules_prompt(DEMO_TASK, labels, [PromptRule(str(r["text"]), str(r["label"])) for r in rules],
                                 DEMO_MEANINGS)
     path = folder / "big.pld"
 

@@ -1164,6 +1164,7 @@ class BatchedGenerator:
         self.prefix_cache = prefix_cache
         self.disk_cache = disk_cache
         self.stats = GenerationStats()
+        self.closed = False
         self._slots = [_Slot(i) for i in range(self.n_parallel)]
         self._holders: "OrderedDict[tuple[int, ...], int]" = OrderedDict()
         self._free_holders = list(range(self.n_parallel, self.n_parallel + self.N_PREFIX_HOLDERS))
@@ -1173,6 +1174,7 @@ class BatchedGenerator:
         return self._ctx.ctx
 
     def close(self) -> None:
+        self.closed = True
         for slot in self._slots:
             self._free_sampler(slot)
         if self._batch is not None:
@@ -1327,6 +1329,9 @@ class BatchedGenerator:
     def run(self, jobs: "GenerationQueue") -> None:
         """Serve jobs from `jobs` until it is empty and nothing is in progress (then the queue is marked idle,
         atomically with the emptiness check, so a job put meanwhile starts a new service)."""
+        if self.closed:  # a service queued behind close(): nothing may touch the freed context
+            jobs.fail_all(RuntimeError("The model has been closed."))
+            return
         try:
             while True:
                 active = [s for s in self._slots if s.job is not None]

@@ -84,7 +84,7 @@ class LocalTeacher:
 
                 def make(llama: llama_cpp.Llama) -> BatchedGenerator:
                     generator = BatchedGenerator(llama, n_ctx=n_ctx, n_parallel=parallel,
-                                                 n_threads=int(n_threads), repeat_penalty=repeat_penalty,
+                                                 n_threads=int(n_threads or 1), repeat_penalty=repeat_penalty,
                                                  prefix_cache=PrefixStateCache(256 << 20))
                     if disk_cache:
                         settings = state_settings(llama, sha, purpose="batched-teacher",

@@ -81,4 +81,7 @@ class VocabTokenizer:
         if self._done.is_set():
             finish()
         else:
-            threading.Thread(target=lambda: (self._done.wait(), finish()), daemon=True).start()
+            def wait_then_finish() -> None:
+                self._done.wait()
+                finish()
+            threading.Thread(target=wait_then_finish, daemon=True).start()
