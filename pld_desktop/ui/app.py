@@ -224,6 +224,7 @@ class MainWindow(QMainWindow):
                                               ("csv", "Test Results as &CSV…"))}
         self.export_all_act = self._action("&All Formats…", lambda: self.export(("txt", "md", "json")),
                                            QKeySequence("Ctrl+E"), "Write .txt, .md and .json into a folder")
+        self.export_all_act.setProperty("help_name", "Export the working version as .txt, .md and .json")
         from ..core.deploy import DEPLOY_FORMATS
         self.export_deploy_act = self._action(
             "&Deployment Files (Ollama, llama.cpp, Python)…", lambda: self.export(DEPLOY_FORMATS),
@@ -264,8 +265,10 @@ class MainWindow(QMainWindow):
         settings_menu.addAction(self.models_act)
         view_menu = self.menuBar().addMenu("&View")
         for i, name in enumerate(TAB_NAMES):
-            view_menu.addAction(self._action(f"&{name}", lambda _=False, i=i: self.tabs.setCurrentIndex(i),
-                                             QKeySequence(f"Ctrl+{i + 1}")))
+            act = self._action(f"&{name}", lambda _=False, i=i: self.tabs.setCurrentIndex(i),
+                               QKeySequence(f"Ctrl+{i + 1}"))
+            act.setProperty("help_name", f"Show the {name} tab")
+            view_menu.addAction(act)
         help_menu = self.menuBar().addMenu("&Help")
         help_menu.addAction(self._action("&Keyboard Shortcuts", lambda: self.show_help(0), QKeySequence("F1")))
         help_menu.addAction(self._action("&How a Run Works", lambda: self.show_help(1)))
