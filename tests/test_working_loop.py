@@ -147,13 +147,16 @@ def test_score_on_dev_with_parent_and_baselines_is_cached_and_test_is_counted(pr
     assert row.dev_delta_vs_parent == pytest.approx(result.delta_vs_parent)
     assert next(r for r in history.rows if r.rule_set_id == chosen).is_pipeline_choice
     assert set(history.baselines["dev"]) == {"zero_shot", "few_shot"}
-    score_version(project, student, split="test")
-    assert count_test_uses(project) == before_tests + 1
+    grandchild = save_version(project, edited, SetEnabled(rules[1]["uid"], False).apply(
+        project.rule_set(edited).rules)[0], "edit again")
+    on_test = score_version(project, student, split="test")
+    assert on_test.rule_set_id == grandchild and on_test.parent is None  # its parent has no test score...
+    assert count_test_uses(project) == before_tests + 1  # ...and was not scored on test behind the user's back
+    assert latest_scores(project, edited, "test") == {}
     evaluations = status_evaluations(project)
-    assert {"rule_set": edited, "prompt": "rules", "split": "test", "macro_f1": pytest.approx(
-        latest_scores(project, edited, "test")["rules"].macro_f1), "accuracy": pytest.approx(
-        latest_scores(project, edited, "test")["rules"].accuracy), "n": len(project.examples(split="test"))} \
-        in evaluations
+    assert {"rule_set": grandchild, "prompt": "rules", "split": "test", "macro_f1": pytest.approx(
+        on_test.score.macro_f1), "accuracy": pytest.approx(on_test.score.accuracy),
+        "n": len(project.examples(split="test"))} in evaluations
     assert {e["prompt"] for e in evaluations} <= {"rules", "zero_shot", "few_shot", "custom"}
 
 

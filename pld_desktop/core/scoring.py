@@ -119,7 +119,8 @@ def score_version(project: Project, student: Student, rule_set_id: int | None = 
                   settings: RunSettings | None = None, progress: Progress | None = None,
                   with_parent: bool = True, with_baselines: bool = True) -> VersionScore:
     """Score a version (default: the working version) on `split` with the student, plus its parent and the
-    zero-shot and k-shot baselines on the same examples. Cached: an unchanged prompt costs no student call.
+    zero-shot and k-shot baselines on the same examples (on test, the parent only when it already has a test
+    score: scoring it would be one more test use). Cached: an unchanged prompt costs no student call.
     Scoring on "test" is the explicit final check (see `test_use_count`); the window and `pld eval` default
     to dev."""
     settings = settings or load_settings(project)
@@ -134,8 +135,14 @@ def score_version(project: Project, student: Student, rule_set_id: int | None = 
     if with_parent and rs.parent_id is not None:
         parent = project.rule_set(rs.parent_id)
         out.parent_id = parent.id
-        out.parent = _evaluate(project, student, parent.prompt_text, examples, "pld", split, progress, parent.id,
-                               f"Scoring parent v{parent.id} on {split}")
+        if split == "dev":
+            out.parent = _evaluate(project, student, parent.prompt_text, examples, "pld", split, progress,
+                                   parent.id, f"Scoring parent v{parent.id} on {split}")
+        else:
+            # Scoring the parent on test would be one more test use; show its test score only if it has one.
+            cached = latest_scores(project, parent.id, split).get("rules")
+            if cached is not None and cached.n == out.score.n and cached.student_sha256 == out.score.student_sha256:
+                out.parent = cached
     if with_baselines:
         for kind, prompt in baseline_prompts(project, rs_id, settings).items():
             name = "zero-shot" if kind == "zero_shot" else f"{settings.few_shot_k}-shot"
