@@ -436,3 +436,24 @@ def test_window_exports_name_the_working_version_including_deployment_files(qtbo
         rows = list(csv.DictReader(f))
     assert rows and {r["rule_set"] for r in rows} == {f"v{edited}"}
     window.close()
+
+
+def test_a_round_is_called_failed_only_when_the_teacher_call_failed(tmp_path: Path) -> None:
+    """A well-formed resolution reply without rules is "proposed no rules"; an unusable reply is "failed"."""
+    from pld_desktop.ui.clusters_view import read_loop_rounds
+
+    from .fakes import FakeTeacher
+
+    class NoRulesTeacher(FakeTeacher):
+        def _reply(self, request: Any, schema: dict) -> dict:
+            if request.kind == "resolution":
+                return {"root_cause": "nothing to change", "rules": [], "conflicts": []}
+            return super()._reply(request, schema)
+
+    for teacher, expected in ((NoRulesTeacher(), "the teacher's reply proposed no rules"),
+                              (FakeTeacher(invalid_for=("Examples the model got WRONG",)), "teacher reply failed")):
+        project = make_project(tmp_path, f"{expected[:3].strip()}.pld")
+        run_pipeline(project, settings(), FakeBackends(teacher=teacher), SilentProgress(), phases=[1, 2, 3])
+        notes = [r["root_cause"] for r in read_loop_rounds(project) if r["dev_macro_f1"] is None]
+        project.close()
+        assert notes and all(n.startswith(expected) for n in notes), notes
