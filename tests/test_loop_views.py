@@ -403,3 +403,57 @@ def test_score_on_dev_with_the_real_student(qtbot: Any, project_path: Path) -> N
         students = {ev["student"].get("model_id") or ev["student"].get("path") for ev in project.evaluations_done()
                     if ev["split"] == "dev"}
     assert any(s and "fake" not in str(s) for s in students), students
+
+
+def test_window_exports_name_the_working_version_including_deployment_files(qtbot: Any, project_path: Path,
+                                                                             tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import csv
+
+    from pld_desktop.core.deploy import DEPLOY_FORMATS
+    from pld_desktop.core.scoring import score_version
+
+    from .fakes import FakeStudent
+    edited = _edit(project_path, lambda rules: SetEnabled(rules[1]["uid"], False))
+    with Project.open(project_path) as project:  # the CSV holds a scored version's predictions
+        score_version(project, FakeStudent(), edited, split="dev")
+    monkeypatch.setattr(QMessageBox, "warning", lambda *a, **k: pytest.fail(f"export warned: {a[2:]}"))
+    window = MainWindow(backends_factory=FakeBackends)
+    qtbot.addWidget(window)
+    window.open_project(project_path)
+    window.views["rules"].auto_conflicts = False
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr("pld_desktop.ui.app.QFileDialog.getExistingDirectory", lambda *a, **k: str(out))
+    assert window.export_deploy_act.isEnabled()
+    window.export_deploy_act.trigger()
+    names = sorted(p.name for p in out.iterdir())
+    assert len(names) >= len(DEPLOY_FORMATS) and all(f"-v{edited}" in n for n in names), names  # + a grammar
+    assert f"version {edited}" in window.statusBar().currentMessage()
+    [written] = window.export(("csv",))
+    assert f"-v{edited}-" in written.name
+    with written.open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {r["rule_set"] for r in rows} == {f"v{edited}"}
+    window.close()
+
+
+def test_a_round_is_called_failed_only_when_the_teacher_call_failed(tmp_path: Path) -> None:
+    """A well-formed resolution reply without rules is "proposed no rules"; an unusable reply is "failed"."""
+    from pld_desktop.ui.clusters_view import read_loop_rounds
+
+    from .fakes import FakeTeacher
+
+    class NoRulesTeacher(FakeTeacher):
+        def _reply(self, request: Any, schema: dict) -> dict:
+            if request.kind == "resolution":
+                return {"root_cause": "nothing to change", "rules": [], "conflicts": []}
+            return super()._reply(request, schema)
+
+    for teacher, expected in ((NoRulesTeacher(), "the teacher's reply proposed no rules"),
+                              (FakeTeacher(invalid_for=("Examples the model got WRONG",)), "teacher reply failed")):
+        project = make_project(tmp_path, f"{expected[:3].strip()}.pld")
+        run_pipeline(project, settings(), FakeBackends(teacher=teacher), SilentProgress(), phases=[1, 2, 3])
+        notes = [r["root_cause"] for r in read_loop_rounds(project) if r["dev_macro_f1"] is None]
+        project.close()
+        assert notes and all(n.startswith(expected) for n in notes), notes

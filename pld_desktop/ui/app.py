@@ -280,6 +280,12 @@ class MainWindow(QMainWindow):
                                               ("csv", "Test Results as &CSV…"))}
         self.export_all_act = self._action("&All Formats…", lambda: self.export(("txt", "md", "json")),
                                            QKeySequence("Ctrl+E"), "Write .txt, .md and .json into a folder")
+        self.export_all_act.setProperty("help_name", "Export the working version as .txt, .md and .json")
+        from ..core.deploy import DEPLOY_FORMATS
+        self.export_deploy_act = self._action(
+            "&Deployment Files (Ollama, llama.cpp, Python)…", lambda: self.export(DEPLOY_FORMATS),
+            tip="An Ollama Modelfile, a llama.cpp server command with a label grammar, and a Python script that "
+                "classifies a CSV with the working version's prompt")
         self.run_all_act = self._action("Run &All Phases", self.run_all, QKeySequence("F5"),
                                         "Run extraction, synthesis, the closed loop and evaluation; a rerun resumes")
         self.cancel_act = self._action("&Cancel Running Phase", self.cancel, QKeySequence("Ctrl+."),
@@ -300,6 +306,7 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         export_menu = file_menu.addMenu("&Export")
         export_menu.addActions(list(self.export_acts.values()))
+        export_menu.addAction(self.export_deploy_act)
         export_menu.addSeparator()
         export_menu.addAction(self.export_all_act)
         file_menu.addSeparator()
@@ -314,8 +321,10 @@ class MainWindow(QMainWindow):
         settings_menu.addAction(self.models_act)
         view_menu = self.menuBar().addMenu("&View")
         for i, name in enumerate(TAB_NAMES):
-            view_menu.addAction(self._action(f"&{name}", lambda _=False, i=i: self.tabs.setCurrentIndex(i),
-                                             QKeySequence(f"Ctrl+{i + 1}")))
+            act = self._action(f"&{name}", lambda _=False, i=i: self.tabs.setCurrentIndex(i),
+                               QKeySequence(f"Ctrl+{i + 1}"))
+            act.setProperty("help_name", f"Show the {name} tab")
+            view_menu.addAction(act)
         help_menu = self.menuBar().addMenu("&Help")
         help_menu.addAction(self._action("&Keyboard Shortcuts", lambda: self.show_help(0), QKeySequence("F1")))
         help_menu.addAction(self._action("&How a Run Works", lambda: self.show_help(1)))
@@ -914,7 +923,9 @@ class MainWindow(QMainWindow):
             prompt_formats = tuple(f for f in formats if f != "csv")
             written = export_rule_set(self.project, folder, prompt_formats, rule_set_id=rs_id) if prompt_formats else []
             if "csv" in formats:  # per-example test results, spreadsheet formulas neutralised
-                written.append(export_results_csv(self.project, Path(folder) / f"{self.project_path.stem}-results.csv"))
+                written.append(export_results_csv(self.project, Path(folder) /
+                                                  f"{self.project_path.stem}-v{rs_id}-results.csv",
+                                                  rule_set_id=rs_id))
         except (OSError, ValueError, RuntimeError) as exc:
             QMessageBox.warning(self, "Export failed", str(exc))
             return []
@@ -979,7 +990,8 @@ class MainWindow(QMainWindow):
         self.run_btn.setEnabled(has_project and not busy)
         self.cancel_btn.setEnabled(busy)
         self.cancel_act.setEnabled(busy)
-        for act in (self.save_as_act, self.close_act, self.export_all_act, *self.export_acts.values(),
+        for act in (self.save_as_act, self.close_act, self.export_all_act, self.export_deploy_act,
+                    *self.export_acts.values(),
                     self.models_act):
             act.setEnabled(has_project)
         for act in (self.new_act, self.open_act, self.demo_act):

@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (QComboBox, QGroupBox, QHBoxLayout, QHeaderView, Q
 
 from ..core.diff import VersionDiff, diff_versions, prompt_numbers
 from ..core.project import Project, ProjectFileError
+from .charts_extra import is_dark_palette
 
 ADDED = QColor("#2e7d32")
 REMOVED = QColor("#c62828")
@@ -197,7 +198,7 @@ class DiffView(QWidget):
     def _row(self, kind: str, colour: QColor, uid: str, number: str, label: str, text: str, *,
              strike: bool = False, disabled: bool = False) -> None:
         item = QTreeWidgetItem([kind, uid, number, label, text + (" (disabled)" if disabled else "")])
-        item.setForeground(0, QBrush(colour))
+        item.setForeground(0, QBrush(colour.lighter(160) if is_dark_palette() else colour))
         font = QFont()
         font.setBold(True)
         item.setFont(0, font)

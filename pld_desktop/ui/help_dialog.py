@@ -47,7 +47,8 @@ def shortcut_rows(actions: Iterable[QAction]) -> list[tuple[str, str]]:
     seen: set[str] = set()
     for act in actions:
         keys = ", ".join(k.toString(QKeySequence.SequenceFormat.NativeText) for k in act.shortcuts() if not k.isEmpty())
-        name = act.text().replace("&", "").rstrip("…").strip()
+        # An action may name itself for this list when its menu text needs its menu to be understood.
+        name = str(act.property("help_name") or act.text().replace("&", "").rstrip("…").strip())
         if keys and (keys, name) not in {(r[0], r[1]) for r in rows} and name not in seen:
             seen.add(name)
             rows.append((keys, name))
@@ -66,6 +67,7 @@ class HelpDialog(QDialog):
         self.shortcuts = QTableWidget(len(rows), 2)
         self.shortcuts.setHorizontalHeaderLabels(["Keys", "Action"])
         self.shortcuts.verticalHeader().setVisible(False)
+        self.shortcuts.verticalHeader().setDefaultSectionSize(24)
         self.shortcuts.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         for i, (keys, name) in enumerate(rows):
             self.shortcuts.setItem(i, 0, QTableWidgetItem(keys))

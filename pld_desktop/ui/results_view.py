@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLab
 
 from ..core.project import Project, ProjectFileError
 from ..core.scoring import History, HistoryRow, Score, version_history
+from .charts_extra import is_dark_palette
 from .tasks import PipelineThread, keep_alive
 
 ModelIndex = QModelIndex | QPersistentModelIndex
@@ -145,7 +146,8 @@ class HistoryModel(QAbstractTableModel):
             if self.stale:
                 return QBrush(STALE)
             if col in delta_cols and value is not None and abs(value) >= 0.0005:
-                return QBrush(UP if value > 0 else DOWN)
+                colour = UP if value > 0 else DOWN
+                return QBrush(colour.lighter(170) if is_dark_palette() else colour)  # legible on a dark base
             return None
         if role == Qt.ItemDataRole.FontRole:
             font = QFont()

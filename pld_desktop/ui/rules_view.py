@@ -282,6 +282,7 @@ class RulesEditor(QWidget):
             act = QAction(style.standardIcon(icon), text, self)
             act.setToolTip(tip + (f" ({keys.toString(QKeySequence.SequenceFormat.NativeText)})" if keys else ""))
             act.triggered.connect(slot)
+            act.setProperty("help_name", f"Rules: {tip[0].lower()}{tip[1:]}")  # Help > Keyboard Shortcuts
             if keys is not None:
                 act.setShortcut(keys)
             self.toolbar.addAction(act)
