@@ -233,15 +233,10 @@ def off_label_reason(rule: str, gold: str, labels: Sequence[str]) -> str | None:
 
 
 def looks_cut(rule: str) -> bool:
-    """True when a stored rule was cut: it does not end at a sentence end, or its condition fills the local
-    grammar's character cap exactly (rule_pattern's {8,120}: the grammar closed the rule mid-sentence)."""
-    if not re.search(r"[.!?][\"'”’)]*\s*$", rule or ""):
-        return True
-    m = re.match(r"^If (.*), answer [^,]+[.]$", rule or "", re.S)
-    return m is not None and len(m.group(1)) >= RULE_CONDITION_CAP
-
-
-RULE_CONDITION_CAP = 120  # the character cap of rule_pattern's condition
+    """True when a stored rule was cut: it does not end at a sentence end. (The local grammar bounds a rule's
+    condition in whole words and a reply that reaches the bound is retried, never stored, so a stored rule
+    that ends at a sentence is whole.)"""
+    return not re.search(r"[.!?][\"'”’)]*\s*$", rule or "")
 
 
 def meaning_reason(meaning: str, label: str) -> str | None:
