@@ -452,3 +452,32 @@ def test_export_and_init_on_a_full_disk_say_so_and_leave_nothing(tmp_path: Path)
         assert list((mount / "exports").iterdir()) == []
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_the_window_shows_a_dead_runs_phase_as_interrupted(tmp_path: Path, qtbot: Any) -> None:
+    from pld_desktop.ui.app import MainWindow
+
+    from .fakes import FakeBackends
+
+    path = _project(tmp_path, "http://127.0.0.1:9/")
+    with Project.open(path) as project:  # what a SIGKILLed run leaves: phase 1 "running", nobody holding the lock
+        project.set_phase(1, "running", 3, 14, "")
+    window = MainWindow(backends_factory=FakeBackends)
+    qtbot.addWidget(window)
+    window.open_project(path)
+    card = window.cards[1]
+    assert "interrupted, resumable" in card.state.text()
+    assert card.start_btn.text() == "Resume"
+    holder = _child("""
+        import sys, time
+        from pld_desktop.core.run_lock import RunLock
+        lock = RunLock(sys.argv[1], "run").acquire()
+        print("ready", flush=True)
+        time.sleep(600)
+    """, str(path))
+    try:  # a live run elsewhere (the CLI) really is running
+        window._refresh()
+        assert "running" in card.state.text() and "interrupted" not in card.state.text()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
