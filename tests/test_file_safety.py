@@ -282,6 +282,11 @@ def test_a_run_lock_taken_twice_in_one_process_nests(tmp_path: Path) -> None:
             assert holder_of(target)["pid"] == os.getpid()  # type: ignore[index]
         assert lock_path(target).exists()
     assert not lock_path(target).exists() and holder_of(target) is None
+    outer, inner = RunLock(target, "run").acquire(), RunLock(target, "run").acquire()
+    outer.release()  # released out of order: the lock is held until the last holder lets go
+    assert holder_of(target) is not None
+    inner.release()
+    assert holder_of(target) is None and not lock_path(target).exists()
 
 
 # ---------------------------------------------------------------------------

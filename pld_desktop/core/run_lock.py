@@ -134,8 +134,8 @@ class RunLock:
             return
         if self._fd == -1:  # nested in another holder of this process
             outer = getattr(self, "_outer")
-            outer._depth -= 1
             self._fd = None
+            outer.release()  # the last of the nested holders to let go frees the real lock
             return
         self._depth -= 1
         if self._depth > 0:
