@@ -14,9 +14,9 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -385,7 +385,7 @@ def test_export_onto_an_existing_file_says_so(tmp_path: Path) -> None:
 def test_status_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
     path = _project(tmp_path, "http://127.0.0.1:9/")
     command = " ".join(f"'{c}'" for c in ch.pld_command("status", str(path)))
-    r = subprocess.run(["bash", "-c", f"set -o pipefail; {command} | true"], capture_output=True, text=True,
+    r = subprocess.run(["bash", "-c", f"set -o pipefail; {command} | true"], check=False, capture_output=True, text=True,
                        cwd=ch.REPO, env=ch.pld_env(), timeout=120)
     _no_traceback(r)
     assert "BrokenPipe" not in r.stderr and r.stderr == "", r.stderr
@@ -418,7 +418,7 @@ def test_an_unexpected_error_is_a_message_not_a_traceback(tmp_path: Path) -> Non
 
 def _small_tmpfs(mount: Path, size: str) -> None:
     mount.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=False, capture_output=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode(errors='replace').strip()}")
 
@@ -439,8 +439,7 @@ def test_export_and_init_on_a_full_disk_say_so_and_leave_nothing(tmp_path: Path)
     big_csv = tmp_path / "big.csv"
     with open(big_csv, "w", encoding="utf-8") as fh:
         fh.write("id,message,label\n")
-        for i in range(3000):
-            fh.write(f"{i},message number {i} {'lorem ipsum ' * 20},{('a', 'b', 'c')[i % 3]}\n")
+        fh.writelines(f"{i},message number {i} {'lorem ipsum ' * 20},{('a', 'b', 'c')[i % 3]}\n" for i in range(3000))
     mount = tmp_path / "small"
     _small_tmpfs(mount, "256k")
     try:
@@ -456,7 +455,7 @@ def test_export_and_init_on_a_full_disk_say_so_and_leave_nothing(tmp_path: Path)
         assert sorted(p.name for p in mount.iterdir()) == ["exports"], list(mount.iterdir())
         assert list((mount / "exports").iterdir()) == []
     finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+        subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True)
 
 
 def test_the_window_shows_a_dead_runs_phase_as_interrupted(tmp_path: Path, qtbot: Any) -> None:

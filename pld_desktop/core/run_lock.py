@@ -12,7 +12,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .project import ProjectFileError, ProjectInUse
 
@@ -65,7 +65,7 @@ class RunLock:
     building then running) nests instead of refusing itself.
     """
 
-    _held: dict[str, "RunLock"] = {}
+    _held: ClassVar[dict[str, RunLock]] = {}  # real holders in this process, by lock-file path
 
     def __init__(self, project_path: str | os.PathLike[str], command: str = "run") -> None:
         self.project_path = Path(project_path)
@@ -74,14 +74,14 @@ class RunLock:
         self._fd: int | None = None
         self._depth = 0
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.acquire()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         key = str(self.path.resolve())
         outer = RunLock._held.get(key)
         if outer is not None and outer is not self:
@@ -133,7 +133,7 @@ class RunLock:
         if self._fd is None:
             return
         if self._fd == -1:  # nested in another holder of this process
-            outer = getattr(self, "_outer")
+            outer = self._outer
             self._fd = None
             outer.release()  # the last of the nested holders to let go frees the real lock
             return
