@@ -287,6 +287,21 @@ def test_a_run_lock_taken_twice_in_one_process_nests(tmp_path: Path) -> None:
     assert holder_of(target) is not None
     inner.release()
     assert holder_of(target) is None and not lock_path(target).exists()
+    # Another thread of this process (the window's import dialog while the window runs a phase) is refused.
+    import threading
+    refused: list[BaseException] = []
+    with RunLock(target, "gui"):
+        worker = threading.Thread(target=lambda: _try_lock(target, refused))
+        worker.start()
+        worker.join()
+    assert len(refused) == 1 and isinstance(refused[0], ProjectInUse), refused
+
+
+def _try_lock(target: Path, refused: list[BaseException]) -> None:
+    try:
+        RunLock(target, "init").acquire().release()
+    except ProjectInUse as exc:
+        refused.append(exc)
 
 
 # ---------------------------------------------------------------------------

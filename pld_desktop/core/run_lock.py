@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -73,6 +74,7 @@ class RunLock:
         self.command = command
         self._fd: int | None = None
         self._depth = 0
+        self._thread: int | None = None
 
     def __enter__(self) -> RunLock:
         self.acquire()
@@ -84,6 +86,10 @@ class RunLock:
     def acquire(self) -> RunLock:
         key = str(self.path.resolve())
         outer = RunLock._held.get(key)
+        if outer is not None and outer is not self and outer._thread != threading.get_ident():
+            # Another thread of this process runs on the project (the window's run while its import dialog
+            # would replace the file): that is another run too.
+            raise ProjectInUse(describe_in_use(self.project_path, _read_holder(self.path)))
         if outer is not None and outer is not self:
             outer._depth += 1
             self._fd, self._outer = -1, outer  # nested: the outer holder keeps the real lock
@@ -124,7 +130,7 @@ class RunLock:
                 os.pwrite(fd, body, 0)
             except OSError:
                 pass
-            self._fd, self._depth = fd, 1
+            self._fd, self._depth, self._thread = fd, 1, threading.get_ident()
             RunLock._held[key] = self
             return self
         raise ProjectInUse(describe_in_use(self.project_path, _read_holder(self.path)))
