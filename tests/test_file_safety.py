@@ -14,9 +14,9 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -136,7 +136,7 @@ def test_a_busy_project_is_waited_for_not_called_damaged(tmp_path: Path) -> None
         conn = sqlite3.connect(sys.argv[1], isolation_level=None)
         conn.execute("BEGIN EXCLUSIVE")
         print("ready", flush=True)
-        time.sleep(2)
+        time.sleep(14)  # well past Python's default 5 s busy wait, within the project's BUSY_TIMEOUT_S (30 s)
         conn.execute("COMMIT")
     """, str(path))
     r = ch.run_pld("status", str(path), timeout=120)
@@ -282,6 +282,26 @@ def test_a_run_lock_taken_twice_in_one_process_nests(tmp_path: Path) -> None:
             assert holder_of(target)["pid"] == os.getpid()  # type: ignore[index]
         assert lock_path(target).exists()
     assert not lock_path(target).exists() and holder_of(target) is None
+    outer, inner = RunLock(target, "run").acquire(), RunLock(target, "run").acquire()
+    outer.release()  # released out of order: the lock is held until the last holder lets go
+    assert holder_of(target) is not None
+    inner.release()
+    assert holder_of(target) is None and not lock_path(target).exists()
+    # Another thread of this process (the window's import dialog while the window runs a phase) is refused.
+    import threading
+    refused: list[BaseException] = []
+    with RunLock(target, "gui"):
+        worker = threading.Thread(target=lambda: _try_lock(target, refused))
+        worker.start()
+        worker.join()
+    assert len(refused) == 1 and isinstance(refused[0], ProjectInUse), refused
+
+
+def _try_lock(target: Path, refused: list[BaseException]) -> None:
+    try:
+        RunLock(target, "init").acquire().release()
+    except ProjectInUse as exc:
+        refused.append(exc)
 
 
 # ---------------------------------------------------------------------------
@@ -380,7 +400,7 @@ def test_export_onto_an_existing_file_says_so(tmp_path: Path) -> None:
 def test_status_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
     path = _project(tmp_path, "http://127.0.0.1:9/")
     command = " ".join(f"'{c}'" for c in ch.pld_command("status", str(path)))
-    r = subprocess.run(["bash", "-c", f"set -o pipefail; {command} | true"], capture_output=True, text=True,
+    r = subprocess.run(["bash", "-c", f"set -o pipefail; {command} | true"], check=False, capture_output=True, text=True,
                        cwd=ch.REPO, env=ch.pld_env(), timeout=120)
     _no_traceback(r)
     assert "BrokenPipe" not in r.stderr and r.stderr == "", r.stderr
@@ -413,7 +433,7 @@ def test_an_unexpected_error_is_a_message_not_a_traceback(tmp_path: Path) -> Non
 
 def _small_tmpfs(mount: Path, size: str) -> None:
     mount.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=False, capture_output=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode(errors='replace').strip()}")
 
@@ -434,8 +454,7 @@ def test_export_and_init_on_a_full_disk_say_so_and_leave_nothing(tmp_path: Path)
     big_csv = tmp_path / "big.csv"
     with open(big_csv, "w", encoding="utf-8") as fh:
         fh.write("id,message,label\n")
-        for i in range(3000):
-            fh.write(f"{i},message number {i} {'lorem ipsum ' * 20},{('a', 'b', 'c')[i % 3]}\n")
+        fh.writelines(f"{i},message number {i} {'lorem ipsum ' * 20},{('a', 'b', 'c')[i % 3]}\n" for i in range(3000))
     mount = tmp_path / "small"
     _small_tmpfs(mount, "256k")
     try:
@@ -451,4 +470,33 @@ def test_export_and_init_on_a_full_disk_say_so_and_leave_nothing(tmp_path: Path)
         assert sorted(p.name for p in mount.iterdir()) == ["exports"], list(mount.iterdir())
         assert list((mount / "exports").iterdir()) == []
     finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+        subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True)
+
+
+def test_the_window_shows_a_dead_runs_phase_as_interrupted(tmp_path: Path, qtbot: Any) -> None:
+    from pld_desktop.ui.app import MainWindow
+
+    from .fakes import FakeBackends
+
+    path = _project(tmp_path, "http://127.0.0.1:9/")
+    with Project.open(path) as project:  # what a SIGKILLed run leaves: phase 1 "running", nobody holding the lock
+        project.set_phase(1, "running", 3, 14, "")
+    window = MainWindow(backends_factory=FakeBackends)
+    qtbot.addWidget(window)
+    window.open_project(path)
+    card = window.cards[1]
+    assert "interrupted, resumable" in card.state.text()
+    assert card.start_btn.text() == "Resume"
+    holder = _child("""
+        import sys, time
+        from pld_desktop.core.run_lock import RunLock
+        lock = RunLock(sys.argv[1], "run").acquire()
+        print("ready", flush=True)
+        time.sleep(600)
+    """, str(path))
+    try:  # a live run elsewhere (the CLI) really is running
+        window._refresh()
+        assert "running" in card.state.text() and "interrupted" not in card.state.text()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)

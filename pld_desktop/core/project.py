@@ -227,7 +227,7 @@ def _check_header(path: Path) -> None:
 
 # How long an open waits for another connection's write lock before it says the file is in use. A run holds
 # the write lock only while it commits one item, so a longer wait means a stuck or very large transaction.
-BUSY_TIMEOUT_S = 15.0
+BUSY_TIMEOUT_S = 30.0
 
 # Integrity verdicts already reached in this process, by (path, mtime, size): PRAGMA quick_check reads every
 # page (84-214 ms on a 100k-example project), and the window and the CLI open the same file many times.

@@ -52,7 +52,7 @@ def check_reachable(url: str, *, what: str = "the teacher", timeout_s: float = P
     except socket.gaierror as exc:
         raise TeacherUnreachable(f"Cannot reach {what} at {where}: the host name does not resolve "
                                  f"({exc.strerror or exc}). Check the address and the network.") from None
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise TeacherUnreachable(f"Cannot reach {what} at {where}: no answer within {timeout_s:.0f} s. "
                                  "Check the address, the network and that the server runs.") from None
     except ConnectionRefusedError:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .project import ProjectFileError, ProjectInUse
 
@@ -65,7 +66,7 @@ class RunLock:
     building then running) nests instead of refusing itself.
     """
 
-    _held: dict[str, "RunLock"] = {}
+    _held: ClassVar[dict[str, RunLock]] = {}  # real holders in this process, by lock-file path
 
     def __init__(self, project_path: str | os.PathLike[str], command: str = "run") -> None:
         self.project_path = Path(project_path)
@@ -73,17 +74,22 @@ class RunLock:
         self.command = command
         self._fd: int | None = None
         self._depth = 0
+        self._thread: int | None = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.acquire()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         key = str(self.path.resolve())
         outer = RunLock._held.get(key)
+        if outer is not None and outer is not self and outer._thread != threading.get_ident():
+            # Another thread of this process runs on the project (the window's run while its import dialog
+            # would replace the file): that is another run too.
+            raise ProjectInUse(describe_in_use(self.project_path, _read_holder(self.path)))
         if outer is not None and outer is not self:
             outer._depth += 1
             self._fd, self._outer = -1, outer  # nested: the outer holder keeps the real lock
@@ -124,7 +130,7 @@ class RunLock:
                 os.pwrite(fd, body, 0)
             except OSError:
                 pass
-            self._fd, self._depth = fd, 1
+            self._fd, self._depth, self._thread = fd, 1, threading.get_ident()
             RunLock._held[key] = self
             return self
         raise ProjectInUse(describe_in_use(self.project_path, _read_holder(self.path)))
@@ -133,9 +139,9 @@ class RunLock:
         if self._fd is None:
             return
         if self._fd == -1:  # nested in another holder of this process
-            outer = getattr(self, "_outer")
-            outer._depth -= 1
+            outer = self._outer
             self._fd = None
+            outer.release()  # the last of the nested holders to let go frees the real lock
             return
         self._depth -= 1
         if self._depth > 0:

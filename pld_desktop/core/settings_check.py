@@ -6,6 +6,7 @@ words and never sticks in the project. The word "bundled" (or an empty value) na
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -70,7 +71,7 @@ def url_problem(role: str, url: str | None, *, required: bool) -> str | None:
 def _at_least(problems: list[str], name: str, value: Any, minimum: float, *, optional: bool = False) -> None:
     if value is None and optional:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < minimum:
         problems.append(f"{name} must be {'a number ' if isinstance(minimum, float) else 'a whole number '}"
                         f"of at least {minimum} (got {value!r}).")
 
