@@ -634,19 +634,32 @@ def _with_student(args: argparse.Namespace, work: Any) -> int:
     """Open the project, apply the run options, load the student and call `work(project, student, settings,
     progress)`; Ctrl-C stops after the item in flight (what was scored is kept)."""
     from .backends.factory import DefaultBackends
+    from .backends.trust import TrustStore, UntrustedSettingError
     from .core.progress import Cancelled
     from .core.project import Project
+    from .core.run_lock import RunLock
     from .core.settings import load_settings
+    from .core.settings_check import check_settings
 
     project = Project.open(args.project)
     progress = ConsoleProgress(quiet=getattr(args, "quiet", False))
-    backends = DefaultBackends()
+    trust = TrustStore()
+    backends = DefaultBackends(trust=trust)
+    # Scoring writes evaluations: one writer per project, as for `pld run`.
+    lock = RunLock(project.path, str(getattr(args, "command", "eval")))
     try:
+        lock.acquire()
         if not project.has_dataset():
             print("error: the project has no dataset; create it with 'pld init'.", file=sys.stderr)
             return EXIT_INPUT
         settings = load_settings(project)
         _apply_run_overrides(settings, args)
+        check_settings(settings)
+        # The same gate as `pld run`: a model file or server named by the project needs this machine's acceptance.
+        untrusted = _accept_trust(trust, settings, args, [4])
+        if untrusted:
+            print(f"error: {UntrustedSettingError(untrusted)}", file=sys.stderr)
+            return EXIT_INPUT
         from .core.working import require_working_rule_set
         require_working_rule_set(project, getattr(args, "rule_set", None))  # before a model loads
         _install_sigint(progress)
@@ -660,6 +673,7 @@ def _with_student(args: argparse.Namespace, work: Any) -> int:
         progress.close()
         backends.close()
         project.close()
+        lock.release()
 
 
 def _rule_ref(rules: list[dict[str, Any]], ref: str) -> str:

@@ -154,6 +154,10 @@ def test_compare_on_dev_is_stored_and_resumes_after_cancel(distilled: Path, tmp_
                 self.cancel()
 
     a = PromptChoice("text", text="Classify.\n\nRules:\n1. If it mentions 'fee', answer complaint. -> complaint")
+    # Phase 3's choice already scored 5-shot on dev; predictions of the same prompt are reused, not rerun.
+    ids = [e.id for e in project.examples(split="dev")[:8]]
+    few_shot_done = {ex_id for ev in project.evaluations() if ev["kind"] == "few_shot" and ev["split"] == "dev"
+                     for ex_id in project.predictions(ev["id"]) if ex_id in ids}
     with pytest.raises(Cancelled):
         compare_prompts(project, student, a, PromptChoice("few_shot"), ExampleSet.from_split("dev", limit=8),
                         StopAfter())
@@ -161,7 +165,7 @@ def test_compare_on_dev_is_stored_and_resumes_after_cancel(distilled: Path, tmp_
     result = compare_prompts(project, student, a, PromptChoice("few_shot"), ExampleSet.from_split("dev", limit=8),
                              SilentProgress())
     assert len(result.rows) == 8
-    assert student.calls == 3 + 5 + 8, "A resumed from its 3 saved predictions, B ran once"
+    assert student.calls == 3 + 5 + 8 - len(few_shot_done), "A resumed from its 3 saved predictions, B ran once"
     kinds = {project.evaluation(i)["kind"] for i in result.evaluation_ids}
     assert kinds == {"custom", "few_shot"}
     fee_rows = [r for r in result.rows if "fee" in r.text.lower()]

@@ -122,7 +122,7 @@ def test_a_writer_killed_with_a_hot_journal_leaves_a_project_that_opens(tmp_path
     r = ch.run_pld("export", str(path), "--out", str(tmp_path / "out"), timeout=120)
     _no_traceback(r)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".json", ".md", ".txt"]
+    assert {".json", ".md", ".txt"} <= {p.suffix for p in (tmp_path / "out").iterdir()}
     assert ch.integrity(path) == "ok"
     assert not journal.exists()
     assert ch.read_ro(path, "SELECT COUNT(*) FROM settings WHERE key LIKE 'junk%'") == [(0,)]
