@@ -30,18 +30,25 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pandas as pd
 
+from pld_desktop.core.calibration import calibrated_evaluation
 from pld_desktop.core.dataset import ColumnMapping, DatasetError, SplitSettings, build_dataset
 from pld_desktop.core.evaluate import evaluate_prompt, student_record
 from pld_desktop.core.new_project import create_project, read_source
 from pld_desktop.core.phases.evaluation import few_shot_examples, test_examples
-from pld_desktop.core.calibration import calibrated_evaluation
-from pld_desktop.core.pipeline import (PHASE_TEACHER_KINDS, BackendProvider, chosen_summary, rule_quality,
-                                       rules_with_examples, run_pipeline)
+from pld_desktop.core.pipeline import (
+    PHASE_TEACHER_KINDS,
+    BackendProvider,
+    chosen_summary,
+    rule_quality,
+    rules_with_examples,
+    run_pipeline,
+)
 from pld_desktop.core.pipeline import examples_prompt as pipeline_examples_prompt
 from pld_desktop.core.progress import Cancelled, ProgressBase
 from pld_desktop.core.project import Project, ProjectFileError

@@ -29,16 +29,21 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SOURCES = ("sst2.csv", "trec.csv", "tweet_eval_emotion.csv")
 TARGETS = {"phase2": 60.0, "import": 5.0}
 
-_STOP = set("a an the and or but of to in on at for with by from is are was were be been it its this that these "
-            "those i you he she we they me my your his her our their what which who whom how why when where do does "
-            "did not no so as if than then there here can could would should will just about into over out up".split())
+_STOP = set([
+    "a", "an", "the", "and", "or", "but", "of", "to", "in", "on", "at", "for", "with", "by", "from", "is", "are",
+    "was", "were", "be", "been", "it", "its", "this", "that", "these", "those", "i", "you", "he", "she", "we",
+    "they", "me", "my", "your", "his", "her", "our", "their", "what", "which", "who", "whom", "how", "why", "when",
+    "where", "do", "does", "did", "not", "no", "so", "as", "if", "than", "then", "there", "here", "can", "could",
+    "would", "should", "will", "just", "about", "into", "over", "out", "up"
+])
 
 
 def rss_bytes() -> int:
@@ -68,7 +73,7 @@ class MemorySampler:
         while not self._stop.wait(self.interval):
             self.peak = max(self.peak, rss_bytes())
 
-    def __enter__(self) -> "MemorySampler":
+    def __enter__(self) -> MemorySampler:
         self._thread.start()
         return self
 
@@ -275,11 +280,13 @@ def print_table(result: dict[str, Any]) -> None:
               f"{part['rss_before_mb']:10.0f}")
     p2 = result["parts"].get("phase2")
     if p2:
-        print(f"phase 2 detail: embedder load {p2['load_embedder_s']:.1f} s (not counted), embed {p2['embed_s']:.1f} s, "
+        print(f"phase 2 detail: embedder load {p2['load_embedder_s']:.1f} s (not counted), "
+              f"embed {p2['embed_s']:.1f} s, "
               f"cluster+store {p2['cluster_and_store_s']:.1f} s; {p2['clusters']} clusters over {p2['labels']} labels")
     imp = result["parts"].get("import")
     if imp:
-        print(f"import detail: load_dataset {imp['load_dataset_s']:.2f} s, Project.build {imp['build_project_s']:.2f} s, "
+        print(f"import detail: load_dataset {imp['load_dataset_s']:.2f} s, "
+              f"Project.build {imp['build_project_s']:.2f} s, "
               f"CSV {imp['csv_mb']:.1f} MB")
 
 

@@ -30,8 +30,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import llama_cpp
 
@@ -132,7 +133,7 @@ def median(values: Sequence[float]) -> float:
 def raw_cost(student: LlamaStudent, prompt: str, text: str) -> float:
     """llama.cpp's own cost for the example's tokens: with the context at the system part (set up untimed), the
     prefill of the remaining prompt tokens in one batch plus one decode step (the first label token)."""
-    model = student._model  # noqa: SLF001 - the benchmark measures on the student's own Llama
+    model = student._model
 
     def job(llama: llama_cpp.Llama) -> float:
         tokens = model.prompt_tokens(prompt, text)
@@ -151,14 +152,14 @@ def raw_cost(student: LlamaStudent, prompt: str, text: str) -> float:
         cursor.begin(tokens, system_end)  # back to the system piece: the cursor's bookkeeping stays valid
         return elapsed
 
-    return student._owner.call(job)  # noqa: SLF001
+    return student._owner.call(job)
 
 
 def naive_chat_completion(student: LlamaStudent, prompt: str, text: str) -> float:
     """The reference: llama-cpp-python's chat completion with a GBNF grammar over the labels (greedy), on the
     student's Llama (its own longest-prefix reuse applies; call reset_after_naive() before the student runs
     again)."""
-    model = student._model  # noqa: SLF001
+    model = student._model
     grammar_text = "root ::= " + " | ".join(json.dumps(model.label_prefix + label) for label in LABELS)
 
     def job(llama: llama_cpp.Llama) -> float:
@@ -169,13 +170,13 @@ def naive_chat_completion(student: LlamaStudent, prompt: str, text: str) -> floa
         elapsed = time.perf_counter() - started
         return elapsed
 
-    return student._owner.call(job)  # noqa: SLF001
+    return student._owner.call(job)
 
 
 def reset_after_naive(student: LlamaStudent) -> None:
     """Llama.generate() leaves the context in its own batching; the student's cursor must start afresh."""
-    model = student._model  # noqa: SLF001
-    student._owner.call(lambda _llama: model.cursor.reset())  # noqa: SLF001
+    model = student._model
+    student._owner.call(lambda _llama: model.cursor.reset())
 
 
 def run(model: str | None, n: int, n_ctx: int, n_reference: int, p4_n: int = 0,

@@ -26,13 +26,13 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
-
-import numpy as np
+from typing import Any
 
 import gguf
+import numpy as np
 
 ARCH = "gemma3"
 DISCLAIMER = ("Synthetic GGUF: the real Gemma 3 architecture with RANDOM weights. For latency measurements only; "

@@ -22,8 +22,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 TARGET_MS = 100.0
 TICK_MS = 10
@@ -115,7 +116,8 @@ def build_project(folder: Path, rows: int, n_rules: int) -> Path:
     dataset = load_dataset(csv_path, ColumnMapping(("message",), "label", id_column="id"), SplitSettings())
     labels = sorted({r.label for r in dataset.rows})
     rng = random.Random(1)
-    words = "fee card branch app transfer refund account phishing charge delay staff loan pin online".split()
+    words = ["fee", "card", "branch", "app", "transfer", "refund", "account", "phishing", "charge", "delay", "staff",
+             "loan", "pin", "online"]
     rules: list[dict[str, Any]] = []
     for i in range(n_rules):
         label = labels[i % len(labels)]

@@ -6,12 +6,13 @@ import argparse
 import json
 import os
 import re
-import sqlite3
 import signal
+import sqlite3
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import __version__
 from .core.progress import ProgressBase
@@ -481,8 +482,13 @@ def _gib(n: int) -> str:
 def cmd_models(args: argparse.Namespace) -> int:
     from .backends.llama_runtime import available_memory_bytes
     from .backends.model_fetch import CURATED
-    from .backends.model_store import (add_model_folder, find_models, memory_estimate, model_locations,
-                                       remove_model_folder)
+    from .backends.model_store import (
+        add_model_folder,
+        find_models,
+        memory_estimate,
+        model_locations,
+        remove_model_folder,
+    )
 
     if args.add_folder:
         add_model_folder(args.add_folder)
@@ -686,7 +692,8 @@ def _rule_ref(rules: list[dict[str, Any]], ref: str) -> str:
         for uid, n in numbers.items():
             if n == int(text):
                 return uid
-        raise ValueError(f"There is no rule {text} in the prompt (it has {max([n or 0 for n in numbers.values()] + [0])}"
+        numbered = max([n or 0 for n in numbers.values()] + [0])
+        raise ValueError(f"There is no rule {text} in the prompt (it has {numbered}"
                          " numbered rules; disabled rules are named d1, d2, ... or by uid).")
     disabled = [r["uid"] for r in rules if not r.get("enabled", True)]
     if text.lower().startswith("d") and text[1:].isdigit():
@@ -1141,7 +1148,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}. Nothing in the project was lost.", file=sys.stderr)
         return EXIT_FAILED
-    except Exception as exc:  # noqa: BLE001 - the class guard: a message, never a traceback (PLD_DEBUG=1 shows it)
+    except Exception as exc:
         if os.environ.get("PLD_DEBUG"):
             raise
         print(f"error: unexpected internal error ({type(exc).__name__}: {exc}). Completed work is saved; "

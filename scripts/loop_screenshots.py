@@ -6,15 +6,18 @@ Run from the repository root: xvfb-run -a -s "-screen 0 1280x800x24" python scri
 import sys
 import tempfile
 from pathlib import Path
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from PySide6.QtCore import QEventLoop, QSettings
 from PySide6.QtWidgets import QApplication
-from PySide6.QtCore import QSettings, QEventLoop, QTimer
+
 app = QApplication(sys.argv)
 QSettings.setDefaultFormat(QSettings.Format.IniFormat)
-from tests.fakes import FakeBackends
+from pld_desktop.core.rule_edits import Move, SetEnabled, SetLabel, SetText
 from pld_desktop.resources import build_demo_project
-from pld_desktop.core.rule_edits import SetText, SetEnabled, Move, SetLabel
-from pld_desktop.ui.app import MainWindow, TAB_NAMES
+from pld_desktop.ui.app import TAB_NAMES, MainWindow
+from tests.fakes import FakeBackends
+
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "docs")
 work = Path(tempfile.mkdtemp())
 QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(work / "qsettings"))
@@ -45,11 +48,12 @@ res = w.views["results"]
 res.score("dev")
 pump(lambda: not res.busy())
 w.views["diff"].refresh_choices()
-for name, tab, fname in (("Results", "Results", "results.png"), ("Rules", "Rules", "impact.png"),
+for _name, tab, fname in (("Results", "Results", "results.png"), ("Rules", "Rules", "impact.png"),
                          ("Version diff", "Version diff", "diff.png")):
     w.tabs.setCurrentIndex(TAB_NAMES.index(tab))
     if tab == "Rules":
         from PySide6.QtCore import Qt
+
         from pld_desktop.ui.rules_model import COL_IMPACT
         ed.tree.sortByColumn(COL_IMPACT, Qt.SortOrder.AscendingOrder)
         ed.select_uid(rules[7]["uid"])

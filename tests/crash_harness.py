@@ -17,10 +17,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from pld_desktop.core.dataset import ColumnMapping, SplitSettings, load_dataset
 from pld_desktop.core.project import Project
@@ -249,7 +250,7 @@ class Snapshot:
     def items(self) -> int:
         return len(self.ok_calls) + len(self.micro_rules) + len(self.predictions) + len(self.rule_sets)
 
-    def missing_from(self, later: "Snapshot") -> int:
+    def missing_from(self, later: Snapshot) -> int:
         """Items present here but absent (or changed) in `later`: the items a crash or resume lost."""
         lost = sum(1 for h in self.ok_calls if h not in later.ok_calls)
         lost += sum(1 for k, v in self.micro_rules.items() if later.micro_rules.get(k) != v)

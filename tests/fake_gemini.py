@@ -7,9 +7,10 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterator, Mapping, Union
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -42,7 +43,7 @@ class FakeResponse:
 
 
 # What a responder or route handler may return: a FakeResponse, a dict (200 JSON body), or None (fall through).
-ResponseLike = Union[FakeResponse, dict, None]
+ResponseLike = FakeResponse | dict | None
 Responder = Callable[[Any], ResponseLike]
 
 
@@ -265,7 +266,7 @@ class FakeGemini:
         self.add_route("POST", _MODEL_ACTION, FakeGemini._generate_content_route)
 
     # -- lifecycle ---------------------------------------------------------
-    def start(self) -> "FakeGemini":
+    def start(self) -> FakeGemini:
         handler = type("_BoundHandler", (_Handler,), {"fake": self})
         self._httpd = _Server((self._host, 0), handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
@@ -283,7 +284,7 @@ class FakeGemini:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> "FakeGemini":
+    def __enter__(self) -> FakeGemini:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -351,7 +352,7 @@ class FakeGemini:
             return self.default
         return _not_scripted(request)
 
-    def _generate_content_route(self, request: RecordedRequest, match: "re.Match[str]") -> ResponseLike:
+    def _generate_content_route(self, request: RecordedRequest, match: re.Match[str]) -> ResponseLike:
         if match.group("action") != "generateContent":
             return None
         return self._next_scripted(request)
@@ -387,7 +388,7 @@ class _Handler(BaseHTTPRequestHandler):
     # ~40 ms per request (Nagle), which made every fake-server test call take ~48 ms instead of ~2 ms.
     disable_nagle_algorithm = True
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence stderr access logs
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def _handle(self) -> None:
@@ -472,7 +473,7 @@ class FakeBatches:
         server.add_route("GET", _BATCH_GET, lambda srv, req, m: self._get(m.group("id")))
         server.add_route("POST", _BATCH_CANCEL, lambda srv, req, m: self._cancel(m.group("id")))
 
-    def _create(self, request: RecordedRequest, match: "re.Match[str]") -> ResponseLike:
+    def _create(self, request: RecordedRequest, match: re.Match[str]) -> ResponseLike:
         with self._lock:
             self.creates += 1
             if self.create_error is not None:
@@ -562,9 +563,31 @@ def fake_gemini() -> Iterator[FakeGemini]:
 
 
 __all__ = [
-    "FakeGemini", "FakeResponse", "RecordedRequest", "fake_gemini", "usage_metadata", "success_body", "success",
-    "error_body", "error", "quota_exhausted", "server_error", "unavailable", "bad_request", "api_key_invalid",
-    "unauthenticated", "permission_denied", "model_not_found", "safety_blocked", "candidate_blocked",
-    "empty_candidates", "truncated_json", "invalid_json", "INVALID_JSON_TEXT", "raw",
-    "FakeBatches", "FakeBatchJob", "enable_batches",
+    "INVALID_JSON_TEXT",
+    "FakeBatchJob",
+    "FakeBatches",
+    "FakeGemini",
+    "FakeResponse",
+    "RecordedRequest",
+    "api_key_invalid",
+    "bad_request",
+    "candidate_blocked",
+    "empty_candidates",
+    "enable_batches",
+    "error",
+    "error_body",
+    "fake_gemini",
+    "invalid_json",
+    "model_not_found",
+    "permission_denied",
+    "quota_exhausted",
+    "raw",
+    "safety_blocked",
+    "server_error",
+    "success",
+    "success_body",
+    "truncated_json",
+    "unauthenticated",
+    "unavailable",
+    "usage_metadata",
 ]

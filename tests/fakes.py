@@ -7,12 +7,19 @@ import json
 import re
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from pld_desktop.core.backends import (ModelIdentity, Prediction, PromptTooLong, TeacherError, TeacherReply,
-                                       TeacherRequest, TeacherUsage)
+from pld_desktop.core.backends import (
+    ModelIdentity,
+    Prediction,
+    PromptTooLong,
+    TeacherError,
+    TeacherReply,
+    TeacherRequest,
+    TeacherUsage,
+)
 
 KEYWORDS = {
     "fraud_report": ["never", "didn't make", "not me", "unauthori", "stolen", "don't recognise", "scam", "hacked"],

@@ -8,8 +8,16 @@ import pytest
 from scipy.stats import binomtest
 
 from pld_desktop.core.backends import PromptTooLong
-from pld_desktop.core.compare import (ExampleSet, PromptChoice, classify_both, compare_prompts, mcnemar_exact,
-                                      prompt_choices, resolve_prompt, verdict_text)
+from pld_desktop.core.compare import (
+    ExampleSet,
+    PromptChoice,
+    classify_both,
+    compare_prompts,
+    mcnemar_exact,
+    prompt_choices,
+    resolve_prompt,
+    verdict_text,
+)
 from pld_desktop.core.dataset import ColumnMapping, DatasetError
 from pld_desktop.core.pipeline import run_pipeline
 from pld_desktop.core.progress import Cancelled, ProgressBase, SilentProgress

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pytest
-from PySide6.QtCore import QTimer, Qt
+from PySide6.QtCore import Qt, QTimer
 
 from pld_desktop.core.backends import Prediction
 from pld_desktop.core.pipeline import run_pipeline
 from pld_desktop.core.progress import SilentProgress
 from pld_desktop.core.project import Project
-from pld_desktop.ui.compare_view import ComparisonTableModel, CompareView
+from pld_desktop.ui.compare_view import CompareView, ComparisonTableModel
 
 from .fakes import FakeBackends, FakeStudent
 from .test_pipeline import make_project, settings

@@ -9,13 +9,13 @@ robustness run, `python -m bench.robustness --full`, uses 10).
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -172,7 +172,8 @@ def test_window_killed_mid_phase_resumes_with_pld_run(tmp_path: Path, pristine: 
             proc.kill()
         proc.wait()
     lost = _resume_and_check(path, server, trial, reference)
-    ch.record_figures("crash", mode="gui_kill", phase=phase, trials=1, killed_in_phase=int(trial.killed_in_phase == phase),
+    ch.record_figures("crash", mode="gui_kill", phase=phase, trials=1,
+                      killed_in_phase=int(trial.killed_in_phase == phase),
                       recovered=1, items_lost=lost)
 
 

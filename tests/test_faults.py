@@ -11,14 +11,14 @@ import csv
 import hashlib
 import os
 import random
-import re
 import shutil
 import sqlite3
 import struct
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -27,7 +27,7 @@ from pld_desktop.core.dataset import ColumnMapping, SplitSettings, load_dataset
 from pld_desktop.core.pipeline import run_pipeline
 from pld_desktop.core.progress import SilentProgress
 from pld_desktop.core.project import Project
-from pld_desktop.core.settings import RunSettings, save_settings
+from pld_desktop.core.settings import RunSettings
 from pld_desktop.resources import DEMO_TASK, demo_csv
 
 from . import crash_harness as ch

@@ -400,7 +400,8 @@ def test_export_onto_an_existing_file_says_so(tmp_path: Path) -> None:
 def test_status_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
     path = _project(tmp_path, "http://127.0.0.1:9/")
     command = " ".join(f"'{c}'" for c in ch.pld_command("status", str(path)))
-    r = subprocess.run(["bash", "-c", f"set -o pipefail; {command} | true"], check=False, capture_output=True, text=True,
+    r = subprocess.run(["bash", "-c", f"set -o pipefail; {command} | true"], check=False, capture_output=True,
+                       text=True,
                        cwd=ch.REPO, env=ch.pld_env(), timeout=120)
     _no_traceback(r)
     assert "BrokenPipe" not in r.stderr and r.stderr == "", r.stderr
@@ -433,7 +434,8 @@ def test_an_unexpected_error_is_a_message_not_a_traceback(tmp_path: Path) -> Non
 
 def _small_tmpfs(mount: Path, size: str) -> None:
     mount.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=False, capture_output=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=False,
+                       capture_output=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode(errors='replace').strip()}")
 

@@ -14,8 +14,13 @@ import pytest
 
 from pld_desktop.backends.gemini_batch import GeminiBatchTeacher
 from pld_desktop.backends.gemini_teacher import GeminiTeacher
-from pld_desktop.core.batch_extraction import (BATCH_PRICE_FACTOR, BatchJobFailed, PollSchedule, batch_summary,
-                                               run_batch_extraction)
+from pld_desktop.core.batch_extraction import (
+    BATCH_PRICE_FACTOR,
+    BatchJobFailed,
+    PollSchedule,
+    batch_summary,
+    run_batch_extraction,
+)
 from pld_desktop.core.pipeline import run_pipeline
 from pld_desktop.core.progress import Cancelled, ProgressBase, SilentProgress
 from pld_desktop.core.project import Project

@@ -7,19 +7,38 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import keyring
 import keyring.errors
 import pytest
 from pydantic import BaseModel
 
-from .fake_gemini import (INVALID_JSON_TEXT, FakeGemini, FakeResponse, api_key_invalid, candidate_blocked,
-                         empty_candidates, error, fake_gemini, invalid_json, model_not_found, quota_exhausted,
-                         raw, safety_blocked, server_error, success, success_body, truncated_json, unavailable)
 from pld_desktop.backends import secrets
 from pld_desktop.backends.gemini_teacher import GeminiTeacher
 from pld_desktop.core.backends import TeacherError, TeacherRequest
+
+from .fake_gemini import (
+    INVALID_JSON_TEXT,
+    FakeGemini,
+    FakeResponse,
+    api_key_invalid,
+    candidate_blocked,
+    empty_candidates,
+    error,
+    fake_gemini,
+    invalid_json,
+    model_not_found,
+    quota_exhausted,
+    raw,
+    safety_blocked,
+    server_error,
+    success,
+    success_body,
+    truncated_json,
+    unavailable,
+)
 
 __all__ = ["fake_gemini"]  # re-exported fixture
 
@@ -305,7 +324,7 @@ def test_eight_threads_at_once(fake_gemini: FakeGemini, make_teacher: Callable[.
         try:
             barrier.wait()
             results[i] = json.loads(teacher.generate(_request(f"item {i}")).text)["label"]
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             failures.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]

@@ -14,8 +14,13 @@ import pytest
 
 from pld_desktop.backends import bundled
 from pld_desktop.backends.bundled import ModelFileError
-from pld_desktop.backends.llama_runtime import (LlamaOwner, check_gguf_file, file_sha256, model_identity,
-                                                read_gguf_metadata)
+from pld_desktop.backends.llama_runtime import (
+    LlamaOwner,
+    check_gguf_file,
+    file_sha256,
+    model_identity,
+    read_gguf_metadata,
+)
 from pld_desktop.backends.llama_student import END, LabelSpace
 from pld_desktop.core.backends import PromptTooLong
 from pld_desktop.core.prompts import PromptRule, build_rules_prompt
@@ -747,7 +752,7 @@ def test_split_tokenization_equals_whole_prompt_tokenization(student) -> None:
     """prompt_tokens() reuses the system part's tokens (a cut no vocabulary token crosses); on every system
     prompt and text here, including texts that start with the separator's own characters, it gives exactly the
     tokens of tokenizing the whole rendered prompt."""
-    model = student._model  # noqa: SLF001 - the exactness of an internal shortcut
+    model = student._model
     texts = TRICKY_TEXTS + _demo_texts()
     assert len(texts) > 60
 
@@ -755,12 +760,12 @@ def test_split_tokenization_equals_whole_prompt_tokenization(student) -> None:
         used = 0
         for system in _system_prompts():
             for text in texts:
-                whole = model._tokenize_rendered(model.render_prompt(system, text), at_start=True)  # noqa: SLF001
+                whole = model._tokenize_rendered(model.render_prompt(system, text), at_start=True)
                 assert model.prompt_tokens(system, text) == whole, (system[-20:], text)
-            used += model._heads.get(system) is not None  # noqa: SLF001
+            used += model._heads.get(system) is not None
         return used
 
-    used = student._owner.call(check)  # noqa: SLF001
+    used = student._owner.call(check)
     assert used == len(_system_prompts())  # Gemma's vocabulary has a safe cut in "Input:\n": the fast path ran
 
 
@@ -769,16 +774,16 @@ def test_split_tokenization_is_not_used_for_a_bpe_vocabulary() -> None:
     """SmolLM2's byte-level BPE pre-splits text with a regex that looks across the cut: whole prompts only."""
     from pld_desktop.backends.llama_student import LlamaStudent
     with LlamaStudent(bundled.bundled_local_teacher_path(), n_ctx=512, disk_cache_bytes=0) as smol:
-        model = smol._model  # noqa: SLF001
+        model = smol._model
 
         def check(_llama) -> tuple[bool, bool]:
             system = sentiment_prompt()
             same = all(model.prompt_tokens(system, text)
-                       == model._tokenize_rendered(model.render_prompt(system, text), at_start=True)  # noqa: SLF001
+                       == model._tokenize_rendered(model.render_prompt(system, text), at_start=True)
                        for text in TRICKY_TEXTS)
-            return same, model._head_tokens(system) is None  # noqa: SLF001
+            return same, model._head_tokens(system) is None
 
-        assert smol._owner.call(check) == (True, True)  # noqa: SLF001
+        assert smol._owner.call(check) == (True, True)
 
 
 def test_common_prefix_length() -> None:
@@ -811,7 +816,7 @@ def test_without_flash_attention_restored_states_are_exact_on_a_model_without_sl
             for prompt in prompts:
                 assert cached.classify(prompt, text, SENTIMENT).probs == fresh.classify(prompt, text, SENTIMENT).probs
         assert cached.stats().state_restores >= 6
-        assert cached._owner.call(lambda llama: llama.context_params.flash_attn_type) == 0  # noqa: SLF001
+        assert cached._owner.call(lambda llama: llama.context_params.flash_attn_type) == 0
 
 
 @pytest.mark.slow

@@ -204,6 +204,7 @@ def test_grammar_hints_become_patterns_and_strings_are_bounded() -> None:
 @pytest.mark.parametrize("kind", ["extraction", "merge", "resolution"])
 def test_every_phase_request_decodes_into_a_rule_of_the_right_shape(teacher, kind: str) -> None:
     import re
+
     from pld_desktop.core import teacher_prompts as tp
     labels = ("complaint", "fraud_report", "question")
     if kind == "extraction":

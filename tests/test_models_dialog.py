@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import keyring
 import keyring.backend
@@ -17,10 +17,9 @@ from pld_desktop.ui import models_dialog
 from pld_desktop.ui.models_dialog import ModelsDialog, StudentCheck
 
 from .fake_gemini import FakeGemini, FakeResponse, fake_gemini, quota_exhausted, server_error, success, success_body
-from .test_pipeline import make_project
-
 from .test_openai_teacher import KEY as OPENAI_KEY
 from .test_openai_teacher import FakeOpenAI, fake_openai, ok_reply, start_llama_server, stop_server
+from .test_pipeline import make_project
 
 __all__ = ["fake_gemini", "fake_openai"]  # the fixtures, re-exported for pytest
 

@@ -4,8 +4,8 @@ progress, a keychain token for a gated repo, and cancel; against a temp home and
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import huggingface_hub.constants
 import keyring

@@ -10,8 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pld_desktop.backends.openai_student import (OpenAIServerError, OpenAIStudent, gbnf_literal,
-                                                 normalise_base_url, score_pieces)
+from pld_desktop.backends.openai_student import (
+    OpenAIServerError,
+    OpenAIStudent,
+    gbnf_literal,
+    normalise_base_url,
+    score_pieces,
+)
 from pld_desktop.core.backends import PromptTooLong
 from pld_desktop.core.metrics import classification_metrics
 from pld_desktop.core.prompts import build_zero_shot_prompt
@@ -146,10 +151,10 @@ def test_same_labels_and_close_probabilities_as_in_process_student() -> None:
         assert remote_identity.sha256 == local.identity.sha256
         assert tokens_remote == local.count_tokens("Where is my nearest branch?")
 
-    for r, l in zip(remote_preds, local_preds):
-        assert r.label == l.label
+    for r, loc in zip(remote_preds, local_preds):
+        assert r.label == loc.label
         assert sum(r.probs.values()) == pytest.approx(1.0)
-        assert max(abs(r.probs[k] - l.probs[k]) for k in labels) < PROB_TOLERANCE
+        assert max(abs(r.probs[k] - loc.probs[k]) for k in labels) < PROB_TOLERANCE
     gold = [r["label"] for r in picked]
     assert (classification_metrics(gold, [p.label for p in remote_preds], labels, [0.0] * len(gold))
             == classification_metrics(gold, [p.label for p in local_preds], labels, [0.0] * len(gold)))

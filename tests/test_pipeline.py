@@ -7,7 +7,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
+from pld_desktop.core.backends import TeacherRequest
 from pld_desktop.core.dataset import ColumnMapping, SplitSettings, load_dataset
 from pld_desktop.core.export import export_rule_set
 from pld_desktop.core.pipeline import run_pipeline
@@ -15,10 +17,7 @@ from pld_desktop.core.progress import ProgressBase, SilentProgress
 from pld_desktop.core.project import APPLICATION_ID, Project
 from pld_desktop.core.settings import RunSettings
 from pld_desktop.core.teacher_calls import LockedSplitError, TeacherJob, run_teacher_jobs
-from pld_desktop.core.backends import TeacherRequest
 from pld_desktop.resources import DEMO_TASK, demo_csv
-
-from pydantic import BaseModel
 
 from .fakes import FakeBackends, FakeTeacher
 
@@ -224,7 +223,8 @@ def test_closed_loop_saves_every_candidate_with_its_dev_score(tmp_path: Path) ->
 
 def test_a_rewrite_that_loses_a_label_gets_its_previous_rules_back() -> None:
     from pld_desktop.core.phases.closed_loop import _repair
-    old = [{"uid": "R1", "text": "If a payment was not made by the customer, answer fraud_report.", "label": "fraud_report"},
+    old = [{"uid": "R1", "text": "If a payment was not made by the customer, answer fraud_report.",
+            "label": "fraud_report"},
            {"uid": "R2", "text": "If the customer asks how to do something, answer question.", "label": "question"}]
     new = [{"uid": "R1", "text": "1 },", "label": "question"},
            {"uid": "R2", "text": "If the message asks for opening hours, answer question.", "label": "question"}]
@@ -236,6 +236,7 @@ def test_a_rewrite_that_loses_a_label_gets_its_previous_rules_back() -> None:
 
 def test_exports_get_the_users_usual_permissions(tmp_path: Path) -> None:
     import os
+
     from pld_desktop.core.export import write_atomic
     umask = os.umask(0o022)
     try:
@@ -249,7 +250,8 @@ def test_exports_get_the_users_usual_permissions(tmp_path: Path) -> None:
 
 def test_a_rewritten_rule_takes_the_label_its_text_names() -> None:
     from pld_desktop.core.phases.closed_loop import _repair
-    new = [{"uid": "R1", "text": "If the customer was charged a fee they dislike, answer complaint.", "label": "question"},
+    new = [{"uid": "R1", "text": "If the customer was charged a fee they dislike, answer complaint.",
+            "label": "question"},
            {"uid": "R2", "text": "If the message asks for opening hours, answer question.", "label": "question"}]
     rules, note = _repair(new, [], ["complaint", "question"])
     assert [r["label"] for r in rules] == ["complaint", "question"]

@@ -21,9 +21,9 @@ def test_overlapping_samples_are_scored_once(tmp_path: Path, monkeypatch: pytest
     train = project.examples(split="train")
     student = FakeStudent()
     first, second = train[:20], train[10:30]
-    _, m1 = evaluate_prompt(project, student, PROMPT, first, kind="pld", split="train", progress=SilentProgress())
+    _, _m1 = evaluate_prompt(project, student, PROMPT, first, kind="pld", split="train", progress=SilentProgress())
     assert student.calls == 20
-    eval_id, m2 = evaluate_prompt(project, student, PROMPT, second, kind="pld", split="train",
+    eval_id, _m2 = evaluate_prompt(project, student, PROMPT, second, kind="pld", split="train",
                                   progress=SilentProgress())
     assert student.calls == 30  # only the 10 examples not scored before
     preds = project.predictions(eval_id)
@@ -69,7 +69,7 @@ def test_real_student_predictions_are_reused_exactly(tmp_path: Path, monkeypatch
                 calls.append(text)
                 return real.classify(prompt, text, labels)
 
-        _, first = evaluate_prompt(project, Counting(), PROMPT, dev[:3], kind="pld", split="dev",
+        _, _first = evaluate_prompt(project, Counting(), PROMPT, dev[:3], kind="pld", split="dev",
                                    progress=SilentProgress())
         eval_id, _ = evaluate_prompt(project, Counting(), PROMPT, dev, kind="pld", split="dev",
                                      progress=SilentProgress())

@@ -104,9 +104,8 @@ def test_read_only_mode_cannot_write(tmp_path: Path) -> None:
     path = tmp_path / "ro.pld"
     Project.create(path).close()
     before = digest(path)
-    with Project.open(path, read_only=True) as p:
-        with pytest.raises(ProjectFileError, match="read-only"):
-            p.set_setting("x", 1)
+    with Project.open(path, read_only=True) as p, pytest.raises(ProjectFileError, match="read-only"):
+        p.set_setting("x", 1)
     assert digest(path) == before
 
 

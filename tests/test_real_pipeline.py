@@ -156,7 +156,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path: Path) -> None:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_completed_calls(path, proc, 1)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=300)
+    _out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     assert "Stopping after the items in flight" in err and "Traceback" not in err
     with Project.open(path, read_only=True) as p:

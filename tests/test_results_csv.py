@@ -17,8 +17,7 @@ from pld_desktop.core.export import export_rule_set
 from pld_desktop.core.pipeline import run_pipeline
 from pld_desktop.core.progress import SilentProgress
 from pld_desktop.core.project import Project
-from pld_desktop.core.results_csv import (FORMULA_TRIGGERS, encode_csv, export_results_csv, neutralise_cell,
-                                          results_rows)
+from pld_desktop.core.results_csv import FORMULA_TRIGGERS, encode_csv, export_results_csv, neutralise_cell
 from pld_desktop.core.settings import RunSettings
 from pld_desktop.core.teacher_prompts import DATA_NOTICE
 from pld_desktop.resources import DEMO_TASK
@@ -205,7 +204,7 @@ def test_a_reply_that_obeys_an_injection_is_still_schema_validated(tmp_path: Pat
     obeyed = {"n": 0}
 
     def responder(body: dict) -> Any:
-        system, user = ch.request_texts(body)
+        _system, user = ch.request_texts(body)
         gold = re.search(r"Gold label: (\S+)", user).group(1)  # type: ignore[union-attr]
         if obeyed["n"] < 5 and "previous reply was rejected" not in user:
             obeyed["n"] += 1

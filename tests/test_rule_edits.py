@@ -11,10 +11,27 @@ from pld_desktop.core.pipeline import run_pipeline
 from pld_desktop.core.progress import SilentProgress
 from pld_desktop.core.project import Project
 from pld_desktop.core.prompts import sha256_text
-from pld_desktop.core.rule_edits import (HEAD_SETTING, Add, Compound, Delete, Duplicate, Insert, Merge, Move,
-                                         Reorder, RuleEditError, SetEnabled, SetLabel, SetText, add_model_conflicts,
-                                         cheap_conflicts, editor_start_version, next_uid, normalised_condition,
-                                         save_version)
+from pld_desktop.core.rule_edits import (
+    HEAD_SETTING,
+    Add,
+    Compound,
+    Delete,
+    Duplicate,
+    Insert,
+    Merge,
+    Move,
+    Reorder,
+    RuleEditError,
+    SetEnabled,
+    SetLabel,
+    SetText,
+    add_model_conflicts,
+    cheap_conflicts,
+    editor_start_version,
+    next_uid,
+    normalised_condition,
+    save_version,
+)
 
 from .fakes import FakeBackends, FakeEmbedder
 from .test_pipeline import make_project, settings
@@ -53,7 +70,7 @@ EVERY_KIND = [
 def test_apply_then_inverse_gives_back_the_original(edit) -> None:  # type: ignore[no-untyped-def]
     original = [dict(r) for r in RULES]
     edited, inverse = edit.apply(RULES)
-    assert RULES == original, "apply must not mutate its input"
+    assert original == RULES, "apply must not mutate its input"
     assert edited != RULES
     restored, again = inverse.apply(edited)
     assert restored == RULES

@@ -1,4 +1,4 @@
-"""Issue 12: whole, on-label, general rules; useless rewrites as failures; the choice on dev; calibration; free reruns."""
+"""Issue 12: whole, on-label, general rules; useless rewrites as failures; the choice on dev; calibration; reruns."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from pld_desktop.core.backends import TeacherReply, TeacherRequest, TeacherUsage
 from pld_desktop.core.calibration import calibrate, calibrated_evaluation, content_free_prior
@@ -16,13 +19,18 @@ from pld_desktop.core.clustering import keep_every_label
 from pld_desktop.core.evaluate import evaluate_prompt
 from pld_desktop.core.pipeline import quality_status, retry_failed_items, run_pipeline
 from pld_desktop.core.progress import SilentProgress
-from pld_desktop.core.teacher_prompts import (copy_reason, extraction_schema, longest_shared_run, meaning_reason,
-                                              off_label_reason)
+from pld_desktop.core.settings import RunSettings
+from pld_desktop.core.teacher_prompts import (
+    copy_reason,
+    extraction_schema,
+    longest_shared_run,
+    meaning_reason,
+    off_label_reason,
+)
+from pld_desktop.resources import DEMO_TASK
 
 from .fakes import FakeBackends, FakeStudent, FakeTeacher, _example_text
 from .test_pipeline import make_project
-from pld_desktop.core.settings import RunSettings
-from pld_desktop.resources import DEMO_TASK
 
 
 def settings(**kw: Any) -> RunSettings:
@@ -363,7 +371,7 @@ def test_calibration_on_the_bundled_student(tmp_path: Path) -> None:
         labels = project.labels()
         dev = project.examples(split="dev")[:6]
         prompt = build_zero_shot_prompt("Classify the bank customer's message.", labels)
-        eval_id, raw = evaluate_prompt(project, student, prompt, dev, kind="zero_shot", split="dev",
+        eval_id, _raw = evaluate_prompt(project, student, prompt, dev, kind="zero_shot", split="dev",
                                        progress=SilentProgress())
         cal = calibrated_evaluation(project, student, eval_id, dev)
         prior = cal["prior"]
@@ -414,7 +422,6 @@ def test_gemini_gets_a_one_value_enum_and_bad_replies_are_retried_with_the_reaso
     project.close()
 
 
-from hypothesis import given, settings as hyp_settings, strategies as st  # noqa: E402 - grouped with their tests
 
 
 @hyp_settings(max_examples=60, deadline=None)
@@ -424,7 +431,7 @@ def test_checks_take_any_user_text(gold: str, other: str, rule: str, example: st
     """Labels and examples are user data: the one-value schema and the checks hold for any text."""
     schema = extraction_schema((gold,))
     ok = schema.model_validate_json(json.dumps({"reasoning": "r", "rule": "If it fits, answer x.", "label": gold}))
-    assert getattr(ok, "label") == gold
+    assert ok.label == gold
     if other != gold:
         with pytest.raises(ValueError):
             schema.model_validate_json(json.dumps({"reasoning": "r", "rule": "If it fits, answer x.", "label": other}))

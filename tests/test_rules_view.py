@@ -4,8 +4,9 @@ the filter proxy and the RulesEditor widget, on a project the pipeline built wit
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from PySide6.QtCore import QModelIndex, Qt
@@ -15,8 +16,16 @@ from pld_desktop.core.pipeline import run_pipeline
 from pld_desktop.core.progress import SilentProgress
 from pld_desktop.core.project import Project
 from pld_desktop.core.rule_edits import HEAD_SETTING, Add, Delete, Duplicate, Move, RuleEdit
-from pld_desktop.ui.rules_model import (COL_ENABLED, COL_LABEL, COL_TEXT, CONFLICT_BACKGROUND, ConflictRole,
-                                        KindRole, RulesModel, UidRole)
+from pld_desktop.ui.rules_model import (
+    COL_ENABLED,
+    COL_LABEL,
+    COL_TEXT,
+    CONFLICT_BACKGROUND,
+    ConflictRole,
+    KindRole,
+    RulesModel,
+    UidRole,
+)
 from pld_desktop.ui.rules_view import RulesEditor, RulesFilterProxy
 
 from .fakes import FakeBackends

@@ -7,7 +7,6 @@ stderr, status output and any log file for the key in plain, base64, URL-encoded
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -42,7 +41,8 @@ def _encoded_echoes(key: str) -> dict[str, str]:
     raw = key.encode()
     return {"base64": base64.b64encode(raw).decode(), "base64_shifted": base64.b64encode(b"k:" + raw).decode(),
             "hex": raw.hex(), "hex_upper": raw.hex().upper(), "lower": key.lower(), "upper": key.upper(),
-            "percent_bytes": "".join(f"%{b:02X}" for b in raw), "percent_bytes_lower": "".join(f"%{b:02x}" for b in raw),
+            "percent_bytes": "".join(f"%{b:02X}" for b in raw),
+            "percent_bytes_lower": "".join(f"%{b:02x}" for b in raw),
             "minus_last": key[:-1], "minus_first": key[1:]}
 
 
@@ -130,12 +130,13 @@ def test_planted_key_appears_nowhere(source: str, tmp_path: Path) -> None:
         # 1b. Every request echoes the key in an encoded or partial form, one form after the other.
         forms = iter(ECHOING_FAULTS[4:] * 40)
         server.responder = lambda body: next(forms)(body)
-        r = ch.run_pld("run", str(path), "--phase", "1", "--yes", env=env, timeout=300)
+        # --retry-failed: the items given up in step 1 are sent again only on request.
+        r = ch.run_pld("run", str(path), "--phase", "1", "--yes", "--retry-failed", env=env, timeout=300)
         outputs["encoded echo run stdout"], outputs["encoded echo run stderr"] = r.stdout, r.stderr
         assert "Unknown credential" in r.stderr, r.stderr[-2000:]
         # 2. A run with a 30% share of key-echoing faults, then a clean rerun.
         faults = EchoingTeacher(server)
-        r = ch.run_pld("run", str(path), "--phase", "1", "--yes", env=env, timeout=300)
+        r = ch.run_pld("run", str(path), "--phase", "1", "--yes", "--retry-failed", env=env, timeout=300)
         outputs["faulty run stdout"], outputs["faulty run stderr"] = r.stdout, r.stderr
         assert faults.injected > 0
         # 3. Ctrl-C twice: the uncaught-interrupt path.
@@ -144,7 +145,8 @@ def test_planted_key_appears_nowhere(source: str, tmp_path: Path) -> None:
             p.execute("DELETE FROM micro_rules")
             p.execute("DELETE FROM teacher_calls WHERE status = 'ok'")
             p._conn.commit()
-        proc = subprocess.Popen(ch.pld_command("run", str(path), "--phase", "1", "--yes"), env=env, cwd=ch.REPO,
+        proc = subprocess.Popen(ch.pld_command("run", str(path), "--phase", "1", "--yes", "--retry-failed"), env=env,
+                                cwd=ch.REPO,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         ch.nap_until(lambda: (ch.read_ro(path, "SELECT COUNT(*) FROM micro_rules") or [(0,)])[0][0] > 0, 120)
         proc.send_signal(signal.SIGINT)
@@ -155,7 +157,7 @@ def test_planted_key_appears_nowhere(source: str, tmp_path: Path) -> None:
         outputs["interrupted stdout"], outputs["interrupted stderr"] = out, err
         assert proc.returncode == 130, err[-2000:]
         ch.DeterministicTeacher(server)
-        r = ch.run_pld("run", str(path), "--phase", "1", "--yes", env=env, timeout=300)
+        r = ch.run_pld("run", str(path), "--phase", "1", "--yes", "--retry-failed", env=env, timeout=300)
         outputs["clean run stdout"], outputs["clean run stderr"] = r.stdout, r.stderr
         assert r.returncode == 0, r.stderr[-2000:]
         sent = [q for q in server.requests if q.had_key]
@@ -216,6 +218,7 @@ def test_redaction_removes_every_encoded_and_partial_form() -> None:
 
 def test_a_reply_that_repeats_the_key_is_not_stored(tmp_path: Path) -> None:
     from pld_desktop.backends.gemini_teacher import GeminiTeacher
+
     from .test_pipeline import make_project
     project = make_project(tmp_path)
     with fg.FakeGemini(expected_key=KEY) as server:

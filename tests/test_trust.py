@@ -24,7 +24,7 @@ KEY = "AIzaSyCOLLEAGUE-0123456789abcdefTRUST"
 
 
 class RecordingServer:
-    """An HTTP server on 127.0.0.1 that records every request (with a quick 400: a run that does reach it fails fast)."""
+    """An HTTP server on 127.0.0.1 that records every request (a quick 400: a run that does reach it fails fast)."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, dict[str, str]]] = []

@@ -13,7 +13,7 @@ from PySide6.QtWidgets import QMessageBox
 
 from pld_desktop.core.project import Project
 from pld_desktop.resources import demo_csv
-from pld_desktop.ui.app import MainWindow, TAB_NAMES, _dropped_file
+from pld_desktop.ui.app import TAB_NAMES, MainWindow, _dropped_file
 from pld_desktop.ui.import_dialog import ImportDialog
 from pld_desktop.ui.results_view import HistoryModel
 
@@ -107,7 +107,7 @@ def test_full_gui_flow(qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert editor.model.setData(first, "If the message says the card was stolen, answer fraud_report.")
     edited = editor.model.rule_set_id
     assert edited != start_version
-    undo = [a for a in window.edit_menu.actions() if a.text().startswith("Undo")][0]
+    undo = next(a for a in window.edit_menu.actions() if a.text().startswith("Undo"))
     undo.trigger()
     assert editor.model.index(0, 1).data() == original
     assert editor.model.rule_set_id not in (start_version, edited)
@@ -134,7 +134,7 @@ def test_full_gui_flow(qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     current = window._current_rule_set_id()
     with Project.open(target, read_only=True) as project:
         assert written[0].read_text(encoding="utf-8") == project.rule_set(current).prompt_text
-    assert json.loads([p for p in written if p.suffix == ".json"][0].read_text())["rule_set"]["id"] == current
+    assert json.loads(next(p for p in written if p.suffix == ".json").read_text())["rule_set"]["id"] == current
 
     # Quit on the Rules tab, reopen: the data, versions, evaluations and the last view are back.
     window.tabs.setCurrentIndex(TAB_NAMES.index("Rules"))

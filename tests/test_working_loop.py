@@ -21,14 +21,32 @@ from pld_desktop.core.pipeline import run_pipeline
 from pld_desktop.core.progress import Cancelled, SilentProgress
 from pld_desktop.core.project import CHOSEN_RULE_SET, EDITED_RULE_SET, SYNTHESIS_RULE_SET, Project
 from pld_desktop.core.results_csv import export_results_csv
-from pld_desktop.core.rule_edits import (LABEL_MISMATCH, Delete, Insert, Move, SetEnabled, SetLabel, SetText,
-                                         changed_since, fix_label_to_text, fix_text_to_label,
-                                         label_mismatches, recompute_conflicts, save_version, text_label,
-                                         version_conflicts)
+from pld_desktop.core.rule_edits import (
+    LABEL_MISMATCH,
+    Delete,
+    Insert,
+    Move,
+    SetEnabled,
+    SetLabel,
+    SetText,
+    changed_since,
+    fix_label_to_text,
+    fix_text_to_label,
+    label_mismatches,
+    recompute_conflicts,
+    save_version,
+    text_label,
+    version_conflicts,
+)
 from pld_desktop.core.scoring import latest_scores, score_version, status_evaluations, version_history
 from pld_desktop.core.scoring import test_use_count as count_test_uses
-from pld_desktop.core.working import (PICKED_OVER_SETTING, require_working_rule_set, set_working_rule_set,
-                                      working_rule_set, working_version)
+from pld_desktop.core.working import (
+    PICKED_OVER_SETTING,
+    require_working_rule_set,
+    set_working_rule_set,
+    working_rule_set,
+    working_version,
+)
 
 from .fakes import FakeBackends, FakeEmbedder, FakeStudent
 from .test_pipeline import make_project, settings
@@ -108,7 +126,7 @@ def test_phase4_results_csv_and_every_export_name_the_working_version(project: P
     prompt_lines = [line for line in rs.prompt_text.splitlines() if line[:1].isdigit()]
     enabled = [r for r in rs.rules if r.get("enabled", True)]
     assert len(prompt_lines) == len(enabled)
-    for n, r in enumerate(enabled, 1):
+    for n, _r in enumerate(enabled, 1):
         assert prompt_lines[n - 1].startswith(f"{n}. ")
         assert f"\n{n}. " in md and md.index(f"\n{n}. ") < md.index("## Disabled rules")
     disabled_part = md.split("## Disabled rules (not in the prompt)")[1].split("##")[0]

@@ -21,7 +21,7 @@ class DefaultBackends:
     the CLI get this guard. `trust=None` turns it off for callers that made the settings themselves.
     """
 
-    def __init__(self, trust: TrustStore | None | str = "this machine") -> None:
+    def __init__(self, trust: TrustStore | str | None = "this machine") -> None:
         self._lock = threading.Lock()
         self._cache: dict[Any, Any] = {}
         self._trust: TrustStore | None = TrustStore() if isinstance(trust, str) else trust

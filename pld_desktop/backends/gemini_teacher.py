@@ -104,7 +104,7 @@ class GeminiTeacher:
         # One Client is safe to share across threads: httpx2.Client and its connection pool are thread-safe,
         # the SDK's tenacity.Retrying keeps per-call state in threading.local, and requests copy the headers.
         self._client = genai.Client(api_key=key, http_options=types.HttpOptions(
-            base_url=base_url, timeout=int(round(timeout_s * 1000)), retry_options=retry))
+            base_url=base_url, timeout=round(timeout_s * 1000), retry_options=retry))
 
     # ------------------------------------------------------------------
     def generate(self, request: TeacherRequest) -> TeacherReply:
@@ -136,7 +136,7 @@ class GeminiTeacher:
             thinking_config=self._thinking_config(),
             automatic_function_calling=_NO_AFC,
             http_options=types.HttpOptions(
-                timeout=int(round(min(self.timeout_s, 30.0) * 1000)),
+                timeout=round(min(self.timeout_s, 30.0) * 1000),
                 retry_options=types.HttpRetryOptions(attempts=1)),
         )
         started = time.perf_counter()
@@ -154,7 +154,7 @@ class GeminiTeacher:
         self._closed = True
         self._client.close()
 
-    def __enter__(self) -> "GeminiTeacher":
+    def __enter__(self) -> GeminiTeacher:
         return self
 
     def __exit__(self, *exc: object) -> None:

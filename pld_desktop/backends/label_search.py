@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from typing import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 # One option at a state: (what is appended to the path, the text it writes, its log-probability).
 # The text b"" means "end of the answer" and is offered only when the written text is a whole label.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -22,26 +23,46 @@ import time
 import weakref
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TypeVar
-
-import numpy as np
+from typing import Any, TypeVar
 
 import llama_cpp
 import llama_cpp.llama_cpp as llama_capi
+import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from pld_desktop.backends.bundled import ModelFileError, bundled_local_teacher_path
 from pld_desktop.core.backends import ModelIdentity, PromptTooLong
 
 __all__ = [
-    "BatchedGenerator", "EvalStats", "GGUF_MAGIC", "GenerationJob", "GenerationQueue", "GenerationResult", "LlamaContextCursor", "LlamaOwner", "ModelFileError", "PrefixStateCache",
-    "PrefixStateDiskCache", "backend_name", "cache_dir", "state_settings",
-    "check_gguf_file", "decode_threads", "default_parallel_sequences", "extra_buffer_types_usable", "file_sha256", "gguf_chat_formatter", "load_llama",
-    "model_identity", "read_gguf_metadata", "template_supports_system",
+    "GGUF_MAGIC",
+    "BatchedGenerator",
+    "EvalStats",
+    "GenerationJob",
+    "GenerationQueue",
+    "GenerationResult",
+    "LlamaContextCursor",
+    "LlamaOwner",
+    "ModelFileError",
+    "PrefixStateCache",
+    "PrefixStateDiskCache",
+    "backend_name",
+    "cache_dir",
+    "check_gguf_file",
+    "decode_threads",
+    "default_parallel_sequences",
+    "extra_buffer_types_usable",
+    "file_sha256",
+    "gguf_chat_formatter",
+    "load_llama",
+    "model_identity",
+    "read_gguf_metadata",
+    "state_settings",
+    "template_supports_system",
 ]
 
 log = logging.getLogger(__name__)
@@ -272,7 +293,7 @@ def template_supports_system(formatter: Jinja2ChatFormatter) -> bool:
     try:
         prompt = formatter(messages=[{"role": "system", "content": marker},
                                      {"role": "user", "content": "hello"}]).prompt
-    except Exception:  # noqa: BLE001 - templates raise arbitrary errors for unsupported roles
+    except Exception:
         return False
     return marker in prompt
 
@@ -303,7 +324,7 @@ class PrefixStateCache:
 
     def __init__(self, capacity_bytes: int = 1 << 30) -> None:
         self.capacity_bytes = int(capacity_bytes)
-        self._states: "OrderedDict[tuple[int, ...], bytes | bytearray]" = OrderedDict()
+        self._states: OrderedDict[tuple[int, ...], bytes | bytearray] = OrderedDict()
         self.nbytes = 0
 
     def __len__(self) -> int:
@@ -651,7 +672,7 @@ class LlamaContextCursor:
         if not self._restore(system_tokens, state):
             # Intact file that llama.cpp refuses (e.g. a changed KV layout the key did not capture): drop it.
             self.stats.disk_rejects += 1
-            self.disk_cache._unlink(self.disk_cache.path(key))  # noqa: SLF001 - same module
+            self.disk_cache._unlink(self.disk_cache.path(key))
             return False
         self.stats.disk_loads += 1
         if self.prefix_cache is not None:
@@ -730,7 +751,7 @@ class LlamaContextCursor:
         self.stats.tokens_reused += keep
         cuts = [keep] + [b for b in self._boundaries if keep < b < len(target)] + [len(target)]
         try:
-            for start, stop in zip(cuts, cuts[1:]):
+            for start, stop in itertools.pairwise(cuts):
                 llama.eval(target[start:stop])
                 self.stats.tokens_evaluated += stop - start
                 if start == 0:
@@ -888,7 +909,7 @@ def load_llama(model_path: str | os.PathLike[str], *, use_extra_bufts: bool = Tr
 # ---------------------------------------------------------------------------
 # The owner thread
 # ---------------------------------------------------------------------------
-_live_owners: "weakref.WeakSet[LlamaOwner]" = weakref.WeakSet()
+_live_owners: weakref.WeakSet[LlamaOwner] = weakref.WeakSet()
 
 
 @atexit.register
@@ -953,7 +974,7 @@ class LlamaOwner:
     def _run(self) -> None:
         try:
             llama = self._load()
-        except BaseException as exc:  # noqa: BLE001 - handed to the constructor's thread
+        except BaseException as exc:
             self._loaded.set_exception(exc)
             return
         self._loaded.set_result(None)
@@ -967,7 +988,7 @@ class LlamaOwner:
                     continue
                 try:
                     future.set_result(fn(llama))
-                except BaseException as exc:  # noqa: BLE001 - delivered to the caller
+                except BaseException as exc:
                     future.set_exception(exc)
                 del item, future, fn
         finally:
@@ -1008,7 +1029,7 @@ class LlamaOwner:
             self._thread.join()
         _live_owners.discard(self)
 
-    def __enter__(self) -> "LlamaOwner":
+    def __enter__(self) -> LlamaOwner:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -1051,7 +1072,7 @@ class GenerationJob:
     future: Future = dataclass_field(default_factory=Future)
     # Fills the fields above on the owner thread when the job is admitted (tokenizing there keeps every llama
     # call on one thread); an exception it raises goes to the job's caller.
-    prepare: "Callable[[GenerationJob], None] | None" = None
+    prepare: Callable[[GenerationJob], None] | None = None
 
 
 @dataclass
@@ -1081,7 +1102,7 @@ class GenerationQueue:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._jobs: "list[GenerationJob]" = []
+        self._jobs: list[GenerationJob] = []
         self._serving = False
 
     def put(self, job: GenerationJob) -> bool:
@@ -1166,7 +1187,7 @@ class BatchedGenerator:
         self.stats = GenerationStats()
         self.closed = False
         self._slots = [_Slot(i) for i in range(self.n_parallel)]
-        self._holders: "OrderedDict[tuple[int, ...], int]" = OrderedDict()
+        self._holders: OrderedDict[tuple[int, ...], int] = OrderedDict()
         self._free_holders = list(range(self.n_parallel, self.n_parallel + self.N_PREFIX_HOLDERS))
 
     @property
@@ -1326,7 +1347,7 @@ class BatchedGenerator:
         self._holders.clear()
         self._free_holders = list(range(self.n_parallel, self.n_parallel + self.N_PREFIX_HOLDERS))
 
-    def run(self, jobs: "GenerationQueue") -> None:
+    def run(self, jobs: GenerationQueue) -> None:
         """Serve jobs from `jobs` until it is empty and nothing is in progress (then the queue is marked idle,
         atomically with the emptiness check, so a job put meanwhile starts a new service)."""
         if self.closed:  # a service queued behind close(): nothing may touch the freed context
@@ -1346,7 +1367,7 @@ class BatchedGenerator:
                     if job.prepare is not None:
                         try:
                             job.prepare(job)
-                        except Exception as exc:  # noqa: BLE001 - the caller's error, e.g. a prompt too long
+                        except Exception as exc:
                             job.future.set_exception(exc)
                             continue
                         job.prepare = None
@@ -1363,7 +1384,7 @@ class BatchedGenerator:
                         return
                     continue
                 self._step(active)
-        except BaseException as exc:  # noqa: BLE001 - every caller waiting on a job hears of it
+        except BaseException as exc:
             self._fail_all(exc)
             jobs.fail_all(exc)
             raise

@@ -13,24 +13,34 @@ too.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import logging
 import math
 import os
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence, TypeVar
-
-import numpy as np
+from typing import TypeVar
 
 import llama_cpp
 import llama_cpp.llama_cpp as llama_capi
+import numpy as np
 
 from pld_desktop.backends.bundled import ModelFileError, bundled_student_path
 from pld_desktop.backends.label_search import label_mass
-from pld_desktop.backends.llama_runtime import (EvalStats, LlamaContextCursor, LlamaOwner, PrefixStateCache,
-                                                PrefixStateDiskCache, common_prefix_length, gguf_chat_formatter,
-                                                model_identity, read_gguf_metadata, state_settings)
+from pld_desktop.backends.llama_runtime import (
+    EvalStats,
+    LlamaContextCursor,
+    LlamaOwner,
+    PrefixStateCache,
+    PrefixStateDiskCache,
+    common_prefix_length,
+    gguf_chat_formatter,
+    model_identity,
+    read_gguf_metadata,
+    state_settings,
+)
 from pld_desktop.core.backends import ModelIdentity, Prediction, PromptTooLong
 from pld_desktop.core.prompts import student_user_message
 
@@ -268,7 +278,7 @@ class _StudentModel:
             pairs: set[str] = set()
             for piece in self.pieces:
                 chars = piece.decode("utf-8", errors="replace")
-                pairs.update(a + b for a, b in zip(chars, chars[1:]))
+                pairs.update(a + b for a, b in itertools.pairwise(chars))
             self._char_pairs = frozenset(pairs)
         return self._char_pairs
 
@@ -490,7 +500,7 @@ class LlamaStudent:
         """Counters of evaluated and reused tokens and of label evaluations since the model was loaded."""
         return self._run(lambda m: EvalStats(**vars(m.cursor.stats)))  # type: ignore[return-value]
 
-    def __enter__(self) -> "LlamaStudent":
+    def __enter__(self) -> LlamaStudent:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -22,10 +22,22 @@ from typing import Any
 import llama_cpp
 
 from pld_desktop.backends.bundled import ModelFileError, bundled_local_teacher_path
-from pld_desktop.backends.llama_runtime import (BatchedGenerator, GenerationJob, GenerationQueue, LlamaContextCursor,
-                                                LlamaOwner, PrefixStateCache, PrefixStateDiskCache,
-                                                decode_threads, default_parallel_sequences, file_sha256, gguf_chat_formatter,
-                                                read_gguf_metadata, state_settings, template_supports_system)
+from pld_desktop.backends.llama_runtime import (
+    BatchedGenerator,
+    GenerationJob,
+    GenerationQueue,
+    LlamaContextCursor,
+    LlamaOwner,
+    PrefixStateCache,
+    PrefixStateDiskCache,
+    decode_threads,
+    default_parallel_sequences,
+    file_sha256,
+    gguf_chat_formatter,
+    read_gguf_metadata,
+    state_settings,
+    template_supports_system,
+)
 from pld_desktop.backends.teacher_grammar import rule_hit_bound, schema_grammar
 from pld_desktop.core.backends import TeacherError, TeacherReply, TeacherRequest, TeacherUsage
 
@@ -116,7 +128,7 @@ class LocalTeacher:
         try:
             return schema_grammar(request.schema.model_json_schema(), max_chars=self.max_string_chars,
                                   patterns=dict(request.grammar_patterns))
-        except Exception as exc:  # noqa: BLE001 - a broken schema class is the caller's bug, reported plainly
+        except Exception as exc:
             raise TeacherError(f"Cannot build the grammar of {request.schema.__name__}: {exc}") from exc
 
     def messages_for(self, request: TeacherRequest) -> list[dict[str, str]]:
@@ -207,7 +219,7 @@ class LocalTeacher:
             self._owner.submit(lambda llama: generator.close())  # after any running service (FIFO)
         self._owner.close()
 
-    def __enter__(self) -> "LocalTeacher":
+    def __enter__(self) -> LocalTeacher:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -7,9 +7,10 @@ import hashlib
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..core.progress import Cancelled, Progress
 from . import secrets
@@ -265,7 +266,7 @@ def fetch_model(spec: str, progress: Progress, *, revision: str = "main", token:
         meta = hub.get_hf_file_metadata(url, token=token or None, endpoint=endpoint)
     except (FetchError, Cancelled):
         raise
-    except Exception as exc:  # noqa: BLE001 - every Hub or network failure becomes words
+    except Exception as exc:
         raise _words(exc, repo, filename, token, endpoint) from None
     assert filename is not None
     etag, commit, size = meta.etag, meta.commit_hash, meta.size
@@ -314,7 +315,7 @@ def fetch_model(spec: str, progress: Progress, *, revision: str = "main", token:
         except Cancelled:
             progress.log(f"Stopped; {partial.stat().st_size / 2**20:.0f} MiB kept, a new fetch resumes.")
             raise
-        except Exception as exc:  # noqa: BLE001 - as above
+        except Exception as exc:
             raise _words(exc, repo, filename, token, endpoint) from None
         got = partial.stat().st_size
         if size is not None and got != size:

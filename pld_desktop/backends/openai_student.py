@@ -25,9 +25,10 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 try:  # google-genai ships httpx2 (a namespaced httpx fork); plain httpx works the same where installed
@@ -368,7 +369,7 @@ class OpenAIStudent:
         except OpenAIServerError as exc:
             if exc.status is not None and 400 <= exc.status < 600 and any(
                     marker in str(exc).lower() for marker in _CONTEXT_MARKERS):
-                raise PromptTooLong(f"The prompt does not fit the student's context ({str(exc)}). Shorten the "
+                raise PromptTooLong(f"The prompt does not fit the student's context ({exc!s}). Shorten the "
                                     "rules or raise the server's context size.") from None
             raise
         if not isinstance(reply, dict) or not reply.get("choices"):
@@ -597,7 +598,7 @@ class OpenAIStudent:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "OpenAIStudent":
+    def __enter__(self) -> OpenAIStudent:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -63,7 +63,7 @@ class OpenAITeacher:
             raise TeacherError("The OpenAI-compatible teacher is closed.", retryable=False)
         try:
             schema = request.schema.model_json_schema()
-        except Exception as exc:  # noqa: BLE001 - a broken schema class is the caller's bug, reported plainly
+        except Exception as exc:
             raise TeacherError(f"Cannot build the JSON schema of {request.schema.__name__}: {exc}") from exc
         if self.max_string_chars is not None:
             from pld_desktop.backends.local_teacher import bounded_schema  # only for small local models
@@ -90,7 +90,7 @@ class OpenAITeacher:
             self._closed = True
             self._http.close()
 
-    def __enter__(self) -> "OpenAITeacher":
+    def __enter__(self) -> OpenAITeacher:
         return self
 
     def __exit__(self, *exc: object) -> None:

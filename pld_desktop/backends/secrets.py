@@ -10,8 +10,8 @@ import os
 import re
 import threading
 import urllib.parse
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import keyring
 import keyring.errors
@@ -38,7 +38,7 @@ _SERVICES: dict[str, _ServiceKey] = {
     "huggingface": _ServiceKey(env_vars=("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"), keyring_user="huggingface-token"),
 }
 
-def _no_keychain(spec: "_ServiceKey") -> str:
+def _no_keychain(spec: _ServiceKey) -> str:
     return f"No OS keychain is available; set {spec.env_vars[0]} instead"
 
 
@@ -60,7 +60,7 @@ def _from_env(spec: _ServiceKey) -> tuple[str, str] | None:
 def _from_keyring(spec: _ServiceKey) -> str | None:
     try:
         value = keyring.get_password(KEYRING_SERVICE, spec.keyring_user)
-    except Exception as exc:  # noqa: BLE001 - any backend failure (no D-Bus, locked, ...) means "no key here"
+    except Exception as exc:
         log.debug("OS keychain unavailable for lookup: %s", type(exc).__name__)
         return None
     value = (value or "").strip()
@@ -95,7 +95,7 @@ def set_api_key(key: str, service: str = "gemini") -> None:
         keyring.set_password(KEYRING_SERVICE, spec.keyring_user, key)
     except keyring.errors.NoKeyringError:
         raise SecretStoreError(_no_keychain(spec)) from None
-    except Exception as exc:  # noqa: BLE001 - backend errors vary (SecretStorage, jeepney, Windows, macOS)
+    except Exception as exc:
         detail = redact(str(exc), [key])
         raise SecretStoreError(
             f"Could not store the API key in the OS keychain ({type(exc).__name__}: {detail}); "
@@ -109,7 +109,7 @@ def delete_api_key(service: str = "gemini") -> None:
         keyring.delete_password(KEYRING_SERVICE, spec.keyring_user)
     except (keyring.errors.PasswordDeleteError, keyring.errors.NoKeyringError):
         return
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise SecretStoreError(
             f"Could not remove the API key from the OS keychain ({type(exc).__name__})") from None
 

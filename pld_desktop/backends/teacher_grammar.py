@@ -8,8 +8,9 @@ a `\\x`/`\\u`/`\\U` escape, so no label or text can end a literal or inject a ru
 
 A `rule` property with a grammar hint is written "If <condition>, answer <label>." where the condition is whole
 words with no character cap, so it is never cut mid-word and always ends the sentence (the reply is bounded in
-tokens by max_tokens; a reply cut there, or a rule at the word bound, is retried, never stored); an object with a `rule` and a `label` has its `label`
-fixed to the label its rule answers, so the label the teacher is given (extraction, merge) is a literal.
+tokens by max_tokens; a reply cut there, or a rule at the word bound, is retried, never stored); an object with a
+`rule` and a `label` has its `label` fixed to the label its rule answers, so the label the teacher is given
+(extraction, merge) is a literal.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ until `ready`, `count()` raises `TokenizerLoading` and the caller shows an appro
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 class TokenizerLoading(RuntimeError):
@@ -46,7 +47,7 @@ class VocabTokenizer:
             llama = Llama(model_path=str(path), vocab_only=True, verbose=False)
             with self._lock:
                 self.path, self._llama = path, llama
-        except Exception as exc:  # noqa: BLE001 - reported by count() and `error`
+        except Exception as exc:
             self.error = exc
         finally:
             self._done.set()

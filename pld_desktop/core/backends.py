@@ -5,8 +5,9 @@ The phases only see these protocols; the adapters live in `pld_desktop.backends`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 from pydantic import BaseModel

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol
 
 from pydantic import ValidationError
 
@@ -24,9 +25,16 @@ from .phases.extraction import PHASE, ExtractionReport, extraction_jobs, run_ext
 from .progress import Cancelled, Progress
 from .project import Project
 from .settings import RunSettings
-from .teacher_calls import LockedSplitError, QuotaExhausted, TeacherJob, parse_reply, request_hash
+
 # The same wording for a rejected reply as the synchronous path records (one message format in the project).
-from .teacher_calls import _short_validation_error
+from .teacher_calls import (
+    LockedSplitError,
+    QuotaExhausted,
+    TeacherJob,
+    _short_validation_error,
+    parse_reply,
+    request_hash,
+)
 
 BATCH_PRICE_FACTOR = 0.5  # the Gemini Batch API bills half the interactive price
 OPEN_STATES = ("submitted", "pending", "running")

@@ -33,7 +33,7 @@ def sane_cluster_range(n: int) -> tuple[int, int]:
     """How many clusters a readable prompt can hold for n rules: about sqrt(n), at least 1, at most 30."""
     if n < 2:
         return 1, 1
-    hi = max(2, min(30, int(round(np.sqrt(n) * 1.5))))
+    hi = max(2, min(30, round(np.sqrt(n) * 1.5)))
     return 1 if n < 12 else 2, hi
 
 
@@ -85,7 +85,7 @@ def cluster_rules(vectors: np.ndarray, eps: float = 0.4, min_samples: int = 6) -
         return ClusterResult(best[2], f"dbscan(eps={best[0]},min_samples={ms}) after eps sweep", reason, tried)
     # Agglomerative fallback: every rule gets a cluster; merge tiny clusters' rules as noise-free singletons.
     lo, hi = sane_cluster_range(n)
-    target = max(lo, min(hi, int(round(np.sqrt(n)))))
+    target = max(lo, min(hi, round(np.sqrt(n))))
     agg = AgglomerativeClustering(n_clusters=target, metric="cosine", linkage="average").fit(vectors)
     labels = agg.labels_.astype(int)
     tried.append({"method": "agglomerative", "n_clusters": target, "clusters": _count(labels), "noise": 0.0})
@@ -107,7 +107,7 @@ def keep_every_label(vectors: np.ndarray, labels: np.ndarray, degenerate_reason:
     if len(noise) and (len(noise) > NOISE_REGROUP_SHARE * n or degenerate_reason or len(noise) == n):
         base = int(out.max()) + 1 if (out >= 0).any() else 0
         if len(noise) >= 4:
-            k = max(1, min(len(noise) // 2, int(round(np.sqrt(len(noise))))))
+            k = max(1, min(len(noise) // 2, round(np.sqrt(len(noise)))))
             sub = AgglomerativeClustering(n_clusters=k, metric="cosine", linkage="average").fit(vectors[noise]).labels_
         else:
             sub = np.zeros(len(noise), dtype=int)

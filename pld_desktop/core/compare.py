@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .backends import Prediction, Student
 from .dataset import ColumnMapping, DatasetError, Problem, read_csv, render_template
@@ -222,11 +223,11 @@ class ExampleSet:
         return f"{self.source or 'your rows'} ({len(self.rows)} rows)"
 
     @classmethod
-    def from_split(cls, split: str, limit: int | None = None) -> "ExampleSet":
+    def from_split(cls, split: str, limit: int | None = None) -> ExampleSet:
         return cls(split=split, limit=limit)
 
     @classmethod
-    def from_pasted(cls, text: str, labels: Sequence[str]) -> "ExampleSet":
+    def from_pasted(cls, text: str, labels: Sequence[str]) -> ExampleSet:
         """One input per non-blank line; a gold label may follow the text after a tab (as pasted from a sheet)."""
         rows: list[UserRow] = []
         problems: list[str] = []
@@ -252,7 +253,7 @@ class ExampleSet:
         return cls(rows=tuple(rows), source="pasted rows")
 
     @classmethod
-    def from_csv(cls, path: str | Path, labels: Sequence[str], mapping: ColumnMapping | None = None) -> "ExampleSet":
+    def from_csv(cls, path: str | Path, labels: Sequence[str], mapping: ColumnMapping | None = None) -> ExampleSet:
         """A CSV with a header row: a `text` column (or the project's own text columns, rendered with its
         template) and optionally a `label` column (or the project's label column). Raises DatasetError."""
         df, _ = read_csv(path)

@@ -687,7 +687,7 @@ def _user_facing_errors(action: str) -> Iterator[None]:
         raise
     except MemoryError as exc:
         raise DatasetError(Problem("The file is too large to import on this computer (not enough memory).")) from exc
-    except Exception as exc:  # noqa: BLE001 - a user-facing importer must never show a traceback
+    except Exception as exc:
         raise DatasetError(Problem(f"{action} because of an unexpected error: {exc}.")) from exc
 
 
@@ -724,7 +724,7 @@ def preview_csv(path: str | os.PathLike[str], n_rows: int = 20) -> tuple[pd.Data
         df = _parse(text, max_rows=max(1, n_rows), truncated=truncated)
     except DatasetError:
         raise
-    except Exception as exc:  # noqa: BLE001 - never show a traceback
+    except Exception as exc:
         raise DatasetError(Problem(f"The file could not be read because of an unexpected error: {exc}.")) from exc
     return df.iloc[: max(1, n_rows)], encoding
 
@@ -867,7 +867,7 @@ def _assign_groups(labels: np.ndarray, groups: Sequence[str | None], ratios: np.
     """Split codes for rows, assigning whole groups; groups are stratified by their majority label."""
     n = len(labels)
     keys = np.array(
-        [("\x00row%d" % i) if g is None or str(g).strip() == "" else "\x01" + str(g).strip()
+        [f"\x00row{i}" if g is None or str(g).strip() == "" else "\x01" + str(g).strip()
          for i, g in enumerate(groups)], dtype=object)
     frame = pd.DataFrame({"g": keys, "l": labels})
     pair_counts = frame.groupby(["g", "l"], sort=True).size().reset_index(name="n")

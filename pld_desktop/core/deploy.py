@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .dataset import _template_parts
 from .prompts import student_user_message

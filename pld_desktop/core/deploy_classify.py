@@ -56,8 +56,8 @@ class Model:
     def __init__(self, path: str, n_ctx: int) -> None:
         import llama_cpp
         import llama_cpp.llama_cpp as capi
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
         import numpy as np
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self.np, self.capi = np, capi
         self.llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, seed=0, verbose=False)
@@ -155,7 +155,7 @@ class Model:
         keep = max([0] + [b for b in self.boundaries if b <= limit and (b != system_end or self.anchor == b)])
         keep = self._truncate(keep)
         cuts = [keep] + [b for b in self.boundaries if keep < b < len(target)] + [len(target)]
-        for start, stop in zip(cuts, cuts[1:]):
+        for start, stop in itertools.pairwise(cuts):
             llm.eval(target[start:stop])
             if start == 0:
                 self.anchor = stop

@@ -14,9 +14,9 @@ from typing import Any
 from .. import __version__
 from .deploy import DEPLOY_FORMATS, deploy_files
 from .project import Project
+from .prompts import student_user_message
 from .scoring import latest_scores
 from .working import require_working_rule_set, working_rule_set
-from .prompts import student_user_message
 
 FORMATS = ("txt", "md", "json")
 ALL_FORMATS = FORMATS + DEPLOY_FORMATS  # the prompt documents plus the deployment files (core/deploy.py)

@@ -62,7 +62,7 @@ class ImpactReport:
                 "rules": [asdict(r) | {"hurts": r.hurts} for r in self.rules]}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ImpactReport":
+    def from_json(cls, data: dict[str, Any]) -> ImpactReport:
         rules = [RuleImpact(**{k: v for k, v in r.items() if k != "hurts"}) for r in data.get("rules", [])]
         return cls(int(data["rule_set"]), data["split"], int(data["n"]), float(data["macro_f1"]),
                    data.get("student_sha256", ""), rules, bool(data.get("complete")))

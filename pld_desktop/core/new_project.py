@@ -23,8 +23,8 @@ __all__ = [
     "create_project",
     "default_template",
     "guess_mapping",
-    "label_counts",
     "label_count_warnings",
+    "label_counts",
     "read_source",
 ]
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 from .backends import Embedder, PromptTooLong, Student, Teacher
 from .evaluate import evaluate_prompt
@@ -13,8 +14,13 @@ from .phases.extraction import run_extraction
 from .phases.synthesis import run_synthesis
 from .progress import Cancelled, Progress
 from .project import Example, Project
-from .prompts import (FewShotExample, PromptRule, build_few_shot_prompt, build_rules_with_examples_prompt,
-                      build_zero_shot_prompt)
+from .prompts import (
+    FewShotExample,
+    PromptRule,
+    build_few_shot_prompt,
+    build_rules_with_examples_prompt,
+    build_zero_shot_prompt,
+)
 from .reachability import TeacherUnreachable, check_reachable
 from .sampling import stratified_sample
 from .settings import RunSettings, save_settings
@@ -246,7 +252,8 @@ def choose_prompt(project: Project, student: Student, settings: RunSettings, pro
             continue
         rows[name] = {"eval_id": eval_id, "f1": float(m["macro_f1"])}
     for row in rows.values():  # the same calibration for every prompt
-        row["f1_calibrated"] = float(calibrated_evaluation(project, student, row["eval_id"], dev)["metrics"]["macro_f1"])
+        calibrated_metrics = calibrated_evaluation(project, student, row["eval_id"], dev)["metrics"]
+        row["f1_calibrated"] = float(calibrated_metrics["macro_f1"])
     chosen = "rules"
     if "rules+examples" in rows and rows["rules+examples"]["f1"] > rows["rules"]["f1"]:
         chosen = "rules+examples"
@@ -320,8 +327,9 @@ def quality_status(project: Project) -> dict[str, Any]:
             if raw:
                 test[kind] = {"macro_f1": raw.get("macro_f1"),
                               "macro_f1_calibrated": (cal or {}).get("metrics", {}).get("macro_f1")}
-        return {"rule_quality": rule_quality(project), "chosen": chosen_summary(project), "test_raw_and_calibrated": test}
-    except Exception as exc:  # noqa: BLE001 - a status must print even when a figure cannot be computed
+        return {"rule_quality": rule_quality(project), "chosen": chosen_summary(project),
+                "test_raw_and_calibrated": test}
+    except Exception as exc:
         return {"rule_quality": {"error": str(exc)[:200]}, "chosen": chosen_summary(project)}
 
 
@@ -340,7 +348,9 @@ def estimate_teacher_run(project: Project, settings: RunSettings, phases: Sequen
     if settings.teacher_batch:
         from .batch_extraction import BATCH_PRICE_FACTOR
         cost *= BATCH_PRICE_FACTOR
-    return (f"Phase 1{' (batch mode, half price)' if settings.teacher_batch else ''} needs about {todo} teacher calls (~{tokens_in:,} input and ~{tokens_out:,} output tokens, "
+    batch = " (batch mode, half price)" if settings.teacher_batch else ""
+    return (f"Phase 1{batch} needs about {todo} teacher calls (~{tokens_in:,} input and ~{tokens_out:,} output "
+            "tokens, "
             f"~${cost:.2f} at the configured prices); phases 2-3 add about {max(1, int(len(train) ** 0.5))} + "
             f"{settings.loop_max_iterations} calls.")
 

@@ -14,9 +14,10 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
@@ -351,13 +352,13 @@ class Project:
 
     # -- opening ------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | os.PathLike, *, overwrite: bool = False) -> "Project":
+    def create(cls, path: str | os.PathLike, *, overwrite: bool = False) -> Project:
         """A new, empty project at `path`."""
         return cls.build(path, lambda project: None, overwrite=overwrite, keep_open=True)  # type: ignore[return-value]
 
     @classmethod
     def build(cls, path: str | os.PathLike, fill: Any, *, overwrite: bool = False,
-              keep_open: bool = False) -> "Project | None":
+              keep_open: bool = False) -> Project | None:
         """Create a project beside `path`, let `fill(project)` add its content, then move it into place.
 
         The user's name only ever holds a complete project: a failure in `fill` leaves any existing file
@@ -391,8 +392,8 @@ class Project:
             conn = None
             os.replace(tmp, path)
         except sqlite3.Error as exc:
-            raise ProjectFileError(f"Cannot create {path.name}: "
-                                   f"{_friendly_sqlite_error(path, exc) if isinstance(exc, sqlite3.OperationalError) else exc}") from None
+            why = _friendly_sqlite_error(path, exc) if isinstance(exc, sqlite3.OperationalError) else exc
+            raise ProjectFileError(f"Cannot create {path.name}: {why}") from None
         except OSError as exc:
             raise ProjectFileError(f"Cannot create {path.name}: {exc.strerror or exc}.") from None
         finally:
@@ -411,7 +412,7 @@ class Project:
         return cls.open(path) if keep_open else None
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, read_only: bool = False) -> "Project":
+    def open(cls, path: str | os.PathLike, *, read_only: bool = False) -> Project:
         path = Path(path)
         if not path.exists():
             raise ProjectFileError(f"Project file not found: {path}")
@@ -445,7 +446,7 @@ class Project:
         with self.lock:
             self._conn.close()
 
-    def __enter__(self) -> "Project":
+    def __enter__(self) -> Project:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -491,7 +492,7 @@ class Project:
                 raise ProjectFileError(_friendly_sqlite_error(self.path, exc)) from None
             return cur.lastrowid or 0
 
-    def transaction(self) -> "_Txn":
+    def transaction(self) -> _Txn:
         if self.read_only:
             raise ProjectFileError(f"{self.path.name} is open read-only.")
         return _Txn(self)
@@ -512,7 +513,7 @@ class Project:
         return {r["key"]: json.loads(r["value"]) for r in self.query("SELECT key, value FROM settings")}
 
     # -- rule-set pointers (typed accessors for the settings that name a version) -----------------
-    def rule_set_pointer(self, key: "RuleSetPointer") -> int | None:
+    def rule_set_pointer(self, key: RuleSetPointer) -> int | None:
         """The version a pointer setting names, or None when unset or when that version is not in the file."""
         if key not in RULE_SET_POINTERS:
             raise ValueError(f"'{key}' is not a rule-set pointer; use one of {', '.join(RULE_SET_POINTERS)}.")
@@ -525,7 +526,7 @@ class Project:
             return None
         return rs_id if self.query("SELECT 1 FROM rule_sets WHERE id = ?", [rs_id]) else None
 
-    def set_rule_set_pointer(self, key: "RuleSetPointer", rule_set_id: int | None) -> None:
+    def set_rule_set_pointer(self, key: RuleSetPointer, rule_set_id: int | None) -> None:
         """Point `key` at an existing version (None clears it); an unknown version is refused."""
         if key not in RULE_SET_POINTERS:
             raise ValueError(f"'{key}' is not a rule-set pointer; use one of {', '.join(RULE_SET_POINTERS)}.")
@@ -946,7 +947,7 @@ class _Txn:
 
 def _friendly_sqlite_error(path: Path, exc: sqlite3.Error) -> str:
     text = str(exc)
-    if "disk" in text and "full" in text or "database or disk is full" in text:
+    if ("disk" in text and "full" in text) or "database or disk is full" in text:
         return f"The disk holding {path.name} is full; nothing was lost, free some space and resume."
     if "readonly" in text:
         return f"{path.name} cannot be written (read-only file or folder)."

@@ -6,8 +6,8 @@ This is the single place that decides prompt bytes; evaluation, export and the G
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 DEFAULT_TASK = "Classify the input into exactly one of the labels below."
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from .backends import Embedder
 from .progress import Progress, SilentProgress
@@ -26,7 +27,7 @@ class RuleEditError(ValueError):
 
 
 class RuleEdit(Protocol):
-    def apply(self, rules: Sequence[Rule]) -> tuple[list[Rule], "RuleEdit"]:
+    def apply(self, rules: Sequence[Rule]) -> tuple[list[Rule], RuleEdit]:
         """The edited list (the input is never mutated) and the edit that turns it back."""
         ...
 

@@ -6,8 +6,9 @@ closed loop's dev scores, phase 4's test scores and the scores asked for here ar
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from .backends import Student
 from .evaluate import evaluate_prompt

@@ -61,7 +61,7 @@ class RunSettings:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> "RunSettings":
+    def from_json(cls, data: dict[str, Any] | None) -> RunSettings:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in (data or {}).items() if k in known})
 

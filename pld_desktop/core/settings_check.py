@@ -106,7 +106,8 @@ def settings_problems(s: RunSettings) -> list[str]:
         if not folder.is_dir():
             p.append(f"Embedder: the folder {folder} does not exist.")
         elif not ((folder / "modules.json").is_file() or (folder / "config.json").is_file()):
-            p.append(f"Embedder: {folder} is not a sentence-transformers model folder (no modules.json or config.json).")
+            p.append(f"Embedder: {folder} is not a sentence-transformers model folder "
+                     "(no modules.json or config.json).")
     _at_least(p, "student context size (--n-ctx)", s.student_n_ctx, MIN_N_CTX)
     _at_least(p, "student threads", s.student_threads, 1, optional=True)
     _at_least(p, "teacher concurrency (--concurrency)", s.teacher_concurrency, 1)

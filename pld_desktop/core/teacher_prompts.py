@@ -9,8 +9,9 @@ from __future__ import annotations
 import html
 import json
 import re
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, create_model
 
@@ -87,7 +88,8 @@ def rule_pattern(labels: Sequence[str]) -> tuple[tuple[str, str], ...]:
     """Grammar hint: a rule reads "If <condition>, answer <label>." with one of `labels`.
 
     Only plain characters and classes are used: llama-cpp-python's regex-to-GBNF converter emits an invalid
-    escape for an escaped full stop (and llama.cpp crashes on a grammar it cannot parse), so the full stop is written `[.]`.
+    escape for an escaped full stop (and llama.cpp crashes on a grammar it cannot parse), so the full stop is
+    written `[.]`.
     """
     plain = [lab for lab in labels if re.fullmatch(r"[\w -]+", lab)]
     # Labels a regex cannot carry safely (quotes, backslashes, newlines, ...) go to grammar-building backends

@@ -8,15 +8,32 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QIcon, QKeySequence
-from PySide6.QtWidgets import (QApplication, QFileDialog, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
-                               QListWidget, QListWidgetItem, QMainWindow, QMessageBox, QPlainTextEdit, QProgressBar,
-                               QPushButton, QSplitter, QStackedWidget, QTabWidget,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QApplication,
+    QFileDialog,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QStackedWidget,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 from .. import __version__
 from ..backends import model_fetch  # noqa: F401 - notes the user's HF_HUB_OFFLINE before the embedder sets its own
@@ -133,14 +150,14 @@ class PhaseCard(QGroupBox):
 class WelcomePage(QWidget):
     """What a new user sees first: the three ways in, and the recent projects."""
 
-    def __init__(self, window: "MainWindow") -> None:
+    def __init__(self, window: MainWindow) -> None:
         super().__init__()
         lay = QVBoxLayout(self)
         lay.setContentsMargins(60, 40, 60, 40)
-        title = QLabel(f"<h1>PLD Desktop</h1><p>Turn labelled examples into a short, readable rule prompt for a "
-                       f"small local model. Load a CSV of labelled examples; a teacher model writes the reasoning "
-                       f"behind each label as a rule, the rules are merged and repaired against the student's "
-                       f"mistakes, and the result becomes the student's system prompt.</p>")
+        title = QLabel("<h1>PLD Desktop</h1><p>Turn labelled examples into a short, readable rule prompt for a "
+                       "small local model. Load a CSV of labelled examples; a teacher model writes the reasoning "
+                       "behind each label as a rule, the rules are merged and repaired against the student's "
+                       "mistakes, and the result becomes the student's system prompt.</p>")
         title.setWordWrap(True)
         lay.addWidget(title)
         row = QHBoxLayout()
@@ -206,7 +223,7 @@ class _BackgroundCounter:
                     return
             try:
                 n = self._tokenizer.count(text)
-            except Exception as exc:  # noqa: BLE001 - shown as "approximate" with the reason
+            except Exception as exc:
                 with self._lock:
                     self._failed = str(exc)
             else:
@@ -290,7 +307,8 @@ class MainWindow(QMainWindow):
                                         "Run extraction, synthesis, the closed loop and evaluation; a rerun resumes")
         self.cancel_act = self._action("&Cancel Running Phase", self.cancel, QKeySequence("Ctrl+."),
                                        "Stop after the items in flight; everything completed is kept")
-        self.phase_acts = {p: self._action(f"Run Phase &{p}: {PHASE_NAMES[p]}", lambda _=False, p=p: self.run_phases([p]))
+        self.phase_acts = {p: self._action(f"Run Phase &{p}: {PHASE_NAMES[p]}",
+                                           lambda _=False, p=p: self.run_phases([p]))
                            for p in PHASE_NAMES}
         self.models_act = self._action("&Models…", self.configure_models, QKeySequence("Ctrl+,"),
                                        "Choose the teacher, the student and the embedder")
@@ -575,7 +593,7 @@ class MainWindow(QMainWindow):
         self._put(self.rules_holder, editor)
 
     def _close_views(self) -> None:
-        for name, view in list(self.views.items()):
+        for _name, view in list(self.views.items()):
             stop = getattr(view, "shutdown", None)
             if stop is not None:
                 stop()
@@ -678,7 +696,7 @@ class MainWindow(QMainWindow):
         if self.project is not None and self.worker is None:
             try:
                 self.project.set_setting("ui_state", {"tab": self.tabs.currentIndex()})
-            except Exception:  # noqa: BLE001 - remembering the tab is a convenience, never an error
+            except Exception:
                 pass
 
     # -- recent files ---------------------------------------------------------------------------
@@ -712,11 +730,11 @@ class MainWindow(QMainWindow):
         self.welcome.show_recent(recent)
 
     # -- drag and drop -----------------------------------------------------------------------------
-    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         if _dropped_file(event.mimeData()) is not None:
             event.acceptProposedAction()
 
-    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
+    def dropEvent(self, event: QDropEvent) -> None:
         path = _dropped_file(event.mimeData())
         if path is None:
             return
@@ -951,10 +969,11 @@ class MainWindow(QMainWindow):
         from ..backends.bundled import describe_model_choice
         s = self._settings()
         return [f"Student: {describe_model_choice(s.student_gguf, 'student')}",
-                f"Teacher: {s.teacher_model + ' (Gemini)' if s.teacher == 'gemini' else describe_model_choice(s.teacher_gguf, 'teacher')}",
+                "Teacher: " + (s.teacher_model + " (Gemini)" if s.teacher == "gemini"
+                               else describe_model_choice(s.teacher_gguf, "teacher")),
                 f"Embedder: {describe_model_choice(s.embedder, 'embedder')}"]
 
-    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
+    def closeEvent(self, event: QCloseEvent) -> None:
         if self.worker is not None:
             if not self._close_after_stop:
                 answer = QMessageBox.question(self, "A phase is running",

@@ -58,7 +58,7 @@ class CountBarChart(QChartView):
         bar_set.setSelectedColor(HIGHLIGHT_COLOR)  # "selected" bars are the highlighted ones
         bar_set.setLabelColor(QColor("#EEEEEE") if is_dark_palette() else QColor("#222222"))
         # A horizontal series draws the first category at the bottom: reverse so the largest is on top.
-        for name, value in reversed(items):
+        for _name, value in reversed(items):
             bar_set.append(float(value))
         for index, (name, _) in enumerate(reversed(items)):
             if name in highlight:

@@ -10,14 +10,41 @@ from typing import Any
 from PySide6.QtCharts import QScatterSeries
 from PySide6.QtCore import QPointF, Qt
 from PySide6.QtGui import QColor, QCursor, QFont
-from PySide6.QtWidgets import (QHeaderView, QLabel, QSplitter, QStackedWidget, QToolTip, QTreeWidget,
-                               QTreeWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QHeaderView,
+    QLabel,
+    QSplitter,
+    QStackedWidget,
+    QToolTip,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..core.phases.synthesis import clusters_of, latest_clustering
 from ..core.project import Project, ProjectFileError
-from .charts_extra import (ACCEPTED_COLOR, NOISE_COLOR, REJECTED_COLOR, attach, chart_view, faded, grid_color, ink,
-                           integer_axis, label_shape, line_series, marker_icon, neutral_color, new_chart,
-                           padded_range, palette_color, scatter_series, style_scatter, value_axis)
+from .charts_extra import (
+    ACCEPTED_COLOR,
+    NOISE_COLOR,
+    REJECTED_COLOR,
+    attach,
+    chart_view,
+    faded,
+    grid_color,
+    ink,
+    integer_axis,
+    label_shape,
+    line_series,
+    marker_icon,
+    neutral_color,
+    new_chart,
+    padded_range,
+    palette_color,
+    scatter_series,
+    style_scatter,
+    value_axis,
+)
 
 # Item data roles of the clusters tree (named, so views and tests read the same thing).
 KIND_ROLE = Qt.ItemDataRole.UserRole

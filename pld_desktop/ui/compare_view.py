@@ -3,20 +3,57 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from PySide6.QtCore import (QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, QSortFilterProxyModel,
-                            Qt, QThread, Signal)
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    QSortFilterProxyModel,
+    Qt,
+    QThread,
+    Signal,
+)
 from PySide6.QtGui import QColor, QFont, QKeyEvent
-from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QFrame, QGridLayout, QGroupBox,
-                               QHBoxLayout, QHeaderView, QLabel, QPlainTextEdit, QProgressBar, QPushButton,
-                               QScrollArea, QSizePolicy, QSplitter, QTableView, QTableWidget, QTableWidgetItem,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFrame,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QSplitter,
+    QTableView,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..core.backends import Prediction
-from ..core.compare import (ComparisonResult, ComparisonRow, ExampleSet, PromptChoice, classify_both,
-                            compare_prompts, default_pair, prompt_choices, resolve_prompt)
+from ..core.compare import (
+    ComparisonResult,
+    ComparisonRow,
+    ExampleSet,
+    PromptChoice,
+    classify_both,
+    compare_prompts,
+    default_pair,
+    prompt_choices,
+    resolve_prompt,
+)
 from ..core.dataset import ColumnMapping, render_template
 from ..core.progress import Cancelled
 from ..core.project import Project
@@ -93,7 +130,7 @@ class CompareThread(QThread):
             kept = ("Predictions made so far are saved in the project; Run again to resume."
                     if self.examples.split else "Your pasted or loaded rows are not saved; Run again to redo them.")
             self.failed.emit(f"Stopped. {kept}", True)
-        except Exception as exc:  # noqa: BLE001 - shown to the user in words
+        except Exception as exc:
             self.failed.emit(str(exc) or type(exc).__name__, False)
 
 
@@ -116,7 +153,7 @@ class ClassifyThread(QThread):
                 labels = project.labels()
             student = self.host.student(settings)
             self.succeeded.emit(*classify_both(student, pa.text, pb.text, self.text, labels))
-        except Exception as exc:  # noqa: BLE001 - shown to the user in words
+        except Exception as exc:
             self.failed.emit(str(exc) or type(exc).__name__)
 
 
@@ -142,13 +179,13 @@ class ComparisonTableModel(QAbstractTableModel):
     def row(self, n: int) -> ComparisonRow:
         return self._rows[n]
 
-    def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: N802 - Qt override
+    def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:
         return 0 if parent.isValid() else len(self._rows)
 
-    def columnCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: N802 - Qt override
+    def columnCount(self, parent: ModelIndex = QModelIndex()) -> int:
         return 0 if parent.isValid() else len(self.HEADERS)
 
-    def headerData(self, section: int, orientation: Qt.Orientation,  # noqa: N802 - Qt override
+    def headerData(self, section: int, orientation: Qt.Orientation,
                    role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
             return self.HEADERS[section]
@@ -195,7 +232,7 @@ class DisagreementFilter(QSortFilterProxyModel):
         self._only = only
         self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
 
-    def filterAcceptsRow(self, source_row: int, source_parent: ModelIndex) -> bool:  # noqa: N802 - Qt override
+    def filterAcceptsRow(self, source_row: int, source_parent: ModelIndex) -> bool:
         if not self._only:
             return True
         index = self.sourceModel().index(source_row, 0, source_parent)
@@ -282,7 +319,7 @@ class TryBox(QPlainTextEdit):
 
     submitted = Signal()
 
-    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt override
+    def keyPressEvent(self, event: QKeyEvent) -> None:
         if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and \
                 event.modifiers() & Qt.KeyboardModifier.ControlModifier:
             self.submitted.emit()
@@ -516,7 +553,7 @@ class CompareView(QWidget):
             with Project.open(self.project_path, read_only=True) as project:
                 info = project.dataset_info() or {}
             return ColumnMapping.from_json(info["mapping"]) if info.get("mapping") else None
-        except Exception:  # noqa: BLE001 - without a mapping the box takes the text as typed
+        except Exception:
             return None
 
     def try_input(self) -> str:
@@ -531,7 +568,7 @@ class CompareView(QWidget):
     def _show_rendered(self) -> None:
         try:
             text = self.try_input()
-        except Exception as exc:  # noqa: BLE001 - a template problem is shown, not raised
+        except Exception as exc:
             self.rendered.setText(f"<span style='color:#c62828'>{_escape(str(exc))}</span>")
             return
         self.rendered.setText(f"<span style='color:gray'>The student reads:</span> {_escape(text)}" if text else "")
@@ -613,7 +650,7 @@ class CompareView(QWidget):
                 info = project.dataset_info() or {}
             mapping = ColumnMapping.from_json(info["mapping"]) if info.get("mapping") else None
             self._loaded_csv = ExampleSet.from_csv(path, labels, mapping)
-        except Exception as exc:  # noqa: BLE001 - DatasetError and OS errors, explained in words
+        except Exception as exc:
             self._show_error(f"Cannot use {path.name}: {exc}")
             return False
         self.refresh_choices()
@@ -807,7 +844,7 @@ class CompareView(QWidget):
             return
         try:
             text = self.try_input()
-        except Exception as exc:  # noqa: BLE001 - e.g. a template column left out; shown in words
+        except Exception as exc:
             self.try_a.setText(f"<span style='color:#c62828'>{_escape(str(exc))}</span>")
             self.try_b.setText("")
             return
@@ -857,7 +894,7 @@ class CompareView(QWidget):
             self.try_worker.wait()
         self.host.close()
 
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt override
+    def closeEvent(self, event: Any) -> None:
         self.shutdown()
         super().closeEvent(event)
 

@@ -9,19 +9,70 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from PySide6.QtCore import QAbstractTableModel, QMimeData, QModelIndex, QObject, QPersistentModelIndex, Qt, QTimer, \
-    Signal
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QMimeData,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    Qt,
+    QTimer,
+    Signal,
+)
 from PySide6.QtGui import QFont
-from PySide6.QtWidgets import (QAbstractItemView, QApplication, QCheckBox, QComboBox, QDialog, QDialogButtonBox,
-                               QDoubleSpinBox, QFileDialog, QFormLayout, QFrame, QGridLayout, QGroupBox, QHBoxLayout,
-                               QHeaderView, QLabel, QListWidget, QListWidgetItem, QPlainTextEdit, QProgressBar,
-                               QPushButton, QScrollArea, QSpinBox, QSplitter, QStyle, QTableView, QTableWidget,
-                               QTableWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QApplication,
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QFrame,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QSplitter,
+    QStyle,
+    QTableView,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
-from ..core.dataset import (ColumnMapping, DatasetError, ImportedDataset, Problem, SplitSettings, build_dataset,
-                            preview_csv, read_csv, render_template)
-from ..core.new_project import (FEW_ROWS_PER_LABEL, SourceTable, create_project, default_template, guess_mapping,
-                                label_count_warnings, label_counts, read_source)
+from ..core.dataset import (
+    ColumnMapping,
+    DatasetError,
+    ImportedDataset,
+    Problem,
+    SplitSettings,
+    build_dataset,
+    preview_csv,
+    read_csv,
+    render_template,
+)
+from ..core.new_project import (
+    FEW_ROWS_PER_LABEL,
+    SourceTable,
+    create_project,
+    default_template,
+    guess_mapping,
+    label_count_warnings,
+    label_counts,
+    read_source,
+)
 from ..core.progress import Cancelled, Progress
 from ..core.project import ProjectFileError
 from ..core.prompts import DEFAULT_TASK
@@ -88,10 +139,10 @@ class PreviewModel(QAbstractTableModel):
     def source_rows(self) -> list[int]:
         return [int(r) for r in self._frame.index]
 
-    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: N802
+    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:
         return 0 if parent.isValid() else len(self._frame)
 
-    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: N802
+    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:
         return 0 if parent.isValid() else len(self._frame.columns)
 
     def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
@@ -105,7 +156,7 @@ class PreviewModel(QAbstractTableModel):
             return text if len(text) <= _TOOLTIP_CHARS else text[:_TOOLTIP_CHARS] + "…"
         return None
 
-    def headerData(self, section: int, orientation: Qt.Orientation,  # noqa: N802
+    def headerData(self, section: int, orientation: Qt.Orientation,
                    role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if role != Qt.ItemDataRole.DisplayRole:
             return None
@@ -134,7 +185,7 @@ class _SerialWorker(QObject):
             error: BaseException | None = None
             try:
                 result = job()
-            except BaseException as exc:  # noqa: BLE001 - every failure is reported to the dialog in words
+            except BaseException as exc:
                 error = exc
             try:
                 self.finished.emit(ticket, result, error)
@@ -154,7 +205,7 @@ def _check_dataset(source: SourceTable, mapping: ColumnMapping, split: SplitSett
         dataset = build_dataset(source.frame, mapping, split, source_sha256=source.sha256, encoding=source.encoding)
     except DatasetError as exc:
         return None, list(exc.problems)
-    except Exception as exc:  # noqa: BLE001 - shown in the problems list, never as a traceback
+    except Exception as exc:
         return None, [Problem(f"The data could not be checked because of an unexpected error: {exc}.")]
     problems = list(dataset.warnings)
     if not mapping.keep_source_split:

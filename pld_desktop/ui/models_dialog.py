@@ -4,15 +4,33 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from PySide6.QtCore import QThread, Qt, Signal, Slot
+from PySide6.QtCore import Qt, QThread, Signal, Slot
 from PySide6.QtGui import QCloseEvent
-from PySide6.QtWidgets import (QButtonGroup, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFileDialog,
-                               QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton,
-                               QRadioButton, QSpinBox, QTabWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..backends import secrets
 from ..backends.bundled import ModelFileError, bundled_embedder_path, bundled_local_teacher_path
@@ -38,7 +56,7 @@ PROBE_TEXT = "It has rained all week and tomorrow brings snow."
 PROBE_LABELS = ("weather", "food")
 
 # Threads that outlive a closed dialog are kept here until they finish (a running QThread must not be destroyed).
-_LIVE_CHECKS: set["_CheckThread"] = set()
+_LIVE_CHECKS: set[_CheckThread] = set()
 
 
 # ---------------------------------------------------------------------------
@@ -264,7 +282,7 @@ def keychain_available() -> bool:
         import keyring
         from keyring.backends import fail
         return not isinstance(keyring.get_keyring(), fail.Keyring)
-    except Exception:  # noqa: BLE001 - a broken keyring install is "no keychain" for the user
+    except Exception:
         return False
 
 
@@ -304,7 +322,7 @@ class _CheckThread(QThread):
     def run(self) -> None:  # on the worker thread
         try:
             result = self.fn()
-        except Exception as exc:  # noqa: BLE001 - every failure is reported to the user in words
+        except Exception as exc:
             message = str(exc).strip() or type(exc).__name__
             self.done.emit(False, secrets.redact(message, self.hide))
             return
@@ -877,7 +895,7 @@ class ModelsDialog(QDialog):
         self.model_list.abandon()
         super().reject()
 
-    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
+    def closeEvent(self, event: QCloseEvent) -> None:
         self._abandon_task()
         self.model_list.abandon()
         super().closeEvent(event)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from PySide6.QtCore import Qt, QThread, Signal, Slot
 from PySide6.QtWidgets import (
@@ -59,7 +60,7 @@ class _Job(QThread):
         except Cancelled:
             self.done.emit(False, "Cancelled.")
             return
-        except Exception as exc:  # noqa: BLE001 - every failure is shown to the user in words
+        except Exception as exc:
             self.done.emit(False, str(exc).strip() or type(exc).__name__)
             return
         self.done.emit(True, result)

@@ -3,14 +3,33 @@ the working version and the pipeline's choice marked; scores a version on dev (o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, QSortFilterProxyModel, Qt, \
-    Signal
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    QSortFilterProxyModel,
+    Qt,
+    Signal,
+)
 from PySide6.QtGui import QBrush, QColor, QFont
-from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QMessageBox, QProgressBar,
-                               QPushButton, QStackedWidget, QTableView, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QStackedWidget,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..core.project import Project, ProjectFileError
 from ..core.scoring import History, HistoryRow, Score, version_history
@@ -36,7 +55,7 @@ def score_job(rule_set_id: int, split: str) -> Callable[[Any, Any, Any, Any], st
 
 
 def _delta(own: Score | None, other: Score | None) -> float | None:
-    """own − other when both exist and were scored alike (same student, same number of examples)."""
+    """own - other when both exist and were scored alike (same student, same number of examples)."""
     if own is None or other is None or own.n != other.n or own.student_sha256 != other.student_sha256:
         return None
     return own.macro_f1 - other.macro_f1
@@ -76,13 +95,13 @@ class HistoryModel(QAbstractTableModel):
         if self._rows:
             self.dataChanged.emit(self.index(0, 0), self.index(len(self._rows) - 1, len(self.HEADERS) - 1))
 
-    def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: N802 - Qt override
+    def rowCount(self, parent: ModelIndex = QModelIndex()) -> int:
         return 0 if parent.isValid() else len(self._rows)
 
-    def columnCount(self, parent: ModelIndex = QModelIndex()) -> int:  # noqa: N802 - Qt override
+    def columnCount(self, parent: ModelIndex = QModelIndex()) -> int:
         return 0 if parent.isValid() else len(self.HEADERS)
 
-    def headerData(self, section: int, orientation: Qt.Orientation,  # noqa: N802 - Qt override
+    def headerData(self, section: int, orientation: Qt.Orientation,
                    role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if orientation != Qt.Orientation.Horizontal:
             return None
@@ -121,7 +140,7 @@ class HistoryModel(QAbstractTableModel):
     def data(self, index: ModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid():
             return None
-        name, hr, _scores = self._rows[index.row()]
+        _name, hr, _scores = self._rows[index.row()]
         col = index.column()
         value = self.values(index.row())[col]
         delta_cols = (self.COL_DEV_PARENT, self.COL_DEV_ZERO, self.COL_DEV_FEW, self.COL_TEST_PARENT)

@@ -4,16 +4,16 @@ through a QUndoStack and every edit (undo and redo included) is saved as a new r
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from PySide6.QtCore import QAbstractItemModel, QMimeData, QModelIndex, QObject, QPersistentModelIndex, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QIcon, QPalette, QUndoCommand, QUndoStack
 from PySide6.QtWidgets import QApplication, QStyle
 
 from ..core.project import Example, Project, ProjectFileError
-from ..core.rule_edits import (Move, Reorder, RuleEdit, RuleEditError, SetEnabled, SetLabel, SetText,
-                               save_version)
+from ..core.rule_edits import Move, Reorder, RuleEdit, RuleEditError, SetEnabled, SetLabel, SetText, save_version
 
 # Named custom roles (so views, proxies and tests ask for meaning, not for numbers).
 ConflictRole = Qt.ItemDataRole.UserRole + 1   # list of conflict dicts {"other", "source", "reason", "evidence"}
@@ -40,8 +40,8 @@ _Index = QModelIndex | QPersistentModelIndex
 class Node:
     kind: str                      # "root" | "rule" | "micro" | "example"
     data: dict[str, Any]
-    parent: "Node | None" = None
-    children: list["Node"] = field(default_factory=list)
+    parent: Node | None = None
+    children: list[Node] = field(default_factory=list)
 
     def row(self) -> int:
         return self.parent.children.index(self) if self.parent is not None else 0
@@ -50,7 +50,7 @@ class Node:
 class RuleEditCommand(QUndoCommand):
     """The one undo command: wraps a core edit; redo applies it (storing its inverse), undo applies the inverse."""
 
-    def __init__(self, model: "RulesModel", edit: RuleEdit) -> None:
+    def __init__(self, model: RulesModel, edit: RuleEdit) -> None:
         super().__init__(edit.describe())
         self._model = model
         self._edit = edit
@@ -270,16 +270,16 @@ class RulesModel(QAbstractItemModel):
             return QModelIndex()
         return self.createIndex(node.parent.row(), 0, node.parent)
 
-    def rowCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: N802 - Qt override
+    def rowCount(self, parent: _Index = QModelIndex()) -> int:
         if parent.isValid() and parent.column() != 0:
             return 0
         owner = self.node(parent) if parent.isValid() else self._root
         return len(owner.children) if owner is not None else 0
 
-    def columnCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: N802 - Qt override
+    def columnCount(self, parent: _Index = QModelIndex()) -> int:
         return len(HEADERS)
 
-    def headerData(self, section: int, orientation: Qt.Orientation,  # noqa: N802 - Qt override
+    def headerData(self, section: int, orientation: Qt.Orientation,
                    role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole \
                 and 0 <= section < len(HEADERS):
@@ -464,7 +464,7 @@ class RulesModel(QAbstractItemModel):
             return QBrush(DISABLED_FOREGROUND)
         return None
 
-    def setData(self, index: _Index, value: Any, role: int = Qt.ItemDataRole.EditRole) -> bool:  # noqa: N802
+    def setData(self, index: _Index, value: Any, role: int = Qt.ItemDataRole.EditRole) -> bool:
         node = self.node(index)
         if node is None or node.kind != "rule":
             return False
@@ -491,29 +491,29 @@ class RulesModel(QAbstractItemModel):
         return False
 
     # -- drag and drop (reorder top-level rules) ------------------------------------------------------
-    def supportedDropActions(self) -> Qt.DropAction:  # noqa: N802 - Qt override
+    def supportedDropActions(self) -> Qt.DropAction:
         return Qt.DropAction.MoveAction
 
-    def supportedDragActions(self) -> Qt.DropAction:  # noqa: N802 - Qt override
+    def supportedDragActions(self) -> Qt.DropAction:
         return Qt.DropAction.MoveAction
 
-    def mimeTypes(self) -> list[str]:  # noqa: N802 - Qt override
+    def mimeTypes(self) -> list[str]:
         return [RULE_MIME]
 
-    def mimeData(self, indexes: Sequence[QModelIndex]) -> QMimeData:  # noqa: N802 - Qt override
+    def mimeData(self, indexes: Sequence[QModelIndex]) -> QMimeData:
         rows = sorted({i.row() for i in indexes if i.isValid() and self.node(i) and self.node(i).kind == "rule"})
         mime = QMimeData()
         mime.setData(RULE_MIME, json.dumps([self._root.children[r].data["uid"] for r in rows]).encode())
         return mime
 
-    def canDropMimeData(self, data: QMimeData, action: Qt.DropAction, row: int, column: int,  # noqa: N802
+    def canDropMimeData(self, data: QMimeData, action: Qt.DropAction, row: int, column: int,
                         parent: _Index) -> bool:
         if action != Qt.DropAction.MoveAction or not data.hasFormat(RULE_MIME):
             return False
         node = self.node(parent)
         return node is None or node.kind == "rule"
 
-    def dropMimeData(self, data: QMimeData, action: Qt.DropAction, row: int, column: int,  # noqa: N802
+    def dropMimeData(self, data: QMimeData, action: Qt.DropAction, row: int, column: int,
                      parent: _Index) -> bool:
         if not self.canDropMimeData(data, action, row, column, parent):
             return False

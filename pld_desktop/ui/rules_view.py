@@ -6,31 +6,73 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from PySide6.QtCore import (QItemSelectionModel, QModelIndex, QPersistentModelIndex, QRect, QSize, QSortFilterProxyModel,
-                            Qt, QThread, QTimer, Signal)
+from PySide6.QtCore import (
+    QItemSelectionModel,
+    QModelIndex,
+    QPersistentModelIndex,
+    QRect,
+    QSize,
+    QSortFilterProxyModel,
+    Qt,
+    QThread,
+    QTimer,
+    Signal,
+)
 from PySide6.QtGui import QAction, QCloseEvent, QFont, QFontDatabase, QKeyEvent, QKeySequence, QUndoStack
-from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QGroupBox, QHBoxLayout,
-                               QHeaderView, QLabel, QLineEdit, QPlainTextEdit, QProgressBar, QPushButton, QSplitter,
-                               QStyle, QStyledItemDelegate, QStyleOptionViewItem, QToolBar, QTreeView, QTreeWidget,
-                               QTreeWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
+    QToolBar,
+    QTreeView,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..backends.tokenizer import TokenizerLoading
 from ..core.export import export_rule_set
 from ..core.progress import Cancelled
 from ..core.project import Project, ProjectFileError
-from ..core.rule_edits import (Add, Compound, Delete, Duplicate, Move, RuleEdit, editor_start_version)
-from .rules_model import (COL_CONFLICTS, COL_ENABLED, COL_IMPACT, COL_LABEL, COL_MICRO, COL_NUMBER, COL_TEXT,
-                          ConflictRole, KindRole, RulesModel, SortRole, UidRole)
+from ..core.rule_edits import Add, Compound, Delete, Duplicate, Move, RuleEdit, editor_start_version
+from .rules_model import (
+    COL_CONFLICTS,
+    COL_ENABLED,
+    COL_IMPACT,
+    COL_LABEL,
+    COL_MICRO,
+    COL_NUMBER,
+    COL_TEXT,
+    ConflictRole,
+    RulesModel,
+    SortRole,
+    UidRole,
+)
 from .tasks import PipelineThread, QtProgress, keep_alive
 
 _Index = QModelIndex | QPersistentModelIndex
 
 # Conflict searches still running after their editor was closed or deleted stay referenced here until they end
 # (a running QThread must not be destroyed).
-_LIVE_SEARCHES: set["ConflictSearchThread"] = set()
+_LIVE_SEARCHES: set[ConflictSearchThread] = set()
 
 
 class ConflictSearchThread(QThread):
@@ -68,7 +110,7 @@ class ConflictSearchThread(QThread):
             self.finished_with.emit("done", added, "")
         except Cancelled:
             self.finished_with.emit("cancelled", 0, "")
-        except Exception as exc:  # noqa: BLE001 - shown to the user in words; the project is unchanged
+        except Exception as exc:
             self.finished_with.emit("failed", 0, str(exc).strip() or type(exc).__name__)
         finally:
             if backends is not None:
@@ -119,7 +161,7 @@ class RulesFilterProxy(QSortFilterProxyModel):
         self._conflicts_only = bool(on)
         self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
 
-    def filterAcceptsRow(self, source_row: int, source_parent: _Index) -> bool:  # noqa: N802 - Qt override
+    def filterAcceptsRow(self, source_row: int, source_parent: _Index) -> bool:
         if source_parent.isValid():
             return True  # children are shown whenever their rule is
         model = self.sourceModel()
@@ -143,26 +185,26 @@ class LabelDelegate(QStyledItemDelegate):
         self._font: QFont | None = None
         self._font_key = ""
 
-    def createEditor(self, parent: QWidget, option: QStyleOptionViewItem, index: _Index) -> QWidget:  # noqa: N802
+    def createEditor(self, parent: QWidget, option: QStyleOptionViewItem, index: _Index) -> QWidget:
         if index.column() != COL_LABEL:
             return super().createEditor(parent, option, index)
         combo = QComboBox(parent)
         combo.addItems(self._labels())
         return combo
 
-    def setEditorData(self, editor: QWidget, index: _Index) -> None:  # noqa: N802 - Qt override
+    def setEditorData(self, editor: QWidget, index: _Index) -> None:
         if isinstance(editor, QComboBox):
             editor.setCurrentText(str(index.data(Qt.ItemDataRole.EditRole)))
         else:
             super().setEditorData(editor, index)
 
-    def setModelData(self, editor: QWidget, model: Any, index: _Index) -> None:  # noqa: N802 - Qt override
+    def setModelData(self, editor: QWidget, model: Any, index: _Index) -> None:
         if isinstance(editor, QComboBox):
             model.setData(index, editor.currentText(), Qt.ItemDataRole.EditRole)
         else:
             super().setModelData(editor, model, index)
 
-    def sizeHint(self, option: QStyleOptionViewItem, index: _Index) -> QSize:  # noqa: N802 - Qt override
+    def sizeHint(self, option: QStyleOptionViewItem, index: _Index) -> QSize:
         """Rule text wraps: its row is as tall as the text at the column's current width. Sizes are cached per
         tree node and column and reused while the node's data (and the width and font) stay the same, so a
         relayout re-measures only the cells whose content changed, without a single data() call for the rest."""
@@ -202,7 +244,7 @@ class LabelDelegate(QStyledItemDelegate):
 class RulesTree(QTreeView):
     """The rule tree; F2 edits the rule text whichever cell of the row is current."""
 
-    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt override
+    def keyPressEvent(self, event: QKeyEvent) -> None:
         current = self.currentIndex()
         if event.key() == Qt.Key.Key_F2 and current.isValid() and current.column() not in (COL_TEXT, COL_LABEL):
             target = current.siblingAtColumn(COL_TEXT)
@@ -578,7 +620,8 @@ class RulesEditor(QWidget):
         self.export_requested.emit(rs_id)
         if not self.handle_export:
             return
-        folder = QFileDialog.getExistingDirectory(self, "Export this rule-set version to", str(self.project.path.parent))
+        folder = QFileDialog.getExistingDirectory(self, "Export this rule-set version to",
+                                                  str(self.project.path.parent))
         if folder:
             self.export_to(Path(folder))
 
@@ -881,7 +924,7 @@ class RulesEditor(QWidget):
                 counted = f"{n:,} tokens"
             except TokenizerLoading as exc:  # counted off the GUI thread; the label is refreshed when done
                 why = f"approximate: the student's tokenizer is {exc}"
-            except Exception as exc:  # noqa: BLE001 - a closed or failing tokenizer must not break editing
+            except Exception as exc:
                 why = f"approximate: the student's tokenizer failed ({exc})"
         if n is None:
             n = len(prompt) // 4  # no tokenizer: about four characters per token for English text
@@ -973,7 +1016,7 @@ class RulesEditor(QWidget):
             self.select_uid(uid)
             self.tree.setFocus()
 
-    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
+    def closeEvent(self, event: QCloseEvent) -> None:
         self.shutdown()
         if self._owns_project:
             self.project.close()
@@ -992,7 +1035,8 @@ def _evidence_text(evidence: Any) -> str:
     if "cosine" in evidence:
         return f"cosine similarity {evidence['cosine']}"
     if evidence.get("named_by"):
-        return f"named by the {evidence['named_by']}" + (f" in round {evidence['round']}" if "round" in evidence else "")
+        where = f" in round {evidence['round']}" if "round" in evidence else ""
+        return f"named by the {evidence['named_by']}{where}"
     return "; ".join(f"{k}: {v}" for k, v in evidence.items()) or json.dumps(evidence)
 
 

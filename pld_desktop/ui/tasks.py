@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from PySide6.QtCore import QObject, QThread, Signal
 
@@ -110,10 +111,9 @@ class PipelineThread(QThread):
     def run(self) -> None:  # runs on the worker thread
         from ..backends.factory import DefaultBackends
         from ..core.pipeline import run_pipeline
+        from ..core.progress import Cancelled
         from ..core.project import Project
         from ..core.settings import load_settings
-
-        from ..core.progress import Cancelled
 
         backends = AnnouncingBackends((self.backends_factory or DefaultBackends)(), self.progress)
         if self.job is not None:
@@ -123,7 +123,7 @@ class PipelineThread(QThread):
                 self.finished_with.emit("done", message)
             except Cancelled:
                 self.finished_with.emit("cancelled", "Stopped; what was scored so far is kept and reused.")
-            except Exception as exc:  # noqa: BLE001 - shown to the user in words
+            except Exception as exc:
                 self.finished_with.emit("failed", str(exc) or type(exc).__name__)
             finally:
                 backends.close()

@@ -8,19 +8,20 @@ by more than `loop_min_delta`. The loop stops after `loop_patience` rounds witho
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from ..backends import Embedder, PromptTooLong, Student, Teacher, TeacherRequest
 from ..evaluate import evaluate_prompt
 from ..progress import Progress, check
-from ..project import Example, Project
+from ..project import Project
 from ..prompts import PromptRule, build_rules_prompt, sha256_text
 from ..sampling import stratified_sample
-from .synthesis import find_conflicts
 from ..settings import RunSettings
 from ..teacher_calls import TeacherJob, run_teacher_jobs
 from ..teacher_prompts import RESOLUTION_SYSTEM, resolution_schema, resolution_user, rule_pattern
+from .synthesis import find_conflicts
 
 PHASE = 3
 
@@ -97,7 +98,7 @@ def run_closed_loop(project: Project, teacher: Teacher, student: Student, settin
         parsed = outcomes[job.key].parsed
         round_row: dict[str, Any] = {"round": rnd, "base": current_id, "failures": len(failures),
                                      "sample": len(sample)}
-        if parsed is None or not getattr(parsed, "rules"):
+        if parsed is None or not parsed.rules:
             # An empty, label-dropping or unchanged rewrite was retried with the reason; still useless, it is
             # a failed attempt (not a candidate that "did not improve").
             note = f"failed attempt: {outcomes[job.key].error or 'the rewrite has no rules'}"
@@ -122,11 +123,11 @@ def run_closed_loop(project: Project, teacher: Teacher, student: Student, settin
         if cand_id is None:
             cand_id = project.add_rule_set(
                 parent_id=current_id,
-                reason=f"resolution round {rnd}: {getattr(parsed, 'root_cause')[:300]}"
+                reason=f"resolution round {rnd}: {parsed.root_cause[:300]}"
                        + (f" ({repair_note})" if repair_note else ""),
                 origin="resolution", round=rnd, task=current.task, labels=list(labels), meanings=current.meanings,
                 rules=new_rules, prompt_text=prompt, prompt_sha256=sha256_text(prompt))
-            pairs = [(p.rule_a, p.rule_b, p.reason) for p in getattr(parsed, "conflicts")]
+            pairs = [(p.rule_a, p.rule_b, p.reason) for p in parsed.conflicts]
             if embedder is not None:
                 find_conflicts(project, embedder, cand_id, new_rules, pairs, settings, progress)
             else:
@@ -149,7 +150,7 @@ def run_closed_loop(project: Project, teacher: Teacher, student: Student, settin
                 break
             continue
         accepted = f1 > best_f1 + settings.loop_min_delta
-        _record_round(project, rnd, current_id, cand_id, f1, best_f1, accepted, getattr(parsed, "root_cause"))
+        _record_round(project, rnd, current_id, cand_id, f1, best_f1, accepted, parsed.root_cause)
         round_row.update(candidate=cand_id, dev_macro_f1=f1, accepted=accepted)
         report.rounds.append(round_row)
         progress.log(f"Round {rnd}: candidate v{cand_id} dev macro-F1 {f1:.3f} vs best {best_f1:.3f} -> "
@@ -178,7 +179,7 @@ def run_closed_loop(project: Project, teacher: Teacher, student: Student, settin
 def _provenance(parsed: Any, old_rules: list[dict[str, Any]], rnd: int) -> list[dict[str, Any]]:
     """Rewritten rules inherit the micro-rules and examples of the rules they say they come from."""
     out = []
-    for i, r in enumerate(getattr(parsed, "rules"), 1):
+    for i, r in enumerate(parsed.rules, 1):
         sources = [old_rules[n - 1] for n in getattr(r, "from_rules", []) if 1 <= n <= len(old_rules)]
         out.append({"uid": f"R{i}", "text": " ".join(r.rule.split()), "label": r.label, "enabled": True,
                     "cluster_id": None,
@@ -224,7 +225,7 @@ def rewrite_check(current_rules: list[dict[str, Any]]) -> Any:
     covered = {lab for _, lab in current}
 
     def check(parsed: Any) -> str | None:
-        rules = list(getattr(parsed, "rules"))
+        rules = list(parsed.rules)
         if not rules:
             return ("the rule list is empty; return the complete rewritten list, with at least one rule for "
                     "every label")

@@ -7,13 +7,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backends import PromptTooLong, Student
+from ..calibration import calibrated_evaluation
 from ..evaluate import evaluate_prompt
 from ..progress import Progress
 from ..project import Example, Project
+from ..prompts import (
+    FewShotExample,
+    PromptRule,
+    build_few_shot_prompt,
+    build_rules_with_examples_prompt,
+    build_zero_shot_prompt,
+)
 from ..sampling import stratified_sample
-from ..calibration import calibrated_evaluation
-from ..prompts import (FewShotExample, PromptRule, build_few_shot_prompt, build_rules_with_examples_prompt,
-                       build_zero_shot_prompt)
 from ..settings import RunSettings
 from ..working import working_rule_set
 
@@ -86,7 +91,8 @@ def run_evaluation(project: Project, student: Student, settings: RunSettings, pr
     project.set_setting("last_evaluation", {k: v["evaluation_id"] for k, v in report.results.items()} |
                         {"rule_set_id": rs_id})
     summary = ", ".join(f"{k} macro-F1 {v['metrics']['macro_f1']:.3f}"
-                        + (f" (calibrated {v['calibrated_metrics']['macro_f1']:.3f})" if v["calibrated_metrics"] else "")
+                        + (f" (calibrated {v['calibrated_metrics']['macro_f1']:.3f})"
+                           if v["calibrated_metrics"] else "")
                         for k, v in report.results.items())
     project.set_phase(PHASE, "done", len(prompts), len(prompts), summary)
     progress.log(summary)

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from ..backends import Teacher, TeacherRequest
 from ..progress import Progress
 from ..project import Project
 from ..settings import RunSettings
 from ..teacher_calls import TeacherJob, TeacherOutcome, run_teacher_jobs
-from ..teacher_prompts import (EXTRACTION_SYSTEM, copy_reason, extraction_schema, extraction_user, off_label_reason,
-                               rule_pattern)
+from ..teacher_prompts import (
+    EXTRACTION_SYSTEM,
+    copy_reason,
+    extraction_schema,
+    extraction_user,
+    off_label_reason,
+    rule_pattern,
+)
 
 PHASE = 1
 
@@ -32,10 +39,10 @@ class ExtractionReport:
 def micro_rule_checks(gold: str, labels: Sequence[str], example_text: str) -> tuple[Any, Any]:
     """(hard, soft) checks of a micro-rule: its text must lead to the gold label; it should not copy its example."""
     def hard(parsed: Any) -> str | None:
-        return off_label_reason(getattr(parsed, "rule"), gold, labels)
+        return off_label_reason(parsed.rule, gold, labels)
 
     def soft(parsed: Any) -> str | None:
-        return copy_reason(getattr(parsed, "rule"), [example_text])
+        return copy_reason(parsed.rule, [example_text])
     return hard, soft
 
 
@@ -74,13 +81,13 @@ def run_extraction(project: Project, teacher: Teacher, settings: RunSettings, pr
             return
         example_id = by_key[outcome.key].example_ids[0]
         parsed = outcome.parsed
-        label = getattr(parsed, "label")
+        label = parsed.label
         if label != gold[example_id]:
             # Cannot happen with the one-value enum; kept for replies cached before it.
             report.label_mismatches += 1
         if outcome.flag:
             report.copied += 1
-        project.add_micro_rule(example_id, getattr(parsed, "reasoning"), getattr(parsed, "rule"), gold[example_id],
+        project.add_micro_rule(example_id, parsed.reasoning, parsed.rule, gold[example_id],
                                outcome.call_id or 0)
 
     project.set_phase(PHASE, "running", report.already_done, len(train))

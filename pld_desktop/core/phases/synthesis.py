@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -22,8 +23,18 @@ from ..project import Project
 from ..prompts import PromptRule, build_rules_prompt, sha256_text
 from ..settings import RunSettings
 from ..teacher_calls import TeacherJob, run_teacher_jobs
-from ..teacher_prompts import (MERGE_SYSTEM, REVIEW_SYSTEM, Review, copy_reason, meaning_reason, merge_schema,
-                               merge_user, off_label_reason, review_user, rule_pattern)
+from ..teacher_prompts import (
+    MERGE_SYSTEM,
+    REVIEW_SYSTEM,
+    Review,
+    copy_reason,
+    meaning_reason,
+    merge_schema,
+    merge_user,
+    off_label_reason,
+    review_user,
+    rule_pattern,
+)
 
 PHASE = 2
 
@@ -181,7 +192,7 @@ def run_synthesis(project: Project, teacher: Teacher, embedder: Embedder, settin
             text = micro[idx[int(centroid_order(vectors[idx])[0])]]["rule"]
             origin = "central micro-rule (merge failed)"
         else:
-            text = " ".join(getattr(outcome.parsed, "rule").split())
+            text = " ".join(outcome.parsed.rule.split())
             origin = "merged"
         flag = copy_reason(text, [texts.get(micro[i]["example_id"], "") for i in idx])
         rule = {"uid": f"C{c['id']}", "text": text, "label": c["label"], "enabled": flag is None,
@@ -251,11 +262,11 @@ def run_synthesis(project: Project, teacher: Teacher, embedder: Embedder, settin
 
 
 def _off_label_check(label: str, labels: Sequence[str]) -> Any:
-    return lambda parsed: off_label_reason(getattr(parsed, "rule"), label, labels)
+    return lambda parsed: off_label_reason(parsed.rule, label, labels)
 
 
 def _copy_check(sources: Sequence[str]) -> Any:
-    return lambda parsed: copy_reason(getattr(parsed, "rule"), sources)
+    return lambda parsed: copy_reason(parsed.rule, sources)
 
 
 def _meanings_check(wanted: Sequence[str]) -> Any:
