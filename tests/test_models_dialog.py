@@ -333,29 +333,61 @@ def test_openai_fields_are_checked_on_ok(qtbot, no_keyring) -> None:  # type: ig
     assert dialog.result() == ModelsDialog.DialogCode.Accepted
 
 
-def test_openai_key_goes_to_its_own_keychain_entry(qtbot, tmp_path: Path,  # type: ignore[no-untyped-def]
-                                                   memory_keyring: MemoryKeyring) -> None:
+def test_openai_key_is_bound_to_its_server(qtbot, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                           memory_keyring: MemoryKeyring) -> None:
+    """A key saved beside a server address is that server's keychain entry: the student's server (another
+    origin) does not see it, and nothing else (Gemini, the project file) does either."""
     dialog = open_dialog(qtbot, RunSettings(teacher="openai", teacher_openai_base_url="http://127.0.0.1:1/v1",
                                             teacher_openai_model="m", student_backend="openai",
                                             student_base_url="http://127.0.0.1:2/v1"))
     assert "No key is set" in dialog.openai_key.status.text() and "need none" in dialog.openai_key.status.text()
     dialog.openai_key.edit.setText(OPENAI_KEY)
     dialog.openai_key.save_btn.click()
-    assert memory_keyring.store == {("pld-desktop", "openai-api-key"): OPENAI_KEY}  # not the Gemini entry
-    assert "OS keychain" in dialog.student_key.status.text()  # the student's field shows the same key
-    assert dialog.student_key.forget_btn.isEnabled() and not dialog.forget_key_btn.isEnabled()
-    dialog.student_key.forget_btn.click()
+    teacher_entry = ("pld-desktop", "openai-api-key@http://127.0.0.1:1")
+    assert memory_keyring.store == {teacher_entry: OPENAI_KEY}  # not the Gemini entry, not any server's
+    assert "saved for http://127.0.0.1:1 only" in dialog.openai_key.status.text()
+    assert "No key is set" in dialog.student_key.status.text()  # another server: the key is not offered to it
+    assert not dialog.student_key.forget_btn.isEnabled() and not dialog.forget_key_btn.isEnabled()
+    dialog.openai_key.forget_btn.click()
     assert memory_keyring.store == {} and "No key is set" in dialog.openai_key.status.text()
-    dialog.student_key.edit.setText(OPENAI_KEY)  # typed, then OK: saved, not dropped
+    dialog.student_key.edit.setText(OPENAI_KEY)  # typed, then OK: saved for the student's server, not dropped
     dialog.accept()
     assert dialog.result() == ModelsDialog.DialogCode.Accepted
-    assert memory_keyring.store == {("pld-desktop", "openai-api-key"): OPENAI_KEY}
+    assert memory_keyring.store == {("pld-desktop", "openai-api-key@http://127.0.0.1:2"): OPENAI_KEY}
     settings = dialog.settings()
     assert OPENAI_KEY not in json.dumps(settings.to_json())
     project = make_project(tmp_path)
     save_settings(project, settings)
     project.close()
     assert OPENAI_KEY.encode() not in (tmp_path / "p.pld").read_bytes()
+
+
+def test_a_stored_server_key_goes_only_to_that_server(memory_keyring: MemoryKeyring) -> None:
+    from pld_desktop.backends import secrets
+    from pld_desktop.backends.factory import DefaultBackends
+    secrets.set_api_key(OPENAI_KEY, "openai", server="https://api.example.test/v1")
+    assert secrets.get_api_key("openai", server="https://API.example.test:443/other") == OPENAI_KEY  # same origin
+    for other in ("http://api.example.test/v1", "https://api.example.test:8443/v1", "https://evil.test/v1", None):
+        assert secrets.get_api_key("openai", server=other) is None, other
+    # The backends read the key for the server they will call, so a project naming another server gets none.
+    seen: list[str | None] = []
+    import pld_desktop.backends.openai_teacher as ot
+    real = ot.OpenAITeacher
+
+    class Recording(real):  # type: ignore[misc, valid-type]
+        def __init__(self, base_url: str, model: str, *, api_key: str | None = None, **kw: object) -> None:
+            seen.append(api_key)
+            raise RuntimeError("stop before any request")
+
+    ot.OpenAITeacher = Recording
+    try:
+        for url in ("https://evil.test/v1", "https://api.example.test/v1"):
+            with pytest.raises(RuntimeError, match="stop before"):
+                DefaultBackends(trust=None).teacher(RunSettings(teacher="openai", teacher_openai_base_url=url,
+                                                                teacher_openai_model="m"))
+    finally:
+        ot.OpenAITeacher = real
+    assert seen == [None, OPENAI_KEY]
 
 
 def test_openai_environment_key_is_named(qtbot, memory_keyring, monkeypatch) -> None:  # type: ignore[no-untyped-def]

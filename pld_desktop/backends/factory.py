@@ -60,7 +60,8 @@ class DefaultBackends:
             key = ("openai", settings.teacher_openai_base_url, settings.teacher_openai_model,
                    settings.teacher_concurrency)
             return self._get(key, lambda: OpenAITeacher(
-                settings.teacher_openai_base_url, settings.teacher_openai_model, api_key=get_api_key("openai"),
+                settings.teacher_openai_base_url, settings.teacher_openai_model,
+                api_key=get_api_key("openai", server=settings.teacher_openai_base_url),
                 concurrency=settings.teacher_concurrency,
                 price_per_million=_server_prices(settings)))
         raise ValueError(f"Unknown teacher '{settings.teacher}'; choose 'gemini', 'local' or 'openai'.")
@@ -80,7 +81,8 @@ class DefaultBackends:
             key = ("openai-student", settings.student_base_url, settings.student_model,
                    settings.student_prompt_format, settings.student_top_logprobs, settings.student_concurrency)
             return self._get(key, lambda: OpenAIStudent(
-                settings.student_base_url, settings.student_model, get_api_key("openai"),
+                settings.student_base_url, settings.student_model,
+                get_api_key("openai", server=settings.student_base_url),
                 concurrency=settings.student_concurrency, prompt_format=settings.student_prompt_format,
                 top_logprobs=settings.student_top_logprobs))
         from .llama_student import LlamaStudent

@@ -38,6 +38,28 @@ _SERVICES: dict[str, _ServiceKey] = {
     "huggingface": _ServiceKey(env_vars=("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"), keyring_user="huggingface-token"),
 }
 
+def server_origin(url: str | None) -> str | None:
+    """`scheme://host:port` of a server URL (the default port written out), or None for no URL: the identity a
+    stored key is bound to, so a key saved for one server is never sent to another."""
+    from urllib.parse import urlsplit
+    text = (url or "").strip()
+    if not text:
+        return None
+    parts = urlsplit(text if "://" in text else f"http://{text}")
+    scheme = (parts.scheme or "http").lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = (parts.hostname or "").lower()
+    return f"{scheme}://{host}:{port or (443 if scheme == 'https' else 80)}" if host else None
+
+
+def _keyring_user(spec: _ServiceKey, server: str | None) -> str:
+    # A key for a server (OpenAI-compatible endpoints) is one keychain entry per server origin.
+    return spec.keyring_user if server is None else f"{spec.keyring_user}@{server}"
+
+
 def _no_keychain(spec: _ServiceKey) -> str:
     return f"No OS keychain is available; set {spec.env_vars[0]} instead"
 
@@ -57,9 +79,9 @@ def _from_env(spec: _ServiceKey) -> tuple[str, str] | None:
     return None
 
 
-def _from_keyring(spec: _ServiceKey) -> str | None:
+def _from_keyring(spec: _ServiceKey, server: str | None = None) -> str | None:
     try:
-        value = keyring.get_password(KEYRING_SERVICE, spec.keyring_user)
+        value = keyring.get_password(KEYRING_SERVICE, _keyring_user(spec, server))
     except Exception as exc:
         log.debug("OS keychain unavailable for lookup: %s", type(exc).__name__)
         return None
@@ -67,32 +89,35 @@ def _from_keyring(spec: _ServiceKey) -> str | None:
     return value or None
 
 
-def get_api_key(service: str = "gemini") -> str | None:
-    """The key from GEMINI_API_KEY, then GOOGLE_API_KEY, then the OS keychain; None when none is set."""
+def get_api_key(service: str = "gemini", server: str | None = None) -> str | None:
+    """The key from the service's environment variables (GEMINI_API_KEY, then GOOGLE_API_KEY, ...), then the OS
+    keychain; None when none is set. With `server` (a URL or origin) only the keychain entry saved for that
+    server is read: a key stored for one server never goes to another."""
     spec = _service(service)
     found = _from_env(spec)
     if found is not None:
         return found[0]
-    return _from_keyring(spec)
+    return _from_keyring(spec, server_origin(server))
 
 
-def api_key_source(service: str = "gemini") -> str | None:
+def api_key_source(service: str = "gemini", server: str | None = None) -> str | None:
     """Where `get_api_key` would find the key ("environment variable GEMINI_API_KEY", "OS keychain"), or None."""
     spec = _service(service)
     found = _from_env(spec)
     if found is not None:
         return f"environment variable {found[1]}"
-    return "OS keychain" if _from_keyring(spec) is not None else None
+    return "OS keychain" if _from_keyring(spec, server_origin(server)) is not None else None
 
 
-def set_api_key(key: str, service: str = "gemini") -> None:
-    """Store the key in the OS keychain; raises SecretStoreError when there is no usable keychain."""
+def set_api_key(key: str, service: str = "gemini", server: str | None = None) -> None:
+    """Store the key in the OS keychain (for `server` only, when given); raises SecretStoreError when there is
+    no usable keychain."""
     spec = _service(service)
     key = key.strip()
     if not key:
         raise ValueError("the API key is empty")
     try:
-        keyring.set_password(KEYRING_SERVICE, spec.keyring_user, key)
+        keyring.set_password(KEYRING_SERVICE, _keyring_user(spec, server_origin(server)), key)
     except keyring.errors.NoKeyringError:
         raise SecretStoreError(_no_keychain(spec)) from None
     except Exception as exc:
@@ -102,11 +127,11 @@ def set_api_key(key: str, service: str = "gemini") -> None:
             f"set {spec.env_vars[0]} instead") from None
 
 
-def delete_api_key(service: str = "gemini") -> None:
+def delete_api_key(service: str = "gemini", server: str | None = None) -> None:
     """Remove the stored key from the OS keychain; a no-op when nothing is stored or there is no keychain."""
     spec = _service(service)
     try:
-        keyring.delete_password(KEYRING_SERVICE, spec.keyring_user)
+        keyring.delete_password(KEYRING_SERVICE, _keyring_user(spec, server_origin(server)))
     except (keyring.errors.PasswordDeleteError, keyring.errors.NoKeyringError):
         return
     except Exception as exc:

@@ -188,7 +188,7 @@ def probe_openai_teacher(base_url: str, model: str, api_key: str | None) -> Serv
     from ..backends.openai_teacher import OpenAITeacher
     from ..core.backends import TeacherRequest
 
-    key = api_key or secrets.get_api_key("openai")
+    key = api_key or secrets.get_api_key("openai", server=base_url)
     http = OpenAIHttp(base_url, key, timeout_s=30.0, max_connections=1, who="The teacher server")
     try:
         models = _listed_models(http)
@@ -256,8 +256,8 @@ def check_student_server(settings: RunSettings, api_key: str | None) -> StudentS
     """List the student server's models, set up the server-backed student as a run would, classify one text."""
     from ..backends.openai_student import OpenAIHttp, OpenAIStudent
 
-    key = api_key or secrets.get_api_key("openai")
     base_url = settings.student_base_url or ""
+    key = api_key or secrets.get_api_key("openai", server=base_url)
     http = OpenAIHttp(base_url, key, timeout_s=30.0, max_connections=1, who="The student server")
     try:
         models = _listed_models(http)
@@ -339,9 +339,13 @@ class ApiKeyField(QWidget):
     message = Signal(str)   # words for the user after a save or a removal
     changed = Signal()      # the stored key changed: fields of the same service refresh
 
-    def __init__(self, service: str, optional_note: str = "", parent: QWidget | None = None) -> None:
+    def __init__(self, service: str, optional_note: str = "", parent: QWidget | None = None,
+                 server: QLineEdit | None = None) -> None:
+        """`server`: the field holding the server this key is for; the key is then saved, read and removed for
+        that server only (a keychain entry per server origin), so it is never sent to another server."""
         super().__init__(parent)
         self.service = service
+        self.server_field = server
         self.optional_note = optional_note
         self.env_var = KEY_ENV_VARS[service][0]
         layout = QVBoxLayout(self)
@@ -367,15 +371,19 @@ class ApiKeyField(QWidget):
     def typed(self) -> str:
         return self.edit.text().strip()
 
+    def server(self) -> str | None:
+        return self.server_field.text().strip() or None if self.server_field is not None else None
+
     def status_text(self) -> str:
-        source = secrets.api_key_source(self.service)
+        source = secrets.api_key_source(self.service, self.server())
         have_keychain = keychain_available()
         if source is not None and source.startswith("environment"):
             text = f"Key in use: from the {source}."
             if have_keychain:
                 text += " A key saved here is stored but the environment variable takes precedence."
         elif source is not None:
-            text = "Key in use: from the OS keychain (service 'pld-desktop')."
+            text = "Key in use: from the OS keychain (service 'pld-desktop')" + (
+                f", saved for {secrets.server_origin(self.server())} only." if self.server() else ".")
         else:
             text = "No key is set." + (f" {self.optional_note}" if self.optional_note else "")
         if not have_keychain:
@@ -387,7 +395,8 @@ class ApiKeyField(QWidget):
         self.status.setText(self.status_text())
         have_keychain = keychain_available()
         self.save_btn.setEnabled(have_keychain)
-        self.forget_btn.setEnabled(have_keychain and secrets.api_key_source(self.service) == "OS keychain")
+        self.forget_btn.setEnabled(have_keychain
+                                   and secrets.api_key_source(self.service, self.server()) == "OS keychain")
         if not have_keychain:
             self.save_btn.setToolTip(f"No OS keychain is available; set {self.env_var} instead")
 
@@ -395,7 +404,9 @@ class ApiKeyField(QWidget):
         """Save the typed key (raises SecretStoreError or ValueError with a message free of the key)."""
         key = self.edit.text()
         try:
-            secrets.set_api_key(key, self.service)
+            if self.server_field is not None and not self.server():
+                raise ValueError("enter the server's base URL first: the key is saved for that server only")
+            secrets.set_api_key(key, self.service, self.server())
         except (secrets.SecretStoreError, ValueError) as exc:
             # secrets' messages name GEMINI_API_KEY whatever the service; name this service's variable.
             text = secrets.redact(str(exc), [key]).replace(KEY_ENV_VARS["gemini"][0], self.env_var)
@@ -416,7 +427,7 @@ class ApiKeyField(QWidget):
 
     def forget(self) -> None:
         try:
-            secrets.delete_api_key(self.service)
+            secrets.delete_api_key(self.service, self.server())
         except secrets.SecretStoreError as exc:
             self.message.emit(str(exc))
             return
@@ -528,7 +539,9 @@ class ModelsDialog(QDialog):
         self.openai_model.setEditable(True)
         self.openai_model.lineEdit().setPlaceholderText("the served model's name; Test connection lists them")
         form.addRow("Model:", self.openai_model)
-        self.openai_key = ApiKeyField("openai", "Local servers (Ollama, llama.cpp, LM Studio) need none.")
+        self.openai_key = ApiKeyField("openai", "Local servers (Ollama, llama.cpp, LM Studio) need none.",
+                                      server=self.openai_url)
+        self.openai_url.textChanged.connect(self.openai_key.refresh)
         form.addRow("API key:", self.openai_key)
         layout.addWidget(self.openai_box)
 
@@ -636,7 +649,8 @@ class ModelsDialog(QDialog):
         self.top_logprobs.setToolTip("Next-token alternatives asked per step to score the labels; OpenAI and vLLM "
                                      "allow at most 20, llama.cpp servers more (closer to the in-process scores)")
         form.addRow("Top logprobs:", self.top_logprobs)
-        self.student_key = ApiKeyField("openai", "Local servers need none.")
+        self.student_key = ApiKeyField("openai", "Local servers need none.", server=self.student_url)
+        self.student_url.textChanged.connect(self.student_key.refresh)
         self.student_key.message.connect(self._student_message)
         self.student_key.changed.connect(self._refresh_key_status)
         form.addRow("API key:", self.student_key)
@@ -924,9 +938,9 @@ class ModelsDialog(QDialog):
         self.student_result.setText(text)
 
     def _typed_openai_key(self, first: ApiKeyField) -> str:
-        """A typed, unsaved OpenAI-compatible key (from `first`, else the other field) for one check only."""
-        other = self.student_key if first is self.openai_key else self.openai_key
-        return first.typed() or other.typed()
+        """A typed, unsaved OpenAI-compatible key for one check only: only the one typed beside that server's
+        address (a key typed for the student's server is never sent to the teacher's, or the reverse)."""
+        return first.typed()
 
     # -- checks in the background ---------------------------------------------------------------------------
     def test_connection(self) -> None:
