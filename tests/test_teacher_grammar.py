@@ -150,7 +150,9 @@ def test_rule_has_no_character_cap_and_ends_the_sentence() -> None:
     lines = dict(line.split(" ::= ", 1) for line in grammar.splitlines())
     # Whole words of any length up to a word bound, never a character cap that cuts a word.
     assert lines["condition"] == 'condition-word (" " condition-word){1,29}'
-    assert lines["condition-char"] == _PRIMITIVES["condition-char"] == r'[^ "\\\x00-\x1F]'
+    # One clause: punctuation that would start a second sentence is not a condition character, so the
+    # grammar's ", answer <label>." is the only way on.
+    assert lines["condition-char"] == _PRIMITIVES["condition-char"] == r'[^ ",.;:!?\\\x00-\x1F]'
 
 
 def test_a_rule_at_the_word_bound_is_reported_cut() -> None:

@@ -26,8 +26,10 @@ _JSON_CHAR = r'[^"\\\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F]
 # A rule's condition: words of plain characters (no escapes, so it reads the same in JSON and as text) joined
 # by single spaces. A tiny model rambles until max_tokens without a bound, so the condition has at most
 # RULE_MAX_WORDS words: it can only end at a word, and a rule that reaches the bound is reported as cut
-# (`rule_hit_bound`) and retried, never stored.
-_CONDITION_CHAR = r'[^ "\\\x00-\x1F]'
+# (`rule_hit_bound`) and retried, never stored. The condition is one clause: no comma, full stop, colon or
+# semicolon, so where a small model would go on to a second sentence the grammar's ", answer <label>." ends it
+# (without this SmolLM2 ran to the word bound on every demo item and phase 1 gave up on all of them).
+_CONDITION_CHAR = r'[^ ",.;:!?\\\x00-\x1F]'
 RULE_MAX_WORDS = 30
 _WORD_MAX_CHARS = 40
 _PRIMITIVES = {
