@@ -131,6 +131,16 @@ def score_version(project: Project, student: Student, rule_set_id: int | None = 
     examples = split_examples(project, split, settings)
     if not examples:
         raise ValueError(f"The {split} split of this project is empty; nothing to score on.")
+    # Every prompt this call will score must fit the student before any is scored: a refusal half-way would
+    # leave some scores written and others missing.
+    prompts = [rs.prompt_text]
+    if with_parent and rs.parent_id is not None and split == "dev":
+        prompts.append(project.rule_set(rs.parent_id).prompt_text)
+    if with_baselines:
+        prompts += list(baseline_prompts(project, rs_id, settings).values())
+    longest = max(examples, key=lambda e: len(e.text))
+    for prompt in prompts:
+        student.check_fits(prompt, longest.text, project.labels())
     out = VersionScore(rs_id, split, _evaluate(project, student, rs.prompt_text, examples, "pld", split, progress,
                                                rs_id, f"Scoring v{rs_id} on {len(examples)} {split} examples"))
     if with_parent and rs.parent_id is not None:
