@@ -370,7 +370,7 @@ def _pld(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytes
         pass
 
     shared = Backends()
-    monkeypatch.setattr("pld_desktop.backends.factory.DefaultBackends", lambda: shared)
+    monkeypatch.setattr("pld_desktop.backends.factory.DefaultBackends", lambda **_: shared)
     code = cli.main(args)
     out = capsys.readouterr()
     return code, out.out + out.err
