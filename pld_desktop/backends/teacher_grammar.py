@@ -31,6 +31,8 @@ _JSON_CHAR = r'[^"\\\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F]
 # (without this SmolLM2 ran to the word bound on every demo item and phase 1 gave up on all of them).
 _CONDITION_CHAR = r'[^ ",.;:!?\\\x00-\x1F]'
 RULE_MAX_WORDS = 30
+_LIST_MAX_ITEMS = 3  # items of another list of objects (conflicting pairs): three reasons fit max_tokens
+_LIST_MAX_NUMBERS = 16  # items of a list of numbers (the source rules a rewritten rule comes from)
 _WORD_MAX_CHARS = 40
 _PRIMITIVES = {
     "ws": '" "?',
@@ -177,7 +179,11 @@ class _Builder:
                 # within max_tokens (SmolLM2 repeats one rule until the bound otherwise).
                 most = len(self.rule_labels) + 1
                 return self.add(name, f'"[" ws {item} ("," ws {item}){{0,{most - 1}}} "]" ws')
-            return self.add(name, f'"[" ws ({item} ("," ws {item})*)? "]" ws')
+            # Any other list (conflicting pairs, source numbers) is bounded too, for the same reason: a small
+            # model listed conflict pairs until max_tokens and the reply was cut mid-string.
+            short = isinstance(target, dict) and target.get("type") in ("integer", "number", "boolean")
+            most = int(schema.get("maxItems", _LIST_MAX_NUMBERS if short else _LIST_MAX_ITEMS))
+            return self.add(name, f'"[" ws ({item} ("," ws {item}){{0,{max(most - 1, 0)}}})? "]" ws')
         if kind == "string":
             return self.string_rule(schema, name)
         if kind in ("integer", "number", "boolean", "null"):
