@@ -158,13 +158,8 @@ class LocalTeacher:
 
         try:
             completion, latency = self._owner.call(run)
-        except ValueError as exc:
-            if "exceed context window" in str(exc):
-                raise TeacherError(f"The request does not fit the local teacher's context of {self.n_ctx} "
-                                   f"tokens: {exc}", retryable=False) from exc
-            raise TeacherError(f"The local teacher failed: {exc}", retryable=False) from exc
-        except RuntimeError as exc:
-            raise TeacherError(f"The local teacher failed: {exc}", retryable=False) from exc
+        except (ValueError, RuntimeError) as exc:
+            raise self._failure(exc) from exc
         choice = completion["choices"][0]
         usage = completion.get("usage") or {}
         text = choice["message"].get("content") or ""
@@ -175,6 +170,14 @@ class LocalTeacher:
                                total_tokens=int(usage.get("total_tokens", 0))),
             latency_s=latency, model=self.model_id,
             finish_reason=_finish_reason(text, str(choice.get("finish_reason") or "")))
+
+    def _failure(self, exc: ValueError | RuntimeError) -> TeacherError:
+        """The TeacherError for a llama.cpp failure on either generation path (a prompt too long for the context
+        says so)."""
+        if isinstance(exc, ValueError) and "exceed context window" in str(exc):
+            return TeacherError(f"The request does not fit the local teacher's context of {self.n_ctx} "
+                                f"tokens: {exc}", retryable=False)
+        return TeacherError(f"The local teacher failed: {exc}", retryable=False)
 
     def _generate_batched(self, request: TeacherRequest, messages: list[dict[str, str]],
                           grammar: str) -> TeacherReply:
@@ -198,13 +201,8 @@ class LocalTeacher:
             result = job.future.result()
         except TeacherError:
             raise
-        except ValueError as exc:
-            if "exceed context window" in str(exc):
-                raise TeacherError(f"The request does not fit the local teacher's context of {self.n_ctx} "
-                                   f"tokens: {exc}", retryable=False) from exc
-            raise TeacherError(f"The local teacher failed: {exc}", retryable=False) from exc
-        except RuntimeError as exc:
-            raise TeacherError(f"The local teacher failed: {exc}", retryable=False) from exc
+        except (ValueError, RuntimeError) as exc:
+            raise self._failure(exc) from exc
         n_out = len(result.tokens)
         return TeacherReply(
             text=result.text,
