@@ -7,15 +7,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import Qt
 
-from pld_desktop.core.backends import Prediction
+from pld_desktop.core.backends import ModelIdentity, Prediction
 from pld_desktop.core.pipeline import run_pipeline
 from pld_desktop.core.progress import SilentProgress
 from pld_desktop.core.project import Project
 from pld_desktop.ui.compare_view import CompareView, ComparisonTableModel
 
 from .fakes import FakeBackends, FakeStudent
+from .heartbeat import GuiHeartbeat
 from .test_pipeline import make_project, settings
 
 
@@ -38,14 +39,19 @@ def project_path(distilled: Path, tmp_path: Path) -> Path:
 class SlowStudent(FakeStudent):
     """A fake student that takes a while per call and records the threads it was called from."""
 
-    def __init__(self, delay_s: float) -> None:
+    def __init__(self, delay_s: float, heartbeat: GuiHeartbeat | None = None) -> None:
         super().__init__()
         self.delay_s = delay_s
+        self.heartbeat = heartbeat
         self.threads: set[int] = set()
+        # Its own identity, so the pipeline's saved dev predictions (keyed by student) are not reused.
+        self.identity = ModelIdentity("slow-student", "/dev/null", "5" * 64, 0, "fake")
 
     def classify(self, system_prompt: str, text: str, labels: Sequence[str]) -> Prediction:
         import threading
         self.threads.add(threading.get_ident())
+        if self.heartbeat is not None:
+            self.heartbeat.check_from_worker()
         time.sleep(self.delay_s)
         return super().classify(system_prompt, text, labels)
 
@@ -67,7 +73,8 @@ def make_view(qtbot, path: Path,  # type: ignore[no-untyped-def]
 def test_compare_runs_in_background_and_shows_everything(qtbot,  # type: ignore[no-untyped-def]
                                                          project_path: Path) -> None:
     import threading
-    student = SlowStudent(0.01)
+    heartbeat = GuiHeartbeat()
+    student = SlowStudent(0.01, heartbeat)
     view, made = make_view(qtbot, project_path, student)
     with Project.open(project_path, read_only=True) as project:
         chosen = project.get_setting("chosen_rule_set_id")
@@ -77,16 +84,13 @@ def test_compare_runs_in_background_and_shows_everything(qtbot,  # type: ignore[
     assert view.prompt_b.currentData().kind == "zero_shot"
     assert not made, "no backend is created until there is work"
     view.select_examples("split", "dev")
-    ticks: list[int] = []
-    timer = QTimer()
-    timer.timeout.connect(lambda: ticks.append(1))
-    timer.start(5)
     with qtbot.waitSignal(view.finished, timeout=60000) as blocker:
         view.run()
         assert not view.run_btn.isEnabled() and view.cancel_btn.isEnabled()
-    timer.stop()
+    heartbeat.stop()
     result = blocker.args[0]
-    assert len(ticks) > 3, "the event loop kept turning while the student worked"
+    assert student.calls > 0, "the comparison ran the student (its identity differs from the pipeline's)"
+    assert heartbeat.proven is True, "the event loop kept turning while the student worked"
     assert threading.get_ident() not in student.threads, "the GUI thread never calls the student"
     assert view.run_btn.isEnabled() and not view.cancel_btn.isEnabled()
     assert view.model.rowCount() == len(result.rows) == n_dev

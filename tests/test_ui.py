@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PySide6.QtCore import QMimeData, QSettings, QTimer, QUrl
+from PySide6.QtCore import QMimeData, QSettings, QUrl
 from PySide6.QtWidgets import QMessageBox
 
 from pld_desktop.core.project import Project
@@ -18,6 +18,7 @@ from pld_desktop.ui.import_dialog import ImportDialog
 from pld_desktop.ui.results_view import HistoryModel
 
 from .fakes import FakeBackends, FakeTeacher
+from .heartbeat import GuiHeartbeat
 from .test_pipeline import make_project
 
 
@@ -63,8 +64,21 @@ def _assert_results_history(window: MainWindow) -> None:
     assert "pipeline's choice" in model.values(row)[1] and model.values(row)[HistoryModel.COL_TEST] is not None
 
 
+class _HeartbeatTeacher(FakeTeacher):
+    """The fake teacher, which waits inside its first call until the GUI thread has turned a few times."""
+
+    def __init__(self, heartbeat: GuiHeartbeat) -> None:
+        super().__init__()
+        self.heartbeat = heartbeat
+
+    def generate(self, request: Any) -> Any:
+        self.heartbeat.check_from_worker()
+        return super().generate(request)
+
+
 def test_full_gui_flow(qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    window = MainWindow(backends_factory=FakeBackends)
+    heartbeat = GuiHeartbeat()
+    window = MainWindow(backends_factory=lambda: FakeBackends(teacher=_HeartbeatTeacher(heartbeat)))
     qtbot.addWidget(window)
     window.show()
     assert window.stack.currentIndex() == 0, "a new user starts on the welcome page"
@@ -77,17 +91,13 @@ def test_full_gui_flow(qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert window.stack.currentIndex() == 1
 
     # Run all phases in the background; the event loop keeps turning.
-    ticks: list[int] = []
-    timer = QTimer()
-    timer.timeout.connect(lambda: ticks.append(1))
-    timer.start(5)
     window.run_all()
     assert window.worker is not None and not window.run_btn.isEnabled() and window.cancel_btn.isEnabled()
     with qtbot.waitSignal(window.worker.finished_with, timeout=120000) as blocker:
         pass
-    timer.stop()
+    heartbeat.stop()
     assert blocker.args[0] == "done", blocker.args
-    assert len(ticks) > 3, "the event loop kept turning while the phases ran"
+    assert heartbeat.proven is True, "the event loop kept turning while the phases ran"
     qtbot.waitUntil(lambda: window.worker is None)
     assert all("done" in card.state.text() for card in window.cards.values())
     assert "calls" in window.cards[1].teacher.text()

@@ -52,7 +52,12 @@ class VocabTokenizer:
         finally:
             self._done.set()
             if self._on_ready is not None:
-                self._on_ready()
+                try:
+                    self._on_ready()
+                except RuntimeError:
+                    # The window that asked (a Qt signal's owner) was closed while the vocabulary loaded;
+                    # there is no one left to tell, and a daemon thread's traceback would only alarm.
+                    pass
 
     @property
     def ready(self) -> bool:
