@@ -199,6 +199,35 @@ def test_save_version_carries_unchanged_conflicts_and_finds_cheap_ones(project: 
                for c in new)
 
 
+def test_an_edit_is_one_commit_with_its_conflicts(project: Project) -> None:
+    """A saved edit (version, carried conflicts, working pointer) is one transaction: one commit, never a
+    version without its conflicts; a failure inside it leaves nothing behind."""
+    chosen = project.get_setting("chosen_rule_set_id")
+    assert project.conflicts(chosen), "the doubles' pipeline produces conflicts to carry"
+    rules = project.rule_set(chosen).rules
+    statements: list[str] = []
+    project._conn.set_trace_callback(statements.append)
+    try:
+        new_id = save_version(project, chosen, SetEnabled(rules[-1]["uid"], False).apply(rules)[0], "edit: off")
+    finally:
+        project._conn.set_trace_callback(None)
+    assert sum(1 for s in statements if s.strip().upper() == "COMMIT") == 1, statements
+    assert project.conflicts(new_id) and project.get_setting(HEAD_SETTING) == new_id
+    versions = len(project.rule_sets())
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk gone")
+
+    original = project.add_conflict
+    project.add_conflict = broken  # type: ignore[method-assign]  # fail after the version row was written
+    try:
+        with pytest.raises(RuntimeError):
+            save_version(project, new_id, SetEnabled(rules[0]["uid"], False).apply(rules)[0], "edit: fails")
+    finally:
+        project.add_conflict = original  # type: ignore[method-assign]
+    assert len(project.rule_sets()) == versions and project.get_setting(HEAD_SETTING) == new_id
+
+
 def test_save_version_refuses_bad_rules_and_writes_nothing(project: Project) -> None:
     chosen = project.get_setting("chosen_rule_set_id")
     rules = project.rule_set(chosen).rules

@@ -348,6 +348,7 @@ class Project:
         self._conn = conn
         self.db = Database(conn)
         self.lock = threading.RLock()
+        self._txn_depth = 0  # > 0 while this thread is inside transaction() (the lock is held meanwhile)
         self.run_id: int | None = None
 
     # -- opening ------------------------------------------------------------
@@ -485,6 +486,10 @@ class Project:
         if self.read_only:
             raise ProjectFileError(f"{self.path.name} is open read-only.")
         with self.lock:
+            if self._txn_depth:
+                # Inside `transaction()`: the write joins it (`with conn:` would commit the outer one early);
+                # the transaction's exit turns SQLite errors into ProjectFileError and rolls back.
+                return self._conn.execute(sql, params).lastrowid or 0
             try:
                 with self._conn:
                     cur = self._conn.execute(sql, params)
@@ -915,11 +920,17 @@ class _Txn:
 
     def __enter__(self) -> sqlite3.Connection:
         self.project.lock.acquire()
-        self.project._conn.execute("BEGIN")
+        try:
+            self.project._conn.execute("BEGIN")
+        except BaseException:
+            self.project.lock.release()
+            raise
+        self.project._txn_depth += 1
         return self.project._conn
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         conn = self.project._conn
+        self.project._txn_depth -= 1
         try:
             if exc_type is None:
                 try:
