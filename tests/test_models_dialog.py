@@ -15,6 +15,7 @@ from keyring.backends import fail
 from pld_desktop.core.settings import RunSettings, load_settings, save_settings
 from pld_desktop.ui import models_dialog
 from pld_desktop.ui.models_dialog import ModelsDialog, StudentCheck
+from pld_desktop.ui.tasks import task_keeper
 
 from .fake_gemini import FakeGemini, FakeResponse, fake_gemini, quota_exhausted, server_error, success, success_body
 from .test_openai_teacher import KEY as OPENAI_KEY
@@ -227,7 +228,7 @@ def test_cancelled_check_ignores_the_late_result(qtbot, fake_gemini: FakeGemini,
     dialog.cancel_btn.click()
     assert not dialog.busy() and dialog.test_btn.isEnabled()
     assert "Cancelled" in dialog.teacher_result.text()
-    qtbot.waitUntil(lambda: not models_dialog._LIVE_CHECKS, timeout=30000)
+    qtbot.waitUntil(lambda: not task_keeper().running(), timeout=30000)  # the abandoned check has ended
     qtbot.wait(50)  # let the late result's queued signal arrive
     assert "Cancelled" in dialog.teacher_result.text()
 
@@ -528,7 +529,7 @@ def test_cancelled_server_check_ignores_the_late_result(qtbot, fake_openai: Fake
     dialog.server_check_btn.click()
     dialog.cancel_btn.click()
     assert not dialog.busy() and dialog.server_check_btn.isEnabled() and "Cancelled" in dialog.student_result.text()
-    qtbot.waitUntil(lambda: not models_dialog._LIVE_CHECKS, timeout=30000)
+    qtbot.waitUntil(lambda: not task_keeper().running(), timeout=30000)  # the abandoned check has ended
     qtbot.wait(50)
     assert "Cancelled" in dialog.student_result.text() and dialog.last_server_check is None
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, QThread, Signal, Slot
+from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
     QButtonGroup,
@@ -37,6 +37,7 @@ from ..backends.bundled import ModelFileError, bundled_embedder_path, bundled_lo
 from ..backends.openai_student import normalise_base_url
 from ..core.settings import RunSettings
 from .models_list import ModelListPanel
+from .tasks import TaskRunner
 
 # Editable: the list only suggests names; any model id the API knows can be typed.
 GEMINI_MODELS = ("gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.5-pro",
@@ -54,10 +55,6 @@ PROMPT_FORMATS = (("completion", "Completion: the exact prompt on /v1/completion
 PROBE_TASK = "Decide what the message is about: the weather or food."
 PROBE_TEXT = "It has rained all week and tomorrow brings snow."
 PROBE_LABELS = ("weather", "food")
-
-# Threads that outlive a closed dialog are kept here until they finish (a running QThread must not be destroyed).
-_LIVE_CHECKS: set[_CheckThread] = set()
-
 
 # ---------------------------------------------------------------------------
 # The checks themselves (plain functions, run on a background thread)
@@ -304,29 +301,18 @@ def _human_count(n: int) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Background runner
+# Background checks
 # ---------------------------------------------------------------------------
-class _CheckThread(QThread):
-    """Runs one check function; `done(ok, result_or_message)` arrives queued on the dialog's thread.
-    Error texts are redacted of `secrets` (a typed API key) before they leave the thread."""
-
-    done = Signal(bool, object)
-
-    def __init__(self, kind: str, fn: Callable[[], Any], hide: tuple[str, ...] = ()) -> None:
-        super().__init__()  # no parent: it may outlive the dialog (see _LIVE_CHECKS)
-        self.kind = kind
-        self.fn = fn
-        self.hide = hide
-        self.abandoned = False
-
-    def run(self) -> None:  # on the worker thread
+def _redacted_check(fn: Callable[[], Any], hide: tuple[str, ...]) -> Callable[[Any], Any]:
+    """A task for TaskRunner that runs one check function; error texts are redacted of `hide` (a typed API key)
+    before they leave the worker thread."""
+    def run(_progress: Any) -> Any:  # on the worker thread
         try:
-            result = self.fn()
+            return fn()
         except Exception as exc:
             message = str(exc).strip() or type(exc).__name__
-            self.done.emit(False, secrets.redact(message, self.hide))
-            return
-        self.done.emit(True, result)
+            raise RuntimeError(secrets.redact(message, hide)) from None
+    return run
 
 
 # ---------------------------------------------------------------------------
@@ -448,7 +434,11 @@ class ModelsDialog(QDialog):
         self.setWindowTitle("Models")
         self.project_path = project_path
         self._original = dataclasses.replace(settings)
-        self._task: _CheckThread | None = None
+        self._task_kind: str | None = None  # "teacher" | "student" | "server" while `runner` runs that check
+        self.runner = TaskRunner(self, name="pld-model-check")
+        self.runner.succeeded.connect(lambda result: self._on_done(True, result))
+        self.runner.failed.connect(lambda message, _exc: self._on_done(False, message))
+        self.runner.cancelled.connect(lambda: self._on_done(False, "cancelled by the user"))
         self.last_student_check: StudentCheck | None = None
         self.last_server_check: StudentServerCheck | None = None
         self._build()
@@ -982,37 +972,29 @@ class ModelsDialog(QDialog):
                     lambda: check_student_server(settings, typed or None), hide=(typed,) if typed else ())
 
     def busy(self) -> bool:
-        return self._task is not None
+        return self.runner.busy()
 
     def _target(self, kind: str) -> QLabel:
         return self.teacher_result if kind == "teacher" else self.student_result
 
     def _start(self, kind: str, message: str, fn: Callable[[], Any], hide: tuple[str, ...] = ()) -> None:
-        if self._task is not None:
+        if self.runner.busy():
             return
         self._target(kind).setText("")
-        task = _CheckThread(kind, fn, hide)
-        task.done.connect(self._on_done)
-        task.finished.connect(lambda t=task: _LIVE_CHECKS.discard(t))
-        _LIVE_CHECKS.add(task)
-        self._task = task
+        self._task_kind = kind
         self.busy_label.setText(message)
         self._show_busy(True)
-        task.start()
+        self.runner.start(_redacted_check(fn, hide))
 
-    @Slot(bool, object)
     def _on_done(self, ok: bool, result: object) -> None:
-        task = self.sender()
-        if not isinstance(task, _CheckThread) or task.abandoned or task is not self._task:
-            return
-        self._task = None
+        kind, self._task_kind = self._task_kind, None
         self._show_busy(False)
-        if task.kind == "teacher":
+        if kind == "teacher":
             if isinstance(result, ServerCheck):
                 self._offer_models(self.openai_model, result.models)
                 result = result.describe()
             self.teacher_result.setText(("✔ " if ok else "✘ Failed: ") + str(result))
-        elif task.kind == "server":
+        elif kind == "server":
             self.last_server_check = result if ok else None
             if isinstance(result, StudentServerCheck):
                 self._offer_models(self.student_model, result.models)
@@ -1032,16 +1014,15 @@ class ModelsDialog(QDialog):
         combo.setCurrentText(typed)
 
     def cancel_check(self) -> None:
-        kind = self._task.kind if self._task is not None else None
+        kind = self._task_kind
         self._abandon_task()
         if kind is not None:
             self._target(kind).setText("Cancelled. (A model load or a request in flight cannot be interrupted; "
                                        "it finishes in the background and its result is ignored.)")
 
     def _abandon_task(self) -> None:
-        if self._task is not None:
-            self._task.abandoned = True
-            self._task = None
+        self.runner.abandon()  # a model load or a request in flight finishes in the background, unheard
+        self._task_kind = None
         self._show_busy(False)
 
     def _show_busy(self, on: bool) -> None:
