@@ -91,9 +91,10 @@ Job = Callable[[Any, Any, Any, ProgressBase], str]
 class PipelineTask:
     """A task for TaskRunner that opens its own connection to the project (one per thread) and runs the
     requested phases, or one `job` (scoring a version, recomputing conflicts, rule impact: the window's other
-    background work). It returns `(status, message)` (status "done" | "cancelled" | "failed" | ...) and
-    never raises; `release()` frees the models it loaded: pass it as the runner's `after`, so the outcome
-    reaches the window before the models are freed. Cancellation is cooperative through the progress object.
+    background work). It returns `(status, message)` (status "done" | "cancelled" | "failed" | ...); only a
+    backends factory that fails raises (the runner reports it as failed). `release()` frees the models it
+    loaded: pass it as the runner's `after` (start_pipeline does), so the outcome reaches the window before
+    the models are freed. Cancellation is cooperative through the progress object.
     """
 
     def __init__(self, project_path: Path, phases: Sequence[int], *,
