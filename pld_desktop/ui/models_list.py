@@ -298,6 +298,6 @@ class ModelListPanel(QWidget):
 
     def _update_buttons(self) -> None:
         model = self.selected()
-        usable = model is not None and model.usable and not self.runner.busy()
+        usable = model is not None and model.usable and self._job_kind is None  # set before the job starts
         for b in (self.student_btn, self.teacher_btn, self.probe_btn):
             b.setEnabled(usable)
