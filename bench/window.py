@@ -171,16 +171,6 @@ def measure(app: Any, monitor: StallMonitor, name: str, actions: Sequence[Callab
     return row
 
 
-class _FinishedWorker:
-    """Stands in for the PipelineThread at the end of a run: the real thread, already finished."""
-
-    def __init__(self) -> None:
-        from PySide6.QtCore import QThread
-        self.thread = QThread()
-        self.thread.start()
-        self.thread.quit()
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from PySide6.QtWidgets import QApplication
 
@@ -233,8 +223,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             stalls.append(measure(app, monitor, "typing in the rule filter", typing))
 
         def finish_run() -> None:
-            worker = _FinishedWorker()
-            window.worker = worker.thread  # type: ignore[assignment]
+            from pld_desktop.ui.tasks import PipelineTask
+            window.worker = PipelineTask(path, [4])  # the run whose outcome arrives (its thread has ended)
             window.running_phases = [4]
             window._on_finished("done", "All phases finished.")
 

@@ -43,3 +43,58 @@ def test_import_linter_contract_is_kept() -> None:
     assert exe, "import-linter is a dev dependency"
     r = subprocess.run([exe], capture_output=True, text=True, cwd=PACKAGE.parent)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+RUNNER_MODULE = "tasks.py"  # ui/tasks.py: the one background-task runner (TaskRunner, TaskKeeper)
+
+
+def _background_mechanisms(tree: ast.AST) -> list[str]:
+    """QThread subclasses, threads started by hand and executors in a module's syntax tree."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            for base in node.bases:
+                name = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")
+                if name in ("QThread", "QRunnable"):
+                    found.append(f"class {node.name}({name})")
+        elif isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name in ("Thread", "Timer", "ThreadPoolExecutor", "QThreadPool", "start_new_thread"):
+                found.append(f"{name}(...) at line {node.lineno}")
+    return found
+
+
+def _live_sets(tree: ast.Module) -> list[str]:
+    """Module-level names that keep finished or running work alive (`_LIVE_...`)."""
+    names = []
+    for node in tree.body:
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = list(node.targets)
+        elif isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        names += [t.id for t in targets if isinstance(t, ast.Name) and t.id.upper().startswith("_LIVE")]
+    return names
+
+
+def test_background_work_in_the_ui_goes_through_the_one_runner() -> None:
+    offenders = {}
+    for path in sorted((PACKAGE / "ui").rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        hits = _live_sets(tree)
+        if path.name != RUNNER_MODULE:
+            hits += _background_mechanisms(tree)
+        if hits:
+            offenders[str(path.relative_to(PACKAGE))] = hits
+    assert offenders == {}, "use ui.tasks.TaskRunner (it owns the threads) instead"
+
+
+def test_the_architecture_check_sees_what_it_forbids() -> None:
+    sample = ast.parse(
+        "import threading\nfrom PySide6.QtCore import QThread\n"
+        "_LIVE_JOBS: set = set()\n"
+        "class Worker(QThread):\n    pass\n"
+        "threading.Thread(target=print).start()\n")
+    assert _live_sets(sample) == ["_LIVE_JOBS"]
+    assert _background_mechanisms(sample) == ["class Worker(QThread)", "Thread(...) at line 6"]

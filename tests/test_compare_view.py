@@ -128,7 +128,7 @@ def test_cancel_stops_and_says_so(qtbot, project_path: Path) -> None:  # type: i
     view.select_examples("split", "train")
     with qtbot.waitSignal(view.failed, timeout=30000) as blocker:
         view.run()
-        assert view.worker is not None
+        assert view.comparing()
         qtbot.waitUntil(lambda: view.bar.value() >= 2, timeout=20000)
         assert "left" in view.status.text(), "progress shows an ETA"
         view.cancel()
@@ -143,7 +143,7 @@ def test_pasted_rows_errors_and_try_it_box(qtbot, project_path: Path) -> None:  
     assert view.paste.isVisibleTo(view)
     view.paste.setPlainText("my card was stolen\tfraud\n")
     view.run()
-    assert view.worker is None and "not one of the labels" in view.status.text()
+    assert not view.comparing() and "not one of the labels" in view.status.text()
     view.paste.setPlainText("my card was stolen\tfraud_report\nwhy is there a fee?\n")
     with qtbot.waitSignal(view.finished, timeout=30000) as blocker:
         view.run()
@@ -160,7 +160,7 @@ def test_pasted_rows_errors_and_try_it_box(qtbot, project_path: Path) -> None:  
     assert view.try_text.toPlainText().count("\n") == 0, "Ctrl+Return submits, it does not add a line"
     view.try_text.setPlainText("   ")
     view.classify()
-    assert "Type some text" in view.try_a.text() and view.try_worker is None
+    assert "Type some text" in view.try_a.text() and not view.classifying()
     view.shutdown()
 
 

@@ -243,7 +243,7 @@ def test_two_runs_and_an_init_force_on_one_project(tmp_path: Path, server: FakeG
 def test_the_window_paths_refuse_a_project_in_use(tmp_path: Path, qtbot: Any) -> None:
     from pld_desktop.core.dataset import ColumnMapping, SplitSettings, load_dataset
     from pld_desktop.core.new_project import create_project
-    from pld_desktop.ui.tasks import PipelineThread
+    from pld_desktop.ui.tasks import PipelineTask, QtProgress
 
     from .fakes import FakeBackends
 
@@ -256,10 +256,9 @@ def test_the_window_paths_refuse_a_project_in_use(tmp_path: Path, qtbot: Any) ->
         time.sleep(600)
     """, str(path))
     try:
-        thread = PipelineThread(path, [1], backends_factory=FakeBackends)
-        outcome: list[tuple[str, str]] = []
-        thread.finished_with.connect(lambda status, message: outcome.append((status, message)))
-        thread.run()  # the thread's body, here on the test thread
+        task = PipelineTask(path, [1], backends_factory=FakeBackends)
+        outcome = [task(QtProgress())]  # the task's body, here on the test thread
+        task.release()
         assert outcome and outcome[0][0] == "failed" and f"in use by another run (pid {holder.pid}" in outcome[0][1]
         dataset = load_dataset(tmp_path / "t.csv", ColumnMapping(("message",), "label", id_column="id"),
                                SplitSettings())

@@ -12,9 +12,11 @@ import keyring.backend
 import pytest
 from keyring.backends import fail
 
+from pld_desktop.backends import model_probe
+from pld_desktop.backends.model_probe import StudentCheck
 from pld_desktop.core.settings import RunSettings, load_settings, save_settings
-from pld_desktop.ui import models_dialog
-from pld_desktop.ui.models_dialog import ModelsDialog, StudentCheck
+from pld_desktop.ui.models_dialog import ModelsDialog
+from pld_desktop.ui.tasks import task_keeper
 
 from .fake_gemini import FakeGemini, FakeResponse, fake_gemini, quota_exhausted, server_error, success, success_body
 from .test_openai_teacher import KEY as OPENAI_KEY
@@ -227,7 +229,7 @@ def test_cancelled_check_ignores_the_late_result(qtbot, fake_gemini: FakeGemini,
     dialog.cancel_btn.click()
     assert not dialog.busy() and dialog.test_btn.isEnabled()
     assert "Cancelled" in dialog.teacher_result.text()
-    qtbot.waitUntil(lambda: not models_dialog._LIVE_CHECKS, timeout=30000)
+    qtbot.waitUntil(lambda: not task_keeper().running(), timeout=30000)  # the abandoned check has ended
     qtbot.wait(50)  # let the late result's queued signal arrive
     assert "Cancelled" in dialog.teacher_result.text()
 
@@ -490,7 +492,7 @@ def test_student_server_check_classifies_one_text(qtbot, fake_openai: FakeOpenAI
     assert dialog.student_model.count() == 1 and dialog.student_model.currentText() == ""  # offered, not forced
     prompts = [r for r in fake_openai.requests if r["path"] == "/v1/completions" and "grammar" not in r["body"]]
     assert prompts and all(r["body"]["logprobs"] == 7 and r["auth"] == f"Bearer {OPENAI_KEY}" for r in prompts)
-    assert any(models_dialog.PROBE_TEXT in r["body"]["prompt"] for r in prompts)
+    assert any(model_probe.PROBE_TEXT in r["body"]["prompt"] for r in prompts)
 
 
 def test_student_server_down_or_without_logprobs(qtbot, fake_openai: FakeOpenAI, no_keyring) -> None:
@@ -528,7 +530,7 @@ def test_cancelled_server_check_ignores_the_late_result(qtbot, fake_openai: Fake
     dialog.server_check_btn.click()
     dialog.cancel_btn.click()
     assert not dialog.busy() and dialog.server_check_btn.isEnabled() and "Cancelled" in dialog.student_result.text()
-    qtbot.waitUntil(lambda: not models_dialog._LIVE_CHECKS, timeout=30000)
+    qtbot.waitUntil(lambda: not task_keeper().running(), timeout=30000)  # the abandoned check has ended
     qtbot.wait(50)
     assert "Cancelled" in dialog.student_result.text() and dialog.last_server_check is None
 
@@ -547,7 +549,7 @@ def test_student_server_check_on_llama_cpp_server(qtbot) -> None:  # type: ignor
         assert check is not None, dialog.student_result.text()
         assert check.scoring == "logprobs" and check.models and check.model in check.models
         assert f"context {check.n_ctx:,} tokens" in dialog.student_result.text()
-        assert set(check.probs) == set(models_dialog.PROBE_LABELS)
+        assert set(check.probs) == set(model_probe.PROBE_LABELS)
         assert sum(check.probs.values()) == pytest.approx(1.0) and 0.0 < max(check.probs.values()) < 1.0
         assert check.label in dialog.student_result.text()
     finally:

@@ -107,7 +107,7 @@ def test_fetch_a_gated_model_with_the_keychain_token(qtbot, home: Path, hub: Fak
     assert memory_keyring.store[("pld-desktop", "huggingface-token")] == TOKEN
     seen: list[int] = []
     panel.fetch_btn.click()
-    panel._job.progress.reported.connect(lambda done, total, msg: seen.append(done))  # type: ignore[union-attr]
+    panel.runner.reported.connect(lambda done, total, msg: seen.append(done))
     qtbot.waitUntil(lambda: not panel.busy() and panel.table.rowCount() == 1, timeout=120_000)
     assert panel.result.text().startswith("✔ org/gated-GGUF/g.gguf") and "sha256 verified" in panel.result.text()
     assert seen and max(seen) > 0

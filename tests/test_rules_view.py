@@ -482,7 +482,7 @@ def test_conflicts_found_after_an_edit_are_not_shown_on_the_new_version(qtbot, p
 def test_closing_the_editor_stops_the_search(qtbot, project_path: Path) -> None:  # type: ignore[no-untyped-def]
     import threading
 
-    from pld_desktop.ui import rules_view
+    from pld_desktop.ui.tasks import task_keeper
     backends = FakeBackends()
     blocking = _BlockingEmbedder()
     backends.e = blocking  # type: ignore[assignment]
@@ -495,8 +495,8 @@ def test_closing_the_editor_stops_the_search(qtbot, project_path: Path) -> None:
     qtbot.waitUntil(blocking.entered.is_set, timeout=10000)
     threading.Timer(0.3, blocking.release.set).start()  # the embedder returns while close() is waiting
     editor.close()  # cancels, then waits for the thread before the project closes
-    assert not editor.searching() and all(t.isFinished() for t in rules_view._LIVE_SEARCHES)
-    qtbot.waitUntil(lambda: not rules_view._LIVE_SEARCHES, timeout=5000)  # dropped once its end is delivered
+    assert not editor.searching() and all(t.isFinished() for t in task_keeper().running())
+    qtbot.waitUntil(lambda: not task_keeper().running(), timeout=5000)  # dropped once its end is delivered
     with Project.open(project_path, read_only=True) as reopened:
         assert reopened.conflicts(searched) == stored  # stopped before anything was written
         assert reopened.integrity_check() == "ok"

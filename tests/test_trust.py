@@ -195,7 +195,7 @@ def test_window_asks_before_using_a_projects_server(qtbot: object, tmp_path: Pat
     def no_run(*args: object, **kwargs: object) -> None:  # the run itself is not this test's business
         started.append(list(args[1]))  # type: ignore[call-overload]
         raise RuntimeError("stop here")
-    monkeypatch.setattr("pld_desktop.ui.app.PipelineThread", no_run)
+    monkeypatch.setattr("pld_desktop.ui.app.PipelineTask", no_run)
     try:
         window.run_phases([1])
     except RuntimeError:

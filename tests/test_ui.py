@@ -93,10 +93,10 @@ def test_full_gui_flow(qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     # Run all phases in the background; the event loop keeps turning.
     window.run_all()
     assert window.worker is not None and not window.run_btn.isEnabled() and window.cancel_btn.isEnabled()
-    with qtbot.waitSignal(window.worker.finished_with, timeout=120000) as blocker:
+    with qtbot.waitSignal(window.runner.succeeded, timeout=120000) as blocker:
         pass
     heartbeat.stop()
-    assert blocker.args[0] == "done", blocker.args
+    assert blocker.args[0][0] == "done", blocker.args
     assert heartbeat.proven is True, "the event loop kept turning while the phases ran"
     qtbot.waitUntil(lambda: window.worker is None)
     assert all("done" in card.state.text() for card in window.cards.values())
@@ -188,9 +188,9 @@ def test_closing_while_a_phase_runs_asks_then_stops_cleanly(qtbot: Any, tmp_path
     qtbot.waitUntil(lambda: window.cards[1].bar.value() > 0, timeout=30000)
     window.close()
     assert window.isVisible() and window.worker is not None, "'No' keeps the window and the run"
-    with qtbot.waitSignal(worker.finished_with, timeout=60000) as blocker:
+    with qtbot.waitSignal(window.runner.succeeded, timeout=60000) as blocker:
         window.close()  # 'Yes': cancel, then close once the worker stops
-    assert blocker.args[0] == "cancelled"
+    assert blocker.args[0][0] == "cancelled"
     qtbot.waitUntil(lambda: not window.isVisible(), timeout=10000)
     with Project.open(tmp_path / "p.pld", read_only=True) as project:
         assert project.integrity_check() == "ok"

@@ -28,7 +28,7 @@ class _GatedTokenizer:
         return len(text)
 
 
-def test_token_counts_are_taken_off_the_gui_thread() -> None:
+def test_token_counts_are_taken_off_the_gui_thread(qapp: Any) -> None:  # the counter runs a TaskRunner
     from pld_desktop.ui.app import _BackgroundCounter
     tok = _GatedTokenizer()
     done = threading.Event()
@@ -42,7 +42,7 @@ def test_token_counts_are_taken_off_the_gui_thread() -> None:
     assert tok.threads == ["pld-token-count"]
 
 
-def test_a_failing_count_is_reported_not_retried_forever() -> None:
+def test_a_failing_count_is_reported_not_retried_forever(qapp: Any) -> None:
     from pld_desktop.ui.app import _BackgroundCounter
 
     class Broken:

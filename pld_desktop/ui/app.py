@@ -39,7 +39,7 @@ from .. import __version__
 from ..backends import model_fetch  # noqa: F401 - notes the user's HF_HUB_OFFLINE before the embedder sets its own
 from ..core.pipeline import PHASE_NAMES, PHASE_TEACHER_KINDS, shown_phase_state
 from ..core.project import Project, ProjectFileError
-from .tasks import PipelineThread
+from .tasks import PipelineTask, TaskRunner, start_pipeline
 
 STATE_COLOURS = {"done": "#2e7d32", "running": "#1565c0", "failed": "#c62828", "cancelled": "#ef6c00",
                  "paused": "#ef6c00", "interrupted": "#ef6c00"}
@@ -190,15 +190,18 @@ class WelcomePage(QWidget):
 class _BackgroundCounter:
     """The prompt preview's token counter: counts on a helper thread (a 200-rule prompt took 0.1-0.8 s to
     tokenize on the GUI thread after every edit) and answers from its cache; a text not counted yet raises
-    TokenizerLoading (the preview shows an estimate) and `done` is called once its count is in."""
+    TokenizerLoading (the preview shows an estimate) and `done` is called (on the helper thread) once its count
+    is in. Threading contract: call it from the GUI thread; the counting runs as a task of its own TaskRunner."""
 
     def __init__(self, tokenizer: Any, done: Callable[[], None]) -> None:
         self._tokenizer, self._done = tokenizer, done
         self._counts: dict[str, int] = {}
         self._pending: str | None = None
-        self._busy = False
         self._failed: str | None = None
         self._lock = threading.Lock()
+        self._runner = TaskRunner(name="pld-token-count")
+        self._runner.succeeded.connect(self._after_run)
+        self._runner.failed.connect(self._after_run)
 
     def __call__(self, text: str) -> int:
         from ..backends.tokenizer import TokenizerLoading
@@ -210,17 +213,22 @@ class _BackgroundCounter:
             if not self._tokenizer.ready:
                 raise TokenizerLoading("still loading")
             self._pending = text
-            start, self._busy = not self._busy, True
-        if start:
-            threading.Thread(target=self._work, name="pld-token-count", daemon=True).start()
+        if not self._runner.busy():  # else the running count picks it up, or _after_run restarts it
+            self._runner.start(self._work)
         raise TokenizerLoading("counting…")
 
-    def _work(self) -> None:
+    def _after_run(self, *_: Any) -> None:
+        """A counting run ended: a text left pending as it was ending gets a run of its own."""
+        with self._lock:
+            pending = self._pending is not None
+        if pending:
+            self._runner.start(self._work)
+
+    def _work(self, _progress: Any) -> None:  # on the helper thread
         while True:
             with self._lock:
                 text, self._pending = self._pending, None
                 if text is None:
-                    self._busy = False
                     return
             try:
                 n = self._tokenizer.count(text)
@@ -241,12 +249,18 @@ class MainWindow(QMainWindow):
     def __init__(self, backends_factory: Callable[[], Any] | None = None) -> None:
         super().__init__()
         self._tokenizer_ready.connect(self._on_tokenizer_ready)
-        self._finishing: list[Any] = []  # finished workers whose threads are still tearing down
         self._stale_views: set[str] = set()  # views listing versions that missed a change while hidden
         self.backends_factory = backends_factory  # None -> the real models (tests inject doubles)
         self.project_path: Path | None = None
         self.project: Project | None = None       # the GUI thread's own connection (workers open theirs)
-        self.worker: PipelineThread | None = None
+        self.worker: PipelineTask | None = None   # the phases running on `runner`, None when idle
+        self.runner = TaskRunner(self)
+        self.runner.begun.connect(self._on_begin)
+        self.runner.reported.connect(self._on_progress)
+        self.runner.logged.connect(self._on_logged)
+        self.runner.succeeded.connect(lambda outcome: self._on_finished(*outcome))
+        self.runner.failed.connect(lambda message, _exc: self._on_finished("failed", message))
+        self._run_few_shot_k = 0
         self.running_phases: list[int] = []
         self._live: tuple[str, int, int, str] | None = None  # the running stage's latest progress signal
         self._close_after_stop = False
@@ -679,7 +693,7 @@ class MainWindow(QMainWindow):
     def _student_idle(self) -> bool:
         """No phase, comparison or score is using the student."""
         compare, results = self.views.get("compare"), self.views.get("results")
-        return (self.worker is None and (compare is None or compare.worker is None)
+        return (self.worker is None and (compare is None or not compare.comparing())
                 and (results is None or not results.busy()))
 
     def _auto_score(self) -> None:
@@ -802,16 +816,15 @@ class MainWindow(QMainWindow):
         self.running_phases = list(phases)
         if results is not None:
             results.set_stale(True)
-        self.worker = PipelineThread(self.project_path, phases, self, backends_factory=self.backends_factory)
-        self.worker.progress.begun.connect(self._on_begin)
-        self.worker.progress.reported.connect(self._on_progress)
-        self.worker.progress.logged.connect(
-            lambda msg, lvl: self.log.appendPlainText(f"[{lvl}] {prompt_kinds_in_words(msg, settings.few_shot_k)}"))
-        self.worker.finished_with.connect(self._on_finished)
+        self.worker = PipelineTask(self.project_path, phases, backends_factory=self.backends_factory)
+        self._run_few_shot_k = settings.few_shot_k
         self.log.appendPlainText(f"--- running phase{'s' if len(phases) > 1 else ''} "
                                  f"{', '.join(str(p) for p in phases)}")
-        self.worker.start()
+        start_pipeline(self.runner, self.worker)
         self._refresh()
+
+    def _on_logged(self, message: str, level: str) -> None:
+        self.log.appendPlainText(f"[{level}] {prompt_kinds_in_words(message, self._run_few_shot_k)}")
 
     def _accept_project_settings(self, settings: Any, phases: list[int]) -> bool:
         """Servers and model files named by the project file are used only once this machine's user accepts
@@ -841,7 +854,7 @@ class MainWindow(QMainWindow):
 
     def cancel(self) -> None:
         if self.worker is not None:
-            self.worker.cancel()
+            self.runner.cancel()
             self.cancel_btn.setEnabled(False)
             self.statusBar().showMessage("Stopping after the items in flight…")
 
@@ -852,7 +865,7 @@ class MainWindow(QMainWindow):
         self._refresh_live()
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
-        eta = self.worker.progress.eta_seconds() if self.worker else None
+        eta = self.runner.progress.eta_seconds() if self.runner.progress is not None else None
         eta_text = f", about {_format_seconds(eta)} left" if eta else ""
         self.statusBar().showMessage(f"{self.stage.text()}: {done}/{total}{eta_text}")
         self._live = (self.stage.text(), done, total, message)
@@ -864,15 +877,8 @@ class MainWindow(QMainWindow):
             self._show_phases()
 
     def _on_finished(self, status: str, message: str) -> None:
-        if self.worker is not None:
-            # No wait() here: the worker still frees its models after this signal (~0.1 s and more for big
-            # ones); the thread object is kept until its own finished signal, then deleted.
-            worker = self.worker
-            self._finishing.append(worker)
-            if worker.isFinished():
-                self._drop_finished(worker)
-            else:
-                worker.finished.connect(lambda w=worker: self._drop_finished(w))
+        # No wait() here: the task still frees its models after this signal (~0.1 s and more for big ones);
+        # the runner's thread ends on its own (closeEvent waits for it).
         self.worker = None
         self.running_phases = []
         self._live = None
@@ -907,11 +913,6 @@ class MainWindow(QMainWindow):
         self._refresh()
         if status in ("failed", "quota_exhausted"):
             QMessageBox.warning(self, "The run stopped", message)
-
-    def _drop_finished(self, worker: Any) -> None:
-        if worker in self._finishing:
-            self._finishing.remove(worker)
-            worker.deleteLater()
 
     def _log_history(self) -> None:
         import time as _time
@@ -1005,9 +1006,7 @@ class MainWindow(QMainWindow):
             self.project = None
         if self._tokenizer is not None and self._tokenizer[1] is not None:
             self._tokenizer[1].close()
-        for worker in list(self._finishing):  # the window is going: let a worker's teardown end first
-            worker.wait()
-            self._drop_finished(worker)
+        self.runner.shutdown(wait=True)  # the window is going: let a finished run's teardown end first
         event.accept()
 
     # -- display -------------------------------------------------------------------------------------
@@ -1060,7 +1059,8 @@ class MainWindow(QMainWindow):
             st = states.get(phase) or {"state": "not started", "done": 0, "total": 0, "message": ""}
             kinds = PHASE_TEACHER_KINDS.get(phase)
             teacher = self.project.teacher_totals(kinds) if kinds else None
-            eta = self.worker.progress.eta_seconds() if busy and phase == current and self.worker else None
+            progress = self.runner.progress
+            eta = progress.eta_seconds() if busy and phase == current and progress is not None else None
             done, total, message = st["done"], st["total"], st["message"] or ""
             if phase == current and self._live is not None:  # item-level progress comes from the signals
                 stage, done, total, detail = self._live

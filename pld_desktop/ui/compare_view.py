@@ -14,7 +14,6 @@ from PySide6.QtCore import (
     QPersistentModelIndex,
     QSortFilterProxyModel,
     Qt,
-    QThread,
     Signal,
 )
 from PySide6.QtGui import QColor, QFont, QKeyEvent
@@ -55,10 +54,9 @@ from ..core.compare import (
     resolve_prompt,
 )
 from ..core.dataset import ColumnMapping, render_template
-from ..core.progress import Cancelled
 from ..core.project import Project
 from ..core.settings import load_settings
-from .tasks import QtProgress
+from .tasks import QtProgress, TaskRunner
 
 AMBER = QColor(255, 213, 79, 110)      # a row where A and B disagree
 RIGHT = QColor("#2e7d32")
@@ -101,60 +99,33 @@ class StudentHost:
                 self._backends = None
 
 
-class CompareThread(QThread):
-    """Runs `compare_prompts` with its own project connection; cooperative cancel through `progress`."""
-
-    succeeded = Signal(object)      # ComparisonResult
-    failed = Signal(str, bool)      # message, cancelled by the user
-
-    def __init__(self, project_path: Path, host: StudentHost, a: PromptChoice, b: PromptChoice,
-                 examples: ExampleSet, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self.project_path, self.host, self.a, self.b, self.examples = project_path, host, a, b, examples
-        self.progress = QtProgress()
-
-    def cancel(self) -> None:
-        self.progress.cancel()
-
-    def run(self) -> None:  # worker thread
-        try:
-            if not self.host.loaded():
-                self.progress.begin("Loading the student model (the first run takes a few seconds)", 0)
-            with Project.open(self.project_path) as project:
-                settings = load_settings(project)
-                student = self.host.student(settings)
-                result = compare_prompts(project, student, self.a, self.b, self.examples, self.progress,
-                                         settings=settings)
-            self.succeeded.emit(result)
-        except Cancelled:
-            kept = ("Predictions made so far are saved in the project; Run again to resume."
-                    if self.examples.split else "Your pasted or loaded rows are not saved; Run again to redo them.")
-            self.failed.emit(f"Stopped. {kept}", True)
-        except Exception as exc:
-            self.failed.emit(str(exc) or type(exc).__name__, False)
+def compare_task(project_path: Path, host: StudentHost, a: PromptChoice, b: PromptChoice,
+                 examples: ExampleSet) -> Callable[[QtProgress], ComparisonResult]:
+    """A task for TaskRunner: `compare_prompts` with its own project connection; cooperative cancel through
+    the progress object (Cancelled)."""
+    def run(progress: QtProgress) -> ComparisonResult:  # worker thread
+        if not host.loaded():
+            progress.begin("Loading the student model (the first run takes a few seconds)", 0)
+        with Project.open(project_path) as project:
+            settings = load_settings(project)
+            student = host.student(settings)
+            return compare_prompts(project, student, a, b, examples, progress, settings=settings)
+    return run
 
 
-class ClassifyThread(QThread):
-    """Runs `classify_both` for the try-it box (prompts resolved on this thread, not the GUI's)."""
-
-    succeeded = Signal(object, object)   # Prediction A, Prediction B
-    failed = Signal(str)
-
-    def __init__(self, project_path: Path, host: StudentHost, a: PromptChoice, b: PromptChoice, text: str,
-                 parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self.project_path, self.host, self.a, self.b, self.text = project_path, host, a, b, text
-
-    def run(self) -> None:  # worker thread
-        try:
-            with Project.open(self.project_path, read_only=True) as project:
-                settings = load_settings(project)
-                pa, pb = resolve_prompt(project, self.a, settings), resolve_prompt(project, self.b, settings)
-                labels = project.labels()
-            student = self.host.student(settings)
-            self.succeeded.emit(*classify_both(student, pa.text, pb.text, self.text, labels))
-        except Exception as exc:
-            self.failed.emit(str(exc) or type(exc).__name__)
+def classify_task(project_path: Path, host: StudentHost, a: PromptChoice, b: PromptChoice,
+                  text: str) -> Callable[[QtProgress], tuple[Prediction, Prediction]]:
+    """A task for TaskRunner: `classify_both` for the try-it box (prompts resolved on the worker thread, not
+    the GUI's); returns (prediction A, prediction B)."""
+    def run(_progress: QtProgress) -> tuple[Prediction, Prediction]:  # worker thread
+        with Project.open(project_path, read_only=True) as project:
+            settings = load_settings(project)
+            pa, pb = resolve_prompt(project, a, settings), resolve_prompt(project, b, settings)
+            labels = project.labels()
+        student = host.student(settings)
+        first, second = classify_both(student, pa.text, pb.text, text, labels)
+        return first, second
+    return run
 
 
 # ---------------------------------------------------------------------------
@@ -334,7 +305,8 @@ class TryBox(QPlainTextEdit):
 class CompareView(QWidget):
     """Pick two prompts and an example set, run them side by side in the background, read the differences.
 
-    Every model call runs on a worker thread (CompareThread / ClassifyThread); the GUI thread only reads the
+    Every model call runs on a worker thread (compare_task / classify_task on the view's two TaskRunners); the
+    GUI thread only reads the
     project to fill the pickers. Call `shutdown()` before the view goes away (closeEvent does it when it is a
     window of its own) so running work stops and the models are released.
     """
@@ -348,8 +320,17 @@ class CompareView(QWidget):
         super().__init__(parent)
         self.project_path = Path(project_path)
         self.host = StudentHost(backends_factory)
-        self.worker: CompareThread | None = None
-        self.try_worker: ClassifyThread | None = None
+        self._comparing: ExampleSet | None = None   # the examples of the comparison running on compare_runner
+        self.compare_runner = TaskRunner(self, name="pld-compare")
+        self.compare_runner.begun.connect(self._on_begun)
+        self.compare_runner.reported.connect(self._on_progress)
+        self.compare_runner.succeeded.connect(self._on_finished)
+        self.compare_runner.failed.connect(lambda _message, exc: self._on_failed(str(exc) or type(exc).__name__,
+                                                                                 False))
+        self.compare_runner.cancelled.connect(self._on_compare_cancelled)
+        self.try_runner = TaskRunner(self, name="pld-try-it")
+        self.try_runner.succeeded.connect(lambda pair: self._on_classified(*pair))
+        self.try_runner.failed.connect(lambda _message, exc: self._on_classify_failed(str(exc) or type(exc).__name__))
         self.result: ComparisonResult | None = None
         self._loaded_csv: ExampleSet | None = None
         self._last_example_index = 0
@@ -575,7 +556,7 @@ class CompareView(QWidget):
 
     def clear_try_answers(self) -> None:
         """Forget the try-it answers: they were given by the prompts picked before."""
-        if self.try_worker is not None:
+        if self.classifying():
             self._stale_try = True  # the answer in flight is dropped when it arrives
         self.try_a.setText("A: —")
         self.try_b.setText("B: —")
@@ -694,8 +675,16 @@ class CompareView(QWidget):
         self._on_example_choice(index)
 
     # -- running ------------------------------------------------------------------------
+    def comparing(self) -> bool:
+        """Whether a comparison is running (the student is in use)."""
+        return self.compare_runner.busy()
+
+    def classifying(self) -> bool:
+        """Whether the try-it box is waiting for its answers."""
+        return self.try_runner.busy()
+
     def run(self) -> None:
-        if self.worker is not None:
+        if self.comparing():
             return
         try:
             examples = self._example_set()
@@ -703,20 +692,16 @@ class CompareView(QWidget):
             self._show_error(str(exc))
             return
         a, b = self.prompt_a.currentData(), self.prompt_b.currentData()
-        self.worker = CompareThread(self.project_path, self.host, a, b, examples, self)
-        self.worker.progress.begun.connect(self._on_begun)
-        self.worker.progress.reported.connect(self._on_progress)
-        self.worker.succeeded.connect(self._on_finished)
-        self.worker.failed.connect(self._on_failed)
         self.bar.setRange(0, 0)  # busy until the first stage says how many items
         self.status.setStyleSheet("")
         self.status.setText(f"Comparing on {examples.description}…")
-        self.worker.start()
+        self._comparing = examples
+        self.compare_runner.start(compare_task(self.project_path, self.host, a, b, examples))
         self._update_buttons()
 
     def cancel(self) -> None:
-        if self.worker is not None:
-            self.worker.cancel()
+        if self.comparing():
+            self.compare_runner.cancel()
             self.status.setText("Stopping after the example in progress…")
 
     def _on_begun(self, stage: str, total: int) -> None:
@@ -725,19 +710,17 @@ class CompareView(QWidget):
         self.status.setText(stage + "…")
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
-        if self.worker is None:
+        progress = self.compare_runner.progress
+        if progress is None:
             return
         self.bar.setRange(0, max(total, 1))
         self.bar.setValue(min(done, max(total, 1)))
-        eta = self.worker.progress.eta_seconds()
+        eta = progress.eta_seconds()
         eta_text = f", about {eta:.0f} s left" if eta is not None and done < total else ""
-        self.status.setText(f"{self.worker.progress.stage}: {done}/{total}{eta_text}")
+        self.status.setText(f"{progress.stage}: {done}/{total}{eta_text}")
 
     def _end_worker(self) -> None:
-        if self.worker is not None:
-            self.worker.wait()
-            self.worker.deleteLater()
-        self.worker = None
+        self._comparing = None
         self.bar.setRange(0, 1)
         self._update_buttons()
 
@@ -750,6 +733,12 @@ class CompareView(QWidget):
         self.status.setText(f"Compared on {result.examples}: A and B disagree on {result.n_disagree} of "
                             f"{len(result.rows)} examples." + (" " + " ".join(result.notes) if result.notes else ""))
         self.finished.emit(result)
+
+    def _on_compare_cancelled(self) -> None:
+        kept = ("Predictions made so far are saved in the project; Run again to resume."
+                if self._comparing is not None and self._comparing.split
+                else "Your pasted or loaded rows are not saved; Run again to redo them.")
+        self._on_failed(f"Stopped. {kept}", True)
 
     def _on_failed(self, message: str, cancelled: bool) -> None:
         self._end_worker()
@@ -765,12 +754,12 @@ class CompareView(QWidget):
         self.status.setText(message)
 
     def _update_buttons(self) -> None:
-        running = self.worker is not None
+        running = self.comparing()
         self.run_btn.setEnabled(not running)
         self.cancel_btn.setEnabled(running)
         for w in (self.prompt_a, self.prompt_b, self.examples, self.load_csv_btn):
             w.setEnabled(not running)
-        self.classify_btn.setEnabled(self.try_worker is None)
+        self.classify_btn.setEnabled(not self.classifying())
 
     # -- results ------------------------------------------------------------------------
     def show_result(self, result: ComparisonResult) -> None:
@@ -840,7 +829,7 @@ class CompareView(QWidget):
 
     # -- try it -------------------------------------------------------------------------
     def classify(self) -> None:
-        if self.try_worker is not None:
+        if self.classifying():
             return
         try:
             text = self.try_input()
@@ -856,18 +845,11 @@ class CompareView(QWidget):
         waiting = "classifying…" if self.host.loaded() else "loading the student model, then classifying…"
         self.try_a.setText(f"A: <i>{waiting}</i>")
         self.try_b.setText(f"B: <i>{waiting}</i>")
-        self.try_worker = ClassifyThread(self.project_path, self.host, self.prompt_a.currentData(),
-                                         self.prompt_b.currentData(), text, self)
-        self.try_worker.succeeded.connect(self._on_classified)
-        self.try_worker.failed.connect(self._on_classify_failed)
-        self.try_worker.start()
+        self.try_runner.start(classify_task(self.project_path, self.host, self.prompt_a.currentData(),
+                                            self.prompt_b.currentData(), text))
         self._update_buttons()
 
     def _end_try(self) -> None:
-        if self.try_worker is not None:
-            self.try_worker.wait()
-            self.try_worker.deleteLater()
-        self.try_worker = None
         self._update_buttons()
 
     def _on_classified(self, pa: Prediction, pb: Prediction) -> None:
@@ -887,11 +869,9 @@ class CompareView(QWidget):
     # -- lifetime -----------------------------------------------------------------------
     def shutdown(self) -> None:
         """Stop running work, wait for the worker threads, release the models."""
-        if self.worker is not None:
-            self.worker.cancel()
-            self.worker.wait()
-        if self.try_worker is not None:
-            self.try_worker.wait()
+        self.compare_runner.cancel()
+        self.compare_runner.wait()
+        self.try_runner.wait()
         self.host.close()
 
     def closeEvent(self, event: Any) -> None:

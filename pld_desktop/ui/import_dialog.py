@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +76,7 @@ from ..core.progress import Cancelled, Progress
 from ..core.project import ProjectFileError
 from ..core.prompts import DEFAULT_TASK
 from .charts import CountBarChart
-from .tasks import QtProgress
+from .tasks import QtProgress, TaskRunner
 
 __all__ = ["CSV_SUFFIXES", "ImportDialog", "PreviewModel", "create_project_from_dialog", "csv_paths_from_mime"]
 
@@ -166,38 +165,6 @@ class PreviewModel(QAbstractTableModel):
         return str(self._frame.index[section]) if 0 <= section < len(self._frame) else None
 
 
-class _SerialWorker(QObject):
-    """Runs jobs one at a time on a single background thread and posts each outcome to the GUI thread.
-
-    One thread is enough (a read, a check or a save at a time) and keeps the DataFrame single-reader.
-    Outcomes of jobs whose ticket is stale are for the caller to ignore.
-    """
-
-    finished = Signal(int, object, object)  # ticket, result, exception (or None)
-
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pld-import")
-
-    def submit(self, ticket: int, job: Callable[[], Any]) -> None:
-        def run() -> None:
-            result: Any = None
-            error: BaseException | None = None
-            try:
-                result = job()
-            except BaseException as exc:
-                error = exc
-            try:
-                self.finished.emit(ticket, result, error)
-            except RuntimeError:  # the dialog was closed meanwhile: nobody is waiting for this outcome
-                pass
-        self._executor.submit(run)
-
-    def shutdown(self) -> None:
-        # Never wait: a long read may still be running; its outcome is simply dropped.
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-
 def _check_dataset(source: SourceTable, mapping: ColumnMapping, split: SplitSettings
                    ) -> tuple[ImportedDataset | None, list[Problem]]:
     """Build the dataset as the importer will (on the worker thread); problems instead of exceptions."""
@@ -240,13 +207,16 @@ class ImportDialog(QDialog):
         self._meanings: dict[str, str] = {}
         self._auto_template = ""
         self._updating = False  # True while widgets are filled by code, so their signals do not trigger checks
-        self._ticket = 0
         self._busy: str | None = None  # "read" | "check" | "create" | None
         self._load_cancelled = False
         self._close_when_done = False  # Cancel pressed while saving: close once the save has stopped
         self._create_progress: QtProgress | None = None
-        self._worker = _SerialWorker(self)
-        self._worker.finished.connect(self._on_job_finished)
+        # One thread at a time (a read, a check or a save) keeps the DataFrame single-reader; a job superseded by
+        # newer settings or cancelled is abandoned (its outcome never arrives) and the next one waits for it.
+        self._runner = TaskRunner(self, serial=True, name="pld-import")
+        self._runner.succeeded.connect(lambda result: self._on_job_finished(result, None))
+        self._runner.failed.connect(lambda _message, error: self._on_job_finished(None, error))
+        self._runner.cancelled.connect(lambda: self._on_job_finished(None, Cancelled("cancelled by the user")))
         self._check_timer = QTimer(self)
         self._check_timer.setSingleShot(True)
         self._check_timer.setInterval(_CHECK_DELAY_MS)
@@ -525,7 +495,6 @@ class ImportDialog(QDialog):
 
     def _start_read(self) -> None:
         self._load_cancelled = False
-        self._ticket += 1
         self._busy = "read"
         try:
             size = self.csv_path.stat().st_size
@@ -541,7 +510,7 @@ class ImportDialog(QDialog):
                 cache[label] = (source.frame, label_counts(source.frame, label))
             return source
 
-        self._worker.submit(self._ticket, read)
+        self._submit(lambda _progress: read())
 
     def _on_read_finished(self, result: SourceTable | None, error: BaseException | None) -> None:
         if error is not None:
@@ -774,12 +743,11 @@ class ImportDialog(QDialog):
         if self.source is None or self.file_error is not None or self._busy == "create":
             return
         self._check_timer.stop()
-        self._ticket += 1
         self._busy = "check"
         source, mapping, split = self.source, self.result_mapping(), self.split_settings()
         if len(source.frame) > 20_000:  # small files check in a blink; a progress bar would only flicker
             self._show_busy("Checking all rows…", "")
-        self._worker.submit(self._ticket, lambda: _check_dataset(source, mapping, split))
+        self._submit(lambda _progress: _check_dataset(source, mapping, split))
 
     def _on_check_finished(self, result: tuple[ImportedDataset | None, list[Problem]]) -> None:
         dataset, problems = result
@@ -838,9 +806,13 @@ class ImportDialog(QDialog):
         self.progress_bar.hide()
         self.stop_btn.hide()
 
-    def _on_job_finished(self, ticket: int, result: Any, error: BaseException | None) -> None:
-        if ticket != self._ticket:
-            return  # a read or check that was cancelled or superseded by newer settings
+    def _submit(self, job: Callable[[QtProgress], Any], progress: QtProgress | None = None) -> None:
+        """Run `job` on the dialog's background thread in place of any job still running (whose outcome is
+        dropped: a read or check cancelled or superseded by newer settings)."""
+        self._runner.abandon()
+        self._runner.start(job, progress=progress)
+
+    def _on_job_finished(self, result: Any, error: BaseException | None) -> None:
         kind, self._busy = self._busy, None
         self._hide_busy()
         if kind == "read":
@@ -854,7 +826,7 @@ class ImportDialog(QDialog):
 
     def _on_stop_clicked(self) -> None:
         if self._busy == "read":
-            self._ticket += 1  # the read itself cannot be interrupted; its outcome is dropped
+            self._runner.abandon()  # the read itself cannot be interrupted; its outcome is dropped
             self._busy = None
             self._load_cancelled = True
             self.progress_bar.hide()
@@ -936,16 +908,15 @@ class ImportDialog(QDialog):
         progress = QtProgress()
         progress.reported.connect(self._on_create_progress)
         self._create_progress = progress
-        self._ticket += 1
         self._busy = "create"
         self.ok_button.setEnabled(False)
         self.form.setEnabled(False)
         self._show_busy(f"Creating {Path(project_path).name}…", "Cancel")
         target, source_name = Path(project_path), self.csv_path.name
         task, meanings = self.task(), self.label_meanings()
-        self._worker.submit(self._ticket, lambda: create_project(
+        self._submit(lambda progress: create_project(
             target, dataset, source_name=source_name, task=task, label_meanings=meanings, overwrite=overwrite,
-            progress=progress))
+            progress=progress), progress)
 
     def _on_create_progress(self, done: int, total: int, _message: str) -> None:
         if total > 0:
@@ -982,13 +953,12 @@ class ImportDialog(QDialog):
             self._close_when_done = True
             self._on_stop_clicked()
             return
-        self._ticket += 1
-        self._worker.shutdown()
+        self._runner.shutdown(wait=False)  # never wait: a long read may still be running; its outcome is dropped
         super().reject()
 
     def done(self, result: int) -> None:
         if result == QDialog.DialogCode.Accepted:
-            self._worker.shutdown()
+            self._runner.shutdown(wait=False)
         super().done(result)
 
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, QThread, Signal, Slot
+from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
     QButtonGroup,
@@ -34,9 +32,19 @@ from PySide6.QtWidgets import (
 
 from ..backends import secrets
 from ..backends.bundled import ModelFileError, bundled_embedder_path, bundled_local_teacher_path
+from ..backends.model_probe import (
+    ServerCheck,
+    StudentCheck,
+    StudentServerCheck,
+    check_student,
+    check_student_server,
+    probe_openai_teacher,
+    probe_teacher,
+)
 from ..backends.openai_student import normalise_base_url
 from ..core.settings import RunSettings
 from .models_list import ModelListPanel
+from .tasks import TaskRunner
 
 # Editable: the list only suggests names; any model id the API knows can be typed.
 GEMINI_MODELS = ("gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.5-pro",
@@ -50,231 +58,6 @@ KEY_ENV_VARS = {"gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"), "openai": ("OPEN
                 "huggingface": ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
 PROMPT_FORMATS = (("completion", "Completion: the exact prompt on /v1/completions (as in-process)"),
                   ("chat", "Chat: the server's chat template on /v1/chat/completions"))
-# The student-server check classifies one made-up message (the dialog has no project to take one from).
-PROBE_TASK = "Decide what the message is about: the weather or food."
-PROBE_TEXT = "It has rained all week and tomorrow brings snow."
-PROBE_LABELS = ("weather", "food")
-
-# Threads that outlive a closed dialog are kept here until they finish (a running QThread must not be destroyed).
-_LIVE_CHECKS: set[_CheckThread] = set()
-
-
-# ---------------------------------------------------------------------------
-# The checks themselves (plain functions, run on a background thread)
-# ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class StudentCheck:
-    """What loading a student GGUF told us."""
-
-    path: str
-    name: str
-    size_bytes: int
-    architecture: str
-    size_label: str
-    n_params: int
-    n_ctx_train: int
-    n_ctx: int
-    has_chat_template: bool
-    load_s: float
-
-    def describe(self) -> str:
-        lines = [f"Loaded {self.name} in {self.load_s:.1f} s.",
-                 f"File: {self.path} ({_human_bytes(self.size_bytes)})",
-                 f"Architecture: {self.architecture or 'unknown'}, "
-                 f"{_human_count(self.n_params)} parameters"
-                 + (f" (labelled {self.size_label})" if self.size_label else ""),
-                 f"Trained context: {self.n_ctx_train:,} tokens; context used here: {self.n_ctx:,} tokens.",
-                 "Chat template: " + ("yes (prompts use the model's own template)" if self.has_chat_template
-                                      else "none (plain-text prompts ending in 'Label:')")]
-        if self.n_ctx_train and self.n_ctx > self.n_ctx_train:
-            lines.append(f"Warning: the context size {self.n_ctx:,} exceeds what the model was trained on "
-                         f"({self.n_ctx_train:,}); answers beyond that length are unreliable.")
-        return "\n".join(lines)
-
-
-def check_student(model_path: str | None, n_ctx: int, n_threads: int | None) -> StudentCheck:
-    """Load a student GGUF (None: the bundled Gemma 3 270M) with these settings and read what it is."""
-    # Imported here: llama.cpp is heavy and only needed when the user asks for a check.
-    import llama_cpp.llama_cpp as llama_capi
-
-    from ..backends.bundled import bundled_student_path
-    from ..backends.llama_runtime import LlamaOwner, check_gguf_file, read_gguf_metadata
-
-    path = check_gguf_file(model_path) if model_path else bundled_student_path()
-    header = read_gguf_metadata(path, {"general.name", "general.architecture", "general.size_label"})
-    started = time.perf_counter()
-    owner = LlamaOwner(path, n_ctx=n_ctx, n_threads=n_threads, name="student-check", flash_attn=True)
-    try:
-        def inspect(llama: Any) -> dict[str, Any]:
-            meta = dict(llama.metadata or {})
-            return {"n_params": int(llama_capi.llama_model_n_params(llama.model)),
-                    "n_ctx_train": int(llama_capi.llama_model_n_ctx_train(llama.model)),
-                    "n_ctx": int(llama.n_ctx()),
-                    "chat": bool(meta.get("tokenizer.chat_template")),
-                    "name": meta.get("general.name"), "arch": meta.get("general.architecture")}
-        info = owner.call(inspect)
-    finally:
-        owner.close()
-    return StudentCheck(
-        path=str(Path(path).resolve()), name=str(info["name"] or header.get("general.name") or Path(path).name),
-        size_bytes=Path(path).stat().st_size, architecture=str(info["arch"] or header.get("general.architecture", "")),
-        size_label=str(header.get("general.size_label", "")), n_params=info["n_params"],
-        n_ctx_train=info["n_ctx_train"], n_ctx=info["n_ctx"], has_chat_template=info["chat"],
-        load_s=time.perf_counter() - started)
-
-
-def probe_teacher(settings: RunSettings, api_key: str | None) -> str:
-    """One tiny real call to the configured teacher; a sentence on success, an exception otherwise.
-    `api_key` (a key typed but not saved yet) overrides the stored one for this call only."""
-    if settings.teacher == "openai":
-        return probe_openai_teacher(settings.teacher_openai_base_url or "", settings.teacher_openai_model,
-                                    api_key).describe()
-    if settings.teacher == "gemini":
-        from ..backends.gemini_teacher import GeminiTeacher
-
-        # One attempt, no backoff: the user is waiting and wants the first answer, good or bad.
-        with GeminiTeacher(settings.teacher_model, api_key=api_key or None, base_url=settings.teacher_base_url,
-                           max_concurrency=1, retry_attempts=1, timeout_s=30) as teacher:
-            return teacher.test_connection()
-    from pydantic import BaseModel
-
-    from ..backends.local_teacher import LocalTeacher
-    from ..core.backends import TeacherRequest
-
-    class Ping(BaseModel):
-        answer: str
-
-    started = time.perf_counter()
-    with LocalTeacher(settings.teacher_gguf, n_ctx=512, max_tokens=24) as teacher:
-        reply = teacher.generate(TeacherRequest("Reply in JSON.", 'Reply with {"answer": "OK"}.', Ping, "probe"))
-        name = teacher.model_path.name
-    elapsed = time.perf_counter() - started
-    try:
-        Ping.model_validate_json(reply.text)
-    except ValueError:
-        return (f"The local teacher {name} loaded and answered in {elapsed:.1f} s, but its reply was not the "
-                f"requested JSON: {reply.text[:120]!r}. Runs validate and retry every reply.")
-    return f"The local teacher {name} loaded and answered in {elapsed:.1f} s ({reply.usage.total_tokens} tokens)."
-
-
-def _listed_models(http: Any) -> tuple[str, ...]:
-    """The model ids an OpenAI-compatible server lists at /models (some list none yet accept any name)."""
-    listing = http.get("/models")
-    data = listing.get("data") if isinstance(listing, dict) else None
-    return tuple(str(m["id"]) for m in (data or []) if isinstance(m, dict) and m.get("id"))
-
-
-def _names(models: tuple[str, ...], limit: int = 8) -> str:
-    shown = ", ".join(models[:limit])
-    return shown + (f" and {len(models) - limit} more" if len(models) > limit else "")
-
-
-@dataclass(frozen=True)
-class ServerCheck:
-    """What an OpenAI-compatible teacher server told us: the models it lists and how the tiny call went."""
-
-    models: tuple[str, ...]
-    message: str
-
-    def describe(self) -> str:
-        return self.message
-
-
-def probe_openai_teacher(base_url: str, model: str, api_key: str | None) -> ServerCheck:
-    """List the server's models, then make one tiny structured call to `model`, as a run would."""
-    from pydantic import BaseModel
-
-    from ..backends.openai_student import OpenAIHttp
-    from ..backends.openai_teacher import OpenAITeacher
-    from ..core.backends import TeacherRequest
-
-    key = api_key or secrets.get_api_key("openai", server=base_url)
-    http = OpenAIHttp(base_url, key, timeout_s=30.0, max_connections=1, who="The teacher server")
-    try:
-        models = _listed_models(http)
-        where = http.base_url
-    finally:
-        http.close()
-    listed = f"it lists {_names(models)}" if models else "it lists no models"
-    model = model.strip()
-    if not model:
-        return ServerCheck(models, f"The server at {where} answers; {listed}. Choose the teacher model "
-                                   "above and test again.")
-
-    class Ping(BaseModel):
-        answer: str
-
-    started = time.perf_counter()
-    # One attempt, no backoff: the user is waiting and wants the first answer, good or bad.
-    with OpenAITeacher(base_url, model, api_key=key, concurrency=1, retry_attempts=1, timeout_s=60.0) as teacher:
-        reply = teacher.generate(TeacherRequest("Reply in JSON.", 'Reply with {"answer": "OK"}.', Ping, "probe"))
-    elapsed = time.perf_counter() - started
-    note = "" if not models or model in models else (
-        f" Note: {model!r} is not among the listed models, but the server accepted the name.")
-    try:
-        Ping.model_validate_json(reply.text)
-    except ValueError:
-        return ServerCheck(models, f"Connected to {where} ({listed}). {model} answered in {elapsed:.1f} s, but "
-                                   f"not with the requested JSON: {reply.text[:120]!r}. Runs validate and retry "
-                                   f"every reply.{note}")
-    return ServerCheck(models, f"Connected to {where} ({listed}). {model} answered in {elapsed:.1f} s with valid "
-                               f"JSON ({reply.usage.total_tokens} tokens).{note}")
-
-
-@dataclass(frozen=True)
-class StudentServerCheck:
-    """What an OpenAI-compatible student server told us, and one classification through the real scorer."""
-
-    base_url: str
-    models: tuple[str, ...]
-    model: str
-    scoring: str
-    grammar: bool
-    n_ctx: int
-    prompt_format: str
-    label: str
-    probs: dict[str, float]
-    latency_s: float
-    requests: int
-
-    def describe(self) -> str:
-        how = ("next-token logprobs" + (", with a grammar for labels outside the top-k" if self.grammar else "")
-               if self.scoring == "logprobs" else "constrained answers (the server returns no logprobs)")
-        probs = ", ".join(f"{label} {p:.2f}" for label, p in self.probs.items())
-        lines = [f"Connected to {self.base_url}: it lists {_names(self.models) if self.models else 'no models'}.",
-                 f"Model: {self.model}; context {self.n_ctx:,} tokens; {self.prompt_format} route; labels scored "
-                 f"from {how}.",
-                 f"A test classification (\"{PROBE_TEXT}\") took {self.latency_s:.1f} s and {self.requests} "
-                 f"request(s): {self.label} ({probs})."]
-        if self.scoring != "logprobs":
-            lines.append("Warning: without logprobs every answer gets probability 1.0, so the per-label "
-                         "probabilities in the results carry no information.")
-        return "\n".join(lines)
-
-
-def check_student_server(settings: RunSettings, api_key: str | None) -> StudentServerCheck:
-    """List the student server's models, set up the server-backed student as a run would, classify one text."""
-    from ..backends.openai_student import OpenAIHttp, OpenAIStudent
-
-    base_url = settings.student_base_url or ""
-    key = api_key or secrets.get_api_key("openai", server=base_url)
-    http = OpenAIHttp(base_url, key, timeout_s=30.0, max_connections=1, who="The student server")
-    try:
-        models = _listed_models(http)
-    finally:
-        http.close()
-    with OpenAIStudent(base_url, settings.student_model or None, key, concurrency=1, timeout_s=60.0,
-                       prompt_format=settings.student_prompt_format,
-                       top_logprobs=settings.student_top_logprobs) as student:
-        started = time.perf_counter()
-        prediction = student.classify(PROBE_TASK, PROBE_TEXT, list(PROBE_LABELS))
-        elapsed = time.perf_counter() - started
-        return StudentServerCheck(
-            base_url=student.base_url, models=models, model=student.model, scoring=student.scoring,
-            grammar=bool(student.grammar), n_ctx=int(student.n_ctx), prompt_format=student.prompt_format,
-            label=prediction.label, probs=dict(prediction.probs), latency_s=elapsed,
-            requests=int(student.stats()["requests"]))
-
 
 def keychain_available() -> bool:
     """Whether keyring found a usable OS keychain (its `fail` backend means none)."""
@@ -286,47 +69,19 @@ def keychain_available() -> bool:
         return False
 
 
-def _human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} bytes"
-
-
-def _human_count(n: int) -> str:
-    if n >= 1e9:
-        return f"{n / 1e9:.2f} B"
-    if n >= 1e6:
-        return f"{n / 1e6:.0f} M"
-    return f"{n:,}"
-
-
 # ---------------------------------------------------------------------------
-# Background runner
+# Background checks
 # ---------------------------------------------------------------------------
-class _CheckThread(QThread):
-    """Runs one check function; `done(ok, result_or_message)` arrives queued on the dialog's thread.
-    Error texts are redacted of `secrets` (a typed API key) before they leave the thread."""
-
-    done = Signal(bool, object)
-
-    def __init__(self, kind: str, fn: Callable[[], Any], hide: tuple[str, ...] = ()) -> None:
-        super().__init__()  # no parent: it may outlive the dialog (see _LIVE_CHECKS)
-        self.kind = kind
-        self.fn = fn
-        self.hide = hide
-        self.abandoned = False
-
-    def run(self) -> None:  # on the worker thread
+def _redacted_check(fn: Callable[[], Any], hide: tuple[str, ...]) -> Callable[[Any], Any]:
+    """A task for TaskRunner that runs one check function; error texts are redacted of `hide` (a typed API key)
+    before they leave the worker thread."""
+    def run(_progress: Any) -> Any:  # on the worker thread
         try:
-            result = self.fn()
+            return fn()
         except Exception as exc:
             message = str(exc).strip() or type(exc).__name__
-            self.done.emit(False, secrets.redact(message, self.hide))
-            return
-        self.done.emit(True, result)
+            raise RuntimeError(secrets.redact(message, hide)) from None
+    return run
 
 
 # ---------------------------------------------------------------------------
@@ -448,7 +203,11 @@ class ModelsDialog(QDialog):
         self.setWindowTitle("Models")
         self.project_path = project_path
         self._original = dataclasses.replace(settings)
-        self._task: _CheckThread | None = None
+        self._task_kind: str | None = None  # "teacher" | "student" | "server" while `runner` runs that check
+        self.runner = TaskRunner(self, name="pld-model-check")
+        self.runner.succeeded.connect(lambda result: self._on_done(True, result))
+        self.runner.failed.connect(lambda message, _exc: self._on_done(False, message))
+        self.runner.cancelled.connect(lambda: self._on_done(False, "cancelled by the user"))
         self.last_student_check: StudentCheck | None = None
         self.last_server_check: StudentServerCheck | None = None
         self._build()
@@ -982,37 +741,29 @@ class ModelsDialog(QDialog):
                     lambda: check_student_server(settings, typed or None), hide=(typed,) if typed else ())
 
     def busy(self) -> bool:
-        return self._task is not None
+        return self.runner.busy()
 
     def _target(self, kind: str) -> QLabel:
         return self.teacher_result if kind == "teacher" else self.student_result
 
     def _start(self, kind: str, message: str, fn: Callable[[], Any], hide: tuple[str, ...] = ()) -> None:
-        if self._task is not None:
+        if self.runner.busy():
             return
         self._target(kind).setText("")
-        task = _CheckThread(kind, fn, hide)
-        task.done.connect(self._on_done)
-        task.finished.connect(lambda t=task: _LIVE_CHECKS.discard(t))
-        _LIVE_CHECKS.add(task)
-        self._task = task
+        self._task_kind = kind
         self.busy_label.setText(message)
         self._show_busy(True)
-        task.start()
+        self.runner.start(_redacted_check(fn, hide))
 
-    @Slot(bool, object)
     def _on_done(self, ok: bool, result: object) -> None:
-        task = self.sender()
-        if not isinstance(task, _CheckThread) or task.abandoned or task is not self._task:
-            return
-        self._task = None
+        kind, self._task_kind = self._task_kind, None
         self._show_busy(False)
-        if task.kind == "teacher":
+        if kind == "teacher":
             if isinstance(result, ServerCheck):
                 self._offer_models(self.openai_model, result.models)
                 result = result.describe()
             self.teacher_result.setText(("✔ " if ok else "✘ Failed: ") + str(result))
-        elif task.kind == "server":
+        elif kind == "server":
             self.last_server_check = result if ok else None
             if isinstance(result, StudentServerCheck):
                 self._offer_models(self.student_model, result.models)
@@ -1032,16 +783,15 @@ class ModelsDialog(QDialog):
         combo.setCurrentText(typed)
 
     def cancel_check(self) -> None:
-        kind = self._task.kind if self._task is not None else None
+        kind = self._task_kind
         self._abandon_task()
         if kind is not None:
             self._target(kind).setText("Cancelled. (A model load or a request in flight cannot be interrupted; "
                                        "it finishes in the background and its result is ignored.)")
 
     def _abandon_task(self) -> None:
-        if self._task is not None:
-            self._task.abandoned = True
-            self._task = None
+        self.runner.abandon()  # a model load or a request in flight finishes in the background, unheard
+        self._task_kind = None
         self._show_busy(False)
 
     def _show_busy(self, on: bool) -> None:

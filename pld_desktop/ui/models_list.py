@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, QThread, Signal, Slot
+from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -31,40 +31,11 @@ from ..backends.model_store import (
     find_models,
     memory_estimate,
 )
-from ..core.progress import Cancelled
-from .tasks import QtProgress
+from .tasks import QtProgress, TaskRunner
 
 COLUMNS = ("Model", "Source", "Architecture", "Parameters", "Quantisation", "Size", "Trained context",
            "Chat template", "Memory", "Status")
 PATH_ROLE = Qt.ItemDataRole.UserRole + 1
-
-# Jobs that outlive a closed dialog are kept here until they finish (a running QThread must not be destroyed).
-_LIVE_JOBS: set[_Job] = set()
-
-
-class _Job(QThread):
-    """Runs `fn(progress)` on a worker thread; `done(ok, result_or_message)` arrives queued on the GUI thread.
-    Cancellation is cooperative through `progress` (never terminate())."""
-
-    done = Signal(bool, object)
-
-    def __init__(self, kind: str, fn: Callable[[QtProgress], Any]) -> None:
-        super().__init__()  # no parent: it may outlive the dialog (see _LIVE_JOBS)
-        self.kind = kind
-        self.fn = fn
-        self.progress = QtProgress()
-
-    def run(self) -> None:  # on the worker thread
-        try:
-            result = self.fn(self.progress)
-        except Cancelled:
-            self.done.emit(False, "Cancelled.")
-            return
-        except Exception as exc:
-            self.done.emit(False, str(exc).strip() or type(exc).__name__)
-            return
-        self.done.emit(True, result)
-
 
 def _scan(n_ctx: int) -> list[tuple[FoundModel, MemoryEstimate | None]]:
     from ..backends.llama_runtime import available_memory_bytes
@@ -99,7 +70,12 @@ class ModelListPanel(QWidget):
         self.n_ctx = n_ctx
         self.project_path = project_path
         self.models: list[FoundModel] = []
-        self._job: _Job | None = None
+        self._job_kind: str | None = None  # "scan" | "fetch" | "probe" while `runner` runs it
+        self.runner = TaskRunner(self, name="pld-models")
+        self.runner.reported.connect(self._on_progress)
+        self.runner.succeeded.connect(lambda result: self._on_done(True, result))
+        self.runner.cancelled.connect(lambda: self._on_done(False, "Cancelled."))
+        self.runner.failed.connect(lambda message, _exc: self._on_done(False, message))
         self._select_after_scan: tuple[str, str] | None = None  # a file just fetched, and what was said
         layout = QVBoxLayout(self)
 
@@ -248,27 +224,22 @@ class ModelListPanel(QWidget):
                     lambda p: probe_model(model.path, p, project=project, n_ctx=n_ctx))
 
     def busy(self) -> bool:
-        return self._job is not None
+        return self.runner.busy()
 
     def cancel(self) -> None:
-        if self._job is not None:
-            self._job.progress.cancel()
+        if self.runner.busy():
+            self.runner.cancel()
             self.busy_label.setText("Stopping…")
 
     def _start(self, kind: str, message: str, fn: Callable[[QtProgress], Any]) -> None:
-        if self._job is not None:
+        if self.runner.busy():
             return
-        job = _Job(kind, fn)
-        job.done.connect(self._on_done)
-        job.progress.reported.connect(self._on_progress)
-        job.finished.connect(lambda j=job: _LIVE_JOBS.discard(j))
-        _LIVE_JOBS.add(job)
-        self._job = job
+        self._job_kind = kind
         self.busy_label.setText(message)
         self.bar.setRange(0, 0)
         self.result.setText("")
         self._show_busy(True)
-        job.start()
+        self.runner.start(fn)
 
     @Slot(int, int, str)
     def _on_progress(self, done: int, total: int, message: str) -> None:
@@ -284,12 +255,9 @@ class ModelListPanel(QWidget):
 
     @Slot(bool, object)
     def _on_done(self, ok: bool, result: object) -> None:
-        job = self.sender()
-        if not isinstance(job, _Job) or job is not self._job:
-            return
-        self._job = None
+        kind, self._job_kind = self._job_kind, None
         self._show_busy(False)
-        if job.kind == "scan":
+        if kind == "scan":
             if ok:
                 self._fill(result)  # type: ignore[arg-type]
                 found = sum(1 for m in self.models if m.usable)
@@ -301,7 +269,7 @@ class ModelListPanel(QWidget):
                     self._select_after_scan = None
             else:
                 self.result.setText(f"✘ Could not list the models: {result}")
-        elif job.kind == "fetch":
+        elif kind == "fetch":
             if ok and isinstance(result, FetchResult):
                 message = (f"✔ {result.repo}/{result.filename} ({_gib(result.size_bytes)}) is in {result.path}"
                            + (" (sha256 verified)." if result.sha256 else "."))
@@ -317,9 +285,8 @@ class ModelListPanel(QWidget):
 
     def abandon(self) -> None:
         """The dialog closes: stop the job in flight (it finishes in the background and is ignored)."""
-        if self._job is not None:
-            self._job.progress.cancel()
-            self._job = None
+        self.runner.abandon()
+        self._job_kind = None
         self._show_busy(False)
 
     def _show_busy(self, on: bool) -> None:
@@ -331,6 +298,6 @@ class ModelListPanel(QWidget):
 
     def _update_buttons(self) -> None:
         model = self.selected()
-        usable = model is not None and model.usable and self._job is None
+        usable = model is not None and model.usable and self._job_kind is None  # set before the job starts
         for b in (self.student_btn, self.teacher_btn, self.probe_btn):
             b.setEnabled(usable)

@@ -34,7 +34,7 @@ from PySide6.QtWidgets import (
 from ..core.project import Project, ProjectFileError
 from ..core.scoring import History, HistoryRow, Score, version_history
 from .charts_extra import is_dark_palette
-from .tasks import PipelineThread, keep_alive
+from .tasks import PipelineTask, TaskRunner, start_pipeline
 
 ModelIndex = QModelIndex | QPersistentModelIndex
 VersionRole = Qt.ItemDataRole.UserRole + 1   # the row's rule-set id (None on a baseline row)
@@ -179,7 +179,7 @@ class HistoryModel(QAbstractTableModel):
 
 
 class ResultsView(QWidget):
-    """The Results tab. Scoring runs on the window's runner (`PipelineThread` with a job); the GUI thread only
+    """The Results tab. Scoring runs on the view's TaskRunner (a `PipelineTask` with a job); the GUI thread only
     reads the history. Call `shutdown()` before the view goes away."""
 
     scoring_finished = Signal(str, str)   # status, message
@@ -189,7 +189,11 @@ class ResultsView(QWidget):
         super().__init__(parent)
         self.project_path = Path(project_path)
         self.backends_factory = backends_factory
-        self.worker: PipelineThread | None = None
+        self.runner = TaskRunner(self, serial=True, name="pld-score")  # serial: a score after the last one's
+        self.runner.begun.connect(self._on_begun)                    # models are freed
+        self.runner.reported.connect(self._on_progress)
+        self.runner.succeeded.connect(lambda outcome: self._on_finished(*outcome))
+        self.runner.failed.connect(lambda message, _exc: self._on_finished("failed", message))
         self.working: int | None = None
         self.auto = False   # the running score was started by the window when the student was idle
         outer = QVBoxLayout(self)
@@ -283,7 +287,7 @@ class ResultsView(QWidget):
     # -- scoring -------------------------------------------------------------------------------
     def score(self, split: str, rule_set_id: int | None = None, *, confirm: bool = True, auto: bool = False) -> bool:
         """Score a version (default: the selected, else the working one) on `split` in the background."""
-        if self.worker is not None:
+        if self.runner.busy():
             return False
         rs_id = rule_set_id or self.target_version()
         if rs_id is None:
@@ -299,44 +303,36 @@ class ResultsView(QWidget):
             if answer != QMessageBox.StandardButton.Yes:
                 return False
         self.auto = auto
-        self.worker = keep_alive(PipelineThread(self.project_path, [], None, backends_factory=self.backends_factory,
-                                                job=score_job(rs_id, split)))
-        self.worker.progress.begun.connect(self._on_begun)
-        self.worker.progress.reported.connect(self._on_progress)
-        self.worker.finished_with.connect(self._on_finished)
         self.bar.setRange(0, 0)
         self.bar.setVisible(True)
         self.status.setText(f"Scoring v{rs_id} on {split}" + (" (in the background, the student was idle)…"
                                                              if auto else "…"))
-        self.worker.start()
+        start_pipeline(self.runner, PipelineTask(self.project_path, [], backends_factory=self.backends_factory,
+                                                 job=score_job(rs_id, split)))
         self._update_buttons()
         return True
 
     def cancel(self) -> None:
-        if self.worker is not None:
-            self.worker.cancel()
+        if self.runner.busy():
+            self.runner.cancel()
             self.status.setText("Stopping after the example in progress…")
 
     def busy(self) -> bool:
-        return self.worker is not None
+        return self.runner.busy()
 
     def _on_begun(self, stage: str, total: int) -> None:
         self.bar.setRange(0, max(total, 0))
         self.status.setText(stage + "…")
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
-        if self.worker is None:
+        progress = self.runner.progress
+        if progress is None:
             return
         self.bar.setRange(0, max(total, 1))
         self.bar.setValue(min(done, max(total, 1)))
-        self.status.setText(f"{self.worker.progress.stage}: {done}/{total}")
+        self.status.setText(f"{progress.stage}: {done}/{total}")
 
     def _on_finished(self, status: str, message: str) -> None:
-        if self.worker is not None and self.sender() is not self.worker:
-            return  # a score stopped by shutdown() ending after a newer one started
-        if self.worker is not None:
-            self.worker.wait()
-        self.worker = None
         self.bar.setVisible(False)
         self.status.setStyleSheet("color: #c62828" if status == "failed" else "")
         self.status.setText(message)
@@ -351,7 +347,7 @@ class ResultsView(QWidget):
         self._update_buttons()
 
     def _update_buttons(self, *_: Any) -> None:
-        running = self.worker is not None
+        running = self.runner.busy()
         target = self.target_version()
         label = f" v{target}" if target else ""
         self.dev_btn.setText(f"Score{label} on dev")
@@ -361,7 +357,7 @@ class ResultsView(QWidget):
         self.cancel_btn.setEnabled(running)
 
     def shutdown(self) -> None:
-        if self.worker is not None:
-            self.worker.cancel()
-            self.worker.wait()
-            self.worker = None
+        """Stop a running score and wait for its thread; its outcome still arrives (queued) if the view stays."""
+        if self.runner.busy():
+            self.runner.cancel()
+            self.runner.wait()

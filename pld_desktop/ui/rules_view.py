@@ -18,7 +18,6 @@ from PySide6.QtCore import (
     QSize,
     QSortFilterProxyModel,
     Qt,
-    QThread,
     QTimer,
     Signal,
 )
@@ -66,55 +65,38 @@ from .rules_model import (
     SortRole,
     UidRole,
 )
-from .tasks import PipelineThread, QtProgress, keep_alive
+from .tasks import PipelineTask, QtProgress, TaskRunner, start_pipeline
 
 _Index = QModelIndex | QPersistentModelIndex
 
-# Conflict searches still running after their editor was closed or deleted stay referenced here until they end
-# (a running QThread must not be destroyed).
-_LIVE_SEARCHES: set[ConflictSearchThread] = set()
-
-
-class ConflictSearchThread(QThread):
-    """Runs core.rule_edits.add_model_conflicts for one saved version on its own Project connection.
-
-    `finished_with(status, added, message)`: status is "done", "cancelled" or "failed". Cancellation is
-    cooperative (checked before the search and between embedding batches); a model load cannot be interrupted.
-    """
-
-    finished_with = Signal(str, int, str)
+class ConflictSearch:
+    """A task for TaskRunner: core.rule_edits.add_model_conflicts for one saved version on its own Project
+    connection; returns how many conflicts it added. Cancellation is cooperative (checked before the search and
+    between embedding batches); a model load cannot be interrupted. `release()` (the runner's `after`) frees
+    the embedder."""
 
     def __init__(self, project_path: Path, rule_set_id: int, backends_factory: Callable[[], Any]) -> None:
-        super().__init__()  # no parent: it may outlive the editor (see _LIVE_SEARCHES)
         self.project_path = project_path
         self.rule_set_id = rule_set_id
         self.backends_factory = backends_factory
-        self.progress = QtProgress()
+        self._backends: Any = None
 
-    def cancel(self) -> None:
-        self.progress.cancel()
-
-    def run(self) -> None:  # on the worker thread
+    def __call__(self, progress: QtProgress) -> int:  # on the worker thread
         from ..core.rule_edits import add_model_conflicts
         from ..core.settings import load_settings
 
-        backends: Any = None
-        try:
-            backends = self.backends_factory()
-            with Project.open(self.project_path) as project:  # SQLite: one connection per thread
-                settings = load_settings(project)
-                embedder = backends.embedder(settings)
-                if self.progress.cancelled():  # the model load itself cannot be interrupted; check after it
-                    raise Cancelled("cancelled by the user")
-                added = add_model_conflicts(project, embedder, self.rule_set_id, settings, self.progress)
-            self.finished_with.emit("done", added, "")
-        except Cancelled:
-            self.finished_with.emit("cancelled", 0, "")
-        except Exception as exc:
-            self.finished_with.emit("failed", 0, str(exc).strip() or type(exc).__name__)
-        finally:
-            if backends is not None:
-                backends.close()
+        backends = self._backends = self.backends_factory()
+        with Project.open(self.project_path) as project:  # SQLite: one connection per thread
+            settings = load_settings(project)
+            embedder = backends.embedder(settings)
+            if progress.cancelled():  # the model load itself cannot be interrupted; check after it
+                raise Cancelled("cancelled by the user")
+            return add_model_conflicts(project, embedder, self.rule_set_id, settings, progress)
+
+    def release(self) -> None:  # on the worker thread, after the outcome is posted
+        backends, self._backends = self._backends, None
+        if backends is not None:
+            backends.close()
 
 
 def conflict_recompute_job(rule_set_id: int, rules: set[str]) -> Callable[[Any, Any, Any, Any], str]:
@@ -274,8 +256,20 @@ class RulesEditor(QWidget):
         super().__init__(parent)
         # A callable returning a BackendProvider (None: the real models); only its embedder is used here.
         self.backends_factory = backends_factory
-        self._search: ConflictSearchThread | None = None
-        self.job: PipelineThread | None = None     # a background impact or conflict pass (one at a time)
+        self._search: ConflictSearch | None = None  # the embedder's conflict search running on search_runner
+        self.search_runner = TaskRunner(self, name="pld-conflict-search")
+        self.search_runner.begun.connect(self._on_search_begun)
+        self.search_runner.reported.connect(self._on_search_reported)
+        self.search_runner.succeeded.connect(lambda added: self._on_search_finished("done", added, ""))
+        self.search_runner.cancelled.connect(lambda: self._on_search_finished("cancelled", 0, ""))
+        self.search_runner.failed.connect(lambda message, _exc: self._on_search_finished("failed", 0, message))
+        self.job: PipelineTask | None = None     # a background impact or conflict pass (one at a time)
+        # serial: a job starts once the last one's models are freed
+        self.job_runner = TaskRunner(self, serial=True, name="pld-rules-job")
+        self.job_runner.begun.connect(self._on_job_begun)
+        self.job_runner.reported.connect(self._on_job_reported)
+        self.job_runner.succeeded.connect(lambda outcome: self._on_job_finished(*outcome))
+        self.job_runner.failed.connect(lambda message, _exc: self._on_job_finished("failed", message))
         self.job_kind = ""
         self._job_version: int | None = None
         # Conflicts of edited rules are recomputed once edits settle; this is the version they were last
@@ -648,13 +642,7 @@ class RulesEditor(QWidget):
             return
         from ..backends.factory import DefaultBackends
 
-        task = ConflictSearchThread(Path(self.project.path), self.model.rule_set_id,
-                                    self.backends_factory or DefaultBackends)
-        task.progress.begun.connect(self._on_search_begun)
-        task.progress.reported.connect(self._on_search_reported)
-        task.finished_with.connect(self._on_search_finished)
-        task.finished.connect(lambda t=task: _LIVE_SEARCHES.discard(t))
-        _LIVE_SEARCHES.add(task)
+        task = ConflictSearch(Path(self.project.path), self.model.rule_set_id, self.backends_factory or DefaultBackends)
         self._search = task
         self.status.clear()
         self.search_label.setText(f"Finding conflicts in v{task.rule_set_id}: loading the embedder…")
@@ -662,17 +650,17 @@ class RulesEditor(QWidget):
         self.search_cancel.setEnabled(True)
         self.search_row.show()
         self.find_conflicts_action.setEnabled(False)
-        task.start()
+        self.search_runner.start(task, after=task.release)
 
     def cancel_conflict_search(self) -> None:
         if self._search is None:
             return
-        self._search.cancel()
+        self.search_runner.cancel()
         self.search_cancel.setEnabled(False)
         self.search_label.setText("Stopping the conflict search (a model that is loading finishes first)…")
 
     def _on_search_begun(self, stage: str, total: int) -> None:
-        if self.sender() is not getattr(self._search, "progress", None):
+        if self._search is None:
             return
         stage = stage.split(": ", 1)[-1]  # the core names its stage after phase 2; here it is the editor's
         self.search_label.setText(f"Finding conflicts in v{self._search.rule_set_id}: {stage}…")
@@ -680,14 +668,14 @@ class RulesEditor(QWidget):
         self.search_bar.setValue(0)
 
     def _on_search_reported(self, done: int, total: int, _message: str) -> None:
-        if self.sender() is not getattr(self._search, "progress", None):
+        if self._search is None:
             return
         self.search_bar.setRange(0, max(1, total))
         self.search_bar.setValue(done)
 
     def _on_search_finished(self, status: str, added: int, message: str) -> None:
-        task = self.sender()
-        if task is not self._search:
+        task = self._search
+        if task is None:
             return
         self._search = None
         self.search_row.hide()
@@ -721,15 +709,11 @@ class RulesEditor(QWidget):
 
     def shutdown(self) -> None:
         """Stop a running search or job and wait for its thread (the window or the project is closing)."""
-        task, self._search = self._search, None
-        if task is not None:
-            task.cancel()
-            task.wait()  # ends at the next cancellation check; a model that is loading finishes first
+        self._search = None
+        self.search_runner.shutdown(wait=True)  # ends at the next cancellation check; a model load finishes first
         self._conflict_timer.stop()
-        job, self.job = self.job, None
-        if job is not None:
-            job.cancel()
-            job.wait()
+        self.job = None
+        self.job_runner.shutdown(wait=True)
 
     # -- background jobs: rule impact, conflicts of edited rules ------------------------------------------------
     def compute_impact(self) -> bool:
@@ -743,44 +727,39 @@ class RulesEditor(QWidget):
 
     def _start_job(self, kind: str, rs_id: int, job: Callable[[Any, Any, Any, Any], str], text: str) -> bool:
         from ..backends.factory import DefaultBackends
-        self.job = keep_alive(PipelineThread(Path(self.project.path), [], None,
-                                             backends_factory=self.backends_factory or DefaultBackends, job=job))
+        self.job = PipelineTask(Path(self.project.path), [], backends_factory=self.backends_factory or DefaultBackends,
+                                job=job)
         self.job_kind, self._job_version = kind, rs_id
-        self.job.progress.begun.connect(self._on_job_begun)
-        self.job.progress.reported.connect(self._on_job_reported)
-        self.job.finished_with.connect(self._on_job_finished)
         self.job_label.setText(text)
         self.job_bar.setRange(0, 0)
         self.job_cancel.setEnabled(True)
         self.job_row.show()
         self.impact_action.setEnabled(False)
-        self.job.start()
+        start_pipeline(self.job_runner, self.job)
         return True
 
     def cancel_job(self) -> None:
         if self.job is not None:
-            self.job.cancel()
+            self.job_runner.cancel()
             self.job_cancel.setEnabled(False)
 
     def _on_job_begun(self, stage: str, total: int) -> None:
-        if self.job is None or self.sender() is not self.job.progress:
+        if self.job is None:
             return
         what = "Rule impact" if self.job_kind == "impact" else "Checking the edited rules' conflicts"
         self.job_label.setText(f"{what} (v{self._job_version}): {stage.split(': ', 1)[-1]}…")
         self.job_bar.setRange(0, max(0, total))
 
     def _on_job_reported(self, done: int, total: int, _message: str) -> None:
-        if self.job is None or self.sender() is not self.job.progress:
+        if self.job is None:
             return
         self.job_bar.setRange(0, max(1, total))
         self.job_bar.setValue(done)
 
     def _on_job_finished(self, status: str, message: str) -> None:
-        job = self.sender()
-        if job is not self.job:
+        if self.job is None:
             return
         kind, rs_id = self.job_kind, self._job_version
-        job.wait()
         self.job, self.job_kind, self._job_version = None, "", None
         self.job_row.hide()
         self.impact_action.setEnabled(True)
