@@ -17,7 +17,7 @@ from pld_desktop.core.backends import TeacherReply, TeacherRequest, TeacherUsage
 from pld_desktop.core.calibration import calibrate, calibrated_evaluation, content_free_prior
 from pld_desktop.core.clustering import keep_every_label
 from pld_desktop.core.evaluate import evaluate_prompt
-from pld_desktop.core.pipeline import quality_status, retry_failed_items, run_pipeline
+from pld_desktop.core.pipeline import pick_rules_prompt, quality_status, retry_failed_items, run_pipeline
 from pld_desktop.core.progress import SilentProgress
 from pld_desktop.core.settings import RunSettings
 from pld_desktop.core.teacher_prompts import (
@@ -316,6 +316,18 @@ def test_the_choice_is_made_on_dev_and_says_when_zero_shot_wins(tmp_path: Path,
     for kind in ("pld", "pld_examples", "zero_shot", "few_shot"):
         assert project.get_setting(f"calibrated:{last[kind]}")["metrics"]["n"] > 0
     project.close()
+
+
+def test_the_choice_weighs_both_prompts_in_both_modes() -> None:
+    # Plain rules win raw (0.50 vs 0.40) but rules+examples calibrated (0.70) beats everything: it is the choice,
+    # so the warning's "best rules prompt" is the chosen one.
+    rows = {"rules": {"f1": 0.50, "f1_calibrated": 0.45}, "rules+examples": {"f1": 0.40, "f1_calibrated": 0.70},
+            "zero_shot": {"f1": 0.1, "f1_calibrated": 0.9}}
+    assert pick_rules_prompt(rows) == ("rules+examples", True)
+    # Ties keep plain rules, then raw scores.
+    tied = {"rules": {"f1": 0.5, "f1_calibrated": 0.5}, "rules+examples": {"f1": 0.5, "f1_calibrated": 0.5}}
+    assert pick_rules_prompt(tied) == ("rules", False)
+    assert pick_rules_prompt({"rules": {"f1": 0.25, "f1_calibrated": 0.5}}) == ("rules", True)
 
 
 def test_the_choice_keeps_rules_that_beat_the_baselines(tmp_path: Path) -> None:

@@ -254,14 +254,11 @@ def choose_prompt(project: Project, student: Student, settings: RunSettings, pro
     for row in rows.values():  # the same calibration for every prompt
         calibrated_metrics = calibrated_evaluation(project, student, row["eval_id"], dev)["metrics"]
         row["f1_calibrated"] = float(calibrated_metrics["macro_f1"])
-    chosen = "rules"
-    if "rules+examples" in rows and rows["rules+examples"]["f1"] > rows["rules"]["f1"]:
-        chosen = "rules+examples"
-    calibrated = rows[chosen]["f1_calibrated"] > rows[chosen]["f1"]
+    chosen, calibrated = pick_rules_prompt(rows)
     field_ = "f1_calibrated" if calibrated else "f1"
     zero = rows.get("zero_shot", {}).get(field_)
     few = rows.get("few_shot", {}).get(field_)
-    best_rules_f1 = max(rows[k][field_] for k in ("rules", "rules+examples") if k in rows)
+    best_rules_f1 = rows[chosen][field_]  # the best rules prompt in either mode, so the warning below is exact
     result: dict[str, Any] = {
         "rule_set": best_rs, "prompt": chosen, "dev_macro_f1": rows[chosen][field_],
         "zero_shot_dev_macro_f1": zero, "few_shot_dev_macro_f1": few, "calibrated": calibrated,
@@ -284,6 +281,21 @@ def choose_prompt(project: Project, student: Student, settings: RunSettings, pro
     project.set_setting("chosen_rule_set_id", best_rs)
     project.set_setting("chosen", result)
     return result
+
+
+def pick_rules_prompt(rows: dict[str, dict[str, Any]]) -> tuple[str, bool]:
+    """The rules prompt ("rules" or "rules+examples") and mode (calibrated or raw) with the best dev macro-F1 among
+    `rows` (each with "f1" and "f1_calibrated"); ties keep plain rules, then raw scores. Choosing the prompt on
+    raw scores first and calibration after could keep a prompt that loses to the other one calibrated."""
+    options = [(name, cal) for name in ("rules", "rules+examples") if name in rows for cal in (False, True)]
+
+    def score(option: tuple[str, bool]) -> float:
+        return float(rows[option[0]]["f1_calibrated" if option[1] else "f1"])
+    best = options[0]
+    for option in options[1:]:
+        if score(option) > score(best):
+            best = option
+    return best
 
 
 def rule_quality(project: Project) -> dict[str, Any]:
