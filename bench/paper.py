@@ -134,7 +134,7 @@ def _teacher_row(project: Project, phases: Sequence[int]) -> dict[str, Any]:
 
 
 def run_paper(args: argparse.Namespace, backends: BackendProvider, progress: ProgressBase) -> dict[str, Any]:
-    """Build (or resume) the project, run phases 1-3, score the four prompts; the table as a plain dict."""
+    """Build (or resume) the project, run phases 1-3, score the five prompts; the table as a plain dict."""
     started = time.monotonic()
     out = Path(args.out or f"bench-out/paper-{Path(args.csv).stem}")
     out.mkdir(parents=True, exist_ok=True)
