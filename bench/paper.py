@@ -312,9 +312,10 @@ def to_markdown(table: dict[str, Any]) -> str:
             return "-" if x is None else f"{x:.3f}"
         best = c.get("baselines_best_dev") or {}
 
-        def at_best(name: str) -> str:
+        def at_best(name: str) -> str:  # a baseline's better figure in the other mode, if it is better
             b = best.get(name)
-            return "" if not b or b["mode"] == "raw" else f"; calibrated {f(b['macro_f1'])}"
+            return "" if not b or b["mode"] == ("calibrated" if c["calibrated"] else "raw") else \
+                f"; {b['mode']} {f(b['macro_f1'])}"
         lines += ["", f"Chosen on dev: v{c['rule_set']} {c['prompt']}{' calibrated' if c['calibrated'] else ' raw'}, "
                       f"dev macro-F1 {f(c['dev_macro_f1'])} (zero-shot {f(c['zero_shot_dev_macro_f1'])}"
                       f"{at_best('zero_shot')}, 5-shot {f(c['few_shot_dev_macro_f1'])}{at_best('few_shot')})."
