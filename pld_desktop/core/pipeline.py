@@ -278,7 +278,7 @@ def choice_warning(rows: dict[str, dict[str, Any]], chosen: str, calibrated: boo
     zero-shot, or does not reach 5-shot, on dev; empty when it does. The baselines are taken at their best, raw or
     calibrated, since the project could ship either one so."""
     best_rules_f1 = float(rows[chosen]["f1_calibrated" if calibrated else "f1"])
-    baselines = {k: best_mode(rows[k]) for k in ("zero_shot", "few_shot") if k in rows}
+    baselines: dict[str, tuple[float, str]] = {k: best_mode(rows[k]) for k in ("zero_shot", "few_shot") if k in rows}
 
     def said(name: str) -> str:
         f1, mode = baselines.get(name, (float("nan"), "raw"))
