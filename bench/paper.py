@@ -134,7 +134,7 @@ def _teacher_row(project: Project, phases: Sequence[int]) -> dict[str, Any]:
 
 
 def run_paper(args: argparse.Namespace, backends: BackendProvider, progress: ProgressBase) -> dict[str, Any]:
-    """Build (or resume) the project, run phases 1-3, score the four prompts; the table as a plain dict."""
+    """Build (or resume) the project, run phases 1-3, score the five prompts; the table as a plain dict."""
     started = time.monotonic()
     out = Path(args.out or f"bench-out/paper-{Path(args.csv).stem}")
     out.mkdir(parents=True, exist_ok=True)
@@ -214,6 +214,7 @@ def run_paper(args: argparse.Namespace, backends: BackendProvider, progress: Pro
                          "n_test": metrics["n"], "prompt_chars": len(prompt), **teacher})
         quality = rule_quality(project)
         n_micro = max(1, quality["micro_rules"])
+        n_rules = sum(1 for r in chosen_rs.rules if r.get("enabled", True))
         counts = {s: len(project.examples(split=s)) for s in ("train", "dev", "test")}
         table = {
             "csv": str(args.csv), "rows_used": len(dataset.rows), "labels": labels, "splits": counts,
@@ -226,13 +227,56 @@ def run_paper(args: argparse.Namespace, backends: BackendProvider, progress: Pro
                                                         "labels_without_rules")},
                              "share_cut": quality["truncated"] / n_micro, "share_copied": quality["copied"] / n_micro,
                              "share_off_label": quality["off_label"] / n_micro,
-                             "rules_flagged": len(quality["rules_flagged"])},
+                             "rules_flagged": len(quality["rules_flagged"]), "rules": n_rules,
+                             "rules_cut": quality["rules_truncated"], "given_up_items": quality["given_up_items"]},
+            "loop": loop_summary(project),
             "chosen": chosen_summary(project),
         }
+        table["targets"] = target_checks(table)
     finally:
         project.close()
     write_outputs(out, table)
     return table
+
+
+def loop_summary(project: Project) -> dict[str, Any]:
+    """The closed loop's rounds as stored: failed attempts (an empty, label-dropping or unchanged rewrite after
+    retries), candidates scored on dev, accepted ones; and how many scored candidates are themselves empty,
+    lose a label of their base or repeat it (useless rewrites counted as success: 0 is the target)."""
+    rounds = []
+    useless = 0
+    for r in project.loop_rounds():
+        failed = r["candidate_rule_set_id"] is None and str(r["root_cause"] or "").startswith("failed attempt")
+        if r["candidate_rule_set_id"] is not None:
+            base = [(x["text"], x["label"]) for x in project.rule_set(r["base_rule_set_id"]).rules
+                    if x.get("enabled", True)]
+            cand = [(x["text"], x["label"]) for x in project.rule_set(r["candidate_rule_set_id"]).rules
+                    if x.get("enabled", True)]
+            if not cand or {lab for _, lab in base} - {lab for _, lab in cand} or cand == base:
+                useless += 1
+        rounds.append({"round": r["round"], "base": r["base_rule_set_id"], "candidate": r["candidate_rule_set_id"],
+                       "dev_macro_f1": r["dev_macro_f1"], "base_dev_macro_f1": r["base_dev_macro_f1"],
+                       "accepted": bool(r["accepted"]), "failed_attempt": failed,
+                       "note": str(r["root_cause"] or "")[:300]})
+    return {"rounds": rounds, "failed_attempts": sum(1 for r in rounds if r["failed_attempt"]),
+            "candidates_scored": sum(1 for r in rounds if r["dev_macro_f1"] is not None),
+            "accepted": sum(1 for r in rounds if r["accepted"]), "useless_rewrites_counted_as_success": useless}
+
+
+def target_checks(table: dict[str, Any]) -> dict[str, bool | None]:
+    """Issue 12's targets on this run: no micro-rule cut or off-label, no useless rewrite counted as success, and
+    the chosen prompt at least max(zero-shot, 5-shot) on dev, each baseline raw or calibrated, whichever is better
+    (None when the choice has no figures)."""
+    q, loop, c = table["rule_quality"], table["loop"], table.get("chosen") or {}
+    dev = c.get("dev_macro_f1")
+    best = c.get("baselines_best_dev") or {}  # each baseline at its best, raw or calibrated
+    baselines = ([b["macro_f1"] for b in best.values()] if best else
+                 [x for x in (c.get("zero_shot_dev_macro_f1"), c.get("few_shot_dev_macro_f1")) if x is not None])
+    return {"no_micro_rule_cut": q["truncated"] == 0, "no_off_label_rule": q["off_label"] == 0,
+            "no_useless_rewrite_counted_as_success": loop["useless_rewrites_counted_as_success"] == 0,
+            "chosen_at_least_baselines_on_dev": (None if dev is None or not baselines
+                                                 else bool(dev >= max(baselines))),
+            "said_when_not": bool(c.get("warning")) if c else None}
 
 
 def to_markdown(table: dict[str, Any]) -> str:
@@ -252,14 +296,40 @@ def to_markdown(table: dict[str, Any]) -> str:
     if q:
         lines += ["", f"Rules: {q['micro_rules']} micro-rules, {q['share_cut']:.0%} cut, {q['share_copied']:.0%} "
                       f"copy their example, {q['share_off_label']:.0%} off-label; {q['rules_flagged']} merged rule(s) "
-                      f"flagged as copies; labels without a rule: {', '.join(q['labels_without_rules']) or 'none'}."]
+                      f"flagged as copies; labels without a rule: {', '.join(q['labels_without_rules']) or 'none'}; "
+                      f"{q.get('rules', '?')} rules in the chosen version, {q.get('rules_cut', '?')} of them cut; "
+                      f"{q.get('given_up_items', 0)} teacher item(s) given up after retries."]
+    loop = table.get("loop")
+    if loop:
+        failed = [r for r in loop["rounds"] if r["failed_attempt"]]
+        lines += ["", f"Closed loop: {len(loop['rounds'])} round(s), {loop['failed_attempts']} failed attempt(s), "
+                      f"{loop['candidates_scored']} candidate(s) scored on dev, {loop['accepted']} accepted; useless "
+                      f"rewrites counted as success: {loop['useless_rewrites_counted_as_success']}."
+                      + "".join(f" Round {r['round']}: {r['note']}" for r in failed)]
     c = table.get("chosen")
     if c:
         def f(x: Any) -> str:
             return "-" if x is None else f"{x:.3f}"
+        best = c.get("baselines_best_dev") or {}
+
+        def at_best(name: str) -> str:  # a baseline's better figure in the other mode, if it is better
+            b = best.get(name)
+            return "" if not b or b["mode"] == ("calibrated" if c["calibrated"] else "raw") else \
+                f"; {b['mode']} {f(b['macro_f1'])}"
         lines += ["", f"Chosen on dev: v{c['rule_set']} {c['prompt']}{' calibrated' if c['calibrated'] else ' raw'}, "
-                      f"dev macro-F1 {f(c['dev_macro_f1'])} (zero-shot {f(c['zero_shot_dev_macro_f1'])}, 5-shot "
-                      f"{f(c['few_shot_dev_macro_f1'])})." + (f" {c['warning']}" if c.get("warning") else "")]
+                      f"dev macro-F1 {f(c['dev_macro_f1'])} (zero-shot {f(c['zero_shot_dev_macro_f1'])}"
+                      f"{at_best('zero_shot')}, 5-shot {f(c['few_shot_dev_macro_f1'])}{at_best('few_shot')})."
+                      + (f" {c['warning']}" if c.get("warning") else "")]
+    checks = table.get("targets")
+    if checks:
+        def yn(x: bool | None) -> str:
+            return "-" if x is None else ("yes" if x else "NO")
+        lines += ["", f"Targets (issue 12): no micro-rule cut {yn(checks['no_micro_rule_cut'])}; no off-label rule "
+                      f"{yn(checks['no_off_label_rule'])}; no useless rewrite counted as success "
+                      f"{yn(checks['no_useless_rewrite_counted_as_success'])}; chosen prompt >= max(zero-shot, "
+                      f"5-shot) on dev {yn(checks['chosen_at_least_baselines_on_dev'])}"
+                      + ("" if checks["chosen_at_least_baselines_on_dev"] is not False
+                         else f" (the run says so: {yn(checks['said_when_not'])})") + "."]
     if not table["closed_loop_changed_rules"]:
         lines += ["", f"The closed loop accepted no candidate in {table['loop_rounds']} round(s): its rules are the "
                       "synthesis rules."]

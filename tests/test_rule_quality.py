@@ -17,7 +17,14 @@ from pld_desktop.core.backends import TeacherReply, TeacherRequest, TeacherUsage
 from pld_desktop.core.calibration import calibrate, calibrated_evaluation, content_free_prior
 from pld_desktop.core.clustering import keep_every_label
 from pld_desktop.core.evaluate import evaluate_prompt
-from pld_desktop.core.pipeline import quality_status, retry_failed_items, run_pipeline
+from pld_desktop.core.pipeline import (
+    best_mode,
+    choice_warning,
+    pick_rules_prompt,
+    quality_status,
+    retry_failed_items,
+    run_pipeline,
+)
 from pld_desktop.core.progress import SilentProgress
 from pld_desktop.core.settings import RunSettings
 from pld_desktop.core.teacher_prompts import (
@@ -316,6 +323,35 @@ def test_the_choice_is_made_on_dev_and_says_when_zero_shot_wins(tmp_path: Path,
     for kind in ("pld", "pld_examples", "zero_shot", "few_shot"):
         assert project.get_setting(f"calibrated:{last[kind]}")["metrics"]["n"] > 0
     project.close()
+
+
+def test_the_choice_weighs_both_prompts_in_both_modes() -> None:
+    # Plain rules win raw (0.50 vs 0.40) but rules+examples calibrated (0.70) beats everything: it is the choice,
+    # so the warning's "best rules prompt" is the chosen one.
+    rows = {"rules": {"f1": 0.50, "f1_calibrated": 0.45}, "rules+examples": {"f1": 0.40, "f1_calibrated": 0.70},
+            "zero_shot": {"f1": 0.1, "f1_calibrated": 0.9}}
+    assert pick_rules_prompt(rows) == ("rules+examples", True)
+    # Ties keep raw scores, then plain rules.
+    tied = {"rules": {"f1": 0.5, "f1_calibrated": 0.5}, "rules+examples": {"f1": 0.5, "f1_calibrated": 0.5}}
+    assert pick_rules_prompt(tied) == ("rules", False)
+    raw_first = {"rules": {"f1": 0.3, "f1_calibrated": 0.6}, "rules+examples": {"f1": 0.6, "f1_calibrated": 0.3}}
+    assert pick_rules_prompt(raw_first) == ("rules+examples", False)
+    assert best_mode({"f1": 0.4, "f1_calibrated": 0.8}) == (0.8, "calibrated")
+    assert best_mode({"f1": 0.4, "f1_calibrated": 0.4}) == (0.4, "raw")
+    assert pick_rules_prompt({"rules": {"f1": 0.25, "f1_calibrated": 0.5}}) == ("rules", True)
+
+
+def test_the_warning_weighs_the_baselines_calibrated_too() -> None:
+    # SST-2 on the bundled models: rules+examples raw 0.657 beat zero-shot and 5-shot raw, but 5-shot calibrated
+    # scores 0.829 on dev; the run must say so.
+    rows = {"rules": {"f1": 0.333, "f1_calibrated": 0.333}, "rules+examples": {"f1": 0.657, "f1_calibrated": 0.333},
+            "zero_shot": {"f1": 0.438, "f1_calibrated": 0.556}, "few_shot": {"f1": 0.496, "f1_calibrated": 0.829}}
+    warning = choice_warning(rows, "rules+examples", False)
+    assert "beats zero-shot on dev but not 5-shot" in warning and "0.829 calibrated" in warning
+    rows["zero_shot"]["f1_calibrated"] = 0.7
+    assert "No rules prompt beats zero-shot on dev" in choice_warning(rows, "rules+examples", False)
+    rows["few_shot"]["f1_calibrated"] = rows["zero_shot"]["f1_calibrated"] = 0.4
+    assert choice_warning(rows, "rules+examples", False) == ""
 
 
 def test_the_choice_keeps_rules_that_beat_the_baselines(tmp_path: Path) -> None:

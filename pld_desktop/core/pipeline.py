@@ -254,36 +254,69 @@ def choose_prompt(project: Project, student: Student, settings: RunSettings, pro
     for row in rows.values():  # the same calibration for every prompt
         calibrated_metrics = calibrated_evaluation(project, student, row["eval_id"], dev)["metrics"]
         row["f1_calibrated"] = float(calibrated_metrics["macro_f1"])
-    chosen = "rules"
-    if "rules+examples" in rows and rows["rules+examples"]["f1"] > rows["rules"]["f1"]:
-        chosen = "rules+examples"
-    calibrated = rows[chosen]["f1_calibrated"] > rows[chosen]["f1"]
+    chosen, calibrated = pick_rules_prompt(rows)
     field_ = "f1_calibrated" if calibrated else "f1"
     zero = rows.get("zero_shot", {}).get(field_)
     few = rows.get("few_shot", {}).get(field_)
-    best_rules_f1 = max(rows[k][field_] for k in ("rules", "rules+examples") if k in rows)
+    baselines = {k: best_mode(rows[k]) for k in ("zero_shot", "few_shot") if k in rows}
     result: dict[str, Any] = {
         "rule_set": best_rs, "prompt": chosen, "dev_macro_f1": rows[chosen][field_],
         "zero_shot_dev_macro_f1": zero, "few_shot_dev_macro_f1": few, "calibrated": calibrated,
         "dev_raw": {k: v["f1"] for k, v in rows.items()},
         "dev_calibrated": {k: v["f1_calibrated"] for k, v in rows.items()},
+        "baselines_best_dev": {k: {"macro_f1": f1, "mode": mode} for k, (f1, mode) in baselines.items()},
         "example_ids": ex_ids, "dev_evaluations": {k: v["eval_id"] for k, v in rows.items()}, "warning": "",
     }
-    if zero is not None and best_rules_f1 <= zero:
-        mode = "calibrated" if calibrated else "raw"
-        result["warning"] = (
-            f"No rules prompt beats zero-shot on dev: the best rules prompt scores dev macro-F1 {best_rules_f1:.3f} "
-            f"({mode}), zero-shot {zero:.3f}, 5-shot {few if few is not None else float('nan'):.3f}. The rules are "
-            "kept for reading and editing, but this student does better without them; try a larger student "
-            "(--student a Gemma 3 4B instruct GGUF) or a stronger teacher (--teacher gemini).")
-    elif few is not None and result["dev_macro_f1"] < few:
-        result["warning"] = (
-            f"The chosen rules prompt beats zero-shot on dev but not 5-shot: dev macro-F1 {result['dev_macro_f1']:.3f} "
-            f"vs 5-shot {few:.3f} (zero-shot {zero if zero is not None else float('nan'):.3f}). Try a larger "
-            "student or a stronger teacher, or use the 5-shot prompt for this task.")
+    result["warning"] = choice_warning(rows, chosen, calibrated)
     project.set_setting("chosen_rule_set_id", best_rs)
     project.set_setting("chosen", result)
     return result
+
+
+def choice_warning(rows: dict[str, dict[str, Any]], chosen: str, calibrated: bool) -> str:
+    """Words for the user when the chosen rules prompt (the best rules prompt on dev in either mode) does not beat
+    zero-shot, or does not reach 5-shot, on dev; empty when it does. The baselines are taken at their best, raw or
+    calibrated, since the project could ship either one so."""
+    best_rules_f1 = float(rows[chosen]["f1_calibrated" if calibrated else "f1"])
+    baselines: dict[str, tuple[float, str]] = {k: best_mode(rows[k]) for k in ("zero_shot", "few_shot") if k in rows}
+
+    def said(name: str) -> str:
+        f1, mode = baselines.get(name, (float("nan"), "raw"))
+        return f"{f1:.3f}" + (" calibrated" if mode == "calibrated" else "")
+    mode = "calibrated" if calibrated else "raw"
+    if "zero_shot" in baselines and best_rules_f1 <= baselines["zero_shot"][0]:
+        return (
+            f"No rules prompt beats zero-shot on dev: the best rules prompt scores dev macro-F1 {best_rules_f1:.3f} "
+            f"({mode}), zero-shot {said('zero_shot')}, 5-shot {said('few_shot')}. The rules are "
+            "kept for reading and editing, but this student does better without them; try a larger student "
+            "(--student a Gemma 3 4B instruct GGUF) or a stronger teacher (--teacher gemini).")
+    if "few_shot" in baselines and best_rules_f1 < baselines["few_shot"][0]:
+        return (
+            f"The chosen rules prompt beats zero-shot on dev but not 5-shot: dev macro-F1 {best_rules_f1:.3f} "
+            f"({mode}) vs 5-shot {said('few_shot')} (zero-shot {said('zero_shot')}). Try a larger "
+            "student or a stronger teacher, or use the 5-shot prompt for this task.")
+    return ""
+
+
+def best_mode(row: dict[str, Any]) -> tuple[float, str]:
+    """A dev row's better macro-F1 and its mode ("raw" or "calibrated"); a tie is raw."""
+    raw, cal = float(row["f1"]), float(row["f1_calibrated"])
+    return (cal, "calibrated") if cal > raw else (raw, "raw")
+
+
+def pick_rules_prompt(rows: dict[str, dict[str, Any]]) -> tuple[str, bool]:
+    """The rules prompt ("rules" or "rules+examples") and mode (calibrated or raw) with the best dev macro-F1 among
+    `rows` (each with "f1" and "f1_calibrated"); ties keep raw scores, then plain rules. Choosing the prompt on
+    raw scores first and calibration after could keep a prompt that loses to the other one calibrated."""
+    options = [(name, cal) for cal in (False, True) for name in ("rules", "rules+examples") if name in rows]
+
+    def score(option: tuple[str, bool]) -> float:
+        return float(rows[option[0]]["f1_calibrated" if option[1] else "f1"])
+    best = options[0]
+    for option in options[1:]:
+        if score(option) > score(best):
+            best = option
+    return best
 
 
 def rule_quality(project: Project) -> dict[str, Any]:
@@ -312,7 +345,7 @@ def chosen_summary(project: Project) -> dict[str, Any]:
     """The `chosen` block of `pld status --json` (empty before phase 3 ran)."""
     chosen = project.get_setting("chosen") or {}
     keys = ("rule_set", "prompt", "dev_macro_f1", "zero_shot_dev_macro_f1", "few_shot_dev_macro_f1", "calibrated",
-            "warning", "dev_raw", "dev_calibrated")
+            "warning", "dev_raw", "dev_calibrated", "baselines_best_dev")
     return {k: chosen.get(k) for k in keys} if chosen else {}
 
 
