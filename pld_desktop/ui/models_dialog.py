@@ -98,7 +98,8 @@ def check_student(model_path: str | None, n_ctx: int, n_threads: int | None) -> 
     import llama_cpp.llama_cpp as llama_capi
 
     from ..backends.bundled import bundled_student_path
-    from ..backends.llama_runtime import LlamaOwner, check_gguf_file, read_gguf_metadata
+    from ..backends.gguf_file import check_gguf_file, read_gguf_metadata
+    from ..backends.llama_runtime import LlamaOwner
 
     path = check_gguf_file(model_path) if model_path else bundled_student_path()
     header = read_gguf_metadata(path, {"general.name", "general.architecture", "general.size_label"})
@@ -875,7 +876,7 @@ class ModelsDialog(QDialog):
 
     @staticmethod
     def _gguf_error(role: str, path: str) -> list[str]:
-        from ..backends.llama_runtime import check_gguf_file
+        from ..backends.gguf_file import check_gguf_file
         try:
             check_gguf_file(path)
         except ModelFileError as exc:
