@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -219,111 +220,147 @@ def _sniff_delimiter(text: str) -> str:
     return ","
 
 
-def _parse(text: str, *, max_rows: int | None = None, truncated: bool = False) -> pd.DataFrame:
-    """Parse decoded CSV text into a str DataFrame indexed by spreadsheet line number; raise on structural errors."""
-    if not text.strip():
-        raise DatasetError(Problem("The file is empty: it contains no text (only blank lines or spaces)."))
+_EMPTY_FILE = "The file is empty: it contains no text (only blank lines or spaces)."
+
+
+def _delimiter(text: str) -> tuple[str, str]:
+    """(delimiter, the text to parse): Excel's "sep=;" first line names the separator and is not a row (Excel
+    does not show it); otherwise the delimiter is sniffed from the header line."""
     sep_line = _SEP_HINT.match(text)
-    if sep_line:  # Excel's "sep=;" first line: it names the separator and is not a row (Excel does not show it)
+    if sep_line:
         delimiter = "\t" if sep_line.group(1) == "\\t" else sep_line.group(1)
-        text = text[sep_line.end():]
-    else:
-        delimiter = _sniff_delimiter(text)
-    stream = io.StringIO(text, newline="")
-    reader = csv.reader(stream, delimiter=delimiter)
+        return delimiter, text[sep_line.end():]
+    return _sniff_delimiter(text), text
+
+
+@dataclass
+class _Records:
+    """What one pass of the csv reader found: the header, the data rows with their spreadsheet row numbers, and
+    the rows with more values than the header has columns."""
+
     header: list[str] | None = None
-    n_columns = 0
-    data: list[list[str]] = []
-    source_rows: list[int] = []
-    ragged: list[tuple[int, int, int, int]] = []  # (row, n_values, first line, last line)
-    record = 0  # spreadsheet row number of the last record read
-    last_line = 0  # physical line the last record ended on
-    last_start_pos = 0  # character offset where the last record started
-    position = 0
-    ended = False
-    try:
-        for values in reader:
-            record += 1
-            first_line, last_line = last_line + 1, reader.line_num
-            last_start_pos, position = position, stream.tell()
-            if header is None:
-                if any(v.strip() for v in values):
-                    header = values
-                    n_columns = len(values)
-                continue
-            if len(values) != n_columns:
-                if len(values) > n_columns:
-                    if any(v.strip() for v in values[n_columns:]):
-                        ragged.append((record, len(values), first_line, last_line))
-                        continue
-                    values = values[:n_columns]
-                else:
-                    values = values + [""] * (n_columns - len(values))
-            if not any(values):
-                continue  # blank line or a row of empty cells
-            data.append(values)
-            source_rows.append(record)
-            if max_rows is not None and len(data) >= max_rows + (1 if truncated else 0):
-                break
-        else:
-            ended = True
-    except csv.Error as exc:
-        row, line = record + 1, last_line + 1
-        if "field larger than field limit" in str(exc):
-            raise DatasetError(Problem(
-                f"Row {row} (starting on line {line} of the file) has a value longer than {csv.field_size_limit():,} "
-                "characters. This usually means a quotation mark (\") opened there is never closed.",
-                row=row,
-            )) from exc
-        raise DatasetError(Problem(f"The file cannot be read as CSV near line {line}: {exc}.", row=row)) from exc
+    data: list[list[str]] = field(default_factory=list)
+    source_rows: list[int] = field(default_factory=list)
+    ragged: list[tuple[int, int, int, int]] = field(default_factory=list)  # (row, n_values, first line, last line)
+    record: int = 0  # spreadsheet row number of the last record read
+    last_line: int = 0  # physical line the last record ended on
+    last_start_pos: int = 0  # character offset where the last record started
+    ended: bool = False  # the reader reached the end of the text (not stopped at max_rows)
 
-    if ended and truncated and source_rows and source_rows[-1] == record:
-        data.pop()  # the preview chunk may have cut the last record short
-        source_rows.pop()
-    elif ended and not truncated and record:
-        tail = text[last_start_pos:]
-        if '"' in tail:
-            try:
-                for _ in csv.reader(io.StringIO(tail, newline=""), delimiter=delimiter, strict=True):
-                    pass
-            except csv.Error as exc:
-                if "unexpected end of data" in str(exc):
-                    start_line = _line_of_char(text, last_start_pos)
-                    raise DatasetError(Problem(
-                        f"Row {record} (line {start_line} of the file) opens a quotation mark (\") that is never "
-                        "closed, so everything after it up to the end of the file would be read as one value. "
-                        "Add the missing closing quotation mark, or remove the stray one.",
-                        row=record,
-                    )) from exc
+    @property
+    def n_columns(self) -> int:
+        return len(self.header) if self.header is not None else 0
 
-    if header is None:
-        raise DatasetError(Problem("The file is empty: it contains no text (only blank lines or spaces)."))
 
-    problems: list[Problem] = []
-    if len(ragged) > 1 and not data and len({n for _, n, *_ in ragged}) == 1:
-        # Every row is one shape: the header, not the rows, is probably wrong (e.g. an unnamed index column).
-        problems.append(Problem(
-            f"Every row has {ragged[0][1]} values but the header names only {n_columns} columns. Add the missing "
-            "column name(s) to the header (line 1), or check that the header uses the same separator as the rows.",
-            row=1))
-        ragged = []
-    for row, n_values, first_line, end_line in ragged[:MAX_LISTED]:
-        lines = f"line {first_line}" if first_line == end_line else f"lines {first_line}-{end_line}"
-        hint = "A value that contains a comma is probably missing its quotation marks." if delimiter == "," else \
-            f"A value that contains the separator ({'tab' if delimiter == chr(9) else delimiter}) is probably " \
-            "missing its quotation marks."
-        if first_line != end_line:
-            hint += " This row spans several lines of the file, so a quotation mark may be missing or extra."
-        problems.append(Problem(
-            f"Row {row} ({lines} of the file) has {n_values} values but the header has {n_columns} columns. {hint}",
+def _fit_row(values: list[str], n_columns: int) -> list[str] | None:
+    """The row padded or trimmed to the header's width; None if it has non-empty values beyond it (ragged)."""
+    if len(values) > n_columns:
+        if any(v.strip() for v in values[n_columns:]):
+            return None
+        return values[:n_columns]
+    return values + [""] * (n_columns - len(values))
+
+
+def _csv_error(exc: csv.Error, records: _Records) -> DatasetError:
+    row, line = records.record + 1, records.last_line + 1
+    if "field larger than field limit" in str(exc):
+        return DatasetError(Problem(
+            f"Row {row} (starting on line {line} of the file) has a value longer than {csv.field_size_limit():,} "
+            "characters. This usually means a quotation mark (\") opened there is never closed.",
             row=row,
         ))
+    return DatasetError(Problem(f"The file cannot be read as CSV near line {line}: {exc}.", row=row))
+
+
+def _read_records(text: str, delimiter: str, max_rows: int | None, truncated: bool) -> _Records:
+    """Every record of the text (stopping after `max_rows` data rows, plus one the preview may drop)."""
+    stream = io.StringIO(text, newline="")
+    reader = csv.reader(stream, delimiter=delimiter)
+    records = _Records()
+    position = 0
+    try:
+        for values in reader:
+            records.record += 1
+            first_line, records.last_line = records.last_line + 1, reader.line_num
+            records.last_start_pos, position = position, stream.tell()
+            if records.header is None:
+                if any(v.strip() for v in values):
+                    records.header = values
+                continue
+            fitted = _fit_row(values, records.n_columns) if len(values) != records.n_columns else values
+            if fitted is None:
+                records.ragged.append((records.record, len(values), first_line, records.last_line))
+                continue
+            if not any(fitted):
+                continue  # blank line or a row of empty cells
+            records.data.append(fitted)
+            records.source_rows.append(records.record)
+            if max_rows is not None and len(records.data) >= max_rows + (1 if truncated else 0):
+                break
+        else:
+            records.ended = True
+    except csv.Error as exc:
+        raise _csv_error(exc, records) from exc
+    return records
+
+
+def _check_last_record(text: str, delimiter: str, records: _Records, truncated: bool) -> None:
+    """Drop a last record the preview chunk may have cut short; in a whole file, refuse a last record whose
+    quotation mark is never closed (the csv reader would silently read the rest of the file as one value)."""
+    if records.ended and truncated and records.source_rows and records.source_rows[-1] == records.record:
+        records.data.pop()
+        records.source_rows.pop()
+    elif records.ended and not truncated and records.record:
+        tail = text[records.last_start_pos:]
+        if '"' not in tail:
+            return
+        try:
+            for _ in csv.reader(io.StringIO(tail, newline=""), delimiter=delimiter, strict=True):
+                pass
+        except csv.Error as exc:
+            if "unexpected end of data" in str(exc):
+                start_line = _line_of_char(text, records.last_start_pos)
+                raise DatasetError(Problem(
+                    f"Row {records.record} (line {start_line} of the file) opens a quotation mark (\") that is never "
+                    "closed, so everything after it up to the end of the file would be read as one value. "
+                    "Add the missing closing quotation mark, or remove the stray one.",
+                    row=records.record,
+                )) from exc
+
+
+def _ragged_row_problem(row: int, n_values: int, first_line: int, end_line: int, n_columns: int,
+                        delimiter: str) -> Problem:
+    lines = f"line {first_line}" if first_line == end_line else f"lines {first_line}-{end_line}"
+    hint = "A value that contains a comma is probably missing its quotation marks." if delimiter == "," else \
+        f"A value that contains the separator ({'tab' if delimiter == chr(9) else delimiter}) is probably " \
+        "missing its quotation marks."
+    if first_line != end_line:
+        hint += " This row spans several lines of the file, so a quotation mark may be missing or extra."
+    return Problem(
+        f"Row {row} ({lines} of the file) has {n_values} values but the header has {n_columns} columns. {hint}",
+        row=row,
+    )
+
+
+def _ragged_problems(records: _Records, delimiter: str) -> list[Problem]:
+    """Rows with more values than the header has columns (or one problem with the header, if every row has)."""
+    ragged, n_columns = records.ragged, records.n_columns
+    if len(ragged) > 1 and not records.data and len({n for _, n, *_ in ragged}) == 1:
+        # Every row is one shape: the header, not the rows, is probably wrong (e.g. an unnamed index column).
+        return [Problem(
+            f"Every row has {ragged[0][1]} values but the header names only {n_columns} columns. Add the missing "
+            "column name(s) to the header (line 1), or check that the header uses the same separator as the rows.",
+            row=1)]
+    problems = [_ragged_row_problem(*entry, n_columns, delimiter) for entry in ragged[:MAX_LISTED]]
     if len(ragged) > MAX_LISTED:
         more = [r for r, *_ in ragged[MAX_LISTED:]]
         problems.append(Problem(
             f"{rows_phrase(more)} also have more values than the header has columns.", row=more[0]))
+    return problems
 
-    names = [h.strip().lstrip("\ufeff").strip() for h in header]
+
+def _duplicate_name_problems(names: list[str]) -> list[Problem]:
+    problems: list[Problem] = []
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
         if not name:
@@ -336,13 +373,14 @@ def _parse(text: str, *, max_rows: int | None = None, truncated: bool = False) -
             ))
         else:
             seen[name] = i
-    if problems:
-        raise DatasetError(problems)
-    if not data:
-        raise DatasetError(Problem(
-            "The file has a header row but no data rows. Add at least one row of examples below the header.", row=1))
+    return problems
 
-    columns = list(zip(*data))
+
+def _frame(names: list[str], records: _Records) -> pd.DataFrame:
+    """The str DataFrame indexed by spreadsheet row; an unnamed column is named "Column N" (with a warning in
+    `attrs`), or dropped if it is empty too."""
+    named = set(filter(None, names))
+    columns = list(zip(*records.data))
     warnings: list[Problem] = []
     frame: dict[str, pd.Series] = {}
     for i, name in enumerate(names):
@@ -351,16 +389,35 @@ def _parse(text: str, *, max_rows: int | None = None, truncated: bool = False) -
             if not any(v.strip() for v in values):
                 continue  # an unnamed, empty column (often left by spreadsheet formatting)
             name = f"Column {i + 1}"
-            while name in seen or name in frame:
+            while name in named or name in frame:
                 name += "_"
             warnings.append(Problem(
                 f"Column {i + 1} has no name in the header; it is called '{name}' here.", row=1, column=name,
                 severity="warning"))
         frame[name] = pd.Series(values, dtype=str, copy=False)
     df = pd.DataFrame(frame)
-    df.index = pd.Index(source_rows, name=SOURCE_ROW)
+    df.index = pd.Index(records.source_rows, name=SOURCE_ROW)
     df.attrs[ATTRS_WARNINGS] = warnings
     return df
+
+
+def _parse(text: str, *, max_rows: int | None = None, truncated: bool = False) -> pd.DataFrame:
+    """Parse decoded CSV text into a str DataFrame indexed by spreadsheet line number; raise on structural errors."""
+    if not text.strip():
+        raise DatasetError(Problem(_EMPTY_FILE))
+    delimiter, text = _delimiter(text)
+    records = _read_records(text, delimiter, max_rows, truncated)
+    _check_last_record(text, delimiter, records, truncated)
+    if records.header is None:
+        raise DatasetError(Problem(_EMPTY_FILE))
+    names = [h.strip().lstrip("\ufeff").strip() for h in records.header]
+    problems = _ragged_problems(records, delimiter) + _duplicate_name_problems(names)
+    if problems:
+        raise DatasetError(problems)
+    if not records.data:
+        raise DatasetError(Problem(
+            "The file has a header row but no data rows. Add at least one row of examples below the header.", row=1))
+    return _frame(names, records)
 
 
 @contextmanager
