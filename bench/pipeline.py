@@ -193,7 +193,7 @@ def datasets(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
 def run_mode(dataset: dict[str, Any], mode: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     cache = folder / f"cache-{dataset['name']}-{mode}"
     cache.mkdir()
-    from pld_desktop.backends.llama_runtime import cache_dir
+    from pld_desktop.backends.cache_dir import cache_dir
     hashes = cache_dir() / "sha256-cache.json"  # keep the model checksums; the prompt states start empty
     if hashes.is_file():
         shutil.copy(hashes, cache / hashes.name)

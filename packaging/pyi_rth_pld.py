@@ -1,6 +1,6 @@
 """PyInstaller runtime hook: let the bundled executables run `<exe> -c CODE ARGS...` like `python -c`.
 
-pld_desktop.backends.llama_runtime probes llama.cpp's AMX kernels once with
+pld_desktop.backends.cpu_probe probes llama.cpp's AMX kernels once with
 `subprocess.run([sys.executable, "-c", PROBE, model])`; in a bundle sys.executable is `pld` or `pld-desktop`,
 which would otherwise treat `-c` as a bad argument and wrongly record "AMX crashes here" (slower model loading).
 """

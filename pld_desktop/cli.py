@@ -480,7 +480,7 @@ def _gib(n: int) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .backends.llama_runtime import available_memory_bytes
+    from .backends.gguf_file import available_memory_bytes
     from .backends.model_fetch import CURATED
     from .backends.model_store import (
         add_model_folder,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pld_desktop.backends import llama_runtime
+from pld_desktop.backends import batched_generation
 from pld_desktop.core import teacher_prompts as tp
 from pld_desktop.core.backends import TeacherRequest
 
@@ -27,19 +27,19 @@ def extraction(text: str, label: str) -> TeacherRequest:
 
 
 def test_parallel_sequences_follow_cores_and_context() -> None:
-    assert llama_runtime.default_parallel_sequences(8192, 1024, cores=2) == 8
-    assert llama_runtime.default_parallel_sequences(65536, 1024, cores=2) == 16
-    assert llama_runtime.default_parallel_sequences(65536, 1024, cores=1) == 8
-    assert llama_runtime.default_parallel_sequences(512, 1024, cores=8) == 1
+    assert batched_generation.default_parallel_sequences(8192, 1024, cores=2) == 8
+    assert batched_generation.default_parallel_sequences(65536, 1024, cores=2) == 16
+    assert batched_generation.default_parallel_sequences(65536, 1024, cores=1) == 8
+    assert batched_generation.default_parallel_sequences(512, 1024, cores=8) == 1
 
 
 def test_decode_threads_leave_busy_cores_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(llama_runtime.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
-    assert llama_runtime.decode_threads(4) == 4
-    monkeypatch.setattr(llama_runtime.os, "getloadavg", lambda: (1.1, 0.0, 0.0))
-    assert llama_runtime.decode_threads(4) == 3
-    monkeypatch.setattr(llama_runtime.os, "getloadavg", lambda: (11.0, 0.0, 0.0))
-    assert llama_runtime.decode_threads(2) == 1
+    monkeypatch.setattr(batched_generation.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert batched_generation.decode_threads(4) == 4
+    monkeypatch.setattr(batched_generation.os, "getloadavg", lambda: (1.1, 0.0, 0.0))
+    assert batched_generation.decode_threads(4) == 3
+    monkeypatch.setattr(batched_generation.os, "getloadavg", lambda: (11.0, 0.0, 0.0))
+    assert batched_generation.decode_threads(2) == 1
 
 
 def test_fast_paths_flag(monkeypatch: pytest.MonkeyPatch) -> None:

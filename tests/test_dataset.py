@@ -12,7 +12,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pld_desktop.core import dataset as ds_module
 from pld_desktop.core.dataset import (
     MAX_CELL_CHARS,
     ColumnMapping,
@@ -27,6 +26,7 @@ from pld_desktop.core.dataset import (
     read_csv,
     render_template,
 )
+from pld_desktop.core.dataset import reading as ds_reading
 
 FIXTURES = Path(__file__).parent / "fixtures" / "csv"
 TREC = Path("/work/shared/data/trec.csv")
@@ -96,7 +96,7 @@ def test_no_read_permission_via_open(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(ds_module, "open", refuse, raising=False)
+    monkeypatch.setattr(ds_reading, "open", refuse, raising=False)
     error = import_error(path)
     assert "permission" in str(error)
 

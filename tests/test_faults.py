@@ -236,7 +236,7 @@ def test_a_prompt_longer_than_the_context_is_refused_before_scoring(tmp_path: Pa
 
 def larger_than_memory_gguf(path: Path) -> Path:
     """A valid GGUF header in a sparse file twice the size of free memory (no disk blocks are used)."""
-    from pld_desktop.backends.llama_runtime import available_memory_bytes
+    from pld_desktop.backends.gguf_file import available_memory_bytes
     free = available_memory_bytes() or 2**34
     data = huge_tensor_gguf(path).read_bytes()
     with path.open("r+b") as f:

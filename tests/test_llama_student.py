@@ -14,13 +14,8 @@ import pytest
 
 from pld_desktop.backends import bundled
 from pld_desktop.backends.bundled import ModelFileError
-from pld_desktop.backends.llama_runtime import (
-    LlamaOwner,
-    check_gguf_file,
-    file_sha256,
-    model_identity,
-    read_gguf_metadata,
-)
+from pld_desktop.backends.gguf_file import check_gguf_file, file_sha256, model_identity, read_gguf_metadata
+from pld_desktop.backends.llama_runtime import LlamaOwner
 from pld_desktop.backends.llama_student import END, LabelSpace
 from pld_desktop.core.backends import PromptTooLong
 from pld_desktop.core.prompts import PromptRule, build_rules_prompt
@@ -345,7 +340,8 @@ def student(tmp_path_factory):
 @pytest.fixture(scope="module")
 def raw_llama(student):
     """A second, plain llama_cpp.Llama on the same file for the library's own constrained decoding."""
-    from pld_desktop.backends.llama_runtime import extra_buffer_types_usable, load_llama
+    from pld_desktop.backends.cpu_probe import extra_buffer_types_usable
+    from pld_desktop.backends.llama_runtime import load_llama
     llm = load_llama(student.model_path, use_extra_bufts=extra_buffer_types_usable(student.model_path),
                      n_ctx=4096, flash_attn=True, verbose=False)  # the student's attention kernel
     yield llm
@@ -570,7 +566,7 @@ def test_interleaved_prompts_restore_the_system_state_exactly(student) -> None:
 
 
 def test_prefix_state_cache_is_an_lru_bounded_by_bytes() -> None:
-    from pld_desktop.backends.llama_runtime import PrefixStateCache
+    from pld_desktop.backends.prefix_cache import PrefixStateCache
     cache = PrefixStateCache(capacity_bytes=10)
     assert cache.put((1,), b"aaaa") == 0 and cache.put((2,), b"bbbb") == 0
     assert cache.get((1,)) == b"aaaa"  # (1,) is now the most recently used
@@ -695,7 +691,8 @@ def test_chat_template_prompt(chat_student) -> None:
 
 @pytest.mark.slow
 def test_chat_template_student_matches_an_exhaustive_enumeration(chat_student) -> None:
-    from pld_desktop.backends.llama_runtime import extra_buffer_types_usable, load_llama
+    from pld_desktop.backends.cpu_probe import extra_buffer_types_usable
+    from pld_desktop.backends.llama_runtime import load_llama
     path = chat_student.model_path
     llm = load_llama(path, use_extra_bufts=extra_buffer_types_usable(path), n_ctx=2048, flash_attn=True,
                      verbose=False)
@@ -787,7 +784,7 @@ def test_split_tokenization_is_not_used_for_a_bpe_vocabulary() -> None:
 
 
 def test_common_prefix_length() -> None:
-    from pld_desktop.backends.llama_runtime import common_prefix_length
+    from pld_desktop.backends.context_cursor import common_prefix_length
     assert common_prefix_length([], [1, 2]) == 0
     assert common_prefix_length(np.array([1, 2, 3], dtype=np.intc), [1, 2, 3, 4]) == 3
     assert common_prefix_length([1, 2, 3], [1, 9, 3]) == 1

@@ -1,4 +1,4 @@
-"""backends/model_store.py + gguf_header.py: GGUFs found where people keep them, described from their headers."""
+"""backends/model_store.py + gguf_file.py: GGUFs found where people keep them, described from their headers."""
 
 from __future__ import annotations
 
@@ -15,12 +15,7 @@ from pld_desktop.backends.bundled import (
     bundled_local_teacher_path,
     bundled_student_path,
 )
-from pld_desktop.backends.gguf_header import (
-    FILE_TYPE_NAMES,
-    GGML_TYPE_SIZES,
-    HeaderError,
-    read_gguf_header,
-)
+from pld_desktop.backends.gguf_file import FILE_TYPE_NAMES, GGML_TYPE_SIZES, HeaderError, read_gguf_header
 from pld_desktop.backends.model_store import (
     add_model_folder,
     describe_file,

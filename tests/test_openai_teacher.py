@@ -208,11 +208,11 @@ def test_concurrent_calls_are_bounded(fake_openai: FakeOpenAI) -> None:
 # ---------------------------------------------------------------------------
 # Real server: llama_cpp.server serving the bundled SmolLM2
 # ---------------------------------------------------------------------------
-# llama.cpp's AMX kernels crash on some CPUs (see llama_runtime.extra_buffer_types_usable); the launcher loads the
+# llama.cpp's AMX kernels crash on some CPUs (see cpu_probe.extra_buffer_types_usable); the launcher loads the
 # model without extra buffer types where the probe says so, then runs llama_cpp.server's own main().
 SERVER_LAUNCHER = """
 import runpy, sys
-from pld_desktop.backends.llama_runtime import extra_buffer_types_usable
+from pld_desktop.backends.cpu_probe import extra_buffer_types_usable
 import llama_cpp.llama_cpp as capi
 model = sys.argv[sys.argv.index("--model") + 1]
 if not extra_buffer_types_usable(model):

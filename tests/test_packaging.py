@@ -199,7 +199,7 @@ def test_bundle_window_opens_the_demo_project_and_paints(bundle: Path, demo_proj
 
 @pytest.mark.slow
 def test_bundle_runs_the_python_probe_like_python_c(bundle: Path, tmp_path: Path) -> None:
-    # llama_runtime probes AMX with [sys.executable, "-c", code, model]; in the bundle that is `pld`.
+    # cpu_probe probes AMX with [sys.executable, "-c", code, model]; in the bundle that is `pld`.
     proc = _run([str(bundle / "pld"), "-c", "import sys, llama_cpp; print('probe', sys.argv[1:], "
                  "llama_cpp.__version__)", "x.gguf"], _bundle_env(tmp_path / "home"), 120, tmp_path)
     assert proc.returncode == 0, proc.stderr

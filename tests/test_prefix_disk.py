@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pld_desktop.backends.llama_runtime import PrefixStateDiskCache, cache_dir
+from pld_desktop.backends.cache_dir import cache_dir
+from pld_desktop.backends.prefix_cache import PrefixStateDiskCache
 
 SETTINGS = {"model_sha256": "ab" * 32, "llama_cpp_python": "0.3.36", "n_ctx": 4096, "flash_attn_type": 1}
 

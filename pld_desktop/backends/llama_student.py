@@ -28,19 +28,11 @@ import llama_cpp.llama_cpp as llama_capi
 import numpy as np
 
 from pld_desktop.backends.bundled import ModelFileError, bundled_student_path
+from pld_desktop.backends.context_cursor import EvalStats, LlamaContextCursor, common_prefix_length
+from pld_desktop.backends.gguf_file import model_identity, read_gguf_metadata
 from pld_desktop.backends.label_search import label_mass
-from pld_desktop.backends.llama_runtime import (
-    EvalStats,
-    LlamaContextCursor,
-    LlamaOwner,
-    PrefixStateCache,
-    PrefixStateDiskCache,
-    common_prefix_length,
-    gguf_chat_formatter,
-    model_identity,
-    read_gguf_metadata,
-    state_settings,
-)
+from pld_desktop.backends.llama_runtime import LlamaOwner, gguf_chat_formatter
+from pld_desktop.backends.prefix_cache import PrefixStateCache, PrefixStateDiskCache, state_settings
 from pld_desktop.core.backends import ModelIdentity, Prediction, PromptTooLong
 from pld_desktop.core.prompts import student_user_message
 

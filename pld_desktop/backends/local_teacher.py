@@ -21,23 +21,18 @@ from typing import Any
 
 import llama_cpp
 
-from pld_desktop.backends.bundled import ModelFileError, bundled_local_teacher_path
-from pld_desktop.backends.llama_runtime import (
+from pld_desktop.backends.batched_generation import (
     BatchedGenerator,
     GenerationJob,
     GenerationQueue,
-    LlamaContextCursor,
-    LlamaOwner,
-    PrefixStateCache,
-    PrefixStateDiskCache,
     decode_threads,
     default_parallel_sequences,
-    file_sha256,
-    gguf_chat_formatter,
-    read_gguf_metadata,
-    state_settings,
-    template_supports_system,
 )
+from pld_desktop.backends.bundled import ModelFileError, bundled_local_teacher_path
+from pld_desktop.backends.context_cursor import LlamaContextCursor
+from pld_desktop.backends.gguf_file import file_sha256, read_gguf_metadata
+from pld_desktop.backends.llama_runtime import LlamaOwner, gguf_chat_formatter, template_supports_system
+from pld_desktop.backends.prefix_cache import PrefixStateCache, PrefixStateDiskCache, state_settings
 from pld_desktop.backends.teacher_grammar import rule_hit_bound, schema_grammar
 from pld_desktop.core.backends import TeacherError, TeacherReply, TeacherRequest, TeacherUsage
 

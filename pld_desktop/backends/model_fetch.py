@@ -238,7 +238,7 @@ def _link(blob: Path, pointer: Path) -> None:
         shutil.copyfile(blob, pointer)
 
 
-def fetch_model(spec: str, progress: Progress, *, revision: str = "main", token: str | None = None,
+def fetch_model(spec: str, progress: Progress, *, revision: str = "main", token: str | None = None,  # noqa: C901 (issue 14: not yet broken into named steps)
                 env: Mapping[str, str] | None = None, cache: str | os.PathLike[str] | None = None) -> FetchResult:
     """Download one GGUF into the Hugging Face cache (HF_HUB_CACHE etc.), in its layout, so the HF tools and
     `find_models` see it.

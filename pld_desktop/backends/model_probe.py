@@ -180,7 +180,8 @@ def check_student(model_path: str | None, n_ctx: int, n_threads: int | None) -> 
     import llama_cpp.llama_cpp as llama_capi
 
     from .bundled import bundled_student_path
-    from .llama_runtime import LlamaOwner, check_gguf_file, read_gguf_metadata
+    from .gguf_file import check_gguf_file, read_gguf_metadata
+    from .llama_runtime import LlamaOwner
 
     path = check_gguf_file(model_path) if model_path else bundled_student_path()
     header = read_gguf_metadata(path, {"general.name", "general.architecture", "general.size_label"})

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .gguf_header import GGUFHeader, HeaderError, read_gguf_header
+from .gguf_file import GGUFHeader, HeaderError, read_gguf_header
 
 __all__ = ["FoundModel", "Location", "MemoryEstimate", "add_model_folder", "describe_file", "find_models",
            "hf_hub_cache", "memory_estimate", "model_folders", "model_locations", "remove_model_folder"]
@@ -394,7 +394,7 @@ def memory_estimate(model: FoundModel, n_ctx: int, available: int | None = None)
     f32, which is the order of llama.cpp's CPU compute buffer."""
     if available is None:
         # Imported here: it loads llama.cpp, needed only when sizing is asked for.
-        from .llama_runtime import available_memory_bytes
+        from .gguf_file import available_memory_bytes
         available = available_memory_bytes()
     kv = model.kv_bytes_per_token * n_ctx
     compute = 512 * 4 * (8 * model.n_embd + model.n_vocab) if model.n_embd else 0

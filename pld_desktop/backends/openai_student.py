@@ -332,7 +332,7 @@ class OpenAIStudent:
                "constrained generation, probability 1.0 for the chosen label (the server gives no logprobs)")
         backend = f"OpenAI-compatible server {self.base_url} ({self.prompt_format} route, {how})"
         if local is not None:
-            from pld_desktop.backends.llama_runtime import file_sha256  # imports llama_cpp: only when needed
+            from pld_desktop.backends.gguf_file import file_sha256  # imports llama_cpp: only when needed
             return ModelIdentity(name=local.name, path=str(local), sha256=file_sha256(local),
                                  size_bytes=local.stat().st_size, backend=backend)
         # No file to hash: the identity is the server, the model name and the scoring, so cached evaluations are

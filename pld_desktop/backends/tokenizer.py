@@ -42,7 +42,7 @@ class VocabTokenizer:
             from llama_cpp import Llama
 
             from .bundled import bundled_student_path
-            from .llama_runtime import check_gguf_file
+            from .gguf_file import check_gguf_file
             path = check_gguf_file(model_path) if model_path else bundled_student_path()
             llama = Llama(model_path=str(path), vocab_only=True, verbose=False)
             with self._lock:

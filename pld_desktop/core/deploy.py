@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .dataset import _template_parts
+from .dataset.template import template_parts
 from .prompts import student_user_message
 
 DEPLOY_FORMATS = ("modelfile", "llama-server", "classify-py")
@@ -100,7 +100,7 @@ def render_classify_script(payload: dict[str, Any]) -> bytes:
     rs = payload["rule_set"]
     model, n_ctx = _student_model(payload)
     mapping = payload["dataset"].get("mapping") or {}
-    parts = [[p, c] for p, c in _template_parts(mapping.get("template"), mapping.get("text_columns") or ["text"])]
+    parts = [[p, c] for p, c in template_parts(mapping.get("template"), mapping.get("text_columns") or ["text"])]
     head, tail = student_user_message(rs.prompt_text, "\x00").split("\x00")
     config = "\n".join([
         "# PLD-CONFIG-BEGIN",

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-# _SPLIT_ALIASES is private to dataset.py; reusing it keeps "is this a split column?" in step with the importer.
-from .dataset import _SPLIT_ALIASES, ColumnMapping, DatasetRow, ImportedDataset, Problem, SplitSettings, read_csv
+# SPLIT_ALIASES is private to dataset.py; reusing it keeps "is this a split column?" in step with the importer.
+from .dataset import ColumnMapping, DatasetRow, ImportedDataset, Problem, SplitSettings, read_csv
+from .dataset.records import SPLIT_ALIASES
 from .progress import Progress, check
 from .project import Project
 from .settings import RunSettings, save_settings
@@ -94,7 +95,7 @@ def guess_mapping(frame: pd.DataFrame) -> ColumnMapping:
     keep_split = False
     if split_column is not None:
         taken.add(split_column)
-        keep_split = bool(values[split_column].str.lower().isin(_SPLIT_ALIASES.keys()).all())
+        keep_split = bool(values[split_column].str.lower().isin(SPLIT_ALIASES.keys()).all())
 
     group_column = _find(columns, _GROUP_NAMES, taken)
     if group_column:

@@ -151,7 +151,7 @@ def _run_job(teacher: Teacher, request: TeacherRequest, max_attempts: int, progr
     return attempts
 
 
-def run_teacher_jobs(project: Project, teacher: Teacher, jobs: Sequence[TeacherJob], progress: Progress, *,
+def run_teacher_jobs(project: Project, teacher: Teacher, jobs: Sequence[TeacherJob], progress: Progress, *,  # noqa: C901 (issue 14: not yet broken into named steps)
                      phase: int, max_attempts: int = 3,
                      on_outcome: Callable[[TeacherOutcome], None] | None = None,
                      done_offset: int = 0, total: int | None = None) -> tuple[dict[str, TeacherOutcome], BatchStats]:

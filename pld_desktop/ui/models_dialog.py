@@ -634,7 +634,7 @@ class ModelsDialog(QDialog):
 
     @staticmethod
     def _gguf_error(role: str, path: str) -> list[str]:
-        from ..backends.llama_runtime import check_gguf_file
+        from ..backends.gguf_file import check_gguf_file
         try:
             check_gguf_file(path)
         except ModelFileError as exc:

@@ -38,7 +38,7 @@ COLUMNS = ("Model", "Source", "Architecture", "Parameters", "Quantisation", "Siz
 PATH_ROLE = Qt.ItemDataRole.UserRole + 1
 
 def _scan(n_ctx: int) -> list[tuple[FoundModel, MemoryEstimate | None]]:
-    from ..backends.llama_runtime import available_memory_bytes
+    from ..backends.gguf_file import available_memory_bytes
     free = available_memory_bytes()
     return [(m, memory_estimate(m, n_ctx, free) if m.usable else None) for m in find_models()]
 

@@ -324,7 +324,7 @@ class RulesModel(QAbstractItemModel):
             return self._micro_data(node, col, role)
         return self._example_data(node, col, role)
 
-    def _rule_data(self, node: Node, row: int, col: int, role: int) -> Any:
+    def _rule_data(self, node: Node, row: int, col: int, role: int) -> Any:  # noqa: C901 (issue 14: not yet broken into named steps)
         rule = node.data
         uid = rule["uid"]
         found = self._conflicts.get(uid, [])

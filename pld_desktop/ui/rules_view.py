@@ -301,7 +301,35 @@ class RulesEditor(QWidget):
 
     # -- building -------------------------------------------------------------------------------
     def _build(self) -> None:
-        style = self.style()
+        top = self._build_version_row()
+        self._build_toolbar()
+        filters = self._build_filter_row()
+        self._build_tree()
+        side, rule_lay = self._build_side_panel()
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(self.tree)
+        self.splitter.addWidget(side)
+        self.splitter.setStretchFactor(0, 3)
+        self.splitter.setStretchFactor(1, 2)
+        self.splitter.setSizes([780, 520])
+
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+
+        self._build_progress_rows()
+        self._build_fix_row(rule_lay)
+
+        lay = QVBoxLayout(self)
+        lay.addLayout(top)
+        lay.addWidget(self.toolbar)
+        lay.addLayout(filters)
+        lay.addWidget(self.splitter, 1)
+        lay.addWidget(self.search_row)
+        lay.addWidget(self.job_row)
+        lay.addWidget(self.status)
+
+    def _build_version_row(self) -> QHBoxLayout:
+        """The version picker."""
         self.versions = QComboBox()
         self.versions.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.versions.setMinimumContentsLength(60)
@@ -309,20 +337,25 @@ class RulesEditor(QWidget):
         top = QHBoxLayout()
         top.addWidget(QLabel("Version:"))
         top.addWidget(self.versions, 1)
+        return top
 
+    def _toolbar_action(self, text: str, icon: QStyle.StandardPixmap, slot: Callable[[], None], tip: str,
+                        keys: QKeySequence | None = None) -> QAction:
+        act = QAction(self.style().standardIcon(icon), text, self)
+        act.setToolTip(tip + (f" ({keys.toString(QKeySequence.SequenceFormat.NativeText)})" if keys else ""))
+        act.triggered.connect(slot)
+        act.setProperty("help_name", f"Rules: {tip[0].lower()}{tip[1:]}")  # Help > Keyboard Shortcuts
+        if keys is not None:
+            act.setShortcut(keys)
+        self.toolbar.addAction(act)
+        return act
+
+    def _build_toolbar(self) -> None:
+        """Add, delete, duplicate, move, undo/redo, export, find conflicts, rule impact."""
+        style = self.style()
+        action = self._toolbar_action
         self.toolbar = QToolBar()
         self.toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-
-        def action(text: str, icon: QStyle.StandardPixmap, slot: Callable[[], None], tip: str,
-                   keys: QKeySequence | None = None) -> QAction:
-            act = QAction(style.standardIcon(icon), text, self)
-            act.setToolTip(tip + (f" ({keys.toString(QKeySequence.SequenceFormat.NativeText)})" if keys else ""))
-            act.triggered.connect(slot)
-            act.setProperty("help_name", f"Rules: {tip[0].lower()}{tip[1:]}")  # Help > Keyboard Shortcuts
-            if keys is not None:
-                act.setShortcut(keys)
-            self.toolbar.addAction(act)
-            return act
 
         self.add_action = action("Add", QStyle.StandardPixmap.SP_FileDialogNewFolder, self.add_rule,
                                  "Add a rule after the selected one", QKeySequence("Ins"))
@@ -365,6 +398,8 @@ class RulesEditor(QWidget):
             if button is not None:
                 button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonIconOnly)
 
+    def _build_filter_row(self) -> QHBoxLayout:
+        """The text filter, "Show conflicts only" and how many rules are shown."""
         self.filter_box = QLineEdit()
         self.filter_box.setPlaceholderText("Filter rules by text, label or id…")
         self.filter_box.setClearButtonEnabled(True)
@@ -376,7 +411,10 @@ class RulesEditor(QWidget):
         filters.addWidget(self.filter_box, 1)
         filters.addWidget(self.conflicts_only)
         filters.addWidget(self.shown_label)
+        return filters
 
+    def _build_tree(self) -> None:
+        """The rule tree: editing, drag and drop, wrapping text, sorting, and the shortcuts that act on it."""
         self.tree = RulesTree()
         self.tree.setModel(self.proxy)
         self.tree.setItemDelegate(LabelDelegate(lambda: self.model.labels, self.tree))
@@ -419,6 +457,8 @@ class RulesEditor(QWidget):
             act.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
             self.addAction(act)
 
+    def _build_side_panel(self) -> tuple[QSplitter, QVBoxLayout]:
+        """The selected rule, its conflicts and the live prompt; returns the panel and the selected rule's layout."""
         # Side panel: the selected rule, its conflicts, the live prompt.
         self.rule_title = QLabel()
         self.rule_title.setWordWrap(True)
@@ -468,17 +508,10 @@ class RulesEditor(QWidget):
         side.setStretchFactor(1, 1)
         side.setStretchFactor(2, 2)
         side.setSizes([130, 260, 400])
+        return side, rule_lay
 
-        self.splitter = QSplitter(Qt.Orientation.Horizontal)
-        self.splitter.addWidget(self.tree)
-        self.splitter.addWidget(side)
-        self.splitter.setStretchFactor(0, 3)
-        self.splitter.setStretchFactor(1, 2)
-        self.splitter.setSizes([780, 520])
-
-        self.status = QLabel()
-        self.status.setWordWrap(True)
-
+    def _build_progress_rows(self) -> None:
+        """The rows shown only while a conflict search, or an impact or conflict pass, runs."""
         # Shown only while the conflict search runs.
         self.search_label = QLabel()
         self.search_bar = QProgressBar()
@@ -508,7 +541,8 @@ class RulesEditor(QWidget):
         job_lay.addWidget(self.job_cancel)
         self.job_row.hide()
 
-        # One-click fixes of a rule whose text names another label than its label field.
+    def _build_fix_row(self, rule_lay: QVBoxLayout) -> None:
+        """One-click fixes of a rule whose text names another label than its label field."""
         self.fix_label_btn = QPushButton()
         self.fix_label_btn.clicked.connect(lambda: self.fix_mismatch("label"))
         self.fix_text_btn = QPushButton()
@@ -521,15 +555,6 @@ class RulesEditor(QWidget):
         fix_lay.addStretch(1)
         self.fix_row.hide()
         rule_lay.insertWidget(2, self.fix_row)
-
-        lay = QVBoxLayout(self)
-        lay.addLayout(top)
-        lay.addWidget(self.toolbar)
-        lay.addLayout(filters)
-        lay.addWidget(self.splitter, 1)
-        lay.addWidget(self.search_row)
-        lay.addWidget(self.job_row)
-        lay.addWidget(self.status)
 
     # -- selection helpers -------------------------------------------------------------------------
     def _source(self, proxy_index: _Index) -> QModelIndex:

@@ -15,7 +15,7 @@ from typing import Any
 from ..backends import Embedder, PromptTooLong, Student, Teacher, TeacherRequest
 from ..evaluate import evaluate_prompt
 from ..progress import Progress, check
-from ..project import Project
+from ..project import Example, Project, RuleSetRecord
 from ..prompts import PromptRule, build_rules_prompt, sha256_text
 from ..sampling import stratified_sample
 from ..settings import RunSettings
@@ -60,120 +60,167 @@ def run_closed_loop(project: Project, teacher: Teacher, student: Student, settin
     if start is None:
         project.set_phase(PHASE, "failed", 0, 0, "No rule set: run phase 2 first.")
         raise ValueError("Phase 3 needs a rule set; run phase 2 (synthesis) first.")
-    labels = tuple(project.labels())
-    train = project.examples(split="train")
     report = LoopReport(start_rule_set_id=start)
     project.set_phase(PHASE, "running", 0, settings.loop_max_iterations, "scoring the starting rule set on dev")
-    best_id = start
     best_f1 = score_on_dev(project, student, start, progress, "Phase 3: scoring the starting rules on dev")
     report.start_dev_f1 = best_f1
-    current_id = start
-    no_gain = 0
+    loop = _Loop(project, teacher, student, settings, progress, embedder, report,
+                 current_id=start, best_id=start, best_f1=best_f1)
     for rnd in range(1, settings.loop_max_iterations + 1):
         check(progress)
-        current = project.rule_set(current_id)
-        sample = stratified_sample(train, settings.loop_sample_size, settings.seed + rnd)
-        sample_eval, _ = evaluate_prompt(project, student, current.prompt_text, sample, kind="pld", split="train",
-                                         progress=progress, rule_set_id=current_id,
+        stopped_because = loop.run_round(rnd)
+        if stopped_because:
+            report.stopped_because = stopped_because
+            break
+    else:
+        report.stopped_because = f"reached max_iterations ({settings.loop_max_iterations})"
+    best_id, best_f1 = loop.best_id, loop.best_f1
+    report.chosen_rule_set_id, report.best_dev_f1 = best_id, best_f1
+    project.set_setting("chosen_rule_set_id", best_id)
+    _report_done(project, report, settings, progress)
+    return report
+
+
+class _Loop:
+    """The rounds of one closed-loop run: the rule set rewritten next, the best one on dev so far, and how many
+    rounds in a row brought no gain. `run_round` returns why the loop stops, or "" to go on."""
+
+    def __init__(self, project: Project, teacher: Teacher, student: Student, settings: RunSettings,
+                 progress: Progress, embedder: Embedder | None, report: LoopReport, *, current_id: int,
+                 best_id: int, best_f1: float) -> None:
+        self.project, self.teacher, self.student = project, teacher, student
+        self.settings, self.progress, self.embedder, self.report = settings, progress, embedder, report
+        self.labels = tuple(project.labels())
+        self.train = project.examples(split="train")
+        self.current_id, self.best_id, self.best_f1 = current_id, best_id, best_f1
+        self.no_gain = 0
+
+    def run_round(self, rnd: int) -> str:
+        settings, progress = self.settings, self.progress
+        current = self.project.rule_set(self.current_id)
+        sample, failures, successes, preds = self._student_on_sample(rnd, current)
+        if not failures:
+            return f"no failures on the training sample in round {rnd}"
+        rules = _enabled_rules(current.rules)
+        job = self._rewrite_job(rnd, current, rules, failures, successes, preds)
+        progress.begin(f"Phase 3 round {rnd}: teacher rewrites the rules", 1)
+        outcomes, _ = run_teacher_jobs(self.project, self.teacher, [job], progress, phase=PHASE,
+                                       max_attempts=settings.teacher_max_attempts)
+        parsed = outcomes[job.key].parsed
+        round_row: dict[str, Any] = {"round": rnd, "base": self.current_id, "failures": len(failures),
+                                     "sample": len(sample)}
+        if parsed is None or not parsed.rules:
+            return self._failed_attempt(rnd, round_row, outcomes[job.key].error)
+        cand_id = self._add_candidate(rnd, current, rules, parsed)
+        return self._judge(rnd, cand_id, parsed.root_cause, round_row)
+
+    def _student_on_sample(self, rnd: int, current: RuleSetRecord) -> tuple[list[Example], list[Example], list[Example],
+                                                                   dict[int, dict[str, Any]]]:
+        """The student on this round's stratified training sample: (sample, failures, successes, predictions)."""
+        sample = stratified_sample(self.train, self.settings.loop_sample_size, self.settings.seed + rnd)
+        sample_eval, _ = evaluate_prompt(self.project, self.student, current.prompt_text, sample, kind="pld",
+                                         split="train", progress=self.progress, rule_set_id=self.current_id,
                                          stage=f"Phase 3 round {rnd}: student on {len(sample)} training examples")
-        preds = project.predictions(sample_eval)
+        preds = self.project.predictions(sample_eval)
         failures = [e for e in sample if preds[e.id]["predicted"] != e.label]
         successes = [e for e in sample if preds[e.id]["predicted"] == e.label]
-        if not failures:
-            report.stopped_because = f"no failures on the training sample in round {rnd}"
-            break
+        return sample, failures, successes, preds
+
+    def _rewrite_job(self, rnd: int, current: RuleSetRecord, rules: list[dict[str, Any]], failures: list[Example],
+                     successes: list[Example], preds: dict[int, dict[str, Any]]) -> TeacherJob:
+        """The teacher request: rewrite the rules so the picked failures are fixed and the successes kept."""
+        settings, labels = self.settings, self.labels
         fail_pick = stratified_sample(failures, settings.loop_max_failures, settings.seed + 100 + rnd)
         ok_pick = stratified_sample(successes, settings.loop_max_successes, settings.seed + 200 + rnd)
-        rules = _enabled_rules(current.rules)
         user = resolution_user(settings.task, labels, current.meanings, [(r["text"], r["label"]) for r in rules],
                                [(e.text, e.label, preds[e.id]["predicted"]) for e in fail_pick],
                                [(e.text, e.label) for e in ok_pick])
-        job = TeacherJob(f"round:{rnd}:from:{current_id}",
-                         TeacherRequest(RESOLUTION_SYSTEM, user, resolution_schema(labels), "resolution",
-                                        rule_pattern(labels)),
-                         tuple(e.id for e in fail_pick + ok_pick), check=rewrite_check(rules))
-        progress.begin(f"Phase 3 round {rnd}: teacher rewrites the rules", 1)
-        outcomes, _ = run_teacher_jobs(project, teacher, [job], progress, phase=PHASE,
-                                       max_attempts=settings.teacher_max_attempts)
-        parsed = outcomes[job.key].parsed
-        round_row: dict[str, Any] = {"round": rnd, "base": current_id, "failures": len(failures),
-                                     "sample": len(sample)}
-        if parsed is None or not parsed.rules:
-            # An empty, label-dropping or unchanged rewrite was retried with the reason; still useless, it is
-            # a failed attempt (not a candidate that "did not improve").
-            note = f"failed attempt: {outcomes[job.key].error or 'the rewrite has no rules'}"
-            round_row.update(candidate=None, accepted=False, failed=True, note=note)
-            report.rounds.append(round_row)
-            report.failed_attempts += 1
-            progress.log(f"Round {rnd}: {note}", "warning")
-            _record_round(project, rnd, current_id, None, None, best_f1, False, note)
-            no_gain += 1
-            if no_gain >= settings.loop_patience:
-                report.stopped_because = (f"no usable rewrite or improvement for {no_gain} round(s) "
-                                          f"({report.failed_attempts} failed attempt(s))")
-                break
-            continue
+        return TeacherJob(f"round:{rnd}:from:{self.current_id}",
+                          TeacherRequest(RESOLUTION_SYSTEM, user, resolution_schema(labels), "resolution",
+                                         rule_pattern(labels)),
+                          tuple(e.id for e in fail_pick + ok_pick), check=rewrite_check(rules))
+
+    def _no_gain_stop(self, because: str) -> str:
+        """Count a round without gain; the stop reason once patience runs out, else ""."""
+        self.no_gain += 1
+        return because.format(n=self.no_gain) if self.no_gain >= self.settings.loop_patience else ""
+
+    def _failed_attempt(self, rnd: int, round_row: dict[str, Any], error: str | None) -> str:
+        # An empty, label-dropping or unchanged rewrite was retried with the reason; still useless, it is
+        # a failed attempt (not a candidate that "did not improve").
+        report = self.report
+        note = f"failed attempt: {error or 'the rewrite has no rules'}"
+        round_row.update(candidate=None, accepted=False, failed=True, note=note)
+        report.rounds.append(round_row)
+        report.failed_attempts += 1
+        self.progress.log(f"Round {rnd}: {note}", "warning")
+        _record_round(self.project, rnd, self.current_id, None, None, self.best_f1, False, note)
+        return self._no_gain_stop("no usable rewrite or improvement for {n} round(s) "
+                                  f"({report.failed_attempts} failed attempt(s))")
+
+    def _add_candidate(self, rnd: int, current: RuleSetRecord, rules: list[dict[str, Any]], parsed: Any) -> int:
+        """The rewrite as a rule-set version (an identical earlier candidate is reused), with its conflicts."""
+        project, labels = self.project, self.labels
         new_rules, repair_note = _repair(_provenance(parsed, rules, rnd), rules, labels)
         if repair_note:
-            progress.log(f"Round {rnd}: {repair_note}", "warning")
+            self.progress.log(f"Round {rnd}: {repair_note}", "warning")
         prompt = build_rules_prompt(current.task, list(labels), [PromptRule(r["text"], r["label"]) for r in new_rules],
                                     current.meanings)
-        cand_id = project.find_rule_set(origin="resolution", parent_id=current_id, rules=new_rules, task=current.task,
-                                        labels=list(labels), meanings=current.meanings)
-        if cand_id is None:
-            cand_id = project.add_rule_set(
-                parent_id=current_id,
-                reason=f"resolution round {rnd}: {parsed.root_cause[:300]}"
-                       + (f" ({repair_note})" if repair_note else ""),
-                origin="resolution", round=rnd, task=current.task, labels=list(labels), meanings=current.meanings,
-                rules=new_rules, prompt_text=prompt, prompt_sha256=sha256_text(prompt))
-            pairs = [(p.rule_a, p.rule_b, p.reason) for p in parsed.conflicts]
-            if embedder is not None:
-                find_conflicts(project, embedder, cand_id, new_rules, pairs, settings, progress)
-            else:
-                for a, b, reason in pairs:
-                    if 1 <= a <= len(new_rules) and 1 <= b <= len(new_rules) and a != b:
-                        project.add_conflict(cand_id, new_rules[a - 1]["uid"], new_rules[b - 1]["uid"], "teacher",
-                                             reason, {"named_by": "teacher", "round": rnd})
+        cand_id = project.find_rule_set(origin="resolution", parent_id=self.current_id, rules=new_rules,
+                                        task=current.task, labels=list(labels), meanings=current.meanings)
+        if cand_id is not None:
+            return cand_id
+        cand_id = project.add_rule_set(
+            parent_id=self.current_id,
+            reason=f"resolution round {rnd}: {parsed.root_cause[:300]}"
+                   + (f" ({repair_note})" if repair_note else ""),
+            origin="resolution", round=rnd, task=current.task, labels=list(labels), meanings=current.meanings,
+            rules=new_rules, prompt_text=prompt, prompt_sha256=sha256_text(prompt))
+        pairs = [(p.rule_a, p.rule_b, p.reason) for p in parsed.conflicts]
+        if self.embedder is not None:
+            find_conflicts(project, self.embedder, cand_id, new_rules, pairs, self.settings, self.progress)
+        else:
+            for a, b, reason in pairs:
+                if 1 <= a <= len(new_rules) and 1 <= b <= len(new_rules) and a != b:
+                    project.add_conflict(cand_id, new_rules[a - 1]["uid"], new_rules[b - 1]["uid"], "teacher",
+                                         reason, {"named_by": "teacher", "round": rnd})
+        return cand_id
+
+    def _judge(self, rnd: int, cand_id: int, root_cause: str, round_row: dict[str, Any]) -> str:
+        """Score the candidate on dev; accept it only if it beats the best by more than loop_min_delta."""
+        settings, progress, best_f1 = self.settings, self.progress, self.best_f1
+        patience = "no improvement for {n} round(s) (patience " + f"{settings.loop_patience})"
         try:
-            f1 = score_on_dev(project, student, cand_id, progress,
+            f1 = score_on_dev(self.project, self.student, cand_id, progress,
                               f"Phase 3 round {rnd}: scoring the candidate on dev")
         except PromptTooLong as exc:
             # A rewrite that no longer fits the student is a rejected candidate, not a failed run.
             progress.log(f"Round {rnd}: candidate v{cand_id} rejected: {exc}", "warning")
-            _record_round(project, rnd, current_id, cand_id, None, best_f1, False, f"prompt too long: {exc}")
+            _record_round(self.project, rnd, self.current_id, cand_id, None, best_f1, False,
+                          f"prompt too long: {exc}")
             round_row.update(candidate=cand_id, accepted=False, note="prompt too long for the student")
-            report.rounds.append(round_row)
-            no_gain += 1
-            if no_gain >= settings.loop_patience:
-                report.stopped_because = f"no improvement for {no_gain} round(s) (patience {settings.loop_patience})"
-                break
-            continue
+            self.report.rounds.append(round_row)
+            return self._no_gain_stop(patience)
         accepted = f1 > best_f1 + settings.loop_min_delta
-        _record_round(project, rnd, current_id, cand_id, f1, best_f1, accepted, parsed.root_cause)
+        _record_round(self.project, rnd, self.current_id, cand_id, f1, best_f1, accepted, root_cause)
         round_row.update(candidate=cand_id, dev_macro_f1=f1, accepted=accepted)
-        report.rounds.append(round_row)
+        self.report.rounds.append(round_row)
         progress.log(f"Round {rnd}: candidate v{cand_id} dev macro-F1 {f1:.3f} vs best {best_f1:.3f} -> "
                      f"{'accepted' if accepted else 'rejected'}")
-        project.set_phase(PHASE, "running", rnd, settings.loop_max_iterations, f"round {rnd} done")
-        if accepted:
-            best_id, best_f1, current_id, no_gain = cand_id, f1, cand_id, 0
-        else:
-            no_gain += 1
-            if no_gain >= settings.loop_patience:
-                report.stopped_because = f"no improvement for {no_gain} round(s) (patience {settings.loop_patience})"
-                break
-    else:
-        report.stopped_because = f"reached max_iterations ({settings.loop_max_iterations})"
-    report.chosen_rule_set_id, report.best_dev_f1 = best_id, best_f1
-    project.set_setting("chosen_rule_set_id", best_id)
-    msg = (f"chosen v{best_id}: dev macro-F1 {best_f1:.3f} (start {report.start_dev_f1:.3f}); "
-           f"{len(report.rounds)} round(s)"
+        self.project.set_phase(PHASE, "running", rnd, settings.loop_max_iterations, f"round {rnd} done")
+        if not accepted:
+            return self._no_gain_stop(patience)
+        self.best_id, self.best_f1, self.current_id, self.no_gain = cand_id, f1, cand_id, 0
+        return ""
+
+
+def _report_done(project: Project, report: LoopReport, settings: RunSettings, progress: Progress) -> None:
+    msg = (f"chosen v{report.chosen_rule_set_id}: dev macro-F1 {report.best_dev_f1:.3f} "
+           f"(start {report.start_dev_f1:.3f}); {len(report.rounds)} round(s)"
            + (f", {report.failed_attempts} failed rewrite attempt(s)" if report.failed_attempts else "")
            + f"; stopped: {report.stopped_because}")
     project.set_phase(PHASE, "done", len(report.rounds), settings.loop_max_iterations, msg)
     progress.log(msg)
-    return report
 
 
 def _provenance(parsed: Any, old_rules: list[dict[str, Any]], rnd: int) -> list[dict[str, Any]]:

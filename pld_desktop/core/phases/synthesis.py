@@ -140,6 +140,25 @@ def clusters_of(project: Project, key: str) -> list[dict[str, Any]]:
     return clusters
 
 
+@dataclass
+class _MicroRules:
+    """The micro-rules synthesis works from, their embeddings (row i = micro[i]) and the training texts."""
+
+    micro: list[dict[str, Any]]
+    vectors: np.ndarray
+    texts: dict[int, str]                    # training example id -> its text
+    by_id: dict[int, int] = field(init=False)  # micro-rule id -> its index in `micro`
+
+    def __post_init__(self) -> None:
+        self.by_id = {m["id"]: i for i, m in enumerate(self.micro)}
+
+    def indices(self, micro_rule_ids: Sequence[int]) -> list[int]:
+        return [self.by_id[m] for m in micro_rule_ids]
+
+    def source_text(self, i: int) -> str:
+        return self.texts.get(self.micro[i]["example_id"], "")
+
+
 def run_synthesis(project: Project, teacher: Teacher, embedder: Embedder, settings: RunSettings,
                   progress: Progress) -> SynthesisReport:
     report = SynthesisReport()
@@ -149,15 +168,10 @@ def run_synthesis(project: Project, teacher: Teacher, embedder: Embedder, settin
         project.set_phase(PHASE, "failed", 0, 0, "No micro-rules: run phase 1 first.")
         raise ValueError("Phase 2 needs micro-rules; run phase 1 (extraction) first.")
     texts = {e.id: e.text for e in project.examples(split="train")}
-    # A micro-rule that still copies its example after the retries stays out of synthesis (shown flagged),
-    # unless its label has no other micro-rule.
-    copied = {m["id"] for m in micro if copy_reason(m["rule"], [texts.get(m["example_id"], "")])}
-    general_labels = {m["label"] for m in micro if m["id"] not in copied}
-    micro = [m for m in micro if m["id"] not in copied or m["label"] not in general_labels]
-    report.copied_micro_rules = len(copied)
+    micro = _without_copies(micro, texts, report)
     project.set_phase(PHASE, "running", 0, 0, "embedding")
     vectors = embed_cached(project, embedder, [m["rule"] for m in micro], progress)
-    by_id = {m["id"]: i for i, m in enumerate(micro)}
+    data = _MicroRules(micro, vectors, texts)
     key = _cluster_and_store(project, micro, vectors, embedder, settings, report)
     clusters = clusters_of(project, key)
     real = [c for c in clusters if not c["is_noise"]]
@@ -165,39 +179,78 @@ def run_synthesis(project: Project, teacher: Teacher, embedder: Embedder, settin
     report.noise_rules = sum(c["size"] for c in clusters if c["is_noise"])
     labels = tuple(project.labels())
 
-    # Merge each cluster (the members closest to the centroid first, capped to keep the request small).
-    jobs: list[TeacherJob] = []
-    for c in real:
-        idx = [by_id[m] for m in c["micro_rule_ids"]]
-        order = [idx[j] for j in centroid_order(vectors[idx])][: settings.merge_max_members]
-        rules = [micro[i]["rule"] for i in order]
-        # The merged rule must lead to the cluster's label (a one-value enum) and not copy a source example.
-        request = TeacherRequest(MERGE_SYSTEM, merge_user(settings.task, c["label"], rules),
-                                 merge_schema((c["label"],)), "merge", rule_pattern([c["label"]]))
-        sources = [texts.get(micro[by_id[m]]["example_id"], "") for m in c["micro_rule_ids"]]
-        jobs.append(TeacherJob(f"cluster:{c['id']}", request, tuple(micro[i]["example_id"] for i in order),
-                               check=_off_label_check(c["label"], labels), soft_check=_copy_check(sources)))
+    jobs = _merge_jobs(data, real, labels, settings)
     progress.begin("Phase 2: merging clusters", len(jobs))
     outcomes, stats = run_teacher_jobs(project, teacher, jobs, progress, phase=PHASE,
                                        max_attempts=settings.teacher_max_attempts)
     report.failed_merges = stats.failed
+    rules = _cluster_rules(data, real, outcomes, labels, report)
+    meanings, teacher_conflicts = _review(project, teacher, rules, labels, settings, progress)
+    report.rejected_meanings = [lab for lab in labels if lab not in meanings]
+    if report.rejected_meanings:
+        progress.log("No usable meaning from the teacher for " + ", ".join(report.rejected_meanings)
+                     + " (empty or not a description); left empty. Type one in the rule editor if it helps.",
+                     "warning")
 
+    rs_id = _store_rule_set(project, embedder, rules, list(labels), meanings, teacher_conflicts, settings, progress,
+                            f"synthesis: {len(rules)} rules from {len(micro)} micro-rules in "
+                            f"{len(real)} clusters ({report.noise_rules} noise rules kept aside)")
+    report.rule_set_id = rs_id
+    report.rules = len(rules)
+    report.conflicts = len(project.conflicts(rs_id))
+    project.set_setting("synthesis_rule_set_id", rs_id)
+    msg = _done_message(report, len(micro), len(real))
+    project.set_phase(PHASE, "done", len(real), len(real), msg)
+    progress.log(msg)
+    return report
+
+
+def _without_copies(micro: list[dict[str, Any]], texts: dict[int, str],
+                    report: SynthesisReport) -> list[dict[str, Any]]:
+    """A micro-rule that still copies its example after the retries stays out of synthesis (shown flagged),
+    unless its label has no other micro-rule."""
+    copied = {m["id"] for m in micro if copy_reason(m["rule"], [texts.get(m["example_id"], "")])}
+    general_labels = {m["label"] for m in micro if m["id"] not in copied}
+    report.copied_micro_rules = len(copied)
+    return [m for m in micro if m["id"] not in copied or m["label"] not in general_labels]
+
+
+def _merge_jobs(data: _MicroRules, real: list[dict[str, Any]], labels: tuple[str, ...],
+                settings: RunSettings) -> list[TeacherJob]:
+    """Merge each cluster (the members closest to the centroid first, capped to keep the request small)."""
+    jobs: list[TeacherJob] = []
+    for c in real:
+        idx = data.indices(c["micro_rule_ids"])
+        order = [idx[j] for j in centroid_order(data.vectors[idx])][: settings.merge_max_members]
+        rules = [data.micro[i]["rule"] for i in order]
+        # The merged rule must lead to the cluster's label (a one-value enum) and not copy a source example.
+        request = TeacherRequest(MERGE_SYSTEM, merge_user(settings.task, c["label"], rules),
+                                 merge_schema((c["label"],)), "merge", rule_pattern([c["label"]]))
+        sources = [data.source_text(i) for i in idx]
+        jobs.append(TeacherJob(f"cluster:{c['id']}", request, tuple(data.micro[i]["example_id"] for i in order),
+                               check=_off_label_check(c["label"], labels), soft_check=_copy_check(sources)))
+    return jobs
+
+
+def _cluster_rules(data: _MicroRules, real: list[dict[str, Any]], outcomes: dict[str, Any],
+                   labels: tuple[str, ...], report: SynthesisReport) -> list[dict[str, Any]]:
+    """One rule per cluster (its merge, else its most central micro-rule), ordered by label then cluster size."""
     rules: list[dict[str, Any]] = []
     for c in real:
         outcome = outcomes.get(f"cluster:{c['id']}")
         members = c["micro_rule_ids"]
-        idx = [by_id[m] for m in members]
+        idx = data.indices(members)
         if outcome is None or outcome.parsed is None:
             # Keep the cluster's knowledge: fall back to its most central micro-rule, marked as such.
-            text = micro[idx[int(centroid_order(vectors[idx])[0])]]["rule"]
+            text = data.micro[idx[int(centroid_order(data.vectors[idx])[0])]]["rule"]
             origin = "central micro-rule (merge failed)"
         else:
             text = " ".join(outcome.parsed.rule.split())
             origin = "merged"
-        flag = copy_reason(text, [texts.get(micro[i]["example_id"], "") for i in idx])
+        flag = copy_reason(text, [data.source_text(i) for i in idx])
         rule = {"uid": f"C{c['id']}", "text": text, "label": c["label"], "enabled": flag is None,
                 "cluster_id": c["id"], "micro_rule_ids": members,
-                "example_ids": sorted(micro[by_id[m]]["example_id"] for m in members), "origin": origin}
+                "example_ids": sorted(data.micro[i]["example_id"] for i in idx), "origin": origin}
         if flag:  # kept out of the prompt, shown (disabled) with the reason
             rule["flag"] = flag
             report.flagged_rules += 1
@@ -205,8 +258,12 @@ def run_synthesis(project: Project, teacher: Teacher, embedder: Embedder, settin
     rules.sort(key=lambda r: (labels.index(r["label"]), -len(r["micro_rule_ids"])))
     for i, r in enumerate(rules, 1):
         r["uid"] = f"R{i}"
+    return rules
 
-    # Review: label meanings + teacher-named conflicts.
+
+def _review(project: Project, teacher: Teacher, rules: list[dict[str, Any]], labels: tuple[str, ...],
+            settings: RunSettings, progress: Progress) -> tuple[dict[str, str], list[tuple[int, int, str]]]:
+    """Review: label meanings (in label order) + teacher-named conflicts."""
     meanings = dict(settings.label_meanings)
     teacher_conflicts: list[tuple[int, int, str]] = []
     if rules:
@@ -225,40 +282,35 @@ def run_synthesis(project: Project, teacher: Teacher, embedder: Embedder, settin
                     meanings[lm.label] = " ".join(lm.meaning.split())
             for pair in parsed.conflicts:  # type: ignore[attr-defined]
                 teacher_conflicts.append((pair.rule_a, pair.rule_b, pair.reason))
-    meanings = {lab: meanings[lab] for lab in labels if lab in meanings}
-    report.rejected_meanings = [lab for lab in labels if lab not in meanings]
-    if report.rejected_meanings:
-        progress.log("No usable meaning from the teacher for " + ", ".join(report.rejected_meanings)
-                     + " (empty or not a description); left empty. Type one in the rule editor if it helps.",
-                     "warning")
+    return {lab: meanings[lab] for lab in labels if lab in meanings}, teacher_conflicts
 
-    prompt = build_rules_prompt(settings.task, list(labels),
+
+def _store_rule_set(project: Project, embedder: Embedder, rules: list[dict[str, Any]], labels: list[str],
+                    meanings: dict[str, str], teacher_conflicts: list[tuple[int, int, str]], settings: RunSettings,
+                    progress: Progress, reason: str) -> int:
+    """The synthesised rule set as a version with its conflicts; an identical earlier one is reused."""
+    prompt = build_rules_prompt(settings.task, labels,
                                 [PromptRule(r["text"], r["label"]) for r in rules if r["enabled"]], meanings)
     existing = project.find_rule_set(origin="synthesis", parent_id=None, rules=rules, task=settings.task,
-                                     labels=list(labels), meanings=meanings)
-    if existing is None:
-        rs_id = project.add_rule_set(
-            parent_id=None, reason=f"synthesis: {len(rules)} rules from {len(micro)} micro-rules in "
-                                   f"{len(real)} clusters ({report.noise_rules} noise rules kept aside)",
-            origin="synthesis", round=None, task=settings.task, labels=list(labels), meanings=meanings, rules=rules,
-            prompt_text=prompt, prompt_sha256=sha256_text(prompt))
-        find_conflicts(project, embedder, rs_id, rules, teacher_conflicts, settings, progress)
-    else:
-        rs_id = existing
-    report.rule_set_id = rs_id
-    report.rules = len(rules)
-    report.conflicts = len(project.conflicts(rs_id))
-    project.set_setting("synthesis_rule_set_id", rs_id)
-    msg = (f"{len(rules)} rules from {len(micro)} micro-rules ({len(real)} clusters, {report.noise_rules} noise "
-           f"rules kept aside, {report.conflicts} conflicts, {report.failed_merges} merges failed"
-           + (f", {report.copied_micro_rules} micro-rules copying their example left out" if report.copied_micro_rules
-              else "")
-           + (f", {report.flagged_rules} rules copying an example kept out of the prompt (flagged)"
-              if report.flagged_rules else "")
-           + (f"; no meaning for {', '.join(report.rejected_meanings)}" if report.rejected_meanings else "") + ")")
-    project.set_phase(PHASE, "done", len(real), len(real), msg)
-    progress.log(msg)
-    return report
+                                     labels=labels, meanings=meanings)
+    if existing is not None:
+        return existing
+    rs_id = project.add_rule_set(
+        parent_id=None, reason=reason,
+        origin="synthesis", round=None, task=settings.task, labels=labels, meanings=meanings, rules=rules,
+        prompt_text=prompt, prompt_sha256=sha256_text(prompt))
+    find_conflicts(project, embedder, rs_id, rules, teacher_conflicts, settings, progress)
+    return rs_id
+
+
+def _done_message(report: SynthesisReport, n_micro: int, n_clusters: int) -> str:
+    return (f"{report.rules} rules from {n_micro} micro-rules ({n_clusters} clusters, {report.noise_rules} noise "
+            f"rules kept aside, {report.conflicts} conflicts, {report.failed_merges} merges failed"
+            + (f", {report.copied_micro_rules} micro-rules copying their example left out"
+               if report.copied_micro_rules else "")
+            + (f", {report.flagged_rules} rules copying an example kept out of the prompt (flagged)"
+               if report.flagged_rules else "")
+            + (f"; no meaning for {', '.join(report.rejected_meanings)}" if report.rejected_meanings else "") + ")")
 
 
 def _off_label_check(label: str, labels: Sequence[str]) -> Any:
