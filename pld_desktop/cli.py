@@ -1108,10 +1108,10 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     from .backends.bundled import ModelFileError
-    from .core.backends import PromptTooLong, TeacherError
     from .core.batch_extraction import BatchJobFailed
     from .core.dataset import DatasetError
     from .core.project import ProjectFileError, ProjectInUse, in_use_message
+    from .core.protocols import PromptTooLong, TeacherError
     try:
         return int(args.func(args) or 0)
     except ProjectInUse as exc:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pld_desktop.core.backends import (
+from pld_desktop.core.protocols import (
     ModelIdentity,
     Prediction,
     PromptTooLong,

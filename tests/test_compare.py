@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from scipy.stats import binomtest
 
-from pld_desktop.core.backends import PromptTooLong
 from pld_desktop.core.compare import (
     ExampleSet,
     PromptChoice,
@@ -22,6 +21,7 @@ from pld_desktop.core.dataset import ColumnMapping, DatasetError
 from pld_desktop.core.pipeline import run_pipeline
 from pld_desktop.core.progress import Cancelled, ProgressBase, SilentProgress
 from pld_desktop.core.project import Project
+from pld_desktop.core.protocols import PromptTooLong
 from pld_desktop.core.settings import save_settings
 
 from .fakes import FakeBackends, FakeStudent

@@ -22,8 +22,8 @@ from pld_desktop.backends.llama_runtime import (
     read_gguf_metadata,
 )
 from pld_desktop.backends.llama_student import END, LabelSpace
-from pld_desktop.core.backends import PromptTooLong
 from pld_desktop.core.prompts import PromptRule, build_rules_prompt
+from pld_desktop.core.protocols import PromptTooLong
 
 
 # ---------------------------------------------------------------------------

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from pld_desktop.core.backends import TeacherRequest
 from pld_desktop.core.dataset import ColumnMapping, SplitSettings, load_dataset
 from pld_desktop.core.export import export_rule_set
 from pld_desktop.core.pipeline import run_pipeline
 from pld_desktop.core.progress import ProgressBase, SilentProgress
 from pld_desktop.core.project import APPLICATION_ID, Project
+from pld_desktop.core.protocols import TeacherRequest
 from pld_desktop.core.settings import RunSettings
 from pld_desktop.core.teacher_calls import LockedSplitError, TeacherJob, run_teacher_jobs
 from pld_desktop.resources import DEMO_TASK, demo_csv

@@ -13,12 +13,12 @@ from hypothesis import given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from pld_desktop.core.backends import TeacherReply, TeacherRequest, TeacherUsage
 from pld_desktop.core.calibration import calibrate, calibrated_evaluation, content_free_prior
 from pld_desktop.core.clustering import keep_every_label
 from pld_desktop.core.evaluate import evaluate_prompt
 from pld_desktop.core.pipeline import quality_status, retry_failed_items, run_pipeline
 from pld_desktop.core.progress import SilentProgress
+from pld_desktop.core.protocols import TeacherReply, TeacherRequest, TeacherUsage
 from pld_desktop.core.settings import RunSettings
 from pld_desktop.core.teacher_prompts import (
     copy_reason,

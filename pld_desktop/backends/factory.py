@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ..core.backends import Embedder, Student, Teacher
+from ..core.protocols import Embedder, Student, Teacher
 from ..core.settings import RunSettings
 from .trust import TrustStore, UntrustedSettingError, settings_in_use
 

@@ -36,7 +36,7 @@ import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from pld_desktop.backends.bundled import ModelFileError, bundled_local_teacher_path
-from pld_desktop.core.backends import ModelIdentity, PromptTooLong
+from pld_desktop.core.protocols import ModelIdentity, PromptTooLong
 
 __all__ = [
     "GGUF_MAGIC",

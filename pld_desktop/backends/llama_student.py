@@ -41,8 +41,8 @@ from pld_desktop.backends.llama_runtime import (
     read_gguf_metadata,
     state_settings,
 )
-from pld_desktop.core.backends import ModelIdentity, Prediction, PromptTooLong
 from pld_desktop.core.prompts import student_user_message
+from pld_desktop.core.protocols import ModelIdentity, Prediction, PromptTooLong
 
 __all__ = ["END", "EvalStats", "LabelSpace", "LlamaContextCursor", "LlamaStudent", "ModelFileError", "ScoreResult",
            "token_pieces"]

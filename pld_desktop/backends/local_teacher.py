@@ -39,7 +39,7 @@ from pld_desktop.backends.llama_runtime import (
     template_supports_system,
 )
 from pld_desktop.backends.teacher_grammar import rule_hit_bound, schema_grammar
-from pld_desktop.core.backends import TeacherError, TeacherReply, TeacherRequest, TeacherUsage
+from pld_desktop.core.protocols import TeacherError, TeacherReply, TeacherRequest, TeacherUsage
 
 __all__ = ["LocalTeacher", "ModelFileError"]
 

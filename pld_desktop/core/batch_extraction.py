@@ -20,10 +20,10 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
-from .backends import Teacher, TeacherError, TeacherReply, TeacherRequest
 from .phases.extraction import PHASE, ExtractionReport, extraction_jobs, run_extraction
 from .progress import Cancelled, Progress
 from .project import Project
+from .protocols import Teacher, TeacherError, TeacherReply, TeacherRequest
 from .settings import RunSettings
 
 # The same wording for a rejected reply as the synchronous path records (one message format in the project).

@@ -13,10 +13,10 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from .backends import Student
 from .metrics import classification_metrics
 from .project import Example, Project
 from .prompts import sha256_text
+from .protocols import Student
 
 # The content-free inputs of the paper's recipe; their mean label distribution is the prompt's prior.
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .backends import Student
 from .metrics import classification_metrics
 from .progress import Progress, check
 from .project import Example, Project
 from .prompts import sha256_text
+from .protocols import Student
 
 
 @dataclass(frozen=True)

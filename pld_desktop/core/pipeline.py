@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .backends import Embedder, PromptTooLong, Student, Teacher
 from .evaluate import evaluate_prompt
 from .phases.closed_loop import run_closed_loop
 from .phases.evaluation import run_evaluation
@@ -21,6 +20,7 @@ from .prompts import (
     build_rules_with_examples_prompt,
     build_zero_shot_prompt,
 )
+from .protocols import Embedder, PromptTooLong, Student, Teacher
 from .reachability import TeacherUnreachable, check_reachable
 from .sampling import stratified_sample
 from .settings import RunSettings, save_settings

@@ -8,10 +8,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .backends import Embedder
 from .progress import Progress, SilentProgress
 from .project import EDITED_RULE_SET, Project
 from .prompts import PromptRule, build_rules_prompt, sha256_text
+from .protocols import Embedder
 from .settings import RunSettings
 from .working import set_working_rule_set, working_rule_set
 

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backends import Student
 from .evaluate import evaluate_prompt
 from .phases.evaluation import few_shot_examples, test_examples
 from .progress import Progress, SilentProgress
 from .project import Example, Project
 from .prompts import FewShotExample, build_few_shot_prompt, build_zero_shot_prompt
+from .protocols import Student
 from .settings import RunSettings, load_settings
 from .working import pipeline_choice, require_working_rule_set, working_rule_set
 

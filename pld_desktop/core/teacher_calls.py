@@ -18,9 +18,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .backends import Teacher, TeacherError, TeacherReply, TeacherRequest
 from .progress import Cancelled, Progress
 from .project import Project
+from .protocols import Teacher, TeacherError, TeacherReply, TeacherRequest
 
 
 class QuotaExhausted(Exception):

@@ -139,7 +139,7 @@ def probe_teacher(settings: RunSettings, api_key: str | None) -> str:
     from pydantic import BaseModel
 
     from ..backends.local_teacher import LocalTeacher
-    from ..core.backends import TeacherRequest
+    from ..core.protocols import TeacherRequest
 
     class Ping(BaseModel):
         answer: str
@@ -186,7 +186,7 @@ def probe_openai_teacher(base_url: str, model: str, api_key: str | None) -> Serv
 
     from ..backends.openai_student import OpenAIHttp
     from ..backends.openai_teacher import OpenAITeacher
-    from ..core.backends import TeacherRequest
+    from ..core.protocols import TeacherRequest
 
     key = api_key or secrets.get_api_key("openai", server=base_url)
     http = OpenAIHttp(base_url, key, timeout_s=30.0, max_connections=1, who="The teacher server")

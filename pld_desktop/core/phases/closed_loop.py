@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..backends import Embedder, PromptTooLong, Student, Teacher, TeacherRequest
 from ..evaluate import evaluate_prompt
 from ..progress import Progress, check
 from ..project import Project
 from ..prompts import PromptRule, build_rules_prompt, sha256_text
+from ..protocols import Embedder, PromptTooLong, Student, Teacher, TeacherRequest
 from ..sampling import stratified_sample
 from ..settings import RunSettings
 from ..teacher_calls import TeacherJob, run_teacher_jobs

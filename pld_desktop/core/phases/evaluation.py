@@ -6,7 +6,6 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..backends import PromptTooLong, Student
 from ..calibration import calibrated_evaluation
 from ..evaluate import evaluate_prompt
 from ..progress import Progress
@@ -18,6 +17,7 @@ from ..prompts import (
     build_rules_with_examples_prompt,
     build_zero_shot_prompt,
 )
+from ..protocols import PromptTooLong, Student
 from ..sampling import stratified_sample
 from ..settings import RunSettings
 from ..working import working_rule_set

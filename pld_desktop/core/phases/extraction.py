@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..backends import Teacher, TeacherRequest
 from ..progress import Progress
 from ..project import Project
+from ..protocols import Teacher, TeacherRequest
 from ..settings import RunSettings
 from ..teacher_calls import TeacherJob, TeacherOutcome, run_teacher_jobs
 from ..teacher_prompts import (

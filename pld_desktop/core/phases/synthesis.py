@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import Embedder, Teacher, TeacherRequest
 from ..clustering import centroid_order, cluster_rules, keep_every_label, map_2d
 from ..progress import Progress, check
 from ..project import Project
 from ..prompts import PromptRule, build_rules_prompt, sha256_text
+from ..protocols import Embedder, Teacher, TeacherRequest
 from ..settings import RunSettings
 from ..teacher_calls import TeacherJob, run_teacher_jobs
 from ..teacher_prompts import (
