@@ -144,6 +144,9 @@ class FakeEmbedder:
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.where(norms == 0, 1, norms)
 
+    def close(self) -> None:
+        pass
+
 
 class FakeBackends:
     """A BackendProvider over the fakes (one instance each, so tests can inspect them)."""

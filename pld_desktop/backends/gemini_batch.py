@@ -9,8 +9,7 @@ from typing import TypeVar
 from google.genai import errors, types
 
 from pld_desktop.backends.gemini_teacher import _TRANSPORT_ERRORS, GeminiTeacher
-from pld_desktop.core.batch_extraction import BatchItem, BatchItemResult, BatchStatus
-from pld_desktop.core.protocols import TeacherError, TeacherReply
+from pld_desktop.core.protocols import BatchItem, BatchItemResult, BatchStatus, TeacherError, TeacherReply
 
 log = logging.getLogger(__name__)
 

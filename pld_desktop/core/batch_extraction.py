@@ -16,14 +16,18 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from pydantic import ValidationError
 
 from .phases.extraction import PHASE, ExtractionReport, extraction_jobs, run_extraction
 from .progress import Cancelled, Progress
 from .project import Project
-from .protocols import Teacher, TeacherError, TeacherReply, TeacherRequest
+from .protocols import (
+    BatchItem,
+    BatchStatus,
+    BatchTeacher,
+    TeacherError,
+)
 from .settings import RunSettings
 
 # The same wording for a rejected reply as the synchronous path records (one message format in the project).
@@ -39,44 +43,6 @@ from .teacher_calls import (
 BATCH_PRICE_FACTOR = 0.5  # the Gemini Batch API bills half the interactive price
 OPEN_STATES = ("submitted", "pending", "running")
 FAILED_STATES = ("failed", "cancelled", "expired")
-
-
-# ---------------------------------------------------------------------------
-# What a batch-capable teacher offers
-# ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class BatchItem:
-    key: str  # the request hash; it travels with the request and comes back with its reply
-    request: TeacherRequest
-
-
-@dataclass
-class BatchItemResult:
-    key: str
-    reply: TeacherReply | None  # None when the provider reports an error for this one request
-    error: str | None = None
-
-
-@dataclass
-class BatchStatus:
-    name: str
-    state: str  # submitted | pending | running | succeeded | failed | cancelled | expired (| superseded, stored)
-    results: list[BatchItemResult] | None = None  # set once the state is "succeeded"
-    message: str = ""  # the provider's own words for a failed job, if any
-
-
-class BatchTeacher(Teacher, Protocol):
-    """A Teacher that can also run many requests as one asynchronous job (same model, same `model_id`).
-
-    `generate` is still needed: replies the batch could not deliver are retried synchronously.
-    """
-
-    max_batch_requests: int  # requests per job
-    max_batch_chars: int     # rough size limit per job (inline requests share one HTTP body)
-
-    def submit_batch(self, items: Sequence[BatchItem], display_name: str) -> BatchStatus: ...
-
-    def batch_status(self, name: str) -> BatchStatus: ...
 
 
 class BatchJobFailed(RuntimeError):

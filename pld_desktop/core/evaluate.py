@@ -13,7 +13,7 @@ from .metrics import classification_metrics
 from .progress import Progress, check
 from .project import Example, Project
 from .prompts import sha256_text
-from .protocols import Student
+from .protocols import ConcurrentStudent, Student
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,8 @@ def evaluate_prompt(project: Project, student: Student, prompt_text: str, exampl
             record(example, _Reused(old["predicted"], old["probs"], old["latency_s"]))
         todo = [e for e in todo if e.id not in seen]
 
-    classify_many = getattr(student, "classify_many", None)
-    if classify_many is not None:  # a server-backed student runs requests concurrently
-        for i, pred in classify_many(prompt_text, [e.text for e in todo], labels, cancelled=progress.cancelled):
+    if isinstance(student, ConcurrentStudent):  # a server-backed student runs requests concurrently
+        for i, pred in student.classify_many(prompt_text, [e.text for e in todo], labels, cancelled=progress.cancelled):
             record(todo[i], pred)
         check(progress)
     else:

@@ -20,7 +20,7 @@ from .prompts import (
     build_rules_with_examples_prompt,
     build_zero_shot_prompt,
 )
-from .protocols import Embedder, PromptTooLong, Student, Teacher
+from .protocols import BatchTeacher, Embedder, PromptTooLong, Student, Teacher
 from .reachability import TeacherUnreachable, check_reachable
 from .sampling import stratified_sample
 from .settings import RunSettings, save_settings
@@ -88,7 +88,7 @@ def _run_locked(project: Project, settings: RunSettings, backends: BackendProvid
                 teacher = backends.teacher(settings)
                 if settings.teacher_batch:
                     from .batch_extraction import PollSchedule, run_batch_extraction
-                    if not hasattr(teacher, "submit_batch"):
+                    if not isinstance(teacher, BatchTeacher):
                         raise ValueError("Batch mode needs the Gemini teacher (--teacher gemini).")
                     poll = PollSchedule(settings.batch_poll_initial_s, 1.5, settings.batch_poll_max_s)
                     report.phases[1] = run_batch_extraction(project, teacher, settings, progress, poll=poll).extraction

@@ -107,7 +107,7 @@ def _short_validation_error(exc: Exception) -> str:
 
 def cut_reason(reply: TeacherReply) -> str | None:
     """Why a reply must not be stored: it hit the output bound (finish reason or the adapter's truncation flag)."""
-    if reply.finish_reason in CUT_FINISH_REASONS or getattr(reply, "truncated", False):
+    if reply.finish_reason in CUT_FINISH_REASONS or reply.truncated:
         return (f"the reply hit the output length bound (finish reason {reply.finish_reason or 'truncated'}) "
                 "and was cut; write one complete, shorter sentence")
     return None
