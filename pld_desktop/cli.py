@@ -16,6 +16,7 @@ from typing import Any
 
 from . import __version__
 from .core.progress import ProgressBase
+from .core.states import PhaseState, RunStatus
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_QUOTA, EXIT_CANCELLED = 0, 1, 2, 4, 130
 EXIT_IN_USE = 3          # the project is in use by another run (retry when it has finished)
@@ -253,13 +254,13 @@ def _run(project_path: str, args: argparse.Namespace, phases: Sequence[int], com
         started = time.monotonic()
         report = run_pipeline(project, settings, backends, progress, phases=phases, command=command)
         progress.close()
-        if report.status == "cancelled":
+        if report.status == RunStatus.CANCELLED:
             print(report.message, file=sys.stderr)
             return _stop_exit_code()
-        if report.status == "quota_exhausted":
+        if report.status == RunStatus.QUOTA_EXHAUSTED:
             print(report.message, file=sys.stderr)
             return EXIT_QUOTA
-        if report.status == "failed":
+        if report.status == RunStatus.FAILED:
             print(f"error: {report.message}", file=sys.stderr)
             return EXIT_FAILED
         print(f"Finished phases {', '.join(PHASE_NAMES[p] for p in sorted(phases))} "
@@ -358,7 +359,7 @@ def _status_dict(project: Any) -> dict[str, Any]:
     } | _loop_status(project)
 
 
-STATE_WORDS = {"interrupted": "interrupted, resumable"}
+STATE_WORDS = {PhaseState.INTERRUPTED: "interrupted, resumable"}
 
 
 def _quality_status(project: Any) -> dict[str, Any]:

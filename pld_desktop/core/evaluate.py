@@ -14,6 +14,7 @@ from .progress import Progress, check
 from .project import Example, Project
 from .prompts import sha256_text
 from .protocols import ConcurrentStudent, Student
+from .states import EvaluationStatus
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def evaluate_prompt(project: Project, student: Student, prompt_text: str, exampl
         student=student_record(student), n_examples=len(examples))
     existing = project.evaluation(eval_id)
     done = project.predictions(eval_id)
-    if existing["status"] == "done" and len(done) == len(examples):
+    if existing["status"] == EvaluationStatus.DONE and len(done) == len(examples):
         return eval_id, existing["metrics"]
     progress.begin(stage or f"Scoring {kind} on {split}", len(examples))
     progress.report(len(done), len(examples), "resumed" if done else "")

@@ -22,6 +22,8 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from .states import EvaluationStatus
+
 APPLICATION_ID = 0x504C4444  # "PLDD" at header offset 68
 SQLITE_MAGIC = b"SQLite format 3\x00"
 MIGRATION_SET = "pld_desktop"
@@ -833,7 +835,7 @@ class Project:
             "INSERT INTO evaluations (cache_key, kind, rule_set_id, split, prompt_text, prompt_sha256, student_json, "
             "n_examples, status, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
             [cache_key, kind, rule_set_id, split, prompt_text, prompt_sha256, json.dumps(student), n_examples,
-             "running", time.time()])
+             EvaluationStatus.RUNNING, time.time()])
 
     def predictions(self, evaluation_id: int) -> dict[int, dict[str, Any]]:
         rows = self.query("SELECT * FROM predictions WHERE evaluation_id = ?", [evaluation_id])

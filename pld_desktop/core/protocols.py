@@ -14,6 +14,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel
 
+from .states import BatchState
+
 
 # ---------------------------------------------------------------------------
 # Teacher
@@ -97,8 +99,8 @@ class BatchItemResult:
 @dataclass
 class BatchStatus:
     name: str
-    state: str  # submitted | pending | running | succeeded | failed | cancelled | expired (| superseded, stored)
-    results: list[BatchItemResult] | None = None  # set once the state is "succeeded"
+    state: BatchState
+    results: list[BatchItemResult] | None = None  # set once the state is SUCCEEDED
     message: str = ""  # the provider's own words for a failed job, if any
 
 

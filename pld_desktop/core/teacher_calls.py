@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from .progress import Cancelled, Progress
 from .project import Project
 from .protocols import Teacher, TeacherError, TeacherReply, TeacherRequest
+from .states import CallStatus
 
 
 class QuotaExhausted(Exception):
@@ -267,9 +268,10 @@ def _record_attempts(project: Project, teacher: Teacher, job: TeacherJob, h: str
             fields.update(response_text=att.reply.text, prompt_tokens=u.prompt_tokens, output_tokens=u.output_tokens,
                           thoughts_tokens=u.thoughts_tokens, total_tokens=u.total_tokens, cost_usd=cost,
                           latency_s=att.reply.latency_s,
-                          status="ok" if att.parsed is not None else "invalid", error=att.invalid_reason)
+                          status=CallStatus.OK if att.parsed is not None else CallStatus.INVALID,
+                          error=att.invalid_reason)
         else:
-            fields.update(status="error", error=str(att.error))
+            fields.update(status=CallStatus.ERROR, error=str(att.error))
         last_id = project.record_teacher_call(**fields)
     if final.parsed is not None:
         return TeacherOutcome(job.key, final.parsed, last_id, False, flag=final.invalid_reason,

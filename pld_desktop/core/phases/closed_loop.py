@@ -19,6 +19,7 @@ from ..prompts import PromptRule, build_rules_prompt, sha256_text
 from ..protocols import Embedder, PromptTooLong, Student, Teacher, TeacherRequest
 from ..sampling import stratified_sample
 from ..settings import RunSettings
+from ..states import PhaseState
 from ..teacher_calls import TeacherJob, run_teacher_jobs
 from ..teacher_prompts import RESOLUTION_SYSTEM, resolution_schema, resolution_user, rule_pattern
 from .synthesis import find_conflicts
@@ -58,12 +59,13 @@ def run_closed_loop(project: Project, teacher: Teacher, student: Student, settin
     """`embedder` (optional) adds similarity and co-firing conflicts to every candidate, as synthesis does."""
     start = start_rule_set_id or project.get_setting("synthesis_rule_set_id")
     if start is None:
-        project.set_phase(PHASE, "failed", 0, 0, "No rule set: run phase 2 first.")
+        project.set_phase(PHASE, PhaseState.FAILED, 0, 0, "No rule set: run phase 2 first.")
         raise ValueError("Phase 3 needs a rule set; run phase 2 (synthesis) first.")
     labels = tuple(project.labels())
     train = project.examples(split="train")
     report = LoopReport(start_rule_set_id=start)
-    project.set_phase(PHASE, "running", 0, settings.loop_max_iterations, "scoring the starting rule set on dev")
+    project.set_phase(PHASE, PhaseState.RUNNING, 0, settings.loop_max_iterations,
+                      "scoring the starting rule set on dev")
     best_id = start
     best_f1 = score_on_dev(project, student, start, progress, "Phase 3: scoring the starting rules on dev")
     report.start_dev_f1 = best_f1
@@ -155,7 +157,7 @@ def run_closed_loop(project: Project, teacher: Teacher, student: Student, settin
         report.rounds.append(round_row)
         progress.log(f"Round {rnd}: candidate v{cand_id} dev macro-F1 {f1:.3f} vs best {best_f1:.3f} -> "
                      f"{'accepted' if accepted else 'rejected'}")
-        project.set_phase(PHASE, "running", rnd, settings.loop_max_iterations, f"round {rnd} done")
+        project.set_phase(PHASE, PhaseState.RUNNING, rnd, settings.loop_max_iterations, f"round {rnd} done")
         if accepted:
             best_id, best_f1, current_id, no_gain = cand_id, f1, cand_id, 0
         else:
@@ -171,7 +173,7 @@ def run_closed_loop(project: Project, teacher: Teacher, student: Student, settin
            f"{len(report.rounds)} round(s)"
            + (f", {report.failed_attempts} failed rewrite attempt(s)" if report.failed_attempts else "")
            + f"; stopped: {report.stopped_because}")
-    project.set_phase(PHASE, "done", len(report.rounds), settings.loop_max_iterations, msg)
+    project.set_phase(PHASE, PhaseState.DONE, len(report.rounds), settings.loop_max_iterations, msg)
     progress.log(msg)
     return report
 

@@ -22,6 +22,7 @@ from ..project import Project
 from ..prompts import PromptRule, build_rules_prompt, sha256_text
 from ..protocols import Embedder, Teacher, TeacherRequest
 from ..settings import RunSettings
+from ..states import PhaseState
 from ..teacher_calls import TeacherJob, run_teacher_jobs
 from ..teacher_prompts import (
     MERGE_SYSTEM,
@@ -146,7 +147,7 @@ def run_synthesis(project: Project, teacher: Teacher, embedder: Embedder, settin
     micro = project.micro_rules()
     report.micro_rules = len(micro)
     if not micro:
-        project.set_phase(PHASE, "failed", 0, 0, "No micro-rules: run phase 1 first.")
+        project.set_phase(PHASE, PhaseState.FAILED, 0, 0, "No micro-rules: run phase 1 first.")
         raise ValueError("Phase 2 needs micro-rules; run phase 1 (extraction) first.")
     texts = {e.id: e.text for e in project.examples(split="train")}
     # A micro-rule that still copies its example after the retries stays out of synthesis (shown flagged),
@@ -155,7 +156,7 @@ def run_synthesis(project: Project, teacher: Teacher, embedder: Embedder, settin
     general_labels = {m["label"] for m in micro if m["id"] not in copied}
     micro = [m for m in micro if m["id"] not in copied or m["label"] not in general_labels]
     report.copied_micro_rules = len(copied)
-    project.set_phase(PHASE, "running", 0, 0, "embedding")
+    project.set_phase(PHASE, PhaseState.RUNNING, 0, 0, "embedding")
     vectors = embed_cached(project, embedder, [m["rule"] for m in micro], progress)
     by_id = {m["id"]: i for i, m in enumerate(micro)}
     key = _cluster_and_store(project, micro, vectors, embedder, settings, report)
@@ -256,7 +257,7 @@ def run_synthesis(project: Project, teacher: Teacher, embedder: Embedder, settin
            + (f", {report.flagged_rules} rules copying an example kept out of the prompt (flagged)"
               if report.flagged_rules else "")
            + (f"; no meaning for {', '.join(report.rejected_meanings)}" if report.rejected_meanings else "") + ")")
-    project.set_phase(PHASE, "done", len(real), len(real), msg)
+    project.set_phase(PHASE, PhaseState.DONE, len(real), len(real), msg)
     progress.log(msg)
     return report
 
