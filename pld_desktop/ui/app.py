@@ -42,15 +42,17 @@ from ..core.project import Project, ProjectFileError
 from ..core.states import RESUMABLE_PHASE_STATES, PhaseState
 from .tasks import PipelineThread
 
-STATE_COLOURS = {PhaseState.DONE: "#2e7d32", PhaseState.RUNNING: "#1565c0", PhaseState.FAILED: "#c62828",
-                 PhaseState.CANCELLED: "#ef6c00", PhaseState.PAUSED: "#ef6c00", PhaseState.INTERRUPTED: "#ef6c00"}
+STATE_COLOURS: dict[str, str] = {
+    PhaseState.DONE: "#2e7d32", PhaseState.RUNNING: "#1565c0", PhaseState.FAILED: "#c62828",
+    PhaseState.CANCELLED: "#ef6c00", PhaseState.PAUSED: "#ef6c00", PhaseState.INTERRUPTED: "#ef6c00"}
 # The same states on a dark palette: the light-theme shades are too dark to read on a dark window.
-STATE_COLOURS_DARK = {PhaseState.DONE: "#81c784", PhaseState.RUNNING: "#64b5f6", PhaseState.FAILED: "#ef9a9a",
-                      PhaseState.CANCELLED: "#ffb74d", PhaseState.PAUSED: "#ffb74d",
-                      PhaseState.INTERRUPTED: "#ffb74d"}
-STATE_WORDS = {PhaseState.DONE: "done", PhaseState.RUNNING: "running", PhaseState.FAILED: "failed",
-               PhaseState.CANCELLED: "stopped - resumable", PhaseState.PAUSED: "paused (quota) - resumable",
-               PhaseState.INTERRUPTED: "interrupted, resumable"}
+STATE_COLOURS_DARK: dict[str, str] = {
+    PhaseState.DONE: "#81c784", PhaseState.RUNNING: "#64b5f6", PhaseState.FAILED: "#ef9a9a",
+    PhaseState.CANCELLED: "#ffb74d", PhaseState.PAUSED: "#ffb74d", PhaseState.INTERRUPTED: "#ffb74d"}
+STATE_WORDS: dict[str, str] = {
+    PhaseState.DONE: "done", PhaseState.RUNNING: "running", PhaseState.FAILED: "failed",
+    PhaseState.CANCELLED: "stopped - resumable", PhaseState.PAUSED: "paused (quota) - resumable",
+    PhaseState.INTERRUPTED: "interrupted, resumable"}
 PHASE_HINTS = {1: "The teacher explains each training example as a general rule (micro-rule).",
                2: "Micro-rules are embedded, clustered per label and merged into a short rule list.",
                3: "The student runs on training data; the teacher repairs the rules its mistakes expose.",
