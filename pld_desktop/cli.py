@@ -12,11 +12,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .core.progress import ProgressBase
 from .core.states import PhaseState, RunStatus
+
+if TYPE_CHECKING:
+    from .core.domain import Conflict
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_QUOTA, EXIT_CANCELLED = 0, 1, 2, 4, 130
 EXIT_IN_USE = 3          # the project is in use by another run (retry when it has finished)
@@ -359,7 +362,7 @@ def _status_dict(project: Any) -> dict[str, Any]:
     } | _loop_status(project)
 
 
-STATE_WORDS = {PhaseState.INTERRUPTED: "interrupted, resumable"}
+STATE_WORDS: dict[str, str] = {PhaseState.INTERRUPTED: "interrupted, resumable"}
 
 
 def _quality_status(project: Any) -> dict[str, Any]:
@@ -756,17 +759,17 @@ def _rule_edit(args: argparse.Namespace, rules: list[dict[str, Any]], labels: li
     raise ValueError(f"Unknown rules action '{action}'.")
 
 
-def _conflict_notes(conflicts: list[dict[str, Any]]) -> dict[str, list[str]]:
+def _conflict_notes(conflicts: Sequence[Conflict]) -> dict[str, list[str]]:
     from .core.rule_edits import changed_since
     notes: dict[str, list[str]] = {}
     for c in conflicts:
-        a, b = c["rule_a"], c["rule_b"]
+        a, b = c.rule_a, c.rule_b
         mark = " (rule changed since)" if changed_since(c) else ""
         if a == b:
-            notes.setdefault(a, []).append(f"{c['source']}: {c['reason']}")
+            notes.setdefault(a, []).append(f"{c.source}: {c.reason}")
             continue
-        notes.setdefault(a, []).append(f"{c['source']} with {b}{mark}")
-        notes.setdefault(b, []).append(f"{c['source']} with {a}{mark}")
+        notes.setdefault(a, []).append(f"{c.source} with {b}{mark}")
+        notes.setdefault(b, []).append(f"{c.source} with {a}{mark}")
     return notes
 
 

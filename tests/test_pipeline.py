@@ -273,5 +273,5 @@ def test_every_closed_loop_candidate_gets_data_conflicts_too(tmp_path: Path) -> 
     candidates = [r["candidate_rule_set_id"] for r in project.loop_rounds() if r["candidate_rule_set_id"]]
     assert candidates
     for cand in candidates:
-        sources = {c["source"] for c in project.conflicts(cand)}
+        sources = {c.source for c in project.conflicts(cand)}
         assert sources & {"similarity", "co-firing"}

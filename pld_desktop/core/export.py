@@ -147,8 +147,8 @@ def render_json(payload: dict[str, Any]) -> bytes:
         "prompt": {"text": rs.prompt_text, "sha256": rs.prompt_sha256,
                    "student_user_message_template": student_user_message("{system_prompt}", "{input}")},
         "rules": payload["rules"],
-        "conflicts": [{k: c[k] for k in ("rule_a", "rule_b", "source", "reason", "evidence")}
-                      for c in payload["conflicts"]],
+        "conflicts": [{"rule_a": c.rule_a, "rule_b": c.rule_b, "source": c.source, "reason": c.reason,
+                       "evidence": c.evidence} for c in payload["conflicts"]],
         "metrics": {k: v["metrics"] for k, v in evals.items()},
         "dev_metrics": {k: v["metrics"] for k, v in payload["dev_evaluations"].items()},
         "models": {"student": payload["student"], "teacher": payload["teacher"],
@@ -212,9 +212,8 @@ def render_md(payload: dict[str, Any]) -> bytes:
     if payload["conflicts"]:
         out += ["## Conflicts", "", "| rules | found by | reason |", "|---|---|---|"]
         for c in payload["conflicts"]:
-            pair = md_escape(c["rule_a"]) if c["rule_a"] == c["rule_b"] else \
-                f"{md_escape(c['rule_a'])} / {md_escape(c['rule_b'])}"
-            out.append(f"| {pair} | {md_escape(c['source'])} | {md_escape(c['reason'])} |")
+            pair = md_escape(c.rule_a) if c.rule_a == c.rule_b else f"{md_escape(c.rule_a)} / {md_escape(c.rule_b)}"
+            out.append(f"| {pair} | {md_escape(c.source)} | {md_escape(c.reason)} |")
         out.append("")
     if payload["noise_micro_rules"]:
         out += ["## Micro-rules left out (clustering noise)", "",

@@ -22,6 +22,7 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from .domain import Conflict
 from .states import EvaluationStatus
 
 APPLICATION_ID = 0x504C4444  # "PLDD" at header offset 68
@@ -818,11 +819,9 @@ class Project:
                            [rule_set_id, rule_a, rule_b, source, reason, json.dumps(evidence, ensure_ascii=False),
                             time.time()])
 
-    def conflicts(self, rule_set_id: int) -> list[dict[str, Any]]:
+    def conflicts(self, rule_set_id: int) -> list[Conflict]:
         rows = self.query("SELECT * FROM conflicts WHERE rule_set_id = ? ORDER BY id", [rule_set_id])
-        for r in rows:
-            r["evidence"] = json.loads(r.pop("evidence_json"))
-        return rows
+        return [Conflict.from_row(r) for r in rows]
 
     # -- evaluations ----------------------------------------------------------------------
     def get_or_create_evaluation(self, *, cache_key: str, kind: str, rule_set_id: int | None, split: str,
