@@ -342,7 +342,7 @@ def _status_dict(project: Any) -> dict[str, Any]:
     last = project.get_setting("last_evaluation") or {}
     for kind in ("pld", "zero_shot", "few_shot"):
         if kind in last:
-            m = project.evaluation(last[kind])["metrics"] or {}
+            m = project.evaluation(last[kind]).metrics or {}
             evals[kind] = {"macro_f1": m.get("macro_f1"), "accuracy": m.get("accuracy"),
                            "latency_p50_s": m.get("latency_p50_s")}
     return {

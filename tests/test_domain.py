@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pld_desktop.core.domain import Conflict
+from pld_desktop.core.domain import Conflict, Evaluation
 from pld_desktop.core.project import Project
+from pld_desktop.core.states import EvaluationStatus
 
 
 def _project_with_a_rule_set(tmp_path: Path) -> tuple[Project, int]:
@@ -39,3 +40,24 @@ def test_conflicts_come_back_as_frozen_objects_with_their_evidence(tmp_path: Pat
 def test_a_computed_conflict_has_no_id_or_time() -> None:
     c = Conflict(3, "R1", "R1", "label mismatch", "text says a, label is b", {"said": "a"})
     assert c.id is None and c.created_at is None
+
+
+def test_an_evaluation_comes_back_as_a_frozen_object_running_then_done(tmp_path: Path) -> None:
+    project, rs_id = _project_with_a_rule_set(tmp_path)
+    student = {"name": "fake", "sha256": "f" * 64}
+    eval_id = project.get_or_create_evaluation(cache_key="k", kind="pld", rule_set_id=rs_id, split="dev",
+                                               prompt_text="the prompt", prompt_sha256="a" * 64, student=student,
+                                               n_examples=3)
+    running = project.evaluation(eval_id)
+    assert isinstance(running, Evaluation) and running.status == EvaluationStatus.RUNNING
+    assert running.metrics is None and running.finished_at is None and running.student == student
+    assert project.evaluations_done() == []
+    project.finish_evaluation(eval_id, {"macro_f1": 0.5, "n": 3})
+    done = project.evaluation(eval_id)
+    assert done.status == EvaluationStatus.DONE and done.metrics == {"macro_f1": 0.5, "n": 3}
+    assert (done.kind, done.split, done.rule_set_id, done.prompt_text, done.n_examples) == \
+        ("pld", "dev", rs_id, "the prompt", 3)
+    assert project.evaluations_done() == [done] == project.evaluations()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        done.status = "running"  # type: ignore[misc]
+    project.close()

@@ -357,7 +357,7 @@ def test_calibration_divides_out_the_content_free_prior(tmp_path: Path) -> None:
     assert calibrated_evaluation(project, student, eval_id, dev) == calibrated and student.calls == calls
     assert content_free_prior(project, student, prompt, project.labels()) == calibrated["prior"]
     # The raw probabilities are untouched.
-    assert project.evaluation(eval_id)["metrics"]["macro_f1"] == raw["macro_f1"]
+    assert project.evaluation(eval_id).metrics["macro_f1"] == raw["macro_f1"]
     project.close()
 
 

@@ -115,7 +115,7 @@ def test_phase4_results_csv_and_every_export_name_the_working_version(project: P
     rs = project.rule_set(edited)
     txt = next(p for p in written if p.suffix == ".txt")
     assert txt.read_bytes() == rs.prompt_text.encode("utf-8")
-    assert project.evaluation(latest_scores(project, edited, "test")["rules"].evaluation_id)["prompt_text"] \
+    assert project.evaluation(latest_scores(project, edited, "test")["rules"].evaluation_id).prompt_text \
         == rs.prompt_text  # byte-identical to the prompt that was scored
     md = next(p for p in written if p.suffix == ".md").read_text(encoding="utf-8")
     doc = json.loads(next(p for p in written if p.suffix == ".json").read_text(encoding="utf-8"))

@@ -64,7 +64,7 @@ def calibrated_evaluation(project: Project, student: Student, evaluation_id: int
         return dict(stored)
     ev = project.evaluation(evaluation_id)
     labels = project.labels()
-    prior = content_free_prior(project, student, ev["prompt_text"], labels)
+    prior = content_free_prior(project, student, ev.prompt_text, labels)
     preds = project.predictions(evaluation_id)
     out_preds: dict[str, dict[str, Any]] = {}
     gold, predicted = [], []

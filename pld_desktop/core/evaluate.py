@@ -58,8 +58,8 @@ def evaluate_prompt(project: Project, student: Student, prompt_text: str, exampl
         student=student_record(student), n_examples=len(examples))
     existing = project.evaluation(eval_id)
     done = project.predictions(eval_id)
-    if existing["status"] == EvaluationStatus.DONE and len(done) == len(examples):
-        return eval_id, existing["metrics"]
+    if existing.status == EvaluationStatus.DONE and existing.metrics is not None and len(done) == len(examples):
+        return eval_id, existing.metrics
     progress.begin(stage or f"Scoring {kind} on {split}", len(examples))
     progress.report(len(done), len(examples), "resumed" if done else "")
     todo = [e for e in examples if e.id not in done]

@@ -324,7 +324,7 @@ def quality_status(project: Project) -> dict[str, Any]:
         test = {}
         for kind in ("pld", "pld_examples", "zero_shot", "few_shot"):
             cal = project.get_setting(f"calibrated:{last[kind]}") if kind in last else None
-            raw = project.evaluation(last[kind])["metrics"] if kind in last else None
+            raw = project.evaluation(last[kind]).metrics if kind in last else None
             if raw:
                 test[kind] = {"macro_f1": raw.get("macro_f1"),
                               "macro_f1_calibrated": (cal or {}).get("metrics", {}).get("macro_f1")}
