@@ -69,3 +69,15 @@ def test_optional_backend_abilities_are_declared_not_probed() -> None:
 def test_the_protocols_module_is_not_named_after_the_backends_package() -> None:
     assert (PACKAGE / "core" / "protocols.py").is_file()
     assert not (PACKAGE / "core" / "backends.py").exists()
+
+
+def test_optional_abilities_are_recognised_by_their_protocols() -> None:
+    from pld_desktop.backends.llama_student import LlamaStudent
+    from pld_desktop.backends.openai_student import OpenAIStudent
+    from pld_desktop.core.protocols import BatchTeacher, ConcurrentStudent
+
+    from .fakes import FakeStudent, FakeTeacher
+
+    assert issubclass(OpenAIStudent, ConcurrentStudent) and not issubclass(LlamaStudent, ConcurrentStudent)
+    assert not isinstance(FakeStudent(), ConcurrentStudent)
+    assert not isinstance(FakeTeacher(), BatchTeacher)
