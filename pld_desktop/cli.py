@@ -12,10 +12,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .core.progress import ProgressBase
+from .core.states import PhaseState, RunStatus
+
+if TYPE_CHECKING:
+    from .core.domain import Conflict
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_QUOTA, EXIT_CANCELLED = 0, 1, 2, 4, 130
 EXIT_IN_USE = 3          # the project is in use by another run (retry when it has finished)
@@ -253,13 +257,13 @@ def _run(project_path: str, args: argparse.Namespace, phases: Sequence[int], com
         started = time.monotonic()
         report = run_pipeline(project, settings, backends, progress, phases=phases, command=command)
         progress.close()
-        if report.status == "cancelled":
+        if report.status == RunStatus.CANCELLED:
             print(report.message, file=sys.stderr)
             return _stop_exit_code()
-        if report.status == "quota_exhausted":
+        if report.status == RunStatus.QUOTA_EXHAUSTED:
             print(report.message, file=sys.stderr)
             return EXIT_QUOTA
-        if report.status == "failed":
+        if report.status == RunStatus.FAILED:
             print(f"error: {report.message}", file=sys.stderr)
             return EXIT_FAILED
         print(f"Finished phases {', '.join(PHASE_NAMES[p] for p in sorted(phases))} "
@@ -338,7 +342,7 @@ def _status_dict(project: Any) -> dict[str, Any]:
     last = project.get_setting("last_evaluation") or {}
     for kind in ("pld", "zero_shot", "few_shot"):
         if kind in last:
-            m = project.evaluation(last[kind])["metrics"] or {}
+            m = project.evaluation(last[kind]).metrics or {}
             evals[kind] = {"macro_f1": m.get("macro_f1"), "accuracy": m.get("accuracy"),
                            "latency_p50_s": m.get("latency_p50_s")}
     return {
@@ -358,7 +362,7 @@ def _status_dict(project: Any) -> dict[str, Any]:
     } | _loop_status(project)
 
 
-STATE_WORDS = {"interrupted": "interrupted, resumable"}
+STATE_WORDS: dict[str, str] = {PhaseState.INTERRUPTED: "interrupted, resumable"}
 
 
 def _quality_status(project: Any) -> dict[str, Any]:
@@ -755,17 +759,17 @@ def _rule_edit(args: argparse.Namespace, rules: list[dict[str, Any]], labels: li
     raise ValueError(f"Unknown rules action '{action}'.")
 
 
-def _conflict_notes(conflicts: list[dict[str, Any]]) -> dict[str, list[str]]:
+def _conflict_notes(conflicts: Sequence[Conflict]) -> dict[str, list[str]]:
     from .core.rule_edits import changed_since
     notes: dict[str, list[str]] = {}
     for c in conflicts:
-        a, b = c["rule_a"], c["rule_b"]
+        a, b = c.rule_a, c.rule_b
         mark = " (rule changed since)" if changed_since(c) else ""
         if a == b:
-            notes.setdefault(a, []).append(f"{c['source']}: {c['reason']}")
+            notes.setdefault(a, []).append(f"{c.source}: {c.reason}")
             continue
-        notes.setdefault(a, []).append(f"{c['source']} with {b}{mark}")
-        notes.setdefault(b, []).append(f"{c['source']} with {a}{mark}")
+        notes.setdefault(a, []).append(f"{c.source} with {b}{mark}")
+        notes.setdefault(b, []).append(f"{c.source} with {a}{mark}")
     return notes
 
 
@@ -1108,10 +1112,10 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     from .backends.bundled import ModelFileError
-    from .core.backends import PromptTooLong, TeacherError
     from .core.batch_extraction import BatchJobFailed
     from .core.dataset import DatasetError
     from .core.project import ProjectFileError, ProjectInUse, in_use_message
+    from .core.protocols import PromptTooLong, TeacherError
     try:
         return int(args.func(args) or 0)
     except ProjectInUse as exc:

@@ -288,7 +288,7 @@ def final_result(path: Path) -> dict[str, Any]:
         metrics = {}
         for kind in ("pld", "zero_shot", "few_shot"):
             if kind in last:
-                m = dict(p.evaluation(last[kind])["metrics"] or {})
+                m = dict(p.evaluation(last[kind]).metrics or {})
                 metrics[kind] = {k: v for k, v in m.items() if "latency" not in k}  # timings differ by nature
         chosen = p.get_setting("chosen_rule_set_id")
         return {

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pld_desktop.core.backends import (
+from pld_desktop.core.protocols import (
     ModelIdentity,
     Prediction,
     PromptTooLong,
@@ -143,6 +143,9 @@ class FakeEmbedder:
                 out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % self.dim] += 1.0
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.where(norms == 0, 1, norms)
+
+    def close(self) -> None:
+        pass
 
 
 class FakeBackends:

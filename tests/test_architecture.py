@@ -152,3 +152,41 @@ def test_functions_stay_simple() -> None:
         found[(rel, name)] = int(complexity)
     grown = {key: n for key, n in found.items() if n > COMPLEX_FUNCTIONS.get(key, MAX_COMPLEXITY)}
     assert grown == {}, f"break these functions into named steps (complexity limit {MAX_COMPLEXITY}): {grown}"
+
+
+BACKEND_NAMES = ("teacher", "student", "embedder", "backend", "reply")
+
+
+def backend_probes(path: Path) -> list[str]:
+    """`getattr(x, ...)` / `hasattr(x, ...)` calls whose object is named like a backend (or a teacher's reply)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")
+                and node.args and isinstance(node.args[0], ast.Name)
+                and any(word in node.args[0].id.lower() for word in BACKEND_NAMES)):
+            found.append(f"{node.func.id}({node.args[0].id}, ...) line {node.lineno}")
+    return found
+
+
+def test_optional_backend_abilities_are_declared_not_probed() -> None:
+    """An optional ability is a runtime-checkable protocol in core/protocols.py, asked with isinstance."""
+    offenders = {str(p.relative_to(PACKAGE)): hits for p in PACKAGE.rglob("*.py") if (hits := backend_probes(p))}
+    assert offenders == {}
+
+
+def test_the_protocols_module_is_not_named_after_the_backends_package() -> None:
+    assert (PACKAGE / "core" / "protocols.py").is_file()
+    assert not (PACKAGE / "core" / "backends.py").exists()
+
+
+def test_optional_abilities_are_recognised_by_their_protocols() -> None:
+    from pld_desktop.backends.llama_student import LlamaStudent
+    from pld_desktop.backends.openai_student import OpenAIStudent
+    from pld_desktop.core.protocols import BatchTeacher, ConcurrentStudent
+
+    from .fakes import FakeStudent, FakeTeacher
+
+    assert issubclass(OpenAIStudent, ConcurrentStudent) and not issubclass(LlamaStudent, ConcurrentStudent)
+    assert not isinstance(FakeStudent(), ConcurrentStudent)
+    assert not isinstance(FakeTeacher(), BatchTeacher)

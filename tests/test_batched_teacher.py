@@ -10,7 +10,7 @@ import pytest
 
 from pld_desktop.backends import batched_generation
 from pld_desktop.core import teacher_prompts as tp
-from pld_desktop.core.backends import TeacherRequest
+from pld_desktop.core.protocols import TeacherRequest
 
 LABELS = ("complaint", "fraud_report", "question")
 MESSAGES = [("I was charged a late fee although I paid on time.", "complaint"),

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from scipy.stats import binomtest
 
-from pld_desktop.core.backends import PromptTooLong
 from pld_desktop.core.compare import (
     ExampleSet,
     PromptChoice,
@@ -22,6 +21,7 @@ from pld_desktop.core.dataset import ColumnMapping, DatasetError
 from pld_desktop.core.pipeline import run_pipeline
 from pld_desktop.core.progress import Cancelled, ProgressBase, SilentProgress
 from pld_desktop.core.project import Project
+from pld_desktop.core.protocols import PromptTooLong
 from pld_desktop.core.settings import save_settings
 
 from .fakes import FakeBackends, FakeStudent
@@ -77,7 +77,7 @@ def test_prompt_choices_resolve_to_the_phase4_prompts(distilled: Path, tmp_path:
     chosen = project.get_setting("chosen_rule_set_id")
     assert any(c.rule_set_id == chosen and "chosen" in c.label for c in choices)
     last = project.get_setting("last_evaluation")
-    phase4 = {k: project.evaluation(last[k])["prompt_text"] for k in ("pld", "zero_shot", "few_shot")}
+    phase4 = {k: project.evaluation(last[k]).prompt_text for k in ("pld", "zero_shot", "few_shot")}
     assert resolve_prompt(project, PromptChoice("version", chosen)).text == phase4["pld"]
     assert resolve_prompt(project, PromptChoice("zero_shot")).text == phase4["zero_shot"]
     assert resolve_prompt(project, PromptChoice("few_shot")).text == phase4["few_shot"]
@@ -134,7 +134,7 @@ def test_compare_on_test_reuses_phase4_and_counts_discordant_pairs(distilled: Pa
     assert student.calls == 0, "phase 4 already scored both prompts on the same test examples"
     last = project.get_setting("last_evaluation")
     assert result.evaluation_ids == (last["pld"], last["zero_shot"])
-    assert result.metrics_a["macro_f1"] == pytest.approx(project.evaluation(last["pld"])["metrics"]["macro_f1"])
+    assert result.metrics_a["macro_f1"] == pytest.approx(project.evaluation(last["pld"]).metrics["macro_f1"])
     test = project.examples(split="test")
     assert [r.key for r in result.rows] == [e.ext_id for e in test]
     assert all(r.gold == e.label for r, e in zip(result.rows, test))
@@ -164,8 +164,8 @@ def test_compare_on_dev_is_stored_and_resumes_after_cancel(distilled: Path, tmp_
     a = PromptChoice("text", text="Classify.\n\nRules:\n1. If it mentions 'fee', answer complaint. -> complaint")
     # Phase 3's choice already scored 5-shot on dev; predictions of the same prompt are reused, not rerun.
     ids = [e.id for e in project.examples(split="dev")[:8]]
-    few_shot_done = {ex_id for ev in project.evaluations() if ev["kind"] == "few_shot" and ev["split"] == "dev"
-                     for ex_id in project.predictions(ev["id"]) if ex_id in ids}
+    few_shot_done = {ex_id for ev in project.evaluations() if ev.kind == "few_shot" and ev.split == "dev"
+                     for ex_id in project.predictions(ev.id) if ex_id in ids}
     with pytest.raises(Cancelled):
         compare_prompts(project, student, a, PromptChoice("few_shot"), ExampleSet.from_split("dev", limit=8),
                         StopAfter())
@@ -174,7 +174,7 @@ def test_compare_on_dev_is_stored_and_resumes_after_cancel(distilled: Path, tmp_
                              SilentProgress())
     assert len(result.rows) == 8
     assert student.calls == 3 + 5 + 8 - len(few_shot_done), "A resumed from its 3 saved predictions, B ran once"
-    kinds = {project.evaluation(i)["kind"] for i in result.evaluation_ids}
+    kinds = {project.evaluation(i).kind for i in result.evaluation_ids}
     assert kinds == {"custom", "few_shot"}
     fee_rows = [r for r in result.rows if "fee" in r.text.lower()]
     assert all(r.pred_a == "complaint" for r in fee_rows)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt
 
-from pld_desktop.core.backends import ModelIdentity, Prediction
 from pld_desktop.core.pipeline import run_pipeline
 from pld_desktop.core.progress import SilentProgress
 from pld_desktop.core.project import Project
+from pld_desktop.core.protocols import ModelIdentity, Prediction
 from pld_desktop.ui.compare_view import CompareView, ComparisonTableModel
 
 from .fakes import FakeBackends, FakeStudent

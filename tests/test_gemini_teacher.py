@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from pld_desktop.backends import secrets
 from pld_desktop.backends.gemini_teacher import GeminiTeacher
-from pld_desktop.core.backends import TeacherError, TeacherRequest
+from pld_desktop.core.protocols import TeacherError, TeacherRequest
 
 from .fake_gemini import (
     INVALID_JSON_TEXT,

@@ -17,8 +17,8 @@ from pld_desktop.backends.bundled import ModelFileError
 from pld_desktop.backends.gguf_file import check_gguf_file, file_sha256, model_identity, read_gguf_metadata
 from pld_desktop.backends.llama_runtime import LlamaOwner
 from pld_desktop.backends.llama_student import END, LabelSpace
-from pld_desktop.core.backends import PromptTooLong
 from pld_desktop.core.prompts import PromptRule, build_rules_prompt
+from pld_desktop.core.protocols import PromptTooLong
 
 
 # ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from pld_desktop.backends import bundled
 from pld_desktop.backends.bundled import ModelFileError
-from pld_desktop.core.backends import TeacherError, TeacherRequest
+from pld_desktop.core.protocols import TeacherError, TeacherRequest
 
 
 class Verdict(BaseModel):

@@ -399,8 +399,8 @@ def test_score_on_dev_with_the_real_student(qtbot: Any, project_path: Path) -> N
     values = view.model.values(_names(view.model).index(f"v{working}"))
     assert 0.0 <= values[HistoryModel.COL_DEV] <= 1.0 and values[HistoryModel.COL_DEV_ZERO] is not None
     with Project.open(project_path, read_only=True) as project:
-        students = {ev["student"].get("model_id") or ev["student"].get("path") for ev in project.evaluations_done()
-                    if ev["split"] == "dev"}
+        students = {ev.student.get("model_id") or ev.student.get("path") for ev in project.evaluations_done()
+                    if ev.split == "dev"}
     assert any(s and "fake" not in str(s) for s in students), students
 
 

@@ -17,9 +17,9 @@ from pld_desktop.backends.openai_student import (
     normalise_base_url,
     score_pieces,
 )
-from pld_desktop.core.backends import PromptTooLong
 from pld_desktop.core.metrics import classification_metrics
 from pld_desktop.core.prompts import build_zero_shot_prompt
+from pld_desktop.core.protocols import PromptTooLong
 from pld_desktop.resources import demo_csv
 from tests.test_openai_teacher import KEY, FakeOpenAI, fake_openai, start_llama_server, stop_server  # noqa: F401
 

@@ -19,7 +19,7 @@ import pytest
 from pydantic import BaseModel
 
 from pld_desktop.backends.openai_teacher import OpenAITeacher
-from pld_desktop.core.backends import TeacherError, TeacherRequest
+from pld_desktop.core.protocols import TeacherError, TeacherRequest
 from pld_desktop.core.teacher_prompts import EXTRACTION_SYSTEM, extraction_schema, extraction_user, rule_pattern
 
 KEY = "sk-test-PLANTED-5f1c2e9a7b"

@@ -233,7 +233,7 @@ import json, sys
 from pld_desktop.core.project import Project
 with Project.open(sys.argv[1], read_only=True) as project:
     last = project.get_setting("last_evaluation") or {}
-    out = {kind: {"n_examples": project.evaluation(i)["n_examples"], "student": project.evaluation(i)["student"],
+    out = {kind: {"n_examples": project.evaluation(i).n_examples, "student": project.evaluation(i).student,
                   "predictions": list(project.predictions(i).values())}
            for kind, i in last.items() if kind in ("pld", "zero_shot", "few_shot")}
     print(json.dumps({"labels": project.labels(), "evaluations": out}))

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from pld_desktop.core.backends import TeacherRequest
 from pld_desktop.core.dataset import ColumnMapping, SplitSettings, load_dataset
 from pld_desktop.core.export import export_rule_set
 from pld_desktop.core.pipeline import run_pipeline
 from pld_desktop.core.progress import ProgressBase, SilentProgress
 from pld_desktop.core.project import APPLICATION_ID, Project
+from pld_desktop.core.protocols import TeacherRequest
 from pld_desktop.core.settings import RunSettings
 from pld_desktop.core.teacher_calls import LockedSplitError, TeacherJob, run_teacher_jobs
 from pld_desktop.resources import DEMO_TASK, demo_csv
@@ -47,7 +47,7 @@ def test_full_pipeline_with_doubles(tmp_path: Path) -> None:
     assert project.query("SELECT COUNT(*) AS n FROM clusters")[0]["n"] >= 3  # at least one per label
     assert len(project.rule_sets()) >= 1
     last = project.get_setting("last_evaluation")
-    kinds = {project.evaluation(last[k])["kind"]: project.evaluation(last[k])["metrics"]["macro_f1"]
+    kinds = {project.evaluation(last[k]).kind: project.evaluation(last[k]).metrics["macro_f1"]
              for k in ("pld", "zero_shot", "few_shot")}
     assert set(kinds) == {"pld", "zero_shot", "few_shot"}
     # Phase states are all done and the file is sound.
@@ -165,9 +165,9 @@ def test_export_txt_is_byte_identical_to_the_evaluated_prompt(tmp_path: Path) ->
     paths = export_rule_set(project, tmp_path / "out")
     by_ext = {p.suffix: p for p in paths}
     ev = project.evaluation(project.get_setting("last_evaluation")["pld"])
-    assert by_ext[".txt"].read_bytes() == ev["prompt_text"].encode("utf-8")
+    assert by_ext[".txt"].read_bytes() == ev.prompt_text.encode("utf-8")
     doc = json.loads(by_ext[".json"].read_text())
-    assert doc["prompt"]["sha256"] == ev["prompt_sha256"]
+    assert doc["prompt"]["sha256"] == ev.prompt_sha256
     assert doc["models"]["student"]["sha256"] == "f" * 64
     assert doc["dataset"]["dataset_hash"]
     assert set(doc["metrics"]) == {"pld", "zero_shot", "few_shot"}
@@ -216,8 +216,8 @@ def test_closed_loop_saves_every_candidate_with_its_dev_score(tmp_path: Path) ->
             assert cand.reason.startswith(f"resolution round {r['round']}")
             assert r["dev_macro_f1"] is not None
     chosen = project.get_setting("chosen_rule_set_id")
-    dev_scores = {e["rule_set_id"]: e["metrics"]["macro_f1"] for e in project.evaluations()
-                  if e["split"] == "dev" and e["kind"] == "pld"}
+    dev_scores = {e.rule_set_id: e.metrics["macro_f1"] for e in project.evaluations()
+                  if e.split == "dev" and e.kind == "pld"}
     assert dev_scores[chosen] == max(dev_scores.values())
 
 
@@ -273,5 +273,5 @@ def test_every_closed_loop_candidate_gets_data_conflicts_too(tmp_path: Path) -> 
     candidates = [r["candidate_rule_set_id"] for r in project.loop_rounds() if r["candidate_rule_set_id"]]
     assert candidates
     for cand in candidates:
-        sources = {c["source"] for c in project.conflicts(cand)}
+        sources = {c.source for c in project.conflicts(cand)}
         assert sources & {"similarity", "co-firing"}

@@ -75,9 +75,9 @@ def test_pipeline_leaves_a_complete_sound_project(finished_project: Path) -> Non
         last = p.get_setting("last_evaluation")
         for kind in ("pld", "zero_shot", "few_shot"):
             ev = p.evaluation(last[kind])
-            assert ev["status"] == "done" and 0.0 <= ev["metrics"]["macro_f1"] <= 1.0
-            preds = p.predictions(ev["id"])
-            assert len(preds) == ev["n_examples"]
+            assert ev.status == "done" and 0.0 <= ev.metrics["macro_f1"] <= 1.0
+            preds = p.predictions(ev.id)
+            assert len(preds) == ev.n_examples
             for pred in preds.values():
                 assert pred["predicted"] in p.labels()
                 assert abs(sum(pred["probs"].values()) - 1.0) < 1e-4
@@ -85,7 +85,7 @@ def test_pipeline_leaves_a_complete_sound_project(finished_project: Path) -> Non
         assert calls[0]["model"].startswith("local:")
         # Exports: .txt is exactly the evaluated prompt.
         txt = next((finished_project.parent / "exports").glob("*.txt"))
-        assert txt.read_bytes() == p.evaluation(last["pld"])["prompt_text"].encode("utf-8")
+        assert txt.read_bytes() == p.evaluation(last["pld"]).prompt_text.encode("utf-8")
         doc = json.loads(next((finished_project.parent / "exports").glob("*.json")).read_text())
         assert len(doc["models"]["student"]["sha256"]) == 64
 
@@ -187,6 +187,6 @@ def test_pld_demo_runs_end_to_end_on_the_embedded_models(tmp_path: Path) -> None
         # The three of the paper, and the rules+examples candidate (issue 12) beside them.
         assert {"pld", "zero_shot", "few_shot"} <= {k for k in last if k != "rule_set_id"}, last
         for kind in ("pld", "zero_shot", "few_shot"):
-            assert p.evaluation(last[kind])["metrics"]["macro_f1"] is not None
+            assert p.evaluation(last[kind]).metrics["macro_f1"] is not None
         txt = next((tmp_path / "exports").glob("*.txt"))
-        assert txt.read_bytes() == p.evaluation(last["pld"])["prompt_text"].encode("utf-8")
+        assert txt.read_bytes() == p.evaluation(last["pld"]).prompt_text.encode("utf-8")

@@ -178,7 +178,7 @@ def test_save_version_carries_unchanged_conflicts_and_finds_cheap_ones(project: 
     parent = project.rule_set(chosen)
     old = project.conflicts(chosen)
     assert old, "the doubles' pipeline produces conflicts"
-    edited_uid = old[0]["rule_a"]
+    edited_uid = old[0].rule_a
     rules, _ = Compound((SetText(edited_uid, "If the message mentions 'rude', answer complaint."),
                          SetLabel(edited_uid, "complaint"))).apply(parent.rules)
     target = next(r for r in rules if r["uid"] != edited_uid and r["label"] != "complaint")
@@ -188,14 +188,14 @@ def test_save_version_carries_unchanged_conflicts_and_finds_cheap_ones(project: 
     rules, _ = SetText(dup_of["uid"], "If the message mentions 'rude', answer complaint.").apply(rules)
     new_id = save_version(project, chosen, rules, "edit: test")
     new = project.conflicts(new_id)
-    kept = {(c["rule_a"], c["rule_b"], c["source"]) for c in new}
+    kept = {(c.rule_a, c.rule_b, c.source) for c in new}
     changed = {edited_uid, target["uid"], dup_of["uid"]}
     for c in old:
-        key = (c["rule_a"], c["rule_b"], c["source"])
-        assert (key in kept) == (not ({c["rule_a"], c["rule_b"]} & changed)), key
-    assert any(c["source"] == "same condition" and {c["rule_a"], c["rule_b"]} == {edited_uid, target["uid"]}
+        key = (c.rule_a, c.rule_b, c.source)
+        assert (key in kept) == (not ({c.rule_a, c.rule_b} & changed)), key
+    assert any(c.source == "same condition" and {c.rule_a, c.rule_b} == {edited_uid, target["uid"]}
                for c in new)
-    assert any(c["source"] == "duplicate" and {c["rule_a"], c["rule_b"]} == {edited_uid, dup_of["uid"]}
+    assert any(c.source == "duplicate" and {c.rule_a, c.rule_b} == {edited_uid, dup_of["uid"]}
                for c in new)
 
 
@@ -250,5 +250,5 @@ def test_model_conflicts_pass_adds_only_new_ones(project: Project) -> None:
     added = add_model_conflicts(project, FakeEmbedder(), new_id, settings())
     after = project.conflicts(new_id)
     assert added == len(after) - len(before) > 0
-    assert any(c["source"] == "similarity" and question["uid"] in (c["rule_a"], c["rule_b"]) for c in after)
+    assert any(c.source == "similarity" and question["uid"] in (c.rule_a, c.rule_b) for c in after)
     assert add_model_conflicts(project, FakeEmbedder(), new_id, settings()) == 0  # nothing twice

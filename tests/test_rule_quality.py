@@ -13,7 +13,6 @@ from hypothesis import given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from pld_desktop.core.backends import TeacherReply, TeacherRequest, TeacherUsage
 from pld_desktop.core.calibration import calibrate, calibrated_evaluation, content_free_prior
 from pld_desktop.core.clustering import keep_every_label
 from pld_desktop.core.evaluate import evaluate_prompt
@@ -26,6 +25,7 @@ from pld_desktop.core.pipeline import (
     run_pipeline,
 )
 from pld_desktop.core.progress import SilentProgress
+from pld_desktop.core.protocols import TeacherReply, TeacherRequest, TeacherUsage
 from pld_desktop.core.settings import RunSettings
 from pld_desktop.core.teacher_prompts import (
     copy_reason,
@@ -393,7 +393,7 @@ def test_calibration_divides_out_the_content_free_prior(tmp_path: Path) -> None:
     assert calibrated_evaluation(project, student, eval_id, dev) == calibrated and student.calls == calls
     assert content_free_prior(project, student, prompt, project.labels()) == calibrated["prior"]
     # The raw probabilities are untouched.
-    assert project.evaluation(eval_id)["metrics"]["macro_f1"] == raw["macro_f1"]
+    assert project.evaluation(eval_id).metrics["macro_f1"] == raw["macro_f1"]
     project.close()
 
 

@@ -337,8 +337,8 @@ def test_real_student_tokens_and_real_embedder_conflicts(qtbot, project: Project
         student.close()
     embedder = SentenceTransformerEmbedder()
     added = add_model_conflicts(project, embedder, model.rule_set_id, settings())
-    pairs = {frozenset((c["rule_a"], c["rule_b"])) for c in project.conflicts(model.rule_set_id)
-             if c["source"] == "similarity"}
+    pairs = {frozenset((c.rule_a, c.rule_b)) for c in project.conflicts(model.rule_set_id)
+             if c.source == "similarity"}
     assert added > 0 and frozenset((complaint["uid"], question["uid"])) in pairs
     # The editor keeps working on the enriched version, even with its tokenizer gone (closed student).
     model.push(SetLabel(question["uid"], "complaint"))
@@ -476,7 +476,7 @@ def test_conflicts_found_after_an_edit_are_not_shown_on_the_new_version(qtbot, p
     with qtbot.waitSignal(editor.conflict_search_finished, timeout=30000) as done:
         blocking.release.set()
     assert done.args[0] == "done" and done.args[1] > 0
-    assert any({c["rule_a"], c["rule_b"]} == {complaint, question} and c["source"] == "similarity"
+    assert any({c.rule_a, c.rule_b} == {complaint, question} and c.source == "similarity"
                for c in project.conflicts(searched))
     assert f"v{searched}" in editor.status.text() and "edited since" in editor.status.text()
 

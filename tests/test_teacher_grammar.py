@@ -164,8 +164,8 @@ def test_a_rule_at_the_word_bound_is_reported_cut() -> None:
 
 def test_a_cut_reply_is_retried_and_never_stored(tmp_path: Path) -> None:
     """A reply that hit the token bound is an invalid attempt even when it parses; the retry is stored."""
-    from pld_desktop.core.backends import TeacherReply, TeacherRequest
     from pld_desktop.core.progress import SilentProgress
+    from pld_desktop.core.protocols import TeacherReply, TeacherRequest
     from pld_desktop.core.teacher_calls import TeacherJob, run_teacher_jobs
 
     from .test_pipeline import make_project
@@ -222,7 +222,7 @@ def test_init_and_phase1_with_nasty_labels_give_valid_micro_rules(tmp_path: Path
                        text=True, cwd=repo, timeout=120, check=False)
     assert r.returncode == 0, r.stderr
     from pld_desktop.backends.local_teacher import LocalTeacher
-    from pld_desktop.core.backends import TeacherRequest
+    from pld_desktop.core.protocols import TeacherRequest
     from pld_desktop.core.teacher_calls import parse_reply
     with Project.open(project) as p:
         stored = tuple(p.dataset_info()["labels"])

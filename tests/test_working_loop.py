@@ -14,6 +14,7 @@ import pytest
 from pld_desktop.core.compare import default_pair
 from pld_desktop.core.deploy import gbnf_literal, labels_grammar
 from pld_desktop.core.diff import diff_rules, diff_versions, prompt_numbers
+from pld_desktop.core.domain import Conflict
 from pld_desktop.core.export import ALL_FORMATS, export_rule_set
 from pld_desktop.core.impact import ABLATION_KIND, rule_impact, stored_impact
 from pld_desktop.core.phases.evaluation import run_evaluation
@@ -70,8 +71,8 @@ def project(finished: Path, tmp_path: Path) -> Project:
     p.close()
 
 
-def _ids(conflicts: list[dict]) -> set[tuple]:
-    return {(c["rule_a"], c["rule_b"], c["source"], c["reason"], json.dumps(c["evidence"], sort_keys=True))
+def _ids(conflicts: list[Conflict]) -> set[tuple]:
+    return {(c.rule_a, c.rule_b, c.source, c.reason, json.dumps(c.evidence, sort_keys=True))
             for c in conflicts}
 
 
@@ -114,7 +115,7 @@ def test_phase4_results_csv_and_every_export_name_the_working_version(project: P
     rs = project.rule_set(edited)
     txt = next(p for p in written if p.suffix == ".txt")
     assert txt.read_bytes() == rs.prompt_text.encode("utf-8")
-    assert project.evaluation(latest_scores(project, edited, "test")["rules"].evaluation_id)["prompt_text"] \
+    assert project.evaluation(latest_scores(project, edited, "test")["rules"].evaluation_id).prompt_text \
         == rs.prompt_text  # byte-identical to the prompt that was scored
     md = next(p for p in written if p.suffix == ".md").read_text(encoding="utf-8")
     doc = json.loads(next(p for p in written if p.suffix == ".json").read_text(encoding="utf-8"))
@@ -190,15 +191,15 @@ def test_an_empty_history_says_so(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------
 # 3. Conflicts through edits
 # ---------------------------------------------------------------------------
-def _with_teacher_conflict(project: Project) -> tuple[int, dict]:
+def _with_teacher_conflict(project: Project) -> tuple[int, Conflict]:
     chosen = require_working_rule_set(project)
-    teacher = [c for c in project.conflicts(chosen) if c["source"] == "teacher"]
+    teacher = [c for c in project.conflicts(chosen) if c.source == "teacher"]
     if not teacher:  # the doubles' review names rules 1 and 2; make sure one is stored for this test
         rules = project.rule_set(chosen).rules
         a, b = next((x, y) for x in rules for y in rules if x["label"] != y["label"])
         ua, ub = sorted((a["uid"], b["uid"]))
         project.add_conflict(chosen, ua, ub, "teacher", "both can match a short message", {"named_by": "teacher"})
-        teacher = [c for c in project.conflicts(chosen) if c["source"] == "teacher"]
+        teacher = [c for c in project.conflicts(chosen) if c.source == "teacher"]
     return chosen, teacher[0]
 
 
@@ -206,22 +207,22 @@ def test_rewording_keeps_teacher_conflicts_marked_and_undo_restores_exactly(proj
     chosen, conflict = _with_teacher_conflict(project)
     before = project.conflicts(chosen)
     rules = project.rule_set(chosen).rules
-    uid = conflict["rule_a"]
+    uid = conflict.rule_a
     reworded_rules, undo = SetText(uid, "If the message is about something else entirely, answer "
                                    + next(r["label"] for r in rules if r["uid"] == uid) + ".").apply(rules)
     v2 = save_version(project, chosen, reworded_rules, "edit: reword")
-    kept = [c for c in project.conflicts(v2) if (c["rule_a"], c["rule_b"], c["source"]) ==
-            (conflict["rule_a"], conflict["rule_b"], "teacher")]
+    kept = [c for c in project.conflicts(v2) if (c.rule_a, c.rule_b, c.source) ==
+            (conflict.rule_a, conflict.rule_b, "teacher")]
     assert len(kept) == 1 and changed_since(kept[0]) == [uid]
     # Pairs of unchanged rules keep their conflicts.
-    untouched = {(c["rule_a"], c["rule_b"], c["source"]) for c in before if uid not in (c["rule_a"], c["rule_b"])}
-    assert untouched <= {(c["rule_a"], c["rule_b"], c["source"]) for c in project.conflicts(v2)}
+    untouched = {(c.rule_a, c.rule_b, c.source) for c in before if uid not in (c.rule_a, c.rule_b)}
+    assert untouched <= {(c.rule_a, c.rule_b, c.source) for c in project.conflicts(v2)}
     v3 = save_version(project, v2, undo.apply(reworded_rules)[0], "undo: reword")
     assert _ids(project.conflicts(v3)) == _ids(before)
     # Delete then undo the delete: the rule comes back with its conflicts.
     deleted, undo_delete = Delete(uid).apply(project.rule_set(v3).rules)
     v4 = save_version(project, v3, deleted, "edit: delete")
-    assert not any(uid in (c["rule_a"], c["rule_b"]) for c in project.conflicts(v4))
+    assert not any(uid in (c.rule_a, c.rule_b) for c in project.conflicts(v4))
     v5 = save_version(project, v4, undo_delete.apply(deleted)[0], "undo: delete")
     assert isinstance(undo_delete, Insert) and _ids(project.conflicts(v5)) == _ids(before)
 
@@ -235,7 +236,7 @@ def test_recompute_finds_the_edited_rules_similarity_conflicts_in_the_background
     new_id = save_version(project, chosen, edited, "edit: copy a condition")
     added = recompute_conflicts(project, FakeEmbedder(), new_id, settings())
     after = project.conflicts(new_id)
-    assert added > 0 and all(b["uid"] in (c["rule_a"], c["rule_b"]) for c in after[-added:])
+    assert added > 0 and all(b["uid"] in (c.rule_a, c.rule_b) for c in after[-added:])
     assert recompute_conflicts(project, FakeEmbedder(), new_id, settings()) == 0
 
 
@@ -261,15 +262,15 @@ def test_a_rule_whose_text_contradicts_its_label_is_a_conflict_with_two_fixes(pr
     relabelled, _ = SetLabel(r["uid"], other).apply(rules)
     assert label_mismatches(relabelled, project.labels()) == [(r["uid"], r["label"], other)]
     v2 = save_version(project, chosen, relabelled, "edit: relabel")
-    mismatch = [c for c in project.conflicts(v2) if c["source"] == LABEL_MISMATCH]
-    assert [(c["rule_a"], c["rule_b"], c["reason"]) for c in mismatch] == \
+    mismatch = [c for c in project.conflicts(v2) if c.source == LABEL_MISMATCH]
+    assert [(c.rule_a, c.rule_b, c.reason) for c in mismatch] == \
         [(r["uid"], r["uid"], f"text says {r['label']}, label is {other}")]
     by_label = fix_label_to_text(relabelled, r["uid"], project.labels()).apply(relabelled)[0]
     by_text = fix_text_to_label(relabelled, r["uid"], project.labels()).apply(relabelled)[0]
     for fixed in (by_label, by_text):
         assert label_mismatches(fixed, project.labels()) == []
         v3 = save_version(project, v2, fixed, "fix")
-        assert not [c for c in version_conflicts(project, v3) if c["source"] == LABEL_MISMATCH]
+        assert not [c for c in version_conflicts(project, v3) if c.source == LABEL_MISMATCH]
     assert next(x for x in by_text if x["uid"] == r["uid"])["text"].count(other) >= 1
 
 

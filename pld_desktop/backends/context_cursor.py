@@ -13,7 +13,7 @@ import llama_cpp.llama_cpp as llama_capi
 import numpy as np
 
 from pld_desktop.backends.prefix_cache import PrefixStateCache, PrefixStateDiskCache
-from pld_desktop.core.backends import PromptTooLong
+from pld_desktop.core.protocols import PromptTooLong
 
 __all__ = ["EvalStats", "LlamaContextCursor", "common_prefix_length"]
 

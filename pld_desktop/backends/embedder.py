@@ -48,3 +48,6 @@ class SentenceTransformerEmbedder:
             vecs = model.encode(list(texts), batch_size=self.batch_size, show_progress_bar=False,
                                 convert_to_numpy=True, normalize_embeddings=True)
         return np.asarray(vecs, dtype=np.float32)
+
+    def close(self) -> None:
+        """Nothing to free early: the loaded model goes with this object (the protocol's no-op close)."""

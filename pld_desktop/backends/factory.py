@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ..core.backends import Embedder, Student, Teacher
+from ..core.protocols import Embedder, Student, Teacher
 from ..core.settings import RunSettings
 from .trust import TrustStore, UntrustedSettingError, settings_in_use
 
@@ -23,7 +23,7 @@ class DefaultBackends:
 
     def __init__(self, trust: TrustStore | str | None = "this machine") -> None:
         self._lock = threading.Lock()
-        self._cache: dict[Any, Any] = {}
+        self._cache: dict[Any, Teacher | Student | Embedder] = {}
         self._trust: TrustStore | None = TrustStore() if isinstance(trust, str) else trust
 
     def _check_trust(self, settings: RunSettings, fields: frozenset[str]) -> None:
@@ -98,9 +98,7 @@ class DefaultBackends:
     def close(self) -> None:
         with self._lock:
             for backend in self._cache.values():
-                close = getattr(backend, "close", None)
-                if close is not None:
-                    close()
+                backend.close()
             self._cache.clear()
 
 

@@ -9,8 +9,8 @@ from typing import TypeVar
 from google.genai import errors, types
 
 from pld_desktop.backends.gemini_teacher import _TRANSPORT_ERRORS, GeminiTeacher
-from pld_desktop.core.backends import TeacherError, TeacherReply
-from pld_desktop.core.batch_extraction import BatchItem, BatchItemResult, BatchStatus
+from pld_desktop.core.protocols import BatchItem, BatchItemResult, BatchStatus, TeacherError, TeacherReply
+from pld_desktop.core.states import BatchState
 
 log = logging.getLogger(__name__)
 
@@ -18,11 +18,13 @@ _T = TypeVar("_T")
 
 # google-genai reports JOB_STATE_*; the core speaks short words (stored in the project as they are).
 _STATES = {
-    "JOB_STATE_QUEUED": "pending", "JOB_STATE_PENDING": "pending", "JOB_STATE_UNSPECIFIED": "pending",
-    "JOB_STATE_RUNNING": "running", "JOB_STATE_UPDATING": "running", "JOB_STATE_PAUSED": "running",
-    "JOB_STATE_CANCELLING": "running",
-    "JOB_STATE_SUCCEEDED": "succeeded", "JOB_STATE_PARTIALLY_SUCCEEDED": "succeeded",
-    "JOB_STATE_FAILED": "failed", "JOB_STATE_CANCELLED": "cancelled", "JOB_STATE_EXPIRED": "expired",
+    "JOB_STATE_QUEUED": BatchState.PENDING, "JOB_STATE_PENDING": BatchState.PENDING,
+    "JOB_STATE_UNSPECIFIED": BatchState.PENDING,
+    "JOB_STATE_RUNNING": BatchState.RUNNING, "JOB_STATE_UPDATING": BatchState.RUNNING,
+    "JOB_STATE_PAUSED": BatchState.RUNNING, "JOB_STATE_CANCELLING": BatchState.RUNNING,
+    "JOB_STATE_SUCCEEDED": BatchState.SUCCEEDED, "JOB_STATE_PARTIALLY_SUCCEEDED": BatchState.SUCCEEDED,
+    "JOB_STATE_FAILED": BatchState.FAILED, "JOB_STATE_CANCELLED": BatchState.CANCELLED,
+    "JOB_STATE_EXPIRED": BatchState.EXPIRED,
 }
 
 
@@ -87,12 +89,12 @@ class GeminiBatchTeacher(GeminiTeacher):
 
     def _status(self, job: types.BatchJob, keys: Sequence[str] | None) -> BatchStatus:
         raw_state = str(getattr(job.state, "value", job.state) or "JOB_STATE_UNSPECIFIED")
-        state = _STATES.get(raw_state, "pending")
+        state = _STATES.get(raw_state, BatchState.PENDING)
         message = ""
         if job.error is not None and (job.error.message or job.error.code):
             message = self._error(f"{job.error.code or ''} {job.error.message or ''}".strip()).args[0]
         results = None
-        if state == "succeeded":
+        if state == BatchState.SUCCEEDED:
             inlined = (job.dest.inlined_responses if job.dest is not None else None) or []
             results = [self._result(n, r) for n, r in enumerate(inlined)]
         return BatchStatus(name=job.name or "", state=state, results=results, message=message)

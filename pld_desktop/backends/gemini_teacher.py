@@ -11,7 +11,7 @@ from google import genai
 from google.genai import errors, types
 
 from pld_desktop.backends import secrets
-from pld_desktop.core.backends import TeacherError, TeacherReply, TeacherRequest, TeacherUsage
+from pld_desktop.core.protocols import TeacherError, TeacherReply, TeacherRequest, TeacherUsage
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 from pld_desktop.backends.bundled import ModelFileError
 from pld_desktop.backends.cache_dir import cache_dir
-from pld_desktop.core.backends import ModelIdentity
+from pld_desktop.core.protocols import ModelIdentity
 
 __all__ = ["FILE_TYPE_NAMES", "GGML_TYPE_SIZES", "GGUF_MAGIC", "GGUFHeader", "HeaderError", "available_memory_bytes",
            "backend_name", "check_fits_memory", "check_gguf_file", "file_sha256", "model_identity",

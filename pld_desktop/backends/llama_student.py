@@ -33,8 +33,8 @@ from pld_desktop.backends.gguf_file import model_identity, read_gguf_metadata
 from pld_desktop.backends.label_search import label_mass
 from pld_desktop.backends.llama_runtime import LlamaOwner, gguf_chat_formatter
 from pld_desktop.backends.prefix_cache import PrefixStateCache, PrefixStateDiskCache, state_settings
-from pld_desktop.core.backends import ModelIdentity, Prediction, PromptTooLong
 from pld_desktop.core.prompts import student_user_message
+from pld_desktop.core.protocols import ModelIdentity, Prediction, PromptTooLong
 
 __all__ = ["END", "EvalStats", "LabelSpace", "LlamaContextCursor", "LlamaStudent", "ModelFileError", "ScoreResult",
            "token_pieces"]

@@ -34,7 +34,7 @@ from pld_desktop.backends.gguf_file import file_sha256, read_gguf_metadata
 from pld_desktop.backends.llama_runtime import LlamaOwner, gguf_chat_formatter, template_supports_system
 from pld_desktop.backends.prefix_cache import PrefixStateCache, PrefixStateDiskCache, state_settings
 from pld_desktop.backends.teacher_grammar import rule_hit_bound, schema_grammar
-from pld_desktop.core.backends import TeacherError, TeacherReply, TeacherRequest, TeacherUsage
+from pld_desktop.core.protocols import TeacherError, TeacherReply, TeacherRequest, TeacherUsage
 
 __all__ = ["LocalTeacher", "ModelFileError"]
 

@@ -221,7 +221,7 @@ def probe_teacher(settings: RunSettings, api_key: str | None) -> str:
             return teacher.test_connection()
     from pydantic import BaseModel
 
-    from ..core.backends import TeacherRequest
+    from ..core.protocols import TeacherRequest
     from .local_teacher import LocalTeacher
 
     class Ping(BaseModel):
@@ -267,7 +267,7 @@ def probe_openai_teacher(base_url: str, model: str, api_key: str | None) -> Serv
     """List the server's models, then make one tiny structured call to `model`, as a run would."""
     from pydantic import BaseModel
 
-    from ..core.backends import TeacherRequest
+    from ..core.protocols import TeacherRequest
     from .openai_student import OpenAIHttp
     from .openai_teacher import OpenAITeacher
 

@@ -38,8 +38,8 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 from pld_desktop.backends import secrets
 from pld_desktop.backends.label_search import label_mass
-from pld_desktop.core.backends import ModelIdentity, Prediction, PromptTooLong
 from pld_desktop.core.prompts import student_user_message
+from pld_desktop.core.protocols import ModelIdentity, Prediction, PromptTooLong
 
 __all__ = ["OpenAIHttp", "OpenAIServerError", "OpenAIStudent", "gbnf_literal", "normalise_base_url"]
 

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from pld_desktop.backends.openai_student import OpenAIHttp, OpenAIServerError
-from pld_desktop.core.backends import TeacherError, TeacherReply, TeacherRequest, TeacherUsage
+from pld_desktop.core.protocols import TeacherError, TeacherReply, TeacherRequest, TeacherUsage
 
 __all__ = ["OpenAITeacher"]
 

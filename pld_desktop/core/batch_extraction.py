@@ -16,15 +16,20 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from pydantic import ValidationError
 
-from .backends import Teacher, TeacherError, TeacherReply, TeacherRequest
 from .phases.extraction import PHASE, ExtractionReport, extraction_jobs, run_extraction
 from .progress import Cancelled, Progress
 from .project import Project
+from .protocols import (
+    BatchItem,
+    BatchStatus,
+    BatchTeacher,
+    TeacherError,
+)
 from .settings import RunSettings
+from .states import FAILED_BATCH_STATES, BatchState, CallStatus, PhaseState
 
 # The same wording for a rejected reply as the synchronous path records (one message format in the project).
 from .teacher_calls import (
@@ -37,46 +42,6 @@ from .teacher_calls import (
 )
 
 BATCH_PRICE_FACTOR = 0.5  # the Gemini Batch API bills half the interactive price
-OPEN_STATES = ("submitted", "pending", "running")
-FAILED_STATES = ("failed", "cancelled", "expired")
-
-
-# ---------------------------------------------------------------------------
-# What a batch-capable teacher offers
-# ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class BatchItem:
-    key: str  # the request hash; it travels with the request and comes back with its reply
-    request: TeacherRequest
-
-
-@dataclass
-class BatchItemResult:
-    key: str
-    reply: TeacherReply | None  # None when the provider reports an error for this one request
-    error: str | None = None
-
-
-@dataclass
-class BatchStatus:
-    name: str
-    state: str  # submitted | pending | running | succeeded | failed | cancelled | expired (| superseded, stored)
-    results: list[BatchItemResult] | None = None  # set once the state is "succeeded"
-    message: str = ""  # the provider's own words for a failed job, if any
-
-
-class BatchTeacher(Teacher, Protocol):
-    """A Teacher that can also run many requests as one asynchronous job (same model, same `model_id`).
-
-    `generate` is still needed: replies the batch could not deliver are retried synchronously.
-    """
-
-    max_batch_requests: int  # requests per job
-    max_batch_chars: int     # rough size limit per job (inline requests share one HTTP body)
-
-    def submit_batch(self, items: Sequence[BatchItem], display_name: str) -> BatchStatus: ...
-
-    def batch_status(self, name: str) -> BatchStatus: ...
 
 
 class BatchJobFailed(RuntimeError):
@@ -136,7 +101,7 @@ def run_batch_extraction(project: Project, teacher: BatchTeacher, settings: RunS
             continue
         if not any(h in by_hash and h not in answered for h in project.teacher_batch_requests(batch["id"])):
             # Everything it carries was answered meanwhile (e.g. a synchronous run): no reason to wait for it.
-            project.update_teacher_batch(batch["id"], state="superseded",
+            project.update_teacher_batch(batch["id"], state=BatchState.SUPERSEDED,
                                          message="its requests were answered without it")
             continue
         open_batches.append(batch)
@@ -148,7 +113,7 @@ def run_batch_extraction(project: Project, teacher: BatchTeacher, settings: RunS
 
     todo = [BatchItem(h, job.request) for h, job in by_hash.items() if h not in answered and h not in in_flight]
     progress.begin("Phase 1: extraction (batch)", train_total)
-    project.set_phase(PHASE, "running", train_total - len(jobs), train_total, "")
+    project.set_phase(PHASE, PhaseState.RUNNING, train_total - len(jobs), train_total, "")
     for chunk in _chunks(todo, teacher.max_batch_requests, teacher.max_batch_chars):
         if progress.cancelled():
             raise Cancelled("cancelled by the user")
@@ -191,12 +156,12 @@ def _poll_until_done(project: Project, teacher: BatchTeacher, batches: list[dict
                 if exc.retryable:  # network weather or a busy server: the job is fine, ask again later
                     progress.log(f"Could not check batch job {batch['name']} ({exc}); trying again.", "warning")
                     continue
-                status = BatchStatus(batch["name"], "failed", message=str(exc))
+                status = BatchStatus(batch["name"], BatchState.FAILED, message=str(exc))
             report.polls += 1
-            if status.state == "succeeded" and status.results is not None:
+            if status.state == BatchState.SUCCEEDED and status.results is not None:
                 done_items += _merge(project, teacher, batch_id, status, by_hash, report)
                 del pending[batch_id]
-            elif status.state in FAILED_STATES:
+            elif status.state in FAILED_BATCH_STATES:
                 msg = (f"Batch job {batch['name']} ended as {status.state}"
                        + (f": {status.message}" if status.message else "") + ".")
                 project.update_teacher_batch(batch_id, state=status.state, message=msg[:500])
@@ -211,18 +176,18 @@ def _poll_until_done(project: Project, teacher: BatchTeacher, batches: list[dict
         states = ", ".join(f"{b['name']} {b['state']}" for b in pending.values())
         words = f"waiting for the batch job ({states}); next check in {delay:.3g} s"
         progress.report(already + done_items, train_total, words)
-        project.set_phase(PHASE, "running", already + done_items, train_total, words[:500])
+        project.set_phase(PHASE, PhaseState.RUNNING, already + done_items, train_total, words[:500])
         if _wait(delay, progress):
             names = ", ".join(b["name"] for b in pending.values())
             progress.log(f"Stopped polling. The batch job(s) {names} keep running at the provider (not cancelled); "
                          "rerun phase 1 in batch mode to resume polling and merge the results.", "warning")
-            project.set_phase(PHASE, "cancelled", already + done_items, train_total,
+            project.set_phase(PHASE, PhaseState.CANCELLED, already + done_items, train_total,
                               f"Polling stopped; batch job(s) {names} keep running; rerun to resume."[:500])
             raise Cancelled("stopped polling; the batch job keeps running and a rerun resumes it")
     if failures:
         message = (" ".join(failures) + " Its requests stay pending: rerun to submit them in a new batch job, "
                                         "or run phase 1 without batch mode.")
-        project.set_phase(PHASE, "failed", already + done_items, train_total, message[:500])
+        project.set_phase(PHASE, PhaseState.FAILED, already + done_items, train_total, message[:500])
         raise BatchJobFailed(message)
 
 
@@ -263,7 +228,7 @@ def _merge(project: Project, teacher: BatchTeacher, batch_id: int, status: Batch
                                              ensure_ascii=False),
                   "attempt": 1, "latency_s": 0.0}  # a per-item latency means nothing inside a batch job
         if result.reply is None:
-            fields.update(status="error", error=(result.error or "no reply in the batch output")[:1000])
+            fields.update(status=CallStatus.ERROR, error=(result.error or "no reply in the batch output")[:1000])
             report.merged_errors += 1
         else:
             u = result.reply.usage
@@ -274,17 +239,17 @@ def _merge(project: Project, teacher: BatchTeacher, batch_id: int, status: Batch
                           total_tokens=u.total_tokens, cost_usd=cost)
             try:
                 parse_reply(result.reply.text, request.schema)
-                fields.update(status="ok")
+                fields.update(status=CallStatus.OK)
                 report.merged_ok += 1
             except (ValidationError, ValueError) as exc:
-                fields.update(status="invalid", error=_short_validation_error(exc))
+                fields.update(status=CallStatus.INVALID, error=_short_validation_error(exc))
                 report.merged_invalid += 1
         calls.append(fields)
     missing = len(sent) - len(status.results or [])
     if missing > 0:
         report.merged_errors += missing  # left unanswered: retried synchronously by phase 1
     project.merge_teacher_batch(batch_id, calls)
-    return sum(1 for c in calls if c["status"] == "ok")
+    return sum(1 for c in calls if c["status"] == CallStatus.OK)
 
 
 def _chunks(items: Sequence[BatchItem], max_requests: int, max_chars: int) -> list[list[BatchItem]]:

@@ -13,10 +13,10 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from .backends import Student
 from .metrics import classification_metrics
 from .project import Example, Project
 from .prompts import sha256_text
+from .protocols import Student
 
 # The content-free inputs of the paper's recipe; their mean label distribution is the prompt's prior.
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")
@@ -64,7 +64,7 @@ def calibrated_evaluation(project: Project, student: Student, evaluation_id: int
         return dict(stored)
     ev = project.evaluation(evaluation_id)
     labels = project.labels()
-    prior = content_free_prior(project, student, ev["prompt_text"], labels)
+    prior = content_free_prior(project, student, ev.prompt_text, labels)
     preds = project.predictions(evaluation_id)
     out_preds: dict[str, dict[str, Any]] = {}
     gold, predicted = [], []

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backends import Prediction, Student
 from .dataset import ColumnMapping, DatasetError, Problem, read_csv, render_template
 from .evaluate import evaluate_prompt
 from .metrics import classification_metrics
@@ -27,6 +26,7 @@ from .phases.evaluation import few_shot_examples, test_examples
 from .progress import Progress, check
 from .project import CHOSEN_RULE_SET, EDITED_RULE_SET, Example, Project
 from .prompts import FewShotExample, build_few_shot_prompt, build_zero_shot_prompt
+from .protocols import Prediction, Student
 from .settings import RunSettings, load_settings
 from .working import working_rule_set
 

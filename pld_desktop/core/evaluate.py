@@ -9,11 +9,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .backends import Student
 from .metrics import classification_metrics
 from .progress import Progress, check
 from .project import Example, Project
 from .prompts import sha256_text
+from .protocols import ConcurrentStudent, Student
+from .states import EvaluationStatus
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,8 @@ def evaluate_prompt(project: Project, student: Student, prompt_text: str, exampl
         student=student_record(student), n_examples=len(examples))
     existing = project.evaluation(eval_id)
     done = project.predictions(eval_id)
-    if existing["status"] == "done" and len(done) == len(examples):
-        return eval_id, existing["metrics"]
+    if existing.status == EvaluationStatus.DONE and existing.metrics is not None and len(done) == len(examples):
+        return eval_id, existing.metrics
     progress.begin(stage or f"Scoring {kind} on {split}", len(examples))
     progress.report(len(done), len(examples), "resumed" if done else "")
     todo = [e for e in examples if e.id not in done]
@@ -77,9 +78,8 @@ def evaluate_prompt(project: Project, student: Student, prompt_text: str, exampl
             record(example, _Reused(old["predicted"], old["probs"], old["latency_s"]))
         todo = [e for e in todo if e.id not in seen]
 
-    classify_many = getattr(student, "classify_many", None)
-    if classify_many is not None:  # a server-backed student runs requests concurrently
-        for i, pred in classify_many(prompt_text, [e.text for e in todo], labels, cancelled=progress.cancelled):
+    if isinstance(student, ConcurrentStudent):  # a server-backed student runs requests concurrently
+        for i, pred in student.classify_many(prompt_text, [e.text for e in todo], labels, cancelled=progress.cancelled):
             record(todo[i], pred)
         check(progress)
     else:

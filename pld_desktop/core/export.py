@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import __version__
 from .deploy import DEPLOY_FORMATS, deploy_files
+from .domain import Evaluation
 from .project import Project
 from .prompts import student_user_message
 from .scoring import latest_scores
@@ -62,14 +63,14 @@ def export_payload(project: Project, rule_set_id: int | None = None) -> dict[str
     rs_id = require_working_rule_set(project, rule_set_id)
     rs = project.rule_set(rs_id)
     # The version's own newest scores (and the baselines on the same examples), never another version's.
-    evaluations: dict[str, Any] = {}
-    dev_evaluations: dict[str, Any] = {}
+    evaluations: dict[str, Evaluation] = {}
+    dev_evaluations: dict[str, Evaluation] = {}
     for split, into in (("test", evaluations), ("dev", dev_evaluations)):
         for prompt, score in latest_scores(project, rs_id, split).items():
             into["pld" if prompt == "rules" else prompt] = project.evaluation(score.evaluation_id)
     for evs in (evaluations, dev_evaluations):
         pld_eval = evs.get("pld")
-        if pld_eval is not None and pld_eval["prompt_sha256"] != rs.prompt_sha256:
+        if pld_eval is not None and pld_eval.prompt_sha256 != rs.prompt_sha256:
             raise RuntimeError("The evaluated prompt differs from the rule set's prompt; refusing to export.")
     micro = {m["id"]: m for m in project.micro_rules()}
     # One id scheme for examples everywhere a user reads them: the CSV's id, else its row number (ext_id).
@@ -86,7 +87,7 @@ def export_payload(project: Project, rule_set_id: int | None = None) -> dict[str
                                       for mid in r.get("micro_rule_ids", []) if mid in micro]})
     info = project.dataset_info() or {}
     settings = project.settings().get("run_settings", {})
-    scored_student = next((ev["student"] for ev in (evaluations.get("pld"), dev_evaluations.get("pld")) if ev), None)
+    scored_student = next((ev.student for ev in (evaluations.get("pld"), dev_evaluations.get("pld")) if ev), None)
     teachers = sorted({r["model"] for r in project.query("SELECT DISTINCT model FROM teacher_calls")})
     # Noise micro-rules are not in the prompt but are never dropped: the export lists them.
     noise = project.query(
@@ -147,10 +148,10 @@ def render_json(payload: dict[str, Any]) -> bytes:
         "prompt": {"text": rs.prompt_text, "sha256": rs.prompt_sha256,
                    "student_user_message_template": student_user_message("{system_prompt}", "{input}")},
         "rules": payload["rules"],
-        "conflicts": [{k: c[k] for k in ("rule_a", "rule_b", "source", "reason", "evidence")}
-                      for c in payload["conflicts"]],
-        "metrics": {k: v["metrics"] for k, v in evals.items()},
-        "dev_metrics": {k: v["metrics"] for k, v in payload["dev_evaluations"].items()},
+        "conflicts": [{"rule_a": c.rule_a, "rule_b": c.rule_b, "source": c.source, "reason": c.reason,
+                       "evidence": c.evidence} for c in payload["conflicts"]],
+        "metrics": {k: v.metrics for k, v in evals.items()},
+        "dev_metrics": {k: v.metrics for k, v in payload["dev_evaluations"].items()},
         "models": {"student": payload["student"], "teacher": payload["teacher"],
                    "teachers": payload["teacher_models"], "embedder": payload["embedder"]},
         "dataset": payload["dataset"],
@@ -160,15 +161,15 @@ def render_json(payload: dict[str, Any]) -> bytes:
     return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def _results_table(title: str, evals: dict[str, Any]) -> list[str]:
-    student = evals.get("pld", next(iter(evals.values())))["student"]
+def _results_table(title: str, evals: dict[str, Evaluation]) -> list[str]:
+    student = evals.get("pld", next(iter(evals.values()))).student
     out = [f"## {title}", "",
            f"Student: {md_escape(student.get('name', ''))} (sha256 `{student.get('sha256', '')[:16]}`), "
-           f"{next(iter(evals.values()))['n_examples']} examples.", "",
+           f"{next(iter(evals.values())).n_examples} examples.", "",
            "| prompt | macro-F1 | accuracy | latency p50 (s) | latency p95 (s) |", "|---|---|---|---|---|"]
     names = {"pld": "PLD rules", "zero_shot": "zero-shot", "few_shot": "few-shot"}
     for kind, ev in evals.items():
-        m = ev["metrics"]
+        m = ev.metrics or {}
         p50, p95 = m.get("latency_p50_s"), m.get("latency_p95_s")
         out.append(f"| {names.get(kind, kind)} | {m['macro_f1']:.3f} | {m['accuracy']:.3f} | "
                    f"{'-' if p50 is None else f'{p50:.3f}'} | {'-' if p95 is None else f'{p95:.3f}'} |")
@@ -212,9 +213,8 @@ def render_md(payload: dict[str, Any]) -> bytes:
     if payload["conflicts"]:
         out += ["## Conflicts", "", "| rules | found by | reason |", "|---|---|---|"]
         for c in payload["conflicts"]:
-            pair = md_escape(c["rule_a"]) if c["rule_a"] == c["rule_b"] else \
-                f"{md_escape(c['rule_a'])} / {md_escape(c['rule_b'])}"
-            out.append(f"| {pair} | {md_escape(c['source'])} | {md_escape(c['reason'])} |")
+            pair = md_escape(c.rule_a) if c.rule_a == c.rule_b else f"{md_escape(c.rule_a)} / {md_escape(c.rule_b)}"
+            out.append(f"| {pair} | {md_escape(c.source)} | {md_escape(c.reason)} |")
         out.append("")
     if payload["noise_micro_rules"]:
         out += ["## Micro-rules left out (clustering noise)", "",
@@ -251,6 +251,6 @@ def export_rule_set(project: Project, out_dir: str | os.PathLike, formats: tuple
     for fmt, name, data in files:
         path = out_dir / name
         write_atomic(path, data)
-        project.record_export(path, fmt, hashlib.sha256(data).hexdigest(), rs.id, pld["id"] if pld else None)
+        project.record_export(path, fmt, hashlib.sha256(data).hexdigest(), rs.id, pld.id if pld else None)
         written.append(path)
     return written

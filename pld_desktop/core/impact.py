@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .backends import Student
 from .evaluate import evaluate_prompt
 from .progress import Progress, SilentProgress, check
 from .project import Project
+from .protocols import Student
 from .rule_edits import prompt_for_rules
 from .scoring import split_examples
 from .settings import RunSettings, load_settings

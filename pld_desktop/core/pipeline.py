@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .backends import Embedder, PromptTooLong, Student, Teacher
 from .evaluate import evaluate_prompt
 from .phases.closed_loop import run_closed_loop
 from .phases.evaluation import run_evaluation
@@ -21,9 +20,11 @@ from .prompts import (
     build_rules_with_examples_prompt,
     build_zero_shot_prompt,
 )
+from .protocols import BatchTeacher, Embedder, PromptTooLong, Student, Teacher
 from .reachability import TeacherUnreachable, check_reachable
 from .sampling import stratified_sample
 from .settings import RunSettings, save_settings
+from .states import PhaseState, RunStatus
 from .teacher_calls import QuotaExhausted
 
 PHASE_NAMES = {1: "Extraction", 2: "Synthesis", 3: "Closed loop", 4: "Evaluation"}
@@ -48,7 +49,7 @@ class BackendProvider(Protocol):
 @dataclass
 class PipelineReport:
     phases: dict[int | str, Any] = field(default_factory=dict)  # "choice": the prompt chosen on dev
-    status: str = "done"  # done | cancelled | quota_exhausted | failed
+    status: RunStatus = RunStatus.DONE
     message: str = ""
 
 
@@ -88,7 +89,7 @@ def _run_locked(project: Project, settings: RunSettings, backends: BackendProvid
                 teacher = backends.teacher(settings)
                 if settings.teacher_batch:
                     from .batch_extraction import PollSchedule, run_batch_extraction
-                    if not hasattr(teacher, "submit_batch"):
+                    if not isinstance(teacher, BatchTeacher):
                         raise ValueError("Batch mode needs the Gemini teacher (--teacher gemini).")
                     poll = PollSchedule(settings.batch_poll_initial_s, 1.5, settings.batch_poll_max_s)
                     report.phases[1] = run_batch_extraction(project, teacher, settings, progress, poll=poll).extraction
@@ -110,20 +111,20 @@ def _run_locked(project: Project, settings: RunSettings, backends: BackendProvid
                 raise ValueError(f"There is no phase {phase}; phases are 1-4.")
     except (TeacherUnreachable, PhaseFailed) as exc:
         # Not a crash: the cause is known and said once, and the phase stays resumable.
-        report.status, report.message = "failed", f"Phase {current} failed: {exc}"
-        project.set_phase(current, "failed", message=str(exc)[:500])
+        report.status, report.message = RunStatus.FAILED, f"Phase {current} failed: {exc}"
+        project.set_phase(current, PhaseState.FAILED, message=str(exc)[:500])
     except Cancelled:
-        report.status, report.message = "cancelled", f"Stopped during phase {current}; rerun to resume."
-        project.set_phase(current, "cancelled", message=report.message)
+        report.status, report.message = RunStatus.CANCELLED, f"Stopped during phase {current}; rerun to resume."
+        project.set_phase(current, PhaseState.CANCELLED, message=report.message)
     except QuotaExhausted as exc:
-        report.status, report.message = "quota_exhausted", str(exc)
-        project.set_phase(current, "paused", message=report.message)
+        report.status, report.message = RunStatus.QUOTA_EXHAUSTED, str(exc)
+        project.set_phase(current, PhaseState.PAUSED, message=report.message)
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt)
-        report.status, report.message = "failed", f"Phase {current} failed: {exc}"
-        project.set_phase(current, "cancelled" if interrupted else "failed",
+        report.status, report.message = RunStatus.FAILED, f"Phase {current} failed: {exc}"
+        project.set_phase(current, PhaseState.CANCELLED if interrupted else PhaseState.FAILED,
                           message="Stopped at once; rerun to resume." if interrupted else str(exc)[:500])
-        project.finish_run("cancelled" if interrupted else "failed")
+        project.finish_run(RunStatus.CANCELLED if interrupted else RunStatus.FAILED)
         raise
     project.finish_run(report.status)
     return report
@@ -133,8 +134,8 @@ def shown_phase_state(project_path: Any, state: str) -> str:
     """The state to show for a phase: "running" only while a live run holds the project; a phase left
     "running" by a process that died (SIGKILL, power loss) is "interrupted" (resumable: a rerun continues)."""
     from .run_lock import holder_of
-    if state == "running" and holder_of(project_path) is None:
-        return "interrupted"
+    if state == PhaseState.RUNNING and holder_of(project_path) is None:
+        return PhaseState.INTERRUPTED
     return state
 
 
@@ -148,7 +149,7 @@ def _needs_teacher(project: Project, phase: int) -> bool:
         return False
     if phase == 1:
         return len(project.micro_rule_example_ids()) < len(project.examples(split="train"))
-    return (project.phase_states().get(phase) or {}).get("state") != "done"
+    return (project.phase_states().get(phase) or {}).get("state") != PhaseState.DONE
 
 
 def _host_port(url: str) -> str:
@@ -356,7 +357,7 @@ def quality_status(project: Project) -> dict[str, Any]:
         test = {}
         for kind in ("pld", "pld_examples", "zero_shot", "few_shot"):
             cal = project.get_setting(f"calibrated:{last[kind]}") if kind in last else None
-            raw = project.evaluation(last[kind])["metrics"] if kind in last else None
+            raw = project.evaluation(last[kind]).metrics if kind in last else None
             if raw:
                 test[kind] = {"macro_f1": raw.get("macro_f1"),
                               "macro_f1_calibrated": (cal or {}).get("metrics", {}).get("macro_f1")}

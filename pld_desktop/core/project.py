@@ -22,6 +22,9 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from .domain import Conflict, Evaluation, RuleSetRecord
+from .states import EvaluationStatus
+
 APPLICATION_ID = 0x504C4444  # "PLDD" at header offset 68
 SQLITE_MAGIC = b"SQLite format 3\x00"
 MIGRATION_SET = "pld_desktop"
@@ -185,22 +188,6 @@ class Example:
     label: str
     split: str
     group: str | None = None
-
-
-@dataclass(frozen=True)
-class RuleSetRecord:
-    id: int
-    parent_id: int | None
-    reason: str
-    origin: str
-    round: int | None
-    task: str
-    labels: list[str]
-    meanings: dict[str, str]
-    rules: list[dict[str, Any]]
-    prompt_text: str
-    prompt_sha256: str
-    created_at: float
 
 
 def content_hash(obj: Any) -> str:
@@ -541,14 +528,10 @@ class Project:
         self.rule_set(int(rule_set_id))  # clear error for a version that does not exist
         self.set_setting(key, int(rule_set_id))
 
-    def evaluations_done(self) -> list[dict[str, Any]]:
-        """Every finished evaluation (no predictions), oldest first, with its metrics decoded."""
-        rows = self.query("SELECT id, kind, rule_set_id, split, prompt_sha256, student_json, n_examples, "
-                          "metrics_json, finished_at FROM evaluations WHERE status = 'done' ORDER BY id")
-        for r in rows:
-            r["metrics"] = json.loads(r.pop("metrics_json") or "null")
-            r["student"] = json.loads(r.pop("student_json"))
-        return rows
+    def evaluations_done(self) -> list[Evaluation]:
+        """Every finished evaluation (no predictions), oldest first."""
+        rows = self.query("SELECT * FROM evaluations WHERE status = 'done' ORDER BY id")
+        return [Evaluation.from_row(r) for r in rows]
 
     def rule_set_parents(self) -> dict[int, int | None]:
         """id -> parent id for every version (cheap: no rule bodies)."""
@@ -821,11 +804,9 @@ class Project:
                            [rule_set_id, rule_a, rule_b, source, reason, json.dumps(evidence, ensure_ascii=False),
                             time.time()])
 
-    def conflicts(self, rule_set_id: int) -> list[dict[str, Any]]:
+    def conflicts(self, rule_set_id: int) -> list[Conflict]:
         rows = self.query("SELECT * FROM conflicts WHERE rule_set_id = ? ORDER BY id", [rule_set_id])
-        for r in rows:
-            r["evidence"] = json.loads(r.pop("evidence_json"))
-        return rows
+        return [Conflict.from_row(r) for r in rows]
 
     # -- evaluations ----------------------------------------------------------------------
     def get_or_create_evaluation(self, *, cache_key: str, kind: str, rule_set_id: int | None, split: str,
@@ -838,7 +819,7 @@ class Project:
             "INSERT INTO evaluations (cache_key, kind, rule_set_id, split, prompt_text, prompt_sha256, student_json, "
             "n_examples, status, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
             [cache_key, kind, rule_set_id, split, prompt_text, prompt_sha256, json.dumps(student), n_examples,
-             "running", time.time()])
+             EvaluationStatus.RUNNING, time.time()])
 
     def predictions(self, evaluation_id: int) -> dict[int, dict[str, Any]]:
         rows = self.query("SELECT * FROM predictions WHERE evaluation_id = ?", [evaluation_id])
@@ -874,13 +855,10 @@ class Project:
         self._write("UPDATE evaluations SET status = 'done', metrics_json = ?, finished_at = ? WHERE id = ?",
                     [json.dumps(metrics), time.time(), evaluation_id])
 
-    def evaluation(self, evaluation_id: int) -> dict[str, Any]:
-        r = self.query("SELECT * FROM evaluations WHERE id = ?", [evaluation_id])[0]
-        r["metrics"] = json.loads(r.pop("metrics_json") or "null")
-        r["student"] = json.loads(r.pop("student_json"))
-        return r
+    def evaluation(self, evaluation_id: int) -> Evaluation:
+        return Evaluation.from_row(self.query("SELECT * FROM evaluations WHERE id = ?", [evaluation_id])[0])
 
-    def evaluations(self) -> list[dict[str, Any]]:
+    def evaluations(self) -> list[Evaluation]:
         rows = self.query("SELECT id FROM evaluations ORDER BY id")
         return [self.evaluation(r["id"]) for r in rows]
 

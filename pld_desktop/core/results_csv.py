@@ -52,7 +52,7 @@ def results_rows(project: Project, evaluation_ids: dict[str, int] | None = None,
     if evaluation_ids is None:
         rule_set_id, evaluation_ids = working_evaluation_ids(project, rule_set_id)
     elif "pld" in evaluation_ids:
-        rule_set_id = project.evaluation(evaluation_ids["pld"])["rule_set_id"]
+        rule_set_id = project.evaluation(evaluation_ids["pld"]).rule_set_id
     if not evaluation_ids:
         raise ValueError("No per-example results yet: run phase 4 (evaluation) first.")
     kinds = [k for k in PROMPT_KINDS if k in evaluation_ids] + sorted(set(evaluation_ids) - set(PROMPT_KINDS))

@@ -8,10 +8,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .backends import Embedder
+from .domain import Conflict
 from .progress import Progress, SilentProgress
 from .project import EDITED_RULE_SET, Project
 from .prompts import PromptRule, build_rules_prompt, sha256_text
+from .protocols import Embedder
 from .settings import RunSettings
 from .working import set_working_rule_set, working_rule_set
 
@@ -393,9 +394,9 @@ def fix_text_to_label(rules: Sequence[Rule], uid: str, labels: Sequence[str]) ->
     return SetText(uid, text)
 
 
-def changed_since(conflict: Mapping[str, Any]) -> list[str]:
+def changed_since(conflict: Conflict) -> list[str]:
     """The rules of a carried teacher conflict that were edited after the teacher named it (empty: unchanged)."""
-    evidence = conflict.get("evidence")
+    evidence = conflict.evidence
     return list(evidence.get("rule_changed_since", [])) if isinstance(evidence, dict) else []
 
 
@@ -431,26 +432,26 @@ def carry_conflicts(project: Project, parent_id: int, new_id: int, rules: Sequen
                  and [r["uid"] for r in versions[rs_id].rules] == [r["uid"] for r in rules]), None)
     if same is not None:
         for c in project.conflicts(same):
-            project.add_conflict(new_id, c["rule_a"], c["rule_b"], c["source"], c["reason"], c["evidence"])
+            project.add_conflict(new_id, c.rule_a, c.rule_b, c.source, c.reason, c.evidence)
         return
     stored: dict[tuple[str, str, str], tuple[str, Any]] = {}
     for rs_id in lineage:
         there = _content(versions[rs_id].rules)
         for c in project.conflicts(rs_id):
-            key = (c["rule_a"], c["rule_b"], c["source"])
-            if key in stored or c["source"] == LABEL_MISMATCH:
+            key = (c.rule_a, c.rule_b, c.source)
+            if key in stored or c.source == LABEL_MISMATCH:
                 continue
-            if all(u in content and content[u] == there.get(u) for u in (c["rule_a"], c["rule_b"])):
-                stored[key] = (c["reason"], c["evidence"])
+            if all(u in content and content[u] == there.get(u) for u in (c.rule_a, c.rule_b)):
+                stored[key] = (c.reason, c.evidence)
     parent_content = _content(versions[parent_id].rules)
     for c in project.conflicts(parent_id):
-        key = (c["rule_a"], c["rule_b"], c["source"])
-        if c["source"] != "teacher" or key in stored or not (c["rule_a"] in content and c["rule_b"] in content):
+        key = (c.rule_a, c.rule_b, c.source)
+        if c.source != "teacher" or key in stored or not (c.rule_a in content and c.rule_b in content):
             continue
-        edited = {u for u in (c["rule_a"], c["rule_b"]) if content[u] != parent_content.get(u)}
-        evidence = dict(c["evidence"]) if isinstance(c["evidence"], dict) else {"was": c["evidence"]}
+        edited = {u for u in (c.rule_a, c.rule_b) if content[u] != parent_content.get(u)}
+        evidence = dict(c.evidence) if isinstance(c.evidence, dict) else {"was": c.evidence}
         evidence["rule_changed_since"] = sorted(set(changed_since(c)) | edited)
-        stored[key] = (c["reason"], evidence)
+        stored[key] = (c.reason, evidence)
     changed = {u for u in content if content[u] != parent_content.get(u)}
     found = cheap_conflicts(rules, changed)
     found += [mismatch_conflict(*m) for m in label_mismatches(rules, versions[parent_id].labels)]
@@ -518,7 +519,7 @@ class _NewConflictsOnly:
 
     def __init__(self, project: Project, rule_set_id: int, only: set[str] | None = None) -> None:
         self.project = project
-        self.existing = {(c["rule_a"], c["rule_b"], c["source"]) for c in project.conflicts(rule_set_id)}
+        self.existing = {(c.rule_a, c.rule_b, c.source) for c in project.conflicts(rule_set_id)}
         self.only = only
         self.added = 0
 
@@ -571,15 +572,14 @@ def recompute_conflicts(project: Project, embedder: Embedder, rule_set_id: int,
                                only=edited_rules(project, rule_set_id))
 
 
-def version_conflicts(project: Project, rule_set_id: int) -> list[dict[str, Any]]:
+def version_conflicts(project: Project, rule_set_id: int) -> list[Conflict]:
     """A version's stored conflicts plus its label mismatches (found from the text, so versions saved before
     the check existed, e.g. synthesis's, show them too)."""
     rs = project.rule_set(rule_set_id)
     conflicts = project.conflicts(rule_set_id)
-    have = {(c["rule_a"], c["source"]) for c in conflicts if c["source"] == LABEL_MISMATCH}
+    have = {(c.rule_a, c.source) for c in conflicts if c.source == LABEL_MISMATCH}
     for uid, said, label in label_mismatches(rs.rules, rs.labels):
         if (uid, LABEL_MISMATCH) not in have:
             ua, ub, source, reason, evidence = mismatch_conflict(uid, said, label)
-            conflicts.append({"id": None, "rule_set_id": rule_set_id, "rule_a": ua, "rule_b": ub, "source": source,
-                              "reason": reason, "evidence": evidence, "created_at": None})
+            conflicts.append(Conflict(rule_set_id, ua, ub, source, reason, evidence))
     return conflicts

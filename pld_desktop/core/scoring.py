@@ -10,12 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backends import Student
+from .domain import Evaluation
 from .evaluate import evaluate_prompt
 from .phases.evaluation import few_shot_examples, test_examples
 from .progress import Progress, SilentProgress
 from .project import Example, Project
 from .prompts import FewShotExample, build_few_shot_prompt, build_zero_shot_prompt
+from .protocols import Student
 from .settings import RunSettings, load_settings
 from .working import pipeline_choice, require_working_rule_set, working_rule_set
 
@@ -83,11 +84,11 @@ class VersionScore:
         return "; ".join(parts)
 
 
-def _score(ev: dict[str, Any]) -> Score:
-    m = ev["metrics"] or {}
-    return Score(int(ev["id"]), ev["rule_set_id"], PROMPT_NAMES.get(ev["kind"], ev["kind"]), ev["split"],
-                 float(m.get("macro_f1", 0.0)), float(m.get("accuracy", 0.0)), int(m.get("n", ev["n_examples"])),
-                 str((ev.get("student") or {}).get("sha256", "")), str(ev.get("prompt_sha256", "")))
+def _score(ev: Evaluation) -> Score:
+    m = ev.metrics or {}
+    return Score(ev.id, ev.rule_set_id, PROMPT_NAMES.get(ev.kind, ev.kind), ev.split,
+                 float(m.get("macro_f1", 0.0)), float(m.get("accuracy", 0.0)), int(m.get("n", ev.n_examples)),
+                 str((ev.student or {}).get("sha256", "")), str(ev.prompt_sha256 or ""))
 
 
 def split_examples(project: Project, split: str, settings: RunSettings | None = None) -> list[Example]:
@@ -171,7 +172,7 @@ def score_on_test(project: Project, student: Student, rule_set_id: int | None = 
 def all_scores(project: Project) -> list[Score]:
     """Every finished evaluation on dev or test, oldest first, as recorded (the closed loop's training-sample
     scores are internal and left out)."""
-    return [_score(ev) for ev in project.evaluations_done() if ev["split"] in SPLITS]
+    return [_score(ev) for ev in project.evaluations_done() if ev.split in SPLITS]
 
 
 def _version_scores(project: Project, scores: Sequence[Score] | None = None) -> list[Score]:

@@ -18,9 +18,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .backends import Teacher, TeacherError, TeacherReply, TeacherRequest
 from .progress import Cancelled, Progress
 from .project import Project
+from .protocols import Teacher, TeacherError, TeacherReply, TeacherRequest
+from .states import CallStatus
 
 
 class QuotaExhausted(Exception):
@@ -107,7 +108,7 @@ def _short_validation_error(exc: Exception) -> str:
 
 def cut_reason(reply: TeacherReply) -> str | None:
     """Why a reply must not be stored: it hit the output bound (finish reason or the adapter's truncation flag)."""
-    if reply.finish_reason in CUT_FINISH_REASONS or getattr(reply, "truncated", False):
+    if reply.finish_reason in CUT_FINISH_REASONS or reply.truncated:
         return (f"the reply hit the output length bound (finish reason {reply.finish_reason or 'truncated'}) "
                 "and was cut; write one complete, shorter sentence")
     return None
@@ -267,9 +268,10 @@ def _record_attempts(project: Project, teacher: Teacher, job: TeacherJob, h: str
             fields.update(response_text=att.reply.text, prompt_tokens=u.prompt_tokens, output_tokens=u.output_tokens,
                           thoughts_tokens=u.thoughts_tokens, total_tokens=u.total_tokens, cost_usd=cost,
                           latency_s=att.reply.latency_s,
-                          status="ok" if att.parsed is not None else "invalid", error=att.invalid_reason)
+                          status=CallStatus.OK if att.parsed is not None else CallStatus.INVALID,
+                          error=att.invalid_reason)
         else:
-            fields.update(status="error", error=str(att.error))
+            fields.update(status=CallStatus.ERROR, error=str(att.error))
         last_id = project.record_teacher_call(**fields)
     if final.parsed is not None:
         return TeacherOutcome(job.key, final.parsed, last_id, False, flag=final.invalid_reason,

@@ -39,15 +39,20 @@ from .. import __version__
 from ..backends import model_fetch  # noqa: F401 - notes the user's HF_HUB_OFFLINE before the embedder sets its own
 from ..core.pipeline import PHASE_NAMES, PHASE_TEACHER_KINDS, shown_phase_state
 from ..core.project import Project, ProjectFileError
+from ..core.states import RESUMABLE_PHASE_STATES, PhaseState
 from .tasks import PipelineTask, TaskRunner, start_pipeline
 
-STATE_COLOURS = {"done": "#2e7d32", "running": "#1565c0", "failed": "#c62828", "cancelled": "#ef6c00",
-                 "paused": "#ef6c00", "interrupted": "#ef6c00"}
+STATE_COLOURS: dict[str, str] = {
+    PhaseState.DONE: "#2e7d32", PhaseState.RUNNING: "#1565c0", PhaseState.FAILED: "#c62828",
+    PhaseState.CANCELLED: "#ef6c00", PhaseState.PAUSED: "#ef6c00", PhaseState.INTERRUPTED: "#ef6c00"}
 # The same states on a dark palette: the light-theme shades are too dark to read on a dark window.
-STATE_COLOURS_DARK = {"done": "#81c784", "running": "#64b5f6", "failed": "#ef9a9a", "cancelled": "#ffb74d",
-                      "paused": "#ffb74d", "interrupted": "#ffb74d"}
-STATE_WORDS = {"done": "done", "running": "running", "failed": "failed", "cancelled": "stopped - resumable",
-               "paused": "paused (quota) - resumable", "interrupted": "interrupted, resumable"}
+STATE_COLOURS_DARK: dict[str, str] = {
+    PhaseState.DONE: "#81c784", PhaseState.RUNNING: "#64b5f6", PhaseState.FAILED: "#ef9a9a",
+    PhaseState.CANCELLED: "#ffb74d", PhaseState.PAUSED: "#ffb74d", PhaseState.INTERRUPTED: "#ffb74d"}
+STATE_WORDS: dict[str, str] = {
+    PhaseState.DONE: "done", PhaseState.RUNNING: "running", PhaseState.FAILED: "failed",
+    PhaseState.CANCELLED: "stopped - resumable", PhaseState.PAUSED: "paused (quota) - resumable",
+    PhaseState.INTERRUPTED: "interrupted, resumable"}
 PHASE_HINTS = {1: "The teacher explains each training example as a general rule (micro-rule).",
                2: "Micro-rules are embedded, clustered per label and merged into a short rule list.",
                3: "The student runs on training data; the teacher repairs the rules its mistakes expose.",
@@ -88,7 +93,7 @@ class PhaseCard(QGroupBox):
         self.phase = phase
         self.few_shot_k = 5  # the project's k, set by the window, for naming the k-shot prompt
         self.setToolTip(PHASE_HINTS[phase])
-        self.state = QLabel("not started")
+        self.state = QLabel(PhaseState.NOT_STARTED)
         self.bar = QProgressBar()
         self.bar.setTextVisible(True)
         self.counts = QLabel("")
@@ -120,10 +125,10 @@ class PhaseCard(QGroupBox):
         colour = (STATE_COLOURS_DARK if is_dark_palette() else STATE_COLOURS).get(state, "palette(text)")
         self.state.setText(f"<b style='color:{colour}'>{STATE_WORDS.get(state, state)}</b>")
         self.bar.setMaximum(max(total, 1))
-        self.bar.setValue(min(done, max(total, 1)) if total else (1 if state == "done" else 0))
-        self.bar.setFormat(f"{done} / {total}" if total else ("complete" if state == "done" else ""))
+        self.bar.setValue(min(done, max(total, 1)) if total else (1 if state == PhaseState.DONE else 0))
+        self.bar.setFormat(f"{done} / {total}" if total else ("complete" if state == PhaseState.DONE else ""))
         counts = f"{done} of {total} items" if total else ""
-        if self.phase == 3 and state == "done" and total and done < total:
+        if self.phase == 3 and state == PhaseState.DONE and total and done < total:
             # The loop's total is a ceiling, not a plan: an early stop is complete, not 2/5 of the way.
             self.bar.setValue(self.bar.maximum())
             self.bar.setFormat("complete")
@@ -141,9 +146,9 @@ class PhaseCard(QGroupBox):
         message = prompt_kinds_in_words(message or "", self.few_shot_k)
         self.message.setText(message)
         self.message.setToolTip(message)
-        self.start_btn.setText("Resume" if state in ("cancelled", "paused", "failed", "running", "interrupted")
+        self.start_btn.setText("Resume" if state in RESUMABLE_PHASE_STATES
                                and not running_here
-                               else "Run again" if state == "done" else "Start")
+                               else "Run again" if state == PhaseState.DONE else "Start")
         self.start_btn.setEnabled(not busy)
         self.cancel_btn.setEnabled(running_here)
 
@@ -1051,12 +1056,12 @@ class MainWindow(QMainWindow):
         busy = self.worker is not None
         current = None
         if busy:
-            running = [p for p in self.running_phases if states.get(p, {}).get("state") == "running"]
+            running = [p for p in self.running_phases if states.get(p, {}).get("state") == PhaseState.RUNNING]
             current = running[0] if running else None
         k = self._settings().few_shot_k
         for phase, card in self.cards.items():
             card.few_shot_k = k
-            st = states.get(phase) or {"state": "not started", "done": 0, "total": 0, "message": ""}
+            st = states.get(phase) or {"state": PhaseState.NOT_STARTED, "done": 0, "total": 0, "message": ""}
             kinds = PHASE_TEACHER_KINDS.get(phase)
             teacher = self.project.teacher_totals(kinds) if kinds else None
             progress = self.runner.progress

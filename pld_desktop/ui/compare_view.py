@@ -41,7 +41,6 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core.backends import Prediction
 from ..core.compare import (
     ComparisonResult,
     ComparisonRow,
@@ -55,6 +54,7 @@ from ..core.compare import (
 )
 from ..core.dataset import ColumnMapping, render_template
 from ..core.project import Project
+from ..core.protocols import Prediction
 from ..core.settings import load_settings
 from .tasks import QtProgress, TaskRunner
 

@@ -142,11 +142,11 @@ class RulesModel(QAbstractItemModel):
         from ..core.rule_edits import changed_since, version_conflicts
         self._conflicts = {}
         for c in version_conflicts(self.project, self.rule_set_id):
-            pairs = [(c["rule_a"], c["rule_b"])] if c["rule_a"] == c["rule_b"] else \
-                [(c["rule_a"], c["rule_b"]), (c["rule_b"], c["rule_a"])]  # a rule's own conflict is listed once
+            pairs = [(c.rule_a, c.rule_b)] if c.rule_a == c.rule_b else \
+                [(c.rule_a, c.rule_b), (c.rule_b, c.rule_a)]  # a rule's own conflict is listed once
             for uid, other in pairs:
                 self._conflicts.setdefault(uid, []).append(
-                    {"other": other, "source": c["source"], "reason": c["reason"], "evidence": c["evidence"],
+                    {"other": other, "source": c.source, "reason": c.reason, "evidence": c.evidence,
                      "changed_since": changed_since(c)})
         self._load_impact()
 

@@ -12,13 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..backends import Embedder, PromptTooLong, Student, Teacher, TeacherRequest
 from ..evaluate import evaluate_prompt
 from ..progress import Progress, check
 from ..project import Example, Project, RuleSetRecord
 from ..prompts import PromptRule, build_rules_prompt, sha256_text
+from ..protocols import Embedder, PromptTooLong, Student, Teacher, TeacherRequest
 from ..sampling import stratified_sample
 from ..settings import RunSettings
+from ..states import PhaseState
 from ..teacher_calls import TeacherJob, run_teacher_jobs
 from ..teacher_prompts import RESOLUTION_SYSTEM, resolution_schema, resolution_user, rule_pattern
 from .synthesis import find_conflicts
@@ -58,10 +59,11 @@ def run_closed_loop(project: Project, teacher: Teacher, student: Student, settin
     """`embedder` (optional) adds similarity and co-firing conflicts to every candidate, as synthesis does."""
     start = start_rule_set_id or project.get_setting("synthesis_rule_set_id")
     if start is None:
-        project.set_phase(PHASE, "failed", 0, 0, "No rule set: run phase 2 first.")
+        project.set_phase(PHASE, PhaseState.FAILED, 0, 0, "No rule set: run phase 2 first.")
         raise ValueError("Phase 3 needs a rule set; run phase 2 (synthesis) first.")
     report = LoopReport(start_rule_set_id=start)
-    project.set_phase(PHASE, "running", 0, settings.loop_max_iterations, "scoring the starting rule set on dev")
+    project.set_phase(PHASE, PhaseState.RUNNING, 0, settings.loop_max_iterations,
+                      "scoring the starting rule set on dev")
     best_f1 = score_on_dev(project, student, start, progress, "Phase 3: scoring the starting rules on dev")
     report.start_dev_f1 = best_f1
     loop = _Loop(project, teacher, student, settings, progress, embedder, report,
@@ -207,7 +209,7 @@ class _Loop:
         self.report.rounds.append(round_row)
         progress.log(f"Round {rnd}: candidate v{cand_id} dev macro-F1 {f1:.3f} vs best {best_f1:.3f} -> "
                      f"{'accepted' if accepted else 'rejected'}")
-        self.project.set_phase(PHASE, "running", rnd, settings.loop_max_iterations, f"round {rnd} done")
+        self.project.set_phase(PHASE, PhaseState.RUNNING, rnd, settings.loop_max_iterations, f"round {rnd} done")
         if not accepted:
             return self._no_gain_stop(patience)
         self.best_id, self.best_f1, self.current_id, self.no_gain = cand_id, f1, cand_id, 0
@@ -219,7 +221,7 @@ def _report_done(project: Project, report: LoopReport, settings: RunSettings, pr
            f"(start {report.start_dev_f1:.3f}); {len(report.rounds)} round(s)"
            + (f", {report.failed_attempts} failed rewrite attempt(s)" if report.failed_attempts else "")
            + f"; stopped: {report.stopped_because}")
-    project.set_phase(PHASE, "done", len(report.rounds), settings.loop_max_iterations, msg)
+    project.set_phase(PHASE, PhaseState.DONE, len(report.rounds), settings.loop_max_iterations, msg)
     progress.log(msg)
 
 

@@ -6,7 +6,6 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..backends import PromptTooLong, Student
 from ..calibration import calibrated_evaluation
 from ..evaluate import evaluate_prompt
 from ..progress import Progress
@@ -18,8 +17,10 @@ from ..prompts import (
     build_rules_with_examples_prompt,
     build_zero_shot_prompt,
 )
+from ..protocols import PromptTooLong, Student
 from ..sampling import stratified_sample
 from ..settings import RunSettings
+from ..states import PhaseState
 from ..working import working_rule_set
 
 PHASE = 4
@@ -50,7 +51,7 @@ def run_evaluation(project: Project, student: Student, settings: RunSettings, pr
                    rule_set_id: int | None = None) -> EvaluationReport:
     rs_id = rule_set_id if rule_set_id is not None else working_rule_set(project)
     if rs_id is None:
-        project.set_phase(PHASE, "failed", 0, 0, "No rule set to evaluate: run phases 2-3 first.")
+        project.set_phase(PHASE, PhaseState.FAILED, 0, 0, "No rule set to evaluate: run phases 2-3 first.")
         raise ValueError("Phase 4 needs a rule set; run phase 2 (and 3) first.")
     rs = project.rule_set(rs_id)
     labels = project.labels()
@@ -79,7 +80,7 @@ def run_evaluation(project: Project, student: Student, settings: RunSettings, pr
                 student.check_fits(prompt, longest, labels)
             except PromptTooLong as exc:
                 raise PromptTooLong(f"The {kind.replace('_', '-')} prompt does not fit: {exc}") from None
-    project.set_phase(PHASE, "running", 0, len(prompts), "")
+    project.set_phase(PHASE, PhaseState.RUNNING, 0, len(prompts), "")
     for n, (kind, prompt) in enumerate(prompts.items(), 1):
         eval_id, metrics = evaluate_prompt(project, student, prompt, test, kind=kind, split="test", progress=progress,
                                            rule_set_id=rs_id if kind in ("pld", "pld_examples") else None,
@@ -87,13 +88,13 @@ def run_evaluation(project: Project, student: Student, settings: RunSettings, pr
         # Calibrated scores beside the raw ones, for every prompt alike (the project's switch is decided on dev).
         calibrated = calibrated_evaluation(project, student, eval_id, test)["metrics"] if test else None
         report.results[kind] = {"evaluation_id": eval_id, "metrics": metrics, "calibrated_metrics": calibrated}
-        project.set_phase(PHASE, "running", n, len(prompts), f"{kind} done")
+        project.set_phase(PHASE, PhaseState.RUNNING, n, len(prompts), f"{kind} done")
     project.set_setting("last_evaluation", {k: v["evaluation_id"] for k, v in report.results.items()} |
                         {"rule_set_id": rs_id})
     summary = ", ".join(f"{k} macro-F1 {v['metrics']['macro_f1']:.3f}"
                         + (f" (calibrated {v['calibrated_metrics']['macro_f1']:.3f})"
                            if v["calibrated_metrics"] else "")
                         for k, v in report.results.items())
-    project.set_phase(PHASE, "done", len(prompts), len(prompts), summary)
+    project.set_phase(PHASE, PhaseState.DONE, len(prompts), len(prompts), summary)
     progress.log(summary)
     return report

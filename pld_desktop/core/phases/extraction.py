@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..backends import Teacher, TeacherRequest
 from ..progress import Progress
 from ..project import Project
+from ..protocols import Teacher, TeacherRequest
 from ..settings import RunSettings
+from ..states import PhaseState
 from ..teacher_calls import TeacherJob, TeacherOutcome, run_teacher_jobs
 from ..teacher_prompts import (
     EXTRACTION_SYSTEM,
@@ -90,7 +91,7 @@ def run_extraction(project: Project, teacher: Teacher, settings: RunSettings, pr
         project.add_micro_rule(example_id, parsed.reasoning, parsed.rule, gold[example_id],
                                outcome.call_id or 0)
 
-    project.set_phase(PHASE, "running", report.already_done, len(train))
+    project.set_phase(PHASE, PhaseState.RUNNING, report.already_done, len(train))
     _, stats = run_teacher_jobs(project, teacher, jobs, progress, phase=PHASE,
                                 max_attempts=settings.teacher_max_attempts, on_outcome=store,
                                 done_offset=report.already_done, total=len(train))
@@ -106,6 +107,6 @@ def run_extraction(project: Project, teacher: Teacher, settings: RunSettings, pr
         msg += f"; {report.copied} copy their example (kept out of synthesis, flagged)"
     if report.label_mismatches:
         msg += f"; {report.label_mismatches} rules named another label than the gold one (kept under the gold label)"
-    project.set_phase(PHASE, "done" if n_rules else "failed", n_rules, len(train), msg)
+    project.set_phase(PHASE, PhaseState.DONE if n_rules else PhaseState.FAILED, n_rules, len(train), msg)
     progress.log(msg)
     return report

@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import Embedder, Teacher, TeacherRequest
 from ..clustering import centroid_order, cluster_rules, keep_every_label, map_2d
 from ..progress import Progress, check
 from ..project import Project
 from ..prompts import PromptRule, build_rules_prompt, sha256_text
+from ..protocols import Embedder, Teacher, TeacherRequest
 from ..settings import RunSettings
+from ..states import PhaseState
 from ..teacher_calls import TeacherJob, run_teacher_jobs
 from ..teacher_prompts import (
     MERGE_SYSTEM,
@@ -165,11 +166,11 @@ def run_synthesis(project: Project, teacher: Teacher, embedder: Embedder, settin
     micro = project.micro_rules()
     report.micro_rules = len(micro)
     if not micro:
-        project.set_phase(PHASE, "failed", 0, 0, "No micro-rules: run phase 1 first.")
+        project.set_phase(PHASE, PhaseState.FAILED, 0, 0, "No micro-rules: run phase 1 first.")
         raise ValueError("Phase 2 needs micro-rules; run phase 1 (extraction) first.")
     texts = {e.id: e.text for e in project.examples(split="train")}
     micro = _without_copies(micro, texts, report)
-    project.set_phase(PHASE, "running", 0, 0, "embedding")
+    project.set_phase(PHASE, PhaseState.RUNNING, 0, 0, "embedding")
     vectors = embed_cached(project, embedder, [m["rule"] for m in micro], progress)
     data = _MicroRules(micro, vectors, texts)
     key = _cluster_and_store(project, micro, vectors, embedder, settings, report)
@@ -200,7 +201,7 @@ def run_synthesis(project: Project, teacher: Teacher, embedder: Embedder, settin
     report.conflicts = len(project.conflicts(rs_id))
     project.set_setting("synthesis_rule_set_id", rs_id)
     msg = _done_message(report, len(micro), len(real))
-    project.set_phase(PHASE, "done", len(real), len(real), msg)
+    project.set_phase(PHASE, PhaseState.DONE, len(real), len(real), msg)
     progress.log(msg)
     return report
 

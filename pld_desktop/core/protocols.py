@@ -1,16 +1,20 @@
 """Protocols for the model backends (teacher, student, embedder) and the plain data they exchange.
 
-The phases only see these protocols; the adapters live in `pld_desktop.backends`.
+The phases only see these protocols; the adapters live in `pld_desktop.backends`. An optional ability of a
+backend (a batch API, concurrent classification) is a small `@runtime_checkable` protocol of its own here, and
+callers ask `isinstance(backend, ThatProtocol)` instead of probing for a method by name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel
+
+from .states import BatchState
 
 
 # ---------------------------------------------------------------------------
@@ -47,6 +51,8 @@ class TeacherReply:
     latency_s: float = 0.0
     model: str = ""
     finish_reason: str = ""
+    # An adapter whose API reports no finish reason for a cut reply sets this instead; such a reply is never stored.
+    truncated: bool = False
 
 
 class TeacherError(Exception):
@@ -75,6 +81,43 @@ class Teacher(Protocol):
     def generate(self, request: TeacherRequest) -> TeacherReply: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    key: str  # the request hash; it travels with the request and comes back with its reply
+    request: TeacherRequest
+
+
+@dataclass
+class BatchItemResult:
+    key: str
+    reply: TeacherReply | None  # None when the provider reports an error for this one request
+    error: str | None = None
+
+
+@dataclass
+class BatchStatus:
+    name: str
+    state: BatchState
+    results: list[BatchItemResult] | None = None  # set once the state is SUCCEEDED
+    message: str = ""  # the provider's own words for a failed job, if any
+
+
+@runtime_checkable
+class BatchTeacher(Teacher, Protocol):
+    """A Teacher that can also run many requests as one asynchronous job (same model, same `model_id`).
+
+    `generate` is still needed: replies the batch could not deliver are retried synchronously. Optional: ask
+    `isinstance(teacher, BatchTeacher)`.
+    """
+
+    max_batch_requests: int  # requests per job
+    max_batch_chars: int     # rough size limit per job (inline requests share one HTTP body)
+
+    def submit_batch(self, items: Sequence[BatchItem], display_name: str) -> BatchStatus: ...
+
+    def batch_status(self, name: str) -> BatchStatus: ...
 
 
 # ---------------------------------------------------------------------------
@@ -119,6 +162,19 @@ class Student(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class ConcurrentStudent(Protocol):
+    """Optional for a Student: classifies many inputs with several requests in flight (a server-backed student).
+
+    Ask `isinstance(student, ConcurrentStudent)`; a student without it is called one `classify` at a time.
+    """
+
+    def classify_many(self, system_prompt: str, texts: Sequence[str], labels: Sequence[str], *,
+                      cancelled: Callable[[], bool] | None = None) -> Iterator[tuple[int, Prediction]]:
+        """Yield (index into `texts`, prediction) as each finishes; stop submitting once `cancelled()` is true."""
+        ...
+
+
 # ---------------------------------------------------------------------------
 # Embedder
 # ---------------------------------------------------------------------------
@@ -128,4 +184,8 @@ class Embedder(Protocol):
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-normalised float32 vectors, shape (len(texts), dim)."""
+        ...
+
+    def close(self) -> None:
+        """Free what the model holds; an embedder with nothing to free does nothing."""
         ...
