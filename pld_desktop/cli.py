@@ -332,7 +332,7 @@ def _status_dict(project: Any) -> dict[str, Any]:
     from .core.pipeline import PHASE_NAMES, shown_phase_state
     from .core.project import CHOSEN_RULE_SET
     info = project.dataset_info() or {}
-    counts = {r["split"]: r["n"] for r in project.query("SELECT split, COUNT(*) AS n FROM examples GROUP BY split")}
+    counts = project.split_counts()
     phases = project.phase_states()
     evals = {}
     last = project.get_setting("last_evaluation") or {}
@@ -349,7 +349,7 @@ def _status_dict(project: Any) -> dict[str, Any]:
                                     "total": phases[p]["total"], "message": phases[p]["message"]}
                    for p in sorted(phases)},
         "micro_rules": len(project.micro_rule_example_ids()),
-        "failed_items": project.query("SELECT COUNT(*) AS n FROM failed_items")[0]["n"],
+        "failed_items": project.failed_item_count(),
         "rule_sets": len(project.rule_sets()),
         "chosen_rule_set": project.rule_set_pointer(CHOSEN_RULE_SET),
         "teacher": project.teacher_totals(),

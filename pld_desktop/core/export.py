@@ -87,13 +87,9 @@ def export_payload(project: Project, rule_set_id: int | None = None) -> dict[str
     info = project.dataset_info() or {}
     settings = project.settings().get("run_settings", {})
     scored_student = next((ev["student"] for ev in (evaluations.get("pld"), dev_evaluations.get("pld")) if ev), None)
-    teachers = sorted({r["model"] for r in project.query("SELECT DISTINCT model FROM teacher_calls")})
+    teachers = project.teacher_models()
     # Noise micro-rules are not in the prompt but are never dropped: the export lists them.
-    noise = project.query(
-        "SELECT m.id, m.rule, m.label, e.ext_id FROM clusters c JOIN cluster_members cm ON cm.cluster_id = c.id "
-        "JOIN micro_rules m ON m.id = cm.micro_rule_id JOIN examples e ON e.id = m.example_id "
-        "WHERE c.is_noise = 1 AND c.clustering_key = (SELECT key FROM clusterings ORDER BY rowid DESC LIMIT 1) "
-        "ORDER BY m.id")
+    noise = project.noise_micro_rules()
     return {
         "rule_set": rs, "rules": rules, "conflicts": project.conflicts(rs_id), "evaluations": evaluations,
         "dev_evaluations": dev_evaluations,

@@ -906,7 +906,7 @@ class MainWindow(QMainWindow):
     def _log_history(self) -> None:
         import time as _time
         assert self.project is not None
-        runs = self.project.query("SELECT started_at, finished_at, status, command FROM runs ORDER BY id")
+        runs = self.project.runs()
         if not runs:
             self.log.appendPlainText("No runs yet. Press 'Run all phases' (F5) to start; every item is saved as it "
                                      "completes, so a stopped run resumes where it stopped.")
@@ -1020,7 +1020,7 @@ class MainWindow(QMainWindow):
             return
         project = self.project
         info = project.dataset_info() or {}
-        counts = {r["split"]: r["n"] for r in project.query("SELECT split, COUNT(*) AS n FROM examples GROUP BY split")}
+        counts = project.split_counts()
         s = self._settings()
         from ..backends.bundled import describe_model_choice
         teacher = {"gemini": f"{s.teacher_model} (Gemini)",
