@@ -13,7 +13,7 @@ from .phases.evaluation import run_evaluation
 from .phases.extraction import run_extraction
 from .phases.synthesis import run_synthesis
 from .progress import Cancelled, Progress
-from .project import Example, Project
+from .project import CHOSEN_RULE_SET, SYNTHESIS_RULE_SET, Example, Project
 from .prompts import (
     FewShotExample,
     PromptRule,
@@ -25,6 +25,7 @@ from .reachability import TeacherUnreachable, check_reachable
 from .sampling import stratified_sample
 from .settings import RunSettings, save_settings
 from .teacher_calls import QuotaExhausted
+from .working import pipeline_choice
 
 PHASE_NAMES = {1: "Extraction", 2: "Synthesis", 3: "Closed loop", 4: "Evaluation"}
 
@@ -221,8 +222,8 @@ def choose_prompt(project: Project, student: Student, settings: RunSettings, pro
     macro-F1. Every score is a cached evaluation, so a rerun costs nothing. Saved as the setting `chosen`."""
     from .calibration import calibrated_evaluation
     dev = project.examples(split="dev")
-    loop_choice = project.get_setting("chosen_rule_set_id") or project.get_setting("synthesis_rule_set_id")
-    versions = [loop_choice, project.get_setting("synthesis_rule_set_id")]
+    loop_choice = pipeline_choice(project)
+    versions = [loop_choice, project.rule_set_pointer(SYNTHESIS_RULE_SET)]
     versions += [r["candidate_rule_set_id"] for r in project.loop_rounds() if r["dev_macro_f1"] is not None]
     scores: dict[int, tuple[int, float]] = {}
     for rs_id in dict.fromkeys(v for v in versions if v is not None):
@@ -281,7 +282,7 @@ def choose_prompt(project: Project, student: Student, settings: RunSettings, pro
             f"The chosen rules prompt beats zero-shot on dev but not 5-shot: dev macro-F1 {result['dev_macro_f1']:.3f} "
             f"vs 5-shot {few:.3f} (zero-shot {zero if zero is not None else float('nan'):.3f}). Try a larger "
             "student or a stronger teacher, or use the 5-shot prompt for this task.")
-    project.set_setting("chosen_rule_set_id", best_rs)
+    project.set_rule_set_pointer(CHOSEN_RULE_SET, best_rs)
     project.set_setting("chosen", result)
     return result
 
@@ -293,7 +294,7 @@ def rule_quality(project: Project) -> dict[str, Any]:
     labels = project.labels()
     micro = project.micro_rules()
     texts = {e.id: e.text for e in project.examples(split="train")}
-    rs_id = project.get_setting("chosen_rule_set_id") or project.get_setting("synthesis_rule_set_id")
+    rs_id = pipeline_choice(project)
     rules = project.rule_set(rs_id).rules if rs_id is not None else []
     covered = {r["label"] for r in rules if r.get("enabled", True)}
     return {
@@ -359,8 +360,7 @@ def _check_prerequisites(project: Project, phase: int, requested: set[int]) -> N
     """Say what to run first before any model is loaded or any key is asked for."""
     if phase == 2 and 1 not in requested and not project.micro_rule_example_ids():
         raise ValueError("Phase 2 needs micro-rules; run phase 1 (extraction) first.")
-    if phase == 3 and 2 not in requested and project.get_setting("synthesis_rule_set_id") is None:
+    if phase == 3 and 2 not in requested and project.rule_set_pointer(SYNTHESIS_RULE_SET) is None:
         raise ValueError("Phase 3 needs a rule set; run phase 2 (synthesis) first.")
-    if phase == 4 and not requested & {2, 3} and project.get_setting("chosen_rule_set_id") is None \
-            and project.get_setting("synthesis_rule_set_id") is None:
+    if phase == 4 and not requested & {2, 3} and pipeline_choice(project) is None:
         raise ValueError("Phase 4 needs a rule set; run phases 2 and 3 first.")

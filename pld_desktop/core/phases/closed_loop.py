@@ -15,7 +15,7 @@ from typing import Any
 from ..backends import Embedder, PromptTooLong, Student, Teacher, TeacherRequest
 from ..evaluate import evaluate_prompt
 from ..progress import Progress, check
-from ..project import Project
+from ..project import CHOSEN_RULE_SET, SYNTHESIS_RULE_SET, Project
 from ..prompts import PromptRule, build_rules_prompt, sha256_text
 from ..sampling import stratified_sample
 from ..settings import RunSettings
@@ -56,7 +56,7 @@ def run_closed_loop(project: Project, teacher: Teacher, student: Student, settin
                     progress: Progress, *, start_rule_set_id: int | None = None,
                     embedder: Embedder | None = None) -> LoopReport:
     """`embedder` (optional) adds similarity and co-firing conflicts to every candidate, as synthesis does."""
-    start = start_rule_set_id or project.get_setting("synthesis_rule_set_id")
+    start = start_rule_set_id or project.rule_set_pointer(SYNTHESIS_RULE_SET)
     if start is None:
         project.set_phase(PHASE, "failed", 0, 0, "No rule set: run phase 2 first.")
         raise ValueError("Phase 3 needs a rule set; run phase 2 (synthesis) first.")
@@ -166,7 +166,7 @@ def run_closed_loop(project: Project, teacher: Teacher, student: Student, settin
     else:
         report.stopped_because = f"reached max_iterations ({settings.loop_max_iterations})"
     report.chosen_rule_set_id, report.best_dev_f1 = best_id, best_f1
-    project.set_setting("chosen_rule_set_id", best_id)
+    project.set_rule_set_pointer(CHOSEN_RULE_SET, best_id)
     msg = (f"chosen v{best_id}: dev macro-F1 {best_f1:.3f} (start {report.start_dev_f1:.3f}); "
            f"{len(report.rounds)} round(s)"
            + (f", {report.failed_attempts} failed rewrite attempt(s)" if report.failed_attempts else "")
