@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -305,9 +304,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .core.export import export_rule_set
+    from .core.export import default_export_formats, export_version
     from .core.project import Project
-    from .core.results_csv import export_results_csv
     out = Path(args.out) if args.out else Path(args.project).resolve().parent / "exports"
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out names a folder for the exported files, but {out} is a file; "
@@ -315,13 +313,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     with Project.open(args.project) as project:
         from .core.working import require_working_rule_set
         rs_id = require_working_rule_set(project, args.rule_set)
-        formats = args.format or _default_export_formats(project, rs_id)
-        prompt_formats = tuple(f for f in formats if f != "csv")
-        paths = export_rule_set(project, out, prompt_formats, rule_set_id=rs_id) if prompt_formats else []
-        if "csv" in formats:  # per-example results of the same version; spreadsheet formulas neutralised
-            out.mkdir(parents=True, exist_ok=True)
-            paths.append(export_results_csv(project, out / f"{Path(args.project).stem}-results-v{rs_id}.csv",
-                                            rule_set_id=rs_id))
+        formats = args.format or default_export_formats(project, rs_id)
+        paths = export_version(project, out, formats, rule_set_id=rs_id)
     print(f"Exported rule-set version {rs_id}:", file=sys.stderr)
     for p in paths:
         print(p)
@@ -620,13 +613,6 @@ def _add_models_parser(sub: Any) -> None:
 # ---------------------------------------------------------------------------
 # The analyst's loop: working version, rules, versions, diff (issue 11)
 # ---------------------------------------------------------------------------
-def _default_export_formats(project: Any, rs_id: int) -> list[str]:
-    from .core.export import ALL_FORMATS
-    from .core.scoring import latest_scores
-    scored = bool(latest_scores(project, rs_id, "test") or latest_scores(project, rs_id, "dev"))
-    return list(ALL_FORMATS) + (["csv"] if scored else [])
-
-
 def _loop_status(project: Any) -> dict[str, Any]:
     """The working version, every score and the test-use count, for `pld status` (--json too)."""
     from .core.scoring import status_evaluations, test_use_count
@@ -1111,13 +1097,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     from .core.backends import PromptTooLong, TeacherError
     from .core.batch_extraction import BatchJobFailed
     from .core.dataset import DatasetError
-    from .core.project import ProjectFileError, ProjectInUse, in_use_message
+    from .core.project import DatabaseError, OperationalError, ProjectFileError, ProjectInUse, in_use_message
     try:
         return int(args.func(args) or 0)
     except ProjectInUse as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_IN_USE
-    except sqlite3.OperationalError as exc:
+    except OperationalError as exc:
         if "locked" in str(exc) or "busy" in str(exc):
             print(f"error: {in_use_message(Path(getattr(args, 'project', '') or '.'))}", file=sys.stderr)
             return EXIT_IN_USE
@@ -1128,7 +1114,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"error: the project file is damaged and cannot be read ({type(exc).__name__}); restore a copy. "
               "The file was not changed.", file=sys.stderr)
         return EXIT_INPUT
-    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+    except (DatabaseError, UnicodeDecodeError) as exc:
         print(f"error: the project file is damaged and cannot be read ({type(exc).__name__}); restore a copy. "
               "The file was not changed.", file=sys.stderr)
         return EXIT_INPUT

@@ -41,6 +41,13 @@ class ProjectInUse(ProjectFileError):
     """Another live run holds the project (see core.run_lock); the message names its pid."""
 
 
+# The SQLite errors a read can still raise past this layer (a file damaged after it was opened, a lock held
+# beyond the busy timeout). Callers that report them catch these names, so no module outside this one needs
+# sqlite3 (tests/test_architecture.py checks that).
+DatabaseError = sqlite3.DatabaseError
+OperationalError = sqlite3.OperationalError
+
+
 # ---------------------------------------------------------------------------
 # Schema
 # ---------------------------------------------------------------------------

@@ -928,7 +928,7 @@ class MainWindow(QMainWindow):
     def export(self, formats: tuple[str, ...], rule_set_id: int | None = None) -> list[Path]:
         if self.project is None:
             return []
-        from ..core.export import export_rule_set
+        from ..core.export import export_version
         rs_id = rule_set_id or self._current_rule_set_id()
         if rs_id is None:
             QMessageBox.information(self, "Nothing to export", "Run phases 1 and 2 first: there is no rule set yet.")
@@ -936,14 +936,8 @@ class MainWindow(QMainWindow):
         folder = QFileDialog.getExistingDirectory(self, "Export into folder", str(self._last_dir()))
         if not folder:
             return []
-        from ..core.results_csv import export_results_csv
         try:
-            prompt_formats = tuple(f for f in formats if f != "csv")
-            written = export_rule_set(self.project, folder, prompt_formats, rule_set_id=rs_id) if prompt_formats else []
-            if "csv" in formats:  # per-example test results, spreadsheet formulas neutralised
-                written.append(export_results_csv(self.project, Path(folder) /
-                                                  f"{self.project_path.stem}-v{rs_id}-results.csv",
-                                                  rule_set_id=rs_id))
+            written = export_version(self.project, folder, formats, rule_set_id=rs_id)
         except (OSError, ValueError, RuntimeError) as exc:
             QMessageBox.warning(self, "Export failed", str(exc))
             return []
