@@ -960,11 +960,9 @@ class MainWindow(QMainWindow):
         QMessageBox.about(self, "About PLD Desktop", about_text(self._loaded_models()))
 
     def _loaded_models(self) -> list[str]:
-        from ..backends.bundled import describe_model_choice
+        from ..backends.bundled import describe_model_choice, describe_student, describe_teacher
         s = self._settings()
-        return [f"Student: {describe_model_choice(s.student_gguf, 'student')}",
-                "Teacher: " + (s.teacher_model + " (Gemini)" if s.teacher == "gemini"
-                               else describe_model_choice(s.teacher_gguf, "teacher")),
+        return [f"Student: {describe_student(s)}", f"Teacher: {describe_teacher(s)}",
                 f"Embedder: {describe_model_choice(s.embedder, 'embedder')}"]
 
     def closeEvent(self, event: QCloseEvent) -> None:
@@ -1016,12 +1014,8 @@ class MainWindow(QMainWindow):
         info = project.dataset_info() or {}
         counts = project.split_counts()
         s = self._settings()
-        from ..backends.bundled import describe_model_choice
-        teacher = {"gemini": f"{s.teacher_model} (Gemini)",
-                   "openai": f"{s.teacher_openai_model or 'model'} at {s.teacher_openai_base_url}"}.get(
-            s.teacher, describe_model_choice(s.teacher_gguf, "teacher"))
-        student = (f"{s.student_model or 'server model'} at {s.student_base_url}" if s.student_backend == "openai"
-                   else describe_model_choice(s.student_gguf, "student"))
+        from ..backends.bundled import describe_student, describe_teacher
+        teacher, student = describe_teacher(s), describe_student(s)
         self.title.setText(
             f"<h2 style='margin:0'>{self.project_path.name}</h2>{info.get('source_name', '')}: "
             f"{info.get('n_rows', 0)} rows, labels {', '.join(info.get('labels', []))} &nbsp;·&nbsp; "
