@@ -194,7 +194,7 @@ def run_paper(args: argparse.Namespace, backends: BackendProvider, progress: Pro
             ("PLD (synthesis)", "pld", synthesis_rs.prompt_text, synthesis_id, (1, 2)),
             ("PLD (closed loop)", "pld", chosen_rs.prompt_text, chosen_id, (1, 2, 3)),
         ]
-        chosen = project.get_setting("chosen") or {}
+        chosen = project.chosen_prompt()
         if chosen.get("rule_set") == chosen_id and chosen.get("example_ids"):  # the examples scored on dev
             examples_prompt = pipeline_examples_prompt(project, chosen_id, chosen["example_ids"])
         else:

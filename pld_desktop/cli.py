@@ -328,7 +328,7 @@ def _status_dict(project: Any) -> dict[str, Any]:
     counts = project.split_counts()
     phases = project.phase_states()
     evals = {}
-    last = project.get_setting("last_evaluation") or {}
+    last = project.last_evaluation()
     for kind in ("pld", "zero_shot", "few_shot"):
         if kind in last:
             m = project.evaluation(last[kind])["metrics"] or {}

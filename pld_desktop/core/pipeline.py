@@ -283,7 +283,7 @@ def choose_prompt(project: Project, student: Student, settings: RunSettings, pro
             f"vs 5-shot {few:.3f} (zero-shot {zero if zero is not None else float('nan'):.3f}). Try a larger "
             "student or a stronger teacher, or use the 5-shot prompt for this task.")
     project.set_rule_set_pointer(CHOSEN_RULE_SET, best_rs)
-    project.set_setting("chosen", result)
+    project.set_chosen_prompt(result)
     return result
 
 
@@ -311,7 +311,7 @@ def rule_quality(project: Project) -> dict[str, Any]:
 
 def chosen_summary(project: Project) -> dict[str, Any]:
     """The `chosen` block of `pld status --json` (empty before phase 3 ran)."""
-    chosen = project.get_setting("chosen") or {}
+    chosen = project.chosen_prompt()
     keys = ("rule_set", "prompt", "dev_macro_f1", "zero_shot_dev_macro_f1", "few_shot_dev_macro_f1", "calibrated",
             "warning", "dev_raw", "dev_calibrated")
     return {k: chosen.get(k) for k in keys} if chosen else {}
@@ -320,10 +320,11 @@ def chosen_summary(project: Project) -> dict[str, Any]:
 def quality_status(project: Project) -> dict[str, Any]:
     """`rule_quality` and `chosen` for `pld status --json` and the Run tab."""
     try:
-        last = project.get_setting("last_evaluation") or {}
+        from .calibration import stored_calibration
+        last = project.last_evaluation()
         test = {}
         for kind in ("pld", "pld_examples", "zero_shot", "few_shot"):
-            cal = project.get_setting(f"calibrated:{last[kind]}") if kind in last else None
+            cal = stored_calibration(project, last[kind]) if kind in last else None
             raw = project.evaluation(last[kind])["metrics"] if kind in last else None
             if raw:
                 test[kind] = {"macro_f1": raw.get("macro_f1"),

@@ -177,6 +177,10 @@ EDITED_RULE_SET = "edited_rule_set_id"        # the version the user last edited
 RULE_SET_POINTERS = (CHOSEN_RULE_SET, SYNTHESIS_RULE_SET, EDITED_RULE_SET)
 RuleSetPointer = str
 
+# Other settings several modules read, each behind a typed accessor of `Project` below.
+CHOSEN_PROMPT_SETTING = "chosen"              # phase 3's prompt choice on dev (core.pipeline.choose_prompt)
+LAST_EVALUATION_SETTING = "last_evaluation"   # phase 4's evaluation id per prompt kind, and the version scored
+
 # Keys that must never be stored in the project file (secrets live in the keyring or the environment).
 _SECRET_MARKERS = ("api_key", "apikey", "secret", "password", "token_value")
 
@@ -548,6 +552,23 @@ class Project:
             return
         self.rule_set(int(rule_set_id))  # clear error for a version that does not exist
         self.set_setting(key, int(rule_set_id))
+
+    # -- the pipeline's latest choice and test scores (typed accessors for their settings) ---------------
+    def chosen_prompt(self) -> dict[str, Any]:
+        """Phase 3's prompt choice (rule_set, prompt, dev scores, calibrated, warning...); {} before phase 3."""
+        chosen: dict[str, Any] = self.get_setting(CHOSEN_PROMPT_SETTING) or {}
+        return chosen
+
+    def set_chosen_prompt(self, chosen: dict[str, Any]) -> None:
+        self.set_setting(CHOSEN_PROMPT_SETTING, chosen)
+
+    def last_evaluation(self) -> dict[str, Any]:
+        """Phase 4's latest run: evaluation id per prompt kind ("pld", "zero_shot"...) and "rule_set_id"."""
+        last: dict[str, Any] = self.get_setting(LAST_EVALUATION_SETTING) or {}
+        return last
+
+    def set_last_evaluation(self, last: dict[str, Any]) -> None:
+        self.set_setting(LAST_EVALUATION_SETTING, last)
 
     def evaluations_done(self) -> list[dict[str, Any]]:
         """Every finished evaluation (no predictions), oldest first, with its metrics decoded."""

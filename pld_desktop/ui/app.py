@@ -872,7 +872,7 @@ class MainWindow(QMainWindow):
         message = prompt_kinds_in_words(message, self._settings().few_shot_k)
         self.statusBar().showMessage(message)
         self.log.appendPlainText(f"[{status}] {message}")
-        chosen = (self.project.get_setting("chosen") or {}) if self.project is not None else {}
+        chosen = self.project.chosen_prompt() if self.project is not None else {}
         if chosen.get("warning"):  # no rules prompt beats zero-shot on dev: say so, with the figures
             self.log.appendPlainText(f"[warning] {chosen['warning']}")
             self.statusBar().showMessage(chosen["warning"])
