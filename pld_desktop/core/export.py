@@ -254,18 +254,18 @@ def export_rule_set(project: Project, out_dir: str | os.PathLike, formats: tuple
 
 
 def export_version(project: Project, out_dir: str | os.PathLike[str], formats: Sequence[str], *,
-                   rule_set_id: int) -> list[Path]:
+                   rule_set_id: int, csv_name: str | None = None) -> list[Path]:
     """What `pld export` and the window's Export menu both write for one version: the rule-set formats and
     deployment files (`export_rule_set`) and, for "csv", its per-example results (spreadsheet formulas
-    neutralised) as `<project>-results-v<id>.csv`. Returns the written paths."""
+    neutralised) as `csv_name` (default `<project>-results-v<id>.csv`). Returns the written paths."""
     from .results_csv import export_results_csv  # results_csv imports this module
     out_dir = Path(out_dir)
     prompt_formats = tuple(f for f in formats if f != "csv")
     written = export_rule_set(project, out_dir, prompt_formats, rule_set_id=rule_set_id) if prompt_formats else []
     if "csv" in formats:
         out_dir.mkdir(parents=True, exist_ok=True)
-        written.append(export_results_csv(project, out_dir / f"{project.path.stem}-results-v{rule_set_id}.csv",
-                                          rule_set_id=rule_set_id))
+        name = csv_name or f"{project.path.stem}-results-v{rule_set_id}.csv"
+        written.append(export_results_csv(project, out_dir / name, rule_set_id=rule_set_id))
     return written
 
 

@@ -937,7 +937,9 @@ class MainWindow(QMainWindow):
         if not folder:
             return []
         try:
-            written = export_version(self.project, folder, formats, rule_set_id=rs_id)
+            # The window has always named its CSV <project>-v<id>-results.csv (pld export: <project>-results-v<id>.csv).
+            written = export_version(self.project, folder, formats, rule_set_id=rs_id,
+                                     csv_name=f"{self.project_path.stem}-v{rs_id}-results.csv")
         except (OSError, ValueError, RuntimeError) as exc:
             QMessageBox.warning(self, "Export failed", str(exc))
             return []
