@@ -938,6 +938,7 @@ class MainWindow(QMainWindow):
             return []
         try:
             # The window has always named its CSV <project>-v<id>-results.csv (pld export: <project>-results-v<id>.csv).
+            assert self.project_path is not None  # set with self.project
             written = export_version(self.project, folder, formats, rule_set_id=rs_id,
                                      csv_name=f"{self.project_path.stem}-v{rs_id}-results.csv")
         except (OSError, ValueError, RuntimeError) as exc:
