@@ -51,7 +51,7 @@ from pld_desktop.core.pipeline import (
 )
 from pld_desktop.core.pipeline import examples_prompt as pipeline_examples_prompt
 from pld_desktop.core.progress import Cancelled, ProgressBase
-from pld_desktop.core.project import Project, ProjectFileError
+from pld_desktop.core.project import CHOSEN_RULE_SET, SYNTHESIS_RULE_SET, Project, ProjectFileError
 from pld_desktop.core.prompts import FewShotExample, build_few_shot_prompt, build_zero_shot_prompt
 from pld_desktop.core.settings import load_settings, save_settings
 from pld_desktop.core.teacher_calls import QuotaExhausted
@@ -176,8 +176,8 @@ def run_paper(args: argparse.Namespace, backends: BackendProvider, progress: Pro
             raise QuotaExhausted(report.message)
         if report.status != "done":
             raise RuntimeError(report.message)
-        synthesis_id = project.get_setting("synthesis_rule_set_id")
-        chosen_id = project.get_setting("chosen_rule_set_id") or synthesis_id
+        synthesis_id = project.rule_set_pointer(SYNTHESIS_RULE_SET)
+        chosen_id = project.rule_set_pointer(CHOSEN_RULE_SET) or synthesis_id
         if synthesis_id is None:
             raise RuntimeError("Synthesis produced no rule set, so there are no rules to score.")
         synthesis_rs, chosen_rs = project.rule_set(synthesis_id), project.rule_set(chosen_id)
@@ -194,7 +194,7 @@ def run_paper(args: argparse.Namespace, backends: BackendProvider, progress: Pro
             ("PLD (synthesis)", "pld", synthesis_rs.prompt_text, synthesis_id, (1, 2)),
             ("PLD (closed loop)", "pld", chosen_rs.prompt_text, chosen_id, (1, 2, 3)),
         ]
-        chosen = project.get_setting("chosen") or {}
+        chosen = project.chosen_prompt()
         if chosen.get("rule_set") == chosen_id and chosen.get("example_ids"):  # the examples scored on dev
             examples_prompt = pipeline_examples_prompt(project, chosen_id, chosen["example_ids"])
         else:

@@ -184,14 +184,12 @@ def part_phase2(workdir: Path, n_rules: int) -> dict[str, Any]:
     dataset = load_dataset(csv_path, ColumnMapping(("text",), "label", id_column="id"), SplitSettings())
     project = Project.create(workdir / "phase2.pld")
     project.store_dataset(dataset, csv_path.name)
-    examples = project.query("SELECT id, text, label FROM examples ORDER BY id")
-    rules = micro_rule_texts([(e["text"], e["label"]) for e in examples])
+    examples = project.examples()
+    rules = micro_rule_texts([(e.text, e.label) for e in examples])
     call_id = project.record_teacher_call(kind="extract", request_hash="bench-scale", model="bench",
                                           request_json="{}", status="ok")
-    with project.transaction() as conn:  # one transaction: the set-up is not what is measured
-        conn.executemany("INSERT INTO micro_rules (example_id, reasoning, rule, label, teacher_call_id, created_at) "
-                         "VALUES (?,?,?,?,?,?)",
-                         [(e["id"], "", rule, e["label"], call_id, time.time()) for e, rule in zip(examples, rules)])
+    # one transaction: the set-up is not what is measured
+    project.add_micro_rules([(e.id, "", rule, e.label, call_id) for e, rule in zip(examples, rules)])
     micro = project.micro_rules()
     assert len(micro) == n_rules and len({m["rule"] for m in micro}) == n_rules
     embedder = SentenceTransformerEmbedder()
@@ -208,11 +206,9 @@ def part_phase2(workdir: Path, n_rules: int) -> dict[str, Any]:
         key = _cluster_and_store(project, micro, vectors, embedder, settings, report)
         t3 = time.perf_counter()
         timings.update(load_embedder_s=t1 - t0, embed_s=t2 - t1, cluster_and_store_s=t3 - t2)
-        stored = project.query("SELECT report_json FROM clusterings WHERE key = ?", [key])[0]["report_json"]
-        per_label = json.loads(stored)["labels"]
-        clusters = project.query("SELECT COUNT(*) AS n, SUM(is_noise) AS noise FROM clusters WHERE "
-                                 "clustering_key = ?", [key])[0]
-        return {"clusters": clusters["n"] - (clusters["noise"] or 0), "labels": len(per_label),
+        per_label = project.clustering_report(key)["labels"]
+        clusters = project.clusters(key)
+        return {"clusters": sum(1 for c in clusters if not c["is_noise"]), "labels": len(per_label),
                 "methods": {label: info["method"] for label, info in per_label.items()}}
 
     result = measured(run)
@@ -249,7 +245,7 @@ def part_import(workdir: Path, n_rows: int) -> dict[str, Any]:
 
     result = measured(run)
     with Project.open(workdir / "import.pld", read_only=True) as project:
-        stored = project.query("SELECT COUNT(*) AS n FROM examples")[0]["n"]
+        stored = sum(project.split_counts().values())
     if stored != n_rows:
         raise SystemExit(f"Import stored {stored} rows, expected {n_rows}.")
     result.update(timings, rows=n_rows, csv_mb=size_mb)

@@ -107,7 +107,7 @@ def write_csv(path: Path, rows: int, seed: int = 0) -> Path:
 
 def build_project(folder: Path, rows: int, n_rules: int) -> Path:
     from pld_desktop.core.dataset import ColumnMapping, SplitSettings, load_dataset
-    from pld_desktop.core.project import Project
+    from pld_desktop.core.project import CHOSEN_RULE_SET, SYNTHESIS_RULE_SET, Project
     from pld_desktop.core.prompts import PromptRule, build_rules_prompt, sha256_text
     from pld_desktop.core.settings import RunSettings, save_settings
     from pld_desktop.resources import DEMO_MEANINGS, DEMO_TASK
@@ -137,8 +137,8 @@ def build_project(folder: Path, rows: int, n_rules: int) -> Path:
         rs_id = project.add_rule_set(parent_id=None, reason=f"bench: {n_rules} rules", origin="synthesis",
                                      round=None, task=DEMO_TASK, labels=labels, meanings=dict(DEMO_MEANINGS),
                                      rules=rules, prompt_text=prompt, prompt_sha256=sha256_text(prompt))
-        project.set_setting("synthesis_rule_set_id", rs_id)
-        project.set_setting("chosen_rule_set_id", rs_id)
+        project.set_rule_set_pointer(SYNTHESIS_RULE_SET, rs_id)
+        project.set_rule_set_pointer(CHOSEN_RULE_SET, rs_id)
     Project.build(path, fill)
     return path
 

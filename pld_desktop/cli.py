@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -309,9 +308,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .core.export import export_rule_set
+    from .core.export import default_export_formats, export_version
     from .core.project import Project
-    from .core.results_csv import export_results_csv
     out = Path(args.out) if args.out else Path(args.project).resolve().parent / "exports"
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out names a folder for the exported files, but {out} is a file; "
@@ -319,13 +317,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     with Project.open(args.project) as project:
         from .core.working import require_working_rule_set
         rs_id = require_working_rule_set(project, args.rule_set)
-        formats = args.format or _default_export_formats(project, rs_id)
-        prompt_formats = tuple(f for f in formats if f != "csv")
-        paths = export_rule_set(project, out, prompt_formats, rule_set_id=rs_id) if prompt_formats else []
-        if "csv" in formats:  # per-example results of the same version; spreadsheet formulas neutralised
-            out.mkdir(parents=True, exist_ok=True)
-            paths.append(export_results_csv(project, out / f"{Path(args.project).stem}-results-v{rs_id}.csv",
-                                            rule_set_id=rs_id))
+        formats = args.format or default_export_formats(project, rs_id)
+        paths = export_version(project, out, formats, rule_set_id=rs_id)
     print(f"Exported rule-set version {rs_id}:", file=sys.stderr)
     for p in paths:
         print(p)
@@ -336,10 +329,10 @@ def _status_dict(project: Any) -> dict[str, Any]:
     from .core.pipeline import PHASE_NAMES, shown_phase_state
     from .core.project import CHOSEN_RULE_SET
     info = project.dataset_info() or {}
-    counts = {r["split"]: r["n"] for r in project.query("SELECT split, COUNT(*) AS n FROM examples GROUP BY split")}
+    counts = project.split_counts()
     phases = project.phase_states()
     evals = {}
-    last = project.get_setting("last_evaluation") or {}
+    last = project.last_evaluation()
     for kind in ("pld", "zero_shot", "few_shot"):
         if kind in last:
             m = project.evaluation(last[kind]).metrics or {}
@@ -353,7 +346,7 @@ def _status_dict(project: Any) -> dict[str, Any]:
                                     "total": phases[p]["total"], "message": phases[p]["message"]}
                    for p in sorted(phases)},
         "micro_rules": len(project.micro_rule_example_ids()),
-        "failed_items": project.query("SELECT COUNT(*) AS n FROM failed_items")[0]["n"],
+        "failed_items": project.failed_item_count(),
         "rule_sets": len(project.rule_sets()),
         "chosen_rule_set": project.rule_set_pointer(CHOSEN_RULE_SET),
         "teacher": project.teacher_totals(),
@@ -624,13 +617,6 @@ def _add_models_parser(sub: Any) -> None:
 # ---------------------------------------------------------------------------
 # The analyst's loop: working version, rules, versions, diff (issue 11)
 # ---------------------------------------------------------------------------
-def _default_export_formats(project: Any, rs_id: int) -> list[str]:
-    from .core.export import ALL_FORMATS
-    from .core.scoring import latest_scores
-    scored = bool(latest_scores(project, rs_id, "test") or latest_scores(project, rs_id, "dev"))
-    return list(ALL_FORMATS) + (["csv"] if scored else [])
-
-
 def _loop_status(project: Any) -> dict[str, Any]:
     """The working version, every score and the test-use count, for `pld status` (--json too)."""
     from .core.scoring import status_evaluations, test_use_count
@@ -1114,14 +1100,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     from .backends.bundled import ModelFileError
     from .core.batch_extraction import BatchJobFailed
     from .core.dataset import DatasetError
-    from .core.project import ProjectFileError, ProjectInUse, in_use_message
+    from .core.project import DatabaseError, OperationalError, ProjectFileError, ProjectInUse, in_use_message
     from .core.protocols import PromptTooLong, TeacherError
     try:
         return int(args.func(args) or 0)
     except ProjectInUse as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_IN_USE
-    except sqlite3.OperationalError as exc:
+    except OperationalError as exc:
         if "locked" in str(exc) or "busy" in str(exc):
             print(f"error: {in_use_message(Path(getattr(args, 'project', '') or '.'))}", file=sys.stderr)
             return EXIT_IN_USE
@@ -1132,7 +1118,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"error: the project file is damaged and cannot be read ({type(exc).__name__}); restore a copy. "
               "The file was not changed.", file=sys.stderr)
         return EXIT_INPUT
-    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+    except (DatabaseError, UnicodeDecodeError) as exc:
         print(f"error: the project file is damaged and cannot be read ({type(exc).__name__}); restore a copy. "
               "The file was not changed.", file=sys.stderr)
         return EXIT_INPUT

@@ -190,3 +190,65 @@ def test_optional_abilities_are_recognised_by_their_protocols() -> None:
     assert issubclass(OpenAIStudent, ConcurrentStudent) and not issubclass(LlamaStudent, ConcurrentStudent)
     assert not isinstance(FakeStudent(), ConcurrentStudent)
     assert not isinstance(FakeTeacher(), BatchTeacher)
+# ---------------------------------------------------------------------------
+# Storage behind one door: SQL, sqlite3 and the rule-set pointer keys live in one module each
+# ---------------------------------------------------------------------------
+STORAGE = {Path("core/project.py")}  # the only modules that may hold SQL or touch sqlite3
+SQL = re.compile(r"\b(SELECT\b.*\bFROM|INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|REPLACE\s+INTO|"
+                 r"CREATE\s+(TABLE|INDEX|TRIGGER|VIEW)|DROP\s+(TABLE|INDEX|TRIGGER|VIEW)|ALTER\s+TABLE|PRAGMA\s+\w+)\b",
+                 re.DOTALL)
+RAW_CALLS = re.compile(r"\.(execute|executemany|executescript|query)\(|\bsqlite3\b|\bsqlite_utils\b|\.db\[")
+# Each setting key that names a rule-set version, and the one module allowed to spell it out.
+POINTER_KEYS = {"chosen_rule_set_id": Path("core/project.py"), "synthesis_rule_set_id": Path("core/project.py"),
+                "edited_rule_set_id": Path("core/project.py"), "edited_over_chosen_id": Path("core/working.py")}
+
+
+def _sources() -> list[tuple[Path, str, ast.AST]]:
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        out.append((path.relative_to(PACKAGE), text, ast.parse(text, filename=str(path))))
+    return out
+
+
+def _strings(tree: ast.AST) -> list[tuple[int, str]]:
+    """Every string literal (f-string parts included) with its line."""
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+
+
+def sql_outside_storage() -> dict[str, list[str]]:
+    offenders: dict[str, list[str]] = {}
+    for rel, text, tree in _sources():
+        if rel in STORAGE:
+            continue
+        hits = [f"{rel}:{line}: {value[:60]!r}" for line, value in _strings(tree) if SQL.search(value)]
+        hits += [f"{rel}:{n}: {line.strip()[:60]}" for n, line in enumerate(text.splitlines(), 1)
+                 if RAW_CALLS.search(line)]
+        if hits:
+            offenders[str(rel)] = hits
+    return offenders
+
+
+def test_sql_and_sqlite3_only_in_the_storage_layer() -> None:
+    assert sql_outside_storage() == {}
+
+
+def test_the_sql_check_sees_sql() -> None:
+    # The check itself: every way SQL used to leak out of the storage layer is caught.
+    for sample in ('rows = project.query("SELECT key FROM clusterings")',
+                   'conn.execute(f"INSERT INTO clusters ({cols}) VALUES (?)")',
+                   'x = "DELETE FROM micro_rules"', "import sqlite3", "project.db['settings']"):
+        tree = ast.parse(sample)
+        assert any(SQL.search(v) for _, v in _strings(tree)) or RAW_CALLS.search(sample), sample
+    for harmless in ('"Select a version"', '"update the app to open it"', '"from the teacher"'):
+        assert not SQL.search(ast.literal_eval(harmless)), harmless
+
+
+def test_rule_set_pointer_keys_are_spelled_out_in_one_place() -> None:
+    offenders = [f"{rel}:{line}: {value!r}" for rel, _, tree in _sources() for line, value in _strings(tree)
+                 if value in POINTER_KEYS and POINTER_KEYS[value] != rel]
+    assert offenders == []
+    homes = {key: [v for _, v in _strings(ast.parse((PACKAGE / home).read_text()))].count(key)
+             for key, home in POINTER_KEYS.items()}
+    assert homes == dict.fromkeys(POINTER_KEYS, 1)  # defined once, as one constant

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from pld_desktop.resources import demo_csv
 
+from . import rawdb
+
 
 def pld(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pld_desktop.cli", *args], capture_output=True, text=True,
@@ -104,7 +106,7 @@ def test_run_phase_1_with_an_openai_compatible_teacher(tmp_path: Path) -> None:
         saved = load_settings(project)
         assert (saved.teacher, saved.teacher_openai_model, saved.teacher_concurrency) == ("openai", "served-model", 3)
         assert saved.teacher_openai_base_url == server.url.removesuffix("/v1")
-        models = {c["model"] for c in project.query("SELECT DISTINCT model FROM teacher_calls")}
+        models = {c["model"] for c in rawdb.query(project, "SELECT DISTINCT model FROM teacher_calls")}
         assert models == {f"openai:served-model@{server.url}"}  # the bare address gets /v1, as the server expects
     assert KEY.encode() not in proj.read_bytes()
 

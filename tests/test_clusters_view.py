@@ -14,6 +14,7 @@ from pld_desktop.core.progress import SilentProgress
 from pld_desktop.core.project import Project
 from pld_desktop.ui.clusters_view import KEY_ROLE, KIND_ROLE, MICRO_ROLE, ClustersView, LoopChart, read_loop_rounds
 
+from . import rawdb
 from .fakes import FakeBackends
 from .test_pipeline import make_project, settings
 
@@ -89,7 +90,7 @@ def test_noise_is_listed_apart_and_drawn_grey(qtbot, tmp_path: Path) -> None:  #
     micro = project.micro_rules()
     label = project.labels()[0]
     mine = [m for m in micro if m["label"] == label]
-    old = json.loads(project.query("SELECT report_json FROM clusterings")[0]["report_json"])
+    old = json.loads(rawdb.query(project, "SELECT report_json FROM clusterings")[0]["report_json"])
     with project.transaction() as conn:
         conn.execute("INSERT INTO clusterings (key, method, params_json, report_json, created_at) VALUES (?,?,?,?,?)",
                      ["k2", "test", "{}", json.dumps({"labels": {}, "points": old["points"]}), time.time()])

@@ -31,6 +31,7 @@ from pld_desktop.core.settings import RunSettings
 from pld_desktop.resources import DEMO_TASK, demo_csv
 
 from . import crash_harness as ch
+from . import rawdb
 from .fake_gemini import FakeGemini, quota_exhausted
 from .fakes import FakeBackends
 
@@ -79,13 +80,13 @@ def test_phase1_on_200_items_survives_30_percent_faults(tmp_path: Path) -> None:
     assert set(faults.injected) == set(ch.FAULTS) | {"timeout"}, faults.injected  # every kind was exercised
     ex1 = report.phases[1]
     rules = project.micro_rule_example_ids()
-    failed = {r["item_key"]: r["reason"] for r in project.query("SELECT item_key, reason FROM failed_items")}
+    failed = {r["item_key"]: r["reason"] for r in rawdb.query(project, "SELECT item_key, reason FROM failed_items")}
     # Every item is accounted for: a micro-rule, or a recorded failure with its reason.
     for ex in train:
         assert ex.id in rules or f"example:{ex.ext_id}" in failed, ex.ext_id
     assert all(reason.strip() for reason in failed.values())
     assert len(rules) + len(failed) == len(train)
-    bad = project.query("SELECT status, error FROM teacher_calls WHERE status != 'ok'")
+    bad = rawdb.query(project, "SELECT status, error FROM teacher_calls WHERE status != 'ok'")
     assert bad and all(r["error"] for r in bad)
     reasons = " ".join(r["error"] for r in bad).lower()
     for said in ("schema", "invalid json", "blocked", "stopped the reply", "empty reply"):
@@ -133,8 +134,8 @@ def test_cli_reports_failed_items_and_quota_stops_then_resumes(tmp_path: Path) -
         assert ch.resent_completed_requests(server, mark, before) == 0
         # The status the CLI prints counts the attempts that failed and the items given up (over all runs).
         with Project.open(path, read_only=True) as p:
-            given_up = p.query("SELECT COUNT(*) AS n FROM failed_items")[0]["n"]
-            bad_attempts = p.query("SELECT COUNT(*) AS n FROM teacher_calls WHERE status != 'ok'")[0]["n"]
+            given_up = rawdb.query(p, "SELECT COUNT(*) AS n FROM failed_items")[0]["n"]
+            bad_attempts = rawdb.query(p, "SELECT COUNT(*) AS n FROM teacher_calls WHERE status != 'ok'")[0]["n"]
             # Issue 12: a plain rerun does not resend the given-up item (zero calls, stable figures) ...
             assert len(p.micro_rules()) == n_train - 1
         assert given_up >= 1
@@ -211,7 +212,7 @@ def test_broken_student_models_are_refused_before_any_work(tmp_path: Path, rules
         assert message.startswith("error:") or "\nerror:" in message, (name, r.stderr[-500:])
         assert expect[name] in message, (name, r.stderr[-500:])
         with Project.open(path, read_only=True) as p:
-            assert len(p.evaluations()) == n_eval and not p.query("SELECT 1 FROM predictions")
+            assert len(p.evaluations()) == n_eval and not rawdb.query(p, "SELECT 1 FROM predictions")
         refused += 1
     ch.record_figures("bad_inputs", kind="student_model", tried=len(expect), refused=refused)
 
@@ -223,14 +224,14 @@ def test_a_prompt_longer_than_the_context_is_refused_before_scoring(tmp_path: Pa
     path = tmp_path / "ctx.pld"
     shutil.copy(rules_project, path)
     with Project.open(path, read_only=True) as p:  # phase 3 already scored on dev; nothing may be added
-        before = len(p.query("SELECT 1 FROM predictions"))
+        before = len(rawdb.query(p, "SELECT 1 FROM predictions"))
     r = ch.run_pld("eval", str(path), "--n-ctx", n_ctx, timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
     message = r.stderr.lower()
     # 64 is refused by the settings check (below the minimum), 256 by the fit check (in tokens).
     assert "Traceback" not in r.stderr and "context" in message and ("tokens" in message or "at least" in message)
     with Project.open(path, read_only=True) as p:
-        assert len(p.query("SELECT 1 FROM predictions")) == before
+        assert len(rawdb.query(p, "SELECT 1 FROM predictions")) == before
     ch.record_figures("bad_inputs", kind="prompt_too_long", tried=1, refused=1)
 
 
@@ -253,7 +254,7 @@ def test_a_model_larger_than_memory_says_so(tmp_path: Path, rules_project: Path)
                    timeout=300)
     assert r.returncode == 2 and "memory" in r.stderr.lower() and "Traceback" not in r.stderr, r.stderr[-1000:]
     with Project.open(path, read_only=True) as p:
-        assert not p.query("SELECT 1 FROM predictions")
+        assert not rawdb.query(p, "SELECT 1 FROM predictions")
 
 
 # ---------------------------------------------------------------------------

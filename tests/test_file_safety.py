@@ -30,6 +30,7 @@ from pld_desktop.resources import DEMO_MEANINGS, DEMO_TASK
 
 from . import crash_harness as ch
 from . import fake_gemini as fg
+from . import rawdb
 from .fake_gemini import FakeGemini
 
 
@@ -328,7 +329,7 @@ def test_bad_run_options_fail_at_once_and_are_not_saved(options: tuple[str, ...]
     assert said in r.stderr, r.stderr
     with Project.open(path, read_only=True) as project:
         assert project.get_setting("run_settings") == stored
-        assert project.query("SELECT COUNT(*) AS n FROM runs")[0]["n"] == 0
+        assert rawdb.query(project, "SELECT COUNT(*) AS n FROM runs")[0]["n"] == 0
 
 
 def test_a_stuck_bad_setting_is_refused_and_bundled_brings_back_the_embedded_models(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from pld_desktop.core.project import Project
 from pld_desktop.core.settings import RunSettings
 from pld_desktop.core.teacher_calls import QuotaExhausted
 
+from . import rawdb
 from .fake_gemini import FakeGemini, enable_batches, invalid_json, quota_exhausted, server_error
 from .fakes import FakeBackends
 from .test_gemini_pipeline import KEY, extraction_responder
@@ -97,7 +98,7 @@ def test_batch_phase1_gives_the_sync_rules_at_half_the_cost(tmp_path: Path) -> N
     assert len(rules_by_example(batch_project)) == n_train
     # The same request hashes in both files: the batch filled the very cache the synchronous path reads.
     hashes = "SELECT request_hash FROM teacher_calls WHERE status = 'ok' ORDER BY request_hash"
-    assert batch_project.query(hashes) == sync_project.query(hashes)
+    assert rawdb.query(batch_project, hashes) == rawdb.query(sync_project, hashes)
     sync_cost = sync_project.teacher_totals()["cost_usd"]
     assert batch_project.teacher_totals()["cost_usd"] == pytest.approx(sync_cost * BATCH_PRICE_FACTOR)
     assert batch_project.phase_states()[1]["state"] == "done"
@@ -119,9 +120,9 @@ def test_invalid_and_failed_batch_items_are_recorded_then_retried_synchronously(
                                       SilentProgress(), poll=FAST_POLL)
         assert (report.merged_ok, report.merged_invalid, report.merged_errors) == (n_train - 3, 2, 1)
         assert generate_calls(server) == 3  # exactly the three unanswered requests, synchronously
-    invalid = project.query("SELECT error, cost_usd FROM teacher_calls WHERE status = 'invalid'")
+    invalid = rawdb.query(project, "SELECT error, cost_usd FROM teacher_calls WHERE status = 'invalid'")
     assert len(invalid) == 2 and all("Invalid JSON" in r["error"] for r in invalid)
-    errors = project.query("SELECT error FROM teacher_calls WHERE status = 'error'")
+    errors = rawdb.query(project, "SELECT error FROM teacher_calls WHERE status = 'error'")
     assert len(errors) == 1 and "500" in errors[0]["error"]
     assert len(project.micro_rules()) == n_train
     assert project.failed_items(1) == []
@@ -193,7 +194,7 @@ def test_expired_job_says_so_and_its_requests_go_into_the_next_job(tmp_path: Pat
                                  poll=FAST_POLL)
         message = str(info.value)
         assert "expired" in message and "rerun" in message and KEY not in message
-        assert project.query("SELECT COUNT(*) AS n FROM teacher_calls")[0]["n"] == 0
+        assert rawdb.query(project, "SELECT COUNT(*) AS n FROM teacher_calls")[0]["n"] == 0
         assert project.micro_rules() == [] and generate_calls(server) == 0
         assert batch_summary(project)[0]["state"] == "expired"
         batches.fail_state = None

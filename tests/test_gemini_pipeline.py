@@ -11,6 +11,7 @@ from pld_desktop.core.pipeline import run_pipeline
 from pld_desktop.core.progress import SilentProgress
 from pld_desktop.core.settings import RunSettings
 
+from . import rawdb
 from .fake_gemini import FakeGemini, invalid_json, quota_exhausted, server_error, success
 from .fakes import FakeBackends
 from .test_pipeline import make_project
@@ -56,7 +57,7 @@ def test_phase1_with_gemini_retries_validates_and_records_usage(tmp_path: Path) 
     assert len(project.micro_rules()) == n_train
     totals = project.teacher_totals()
     assert totals["prompt_tokens"] >= 120 * n_train and totals["cost_usd"] > 0
-    assert project.query("SELECT COUNT(*) AS n FROM teacher_calls WHERE status = 'invalid'")[0]["n"] == 1
+    assert rawdb.query(project, "SELECT COUNT(*) AS n FROM teacher_calls WHERE status = 'invalid'")[0]["n"] == 1
     project.close()
     assert KEY.encode() not in (tmp_path / "p.pld").read_bytes()
 

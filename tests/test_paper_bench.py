@@ -12,6 +12,7 @@ import pytest
 from bench import paper
 from pld_desktop.resources import demo_csv
 
+from . import rawdb
 from .fakes import FakeBackends, FakeTeacher
 
 ARGS = ["--text-col", "message", "--label-col", "label", "--id-col", "id", "--quiet"]
@@ -105,7 +106,7 @@ def test_group_option_keeps_each_group_in_one_split(tmp_path: Path) -> None:
     assert table["group"] == "doc"
     from pld_desktop.core.project import Project
     with Project.open(out / "project.pld", read_only=True) as project:
-        splits = project.query("SELECT grp, COUNT(DISTINCT split) AS n FROM examples GROUP BY grp")
+        splits = rawdb.query(project, "SELECT grp, COUNT(DISTINCT split) AS n FROM examples GROUP BY grp")
     assert splits and all(r["n"] == 1 for r in splits)
     sample = paper.sample_groups(frame, "doc", 10, seed=3)
     assert sample.groupby("doc").size().eq(3).all()  # whole groups only

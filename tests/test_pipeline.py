@@ -19,6 +19,7 @@ from pld_desktop.core.settings import RunSettings
 from pld_desktop.core.teacher_calls import LockedSplitError, TeacherJob, run_teacher_jobs
 from pld_desktop.resources import DEMO_TASK, demo_csv
 
+from . import rawdb
 from .fakes import FakeBackends, FakeTeacher
 
 
@@ -44,7 +45,7 @@ def test_full_pipeline_with_doubles(tmp_path: Path) -> None:
     assert report.status == "done"
     n_train = len(project.examples(split="train"))
     assert len(project.micro_rules()) == n_train
-    assert project.query("SELECT COUNT(*) AS n FROM clusters")[0]["n"] >= 3  # at least one per label
+    assert rawdb.query(project, "SELECT COUNT(*) AS n FROM clusters")[0]["n"] >= 3  # at least one per label
     assert len(project.rule_sets()) >= 1
     last = project.get_setting("last_evaluation")
     kinds = {project.evaluation(last[k]).kind: project.evaluation(last[k]).metrics["macro_f1"]
@@ -81,8 +82,7 @@ def test_second_phase1_run_makes_zero_teacher_calls(tmp_path: Path) -> None:
     run_pipeline(project, settings(), backends, SilentProgress(), phases=[1])
     assert backends.t.calls == first
     # Even with the micro-rules gone, the request cache answers (same request content -> no call).
-    project.execute("DELETE FROM micro_rules")
-    project._conn.commit()
+    rawdb.execute(project, "DELETE FROM micro_rules")
     run_pipeline(project, settings(), backends, SilentProgress(), phases=[1])
     assert backends.t.calls == first
     assert len(project.micro_rules()) == first
@@ -139,9 +139,9 @@ def test_invalid_replies_are_retried_then_recorded_and_the_run_goes_on(tmp_path:
     report = run_pipeline(project, settings(teacher_max_attempts=3), backends, SilentProgress(), phases=[1])
     assert report.status == "done"
     assert report.phases[1].failed == 1
-    rows = project.query("SELECT status, attempt FROM teacher_calls WHERE status = 'invalid'")
+    rows = rawdb.query(project, "SELECT status, attempt FROM teacher_calls WHERE status = 'invalid'")
     assert [r["attempt"] for r in rows] == [1, 2, 3]
-    failed = project.query("SELECT * FROM failed_items")
+    failed = rawdb.query(project, "SELECT * FROM failed_items")
     assert len(failed) == 1 and "JSON" in failed[0]["reason"]
     assert len(project.micro_rules()) == len(project.examples(split="train")) - 1
 
@@ -175,7 +175,7 @@ def test_export_txt_is_byte_identical_to_the_evaluated_prompt(tmp_path: Path) ->
     assert "unclustered_micro_rules" in doc  # noise rules are listed, never silently dropped
     md = by_ext[".md"].read_text()
     assert "## Rules" in md and "macro-F1" in md
-    assert len(project.query("SELECT * FROM exports")) == 3
+    assert len(rawdb.query(project, "SELECT * FROM exports")) == 3
 
 
 def test_markdown_export_escapes_hostile_text(tmp_path: Path) -> None:
@@ -188,7 +188,7 @@ def test_rule_set_versions_are_immutable(tmp_path: Path) -> None:
     project = make_project(tmp_path)
     run_pipeline(project, settings(), FakeBackends(), SilentProgress(), phases=[1, 2])
     with pytest.raises(sqlite3.DatabaseError, match="immutable"):
-        project.execute("UPDATE rule_sets SET prompt_text = 'x'")
+        rawdb.execute(project, "UPDATE rule_sets SET prompt_text = 'x'")
 
 
 def test_synthesis_keeps_every_label_and_records_conflicts(tmp_path: Path) -> None:
@@ -200,7 +200,7 @@ def test_synthesis_keeps_every_label_and_records_conflicts(tmp_path: Path) -> No
         assert r["micro_rule_ids"] and r["example_ids"]
     assert project.conflicts(rs.id), "the review call named a conflicting pair"
     # Every micro-rule is in exactly one cluster (noise clusters included): nothing silently dropped.
-    members = project.query("SELECT micro_rule_id FROM cluster_members")
+    members = rawdb.query(project, "SELECT micro_rule_id FROM cluster_members")
     assert sorted(m["micro_rule_id"] for m in members) == sorted(m["id"] for m in project.micro_rules())
 
 

@@ -154,3 +154,57 @@ def test_full_disk_gives_a_clear_error_and_keeps_the_file(tmp_path: Path) -> Non
             for i in range(1000):
                 p.set_setting(f"k{i}", "x" * 4000)
         assert p.integrity_check() == "ok"
+
+
+def test_named_reads_and_writes_match_what_the_file_holds(tmp_path: Path) -> None:
+    # The methods that replaced SQL in the views, the CLI and the phases, checked against the file read raw.
+    from pld_desktop.core.project import NewCluster
+
+    from . import rawdb
+    from .test_pipeline import make_project
+    project = make_project(tmp_path)
+    raw_counts = rawdb.query(project, "SELECT split, COUNT(*) AS n FROM examples GROUP BY split")
+    assert project.split_counts() == {r["split"]: r["n"] for r in raw_counts}
+    assert sum(project.split_counts().values()) == len(project.examples())
+    train = project.examples(split="train")[:4]
+    call_a = project.record_teacher_call(kind="extract", request_hash="h1", model="m-b", request_json="{}", status="ok")
+    project.record_teacher_call(kind="extract", request_hash="h2", model="m-a", request_json="{}", status="error")
+    assert project.teacher_models() == ["m-a", "m-b"]
+    project.add_micro_rules([(e.id, "because", f"rule {e.id}", e.label, call_a) for e in train])
+    project.add_micro_rules([(train[0].id, "again", "duplicate", train[0].label, call_a)])  # one per example
+    micro = project.micro_rules()
+    assert [m["example_id"] for m in micro] == [e.id for e in train] and micro[0]["rule"] == f"rule {train[0].id}"
+    project.record_failure(1, "x", "bad")
+    project.record_failure(1, "x", "bad again")
+    assert project.failed_item_count() == 2
+    project.start_run("test", {})
+    project.finish_run("done")
+    assert [(r["status"], r["command"]) for r in project.runs()] == [("done", "test")]
+
+    assert project.latest_clustering_key() is None and not project.has_clustering("k1")
+    ids = [m["id"] for m in micro]
+    project.store_clustering("k1", method="m", params={"eps": 0.4}, report={"labels": {}, "points": {"1": [0, 1]}},
+                             clusters=[NewCluster("a", 0, 0.5, 1.5, (ids[1], ids[0])),
+                                       NewCluster("a", -1, 0.0, 0.0, (ids[2],))])
+    project.store_clustering("k2", method="m", params={}, report={"labels": {}},
+                             clusters=[NewCluster("b", -1, 0.0, 0.0, (ids[3],))])
+    assert project.has_clustering("k1") and project.latest_clustering_key() == "k2"
+    assert project.clustering_report("k1") == {"labels": {}, "points": {"1": [0, 1]}}
+    clusters = project.clusters("k1")
+    assert [(c["cluster_index"], c["is_noise"], c["size"], c["micro_rule_ids"]) for c in clusters] == \
+        [(-1, 1, 1, [ids[2]]), (0, 0, 2, sorted(ids[:2]))]
+    assert rawdb.query(project, "SELECT params_json FROM clusterings WHERE key = 'k1'")[0]["params_json"] == \
+        '{"eps": 0.4}'
+    # Noise of the latest clustering only.
+    assert [(n["id"], n["ext_id"]) for n in project.noise_micro_rules()] == [(ids[3], train[3].ext_id)]
+    project.close()
+
+
+def test_loop_dev_scores_prefer_the_candidate_score(tmp_path: Path) -> None:
+    from .test_pipeline import make_project
+    project = make_project(tmp_path)
+    project.add_loop_round(round=1, base_rule_set_id=1, candidate_rule_set_id=2, dev_macro_f1=0.5,
+                           base_dev_macro_f1=0.4)
+    project.add_loop_round(round=2, base_rule_set_id=2, candidate_rule_set_id=None, base_dev_macro_f1=0.45)
+    assert project.loop_dev_scores() == {2: 0.5, 1: 0.4}
+    project.close()

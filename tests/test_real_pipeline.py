@@ -26,6 +26,8 @@ from pld_desktop.core.project import Project
 from pld_desktop.core.settings import RunSettings, save_settings
 from pld_desktop.resources import DEMO_TASK, demo_csv
 
+from . import rawdb
+
 pytestmark = pytest.mark.slow
 
 
@@ -70,7 +72,7 @@ def test_pipeline_leaves_a_complete_sound_project(finished_project: Path) -> Non
     with Project.open(finished_project, read_only=True) as p:
         assert p.integrity_check() == "ok"
         assert len(p.micro_rules()) >= 0.8 * len(p.examples(split="train"))
-        assert p.query("SELECT COUNT(*) AS n FROM clusters")[0]["n"] >= 1
+        assert rawdb.query(p, "SELECT COUNT(*) AS n FROM clusters")[0]["n"] >= 1
         assert p.rule_sets()
         last = p.get_setting("last_evaluation")
         for kind in ("pld", "zero_shot", "few_shot"):
@@ -81,7 +83,7 @@ def test_pipeline_leaves_a_complete_sound_project(finished_project: Path) -> Non
             for pred in preds.values():
                 assert pred["predicted"] in p.labels()
                 assert abs(sum(pred["probs"].values()) - 1.0) < 1e-4
-        calls = p.query("SELECT model FROM teacher_calls LIMIT 1")
+        calls = rawdb.query(p, "SELECT model FROM teacher_calls LIMIT 1")
         assert calls[0]["model"].startswith("local:")
         # Exports: .txt is exactly the evaluated prompt.
         txt = next((finished_project.parent / "exports").glob("*.txt"))
@@ -92,12 +94,12 @@ def test_pipeline_leaves_a_complete_sound_project(finished_project: Path) -> Non
 
 def test_second_phase1_run_costs_no_teacher_call(finished_project: Path) -> None:
     with Project.open(finished_project) as p:
-        before = p.query("SELECT COUNT(*) AS n FROM teacher_calls")[0]["n"]
+        before = rawdb.query(p, "SELECT COUNT(*) AS n FROM teacher_calls")[0]["n"]
     r = subprocess.run([sys.executable, "-m", "pld_desktop.cli", "run", str(finished_project), "--phase", "1",
                         "--quiet"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     with Project.open(finished_project, read_only=True) as p:
-        assert p.query("SELECT COUNT(*) AS n FROM teacher_calls")[0]["n"] == before
+        assert rawdb.query(p, "SELECT COUNT(*) AS n FROM teacher_calls")[0]["n"] == before
 
 
 def _ok_calls(path: Path) -> list[str]:
@@ -170,7 +172,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     with Project.open(path, read_only=True) as p:
         assert p.phase_states()[1]["state"] == "done"
-        assert len(p.micro_rules()) + len(p.query("SELECT DISTINCT item_key FROM failed_items")) >= n_train
+        assert len(p.micro_rules()) + len(rawdb.query(p, "SELECT DISTINCT item_key FROM failed_items")) >= n_train
 
 
 def test_pld_demo_runs_end_to_end_on_the_embedded_models(tmp_path: Path) -> None:
@@ -181,7 +183,7 @@ def test_pld_demo_runs_end_to_end_on_the_embedded_models(tmp_path: Path) -> None
     assert {".json", ".md", ".txt"} <= exports, exports  # and the deployment files
     with Project.open(tmp_path / "demo.pld", read_only=True) as p:
         assert p.integrity_check() == "ok"
-        assert len(p.micro_rules()) > 0 and p.query("SELECT COUNT(*) AS n FROM clusters")[0]["n"] > 0
+        assert len(p.micro_rules()) > 0 and rawdb.query(p, "SELECT COUNT(*) AS n FROM clusters")[0]["n"] > 0
         assert p.rule_sets()
         last = p.get_setting("last_evaluation")
         # The three of the paper, and the rules+examples candidate (issue 12) beside them.

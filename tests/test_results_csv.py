@@ -23,6 +23,7 @@ from pld_desktop.core.teacher_prompts import DATA_NOTICE
 from pld_desktop.resources import DEMO_TASK
 
 from . import crash_harness as ch
+from . import rawdb
 from .fake_gemini import FakeGemini, success
 from .fakes import FakeBackends, FakeTeacher
 from .test_pipeline import make_project
@@ -220,7 +221,7 @@ def test_a_reply_that_obeys_an_injection_is_still_schema_validated(tmp_path: Pat
         report = run_pipeline(project, RunSettings(teacher="gemini"), backends, SilentProgress(), phases=[1])
         teacher.close()
     assert report.status == "done"
-    invalid = project.query("SELECT error FROM teacher_calls WHERE status = 'invalid'")
+    invalid = rawdb.query(project, "SELECT error FROM teacher_calls WHERE status = 'invalid'")
     assert len(invalid) == 5 and all("label" in r["error"] for r in invalid)
     labels = set(project.labels())
     assert all(m["label"] in labels for m in project.micro_rules())

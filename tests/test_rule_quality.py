@@ -36,6 +36,7 @@ from pld_desktop.core.teacher_prompts import (
 )
 from pld_desktop.resources import DEMO_TASK
 
+from . import rawdb
 from .fakes import FakeBackends, FakeStudent, FakeTeacher, _example_text
 from .test_pipeline import make_project
 
@@ -65,7 +66,7 @@ def test_a_rerun_does_not_resend_given_up_items_and_keeps_the_figures(tmp_path: 
     after = _status(project)
     for key in ("micro_rules", "failed_items", "rule_sets", "teacher", "evaluation", "rule_quality", "chosen"):
         assert after[key] == before[key], key
-    assert len(project.loop_rounds()) == len(project.query("SELECT DISTINCT round, base_rule_set_id, "
+    assert len(project.loop_rounds()) == len(rawdb.query(project, "SELECT DISTINCT round, base_rule_set_id, "
                                                            "candidate_rule_set_id FROM loop_rounds"))
     # On request the given-up item is tried again (and now succeeds).
     assert retry_failed_items(project, [1]) == 1
@@ -122,7 +123,7 @@ def test_a_useless_rewrite_is_a_failed_attempt_retried_with_feedback(tmp_path: P
     rounds = project.loop_rounds()
     assert len(rounds) == 1 and rounds[0]["candidate_rule_set_id"] is None
     assert rounds[0]["root_cause"].startswith("failed attempt") and reason in rounds[0]["root_cause"]
-    assert project.query("SELECT COUNT(*) AS n FROM teacher_calls WHERE kind = 'resolution' AND status = 'ok'"
+    assert rawdb.query(project, "SELECT COUNT(*) AS n FROM teacher_calls WHERE kind = 'resolution' AND status = 'ok'"
                          )[0]["n"] == 0
     project.close()
 

@@ -25,6 +25,7 @@ from pld_desktop.resources import DEMO_TASK
 
 from . import crash_harness as ch
 from . import fake_gemini as fg
+from . import rawdb
 from .fakes import FakeBackends
 
 KEY = "AIzaSyKEYSCAN-9d8c7b6a5f4e3d2c1b0aQQ"
@@ -142,9 +143,8 @@ def test_planted_key_appears_nowhere(source: str, tmp_path: Path) -> None:
         # 3. Ctrl-C twice: the uncaught-interrupt path.
         ch.DeterministicTeacher(server, delay_s=0.3)
         with Project.open(path) as p:  # forget phase 1's rules so there is work to interrupt
-            p.execute("DELETE FROM micro_rules")
-            p.execute("DELETE FROM teacher_calls WHERE status = 'ok'")
-            p._conn.commit()
+            rawdb.execute(p, "DELETE FROM micro_rules")
+            rawdb.execute(p, "DELETE FROM teacher_calls WHERE status = 'ok'")
         proc = subprocess.Popen(ch.pld_command("run", str(path), "--phase", "1", "--yes", "--retry-failed"), env=env,
                                 cwd=ch.REPO,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -178,8 +178,8 @@ def test_planted_key_appears_nowhere(source: str, tmp_path: Path) -> None:
                *[p for p in tmp_path.rglob("*.log")]]
     assert {p.suffix for p in scanned} >= {".pld", ".txt", ".md", ".json", ".csv"}
     with Project.open(path, read_only=True) as p:
-        errors = " ".join(r["error"] or "" for r in p.query("SELECT error FROM teacher_calls"))
-        reasons = " ".join(r["reason"] for r in p.query("SELECT reason FROM failed_items"))
+        errors = " ".join(r["error"] or "" for r in rawdb.query(p, "SELECT error FROM teacher_calls"))
+        reasons = " ".join(r["reason"] for r in rawdb.query(p, "SELECT reason FROM failed_items"))
     outputs["recorded errors"], outputs["failure reasons"] = errors, reasons
     assert "rejected" in errors  # the echoing replies were recorded, with their reasons
     found = _scan_all(scanned, outputs)

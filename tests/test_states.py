@@ -17,6 +17,8 @@ from pld_desktop.core.states import (
     RunStatus,
 )
 
+from . import rawdb
+
 # The words project files have always held (changing one would strand old files).
 STORED = {
     PhaseState: {"running", "done", "failed", "cancelled", "paused", "interrupted", "not started"},
@@ -36,7 +38,7 @@ def test_the_members_are_the_stored_words() -> None:
 
 def test_the_teacher_call_check_constraint_allows_exactly_the_call_statuses(tmp_path: Path) -> None:
     project = Project.create(tmp_path / "p.pld")
-    sql = project.query("SELECT sql FROM sqlite_master WHERE name = 'teacher_calls'")[0]["sql"]
+    sql = rawdb.query(project, "SELECT sql FROM sqlite_master WHERE name = 'teacher_calls'")[0]["sql"]
     allowed = re.search(r"CHECK \(status IN \(([^)]*)\)\)", sql)
     assert allowed is not None
     assert {w.strip(" '") for w in allowed.group(1).split(",")} == {m.value for m in CallStatus}

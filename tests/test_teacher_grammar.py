@@ -13,6 +13,8 @@ import pytest
 
 from pld_desktop.core import teacher_prompts as tp
 
+from . import rawdb
+
 NASTY_LABELS = ['a"b', "back\\slash", "new\nline", "tab\there", "cr\rlf", "nul\x00x", "esc\x1b[31mred\x1b[0m",
                 "bidi\u202eevil\u202c", "zero\u200bwidth", "caf\u00e9", "cafe\u0301", "emoji \U0001F600", "{x}",
                 "[brackets]", "a|b", "(paren)", "x.y", "\\u0041", "\"", "\\", "'single'", "root ::= x",
@@ -184,7 +186,7 @@ def test_a_cut_reply_is_retried_and_never_stored(tmp_path: Path) -> None:
     outcomes, stats = run_teacher_jobs(project, Teacher(), [TeacherJob("k", TeacherRequest("s", "u", schema))],
                                        SilentProgress(), phase=2)
     assert outcomes["k"].parsed.rule.endswith(", answer a.") and stats.attempts == 2
-    statuses = [r["status"] for r in project.query("SELECT status FROM teacher_calls ORDER BY id")]
+    statuses = [r["status"] for r in rawdb.query(project, "SELECT status FROM teacher_calls ORDER BY id")]
     assert statuses == ["invalid", "ok"]
     project.close()
 
@@ -226,7 +228,7 @@ def test_init_and_phase1_with_nasty_labels_give_valid_micro_rules(tmp_path: Path
     from pld_desktop.core.teacher_calls import parse_reply
     with Project.open(project) as p:
         stored = tuple(p.dataset_info()["labels"])
-        rows = p.query("SELECT text, label FROM examples WHERE split = 'train' ORDER BY id")
+        rows = rawdb.query(p, "SELECT text, label FROM examples WHERE split = 'train' ORDER BY id")
     assert sorted(stored) == sorted(labels)
     schema = tp.extraction_schema(stored)
     with LocalTeacher() as teacher:

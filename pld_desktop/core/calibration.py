@@ -52,13 +52,23 @@ def calibrate(probs: dict[str, float], prior: dict[str, float], labels: Sequence
     return {lab: v / total for lab, v in raw.items()}
 
 
+def _calibrated_key(evaluation_id: int) -> str:
+    return f"calibrated:{evaluation_id}"
+
+
+def stored_calibration(project: Project, evaluation_id: int) -> dict[str, Any] | None:
+    """What `calibrated_evaluation` stored for `evaluation_id`, or None when it was never calibrated."""
+    stored: dict[str, Any] | None = project.get_setting(_calibrated_key(evaluation_id))
+    return stored
+
+
 def calibrated_evaluation(project: Project, student: Student, evaluation_id: int, examples: Sequence[Example],
                           ) -> dict[str, Any]:
     """Calibrated predictions and metrics of a finished evaluation, stored as `calibrated:<id>` beside it.
 
     Costs three student calls the first time a prompt is calibrated, nothing after.
     """
-    key = f"calibrated:{evaluation_id}"
+    key = _calibrated_key(evaluation_id)
     stored = project.get_setting(key)
     if stored is not None and stored.get("n") == len(examples):
         return dict(stored)

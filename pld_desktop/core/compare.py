@@ -63,8 +63,8 @@ def mcnemar_exact(b: int, c: int) -> float:
 class PromptChoice:
     """One side of a comparison.
 
-    kind: "version" (a saved rule-set version, `rule_set_id`), "current_edit" (the editor's head, setting
-    "edited_rule_set_id"), "zero_shot" / "few_shot" (the phase-4 baselines; `rule_set_id` optionally names the
+    kind: "version" (a saved rule-set version, `rule_set_id`), "current_edit" (the editor's head, the pointer
+    EDITED_RULE_SET), "zero_shot" / "few_shot" (the phase-4 baselines; `rule_set_id` optionally names the
     rule set whose task and label meanings they use, else the chosen one), or "text" (`text` verbatim).
     """
 
@@ -160,11 +160,7 @@ def prompt_choices(project: Project) -> list[PromptChoice]:
     settings = load_settings(project)
     chosen = project.rule_set_pointer(CHOSEN_RULE_SET)
     working = working_rule_set(project)
-    dev_scores = {r["candidate_rule_set_id"]: r["dev_macro_f1"] for r in project.query(
-        "SELECT candidate_rule_set_id, dev_macro_f1 FROM loop_rounds WHERE candidate_rule_set_id IS NOT NULL")}
-    for r in project.query("SELECT base_rule_set_id, base_dev_macro_f1 FROM loop_rounds "
-                           "WHERE base_dev_macro_f1 IS NOT NULL"):
-        dev_scores.setdefault(r["base_rule_set_id"], r["base_dev_macro_f1"])
+    dev_scores = project.loop_dev_scores()
     out: list[PromptChoice] = []
     versions = project.rule_sets()
     known = {v["id"] for v in versions}

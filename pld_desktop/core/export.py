@@ -8,6 +8,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,13 +89,9 @@ def export_payload(project: Project, rule_set_id: int | None = None) -> dict[str
     info = project.dataset_info() or {}
     settings = project.settings().get("run_settings", {})
     scored_student = next((ev.student for ev in (evaluations.get("pld"), dev_evaluations.get("pld")) if ev), None)
-    teachers = sorted({r["model"] for r in project.query("SELECT DISTINCT model FROM teacher_calls")})
+    teachers = project.teacher_models()
     # Noise micro-rules are not in the prompt but are never dropped: the export lists them.
-    noise = project.query(
-        "SELECT m.id, m.rule, m.label, e.ext_id FROM clusters c JOIN cluster_members cm ON cm.cluster_id = c.id "
-        "JOIN micro_rules m ON m.id = cm.micro_rule_id JOIN examples e ON e.id = m.example_id "
-        "WHERE c.is_noise = 1 AND c.clustering_key = (SELECT key FROM clusterings ORDER BY rowid DESC LIMIT 1) "
-        "ORDER BY m.id")
+    noise = project.noise_micro_rules()
     return {
         "rule_set": rs, "rules": rules, "conflicts": project.conflicts(rs_id), "evaluations": evaluations,
         "dev_evaluations": dev_evaluations,
@@ -254,3 +251,25 @@ def export_rule_set(project: Project, out_dir: str | os.PathLike, formats: tuple
         project.record_export(path, fmt, hashlib.sha256(data).hexdigest(), rs.id, pld.id if pld else None)
         written.append(path)
     return written
+
+
+def export_version(project: Project, out_dir: str | os.PathLike[str], formats: Sequence[str], *,
+                   rule_set_id: int, csv_name: str | None = None) -> list[Path]:
+    """What `pld export` and the window's Export menu both write for one version: the rule-set formats and
+    deployment files (`export_rule_set`) and, for "csv", its per-example results (spreadsheet formulas
+    neutralised) as `csv_name` (default `<project>-results-v<id>.csv`). Returns the written paths."""
+    from .results_csv import export_results_csv  # results_csv imports this module
+    out_dir = Path(out_dir)
+    prompt_formats = tuple(f for f in formats if f != "csv")
+    written = export_rule_set(project, out_dir, prompt_formats, rule_set_id=rule_set_id) if prompt_formats else []
+    if "csv" in formats:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        name = csv_name or f"{project.path.stem}-results-v{rule_set_id}.csv"
+        written.append(export_results_csv(project, out_dir / name, rule_set_id=rule_set_id))
+    return written
+
+
+def default_export_formats(project: Project, rule_set_id: int) -> list[str]:
+    """Every rule-set and deployment format, plus "csv" once the version has a dev or test score."""
+    scored = bool(latest_scores(project, rule_set_id, "test") or latest_scores(project, rule_set_id, "dev"))
+    return list(ALL_FORMATS) + (["csv"] if scored else [])

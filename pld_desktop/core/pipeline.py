@@ -12,7 +12,7 @@ from .phases.evaluation import run_evaluation
 from .phases.extraction import run_extraction
 from .phases.synthesis import run_synthesis
 from .progress import Cancelled, Progress
-from .project import Example, Project
+from .project import CHOSEN_RULE_SET, SYNTHESIS_RULE_SET, Example, Project
 from .prompts import (
     FewShotExample,
     PromptRule,
@@ -26,6 +26,7 @@ from .sampling import stratified_sample
 from .settings import RunSettings, save_settings
 from .states import PhaseState, RunStatus
 from .teacher_calls import QuotaExhausted
+from .working import pipeline_choice
 
 PHASE_NAMES = {1: "Extraction", 2: "Synthesis", 3: "Closed loop", 4: "Evaluation"}
 
@@ -222,8 +223,8 @@ def choose_prompt(project: Project, student: Student, settings: RunSettings, pro
     macro-F1. Every score is a cached evaluation, so a rerun costs nothing. Saved as the setting `chosen`."""
     from .calibration import calibrated_evaluation
     dev = project.examples(split="dev")
-    loop_choice = project.get_setting("chosen_rule_set_id") or project.get_setting("synthesis_rule_set_id")
-    versions = [loop_choice, project.get_setting("synthesis_rule_set_id")]
+    loop_choice = pipeline_choice(project)
+    versions = [loop_choice, project.rule_set_pointer(SYNTHESIS_RULE_SET)]
     versions += [r["candidate_rule_set_id"] for r in project.loop_rounds() if r["dev_macro_f1"] is not None]
     scores: dict[int, tuple[int, float]] = {}
     for rs_id in dict.fromkeys(v for v in versions if v is not None):
@@ -269,8 +270,8 @@ def choose_prompt(project: Project, student: Student, settings: RunSettings, pro
         "example_ids": ex_ids, "dev_evaluations": {k: v["eval_id"] for k, v in rows.items()}, "warning": "",
     }
     result["warning"] = choice_warning(rows, chosen, calibrated)
-    project.set_setting("chosen_rule_set_id", best_rs)
-    project.set_setting("chosen", result)
+    project.set_rule_set_pointer(CHOSEN_RULE_SET, best_rs)
+    project.set_chosen_prompt(result)
     return result
 
 
@@ -327,7 +328,7 @@ def rule_quality(project: Project) -> dict[str, Any]:
     labels = project.labels()
     micro = project.micro_rules()
     texts = {e.id: e.text for e in project.examples(split="train")}
-    rs_id = project.get_setting("chosen_rule_set_id") or project.get_setting("synthesis_rule_set_id")
+    rs_id = pipeline_choice(project)
     rules = project.rule_set(rs_id).rules if rs_id is not None else []
     covered = {r["label"] for r in rules if r.get("enabled", True)}
     return {
@@ -344,7 +345,7 @@ def rule_quality(project: Project) -> dict[str, Any]:
 
 def chosen_summary(project: Project) -> dict[str, Any]:
     """The `chosen` block of `pld status --json` (empty before phase 3 ran)."""
-    chosen = project.get_setting("chosen") or {}
+    chosen = project.chosen_prompt()
     keys = ("rule_set", "prompt", "dev_macro_f1", "zero_shot_dev_macro_f1", "few_shot_dev_macro_f1", "calibrated",
             "warning", "dev_raw", "dev_calibrated", "baselines_best_dev")
     return {k: chosen.get(k) for k in keys} if chosen else {}
@@ -353,10 +354,11 @@ def chosen_summary(project: Project) -> dict[str, Any]:
 def quality_status(project: Project) -> dict[str, Any]:
     """`rule_quality` and `chosen` for `pld status --json` and the Run tab."""
     try:
-        last = project.get_setting("last_evaluation") or {}
+        from .calibration import stored_calibration
+        last = project.last_evaluation()
         test = {}
         for kind in ("pld", "pld_examples", "zero_shot", "few_shot"):
-            cal = project.get_setting(f"calibrated:{last[kind]}") if kind in last else None
+            cal = stored_calibration(project, last[kind]) if kind in last else None
             raw = project.evaluation(last[kind]).metrics if kind in last else None
             if raw:
                 test[kind] = {"macro_f1": raw.get("macro_f1"),
@@ -393,8 +395,7 @@ def _check_prerequisites(project: Project, phase: int, requested: set[int]) -> N
     """Say what to run first before any model is loaded or any key is asked for."""
     if phase == 2 and 1 not in requested and not project.micro_rule_example_ids():
         raise ValueError("Phase 2 needs micro-rules; run phase 1 (extraction) first.")
-    if phase == 3 and 2 not in requested and project.get_setting("synthesis_rule_set_id") is None:
+    if phase == 3 and 2 not in requested and project.rule_set_pointer(SYNTHESIS_RULE_SET) is None:
         raise ValueError("Phase 3 needs a rule set; run phase 2 (synthesis) first.")
-    if phase == 4 and not requested & {2, 3} and project.get_setting("chosen_rule_set_id") is None \
-            and project.get_setting("synthesis_rule_set_id") is None:
+    if phase == 4 and not requested & {2, 3} and pipeline_choice(project) is None:
         raise ValueError("Phase 4 needs a rule set; run phases 2 and 3 first.")

@@ -44,6 +44,13 @@ class ProjectInUse(ProjectFileError):
     """Another live run holds the project (see core.run_lock); the message names its pid."""
 
 
+# The SQLite errors a read can still raise past this layer (a file damaged after it was opened, a lock held
+# beyond the busy timeout). Callers that report them catch these names, so no module outside this one needs
+# sqlite3 (tests/test_architecture.py checks that).
+DatabaseError = sqlite3.DatabaseError
+OperationalError = sqlite3.OperationalError
+
+
 # ---------------------------------------------------------------------------
 # Schema
 # ---------------------------------------------------------------------------
@@ -173,6 +180,10 @@ EDITED_RULE_SET = "edited_rule_set_id"        # the version the user last edited
 RULE_SET_POINTERS = (CHOSEN_RULE_SET, SYNTHESIS_RULE_SET, EDITED_RULE_SET)
 RuleSetPointer = str
 
+# Other settings several modules read, each behind a typed accessor of `Project` below.
+CHOSEN_PROMPT_SETTING = "chosen"              # phase 3's prompt choice on dev (core.pipeline.choose_prompt)
+LAST_EVALUATION_SETTING = "last_evaluation"   # phase 4's evaluation id per prompt kind, and the version scored
+
 # Keys that must never be stored in the project file (secrets live in the keyring or the environment).
 _SECRET_MARKERS = ("api_key", "apikey", "secret", "password", "token_value")
 
@@ -188,6 +199,17 @@ class Example:
     label: str
     split: str
     group: str | None = None
+
+
+@dataclass(frozen=True)
+class NewCluster:
+    """One cluster to store: its label, index within the label (negative for noise), map centre and members."""
+
+    label: str
+    index: int
+    map_x: float
+    map_y: float
+    micro_rule_ids: tuple[int, ...]
 
 
 def content_hash(obj: Any) -> str:
@@ -333,7 +355,6 @@ class Project:
         self.path = path
         self.read_only = read_only
         self._conn = conn
-        self.db = Database(conn)
         self.lock = threading.RLock()
         self._txn_depth = 0  # > 0 while this thread is inside transaction() (the lock is held meanwhile)
         self.run_id: int | None = None
@@ -457,12 +478,8 @@ class Project:
         os.replace(tmp, target)
         return target
 
-    # -- low-level helpers -----------------------------------------------------
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
-        with self.lock:
-            return self._conn.execute(sql, params)
-
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    # -- low-level helpers (private: every statement lives in a named method of this class) ----------
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self.lock:
             cur = self._conn.execute(sql, params)
             cols = [c[0] for c in cur.description]
@@ -498,11 +515,11 @@ class Project:
                     "ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, json.dumps(value)])
 
     def get_setting(self, key: str, default: Any = None) -> Any:
-        rows = self.query("SELECT value FROM settings WHERE key = ?", [key])
+        rows = self._query("SELECT value FROM settings WHERE key = ?", [key])
         return json.loads(rows[0]["value"]) if rows else default
 
     def settings(self) -> dict[str, Any]:
-        return {r["key"]: json.loads(r["value"]) for r in self.query("SELECT key, value FROM settings")}
+        return {r["key"]: json.loads(r["value"]) for r in self._query("SELECT key, value FROM settings")}
 
     # -- rule-set pointers (typed accessors for the settings that name a version) -----------------
     def rule_set_pointer(self, key: RuleSetPointer) -> int | None:
@@ -516,7 +533,7 @@ class Project:
             rs_id = int(value)
         except (TypeError, ValueError):
             return None
-        return rs_id if self.query("SELECT 1 FROM rule_sets WHERE id = ?", [rs_id]) else None
+        return rs_id if self._query("SELECT 1 FROM rule_sets WHERE id = ?", [rs_id]) else None
 
     def set_rule_set_pointer(self, key: RuleSetPointer, rule_set_id: int | None) -> None:
         """Point `key` at an existing version (None clears it); an unknown version is refused."""
@@ -528,18 +545,35 @@ class Project:
         self.rule_set(int(rule_set_id))  # clear error for a version that does not exist
         self.set_setting(key, int(rule_set_id))
 
+    # -- the pipeline's latest choice and test scores (typed accessors for their settings) ---------------
+    def chosen_prompt(self) -> dict[str, Any]:
+        """Phase 3's prompt choice (rule_set, prompt, dev scores, calibrated, warning...); {} before phase 3."""
+        chosen: dict[str, Any] = self.get_setting(CHOSEN_PROMPT_SETTING) or {}
+        return chosen
+
+    def set_chosen_prompt(self, chosen: dict[str, Any]) -> None:
+        self.set_setting(CHOSEN_PROMPT_SETTING, chosen)
+
+    def last_evaluation(self) -> dict[str, Any]:
+        """Phase 4's latest run: evaluation id per prompt kind ("pld", "zero_shot"...) and "rule_set_id"."""
+        last: dict[str, Any] = self.get_setting(LAST_EVALUATION_SETTING) or {}
+        return last
+
+    def set_last_evaluation(self, last: dict[str, Any]) -> None:
+        self.set_setting(LAST_EVALUATION_SETTING, last)
+
     def evaluations_done(self) -> list[Evaluation]:
         """Every finished evaluation (no predictions), oldest first."""
-        rows = self.query("SELECT * FROM evaluations WHERE status = 'done' ORDER BY id")
+        rows = self._query("SELECT * FROM evaluations WHERE status = 'done' ORDER BY id")
         return [Evaluation.from_row(r) for r in rows]
 
     def rule_set_parents(self) -> dict[int, int | None]:
         """id -> parent id for every version (cheap: no rule bodies)."""
-        return {r["id"]: r["parent_id"] for r in self.query("SELECT id, parent_id FROM rule_sets")}
+        return {r["id"]: r["parent_id"] for r in self._query("SELECT id, parent_id FROM rule_sets")}
 
     # -- dataset ----------------------------------------------------------------
     def has_dataset(self) -> bool:
-        return bool(self.query("SELECT 1 FROM dataset"))
+        return bool(self._query("SELECT 1 FROM dataset"))
 
     def store_dataset(self, dataset: Any, source_name: str) -> None:
         """Store an `ImportedDataset` (see core.dataset) in one transaction. Refuses to replace data."""
@@ -557,7 +591,7 @@ class Project:
                  json.dumps(dataset.columns), dataset.dataset_hash(), len(dataset.rows), time.time()])
 
     def dataset_info(self) -> dict[str, Any] | None:
-        rows = self.query("SELECT * FROM dataset")
+        rows = self._query("SELECT * FROM dataset")
         if not rows:
             return None
         info = rows[0]
@@ -591,7 +625,7 @@ class Project:
             params.append(split)
         sql += " ORDER BY id"
         rows = [Example(r["id"], r["ext_id"], r["text"], r["label"], r["split"], r["grp"])
-                for r in self.query(sql, params)]
+                for r in self._query(sql, params)]
         if ids is not None:
             wanted = set(ids)
             rows = [r for r in rows if r.id in wanted]
@@ -602,7 +636,7 @@ class Project:
         if not ids:
             return {}
         marks = ",".join("?" * len(ids))
-        return {r["id"]: r["split"] for r in self.query(f"SELECT id, split FROM examples WHERE id IN ({marks})", ids)}
+        return {r["id"]: r["split"] for r in self._query(f"SELECT id, split FROM examples WHERE id IN ({marks})", ids)}
 
     # -- runs and phase states --------------------------------------------------------
     def start_run(self, command: str, settings: dict[str, Any]) -> int:
@@ -624,11 +658,11 @@ class Project:
                     [phase, state, done, total, message, self.run_id, time.time()])
 
     def phase_states(self) -> dict[int, dict[str, Any]]:
-        return {r["phase"]: r for r in self.query("SELECT * FROM phases ORDER BY phase")}
+        return {r["phase"]: r for r in self._query("SELECT * FROM phases ORDER BY phase")}
 
     # -- teacher calls --------------------------------------------------------------------
     def cached_teacher_reply(self, request_hash: str) -> dict[str, Any] | None:
-        rows = self.query("SELECT * FROM teacher_calls WHERE request_hash = ? AND status = 'ok' "
+        rows = self._query("SELECT * FROM teacher_calls WHERE request_hash = ? AND status = 'ok' "
                           "ORDER BY id DESC LIMIT 1", [request_hash])
         return rows[0] if rows else None
 
@@ -645,7 +679,7 @@ class Project:
         if kinds is not None:
             where = f" WHERE kind IN ({','.join('?' * len(kinds))})"
             params = list(kinds)
-        row = self.query(
+        row = self._query(
             "SELECT COUNT(*) AS calls, SUM(status = 'ok') AS ok, SUM(status != 'ok') AS failed, "
             "COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, COALESCE(SUM(output_tokens), 0) AS output_tokens, "
             "COALESCE(SUM(thoughts_tokens), 0) AS thoughts_tokens, COALESCE(SUM(total_tokens), 0) AS total_tokens, "
@@ -654,8 +688,8 @@ class Project:
 
     def failed_items(self, phase: int | None = None) -> list[dict[str, Any]]:
         if phase is None:
-            return self.query("SELECT * FROM failed_items ORDER BY id")
-        return self.query("SELECT * FROM failed_items WHERE phase = ? ORDER BY id", [phase])
+            return self._query("SELECT * FROM failed_items ORDER BY id")
+        return self._query("SELECT * FROM failed_items WHERE phase = ? ORDER BY id", [phase])
 
     def record_failure(self, phase: int, item_key: str, reason: str) -> None:
         self._write("INSERT INTO failed_items (phase, item_key, reason, run_id, created_at) VALUES (?,?,?,?,?)",
@@ -712,7 +746,7 @@ class Project:
         if open_only:
             where.append("merged = 0 AND state IN ('submitted', 'pending', 'running', 'succeeded')")
         sql = "SELECT * FROM teacher_batches" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
-        return self.query(sql, params)
+        return self._query(sql, params)
 
     def merge_teacher_batch(self, batch_id: int, calls: Sequence[dict[str, Any]]) -> list[int]:
         """Record a finished batch's replies as teacher calls and flag the batch merged, all in one transaction,
@@ -732,22 +766,29 @@ class Project:
 
     def teacher_batch_requests(self, batch_id: int) -> dict[str, str]:
         """request_hash -> item_key for one batch job, in submission order."""
-        rows = self.query("SELECT request_hash, item_key FROM teacher_batch_requests WHERE batch_id = ? "
+        rows = self._query("SELECT request_hash, item_key FROM teacher_batch_requests WHERE batch_id = ? "
                           "ORDER BY rowid", [batch_id])
         return {r["request_hash"]: r["item_key"] for r in rows}
 
     # -- micro-rules --------------------------------------------------------------------
     def micro_rules(self) -> list[dict[str, Any]]:
-        return self.query("SELECT m.*, e.label AS gold_label, e.ext_id FROM micro_rules m "
+        return self._query("SELECT m.*, e.label AS gold_label, e.ext_id FROM micro_rules m "
                           "JOIN examples e ON e.id = m.example_id ORDER BY m.id")
 
     def micro_rule_example_ids(self) -> set[int]:
-        return {r["example_id"] for r in self.query("SELECT example_id FROM micro_rules")}
+        return {r["example_id"] for r in self._query("SELECT example_id FROM micro_rules")}
 
     def add_micro_rule(self, example_id: int, reasoning: str, rule: str, label: str, teacher_call_id: int) -> int:
         return self._write("INSERT OR IGNORE INTO micro_rules (example_id, reasoning, rule, label, teacher_call_id, "
                            "created_at) VALUES (?,?,?,?,?,?)",
                            [example_id, reasoning, rule, label, teacher_call_id, time.time()])
+
+    def add_micro_rules(self, rows: Iterable[tuple[int, str, str, str, int]]) -> None:
+        """Many (example_id, reasoning, rule, label, teacher_call_id) micro-rules in one transaction."""
+        now = time.time()
+        with self.transaction() as conn:
+            conn.executemany("INSERT OR IGNORE INTO micro_rules (example_id, reasoning, rule, label, teacher_call_id, "
+                             "created_at) VALUES (?,?,?,?,?,?)", [(*row, now) for row in rows])
 
     # -- embeddings -------------------------------------------------------------------------
     def cached_embeddings(self, model: str, text_hashes: Sequence[str]) -> dict[str, bytes]:
@@ -755,7 +796,7 @@ class Project:
         for start in range(0, len(text_hashes), 500):
             chunk = list(text_hashes[start:start + 500])
             marks = ",".join("?" * len(chunk))
-            for r in self.query(f"SELECT text_hash, vector FROM embeddings WHERE model = ? AND text_hash IN ({marks})",
+            for r in self._query(f"SELECT text_hash, vector FROM embeddings WHERE model = ? AND text_hash IN ({marks})",
                                 [model, *chunk]):
                 out[r["text_hash"]] = r["vector"]
         return out
@@ -780,12 +821,12 @@ class Project:
                       labels: list[str], meanings: dict[str, str]) -> int | None:
         """An identical version already saved (a resumed run must not duplicate versions)."""
         h = content_hash({"task": task, "labels": labels, "meanings": meanings, "rules": rules})
-        rows = self.query("SELECT id FROM rule_sets WHERE content_hash = ? AND origin = ? AND parent_id IS ? "
+        rows = self._query("SELECT id FROM rule_sets WHERE content_hash = ? AND origin = ? AND parent_id IS ? "
                           "ORDER BY id LIMIT 1", [h, origin, parent_id])
         return rows[0]["id"] if rows else None
 
     def rule_set(self, rule_set_id: int) -> RuleSetRecord:
-        rows = self.query("SELECT * FROM rule_sets WHERE id = ?", [rule_set_id])
+        rows = self._query("SELECT * FROM rule_sets WHERE id = ?", [rule_set_id])
         if not rows:
             raise ProjectFileError(f"There is no rule-set version {rule_set_id} in this project.")
         r = rows[0]
@@ -794,7 +835,7 @@ class Project:
                              r["prompt_text"], r["prompt_sha256"], r["created_at"])
 
     def rule_sets(self) -> list[dict[str, Any]]:
-        return self.query("SELECT id, parent_id, reason, origin, round, prompt_sha256, created_at FROM rule_sets "
+        return self._query("SELECT id, parent_id, reason, origin, round, prompt_sha256, created_at FROM rule_sets "
                           "ORDER BY id")
 
     def add_conflict(self, rule_set_id: int, rule_a: str, rule_b: str, source: str, reason: str,
@@ -805,14 +846,14 @@ class Project:
                             time.time()])
 
     def conflicts(self, rule_set_id: int) -> list[Conflict]:
-        rows = self.query("SELECT * FROM conflicts WHERE rule_set_id = ? ORDER BY id", [rule_set_id])
+        rows = self._query("SELECT * FROM conflicts WHERE rule_set_id = ? ORDER BY id", [rule_set_id])
         return [Conflict.from_row(r) for r in rows]
 
     # -- evaluations ----------------------------------------------------------------------
     def get_or_create_evaluation(self, *, cache_key: str, kind: str, rule_set_id: int | None, split: str,
                                  prompt_text: str, prompt_sha256: str, student: dict[str, Any],
                                  n_examples: int) -> int:
-        rows = self.query("SELECT id FROM evaluations WHERE cache_key = ?", [cache_key])
+        rows = self._query("SELECT id FROM evaluations WHERE cache_key = ?", [cache_key])
         if rows:
             return rows[0]["id"]
         return self._write(
@@ -822,7 +863,7 @@ class Project:
              EvaluationStatus.RUNNING, time.time()])
 
     def predictions(self, evaluation_id: int) -> dict[int, dict[str, Any]]:
-        rows = self.query("SELECT * FROM predictions WHERE evaluation_id = ?", [evaluation_id])
+        rows = self._query("SELECT * FROM predictions WHERE evaluation_id = ?", [evaluation_id])
         return {r["example_id"]: {"predicted": r["predicted"], "probs": json.loads(r["probs_json"]),
                                   "latency_s": r["latency_s"]} for r in rows}
 
@@ -833,7 +874,7 @@ class Project:
         wanted = set(example_ids)
         if not wanted:
             return {}
-        rows = self.query("SELECT p.example_id, p.predicted, p.probs_json, p.latency_s, e.student_json "
+        rows = self._query("SELECT p.example_id, p.predicted, p.probs_json, p.latency_s, e.student_json "
                           "FROM predictions p JOIN evaluations e ON e.id = p.evaluation_id "
                           "WHERE e.prompt_sha256 = ? AND e.id != ?", [prompt_sha256, exclude_evaluation])
         found: dict[int, dict[str, Any]] = {}
@@ -856,15 +897,15 @@ class Project:
                     [json.dumps(metrics), time.time(), evaluation_id])
 
     def evaluation(self, evaluation_id: int) -> Evaluation:
-        return Evaluation.from_row(self.query("SELECT * FROM evaluations WHERE id = ?", [evaluation_id])[0])
+        return Evaluation.from_row(self._query("SELECT * FROM evaluations WHERE id = ?", [evaluation_id])[0])
 
     def evaluations(self) -> list[Evaluation]:
-        rows = self.query("SELECT id FROM evaluations ORDER BY id")
+        rows = self._query("SELECT id FROM evaluations ORDER BY id")
         return [self.evaluation(r["id"]) for r in rows]
 
     def done_evaluation_ids(self, *, rule_set_id: int, split: str, prompt_sha256: str) -> list[int]:
         """Finished evaluations of one rule set's prompt on one split, oldest first."""
-        rows = self.query("SELECT id FROM evaluations WHERE rule_set_id = ? AND split = ? AND prompt_sha256 = ? "
+        rows = self._query("SELECT id FROM evaluations WHERE rule_set_id = ? AND split = ? AND prompt_sha256 = ? "
                           "AND status = 'done' ORDER BY id", [rule_set_id, split, prompt_sha256])
         return [r["id"] for r in rows]
 
@@ -876,18 +917,93 @@ class Project:
 
     def find_loop_round(self, round: int, base_rule_set_id: int, candidate_rule_set_id: int | None) -> int | None:
         """The id of an identical recorded round (a rerun of the loop must not duplicate its history)."""
-        rows = self.query("SELECT id FROM loop_rounds WHERE round = ? AND base_rule_set_id = ? AND "
+        rows = self._query("SELECT id FROM loop_rounds WHERE round = ? AND base_rule_set_id = ? AND "
                           "candidate_rule_set_id IS ? ORDER BY id LIMIT 1",
                           [round, base_rule_set_id, candidate_rule_set_id])
         return rows[0]["id"] if rows else None
 
     def loop_rounds(self) -> list[dict[str, Any]]:
-        return self.query("SELECT * FROM loop_rounds ORDER BY id")
+        return self._query("SELECT * FROM loop_rounds ORDER BY id")
 
     def record_export(self, path: Path, fmt: str, sha256: str, rule_set_id: int | None,
                       evaluation_id: int | None) -> None:
         self._write("INSERT INTO exports (path, format, sha256, rule_set_id, evaluation_id, created_at) "
                     "VALUES (?,?,?,?,?,?)", [str(path), fmt, sha256, rule_set_id, evaluation_id, time.time()])
+
+    def exports(self) -> list[dict[str, Any]]:
+        """Every recorded export (path, format, sha256, version, evaluation), oldest first."""
+        return self._query("SELECT * FROM exports ORDER BY id")
+
+    # -- counts and histories the views and `pld status` show ------------------------------------
+    def split_counts(self) -> dict[str, int]:
+        """Examples per split ("train", "dev", "test"); a split without examples is absent."""
+        return {r["split"]: r["n"] for r in self._query("SELECT split, COUNT(*) AS n FROM examples GROUP BY split")}
+
+    def failed_item_count(self) -> int:
+        """How many items any phase gave up on (every attempt counted, as `failed_items` lists them)."""
+        return int(self._query("SELECT COUNT(*) AS n FROM failed_items")[0]["n"])
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run (started_at, finished_at, status, command), oldest first."""
+        return self._query("SELECT started_at, finished_at, status, command FROM runs ORDER BY id")
+
+    def teacher_models(self) -> list[str]:
+        """The teacher models that answered any call in this project, sorted."""
+        return sorted({r["model"] for r in self._query("SELECT DISTINCT model FROM teacher_calls")})
+
+    def loop_dev_scores(self) -> dict[int, float]:
+        """Version id -> its dev macro-F1 as the closed loop measured it (as a candidate, else as a round's base)."""
+        scores = {r["candidate_rule_set_id"]: r["dev_macro_f1"] for r in self._query(
+            "SELECT candidate_rule_set_id, dev_macro_f1 FROM loop_rounds WHERE candidate_rule_set_id IS NOT NULL")}
+        for r in self._query("SELECT base_rule_set_id, base_dev_macro_f1 FROM loop_rounds "
+                             "WHERE base_dev_macro_f1 IS NOT NULL"):
+            scores.setdefault(r["base_rule_set_id"], r["base_dev_macro_f1"])
+        return scores
+
+    # -- clusterings (phase 2) ----------------------------------------------------------------
+    def has_clustering(self, key: str) -> bool:
+        return bool(self._query("SELECT 1 FROM clusterings WHERE key = ?", [key]))
+
+    def store_clustering(self, key: str, *, method: str, params: dict[str, Any], report: dict[str, Any],
+                         clusters: Sequence[NewCluster]) -> None:
+        """One clustering with its clusters and their members, in one transaction."""
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO clusterings (key, method, params_json, report_json, created_at) "
+                         "VALUES (?,?,?,?,?)", [key, method, json.dumps(params), json.dumps(report), time.time()])
+            for c in clusters:
+                cur = conn.execute(
+                    "INSERT INTO clusters (clustering_key, label, cluster_index, is_noise, size, map_x, map_y) "
+                    "VALUES (?,?,?,?,?,?,?)",
+                    [key, c.label, c.index, int(c.index < 0), len(c.micro_rule_ids), c.map_x, c.map_y])
+                conn.executemany("INSERT INTO cluster_members (cluster_id, micro_rule_id) VALUES (?,?)",
+                                 [(cur.lastrowid, mid) for mid in c.micro_rule_ids])
+
+    def latest_clustering_key(self) -> str | None:
+        rows = self._query("SELECT key FROM clusterings ORDER BY rowid DESC LIMIT 1")
+        return rows[0]["key"] if rows else None
+
+    def clustering_report(self, key: str) -> dict[str, Any]:
+        """The stored report of clustering `key` (per-label method and the 2-D map points), decoded."""
+        row = self._query("SELECT report_json FROM clusterings WHERE key = ?", [key])[0]
+        report: dict[str, Any] = json.loads(row["report_json"] or "{}")
+        return report
+
+    def clusters(self, key: str) -> list[dict[str, Any]]:
+        """The clusters of clustering `key` (by label, then index), each with its sorted `micro_rule_ids`."""
+        clusters = self._query("SELECT * FROM clusters WHERE clustering_key = ? ORDER BY label, cluster_index, id",
+                               [key])
+        for c in clusters:
+            c["micro_rule_ids"] = [r["micro_rule_id"] for r in self._query(
+                "SELECT micro_rule_id FROM cluster_members WHERE cluster_id = ? ORDER BY micro_rule_id", [c["id"]])]
+        return clusters
+
+    def noise_micro_rules(self) -> list[dict[str, Any]]:
+        """Micro-rules the latest clustering left as noise (id, rule, label, ext_id), by id."""
+        return self._query(
+            "SELECT m.id, m.rule, m.label, e.ext_id FROM clusters c JOIN cluster_members cm ON cm.cluster_id = c.id "
+            "JOIN micro_rules m ON m.id = cm.micro_rule_id JOIN examples e ON e.id = m.example_id "
+            "WHERE c.is_noise = 1 AND c.clustering_key = (SELECT key FROM clusterings ORDER BY rowid DESC LIMIT 1) "
+            "ORDER BY m.id")
 
 
 class _Txn:

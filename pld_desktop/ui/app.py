@@ -893,7 +893,7 @@ class MainWindow(QMainWindow):
         message = prompt_kinds_in_words(message, self._settings().few_shot_k)
         self.statusBar().showMessage(message)
         self.log.appendPlainText(f"[{status}] {message}")
-        chosen = (self.project.get_setting("chosen") or {}) if self.project is not None else {}
+        chosen = self.project.chosen_prompt() if self.project is not None else {}
         if chosen.get("warning"):  # no rules prompt beats zero-shot on dev: say so, with the figures
             self.log.appendPlainText(f"[warning] {chosen['warning']}")
             self.statusBar().showMessage(chosen["warning"])
@@ -922,7 +922,7 @@ class MainWindow(QMainWindow):
     def _log_history(self) -> None:
         import time as _time
         assert self.project is not None
-        runs = self.project.query("SELECT started_at, finished_at, status, command FROM runs ORDER BY id")
+        runs = self.project.runs()
         if not runs:
             self.log.appendPlainText("No runs yet. Press 'Run all phases' (F5) to start; every item is saved as it "
                                      "completes, so a stopped run resumes where it stopped.")
@@ -944,7 +944,7 @@ class MainWindow(QMainWindow):
     def export(self, formats: tuple[str, ...], rule_set_id: int | None = None) -> list[Path]:
         if self.project is None:
             return []
-        from ..core.export import export_rule_set
+        from ..core.export import export_version
         rs_id = rule_set_id or self._current_rule_set_id()
         if rs_id is None:
             QMessageBox.information(self, "Nothing to export", "Run phases 1 and 2 first: there is no rule set yet.")
@@ -952,14 +952,11 @@ class MainWindow(QMainWindow):
         folder = QFileDialog.getExistingDirectory(self, "Export into folder", str(self._last_dir()))
         if not folder:
             return []
-        from ..core.results_csv import export_results_csv
         try:
-            prompt_formats = tuple(f for f in formats if f != "csv")
-            written = export_rule_set(self.project, folder, prompt_formats, rule_set_id=rs_id) if prompt_formats else []
-            if "csv" in formats:  # per-example test results, spreadsheet formulas neutralised
-                written.append(export_results_csv(self.project, Path(folder) /
-                                                  f"{self.project_path.stem}-v{rs_id}-results.csv",
-                                                  rule_set_id=rs_id))
+            # The window has always named its CSV <project>-v<id>-results.csv (pld export: <project>-results-v<id>.csv).
+            assert self.project_path is not None  # set with self.project
+            written = export_version(self.project, folder, formats, rule_set_id=rs_id,
+                                     csv_name=f"{self.project_path.stem}-v{rs_id}-results.csv")
         except (OSError, ValueError, RuntimeError) as exc:
             QMessageBox.warning(self, "Export failed", str(exc))
             return []
@@ -982,11 +979,9 @@ class MainWindow(QMainWindow):
         QMessageBox.about(self, "About PLD Desktop", about_text(self._loaded_models()))
 
     def _loaded_models(self) -> list[str]:
-        from ..backends.bundled import describe_model_choice
+        from ..backends.bundled import describe_model_choice, describe_student, describe_teacher
         s = self._settings()
-        return [f"Student: {describe_model_choice(s.student_gguf, 'student')}",
-                "Teacher: " + (s.teacher_model + " (Gemini)" if s.teacher == "gemini"
-                               else describe_model_choice(s.teacher_gguf, "teacher")),
+        return [f"Student: {describe_student(s)}", f"Teacher: {describe_teacher(s)}",
                 f"Embedder: {describe_model_choice(s.embedder, 'embedder')}"]
 
     def closeEvent(self, event: QCloseEvent) -> None:
@@ -1034,14 +1029,10 @@ class MainWindow(QMainWindow):
             return
         project = self.project
         info = project.dataset_info() or {}
-        counts = {r["split"]: r["n"] for r in project.query("SELECT split, COUNT(*) AS n FROM examples GROUP BY split")}
+        counts = project.split_counts()
         s = self._settings()
-        from ..backends.bundled import describe_model_choice
-        teacher = {"gemini": f"{s.teacher_model} (Gemini)",
-                   "openai": f"{s.teacher_openai_model or 'model'} at {s.teacher_openai_base_url}"}.get(
-            s.teacher, describe_model_choice(s.teacher_gguf, "teacher"))
-        student = (f"{s.student_model or 'server model'} at {s.student_base_url}" if s.student_backend == "openai"
-                   else describe_model_choice(s.student_gguf, "student"))
+        from ..backends.bundled import describe_student, describe_teacher
+        teacher, student = describe_teacher(s), describe_student(s)
         self.title.setText(
             f"<h2 style='margin:0'>{self.project_path.name}</h2>{info.get('source_name', '')}: "
             f"{info.get('n_rows', 0)} rows, labels {', '.join(info.get('labels', []))} &nbsp;·&nbsp; "

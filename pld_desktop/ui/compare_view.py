@@ -569,8 +569,7 @@ class CompareView(QWidget):
         with Project.open(self.project_path, read_only=True) as project:
             choices = prompt_choices(project)
             default_a, default_b = default_pair(project)  # the working version vs zero-shot
-            counts = {r["split"]: r["n"] for r in project.query(
-                "SELECT split, COUNT(*) AS n FROM examples GROUP BY split")}
+            counts = project.split_counts()
         before = [c.currentData().key if c.currentData() is not None else None for c in (self.prompt_a, self.prompt_b)]
         for i, (combo, default) in enumerate(((self.prompt_a, default_a), (self.prompt_b, default_b))):
             keep = combo.currentData().key if combo.currentData() is not None else default.key

@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..backends import secrets
-from ..backends.bundled import ModelFileError, bundled_embedder_path, bundled_local_teacher_path
+from ..backends.bundled import BUNDLED_NAMES, ModelFileError, bundled_embedder_path, bundled_local_teacher_path
 from ..backends.model_probe import (
     ServerCheck,
     StudentCheck,
@@ -49,9 +49,9 @@ from .tasks import TaskRunner
 # Editable: the list only suggests names; any model id the API knows can be typed.
 GEMINI_MODELS = ("gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.5-pro",
                  "gemini-3-flash-preview", "gemini-3-pro-preview")
-BUNDLED_STUDENT = "Gemma 3 270M Q4_K_M (bundled)"
-BUNDLED_TEACHER = "SmolLM2-135M-Instruct (bundled)"
-BUNDLED_EMBEDDER = "all-MiniLM-L6-v2 (bundled)"
+BUNDLED_STUDENT = BUNDLED_NAMES["student"]  # the embedded models' names: one home, backends.bundled
+BUNDLED_TEACHER = BUNDLED_NAMES["teacher"]
+BUNDLED_EMBEDDER = BUNDLED_NAMES["embedder"]
 OPENAI_SERVERS = "Ollama, vLLM, LM Studio, llama.cpp"
 # Where a key comes from when it is not in the keychain (the first variable is the one we suggest).
 KEY_ENV_VARS = {"gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"), "openai": ("OPENAI_API_KEY",),

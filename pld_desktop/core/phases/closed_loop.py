@@ -14,7 +14,7 @@ from typing import Any
 
 from ..evaluate import evaluate_prompt
 from ..progress import Progress, check
-from ..project import Example, Project, RuleSetRecord
+from ..project import CHOSEN_RULE_SET, SYNTHESIS_RULE_SET, Example, Project, RuleSetRecord
 from ..prompts import PromptRule, build_rules_prompt, sha256_text
 from ..protocols import Embedder, PromptTooLong, Student, Teacher, TeacherRequest
 from ..sampling import stratified_sample
@@ -57,7 +57,7 @@ def run_closed_loop(project: Project, teacher: Teacher, student: Student, settin
                     progress: Progress, *, start_rule_set_id: int | None = None,
                     embedder: Embedder | None = None) -> LoopReport:
     """`embedder` (optional) adds similarity and co-firing conflicts to every candidate, as synthesis does."""
-    start = start_rule_set_id or project.get_setting("synthesis_rule_set_id")
+    start = start_rule_set_id or project.rule_set_pointer(SYNTHESIS_RULE_SET)
     if start is None:
         project.set_phase(PHASE, PhaseState.FAILED, 0, 0, "No rule set: run phase 2 first.")
         raise ValueError("Phase 3 needs a rule set; run phase 2 (synthesis) first.")
@@ -78,7 +78,7 @@ def run_closed_loop(project: Project, teacher: Teacher, student: Student, settin
         report.stopped_because = f"reached max_iterations ({settings.loop_max_iterations})"
     best_id, best_f1 = loop.best_id, loop.best_f1
     report.chosen_rule_set_id, report.best_dev_f1 = best_id, best_f1
-    project.set_setting("chosen_rule_set_id", best_id)
+    project.set_rule_set_pointer(CHOSEN_RULE_SET, best_id)
     _report_done(project, report, settings, progress)
     return report
 

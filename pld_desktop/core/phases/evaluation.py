@@ -63,7 +63,7 @@ def run_evaluation(project: Project, student: Student, settings: RunSettings, pr
         "few_shot": build_few_shot_prompt(rs.task, labels, [FewShotExample(e.text, e.label) for e in shots],
                                           rs.meanings),
     }
-    chosen = project.get_setting("chosen") or {}
+    chosen = project.chosen_prompt()
     if chosen.get("rule_set") == rs_id and chosen.get("example_ids"):
         # The rules+examples candidate of the choice, with the same worked examples it was scored with on dev.
         picked = project.examples(ids=chosen["example_ids"])
@@ -89,8 +89,7 @@ def run_evaluation(project: Project, student: Student, settings: RunSettings, pr
         calibrated = calibrated_evaluation(project, student, eval_id, test)["metrics"] if test else None
         report.results[kind] = {"evaluation_id": eval_id, "metrics": metrics, "calibrated_metrics": calibrated}
         project.set_phase(PHASE, PhaseState.RUNNING, n, len(prompts), f"{kind} done")
-    project.set_setting("last_evaluation", {k: v["evaluation_id"] for k, v in report.results.items()} |
-                        {"rule_set_id": rs_id})
+    project.set_last_evaluation({k: v["evaluation_id"] for k, v in report.results.items()} | {"rule_set_id": rs_id})
     summary = ", ".join(f"{k} macro-F1 {v['metrics']['macro_f1']:.3f}"
                         + (f" (calibrated {v['calibrated_metrics']['macro_f1']:.3f})"
                            if v["calibrated_metrics"] else "")

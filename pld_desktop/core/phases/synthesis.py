@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +17,7 @@ import numpy as np
 
 from ..clustering import centroid_order, cluster_rules, keep_every_label, map_2d
 from ..progress import Progress, check
-from ..project import Project
+from ..project import SYNTHESIS_RULE_SET, NewCluster, Project
 from ..prompts import PromptRule, build_rules_prompt, sha256_text
 from ..protocols import Embedder, Teacher, TeacherRequest
 from ..settings import RunSettings
@@ -89,7 +88,7 @@ def _cluster_and_store(project: Project, micro: list[dict[str, Any]], vectors: n
                        settings: RunSettings, report: SynthesisReport) -> str:
     """Cluster per label and store clusters + members + map coordinates (once per identical input)."""
     key = _clustering_key(micro, embedder, settings)
-    if project.query("SELECT 1 FROM clusterings WHERE key = ?", [key]):
+    if project.has_clustering(key):
         return key
     coords = map_2d(vectors)
     report_json: dict[str, Any] = {}
@@ -109,36 +108,25 @@ def _cluster_and_store(project: Project, micro: list[dict[str, Any]], vectors: n
         for local, c in zip(idx, final):
             groups.setdefault(int(c), []).append(local)
         planned += [(label, c, members) for c, members in sorted(groups.items())]
-    with project.transaction() as conn:
-        conn.execute("INSERT INTO clusterings (key, method, params_json, report_json, created_at) VALUES (?,?,?,?,?)",
-                     [key, "per-label dbscan",
-                      json.dumps({"eps": settings.dbscan_eps, "min_samples": settings.dbscan_min_samples,
-                                  "embedder": embedder.model_id}),
-                      json.dumps({"labels": report_json,
-                                  "points": {str(m["id"]): [float(x), float(y)] for m, (x, y) in zip(micro, coords)}}),
-                      time.time()])
-        for label, c, members in planned:
-            xy = coords[members].mean(axis=0)
-            cur = conn.execute(
-                "INSERT INTO clusters (clustering_key, label, cluster_index, is_noise, size, map_x, map_y) "
-                "VALUES (?,?,?,?,?,?,?)", [key, label, c, int(c < 0), len(members), float(xy[0]), float(xy[1])])
-            conn.executemany("INSERT INTO cluster_members (cluster_id, micro_rule_id) VALUES (?,?)",
-                             [(cur.lastrowid, micro[i]["id"]) for i in members])
+    clusters: list[NewCluster] = []
+    for label, c, members in planned:
+        xy = coords[members].mean(axis=0)
+        clusters.append(NewCluster(label, c, float(xy[0]), float(xy[1]), tuple(micro[i]["id"] for i in members)))
+    project.store_clustering(
+        key, method="per-label dbscan",
+        params={"eps": settings.dbscan_eps, "min_samples": settings.dbscan_min_samples, "embedder": embedder.model_id},
+        report={"labels": report_json,
+                "points": {str(m["id"]): [float(x), float(y)] for m, (x, y) in zip(micro, coords)}},
+        clusters=clusters)
     return key
 
 
 def latest_clustering(project: Project) -> str | None:
-    rows = project.query("SELECT key FROM clusterings ORDER BY rowid DESC LIMIT 1")
-    return rows[0]["key"] if rows else None
+    return project.latest_clustering_key()
 
 
 def clusters_of(project: Project, key: str) -> list[dict[str, Any]]:
-    clusters = project.query("SELECT * FROM clusters WHERE clustering_key = ? ORDER BY label, cluster_index, id",
-                             [key])
-    for c in clusters:
-        c["micro_rule_ids"] = [r["micro_rule_id"] for r in project.query(
-            "SELECT micro_rule_id FROM cluster_members WHERE cluster_id = ? ORDER BY micro_rule_id", [c["id"]])]
-    return clusters
+    return project.clusters(key)
 
 
 @dataclass
@@ -199,7 +187,7 @@ def run_synthesis(project: Project, teacher: Teacher, embedder: Embedder, settin
     report.rule_set_id = rs_id
     report.rules = len(rules)
     report.conflicts = len(project.conflicts(rs_id))
-    project.set_setting("synthesis_rule_set_id", rs_id)
+    project.set_rule_set_pointer(SYNTHESIS_RULE_SET, rs_id)
     msg = _done_message(report, len(micro), len(real))
     project.set_phase(PHASE, PhaseState.DONE, len(real), len(real), msg)
     progress.log(msg)
