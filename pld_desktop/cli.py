@@ -1111,6 +1111,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from .core.backends import PromptTooLong, TeacherError
     from .core.batch_extraction import BatchJobFailed
     from .core.dataset import DatasetError
+    from .core.evaluate import StudentFailed
     from .core.project import ProjectFileError, ProjectInUse, in_use_message
     try:
         return int(args.func(args) or 0)
@@ -1136,7 +1137,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
-    except BatchJobFailed as exc:  # the requests stay pending; a rerun submits them again
+    except (BatchJobFailed, StudentFailed) as exc:  # batch: requests stay pending; student: scores so far kept
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -9,11 +9,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .backends import Student
+from .backends import PromptTooLong, Student
 from .metrics import classification_metrics
-from .progress import Progress, check
+from .progress import Cancelled, Progress, check
 from .project import Example, Project
 from .prompts import sha256_text
+
+
+class StudentFailed(RuntimeError):
+    """The student could not classify an item (its server refused or vanished, the model crashed): the scoring
+    stops there with the cause; the predictions made so far are kept and a rerun resumes after them."""
 
 
 @dataclass(frozen=True)
@@ -79,13 +84,26 @@ def evaluate_prompt(project: Project, student: Student, prompt_text: str, exampl
 
     classify_many = getattr(student, "classify_many", None)
     if classify_many is not None:  # a server-backed student runs requests concurrently
-        for i, pred in classify_many(prompt_text, [e.text for e in todo], labels, cancelled=progress.cancelled):
-            record(todo[i], pred)
+        try:
+            for i, pred in classify_many(prompt_text, [e.text for e in todo], labels, cancelled=progress.cancelled):
+                record(todo[i], pred)
+        except (Cancelled, PromptTooLong, StudentFailed):
+            raise
+        except Exception as exc:
+            raise StudentFailed(f"the student failed after {len(done)} of {len(examples)} items: "
+                                f"{exc or type(exc).__name__}") from exc
         check(progress)
     else:
         for example in todo:
             check(progress)
-            record(example, student.classify(prompt_text, example.text, labels))
+            try:
+                pred = student.classify(prompt_text, example.text, labels)
+            except (Cancelled, PromptTooLong, StudentFailed):
+                raise
+            except Exception as exc:
+                raise StudentFailed(f"the student failed on item {example.ext_id} ({len(done)} of {len(examples)} "
+                                    f"items scored): {exc or type(exc).__name__}") from exc
+            record(example, pred)
     gold = [e.label for e in examples]
     predicted = [done[e.id]["predicted"] for e in examples]
     latencies = [done[e.id]["latency_s"] for e in examples]
