@@ -1112,9 +1112,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     from .core.batch_extraction import BatchJobFailed
     from .core.dataset import DatasetError
     from .core.evaluate import StudentFailed
-    from .core.project import ProjectFileError, ProjectInUse, in_use_message
+    from .core.project import DiskFull, ProjectFileError, ProjectInUse, in_use_message
     try:
         return int(args.func(args) or 0)
+    except DiskFull as exc:  # the machine, not the input: exit 1 like any other full-disk write
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except ProjectInUse as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_IN_USE
