@@ -1153,6 +1153,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"error: {exc.strerror or exc}{where}. Nothing in the project was lost.", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:
+        from .backends.openai_student import OpenAIServerError  # here: httpx is not imported by every command
+        if isinstance(exc, OpenAIServerError):  # a student server that cannot be reached or refuses: said as is
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
         if os.environ.get("PLD_DEBUG"):
             raise
         print(f"error: unexpected internal error ({type(exc).__name__}: {exc}). Completed work is saved; "

@@ -142,3 +142,33 @@ def test_a_bad_option_then_a_plain_run_behaves_as_if_it_was_never_typed(
     with Project.open(project, read_only=True) as p:
         assert load_settings(p) == before
         assert p.phase_states()[1]["state"] == "done"
+
+
+@pytest.mark.parametrize("argv", [("eval",), ("run", "--phase", "4")], ids=["eval", "run_phase4"])
+def test_a_closed_port_student_server_is_a_failure_with_the_cause(argv: tuple[str, ...], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The real server-backed student against a port nothing listens on: exit 1 with the address and the cause,
+    not "unexpected internal error"."""
+    import socket
+
+    from pld_desktop.backends.factory import DefaultBackends
+    from pld_desktop.core.pipeline import run_pipeline
+    from pld_desktop.core.progress import SilentProgress
+    from pld_desktop.resources import build_demo_project
+    project = tmp_path / "p.pld"
+    build_demo_project(project, 1)
+    with Project.open(project) as p:
+        assert run_pipeline(p, load_settings(p), FakeBackends(), SilentProgress(), phases=[1, 2]).status == "done"
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    monkeypatch.setattr("pld_desktop.backends.factory.DefaultBackends", DefaultBackends)
+    capsys.readouterr()
+    code = cli.main([argv[0], str(project), *argv[1:], "--quiet", "--student-backend", "openai",
+                     "--student-base-url", f"http://127.0.0.1:{port}/v1"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert err.startswith("error:") and f"127.0.0.1:{port}" in err and "refused" in err.lower(), err
+    assert "internal error" not in err and "Traceback" not in err
