@@ -263,7 +263,8 @@ with Project.open(sys.argv[1]) as project:
 
 # What a bundle that lacks a file prints on its way down (a module, a Qt plugin, a model, a library).
 FAILURE_SIGNS = ("Traceback", "No such file", "not found", "Unable to find", "ModuleNotFoundError",
-                 "Could not load the Qt platform plugin", "cannot open shared object file")
+                 "Could not load the Qt platform plugin", "Could not find the Qt platform plugin",
+                 "cannot open shared object file")
 
 
 def _window_smoke(bundle: Path, project: Path, tmp_path: Path, *, phases: str) -> tuple[
