@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QObject, QTimer
-from PySide6.QtWidgets import QApplication, QMainWindow, QMessageBox
+from PySide6.QtWidgets import QApplication, QDialog, QMainWindow, QMessageBox
 
 SMOKE_FLAG = "--smoke-test"
 POLL_MS = 250
@@ -55,9 +55,15 @@ class WindowSmoke(QObject):
         self.report: dict[str, Any] = {"platform": app.platformName(), "phases": self.phases, "tabs": []}
         self._started_run = False
         self._ended = False
-        self._dialogs = QTimer(self, interval=POLL_MS, timeout=self._close_dialogs)
-        self._waiter = QTimer(self, interval=POLL_MS, timeout=self._wait_for_run)
+        self._dialogs = self._poller(self._close_dialogs)
+        self._waiter = self._poller(self._wait_for_run)
         self._previous_hooks = (sys.excepthook, threading.excepthook)
+
+    def _poller(self, slot: Any) -> QTimer:
+        timer = QTimer(self)
+        timer.setInterval(POLL_MS)
+        timer.timeout.connect(slot)
+        return timer
 
     # -- hooks ----------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -85,8 +91,10 @@ class WindowSmoke(QObject):
         self.problems.append(f"dialog {dialog.windowTitle()!r}: {text}")
         if isinstance(dialog, QMessageBox) and dialog.escapeButton() is None:
             dialog.done(0)
-        else:
+        elif isinstance(dialog, QDialog):
             dialog.reject()
+        else:
+            dialog.close()
 
     # -- steps ----------------------------------------------------------------------------------------------
     def _first_look(self) -> None:
