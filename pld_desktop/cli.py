@@ -1100,10 +1100,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     from .backends.bundled import ModelFileError
     from .core.batch_extraction import BatchJobFailed
     from .core.dataset import DatasetError
-    from .core.project import DatabaseError, OperationalError, ProjectFileError, ProjectInUse, in_use_message
+    from .core.evaluate import StudentFailed
+    from .core.project import DatabaseError, DiskFull, OperationalError, ProjectFileError, ProjectInUse, in_use_message
     from .core.protocols import PromptTooLong, TeacherError
     try:
         return int(args.func(args) or 0)
+    except DiskFull as exc:  # the machine, not the input: exit 1 like any other full-disk write
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except ProjectInUse as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_IN_USE
@@ -1126,7 +1130,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
-    except BatchJobFailed as exc:  # the requests stay pending; a rerun submits them again
+    except (BatchJobFailed, StudentFailed) as exc:  # batch: requests stay pending; student: scores so far kept
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -1139,6 +1143,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"error: {exc.strerror or exc}{where}. Nothing in the project was lost.", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:
+        from .backends.openai_student import OpenAIServerError  # here: httpx is not imported by every command
+        if isinstance(exc, OpenAIServerError):  # a student server that cannot be reached or refuses: said as is
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
         if os.environ.get("PLD_DEBUG"):
             raise
         print(f"error: unexpected internal error ({type(exc).__name__}: {exc}). Completed work is saved; "

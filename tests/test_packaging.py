@@ -11,6 +11,7 @@ import subprocess
 import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -183,21 +184,6 @@ def test_bundle_cli_version_and_status(bundle: Path, demo_project: Path, tmp_pat
 
 
 @pytest.mark.slow
-def test_bundle_window_opens_the_demo_project_and_paints(bundle: Path, demo_project: Path, tmp_path: Path) -> None:
-    env = _bundle_env(tmp_path / "home")
-    env["PLD_SMOKE_TEST"] = "1"
-    proc = _run([str(bundle / "pld-desktop"), str(demo_project)], env, 180, tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("PLD_SMOKE ")]
-    assert lines, proc.stdout + proc.stderr
-    report = json.loads(lines[-1][len("PLD_SMOKE "):])
-    assert report["painted"] and report["platform"] == "offscreen"
-    assert report["project"] == str(demo_project)
-    assert report["title"].startswith("demo.pld")
-    assert report["size"][0] > 100 and report["size"][1] > 100
-
-
-@pytest.mark.slow
 def test_bundle_runs_the_python_probe_like_python_c(bundle: Path, tmp_path: Path) -> None:
     # cpu_probe probes AMX with [sys.executable, "-c", code, model]; in the bundle that is `pld`.
     proc = _run([str(bundle / "pld"), "-c", "import sys, llama_cpp; print('probe', sys.argv[1:], "
@@ -265,6 +251,67 @@ def test_bundle_student_predicts_with_the_bundled_gguf(bundle: Path, demo_projec
             assert abs(sum(p["probs"].values()) - 1.0) < 1e-3
 
 
+LIMIT_TEST_SPLIT = """
+import sys
+from pld_desktop.core.project import Project
+from pld_desktop.core.settings import load_settings, save_settings
+with Project.open(sys.argv[1]) as project:
+    settings = load_settings(project)
+    settings.max_test_examples = int(sys.argv[2])
+    save_settings(project, settings)
+"""
+
+# What a bundle that lacks a file prints on its way down (a module, a Qt plugin, a model, a library).
+FAILURE_SIGNS = ("Traceback", "No such file", "not found", "Unable to find", "ModuleNotFoundError",
+                 "Could not load the Qt platform plugin", "Could not find the Qt platform plugin",
+                 "cannot open shared object file")
+
+
+def _window_smoke(bundle: Path, project: Path, tmp_path: Path, *, phases: str) -> tuple[
+        subprocess.CompletedProcess[str], dict[str, Any]]:
+    """Run `pld-desktop --smoke-test PROJECT` offscreen (pld_desktop/ui/smoke.py): the window opens the project,
+    shows every tab, runs `phases` in its own runner, saves a screenshot and quits."""
+    env = _bundle_env(tmp_path / "home")
+    env.update(PLD_SMOKE_PHASES=phases, PLD_SMOKE_SCREENSHOT=str(tmp_path / "window.png"))
+    proc = _run([str(bundle / "pld-desktop"), "--smoke-test", str(project)], env, 1800, tmp_path)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("PLD_SMOKE ")]
+    assert lines, proc.stdout + proc.stderr
+    return proc, json.loads(lines[-1][len("PLD_SMOKE "):])
+
+
+@pytest.mark.slow
+def test_bundle_window_runs_a_real_phase(bundle: Path, demo_project: Path, tmp_path: Path) -> None:
+    """The window inside the bundle does the job: it opens the demo project, draws every tab, runs phase 4 on
+    the embedded student in its own runner (a hand-written rule set stands in for phases 1-3), saves a
+    screenshot and exits 0. Any traceback, dialog or missing file (Qt plugin, resource, model) fails it."""
+    env = _bundle_env(tmp_path / "home")
+    _bundle_python(bundle, ADD_RULE_SET, str(demo_project), env=env, cwd=tmp_path)
+    _bundle_python(bundle, LIMIT_TEST_SPLIT, str(demo_project), "2", env=env, cwd=tmp_path)
+    proc, report = _window_smoke(bundle, demo_project, tmp_path, phases="4")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-5000:]
+    for sign in FAILURE_SIGNS:
+        assert sign not in output, output[-5000:]
+    assert report["ok"] and report["platform"] == "offscreen"
+    assert report["project"] == str(demo_project) and report["title"].startswith("demo.pld")
+    assert report["tabs"] == ["Run", "Clusters", "Rules", "Test side by side", "Results", "Version diff"]
+    assert report["states"] == {"4": "done"}
+    assert report["size"][0] > 100 and report["size"][1] > 100
+    assert _png_size(tmp_path / "window.png") == tuple(report["size"])
+    dump = json.loads(_bundle_python(bundle, DUMP_EVALUATIONS, str(demo_project), env=env, cwd=tmp_path))
+    assert set(dump["evaluations"]) == {"pld", "zero_shot", "few_shot"}
+    assert all(e["n_examples"] == 2 for e in dump["evaluations"].values())
+
+
+@pytest.mark.slow
+def test_bundle_window_smoke_fails_on_a_project_it_cannot_open(bundle: Path, tmp_path: Path) -> None:
+    (tmp_path / "broken.pld").write_bytes(b"not a project")
+    proc, report = _window_smoke(bundle, tmp_path / "broken.pld", tmp_path, phases="")
+    assert proc.returncode == 1 and not report["ok"]
+    assert "PLD_SMOKE problem: dialog 'Cannot open project'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.slow
 def test_bundle_runs_the_whole_demo(bundle: Path, tmp_path: Path) -> None:
     """The main job inside the bundle: `pld demo`, all four phases on the embedded models, then the exports.
@@ -274,7 +321,7 @@ def test_bundle_runs_the_whole_demo(bundle: Path, tmp_path: Path) -> None:
                 _bundle_env(home), 3600, tmp_path)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-5000:]
-    for sign in ("Traceback", "No such file", "not found", "Unable to find", "ModuleNotFoundError"):
+    for sign in FAILURE_SIGNS:
         assert sign not in output, output[-5000:]
     status = json.loads(_run([str(bundle / "pld"), "status", str(tmp_path / "demo" / "demo.pld"), "--json"],
                              _bundle_env(home), 120, tmp_path).stdout)

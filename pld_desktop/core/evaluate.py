@@ -10,11 +10,16 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .metrics import classification_metrics
-from .progress import Progress, check
+from .progress import Cancelled, Progress, check
 from .project import Example, Project
 from .prompts import sha256_text
-from .protocols import ConcurrentStudent, Student
+from .protocols import ConcurrentStudent, PromptTooLong, Student
 from .states import EvaluationStatus
+
+
+class StudentFailed(RuntimeError):
+    """The student could not classify an item (its server refused or vanished, the model crashed): the scoring
+    stops there with the cause; the predictions made so far are kept and a rerun resumes after them."""
 
 
 @dataclass(frozen=True)
@@ -79,13 +84,27 @@ def evaluate_prompt(project: Project, student: Student, prompt_text: str, exampl
         todo = [e for e in todo if e.id not in seen]
 
     if isinstance(student, ConcurrentStudent):  # a server-backed student runs requests concurrently
-        for i, pred in student.classify_many(prompt_text, [e.text for e in todo], labels, cancelled=progress.cancelled):
-            record(todo[i], pred)
+        try:
+            for i, pred in student.classify_many(prompt_text, [e.text for e in todo], labels,
+                                                 cancelled=progress.cancelled):
+                record(todo[i], pred)
+        except (Cancelled, PromptTooLong, StudentFailed):
+            raise
+        except Exception as exc:
+            raise StudentFailed(f"the student failed after {len(done)} of {len(examples)} items: "
+                                f"{exc or type(exc).__name__}") from exc
         check(progress)
     else:
         for example in todo:
             check(progress)
-            record(example, student.classify(prompt_text, example.text, labels))
+            try:
+                pred = student.classify(prompt_text, example.text, labels)
+            except (Cancelled, PromptTooLong, StudentFailed):
+                raise
+            except Exception as exc:
+                raise StudentFailed(f"the student failed on item {example.ext_id} ({len(done)} of {len(examples)} "
+                                    f"items scored): {exc or type(exc).__name__}") from exc
+            record(example, pred)
     gold = [e.label for e in examples]
     predicted = [done[e.id]["predicted"] for e in examples]
     latencies = [done[e.id]["latency_s"] for e in examples]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .evaluate import evaluate_prompt
+from .evaluate import StudentFailed, evaluate_prompt
 from .phases.closed_loop import run_closed_loop
 from .phases.evaluation import run_evaluation
 from .phases.extraction import run_extraction
@@ -103,6 +103,7 @@ def _run_locked(project: Project, settings: RunSettings, backends: BackendProvid
             elif phase == 3:
                 report.phases[3] = run_closed_loop(project, backends.teacher(settings), backends.student(settings),
                                                    settings, progress, embedder=backends.embedder(settings))
+                _fail_if_every_rewrite_failed(report.phases[3])
                 report.phases["choice"] = choose_prompt(project, backends.student(settings), settings, progress)
                 if report.phases["choice"].get("warning"):
                     progress.log(report.phases["choice"]["warning"], "warning")
@@ -110,7 +111,7 @@ def _run_locked(project: Project, settings: RunSettings, backends: BackendProvid
                 report.phases[4] = run_evaluation(project, backends.student(settings), settings, progress)
             else:
                 raise ValueError(f"There is no phase {phase}; phases are 1-4.")
-    except (TeacherUnreachable, PhaseFailed) as exc:
+    except (TeacherUnreachable, PhaseFailed, StudentFailed) as exc:
         # Not a crash: the cause is known and said once, and the phase stays resumable.
         report.status, report.message = RunStatus.FAILED, f"Phase {current} failed: {exc}"
         project.set_phase(current, PhaseState.FAILED, message=str(exc)[:500])
@@ -160,13 +161,31 @@ def _host_port(url: str) -> str:
 
 
 def _fail_if_every_item_failed(project: Project, phase: int, phase_report: Any) -> None:
-    """A phase that attempted items and got none is a failure with its cause, never "Finished"."""
+    """A phase that attempted items and got none is a failure with its cause, never "Finished": every item
+    failed now, or every item was given up in an earlier run and not retried."""
+    if project.micro_rule_example_ids() or not project.examples(split="train"):
+        return
     failed = getattr(phase_report, "failed", 0)
-    produced = getattr(phase_report, "cached", 0) + getattr(phase_report, "called", 0) - failed
-    if failed and produced <= 0 and not project.micro_rule_example_ids():
-        failures = getattr(phase_report, "failures", []) or []
-        cause = failures[0][1] if failures else "no reason recorded"
-        raise PhaseFailed(f"all {failed} items failed; the first said: {cause}")
+    given_up = getattr(phase_report, "given_up", 0)
+    failures = getattr(phase_report, "failures", []) or []
+    cause = failures[0][1] if failures else "no reason recorded"
+    if failed:
+        raise PhaseFailed(f"all {failed + given_up} items failed; the first said: {cause}")
+    if given_up:
+        reasons = [f["reason"] for f in project.failed_items(phase) if f.get("reason")]
+        raise PhaseFailed(f"all {given_up} items were given up in an earlier run and are not sent again; rerun "
+                          f"with --retry-failed (the window: Retry failed items) to try them again. The last "
+                          f"said: {reasons[-1] if reasons else 'no reason recorded'}")
+
+
+def _fail_if_every_rewrite_failed(loop_report: Any) -> None:
+    """The closed loop's per-item teacher work is one rewrite per round: if every round's rewrite failed
+    (the teacher refused, timed out or answered nothing usable each time), phase 3 failed, with the cause."""
+    rounds = getattr(loop_report, "rounds", []) or []
+    settled = str(getattr(loop_report, "stopped_because", "")).startswith("no failures")  # nothing left to fix
+    if rounds and not settled and all(r.get("failed") for r in rounds):
+        raise PhaseFailed(f"every teacher rewrite failed ({len(rounds)} round(s)); the first: "
+                          f"{str(rounds[0].get('note', '')).removeprefix('failed attempt: ')}")
 
 
 def retry_failed_items(project: Project, phases: Sequence[int] | None = None) -> int:

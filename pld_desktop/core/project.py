@@ -8,6 +8,7 @@ migrations this build does not know (a newer app) is refused before anything is 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -38,6 +39,11 @@ class ProjectFileError(Exception):
 
 class ProjectTooNew(ProjectFileError):
     pass
+
+
+class DiskFull(ProjectFileError):
+    """A write failed because the disk is full (SQLITE_FULL, ENOSPC): the machine, not the input. Nothing that
+    was committed is lost; the command reports it as a failure (exit 1), not as a bad file (exit 2)."""
 
 
 class ProjectInUse(ProjectFileError):
@@ -402,9 +408,11 @@ class Project:
             os.replace(tmp, path)
         except sqlite3.Error as exc:
             why = _friendly_sqlite_error(path, exc) if isinstance(exc, sqlite3.OperationalError) else exc
-            raise ProjectFileError(f"Cannot create {path.name}: {why}") from None
+            kind = DiskFull if _is_disk_full(exc) else ProjectFileError
+            raise kind(f"Cannot create {path.name}: {why}") from None
         except OSError as exc:
-            raise ProjectFileError(f"Cannot create {path.name}: {exc.strerror or exc}.") from None
+            kind = DiskFull if _is_disk_full(exc) else ProjectFileError
+            raise kind(f"Cannot create {path.name}: {exc.strerror or exc}.") from None
         finally:
             if conn is not None:
                 try:
@@ -448,7 +456,7 @@ class Project:
                 conn.close()
                 if _is_locked_error(exc):
                     raise ProjectInUse(in_use_message(path)) from None
-                raise ProjectFileError(_friendly_sqlite_error(path, exc)) from None
+                raise write_error(path, exc) from None
         return cls(path, conn, read_only=read_only)
 
     def close(self) -> None:
@@ -498,7 +506,7 @@ class Project:
                 with self._conn:
                     cur = self._conn.execute(sql, params)
             except sqlite3.OperationalError as exc:
-                raise ProjectFileError(_friendly_sqlite_error(self.path, exc)) from None
+                raise write_error(self.path, exc) from None
             return cur.lastrowid or 0
 
     def transaction(self) -> _Txn:
@@ -1031,11 +1039,11 @@ class _Txn:
                     conn.execute("COMMIT")
                 except sqlite3.OperationalError as err:
                     self._rollback()
-                    raise ProjectFileError(_friendly_sqlite_error(self.project.path, err)) from None
+                    raise write_error(self.project.path, err) from None
             else:
                 self._rollback()
                 if isinstance(exc, sqlite3.OperationalError):  # e.g. a full disk during an insert
-                    raise ProjectFileError(_friendly_sqlite_error(self.project.path, exc)) from None
+                    raise write_error(self.project.path, exc) from None
         finally:
             self.project.lock.release()
 
@@ -1048,6 +1056,18 @@ class _Txn:
                 conn.execute("ROLLBACK")
             except sqlite3.OperationalError:
                 pass
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(exc)
+    return ("disk" in text and "full" in text) or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
+def write_error(path: Path, exc: sqlite3.Error) -> ProjectFileError:
+    """The error to raise when a write to the project at `path` failed: DiskFull for a full disk."""
+    return (DiskFull if _is_disk_full(exc) else ProjectFileError)(_friendly_sqlite_error(path, exc))
 
 
 def _friendly_sqlite_error(path: Path, exc: sqlite3.Error) -> str:

@@ -7,6 +7,7 @@ over. The file's JSON body only says *who* holds it, for the "in use by another 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .project import ProjectFileError, ProjectInUse
+from .project import DiskFull, ProjectFileError, ProjectInUse
 
 try:  # POSIX; on other systems the lock degrades to the pid check below
     import fcntl
@@ -101,8 +102,9 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
-                raise ProjectFileError(f"Cannot lock {self.project_path.name} for this run: cannot create "
-                                       f"{self.path.name} ({exc.strerror or exc}).") from None
+                kind = DiskFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ProjectFileError
+                raise kind(f"Cannot lock {self.project_path.name} for this run: cannot create "
+                           f"{self.path.name} ({exc.strerror or exc}).") from None
             try:
                 if fcntl is not None:
                     try:

@@ -40,6 +40,7 @@ from ..backends import model_fetch  # noqa: F401 - notes the user's HF_HUB_OFFLI
 from ..core.pipeline import PHASE_NAMES, PHASE_TEACHER_KINDS, shown_phase_state
 from ..core.project import Project, ProjectFileError
 from ..core.states import RESUMABLE_PHASE_STATES, PhaseState
+from . import smoke
 from .tasks import PipelineTask, TaskRunner, start_pipeline
 
 STATE_COLOURS: dict[str, str] = {
@@ -1120,20 +1121,17 @@ def main(argv: list[str] | None = None) -> int:
     app.setWindowIcon(app_icon())
     app.setDesktopFileName("pld-desktop")
     window = MainWindow()
-    args = [a for a in app.arguments()[1:] if a != "--smoke-test"]
-    smoke = "--smoke-test" in app.arguments()
+    args = [a for a in app.arguments()[1:] if a != smoke.SMOKE_FLAG]
     window.show()
+    if smoke.smoke_requested(app.arguments()):  # the packaged app's smoke test (ui/smoke.py): open, show, run, quit
+        if args and args[0].endswith(".pld"):  # opened from the event loop, so a dialog it raises is caught
+            QTimer.singleShot(0, lambda: window.open_project(Path(args[0])))
+        runner = smoke.install(app, window, args)  # noqa: F841 - kept alive until the loop ends
+        return app.exec()
     if args and args[0].endswith(".pld"):
         window.open_project(Path(args[0]))
     elif args and args[0].lower().endswith((".csv", ".tsv")):
         QTimer.singleShot(0, lambda: window.new_project(Path(args[0])))
-    if smoke:  # packaged-app smoke test: show, render once, quit with status 0 (1 if a given project failed)
-        def finish() -> None:
-            window.grab()
-            failed = bool(args) and args[0].endswith(".pld") and window.project is None
-            print(f"PLD_SMOKE {'failed' if failed else 'ok'} project={window.project_path}", flush=True)
-            app.exit(1 if failed else 0)
-        QTimer.singleShot(500, finish)
     return app.exec()
 
 
