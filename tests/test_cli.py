@@ -64,7 +64,7 @@ def _openai_extraction_script(body: dict) -> tuple[int, dict, dict]:
     from types import SimpleNamespace
 
     from tests.fakes import FakeTeacher
-    from tests.test_openai_teacher import ok_reply
+    from tests.openai_server import ok_reply
 
     user = next(m["content"] for m in body["messages"] if m["role"] == "user")
     reply = FakeTeacher()._reply(SimpleNamespace(kind="extraction", user=user), {})  # type: ignore[arg-type]
@@ -74,7 +74,8 @@ def _openai_extraction_script(body: dict) -> tuple[int, dict, dict]:
 def test_run_phase_1_with_an_openai_compatible_teacher(tmp_path: Path) -> None:
     import os
 
-    from tests.test_openai_teacher import KEY, FakeOpenAI
+    from tests.openai_server import OPENAI_KEY as KEY
+    from tests.openai_server import FakeOpenAI
 
     proj = tmp_path / "bank.pld"
     assert pld("init", str(proj), "--csv", str(demo_csv()), "--text", "message", "--label", "label",

@@ -15,16 +15,12 @@ from pld_desktop.core.project import Project
 from pld_desktop.ui.clusters_view import KEY_ROLE, KIND_ROLE, MICRO_ROLE, ClustersView, LoopChart, read_loop_rounds
 
 from .fakes import FakeBackends
-from .test_pipeline import make_project, settings
+from .helpers import make_project, settings
 
 
-@pytest.fixture(scope="module")
-def ran_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("clusters")
-    project = make_project(tmp)
-    assert run_pipeline(project, settings(), FakeBackends(), SilentProgress()).status == "done"
-    project.close()
-    return tmp / "p.pld"
+@pytest.fixture
+def ran_project(distilled_path: Path) -> Path:
+    return distilled_path  # this test's copy of the session's distilled project (conftest)
 
 
 def cluster_items(view: ClustersView) -> list:  # type: ignore[type-arg]

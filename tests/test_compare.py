@@ -19,24 +19,15 @@ from pld_desktop.core.compare import (
     verdict_text,
 )
 from pld_desktop.core.dataset import ColumnMapping, DatasetError
-from pld_desktop.core.pipeline import run_pipeline
 from pld_desktop.core.progress import Cancelled, ProgressBase, SilentProgress
 from pld_desktop.core.project import Project
-from pld_desktop.core.settings import save_settings
 
-from .fakes import FakeBackends, FakeStudent
-from .test_pipeline import make_project, settings
+from .fakes import FakeStudent
 
 
-@pytest.fixture(scope="module")
-def distilled(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project after a full fake pipeline run (phases 1-4), shared read-mostly by the tests below."""
-    folder = tmp_path_factory.mktemp("cmp")
-    project = make_project(folder)
-    save_settings(project, settings())
-    assert run_pipeline(project, settings(), FakeBackends(), SilentProgress()).status == "done"
-    project.close()
-    return folder / "p.pld"
+@pytest.fixture
+def distilled(distilled_file: Path) -> Path:
+    return distilled_file  # the session's distilled project (conftest); the tests below work on copies of it
 
 
 def copy_of(src: Path, tmp_path: Path) -> Project:

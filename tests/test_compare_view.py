@@ -10,30 +10,16 @@ import pytest
 from PySide6.QtCore import Qt
 
 from pld_desktop.core.backends import ModelIdentity, Prediction
-from pld_desktop.core.pipeline import run_pipeline
-from pld_desktop.core.progress import SilentProgress
 from pld_desktop.core.project import Project
 from pld_desktop.ui.compare_view import CompareView, ComparisonTableModel
 
 from .fakes import FakeBackends, FakeStudent
 from .heartbeat import GuiHeartbeat
-from .test_pipeline import make_project, settings
-
-
-@pytest.fixture(scope="module")
-def distilled(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("cmpview")
-    project = make_project(folder)
-    assert run_pipeline(project, settings(), FakeBackends(), SilentProgress()).status == "done"
-    project.close()
-    return folder / "p.pld"
 
 
 @pytest.fixture()
-def project_path(distilled: Path, tmp_path: Path) -> Path:
-    with Project.open(distilled) as project:
-        project.save_as(tmp_path / "p.pld")
-    return tmp_path / "p.pld"
+def project_path(distilled_path: Path) -> Path:
+    return distilled_path  # this test's copy of the session's distilled project (conftest)
 
 
 class SlowStudent(FakeStudent):

@@ -29,8 +29,8 @@ from pld_desktop.core.teacher_calls import QuotaExhausted
 
 from .fake_gemini import FakeGemini, enable_batches, invalid_json, quota_exhausted, server_error
 from .fakes import FakeBackends
-from .test_gemini_pipeline import KEY, extraction_responder
-from .test_pipeline import make_project
+from .helpers import GEMINI_KEY as KEY
+from .helpers import extraction_responder, make_project
 
 REPO = Path(__file__).resolve().parents[1]
 FAST_POLL = PollSchedule(initial_s=0.02, factor=1.5, max_s=0.1)

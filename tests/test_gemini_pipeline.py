@@ -3,34 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-from pld_desktop.backends.gemini_teacher import GeminiTeacher
 from pld_desktop.core.pipeline import run_pipeline
 from pld_desktop.core.progress import SilentProgress
 from pld_desktop.core.settings import RunSettings
 
-from .fake_gemini import FakeGemini, invalid_json, quota_exhausted, server_error, success
-from .fakes import FakeBackends
-from .test_pipeline import make_project
-
-KEY = "AIzaSyPLANTED-KEY-0123456789"
-
-
-def extraction_responder(body: dict) -> object:
-    user = body["contents"][0]["parts"][0]["text"]
-    gold = re.search(r"Gold label: (\S+)", user).group(1)  # type: ignore[union-attr]
-    return success(json.dumps({"reasoning": "because", "rule": f"If it looks like this, answer {gold}.",
-                               "label": gold}), prompt_tokens=120, output_tokens=30)
-
-
-def gemini_backends(server: FakeGemini) -> FakeBackends:
-    teacher = GeminiTeacher("gemini-2.5-flash", api_key=KEY, base_url=server.base_url, max_concurrency=4,
-                            retry_initial_s=0.01, retry_max_s=0.05, retry_attempts=3)
-    backends = FakeBackends()
-    backends.t = teacher  # type: ignore[assignment]
-    return backends
+from .fake_gemini import FakeGemini, invalid_json, quota_exhausted, server_error
+from .helpers import GEMINI_KEY as KEY
+from .helpers import extraction_responder, gemini_backends, make_project
 
 
 def test_phase1_with_gemini_retries_validates_and_records_usage(tmp_path: Path) -> None:

@@ -27,7 +27,6 @@ from .fake_gemini import (
     candidate_blocked,
     empty_candidates,
     error,
-    fake_gemini,
     invalid_json,
     model_not_found,
     quota_exhausted,
@@ -39,8 +38,7 @@ from .fake_gemini import (
     truncated_json,
     unavailable,
 )
-
-__all__ = ["fake_gemini"]  # re-exported fixture
+from .helpers import MemoryKeyring
 
 KEY = "AIzaSyTEST-SECRET-123"
 
@@ -372,27 +370,12 @@ def test_close_is_idempotent(make_teacher: Callable[..., GeminiTeacher]) -> None
 # ---------------------------------------------------------------------------
 # secrets
 # ---------------------------------------------------------------------------
-@pytest.fixture
-def fake_keyring(monkeypatch: pytest.MonkeyPatch) -> dict[tuple[str, str], str]:
-    store: dict[tuple[str, str], str] = {}
-
-    def delete(service: str, user: str) -> None:
-        if (service, user) not in store:
-            raise keyring.errors.PasswordDeleteError("not found")
-        del store[(service, user)]
-
-    monkeypatch.setattr(keyring, "get_password", lambda service, user: store.get((service, user)))
-    monkeypatch.setattr(keyring, "set_password", lambda service, user, pw: store.__setitem__((service, user), pw))
-    monkeypatch.setattr(keyring, "delete_password", delete)
+def test_env_precedence_then_keyring(memory_keyring: MemoryKeyring, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
-    return store
-
-
-def test_env_precedence_then_keyring(fake_keyring: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     assert secrets.get_api_key() is None and secrets.api_key_source() is None
     secrets.set_api_key("  from-keyring-key  ")
-    assert fake_keyring[("pld-desktop", "gemini-api-key")] == "from-keyring-key"
+    assert memory_keyring.store[("pld-desktop", "gemini-api-key")] == "from-keyring-key"
     assert secrets.get_api_key() == "from-keyring-key"
     assert secrets.api_key_source() == "OS keychain"
     monkeypatch.setenv("GOOGLE_API_KEY", "google-env-key")
@@ -404,7 +387,7 @@ def test_env_precedence_then_keyring(fake_keyring: dict, monkeypatch: pytest.Mon
     assert secrets.get_api_key() == "google-env-key"
     secrets.delete_api_key()
     secrets.delete_api_key()  # nothing stored: no error
-    assert fake_keyring == {}
+    assert memory_keyring.store == {}
     with pytest.raises(ValueError):
         secrets.get_api_key("no-such-service")
 

@@ -4,7 +4,6 @@ window's runner on a worker thread with the test doubles); one slow test scores 
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -29,23 +28,14 @@ from pld_desktop.ui.rules_view import RulesEditor
 from pld_desktop.ui.tasks import QtProgress
 
 from .fakes import FakeBackends
-from .test_pipeline import make_project, settings
-from .test_ui import isolated_settings  # noqa: F401 - autouse: each test gets its own QSettings
+from .helpers import make_project, settings
 
-
-@pytest.fixture(scope="module")
-def pipeline_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("loop_views")
-    project = make_project(folder)
-    run_pipeline(project, settings(), FakeBackends(), SilentProgress())
-    project.close()
-    return folder / "p.pld"
+pytestmark = pytest.mark.usefixtures("isolated_settings")  # each test gets its own QSettings (conftest)
 
 
 @pytest.fixture
-def project_path(pipeline_file: Path, tmp_path: Path) -> Path:
-    shutil.copy(pipeline_file, tmp_path / "p.pld")
-    return tmp_path / "p.pld"
+def project_path(distilled_path: Path) -> Path:
+    return distilled_path  # this test's copy of the session's distilled project (conftest)
 
 
 def _edit(path: Path, make: Any) -> int:

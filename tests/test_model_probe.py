@@ -13,34 +13,9 @@ from pld_desktop.backends.bundled import ModelFileError, bundled_student_path
 from pld_desktop.backends.model_probe import probe_model
 from pld_desktop.core.progress import SilentProgress
 from pld_desktop.core.project import Project
-from pld_desktop.core.prompts import PromptRule, build_rules_prompt, sha256_text
-from pld_desktop.core.settings import RunSettings
-from tests.crash_harness import make_project, tiny_csv
 from tests.gguf_files import write_tiny_gguf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RULES = [{"uid": "H1", "text": "If the customer did not authorise a payment, login or card use",
-          "label": "fraud_report", "enabled": True},
-         {"uid": "H2", "text": "If the customer is unhappy with a fee, delay or staff", "label": "complaint",
-          "enabled": True},
-         {"uid": "H3", "text": "If the customer asks how to do something", "label": "question", "enabled": True}]
-
-
-@pytest.fixture
-def project_with_rules(tmp_path: Path) -> Path:
-    path = make_project(tmp_path / "p.pld", tiny_csv(tmp_path / "t.csv", per_label=6),
-                        RunSettings(task="Classify the customer message.", student_n_ctx=1024))
-    with Project.open(path) as project:
-        labels = project.labels()
-        prompt = build_rules_prompt("Classify the customer message.", labels,
-                                    [PromptRule(r["text"], r["label"]) for r in RULES], {})
-        rs_id = project.add_rule_set(parent_id=None, reason="probe test", origin="synthesis", round=None,
-                                     task="Classify the customer message.", labels=list(labels), meanings={},
-                                     rules=RULES, prompt_text=prompt, prompt_sha256=sha256_text(prompt))
-        project.set_setting("chosen_rule_set_id", rs_id)
-    return path
-
-
 @pytest.mark.slow
 def test_probe_times_the_bundled_student_on_the_current_rules(project_with_rules: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "pld_desktop.cli", "models", "probe", str(bundled_student_path()),

@@ -31,6 +31,7 @@ from pld_desktop.backends.model_store import (
     model_locations,
 )
 from tests.gguf_files import write_tiny_gguf
+from tests.helpers import home_with_three_stores
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,34 +40,6 @@ def _env(home: Path) -> dict[str, str]:
     """An environment whose every model location is inside `home` (nothing of the real machine leaks in)."""
     return {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "XDG_CONFIG_HOME": str(home / ".config"),
             "PATH": os.environ.get("PATH", "")}
-
-
-def _home_with_three_stores(home: Path) -> dict[str, Path]:
-    """The bundled Gemma 3 270M in the HF cache layout, a tiny qwen2 GGUF in LM Studio's, the bundled SmolLM2
-    behind an Ollama manifest."""
-    hf_repo = home / ".cache" / "huggingface" / "hub" / "models--unsloth--gemma-3-270m-it-GGUF"
-    blob = hf_repo / "blobs" / ("a" * 64)
-    blob.parent.mkdir(parents=True)
-    blob.symlink_to(bundled_student_path())
-    commit = "c" * 40
-    snap = hf_repo / "snapshots" / commit / "gemma-3-270m-Q4_K_M.gguf"
-    snap.parent.mkdir(parents=True)
-    snap.symlink_to(os.path.relpath(blob, snap.parent))
-    (hf_repo / "refs").mkdir()
-    (hf_repo / "refs" / "main").write_text(commit)
-
-    lms = write_tiny_gguf(home / ".lmstudio" / "models" / "lmstudio-community" / "Tiny-GGUF" / "tiny-Q4_K_M.gguf")
-
-    ollama = home / ".ollama" / "models"
-    digest = "b" * 64
-    (ollama / "blobs").mkdir(parents=True)
-    (ollama / "blobs" / f"sha256-{digest}").symlink_to(bundled_local_teacher_path())
-    manifest = ollama / "manifests" / "registry.ollama.ai" / "library" / "smollm2" / "135m"
-    manifest.parent.mkdir(parents=True)
-    manifest.write_text(json.dumps({"schemaVersion": 2, "layers": [
-        {"mediaType": "application/vnd.ollama.image.template", "digest": "sha256:" + "d" * 64, "size": 10},
-        {"mediaType": "application/vnd.ollama.image.model", "digest": f"sha256:{digest}", "size": 1}]}))
-    return {"hf": snap, "lmstudio": lms, "ollama": ollama / "blobs" / f"sha256-{digest}"}
 
 
 def test_header_tables_match_gguf_py() -> None:
@@ -94,7 +67,7 @@ def test_header_of_the_bundled_models_matches_gguf_py(which: str) -> None:
 
 
 def test_three_stores_are_found_with_their_architecture(tmp_path: Path) -> None:
-    paths = _home_with_three_stores(tmp_path)
+    paths = home_with_three_stores(tmp_path)
     found = {m.source: m for m in find_models(_env(tmp_path))}
     assert set(found) == {"Hugging Face cache", "LM Studio", "Ollama"}
     hf, lms, ollama = found["Hugging Face cache"], found["LM Studio"], found["Ollama"]
@@ -193,7 +166,7 @@ def test_locations_follow_the_environment(tmp_path: Path) -> None:
 
 def test_pld_models_json_lists_all_three(tmp_path: Path) -> None:
     """The issue's check: a home with a GGUF in each of the HF cache, LM Studio and Ollama layouts."""
-    _home_with_three_stores(tmp_path)
+    home_with_three_stores(tmp_path)
     env = {**os.environ, **_env(tmp_path)}
     for var in ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "OLLAMA_MODELS", "LLAMA_CACHE"):
         env.pop(var, None)

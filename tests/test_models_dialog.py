@@ -4,46 +4,19 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
-import keyring
-import keyring.backend
 import pytest
-from keyring.backends import fail
 
 from pld_desktop.core.settings import RunSettings, load_settings, save_settings
 from pld_desktop.ui import models_dialog
 from pld_desktop.ui.models_dialog import ModelsDialog, StudentCheck
 
-from .fake_gemini import FakeGemini, FakeResponse, fake_gemini, quota_exhausted, server_error, success, success_body
-from .test_openai_teacher import KEY as OPENAI_KEY
-from .test_openai_teacher import FakeOpenAI, fake_openai, ok_reply, start_llama_server, stop_server
-from .test_pipeline import make_project
-
-__all__ = ["fake_gemini", "fake_openai"]  # the fixtures, re-exported for pytest
+from .fake_gemini import FakeGemini, FakeResponse, quota_exhausted, server_error, success, success_body
+from .helpers import MemoryKeyring, make_project
+from .openai_server import OPENAI_KEY, FakeOpenAI, ok_reply, start_llama_server, stop_server
 
 KEY = "AIzaSyTEST-planted-key-0123456789"
-
-
-class MemoryKeyring(keyring.backend.KeyringBackend):
-    """An in-memory OS keychain."""
-
-    priority = 1  # type: ignore[assignment]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.store: dict[tuple[str, str], str] = {}
-
-    def get_password(self, service: str, username: str) -> str | None:
-        return self.store.get((service, username))
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        self.store[(service, username)] = password
-
-    def delete_password(self, service: str, username: str) -> None:
-        if self.store.pop((service, username), None) is None:
-            raise keyring.errors.PasswordDeleteError("not stored")
 
 
 @pytest.fixture(autouse=True)
@@ -51,23 +24,6 @@ def no_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-
-
-@pytest.fixture
-def memory_keyring() -> Iterator[MemoryKeyring]:
-    previous = keyring.get_keyring()
-    ring = MemoryKeyring()
-    keyring.set_keyring(ring)
-    yield ring
-    keyring.set_keyring(previous)
-
-
-@pytest.fixture
-def no_keyring() -> Iterator[None]:
-    previous = keyring.get_keyring()
-    keyring.set_keyring(fail.Keyring())
-    yield
-    keyring.set_keyring(previous)
 
 
 def open_dialog(qtbot, settings: RunSettings) -> ModelsDialog:  # type: ignore[no-untyped-def]

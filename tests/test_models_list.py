@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import huggingface_hub.constants
-import keyring
 import pytest
 
 from pld_desktop.backends import model_fetch
@@ -16,9 +15,7 @@ from pld_desktop.core.settings import RunSettings
 from pld_desktop.ui.models_dialog import ModelsDialog
 from tests.fake_hub import FakeHub, HubFile, HubRepo
 from tests.gguf_files import write_tiny_gguf
-from tests.test_model_probe import project_with_rules  # noqa: F401 - a fixture
-from tests.test_model_store import _home_with_three_stores
-from tests.test_models_dialog import MemoryKeyring
+from tests.helpers import MemoryKeyring, home_with_three_stores
 
 TOKEN = "hf_dialog_token_0123456789"
 
@@ -32,15 +29,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / ".cache"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / ".config"))
     return tmp_path
-
-
-@pytest.fixture
-def memory_keyring() -> Iterator[MemoryKeyring]:
-    previous = keyring.get_keyring()
-    ring = MemoryKeyring()
-    keyring.set_keyring(ring)
-    yield ring
-    keyring.set_keyring(previous)
 
 
 @pytest.fixture
@@ -70,7 +58,7 @@ def _row(dialog: ModelsDialog, source: str) -> int:
 
 
 def test_the_list_shows_each_store_and_fills_in_student_and_teacher(qtbot, home: Path) -> None:  # type: ignore[no-untyped-def]
-    paths = _home_with_three_stores(home)
+    paths = home_with_three_stores(home)
     dialog = _dialog(qtbot)
     panel = dialog.model_list
     table = panel.table
@@ -136,8 +124,8 @@ def test_cancel_stops_the_download_and_keeps_the_part(qtbot, home: Path, hub: Fa
 
 @pytest.mark.slow
 def test_probe_from_the_list_times_the_real_student(qtbot, home: Path,  # type: ignore[no-untyped-def]
-                                                    project_with_rules: Path) -> None:  # noqa: F811 - the fixture
-    _home_with_three_stores(home)
+                                                    project_with_rules: Path) -> None:
+    home_with_three_stores(home)
     dialog = ModelsDialog(RunSettings(student_n_ctx=1024), project_path=project_with_rules)
     qtbot.addWidget(dialog)
     dialog.tabs.setCurrentIndex(dialog.tabs.count() - 1)

@@ -21,7 +21,8 @@ from pld_desktop.core.backends import PromptTooLong
 from pld_desktop.core.metrics import classification_metrics
 from pld_desktop.core.prompts import build_zero_shot_prompt
 from pld_desktop.resources import demo_csv
-from tests.test_openai_teacher import KEY, FakeOpenAI, fake_openai, start_llama_server, stop_server  # noqa: F401
+from tests.openai_server import OPENAI_KEY as KEY
+from tests.openai_server import FakeOpenAI, start_llama_server, stop_server
 
 # A toy vocabulary where labels share heads ("not_") and one label extends another ("neg" / "negative").
 VOCAB = [b" ", b" n", b" no", b" not", b"_", b"t_", b" not_", b"mentioned", b"men", b"tioned", b"entailed",
@@ -76,7 +77,7 @@ def test_url_and_grammar_helpers() -> None:
     assert gbnf_literal(' a"b\\c\n') == '" a\\"b\\\\c\\n"'
 
 
-def test_server_without_logprobs_falls_back_to_constrained_json(fake_openai: FakeOpenAI) -> None:  # noqa: F811
+def test_server_without_logprobs_falls_back_to_constrained_json(fake_openai: FakeOpenAI) -> None:
     def script(body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
         if "grammar" in body:
             return 400, {"error": {"message": "Unrecognized request argument supplied: grammar"}}, {}
@@ -99,7 +100,7 @@ def test_server_without_logprobs_falls_back_to_constrained_json(fake_openai: Fak
     assert all(r["auth"] == f"Bearer {KEY}" for r in fake_openai.requests)
 
 
-def test_errors_name_the_server_and_hide_the_key(fake_openai: FakeOpenAI) -> None:  # noqa: F811
+def test_errors_name_the_server_and_hide_the_key(fake_openai: FakeOpenAI) -> None:
     fake_openai.script = lambda body: (500, {"error": {"message": f"crashed with key {KEY}"}}, {})
     with pytest.raises(OpenAIServerError) as info:
         OpenAIStudent(fake_openai.url, api_key=KEY)

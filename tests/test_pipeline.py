@@ -10,31 +10,18 @@ import pytest
 from pydantic import BaseModel
 
 from pld_desktop.core.backends import TeacherRequest
-from pld_desktop.core.dataset import ColumnMapping, SplitSettings, load_dataset
 from pld_desktop.core.export import export_rule_set
 from pld_desktop.core.pipeline import run_pipeline
 from pld_desktop.core.progress import ProgressBase, SilentProgress
-from pld_desktop.core.project import APPLICATION_ID, Project
-from pld_desktop.core.settings import RunSettings
+from pld_desktop.core.project import APPLICATION_ID
 from pld_desktop.core.teacher_calls import LockedSplitError, TeacherJob, run_teacher_jobs
-from pld_desktop.resources import DEMO_TASK, demo_csv
 
 from .fakes import FakeBackends, FakeTeacher
+from .helpers import make_project, settings
 
 
 class _Dummy(BaseModel):
     x: int
-
-
-def make_project(tmp_path: Path, name: str = "p.pld") -> Project:
-    ds = load_dataset(demo_csv(), ColumnMapping(("message",), "label", id_column="id"), SplitSettings())
-    project = Project.create(tmp_path / name)
-    project.store_dataset(ds, "bank_messages.csv")
-    return project
-
-
-def settings(**kw: object) -> RunSettings:
-    return RunSettings(task=DEMO_TASK, loop_max_iterations=2, **kw)  # type: ignore[arg-type]
 
 
 def test_full_pipeline_with_doubles(tmp_path: Path) -> None:

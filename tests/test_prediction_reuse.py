@@ -10,7 +10,7 @@ from pld_desktop.core.evaluate import evaluate_prompt
 from pld_desktop.core.progress import SilentProgress
 
 from .fakes import FakeStudent
-from .test_pipeline import make_project
+from .helpers import make_project
 
 PROMPT = "Triage the message.\n1. If the message mentions 'fee', answer complaint. -> complaint"
 

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 
-from pld_desktop.core.pipeline import run_pipeline
-from pld_desktop.core.progress import SilentProgress
 from pld_desktop.core.project import Project
 from pld_desktop.core.prompts import sha256_text
 from pld_desktop.core.rule_edits import (
@@ -33,8 +28,8 @@ from pld_desktop.core.rule_edits import (
     save_version,
 )
 
-from .fakes import FakeBackends, FakeEmbedder
-from .test_pipeline import make_project, settings
+from .fakes import FakeEmbedder
+from .helpers import settings
 
 RULES = [
     {"uid": "R1", "text": "If the message mentions 'fee', answer complaint.", "label": "complaint", "enabled": True,
@@ -134,20 +129,9 @@ def test_cheap_conflicts_same_condition_and_duplicates() -> None:
 # ---------------------------------------------------------------------------
 # Saving versions in a real project (pipeline run on the doubles once, copied per test)
 # ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def pipeline_project_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("rules")
-    project = make_project(folder)
-    run_pipeline(project, settings(), FakeBackends(), SilentProgress())
-    project.close()
-    return folder / "p.pld"
-
-
 @pytest.fixture
-def project(pipeline_project_file: Path, tmp_path: Path) -> Project:
-    shutil.copy(pipeline_project_file, tmp_path / "p.pld")
-    with Project.open(tmp_path / "p.pld") as opened:
-        yield opened
+def project(distilled_project: Project) -> Project:
+    return distilled_project  # this test's copy of the session's distilled project (conftest)
 
 
 def test_save_version_links_parent_and_rebuilds_the_prompt(project: Project) -> None:

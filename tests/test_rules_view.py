@@ -3,7 +3,6 @@ the filter proxy and the RulesEditor widget, on a project the pipeline built wit
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,6 @@ import pytest
 from PySide6.QtCore import QModelIndex, Qt
 from PySide6.QtGui import QBrush, QIcon, QUndoStack
 
-from pld_desktop.core.pipeline import run_pipeline
-from pld_desktop.core.progress import SilentProgress
 from pld_desktop.core.project import Project
 from pld_desktop.core.rule_edits import HEAD_SETTING, Add, Delete, Duplicate, Move, RuleEdit
 from pld_desktop.ui.rules_model import (
@@ -29,28 +26,17 @@ from pld_desktop.ui.rules_model import (
 from pld_desktop.ui.rules_view import RulesEditor, RulesFilterProxy
 
 from .fakes import FakeBackends
-from .test_pipeline import make_project, settings
-
-
-@pytest.fixture(scope="module")
-def pipeline_project_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("rules_view")
-    project = make_project(folder)
-    run_pipeline(project, settings(), FakeBackends(), SilentProgress())
-    project.close()
-    return folder / "p.pld"
+from .helpers import make_project, settings
 
 
 @pytest.fixture
-def project_path(pipeline_project_file: Path, tmp_path: Path) -> Path:
-    shutil.copy(pipeline_project_file, tmp_path / "p.pld")
-    return tmp_path / "p.pld"
+def project_path(distilled_path: Path) -> Path:
+    return distilled_path  # this test's copy of the session's distilled project (conftest)
 
 
 @pytest.fixture
-def project(project_path: Path) -> Project:
-    with Project.open(project_path) as opened:
-        yield opened
+def project(distilled_project: Project) -> Project:
+    return distilled_project  # the same copy, opened
 
 
 @pytest.fixture

@@ -168,7 +168,7 @@ def test_a_cut_reply_is_retried_and_never_stored(tmp_path: Path) -> None:
     from pld_desktop.core.progress import SilentProgress
     from pld_desktop.core.teacher_calls import TeacherJob, run_teacher_jobs
 
-    from .test_pipeline import make_project
+    from .helpers import make_project
     schema = tp.merge_schema(("a", "b"))
     replies = [TeacherReply(json.dumps({"rule": "If the text is about the first thing and", "label": "a"}),
                             finish_reason="length"),

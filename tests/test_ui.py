@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PySide6.QtCore import QMimeData, QSettings, QUrl
+from PySide6.QtCore import QMimeData, QUrl
 from PySide6.QtWidgets import QMessageBox
 
 from pld_desktop.core.project import Project
@@ -19,26 +19,9 @@ from pld_desktop.ui.results_view import HistoryModel
 
 from .fakes import FakeBackends, FakeTeacher
 from .heartbeat import GuiHeartbeat
-from .test_pipeline import make_project
+from .helpers import make_project
 
-
-@pytest.fixture(autouse=True)
-def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test gets its own QSettings (recent files, geometry) and never touches the user's."""
-    QSettings.setDefaultFormat(QSettings.Format.IniFormat)
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path / "qsettings"))
-    monkeypatch.setattr(QSettings, "__init__", _ini_settings_init(tmp_path / "qsettings" / "pld.ini"))
-
-
-def _ini_settings_init(path: Path) -> Any:
-    original = QSettings.__init__
-
-    def init(self: QSettings, *args: Any) -> None:
-        if args:
-            original(self, *args)
-        else:
-            original(self, str(path), QSettings.Format.IniFormat)
-    return init
+pytestmark = pytest.mark.usefixtures("isolated_settings")  # each test gets its own QSettings (conftest)
 
 
 def _import_through_the_dialog(qtbot: Any, window: MainWindow, csv: Path, target: Path,

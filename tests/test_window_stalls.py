@@ -6,11 +6,17 @@ import threading
 from typing import Any
 
 import pytest
+from PySide6.QtGui import QUndoStack
 
 from pld_desktop.backends.tokenizer import TokenizerLoading, VocabTokenizer
+from pld_desktop.core.project import Project
 from pld_desktop.ui.rules_model import COL_TEXT, RulesModel
 
-from .test_rules_view import model, pipeline_project_file, project, project_path  # noqa: F401 - fixtures
+
+@pytest.fixture
+def model(distilled_project: Project, qapp: Any) -> RulesModel:
+    """The rules model over this test's copy of the distilled project (conftest), with its own undo stack."""
+    return RulesModel(distilled_project, distilled_project.get_setting("chosen_rule_set_id"), QUndoStack())
 
 
 class _GatedTokenizer:
@@ -73,7 +79,7 @@ def test_vocabulary_loads_on_a_helper_thread_and_counts_like_the_blocking_load()
     blocking.close()
 
 
-def test_an_edit_relayouts_only_the_rows_it_changed(model: RulesModel) -> None:  # noqa: F811
+def test_an_edit_relayouts_only_the_rows_it_changed(model: RulesModel) -> None:
     rows: list[tuple[int, int]] = []
     model.dataChanged.connect(lambda first, last, *_: rows.append((first.row(), last.row())))
     before = {r["uid"]: model.conflicts_of(r["uid"]) for r in model.rules()}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ from pld_desktop.core.diff import diff_rules, diff_versions, prompt_numbers
 from pld_desktop.core.export import ALL_FORMATS, export_rule_set
 from pld_desktop.core.impact import ABLATION_KIND, rule_impact, stored_impact
 from pld_desktop.core.phases.evaluation import run_evaluation
-from pld_desktop.core.pipeline import run_pipeline
 from pld_desktop.core.progress import Cancelled, SilentProgress
 from pld_desktop.core.project import CHOSEN_RULE_SET, EDITED_RULE_SET, SYNTHESIS_RULE_SET, Project
 from pld_desktop.core.results_csv import export_results_csv
@@ -49,25 +47,12 @@ from pld_desktop.core.working import (
 )
 
 from .fakes import FakeBackends, FakeEmbedder, FakeStudent
-from .test_pipeline import make_project, settings
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("loop")
-    project = make_project(path)
-    assert run_pipeline(project, settings(), FakeBackends(), SilentProgress()).status == "done"
-    project.close()
-    return path / "p.pld"
+from .helpers import make_project, settings
 
 
 @pytest.fixture
-def project(finished: Path, tmp_path: Path) -> Project:
-    target = tmp_path / "p.pld"
-    shutil.copy(finished, target)
-    p = Project.open(target)
-    yield p
-    p.close()
+def project(distilled_project: Project) -> Project:
+    return distilled_project  # this test's copy of the session's distilled project (conftest)
 
 
 def _ids(conflicts: list[dict]) -> set[tuple]:
