@@ -349,6 +349,7 @@ class Project:
         self.db = Database(conn)
         self.lock = threading.RLock()
         self.run_id: int | None = None
+        self._txn_depth = 0  # open `transaction()` blocks (nested ones join the outermost)
 
     # -- opening ------------------------------------------------------------
     @classmethod
@@ -481,13 +482,19 @@ class Project:
             return [dict(zip(cols, row)) for row in cur.fetchall()]
 
     def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run one write in its own transaction (commit per completed item) and return lastrowid."""
+        """Run one write in its own transaction (commit per completed item) and return lastrowid.
+
+        Inside `transaction()` the write joins that transaction instead (committed with it).
+        """
         if self.read_only:
             raise ProjectFileError(f"{self.path.name} is open read-only.")
         with self.lock:
             try:
-                with self._conn:
+                if self._txn_depth:
                     cur = self._conn.execute(sql, params)
+                else:
+                    with self._conn:
+                        cur = self._conn.execute(sql, params)
             except sqlite3.OperationalError as exc:
                 raise ProjectFileError(_friendly_sqlite_error(self.path, exc)) from None
             return cur.lastrowid or 0
@@ -908,18 +915,32 @@ class Project:
 
 
 class _Txn:
-    """`with project.transaction() as conn:` - several writes committed together or not at all."""
+    """`with project.transaction() as conn:` - several writes committed together or not at all.
+
+    The Project's own writes inside the block join it; a nested block joins the outermost one (which commits or
+    rolls back everything).
+    """
 
     def __init__(self, project: Project) -> None:
         self.project = project
 
     def __enter__(self) -> sqlite3.Connection:
         self.project.lock.acquire()
-        self.project._conn.execute("BEGIN")
+        if self.project._txn_depth == 0:
+            try:
+                self.project._conn.execute("BEGIN")
+            except BaseException:
+                self.project.lock.release()
+                raise
+        self.project._txn_depth += 1
         return self.project._conn
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         conn = self.project._conn
+        self.project._txn_depth -= 1
+        if self.project._txn_depth:  # nested: the outermost block commits or rolls back
+            self.project.lock.release()
+            return
         try:
             if exc_type is None:
                 try:

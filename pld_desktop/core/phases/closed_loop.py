@@ -131,10 +131,11 @@ def run_closed_loop(project: Project, teacher: Teacher, student: Student, settin
             if embedder is not None:
                 find_conflicts(project, embedder, cand_id, new_rules, pairs, settings, progress)
             else:
-                for a, b, reason in pairs:
-                    if 1 <= a <= len(new_rules) and 1 <= b <= len(new_rules) and a != b:
-                        project.add_conflict(cand_id, new_rules[a - 1]["uid"], new_rules[b - 1]["uid"], "teacher",
-                                             reason, {"named_by": "teacher", "round": rnd})
+                with project.transaction():  # the candidate's conflicts: one commit
+                    for a, b, reason in pairs:
+                        if 1 <= a <= len(new_rules) and 1 <= b <= len(new_rules) and a != b:
+                            project.add_conflict(cand_id, new_rules[a - 1]["uid"], new_rules[b - 1]["uid"],
+                                                 "teacher", reason, {"named_by": "teacher", "round": rnd})
         try:
             f1 = score_on_dev(project, student, cand_id, progress,
                               f"Phase 3 round {rnd}: scoring the candidate on dev")
