@@ -16,7 +16,8 @@ if not os.environ.get("PLD_CONFIG_DIR"):
     os.environ["PLD_CONFIG_DIR"] = tempfile.mkdtemp(prefix="pld-test-config-")
 
 import shutil
-from collections.abc import Iterator
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from pld_desktop.core.project import Project
 
     from .fake_gemini import FakeGemini
-    from .helpers import MemoryKeyring
+    from .helpers import CliResult, MemoryKeyring
     from .openai_server import FakeOpenAI
 
 
@@ -175,3 +176,33 @@ def _ini_settings_init(path: Path) -> Any:
             original(self, str(path), QSettings.Format.IniFormat)
     return init
 
+
+# ---------------------------------------------------------------------------
+# `pld` in-process
+# ---------------------------------------------------------------------------
+@pytest.fixture
+def pld_main(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., CliResult]]:
+    """`pld_main("init", ...)` runs the CLI's main(argv) in this process (no interpreter start, no imports again).
+
+    For argument and input errors; exit codes after signals and the real process's streams need a subprocess.
+    The SIGTERM handler the CLI installs is put back afterwards.
+    """
+    from pld_desktop.cli import main
+
+    from .helpers import CliResult
+
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()  # drop what the test printed before
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse's own usage errors
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    try:
+        yield run
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import keyring
@@ -109,3 +110,11 @@ def home_with_three_stores(home: Path) -> dict[str, Path]:
         {"mediaType": "application/vnd.ollama.image.model", "digest": f"sha256:{digest}", "size": 1}]}))
     return {"hf": snap, "lmstudio": lms, "ollama": ollama / "blobs" / f"sha256-{digest}"}
 
+
+@dataclass(frozen=True)
+class CliResult:
+    """What an in-process `pld` call (the `pld_main` fixture) returned and printed, named as subprocess names them."""
+
+    returncode: int
+    stdout: str
+    stderr: str
