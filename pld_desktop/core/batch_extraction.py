@@ -37,7 +37,6 @@ from .teacher_calls import (
 )
 
 BATCH_PRICE_FACTOR = 0.5  # the Gemini Batch API bills half the interactive price
-OPEN_STATES = ("submitted", "pending", "running")
 FAILED_STATES = ("failed", "cancelled", "expired")
 
 

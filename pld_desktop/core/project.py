@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -355,6 +355,7 @@ class Project:
     @classmethod
     def create(cls, path: str | os.PathLike, *, overwrite: bool = False) -> Project:
         """A new, empty project at `path`."""
+        # return-value: with keep_open=True build returns the open project, never None.
         return cls.build(path, lambda project: None, overwrite=overwrite, keep_open=True)  # type: ignore[return-value]
 
     @classmethod
@@ -975,8 +976,3 @@ def _friendly_sqlite_error(path: Path, exc: sqlite3.Error) -> str:
     if "locked" in text:
         return in_use_message(path)
     return f"Could not write to {path.name}: {text}."
-
-
-def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
