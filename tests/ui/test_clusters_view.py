@@ -14,8 +14,8 @@ from pld_desktop.core.progress import SilentProgress
 from pld_desktop.core.project import Project
 from pld_desktop.ui.clusters_view import KEY_ROLE, KIND_ROLE, MICRO_ROLE, ClustersView, LoopChart, read_loop_rounds
 
-from .fakes import FakeBackends
-from .helpers import make_project, settings
+from ..fakes import FakeBackends
+from ..helpers import make_project, settings
 
 
 @pytest.fixture

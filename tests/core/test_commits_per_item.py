@@ -8,8 +8,8 @@ from pld_desktop.core.pipeline import run_pipeline
 from pld_desktop.core.progress import SilentProgress
 from pld_desktop.core.project import Project
 
-from .fakes import FakeBackends
-from .helpers import make_project, settings
+from ..fakes import FakeBackends
+from ..helpers import make_project, settings
 
 
 def _commits(project: Project, backends: FakeBackends, phase: int) -> list[list[str]]:

@@ -33,7 +33,7 @@ from pld_desktop.backends.model_store import (
 from tests.gguf_files import write_tiny_gguf
 from tests.helpers import home_with_three_stores
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(home: Path) -> dict[str, str]:

@@ -168,7 +168,7 @@ def test_a_cut_reply_is_retried_and_never_stored(tmp_path: Path) -> None:
     from pld_desktop.core.progress import SilentProgress
     from pld_desktop.core.teacher_calls import TeacherJob, run_teacher_jobs
 
-    from .helpers import make_project
+    from ..helpers import make_project
     schema = tp.merge_schema(("a", "b"))
     replies = [TeacherReply(json.dumps({"rule": "If the text is about the first thing and", "label": "a"}),
                             finish_reason="length"),
@@ -216,7 +216,7 @@ def test_init_and_phase1_with_nasty_labels_give_valid_micro_rules(tmp_path: Path
         for i in range(15):
             w.writerow([f"{texts[i % 3]} (case {i})", labels[i % 3]])
     project = tmp_path / "nasty.pld"
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     r = subprocess.run([sys.executable, "-m", "pld_desktop.cli", "init", str(project), "--csv", str(csv_path),
                         "--text", "text", "--label", "label", "--ratios", "40/30/30"], capture_output=True,
                        text=True, cwd=repo, timeout=120, check=False)

@@ -27,8 +27,8 @@ from pld_desktop.ui.rules_model import COL_ENABLED, COL_IMPACT, ImpactRole, Sort
 from pld_desktop.ui.rules_view import RulesEditor
 from pld_desktop.ui.tasks import QtProgress
 
-from .fakes import FakeBackends
-from .helpers import make_project, settings
+from ..fakes import FakeBackends
+from ..helpers import make_project, settings
 
 pytestmark = pytest.mark.usefixtures("isolated_settings")  # each test gets its own QSettings (conftest)
 
@@ -402,7 +402,7 @@ def test_window_exports_name_the_working_version_including_deployment_files(qtbo
     from pld_desktop.core.deploy import DEPLOY_FORMATS
     from pld_desktop.core.scoring import score_version
 
-    from .fakes import FakeStudent
+    from ..fakes import FakeStudent
     edited = _edit(project_path, lambda rules: SetEnabled(rules[1]["uid"], False))
     with Project.open(project_path) as project:  # the CSV holds a scored version's predictions
         score_version(project, FakeStudent(), edited, split="dev")
@@ -433,7 +433,7 @@ def test_a_useless_round_says_why_it_failed(tmp_path: Path) -> None:
     failed" unless a call failed, nor "no improvement"."""
     from pld_desktop.ui.clusters_view import read_loop_rounds
 
-    from .fakes import FakeTeacher
+    from ..fakes import FakeTeacher
 
     class NoRulesTeacher(FakeTeacher):
         def _reply(self, request: Any, schema: dict) -> dict:

@@ -9,9 +9,9 @@ from pld_desktop.core.pipeline import run_pipeline
 from pld_desktop.core.progress import SilentProgress
 from pld_desktop.core.settings import RunSettings
 
-from .fake_gemini import FakeGemini, invalid_json, quota_exhausted, server_error
-from .helpers import GEMINI_KEY as KEY
-from .helpers import extraction_responder, gemini_backends, make_project
+from ..fake_gemini import FakeGemini, invalid_json, quota_exhausted, server_error
+from ..helpers import GEMINI_KEY as KEY
+from ..helpers import extraction_responder, gemini_backends, make_project
 
 
 def test_phase1_with_gemini_retries_validates_and_records_usage(tmp_path: Path) -> None:

@@ -134,7 +134,7 @@ with LlamaStudent(**kwargs) as student:
 def run_child(state_dir: Path, mode: str = "cached") -> dict:
     proc = subprocess.run([sys.executable, "-c", CHILD, str(state_dir), json.dumps(SENTIMENT), json.dumps(TEXTS),
                            mode], capture_output=True, text=True, timeout=600,
-                          cwd=Path(__file__).resolve().parents[1])
+                          cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

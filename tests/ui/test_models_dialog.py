@@ -12,9 +12,9 @@ from pld_desktop.core.settings import RunSettings, load_settings, save_settings
 from pld_desktop.ui import models_dialog
 from pld_desktop.ui.models_dialog import ModelsDialog, StudentCheck
 
-from .fake_gemini import FakeGemini, FakeResponse, quota_exhausted, server_error, success, success_body
-from .helpers import MemoryKeyring, make_project
-from .openai_server import OPENAI_KEY, FakeOpenAI, ok_reply, start_llama_server, stop_server
+from ..fake_gemini import FakeGemini, FakeResponse, quota_exhausted, server_error, success, success_body
+from ..helpers import MemoryKeyring, make_project
+from ..openai_server import OPENAI_KEY, FakeOpenAI, ok_reply, start_llama_server, stop_server
 
 KEY = "AIzaSyTEST-planted-key-0123456789"
 

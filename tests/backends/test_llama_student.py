@@ -742,7 +742,7 @@ def _system_prompts() -> list[str]:
 
 def _demo_texts() -> list[str]:
     import csv
-    demo = Path(__file__).resolve().parents[1] / "resources" / "demo" / "bank_messages.csv"
+    demo = Path(__file__).resolve().parents[2] / "resources" / "demo" / "bank_messages.csv"
     with demo.open(encoding="utf-8", newline="") as f:
         return [row["message"] for row in csv.DictReader(f)]
 

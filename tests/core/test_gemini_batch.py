@@ -27,12 +27,12 @@ from pld_desktop.core.project import Project
 from pld_desktop.core.settings import RunSettings
 from pld_desktop.core.teacher_calls import QuotaExhausted
 
-from .fake_gemini import FakeGemini, enable_batches, invalid_json, quota_exhausted, server_error
-from .fakes import FakeBackends
-from .helpers import GEMINI_KEY as KEY
-from .helpers import extraction_responder, make_project
+from ..fake_gemini import FakeGemini, enable_batches, invalid_json, quota_exhausted, server_error
+from ..fakes import FakeBackends
+from ..helpers import GEMINI_KEY as KEY
+from ..helpers import extraction_responder, make_project
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAST_POLL = PollSchedule(initial_s=0.02, factor=1.5, max_s=0.1)
 
 

@@ -13,8 +13,8 @@ from pld_desktop.core.backends import ModelIdentity, Prediction
 from pld_desktop.core.project import Project
 from pld_desktop.ui.compare_view import CompareView, ComparisonTableModel
 
-from .fakes import FakeBackends, FakeStudent
-from .heartbeat import GuiHeartbeat
+from ..fakes import FakeBackends, FakeStudent
+from ..heartbeat import GuiHeartbeat
 
 
 @pytest.fixture()

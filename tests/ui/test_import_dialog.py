@@ -19,7 +19,7 @@ from pld_desktop.resources import demo_csv
 from pld_desktop.ui import import_dialog as import_dialog_module
 from pld_desktop.ui.import_dialog import ImportDialog, create_project_from_dialog, csv_paths_from_mime
 
-FIXTURES = Path(__file__).parent / "fixtures" / "bad_csv"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "bad_csv"
 CASES = {c.get("name") or c["file"]: c for c in json.loads((FIXTURES / "cases.json").read_text(encoding="utf-8"))}
 
 

@@ -22,7 +22,7 @@ from pld_desktop.core.dataset import ColumnMapping, DatasetError
 from pld_desktop.core.progress import Cancelled, ProgressBase, SilentProgress
 from pld_desktop.core.project import Project
 
-from .fakes import FakeStudent
+from ..fakes import FakeStudent
 
 
 @pytest.fixture

@@ -28,8 +28,8 @@ from pld_desktop.core.rule_edits import (
     save_version,
 )
 
-from .fakes import FakeEmbedder
-from .helpers import settings
+from ..fakes import FakeEmbedder
+from ..helpers import settings
 
 RULES = [
     {"uid": "R1", "text": "If the message mentions 'fee', answer complaint.", "label": "complaint", "enabled": True,

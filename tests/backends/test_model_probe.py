@@ -15,7 +15,7 @@ from pld_desktop.core.progress import SilentProgress
 from pld_desktop.core.project import Project
 from tests.gguf_files import write_tiny_gguf
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_probe_times_the_bundled_student_on_the_current_rules(project_with_rules: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "pld_desktop.cli", "models", "probe", str(bundled_student_path()),

@@ -28,7 +28,7 @@ from pld_desktop.core.dataset import (
     render_template,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "csv"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "csv"
 TREC = Path("/work/shared/data/trec.csv")
 BASIC = ColumnMapping(text_columns=("text",), label_column="label", id_column="id")
 

@@ -9,8 +9,8 @@ import pytest
 from pld_desktop.core.evaluate import evaluate_prompt
 from pld_desktop.core.progress import SilentProgress
 
-from .fakes import FakeStudent
-from .helpers import make_project
+from ..fakes import FakeStudent
+from ..helpers import make_project
 
 PROMPT = "Triage the message.\n1. If the message mentions 'fee', answer complaint. -> complaint"
 

@@ -26,7 +26,7 @@ from pld_desktop.core.progress import Cancelled, ProgressBase, SilentProgress
 from tests.fake_hub import FakeHub, HubFile, HubRepo
 from tests.gguf_files import write_tiny_gguf
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 REPO, FILE = "org/tiny-GGUF", "tiny-Q4_K_M.gguf"
 TOKEN = "hf_test_token_0123456789"
 

@@ -16,8 +16,8 @@ from pld_desktop.core.progress import ProgressBase, SilentProgress
 from pld_desktop.core.project import APPLICATION_ID
 from pld_desktop.core.teacher_calls import LockedSplitError, TeacherJob, run_teacher_jobs
 
-from .fakes import FakeBackends, FakeTeacher
-from .helpers import make_project, settings
+from ..fakes import FakeBackends, FakeTeacher
+from ..helpers import make_project, settings
 
 
 class _Dummy(BaseModel):

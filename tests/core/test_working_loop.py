@@ -46,8 +46,8 @@ from pld_desktop.core.working import (
     working_version,
 )
 
-from .fakes import FakeBackends, FakeEmbedder, FakeStudent
-from .helpers import make_project, settings
+from ..fakes import FakeBackends, FakeEmbedder, FakeStudent
+from ..helpers import make_project, settings
 
 
 @pytest.fixture

@@ -29,8 +29,8 @@ from pld_desktop.core.teacher_prompts import (
 )
 from pld_desktop.resources import DEMO_TASK
 
-from .fakes import FakeBackends, FakeStudent, FakeTeacher, _example_text
-from .helpers import make_project
+from ..fakes import FakeBackends, FakeStudent, FakeTeacher, _example_text
+from ..helpers import make_project
 
 
 def settings(**kw: Any) -> RunSettings:
@@ -388,9 +388,9 @@ def test_calibration_on_the_bundled_student(tmp_path: Path) -> None:
 
 def test_gemini_gets_a_one_value_enum_and_bad_replies_are_retried_with_the_reason(tmp_path: Path) -> None:
     """The real google-genai client against the local fake server: schema, off-label retry, MAX_TOKENS retry."""
-    from .fake_gemini import FakeGemini, success, truncated_json
-    from .helpers import GEMINI_KEY as KEY
-    from .helpers import extraction_responder, gemini_backends
+    from ..fake_gemini import FakeGemini, success, truncated_json
+    from ..helpers import GEMINI_KEY as KEY
+    from ..helpers import extraction_responder, gemini_backends
     project = make_project(tmp_path)
     train = project.examples(split="train")
     with FakeGemini(expected_key=KEY) as server:

@@ -17,9 +17,9 @@ from pld_desktop.ui.app import TAB_NAMES, MainWindow, _dropped_file
 from pld_desktop.ui.import_dialog import ImportDialog
 from pld_desktop.ui.results_view import HistoryModel
 
-from .fakes import FakeBackends, FakeTeacher
-from .heartbeat import GuiHeartbeat
-from .helpers import make_project
+from ..fakes import FakeBackends, FakeTeacher
+from ..heartbeat import GuiHeartbeat
+from ..helpers import make_project
 
 pytestmark = pytest.mark.usefixtures("isolated_settings")  # each test gets its own QSettings (conftest)
 

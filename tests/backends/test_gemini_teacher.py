@@ -19,7 +19,7 @@ from pld_desktop.backends import secrets
 from pld_desktop.backends.gemini_teacher import GeminiTeacher
 from pld_desktop.core.backends import TeacherError, TeacherRequest
 
-from .fake_gemini import (
+from ..fake_gemini import (
     INVALID_JSON_TEXT,
     FakeGemini,
     FakeResponse,
@@ -38,7 +38,7 @@ from .fake_gemini import (
     truncated_json,
     unavailable,
 )
-from .helpers import MemoryKeyring
+from ..helpers import MemoryKeyring
 
 KEY = "AIzaSyTEST-SECRET-123"
 

@@ -25,8 +25,8 @@ from pld_desktop.ui.rules_model import (
 )
 from pld_desktop.ui.rules_view import RulesEditor, RulesFilterProxy
 
-from .fakes import FakeBackends
-from .helpers import make_project, settings
+from ..fakes import FakeBackends
+from ..helpers import make_project, settings
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from pld_desktop.backends.openai_teacher import OpenAITeacher
 from pld_desktop.core.backends import TeacherError, TeacherRequest
 from pld_desktop.core.teacher_prompts import EXTRACTION_SYSTEM, extraction_schema, extraction_user, rule_pattern
 
-from .openai_server import OPENAI_KEY as KEY
-from .openai_server import FakeOpenAI, ok_reply, start_llama_server, stop_server
+from ..openai_server import OPENAI_KEY as KEY
+from ..openai_server import FakeOpenAI, ok_reply, start_llama_server, stop_server
 
 
 class Verdict(BaseModel):
