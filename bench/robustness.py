@@ -22,7 +22,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SUITES = ["tests/test_crash_safety.py", "tests/test_faults.py", "tests/test_secrets_scan.py",
-          "tests/test_bad_inputs.py", "tests/test_results_csv.py"]
+          "tests/test_bad_inputs.py", "tests/core/test_results_csv.py"]
 
 
 def run_suites(trials: int, fast: bool, report: Path, junit: Path) -> int:

@@ -7,13 +7,11 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
-
-import pytest
 
 REDACTED = "***"
 DEFAULT_MODEL_VERSION = "gemini-2.5-flash"
@@ -552,16 +550,6 @@ def enable_batches(server: FakeGemini, *, pending_polls: int = 2, fail_state: st
     return FakeBatches(server, pending_polls=pending_polls, fail_state=fail_state, echo_metadata=echo_metadata)
 
 
-# ---------------------------------------------------------------------------
-# pytest fixture
-# ---------------------------------------------------------------------------
-@pytest.fixture
-def fake_gemini() -> Iterator[FakeGemini]:
-    """A started FakeGemini; use `fake_gemini.base_url` as the client's base URL."""
-    with FakeGemini() as server:
-        yield server
-
-
 __all__ = [
     "INVALID_JSON_TEXT",
     "FakeBatchJob",
@@ -576,7 +564,6 @@ __all__ = [
     "enable_batches",
     "error",
     "error_body",
-    "fake_gemini",
     "invalid_json",
     "model_not_found",
     "permission_denied",

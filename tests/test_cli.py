@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pld_desktop.resources import demo_csv
 
 from . import rawdb
+from .helpers import CliResult
+
+PldMain = Callable[..., CliResult]  # the conftest fixture: `pld` run in this process (argument and input errors)
 
 
 def pld(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`pld` in its own process: for the exit status and output of the real command."""
     return subprocess.run([sys.executable, "-m", "pld_desktop.cli", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=600)
 
@@ -30,31 +35,32 @@ def test_init_and_status(tmp_path: Path) -> None:
     assert set(status["labels"]) == {"complaint", "fraud_report", "question"}
 
 
-def test_init_with_unknown_column_is_a_clear_error(tmp_path: Path) -> None:
+def test_init_with_unknown_column_is_a_clear_error(tmp_path: Path, pld_main: PldMain) -> None:
     proj = tmp_path / "bad.pld"
-    r = pld("init", str(proj), "--csv", str(demo_csv()), "--text", "mesage", "--label", "label")
+    r = pld_main("init", str(proj), "--csv", str(demo_csv()), "--text", "mesage", "--label", "label")
     assert r.returncode == 2
     assert "mesage" in r.stderr and "message" in r.stderr
     assert "Traceback" not in r.stderr
     assert not proj.exists()
 
 
-def test_init_on_a_latin1_file(tmp_path: Path) -> None:
+def test_init_on_a_latin1_file(tmp_path: Path, pld_main: PldMain) -> None:
     csv = tmp_path / "latin1.csv"
     csv.write_bytes("text,label\nun caf\xe9 noir,a\nthe tea,b\n".encode("latin-1") * 1)
-    r = pld("init", str(tmp_path / "x.pld"), "--csv", str(csv), "--text", "text", "--label", "label")
+    r = pld_main("init", str(tmp_path / "x.pld"), "--csv", str(csv), "--text", "text", "--label", "label")
     assert r.returncode == 2 and "UTF-8" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_export_before_any_rules_is_a_clear_error(tmp_path: Path) -> None:
+def test_export_before_any_rules_is_a_clear_error(tmp_path: Path, pld_main: PldMain) -> None:
     proj = tmp_path / "bank.pld"
-    assert pld("init", str(proj), "--csv", str(demo_csv()), "--text", "message", "--label", "label").returncode == 0
-    r = pld("export", str(proj), "--out", str(tmp_path / "out"))
+    r = pld_main("init", str(proj), "--csv", str(demo_csv()), "--text", "message", "--label", "label")
+    assert r.returncode == 0, r.stderr
+    r = pld_main("export", str(proj), "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and "no rule set" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_opening_a_non_project(tmp_path: Path) -> None:
-    r = pld("status", str(demo_csv()))
+def test_opening_a_non_project(tmp_path: Path, pld_main: PldMain) -> None:
+    r = pld_main("status", str(demo_csv()))
     assert r.returncode == 2 and "not a PLD project" in r.stderr
 
 
@@ -66,7 +72,7 @@ def _openai_extraction_script(body: dict) -> tuple[int, dict, dict]:
     from types import SimpleNamespace
 
     from tests.fakes import FakeTeacher
-    from tests.test_openai_teacher import ok_reply
+    from tests.openai_server import ok_reply
 
     user = next(m["content"] for m in body["messages"] if m["role"] == "user")
     reply = FakeTeacher()._reply(SimpleNamespace(kind="extraction", user=user), {})  # type: ignore[arg-type]
@@ -76,7 +82,8 @@ def _openai_extraction_script(body: dict) -> tuple[int, dict, dict]:
 def test_run_phase_1_with_an_openai_compatible_teacher(tmp_path: Path) -> None:
     import os
 
-    from tests.test_openai_teacher import KEY, FakeOpenAI
+    from tests.openai_server import OPENAI_KEY as KEY
+    from tests.openai_server import FakeOpenAI
 
     proj = tmp_path / "bank.pld"
     assert pld("init", str(proj), "--csv", str(demo_csv()), "--text", "message", "--label", "label",
@@ -111,21 +118,22 @@ def test_run_phase_1_with_an_openai_compatible_teacher(tmp_path: Path) -> None:
     assert KEY.encode() not in proj.read_bytes()
 
 
-def test_openai_options_are_checked_before_anything_runs(tmp_path: Path) -> None:
+def test_openai_options_are_checked_before_anything_runs(tmp_path: Path, pld_main: PldMain) -> None:
     proj = tmp_path / "bank.pld"
-    assert pld("init", str(proj), "--csv", str(demo_csv()), "--text", "message", "--label", "label").returncode == 0
-    r = pld("run", str(proj), "--phase", "1", "--teacher", "openai", "--teacher-openai-model", "m")
+    r = pld_main("init", str(proj), "--csv", str(demo_csv()), "--text", "message", "--label", "label")
+    assert r.returncode == 0, r.stderr
+    r = pld_main("run", str(proj), "--phase", "1", "--teacher", "openai", "--teacher-openai-model", "m")
     assert r.returncode == 2 and "--teacher-base-url" in r.stderr and "Traceback" not in r.stderr
-    r = pld("run", str(proj), "--phase", "1", "--teacher", "openai", "--teacher-base-url", "localhost:11434")
+    r = pld_main("run", str(proj), "--phase", "1", "--teacher", "openai", "--teacher-base-url", "localhost:11434")
     assert r.returncode == 2 and "--teacher-openai-model" in r.stderr
-    r = pld("run", str(proj), "--phase", "1", "--teacher", "openai", "--teacher-base-url", "localhost:11434",
-            "--teacher-openai-model", "m")
+    r = pld_main("run", str(proj), "--phase", "1", "--teacher", "openai", "--teacher-base-url", "localhost:11434",
+                 "--teacher-openai-model", "m")
     assert r.returncode == 2 and "--teacher-base-url" in r.stderr and "not an http(s) URL" in r.stderr
-    r = pld("eval", str(proj), "--student-backend", "openai")
+    r = pld_main("eval", str(proj), "--student-backend", "openai")
     assert r.returncode == 2 and "--student-base-url" in r.stderr
-    r = pld("run", str(proj), "--student-concurrency", "0")
+    r = pld_main("run", str(proj), "--student-concurrency", "0")
     assert r.returncode == 2 and "at least 1" in r.stderr
-    status = json.loads(pld("status", str(proj), "--json").stdout)
+    status = json.loads(pld_main("status", str(proj), "--json").stdout)
     assert all(ph["state"] == "pending" for ph in status["phases"].values()), status["phases"]
 
 

@@ -18,9 +18,8 @@ from pld_desktop.core.settings import RunSettings, save_settings
 
 from .fake_gemini import FakeGemini, bad_request, enable_batches
 from .fakes import FakeBackends, FakeStudent, FakeTeacher
-from .test_gemini_batch import batch_teacher
-from .test_gemini_pipeline import KEY
-from .test_pipeline import make_project, settings
+from .helpers import GEMINI_KEY as KEY
+from .helpers import batch_teacher, make_project, settings
 
 EXIT_FAILED = 1
 

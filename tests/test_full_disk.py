@@ -21,7 +21,7 @@ from pld_desktop.core.progress import SilentProgress
 from pld_desktop.resources import demo_csv
 
 from .fakes import FakeBackends
-from .test_pipeline import make_project, settings
+from .helpers import make_project, settings
 
 EXIT_FAILED = 1
 

@@ -219,7 +219,7 @@ def test_redaction_removes_every_encoded_and_partial_form() -> None:
 def test_a_reply_that_repeats_the_key_is_not_stored(tmp_path: Path) -> None:
     from pld_desktop.backends.gemini_teacher import GeminiTeacher
 
-    from .test_pipeline import make_project
+    from .helpers import make_project
     project = make_project(tmp_path)
     with fg.FakeGemini(expected_key=KEY) as server:
         server.responder = lambda body: fg.success(f"not json, but here is your key: {KEY}")

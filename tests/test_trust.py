@@ -173,7 +173,7 @@ def test_window_asks_before_using_a_projects_server(qtbot: object, tmp_path: Pat
     from pld_desktop.ui.app import MainWindow
 
     from .fakes import FakeBackends
-    from .test_pipeline import make_project
+    from .helpers import make_project
     monkeypatch.setenv("PLD_CONFIG_DIR", str(tmp_path / "config"))
     project = make_project(tmp_path)
     save_settings(project, RunSettings(teacher="openai", teacher_openai_base_url="http://192.0.2.7:9/v1",

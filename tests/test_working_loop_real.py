@@ -22,7 +22,7 @@ from pld_desktop.core.scoring import score_version, version_history
 from pld_desktop.core.working import require_working_rule_set
 
 from .fakes import FakeBackends
-from .test_pipeline import make_project, settings
+from .helpers import make_project, settings
 
 pytestmark = pytest.mark.slow
 

@@ -6,6 +6,7 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ class SentenceTransformerEmbedder:
         self._lock = threading.Lock()
         self.dim = 0
 
-    def _load(self):  # type: ignore[no-untyped-def]
+    def _load(self) -> Any:  # a sentence_transformers.SentenceTransformer (imported on first use)
         if self._model is None:
             # Hub variables are read at import time: make sure nothing tries the network.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -167,6 +167,7 @@ def _too_long_message(needed: int, n_ctx: int) -> str:
 # ---------------------------------------------------------------------------
 _K = TypeVar("_K")
 _V = TypeVar("_V")
+_R = TypeVar("_R")  # what a call run on the student thread returns
 
 
 def _remember(cache: dict[_K, _V], key: _K, value: _V) -> _V:
@@ -299,6 +300,7 @@ class _StudentModel:
     def _tokens_with_plain_message(self, message: str) -> list[int]:
         marker = "\ue000PLD-USER-MESSAGE\ue000"
         spaced = f" {marker} "
+        # misc: only called when the GGUF has a chat template, so the formatter is set.
         rendered = self.formatter(messages=[{"role": "user", "content": spaced}]).prompt  # type: ignore[misc]
         if rendered.count(spaced) == 1:  # the template inserts the message verbatim
             head, tail = rendered.split(spaced)
@@ -434,14 +436,14 @@ class LlamaStudent:
         self.label_prefix = self._model.label_prefix
         self._close_lock = threading.Lock()
 
-    def _run(self, fn: Callable[[_StudentModel], object]):
+    def _run(self, fn: Callable[[_StudentModel], _R]) -> _R:
         model = self._model
         return self._owner.call(lambda _llama: fn(model))
 
     # -- Student protocol ---------------------------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` on its own (no BOS, special-token strings count as plain text)."""
-        return len(self._run(lambda m: m.tokenize_text(text)))  # type: ignore[arg-type]
+        return len(self._run(lambda m: m.tokenize_text(text)))
 
     def check_fits(self, system_prompt: str, longest_input: str, labels: Sequence[str]) -> None:
         """Raise PromptTooLong (before any model work) if the prompt with `longest_input` and the longest label
@@ -450,7 +452,7 @@ class LlamaStudent:
 
     def classify(self, system_prompt: str, text: str, labels: Sequence[str]) -> Prediction:
         labels = list(labels)
-        return self._run(lambda m: m.classify(system_prompt, text, labels))  # type: ignore[return-value]
+        return self._run(lambda m: m.classify(system_prompt, text, labels))
 
     def close(self) -> None:
         with self._close_lock:
@@ -459,21 +461,21 @@ class LlamaStudent:
     # -- extras for previews, exports and tests -----------------------------------------------------------
     def render_prompt(self, system_prompt: str, text: str) -> str:
         """The exact prompt text the model sees for one input (before the label)."""
-        return self._run(lambda m: m.render_prompt(system_prompt, text))  # type: ignore[return-value]
+        return self._run(lambda m: m.render_prompt(system_prompt, text))
 
     def prompt_tokens(self, system_prompt: str, text: str) -> list[int]:
-        return self._run(lambda m: m.prompt_tokens(system_prompt, text))  # type: ignore[return-value]
+        return self._run(lambda m: m.prompt_tokens(system_prompt, text))
 
     def prompt_split(self, system_prompt: str, text: str) -> tuple[list[int], int]:
         """The prompt tokens and how many of them depend only on the system prompt (the reusable piece)."""
         def split(m: _StudentModel) -> tuple[list[int], int]:
             tokens = m.prompt_tokens(system_prompt, text)
             return tokens, m.system_end(system_prompt, tokens)
-        return self._run(split)  # type: ignore[return-value]
+        return self._run(split)
 
     def label_space(self, labels: Sequence[str]) -> LabelSpace:
         """The label space used to score `labels` (read-only)."""
-        return self._run(lambda m: m.label_space(list(labels))[0])  # type: ignore[return-value]
+        return self._run(lambda m: m.label_space(list(labels))[0])
 
     def clear_prefix_cache(self, *, disk: bool = False) -> None:
         """Drop every system-prompt state kept in memory, and with `disk` every state file in the student's
@@ -485,12 +487,12 @@ class LlamaStudent:
 
     def prefix_cache_info(self) -> tuple[int, int]:
         """(number of saved system-prompt states, their total bytes)."""
-        return self._run(lambda m: (len(m.prefix_cache), m.prefix_cache.nbytes)  # type: ignore[return-value]
+        return self._run(lambda m: (len(m.prefix_cache), m.prefix_cache.nbytes)
                          if m.prefix_cache is not None else (0, 0))
 
     def stats(self) -> EvalStats:
         """Counters of evaluated and reused tokens and of label evaluations since the model was loaded."""
-        return self._run(lambda m: EvalStats(**vars(m.cursor.stats)))  # type: ignore[return-value]
+        return self._run(lambda m: EvalStats(**vars(m.cursor.stats)))
 
     def __enter__(self) -> LlamaStudent:
         return self

@@ -149,7 +149,7 @@ class LocalTeacher:
             completion = llama.create_chat_completion(
                 messages=messages, grammar=_parsed_grammar(grammar),
                 temperature=0.0, max_tokens=max_tokens, repeat_penalty=repeat_penalty, stream=False)
-            return completion, time.perf_counter() - started  # type: ignore[return-value]
+            return completion, time.perf_counter() - started  # type: ignore[return-value]  # stream=False: a dict
 
         try:
             completion, latency = self._owner.call(run)
@@ -235,7 +235,9 @@ class _TeacherModel:
         self._system_ends: dict[str, int] = {}
 
     def _tokens(self, messages: list[dict[str, str]]) -> list[int]:
-        prompt = self.formatter(messages=messages).prompt  # type: ignore[misc]
+        # misc: only called when the GGUF has a chat template (formatter set); arg-type: llama_cpp types the
+        # messages as TypedDicts, these are the same plain dicts.
+        prompt = self.formatter(messages=messages).prompt  # type: ignore[misc, arg-type]
         # As llama-cpp-python's chat handler does for template formats (they add BOS themselves).
         return self.llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
 

@@ -206,9 +206,9 @@ def _sha256_file(path: Path, progress: Progress, size: int) -> str:
 
 def _progress_bar_class(progress: Progress, total: int) -> type:
     """A tqdm class that forwards huggingface_hub's byte counts to `progress` and raises Cancelled when asked."""
-    from tqdm.auto import tqdm  # type: ignore[import-untyped]  # tqdm ships no type hints
+    from tqdm.auto import tqdm
 
-    class Bar(tqdm):  # type: ignore[misc, valid-type]
+    class Bar(tqdm):  # type: ignore[misc]  # tqdm.auto.tqdm is typed Any (no stubs): subclassing Any
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["disable"] = True  # no terminal output: `progress` shows it
             super().__init__(*args, **kwargs)

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 try:  # google-genai ships httpx2 (a namespaced httpx fork); plain httpx works the same where installed
     import httpx2 as httpx
 except ImportError:  # pragma: no cover - depends on the environment
-    import httpx  # type: ignore[no-redef]
+    import httpx  # type: ignore[no-redef]  # the same API under its own name
 
 from pld_desktop.backends import secrets
 from pld_desktop.backends.label_search import label_mass
@@ -195,7 +195,7 @@ def score_pieces(labels: Sequence[str], prefix: str, next_logprobs: Distribution
     by_text = {text: label for label, text in spelled.items()}
 
     def expand(path: tuple[Any, ...], written: bytes, alive: list[str]) -> list[tuple[bytes, bytes, float]]:
-        seen = next_logprobs(path, written, alive)  # type: ignore[arg-type]
+        seen = next_logprobs(path, written, alive)
         steps = []
         for piece, logprob in (seen or {}).items():
             if piece == b"":

@@ -449,6 +449,7 @@ def compare_prompts(project: Project, student: Student, a: PromptChoice, b: Prom
     only_a = only_b = 0
     if labelled:
         gold = [r.gold for r in labelled]
+        # arg-type: gold is str on the labelled rows (mypy does not narrow `r.gold is not None` through the list).
         metrics_a = classification_metrics(gold, [r.pred_a for r in labelled], labels,  # type: ignore[arg-type]
                                            [r.latency_a for r in labelled])
         metrics_b = classification_metrics(gold, [r.pred_b for r in labelled], labels,  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ import heapq
 import itertools
 import math
 import sys
+from typing import Any
 
 # PLD-CONFIG-BEGIN
 SYSTEM_PROMPT = "Classify the input into exactly one of the labels below."
@@ -105,7 +106,7 @@ class Model:
         return self.llm.tokenize(rendered.encode("utf-8"), add_bos=False, special=True)
 
     # -- the app's evaluation schedule ---------------------------------------------------------------
-    def _memory(self):  # type: ignore[no-untyped-def]
+    def _memory(self) -> Any:  # llama.cpp's llama_memory_t handle
         return self.capi.llama_get_memory(self.llm.ctx)
 
     def _clear(self) -> None:
@@ -161,7 +162,7 @@ class Model:
                 self.anchor = stop
         self.logits_at = llm.n_tokens
 
-    def logits(self):  # type: ignore[no-untyped-def]
+    def logits(self) -> Any:  # a numpy float array over the vocabulary (numpy is imported on use)
         pointer = self.capi.llama_get_logits_ith(self.llm.ctx, -1)
         return self.np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
 

@@ -63,8 +63,9 @@ class VersionDiff:
         return not (self.added or self.removed or self.changed or self.moved)
 
     def to_json(self) -> dict[str, Any]:
-        slim = lambda r: {"uid": r["uid"], "text": r["text"], "label": r["label"],  # noqa: E731
-                          "enabled": bool(r.get("enabled", True))}
+        def slim(r: Rule) -> dict[str, Any]:
+            return {"uid": r["uid"], "text": r["text"], "label": r["label"], "enabled": bool(r.get("enabled", True))}
+
         return {"a": self.a, "b": self.b, "added": [slim(r) for r in self.added],
                 "removed": [slim(r) for r in self.removed], "changed": [c.to_json() for c in self.changed],
                 "moved": [m.to_json() for m in self.moved],

@@ -148,7 +148,7 @@ def label_count_warnings(counts: Mapping[str, int], split: SplitSettings) -> lis
         "only one or two dev and test examples, so their scores will be noisy.", severity="warning")]
 
 
-class _ReportingRows(list):  # type: ignore[type-arg]
+class _ReportingRows(list[DatasetRow]):
     """The dataset's rows, reporting progress and honouring cancellation while Project.store_dataset iterates them.
 
     store_dataset walks the rows twice (insert, then the dataset hash), so progress counts both passes.

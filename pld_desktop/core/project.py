@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -362,13 +362,14 @@ class Project:
         self.read_only = read_only
         self._conn = conn
         self.lock = threading.RLock()
-        self._txn_depth = 0  # > 0 while this thread is inside transaction() (the lock is held meanwhile)
         self.run_id: int | None = None
+        self._txn_depth = 0  # open `transaction()` blocks (nested ones join the outermost)
 
     # -- opening ------------------------------------------------------------
     @classmethod
     def create(cls, path: str | os.PathLike, *, overwrite: bool = False) -> Project:
         """A new, empty project at `path`."""
+        # return-value: with keep_open=True build returns the open project, never None.
         return cls.build(path, lambda project: None, overwrite=overwrite, keep_open=True)  # type: ignore[return-value]
 
     @classmethod
@@ -494,17 +495,19 @@ class Project:
             return [dict(zip(cols, row)) for row in cur.fetchall()]
 
     def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run one write in its own transaction (commit per completed item) and return lastrowid."""
+        """Run one write in its own transaction (commit per completed item) and return lastrowid.
+
+        Inside `transaction()` the write joins that transaction instead (committed with it).
+        """
         if self.read_only:
             raise ProjectFileError(f"{self.path.name} is open read-only.")
         with self.lock:
-            if self._txn_depth:
-                # Inside `transaction()`: the write joins it (`with conn:` would commit the outer one early);
-                # the transaction's exit turns SQLite errors into ProjectFileError and rolls back.
-                return self._conn.execute(sql, params).lastrowid or 0
             try:
-                with self._conn:
+                if self._txn_depth:  # `with conn:` would commit the open transaction early
                     cur = self._conn.execute(sql, params)
+                else:
+                    with self._conn:
+                        cur = self._conn.execute(sql, params)
             except sqlite3.OperationalError as exc:
                 raise write_error(self.path, exc) from None
             return cur.lastrowid or 0
@@ -1015,24 +1018,32 @@ class Project:
 
 
 class _Txn:
-    """`with project.transaction() as conn:` - several writes committed together or not at all."""
+    """`with project.transaction() as conn:` - several writes committed together or not at all.
+
+    The Project's own writes inside the block join it; a nested block joins the outermost one (which commits or
+    rolls back everything).
+    """
 
     def __init__(self, project: Project) -> None:
         self.project = project
 
     def __enter__(self) -> sqlite3.Connection:
         self.project.lock.acquire()
-        try:
-            self.project._conn.execute("BEGIN")
-        except BaseException:
-            self.project.lock.release()
-            raise
+        if self.project._txn_depth == 0:
+            try:
+                self.project._conn.execute("BEGIN")
+            except BaseException:
+                self.project.lock.release()
+                raise
         self.project._txn_depth += 1
         return self.project._conn
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         conn = self.project._conn
         self.project._txn_depth -= 1
+        if self.project._txn_depth:  # nested: the outermost block commits or rolls back
+            self.project.lock.release()
+            return
         try:
             if exc_type is None:
                 try:
@@ -1079,8 +1090,3 @@ def _friendly_sqlite_error(path: Path, exc: sqlite3.Error) -> str:
     if "locked" in text:
         return in_use_message(path)
     return f"Could not write to {path.name}: {text}."
-
-
-def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]

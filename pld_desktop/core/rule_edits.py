@@ -533,6 +533,10 @@ class _NewConflictsOnly:
         self.added += 1
         return self.project.add_conflict(rule_set_id, rule_a, rule_b, source, reason, evidence)
 
+    def transaction(self) -> Any:
+        """The project's transaction: the conflicts added through this filter are committed together."""
+        return self.project.transaction()
+
 
 def add_model_conflicts(project: Project, embedder: Embedder, rule_set_id: int,
                         settings: RunSettings | None = None, progress: Progress | None = None, *,
@@ -551,7 +555,7 @@ def add_model_conflicts(project: Project, embedder: Embedder, rule_set_id: int,
     micro_vecs = embed_cached(project, embedder, [m["rule"] for m in micro], progress) if micro else None
     rule_vecs = embed_cached(project, embedder, [r["text"] for r in rules], progress)
     sink = _NewConflictsOnly(project, rule_set_id, only)
-    store_conflicts(sink, rule_set_id, rules, rule_vecs, [], micro, micro_vecs, settings)  # type: ignore[arg-type]
+    store_conflicts(sink, rule_set_id, rules, rule_vecs, [], micro, micro_vecs, settings)
     return sink.added
 
 

@@ -21,7 +21,7 @@ from .project import DiskFull, ProjectFileError, ProjectInUse
 try:  # POSIX; on other systems the lock degrades to the pid check below
     import fcntl
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # no module: the pid check alone
 
 
 def describe_in_use(path: Path, holder: dict[str, Any]) -> str:

@@ -158,7 +158,8 @@ def run_teacher_jobs(project: Project, teacher: Teacher, jobs: Sequence[TeacherJ
                      done_offset: int = 0, total: int | None = None) -> tuple[dict[str, TeacherOutcome], BatchStats]:
     """Run `jobs` against the teacher, reusing cached replies; call `on_outcome` (on this thread) per item.
 
-    Writes happen on the calling thread only, one commit per completed item. Raises `Cancelled` or
+    Writes happen on the calling thread only, one commit per completed item (its recorded attempts together
+    with what `on_outcome` writes). Raises `Cancelled` or
     `QuotaExhausted` after recording everything that finished; a rerun resumes from the cache. A request
     given up in an earlier run (all attempts invalid or failed) is not sent again: a rerun costs nothing and
     reports the same figures; `pipeline.retry_failed_items` (``pld run --retry-failed``) lifts that.
@@ -169,10 +170,10 @@ def run_teacher_jobs(project: Project, teacher: Teacher, jobs: Sequence[TeacherJ
     done = done_offset
     price_in, price_out = teacher.price_per_million
 
-    def finish(outcome: TeacherOutcome) -> None:
+    def finish(outcome: TeacherOutcome, stored: bool = False) -> None:
         nonlocal done
         outcomes[outcome.key] = outcome
-        if on_outcome is not None:
+        if on_outcome is not None and not stored:
             on_outcome(outcome)
         done += 1
         progress.report(done, total, outcome.key)
@@ -219,13 +220,17 @@ def run_teacher_jobs(project: Project, teacher: Teacher, jobs: Sequence[TeacherJ
                 job, h = running.pop(fut)
                 attempts = fut.result()
                 stats.called += 1
-                outcome = _record_attempts(project, teacher, job, h, attempts, price_in, price_out, stats, phase,
-                                           max_attempts)
+                # One commit per item: its attempts, failure marks and the phase's own write (on_outcome).
+                with project.transaction():
+                    outcome = _record_attempts(project, teacher, job, h, attempts, price_in, price_out, stats,
+                                               phase, max_attempts)
+                    if outcome is not None and on_outcome is not None:
+                        on_outcome(outcome)
                 if outcome is None:  # cancelled before the first attempt
                     continue
                 if any(a.error is not None and a.error.quota_exhausted for a in attempts):
                     quota_hit = str(next(a.error for a in attempts if a.error is not None))
-                finish(outcome)
+                finish(outcome, stored=True)
             if (progress.cancelled() or quota_hit) and not running:
                 break
     if quota_hit is not None:

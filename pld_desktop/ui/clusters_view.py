@@ -340,6 +340,7 @@ class ClustersView(QWidget):
         ids = self._series_ids.get(key, [])
         if not ids:
             return
+        # union-attr: a series (and so `ids`) exists only once self.data is loaded.
         nearest = min(ids, key=lambda i: (self.data.points[i][0] - point.x()) ** 2
                       + (self.data.points[i][1] - point.y()) ** 2)  # type: ignore[union-attr]
         group = next(g for g in self.data.groups if g.key == key)

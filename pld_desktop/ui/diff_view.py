@@ -30,17 +30,8 @@ ADDED = QColor("#2e7d32")
 REMOVED = QColor("#c62828")
 CHANGED = QColor("#ef6c00")
 MOVED = QColor("#1565c0")
-KIND_WORDS = {"added": "added", "removed": "removed", "changed": "changed", "moved": "moved"}
-
-
 def _enabled(rule: dict[str, Any]) -> bool:
     return bool(rule.get("enabled", True))
-
-
-def _field_text(field: str, value: Any) -> str:
-    if field == "enabled":
-        return "enabled" if value in (None, True) else "disabled"
-    return str(value)
 
 
 class DiffView(QWidget):

@@ -674,19 +674,9 @@ class ModelsDialog(QDialog):
         super().closeEvent(event)
 
     # -- API keys -------------------------------------------------------------------------------------------
-    def key_status_text(self) -> str:
-        """Where the Gemini key in use comes from (the OpenAI-compatible key has its own fields)."""
-        return self.gemini_key.status_text()
-
     def _refresh_key_status(self) -> None:
         for field in self._key_fields():
             field.refresh()
-
-    def save_key(self) -> None:
-        self.gemini_key.save()
-
-    def forget_key(self) -> None:
-        self.gemini_key.forget()
 
     @Slot(str)
     def teacher_result_message(self, text: str) -> None:

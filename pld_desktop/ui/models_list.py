@@ -259,7 +259,7 @@ class ModelListPanel(QWidget):
         self._show_busy(False)
         if kind == "scan":
             if ok:
-                self._fill(result)  # type: ignore[arg-type]
+                self._fill(result)  # type: ignore[arg-type]  # a scan job returns the list of found models
                 found = sum(1 for m in self.models if m.usable)
                 self.result.setText(f"{found} usable model(s) found." if self.models else
                                     "No GGUF models found on this machine: fetch one below.")

@@ -181,7 +181,7 @@ class RulesModel(QAbstractItemModel):
         return list(self._conflicts.get(uid, []))
 
     def node(self, index: _Index) -> Node | None:
-        return index.internalPointer() if index.isValid() else None  # type: ignore[return-value]
+        return index.internalPointer() if index.isValid() else None
 
     def index_of_uid(self, uid: str, column: int = 0) -> QModelIndex:
         for row, n in enumerate(self._root.children):
@@ -264,7 +264,7 @@ class RulesModel(QAbstractItemModel):
             return QModelIndex()
         return self.createIndex(row, column, owner.children[row])
 
-    def parent(self, index: _Index = QModelIndex()) -> QModelIndex:  # type: ignore[override]
+    def parent(self, index: _Index = QModelIndex()) -> QModelIndex:  # type: ignore[override]  # not QObject.parent()
         node = self.node(index)
         if node is None or node.parent is None or node.parent is self._root:
             return QModelIndex()
@@ -526,6 +526,7 @@ class RulesModel(QAbstractItemModel):
         if not moving:
             return False
         if parent.isValid():  # dropped onto a rule: put the dragged rules just before it
+            # union-attr: node() is not None for the valid index `parent`.
             row = self.node(parent).row() if self.node(parent).parent is self._root else -1  # type: ignore[union-attr]
         if row < 0 or row > len(order):
             row = len(order)

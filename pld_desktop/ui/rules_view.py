@@ -277,6 +277,7 @@ class RulesEditor(QWidget):
         self._conflicts_base: dict[str, tuple[str, str]] | None = None
         self.auto_conflicts = True
         self._owns_project = not isinstance(project, Project)
+        # arg-type: a Project whenever not _owns_project (mypy does not narrow through the stored isinstance).
         self.project = Project.open(Path(project)) if self._owns_project else project  # type: ignore[arg-type]
         start = rule_set_id or editor_start_version(self.project)
         if start is None:

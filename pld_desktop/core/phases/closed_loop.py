@@ -182,10 +182,11 @@ class _Loop:
         if self.embedder is not None:
             find_conflicts(project, self.embedder, cand_id, new_rules, pairs, self.settings, self.progress)
         else:
-            for a, b, reason in pairs:
-                if 1 <= a <= len(new_rules) and 1 <= b <= len(new_rules) and a != b:
-                    project.add_conflict(cand_id, new_rules[a - 1]["uid"], new_rules[b - 1]["uid"], "teacher",
-                                         reason, {"named_by": "teacher", "round": rnd})
+            with project.transaction():  # the candidate's conflicts: one commit
+                for a, b, reason in pairs:
+                    if 1 <= a <= len(new_rules) and 1 <= b <= len(new_rules) and a != b:
+                        project.add_conflict(cand_id, new_rules[a - 1]["uid"], new_rules[b - 1]["uid"], "teacher",
+                                             reason, {"named_by": "teacher", "round": rnd})
         return cand_id
 
     def _judge(self, rnd: int, cand_id: int, root_cause: str, round_row: dict[str, Any]) -> str:

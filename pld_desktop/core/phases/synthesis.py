@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -266,10 +267,10 @@ def _review(project: Project, teacher: Teacher, rules: list[dict[str, Any]], lab
         parsed = rev["review"].parsed if "review" in rev else None
         if parsed is not None:
             # Meanings typed at import are used as given; the teacher's are used only when they are words.
-            for lm in parsed.label_meanings:  # type: ignore[attr-defined]
+            for lm in parsed.label_meanings:  # type: ignore[attr-defined]  # the review schema (create_model)
                 if lm.label in labels and lm.label not in meanings and meaning_reason(lm.meaning, lm.label) is None:
                     meanings[lm.label] = " ".join(lm.meaning.split())
-            for pair in parsed.conflicts:  # type: ignore[attr-defined]
+            for pair in parsed.conflicts:  # type: ignore[attr-defined]  # the review schema (create_model)
                 teacher_conflicts.append((pair.rule_a, pair.rule_b, pair.reason))
     return {lab: meanings[lab] for lab in labels if lab in meanings}, teacher_conflicts
 
@@ -331,17 +332,36 @@ def find_conflicts(project: Project, embedder: Embedder, rule_set_id: int, rules
     store_conflicts(project, rule_set_id, rules, rule_vecs, teacher_pairs, micro, micro_vecs, settings)
 
 
-def store_conflicts(project: Project, rule_set_id: int, rules: list[dict[str, Any]], rule_vecs: np.ndarray,
+class ConflictSink(Protocol):
+    """Where `store_conflicts` writes: a Project, or a filter in front of one (rule_edits)."""
+
+    def add_conflict(self, rule_set_id: int, rule_a: str, rule_b: str, source: str, reason: str,
+                     evidence: Any) -> int: ...
+
+    def transaction(self) -> AbstractContextManager[Any]: ...
+
+
+def store_conflicts(project: ConflictSink, rule_set_id: int, rules: list[dict[str, Any]], rule_vecs: np.ndarray,
                     teacher_pairs: list[tuple[int, int, str]], micro: list[dict[str, Any]] | None,
                     micro_vecs: np.ndarray | None, settings: RunSettings) -> None:
-    """Conflicts from the teacher, from similar rules with different labels, and from co-firing on training items."""
-    seen: set[tuple[str, str]] = set()
+    """Conflicts from the teacher, from similar rules with different labels, and from co-firing on training items.
+
+    A version's conflicts are stored in one commit.
+    """
+    with project.transaction():
+        _store_conflicts(project, rule_set_id, rules, rule_vecs, teacher_pairs, micro, micro_vecs, settings)
+
+
+def _store_conflicts(project: ConflictSink, rule_set_id: int, rules: list[dict[str, Any]], rule_vecs: np.ndarray,
+                     teacher_pairs: list[tuple[int, int, str]], micro: list[dict[str, Any]] | None,
+                     micro_vecs: np.ndarray | None, settings: RunSettings) -> None:
+    seen: set[tuple[str, str, str]] = set()
 
     def add(a: int, b: int, source: str, reason: str, evidence: Any) -> None:
         ua, ub = sorted((rules[a]["uid"], rules[b]["uid"]))
-        if (ua, ub, source) in seen:  # type: ignore[comparison-overlap]
+        if (ua, ub, source) in seen:
             return
-        seen.add((ua, ub, source))  # type: ignore[arg-type]
+        seen.add((ua, ub, source))
         project.add_conflict(rule_set_id, ua, ub, source, reason, evidence)
 
     for a, b, reason in teacher_pairs:
