@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -141,7 +142,8 @@ def run_batch_extraction(project: Project, teacher: BatchTeacher, settings: RunS
     return report
 
 
-def _poll_until_done(project: Project, teacher: BatchTeacher, batches: list[dict], by_hash: dict[str, TeacherJob],
+def _poll_until_done(project: Project, teacher: BatchTeacher, batches: list[dict[str, Any]],
+                     by_hash: dict[str, TeacherJob],
                      progress: Progress, poll: PollSchedule, report: BatchExtractionReport, train_total: int,
                      already: int) -> None:
     pending = {b["id"]: b for b in batches}
@@ -275,7 +277,7 @@ def _guard_locked_split(project: Project, job: TeacherJob) -> None:
         raise LockedSplitError(f"refusing to send test-split examples {leaked[:5]} to the teacher")
 
 
-def batch_summary(project: Project, phase: int = PHASE) -> list[dict]:
+def batch_summary(project: Project, phase: int = PHASE) -> list[dict[str, Any]]:
     """The batch jobs of a phase as plain dicts (for `pld status` and the GUI)."""
     return [{k: b[k] for k in ("name", "state", "n_requests", "merged", "message", "created_at", "updated_at")}
             for b in project.teacher_batches(phase)]

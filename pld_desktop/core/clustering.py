@@ -26,7 +26,7 @@ class ClusterResult:
 
 
 def _dbscan(vectors: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
-    return DBSCAN(eps=eps, min_samples=min_samples, metric="cosine").fit(vectors).labels_
+    return np.asarray(DBSCAN(eps=eps, min_samples=min_samples, metric="cosine").fit(vectors).labels_)
 
 
 def sane_cluster_range(n: int) -> tuple[int, int]:
@@ -156,4 +156,4 @@ def map_2d(vectors: np.ndarray) -> np.ndarray:
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     # SVD fixes each axis only up to sign; pin it so the same rules always draw the same map.
     axes = vt[:2] * np.sign(vt[:2][np.arange(len(vt[:2])), np.abs(vt[:2]).argmax(axis=1)])[:, None]
-    return centred @ axes.T
+    return np.asarray(centred @ axes.T)

@@ -421,7 +421,7 @@ def compare_prompts(project: Project, student: Student, a: PromptChoice, b: Prom
     if pa.text == pb.text:
         notes.append("A and B are the same prompt text, so they give the same answers.")
     eval_ids: tuple[int, int] | None = None
-    preds: list[list[tuple[str, float]]] = []
+    preds: list[list[tuple[str, float, float]]] = []  # (label, confidence, latency_s) per item, per prompt
     if examples.split is not None:
         exs = [it.example for it in items if it.example is not None]
         ids = []

@@ -108,7 +108,7 @@ def render_classify_script(payload: dict[str, Any]) -> bytes:
         f"LABELS = {list(rs.labels)!r}",
         f"MESSAGE_HEAD = {head!r}  # the user message is MESSAGE_HEAD + input + MESSAGE_TAIL",
         f"MESSAGE_TAIL = {tail!r}",
-        f"INPUT_PARTS: list = {parts!r}  # [text, is_column]: how the input columns combine into the input",
+        f"INPUT_PARTS: list[list[object]] = {parts!r}  # [text, is_column]: how the input columns make the input",
         f"DEFAULT_MODEL = {model!r}",
         f"N_CTX = {n_ctx!r}",
         f"RULE_SET = {rs.id!r}",

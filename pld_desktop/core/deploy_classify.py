@@ -28,7 +28,7 @@ SYSTEM_PROMPT = "Classify the input into exactly one of the labels below."
 LABELS = ["a", "b"]
 MESSAGE_HEAD = ""               # the user message is MESSAGE_HEAD + input + MESSAGE_TAIL
 MESSAGE_TAIL = ""
-INPUT_PARTS: list = [["text", True]]  # [text, is_column]: how the input columns combine into the input
+INPUT_PARTS: list[list[object]] = [["text", True]]  # [text, is_column]: how the input columns make the input
 DEFAULT_MODEL = ""
 N_CTX = 4096
 RULE_SET = 0
@@ -39,15 +39,15 @@ MIN_BRANCH_PROB = 3e-3
 MAX_EVALUATIONS = 8
 
 
-def render_input(record: dict) -> str:
+def render_input(record: dict[str, object]) -> str:
     out = []
     for part, is_column in INPUT_PARTS:
         if not is_column:
-            out.append(part)
+            out.append(str(part))
             continue
         if part not in record:
             raise SystemExit(f"error: the CSV has no column '{part}' (the project's input columns: "
-                             f"{', '.join(p for p, c in INPUT_PARTS if c)}); or pass --text-column")
+                             f"{', '.join(str(p) for p, c in INPUT_PARTS if c)}); or pass --text-column")
         value = record[part] or ""
         out.append(str(value).replace("\r\n", "\n").replace("\r", "\n").strip())
     return "".join(out).strip()
@@ -95,7 +95,7 @@ class Model:
                 self.pieces.setdefault(piece, []).append(t)
         self.anchor: int | None = None
         self.logits_at: int | None = None
-        self.boundaries: tuple = ()
+        self.boundaries: tuple[int, ...] = ()
 
     # -- tokens --------------------------------------------------------------------------------------
     def prompt_tokens(self, text: str) -> list[int]:
@@ -183,7 +183,7 @@ class Model:
         def consistent(written: bytes) -> list[str]:
             return [label for label, t in spelled.items() if t.startswith(written)]
 
-        def expand(path: tuple, written: bytes) -> list[tuple[int, bytes, float]]:
+        def expand(path: tuple[int, ...], written: bytes) -> list[tuple[int, bytes, float]]:
             found: dict[int, bytes] = {}
             for label in consistent(written):
                 rest = spelled[label][len(written):]
@@ -211,7 +211,7 @@ class Model:
         unexplored: list[tuple[float, list[str]]] = []
         evaluations = 0
         counter = itertools.count()
-        heap: list = [(-1.0, next(counter), (), b"")]
+        heap: list[tuple[float, int, tuple[int, ...], bytes]] = [(-1.0, next(counter), (), b"")]
         while heap:
             neg_p, _, path, written = heapq.heappop(heap)
             p = -neg_p

@@ -130,7 +130,7 @@ def _configured_teacher(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_txt(payload: dict[str, Any]) -> bytes:
-    return payload["rule_set"].prompt_text.encode("utf-8")
+    return str(payload["rule_set"].prompt_text).encode("utf-8")
 
 
 def render_json(payload: dict[str, Any]) -> bytes:
@@ -226,7 +226,7 @@ def render_md(payload: dict[str, Any]) -> bytes:
 RENDERERS = {"txt": render_txt, "md": render_md, "json": render_json}
 
 
-def export_rule_set(project: Project, out_dir: str | os.PathLike, formats: tuple[str, ...] = FORMATS, *,
+def export_rule_set(project: Project, out_dir: str | os.PathLike[str], formats: tuple[str, ...] = FORMATS, *,
                     stem: str | None = None, rule_set_id: int | None = None) -> list[Path]:
     """Write the chosen formats atomically into `out_dir`; returns the written paths."""
     out_dir = Path(out_dir)

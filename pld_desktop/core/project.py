@@ -367,13 +367,13 @@ class Project:
 
     # -- opening ------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | os.PathLike, *, overwrite: bool = False) -> Project:
+    def create(cls, path: str | os.PathLike[str], *, overwrite: bool = False) -> Project:
         """A new, empty project at `path`."""
         # return-value: with keep_open=True build returns the open project, never None.
         return cls.build(path, lambda project: None, overwrite=overwrite, keep_open=True)  # type: ignore[return-value]
 
     @classmethod
-    def build(cls, path: str | os.PathLike, fill: Any, *, overwrite: bool = False,
+    def build(cls, path: str | os.PathLike[str], fill: Any, *, overwrite: bool = False,
               keep_open: bool = False) -> Project | None:
         """Create a project beside `path`, let `fill(project)` add its content, then move it into place.
 
@@ -430,7 +430,7 @@ class Project:
         return cls.open(path) if keep_open else None
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, read_only: bool = False) -> Project:
+    def open(cls, path: str | os.PathLike[str], *, read_only: bool = False) -> Project:
         path = Path(path)
         if not path.exists():
             raise ProjectFileError(f"Project file not found: {path}")
@@ -472,9 +472,9 @@ class Project:
 
     def integrity_check(self) -> str:
         with self.lock:
-            return self._conn.execute("PRAGMA integrity_check").fetchone()[0]
+            return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
 
-    def save_as(self, target: str | os.PathLike) -> Path:
+    def save_as(self, target: str | os.PathLike[str]) -> Path:
         """Copy the live document with the backup API into a temp file beside the target, then replace."""
         target = Path(target)
         tmp = target.with_name(target.name + ".saving")
@@ -866,7 +866,7 @@ class Project:
                                  n_examples: int) -> int:
         rows = self._query("SELECT id FROM evaluations WHERE cache_key = ?", [cache_key])
         if rows:
-            return rows[0]["id"]
+            return int(rows[0]["id"])
         return self._write(
             "INSERT INTO evaluations (cache_key, kind, rule_set_id, split, prompt_text, prompt_sha256, student_json, "
             "n_examples, status, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",

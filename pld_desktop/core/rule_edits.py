@@ -174,14 +174,15 @@ class Add:
         if not str(self.label).strip():
             raise RuleEditError("A rule needs a label.")
         out = _copy(rules)
-        rule = {"uid": next_uid(out), "text": _clean_text(self.text), "label": self.label,
+        uid = next_uid(out)
+        rule = {"uid": uid, "text": _clean_text(self.text), "label": self.label,
                 "enabled": bool(self.enabled), "cluster_id": None, "micro_rule_ids": [], "example_ids": [],
                 "origin": "written in the rule editor"}
         at = len(out) if self.index is None else self.index
         if not 0 <= at <= len(out):
             raise RuleEditError(f"Cannot add a rule at position {at + 1} of {len(out) + 1}.")
         out.insert(at, rule)
-        return out, Delete(rule["uid"])
+        return out, Delete(uid)
 
     def describe(self) -> str:
         return f"added a rule for {self.label}"

@@ -82,7 +82,7 @@ class BatchStats:
 
 
 def request_hash(model_id: str, request: TeacherRequest) -> str:
-    payload = {"model": model_id, "kind": request.kind, "system": request.system, "user": request.user,
+    payload: dict[str, Any] = {"model": model_id, "kind": request.kind, "system": request.system, "user": request.user,
                "schema": request.schema.model_json_schema()}
     if request.grammar_patterns:
         payload["grammar_patterns"] = [list(p) for p in request.grammar_patterns]

@@ -167,7 +167,7 @@ def _rows_problem(rows: list[int], single: str, multiple: str, column: str | Non
 
 def _source_rows(df: pd.DataFrame) -> np.ndarray:
     if df.index.name == SOURCE_ROW and pd.api.types.is_integer_dtype(df.index.dtype):
-        return df.index.to_numpy(dtype=np.int64)
+        return np.asarray(df.index.to_numpy(dtype=np.int64))
     return np.arange(2, len(df) + 2, dtype=np.int64)  # a plain frame: header on line 1, rows follow
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,7 +30,7 @@ def _normalised_ratios(split: SplitSettings) -> np.ndarray:
     total = ratios.sum()
     if not np.isfinite(total) or total <= 0:
         raise ValueError("split ratios must have a positive sum")
-    return ratios / total
+    return np.asarray(ratios / total)
 
 
 def _integerise(desired: np.ndarray, n: int, nonzero: np.ndarray) -> np.ndarray:
@@ -138,15 +138,15 @@ def assign_splits(labels: Sequence[str], groups: Sequence[str | None] | None, sp
         uniques, label_codes = np.unique(labels_array.astype(str), return_inverse=True)
         codes = _assign_rows(label_codes.ravel(), len(uniques), ratios, rng)
     names = np.array(SPLITS, dtype=object)
-    return names[codes].tolist()
+    return [str(name) for name in names[codes]]
 
 
 def _split_proportions(codes: Sequence[str]) -> np.ndarray:
     counts = np.array([sum(1 for c in codes if c == s) for s in SPLITS], dtype=float)
-    return counts / max(1.0, counts.sum())
+    return np.asarray(counts / max(1.0, counts.sum()))
 
 
-def _percentages(values: Sequence[float]) -> str:
+def _percentages(values: Iterable[float]) -> str:
     return " / ".join(f"{round(100 * v)}%" for v in values)
 
 

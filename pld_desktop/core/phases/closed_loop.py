@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..domain import RuleSetRecord
 from ..evaluate import evaluate_prompt
 from ..progress import Progress, check
-from ..project import CHOSEN_RULE_SET, SYNTHESIS_RULE_SET, Example, Project, RuleSetRecord
+from ..project import CHOSEN_RULE_SET, SYNTHESIS_RULE_SET, Example, Project
 from ..prompts import PromptRule, build_rules_prompt, sha256_text
 from ..protocols import Embedder, PromptTooLong, Student, Teacher, TeacherRequest
 from ..sampling import stratified_sample
@@ -108,7 +109,7 @@ class _Loop:
         progress.begin(f"Phase 3 round {rnd}: teacher rewrites the rules", 1)
         outcomes, _ = run_teacher_jobs(self.project, self.teacher, [job], progress, phase=PHASE,
                                        max_attempts=settings.teacher_max_attempts)
-        parsed = outcomes[job.key].parsed
+        parsed: Any = outcomes[job.key].parsed  # a model built at run time from the labels (teacher_prompts)
         round_row: dict[str, Any] = {"round": rnd, "base": self.current_id, "failures": len(failures),
                                      "sample": len(sample)}
         if parsed is None or not parsed.rules:

@@ -81,7 +81,7 @@ def run_extraction(project: Project, teacher: Teacher, settings: RunSettings, pr
             progress.log(f"{outcome.key}: failed - {outcome.error}", "warning")
             return
         example_id = by_key[outcome.key].example_ids[0]
-        parsed = outcome.parsed
+        parsed: Any = outcome.parsed  # a model built at run time from the labels (teacher_prompts)
         label = parsed.label
         if label != gold[example_id]:
             # Cannot happen with the one-value enum; kept for replies cached before it.
