@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -226,7 +227,17 @@ def task_keeper() -> TaskKeeper:
     if keeper is None:
         keeper = TaskKeeper(app)
         app.aboutToQuit.connect(keeper.wait_all)
+        # A script that ends without app.exec()/quit() (a benchmark, a test helper) destroys the application at
+        # interpreter exit; a task thread still running then aborts the process ("QThread: Destroyed while
+        # thread is still running"). Waiting here first makes that exit clean too.
+        atexit.register(_wait_at_exit, keeper)
     return keeper
+
+
+def _wait_at_exit(keeper: TaskKeeper) -> None:
+    import shiboken6
+    if shiboken6.isValid(keeper):
+        keeper.wait_all()
 
 
 class TaskRunner(QObject):

@@ -229,3 +229,37 @@ def test_a_shut_down_view_waits_for_its_thread(qtbot: Any, runner: TaskRunner) -
 def test_the_keeper_is_one_per_application(qapp: Any) -> None:
     assert task_keeper() is task_keeper()
     assert task_keeper().parent() is QCoreApplication.instance()
+
+
+EXIT_WHILE_RUNNING = """
+import sys, threading
+from PySide6.QtWidgets import QApplication, QWidget
+from pld_desktop.ui.tasks import TaskRunner
+app = QApplication(sys.argv)
+owner = QWidget()
+runner = TaskRunner(owner, name="pld-exit-task")
+started = threading.Event()
+
+def task(progress):
+    started.set()
+    while not progress.cancelled():
+        threading.Event().wait(0.01)
+
+runner.start(task)
+started.wait(30)
+print("script ends with the task running", flush=True)
+"""
+
+
+def test_a_script_that_ends_while_a_task_runs_exits_cleanly(tmp_path: Any) -> None:
+    """No app.exec()/quit(): the application is destroyed at interpreter exit. The keeper cancels and waits
+    first, so Qt never destroys a running thread (that aborted the process, e.g. at the end of bench.window)."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    proc = subprocess.run([sys.executable, "-c", EXIT_WHILE_RUNNING], capture_output=True, text=True, env=env,
+                          timeout=120, cwd=str(tmp_path))
+    assert "script ends with the task running" in proc.stdout, proc.stderr
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Destroyed while thread" not in proc.stderr
