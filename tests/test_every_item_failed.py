@@ -214,9 +214,9 @@ def test_the_window_shows_a_phase_whose_every_item_failed_as_failed(
     window.open_project(path)
     window.run_phases([phase])
     assert window.worker is not None
-    with qtbot.waitSignal(window.worker.finished_with, timeout=60000) as blocker:
+    with qtbot.waitSignal(window.runner.succeeded, timeout=60000) as blocker:
         pass
-    status, message = blocker.args
+    status, message = blocker.args[0]
     assert status == "failed" and f"Phase {phase} failed" in message and said in message, blocker.args
     qtbot.waitUntil(lambda: window.worker is None)
     assert shown and said in shown[0]
