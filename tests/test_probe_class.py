@@ -18,6 +18,7 @@ from pld_desktop import cli
 from pld_desktop.core.project import Project
 from pld_desktop.core.settings import load_settings
 
+from . import rawdb
 from .fakes import FakeBackends, FakeTeacher
 
 NASTY_LABELS = ['say "no"', "back\\slash", "new\nline", "tab\there"]
@@ -136,7 +137,7 @@ def test_a_bad_option_then_a_plain_run_behaves_as_if_it_was_never_typed(
     assert code == 2 and "error:" in err and "Traceback" not in err, err
     with Project.open(project, read_only=True) as p:
         assert load_settings(p) == before
-        assert p.query("SELECT COUNT(*) AS n FROM runs")[0]["n"] == 0
+        assert rawdb.query(p, "SELECT COUNT(*) AS n FROM runs")[0]["n"] == 0
     code, _, err = _pld(monkeypatch, capsys, None, "run", str(project), "--phase", "1", "--quiet")
     assert code == 0, err
     with Project.open(project, read_only=True) as p:
