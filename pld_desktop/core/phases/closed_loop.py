@@ -153,7 +153,9 @@ class _Loop:
         # a failed attempt (not a candidate that "did not improve").
         report = self.report
         note = f"failed attempt: {error or 'the rewrite has no rules'}"
-        round_row.update(candidate=None, accepted=False, failed=True, note=note)
+        # The teacher answered but the rewrite was useless (rewrite_check), as opposed to no answer at all.
+        useless = error is None or error.startswith(USELESS_REWRITE)
+        round_row.update(candidate=None, accepted=False, failed=True, useless=useless, note=note)
         report.rounds.append(round_row)
         report.failed_attempts += 1
         self.progress.log(f"Round {rnd}: {note}", "warning")
@@ -268,6 +270,9 @@ def _repair(new_rules: list[dict[str, Any]], old_rules: list[dict[str, Any]],
     for i, r in enumerate(out, 1):
         r["uid"] = f"R{i}"
     return out, "; ".join(notes)
+
+
+USELESS_REWRITE = ("the rule list is empty", "the list drops the label", "the list is unchanged")  # rewrite_check
 
 
 def rewrite_check(current_rules: list[dict[str, Any]]) -> Any:
