@@ -272,9 +272,13 @@ def _window_smoke(bundle: Path, project: Path, tmp_path: Path, *, phases: str) -
     """Run `pld-desktop --smoke-test PROJECT` offscreen (pld_desktop/ui/smoke.py): the window opens the project,
     shows every tab, runs `phases` in its own runner, saves a screenshot and quits."""
     env = _bundle_env(tmp_path / "home")
-    env.update(PLD_SMOKE_PHASES=phases, PLD_SMOKE_SCREENSHOT=str(tmp_path / "window.png"))
+    report_file = tmp_path / "smoke-report.json"
+    env.update(PLD_SMOKE_PHASES=phases, PLD_SMOKE_SCREENSHOT=str(tmp_path / "window.png"),
+               PLD_SMOKE_REPORT=str(report_file))
     proc = _run([str(bundle / "pld-desktop"), "--smoke-test", str(project)], env, 1800, tmp_path)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("PLD_SMOKE ")]
+    if report_file.exists():
+        return proc, json.loads(report_file.read_text(encoding="utf-8"))
     assert lines, proc.stdout + proc.stderr
     return proc, json.loads(lines[-1][len("PLD_SMOKE "):])
 

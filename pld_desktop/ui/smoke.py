@@ -175,6 +175,10 @@ class WindowSmoke(QObject):
         for problem in self.problems:
             print(f"PLD_SMOKE problem: {problem}", file=sys.stderr, flush=True)
         print("PLD_SMOKE " + json.dumps(self.report), flush=True)
+        # Also to a file when asked: a frozen GUI app's stdout was seen to reach no one (the screenshot was there).
+        report_path = os.environ.get("PLD_SMOKE_REPORT")
+        if report_path:
+            Path(report_path).write_text(json.dumps(self.report), encoding="utf-8")
         sys.excepthook, threading.excepthook = self._previous_hooks
         if force:  # a phase may still be running: no teardown to wait for, the run is a failure anyway
             sys.stderr.flush()
