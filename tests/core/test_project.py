@@ -161,7 +161,7 @@ def test_named_reads_and_writes_match_what_the_file_holds(tmp_path: Path) -> Non
     from pld_desktop.core.project import NewCluster
 
     from ..helpers import make_project
-    from . import rawdb
+    from .. import rawdb
     project = make_project(tmp_path)
     raw_counts = rawdb.query(project, "SELECT split, COUNT(*) AS n FROM examples GROUP BY split")
     assert project.split_counts() == {r["split"]: r["n"] for r in raw_counts}
