@@ -162,8 +162,12 @@ def measure(app: Any, monitor: StallMonitor, name: str, actions: Sequence[Callab
     if profiler is not None:
         import pstats
         profiler.disable()
-        print(f"--- profile of '{name}'", file=sys.stderr)
-        pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
+        # To a file: llama-cpp-python swaps sys.stderr process-wide while a model loads on a helper thread, and what
+        # the main thread prints meanwhile is lost.
+        out = Path(tempfile.gettempdir()) / f"bench-window-profile-{''.join(c for c in name if c.isalnum())[:40]}.txt"
+        with out.open("w", encoding="utf-8") as f:
+            pstats.Stats(profiler, stream=f).sort_stats("cumulative").print_stats(40)
+        print(f"--- profile of '{name}' in {out}", file=sys.stderr)
     row = {"scenario": name, "max_ms": round(figures["max_ms"], 1), "p99_ms": round(figures["p99_ms"], 1),
            "target_ms": TARGET_MS, "met": figures["max_ms"] <= TARGET_MS, "ticks": figures["ticks"]}
     print(f"{name:55} max {row['max_ms']:7.1f} ms  p99 {row['p99_ms']:6.1f} ms  "
