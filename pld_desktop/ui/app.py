@@ -885,9 +885,7 @@ class MainWindow(QMainWindow):
     def _on_finished(self, status: str, message: str) -> None:
         # No wait() here: the task still frees its models after this signal (~0.1 s and more for big ones);
         # the runner's thread ends on its own (closeEvent waits for it).
-        self.worker = None
-        self.running_phases = []
-        self._live = None
+        self.worker, self.running_phases, self._live = None, [], None
         self.stage.setText("")
         if "results" in self.views:
             self.views["results"].set_stale(False)
@@ -908,14 +906,15 @@ class MainWindow(QMainWindow):
             self.close()
             return
         for name in ("loop", "clusters"):
-            view = self.views.get(name)
-            if view is not None:
-                view.reload()
+            if name in self.views:
+                self.views[name].reload()
         for name in ("compare", "diff"):
             if name in self.views:
                 self.views[name].refresh_choices()
-        if "rules" not in self.views or status == "done":
+        if "rules" not in self.views:
             self._rebuild_rules_view()
+        elif status == "done":  # in place: a rebuild re-created and re-measured the whole tree
+            self.views["rules"].reload_after_run()
         self._refresh()
         if status in ("failed", "quota_exhausted"):
             QMessageBox.warning(self, "The run stopped", message)

@@ -155,6 +155,12 @@ class RulesModel(QAbstractItemModel):
         self._load_conflicts()
         self._all_changed()
 
+    def reload_version(self, rule_set_id: int) -> None:
+        """Show `rule_set_id` after a run: its micro-rules and examples are read again first (the run may have
+        written new ones), then the version loads as by load_version."""
+        self._load_provenance()
+        self.load_version(rule_set_id)
+
     def _load_impact(self) -> None:
         from ..core.impact import stored_impact
         report = stored_impact(self.project, self.rule_set_id)
