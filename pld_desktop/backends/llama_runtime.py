@@ -24,6 +24,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from pld_desktop.backends.bundled import ModelFileError
 from pld_desktop.backends.cpu_probe import extra_buffer_types_usable, smallest_probe_model
 from pld_desktop.backends.gguf_file import check_fits_memory, check_gguf_file
+from pld_desktop.backends.quiet_load import quiet_llama
 
 __all__ = ["LlamaOwner", "gguf_chat_formatter", "load_llama", "template_supports_system"]
 
@@ -64,10 +65,12 @@ def load_llama(model_path: str | os.PathLike[str], *, use_extra_bufts: bool = Tr
                **kwargs: Any) -> llama_cpp.Llama:
     """`llama_cpp.Llama(model_path, **kwargs)`, optionally with the model parameter use_extra_bufts=False, which
     `Llama.__init__` does not expose: its llama_model_default_params() is wrapped for the duration of the call
-    (loads are serialised by a lock so no other load sees the wrapper)."""
+    (loads are serialised by a lock so no other load sees the wrapper). The load is quiet without llama-cpp-python's
+    verbose=False, which silences the whole process (quiet_load.py)."""
+    kwargs.pop("verbose", None)
     with _default_params_lock:
         if use_extra_bufts:
-            return llama_cpp.Llama(model_path=str(model_path), **kwargs)
+            return _quiet_load(model_path, kwargs)
         original = llama_capi.llama_model_default_params
 
         def default_params_without_extra_bufts():
@@ -77,9 +80,16 @@ def load_llama(model_path: str | os.PathLike[str], *, use_extra_bufts: bool = Tr
 
         llama_capi.llama_model_default_params = default_params_without_extra_bufts
         try:
-            return llama_cpp.Llama(model_path=str(model_path), **kwargs)
+            return _quiet_load(model_path, kwargs)
         finally:
             llama_capi.llama_model_default_params = original
+
+
+def _quiet_load(model_path: str | os.PathLike[str], kwargs: dict[str, Any]) -> llama_cpp.Llama:
+    with quiet_llama():
+        llama = llama_cpp.Llama(model_path=str(model_path), verbose=True, **kwargs)
+    llama.verbose = False  # its later calls print timings and cache notes only when verbose
+    return llama
 
 
 # ---------------------------------------------------------------------------
@@ -115,7 +125,7 @@ class LlamaOwner:
             use_extra_bufts = extra_buffer_types_usable(smallest_probe_model(self.model_path))
         self.use_extra_bufts = use_extra_bufts
         self._kwargs = dict(n_ctx=int(n_ctx), n_threads=n_threads, n_threads_batch=n_threads_batch, seed=seed,
-                            verbose=False, **llama_kwargs)
+                            **llama_kwargs)
         self._jobs: queue.SimpleQueue[tuple[Future, Callable[[llama_cpp.Llama], Any]] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False

@@ -39,12 +39,11 @@ class VocabTokenizer:
 
     def _load(self, model_path: str | Path | None) -> None:
         try:
-            from llama_cpp import Llama
-
             from .bundled import bundled_student_path
             from .gguf_file import check_gguf_file
+            from .llama_runtime import load_llama
             path = check_gguf_file(model_path) if model_path else bundled_student_path()
-            llama = Llama(model_path=str(path), vocab_only=True, verbose=False)
+            llama = load_llama(path, vocab_only=True)  # quiet, and serialised with the other loads
             with self._lock:
                 self.path, self._llama = path, llama
         except Exception as exc:
