@@ -166,7 +166,7 @@ def measure(app: Any, monitor: StallMonitor, name: str, actions: Sequence[Callab
         # the main thread prints meanwhile is lost.
         out = Path(tempfile.gettempdir()) / f"bench-window-profile-{''.join(c for c in name if c.isalnum())[:40]}.txt"
         with out.open("w", encoding="utf-8") as f:
-            pstats.Stats(profiler, stream=f).sort_stats("cumulative").print_stats(40)
+            pstats.Stats(profiler, stream=f).sort_stats("cumulative").print_stats(80)
         print(f"--- profile of '{name}' in {out}", file=sys.stderr)
     row = {"scenario": name, "max_ms": round(figures["max_ms"], 1), "p99_ms": round(figures["p99_ms"], 1),
            "target_ms": TARGET_MS, "met": figures["max_ms"] <= TARGET_MS, "ticks": figures["ticks"]}

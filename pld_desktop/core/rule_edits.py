@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -354,7 +355,12 @@ def _label_matches(text: str, labels: Sequence[str]) -> list[re.Match[str]]:
 def text_label(text: str, labels: Sequence[str]) -> str | None:
     """The label the rule's text names as its answer (the last one cued by "answer", "label", "->", ...),
     spelled as in `labels`; None when the text names none."""
-    matches = _label_matches(str(text), labels)
+    return _text_label(str(text), tuple(labels))
+
+
+@functools.lru_cache(maxsize=65_536)  # every version's every rule is checked on each edit and load; texts repeat
+def _text_label(text: str, labels: tuple[str, ...]) -> str | None:
+    matches = _label_matches(text, labels)
     if not matches:
         return None
     said = matches[-1].group("label").lower()

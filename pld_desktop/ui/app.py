@@ -41,6 +41,11 @@ from ..core.pipeline import PHASE_NAMES, PHASE_TEACHER_KINDS, shown_phase_state
 from ..core.project import Project, ProjectFileError
 from ..core.states import RESUMABLE_PHASE_STATES, PhaseState
 from . import smoke
+from .clusters_view import ClustersView, LoopChart  # views import with the window, not at the first open (~0.3 s)
+from .compare_view import CompareView
+from .diff_view import DiffView
+from .results_view import ResultsView
+from .rules_view import RulesEditor
 from .tasks import PipelineTask, TaskRunner, start_pipeline
 
 STATE_COLOURS: dict[str, str] = {
@@ -431,8 +436,7 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.results_holder, "Results")
         self.diff_holder = self._holder("Open a project to compare its rule-set versions.")
         self.tabs.addTab(self.diff_holder, "Version diff")
-        self.tabs.currentChanged.connect(self._remember_view)
-        self.tabs.currentChanged.connect(self._refresh_stale_views)
+        self.tabs.currentChanged.connect(self._refresh_stale_views)  # the tab is saved at close and run, not per switch
         outer.addWidget(self.tabs, 1)
         self.stack.addWidget(page)
         self.setCentralWidget(self.stack)
@@ -577,8 +581,6 @@ class MainWindow(QMainWindow):
         self._refresh()
 
     def _build_views(self) -> None:
-        from .clusters_view import ClustersView, LoopChart
-        from .compare_view import CompareView
         assert self.project_path is not None
         self.views["loop"] = LoopChart(self.project_path)
         self.chart_box.layout().addWidget(self.views["loop"])
@@ -587,16 +589,13 @@ class MainWindow(QMainWindow):
         self._rebuild_rules_view()
         self.views["compare"] = CompareView(self.project_path, self.backends_factory, self)
         self._put(self.compare_holder, self.views["compare"])
-        from .results_view import ResultsView
         self.views["results"] = ResultsView(self.project_path, self.backends_factory, self)
         self.views["results"].scoring_finished.connect(self._on_scored)
         self._put(self.results_holder, self.views["results"])
-        from .diff_view import DiffView
         self.views["diff"] = DiffView(self.project_path, self)
         self._put(self.diff_holder, self.views["diff"])
 
     def _rebuild_rules_view(self) -> None:
-        from .rules_view import RulesEditor
         assert self.project is not None and self.project_path is not None
         old = self.views.pop("rules", None)
         if old is not None:
