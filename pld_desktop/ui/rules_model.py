@@ -151,9 +151,19 @@ class RulesModel(QAbstractItemModel):
         self._load_impact()
 
     def reload_conflicts(self) -> None:
-        """Re-read the shown version's conflicts (after a background pass added some) without a reset."""
+        """Re-read the shown version's conflicts (after a background pass added some) without a reset; only the
+        rows whose conflicts or impact changed are announced (each announced row is measured and laid out again)."""
+        before = (dict(self._conflicts), dict(self.impact))
         self._load_conflicts()
-        self._all_changed()
+        self._rows_changed(before)
+
+    def _rows_changed(self, before: tuple[dict[str, Any], dict[str, Any]]) -> None:
+        conflicts, impact = before
+        last = len(HEADERS) - 1
+        for row, node in enumerate(self._root.children):
+            uid = node.data["uid"]
+            if conflicts.get(uid) != self._conflicts.get(uid) or impact.get(uid) != self.impact.get(uid):
+                self.dataChanged.emit(self.index(row, 0), self.index(row, last))
 
     def reload_version(self, rule_set_id: int) -> None:
         """Show `rule_set_id` after a run: its micro-rules and examples are read again first (the run may have
@@ -168,12 +178,9 @@ class RulesModel(QAbstractItemModel):
         self.impact_report = report
 
     def reload_impact(self) -> None:
+        before = (dict(self._conflicts), dict(self.impact))
         self._load_impact()
-        self._all_changed()
-
-    def _all_changed(self) -> None:
-        if self._root.children:
-            self.dataChanged.emit(self.index(0, 0), self.index(len(self._root.children) - 1, len(HEADERS) - 1))
+        self._rows_changed(before)
 
     # -- plain accessors for views and tests ----------------------------------------------------
     @property

@@ -8,7 +8,7 @@ from pathlib import Path
 from PySide6.QtCore import QRect, Qt
 from PySide6.QtGui import QUndoStack
 
-from pld_desktop.core.project import Project
+from pld_desktop.core.project import CHOSEN_RULE_SET, Project
 from pld_desktop.ui import rule_delegate
 from pld_desktop.ui.rules_model import COL_IMPACT, COL_LABEL, COL_NUMBER, COL_TEXT, RulesModel
 from pld_desktop.ui.rules_view import RulesEditor
@@ -107,3 +107,17 @@ def test_editor_reloads_in_place_after_a_run(qtbot, distilled_path: Path) -> Non
     editor.reload_after_run()
     assert editor.model.rule_set_id == edited and editor.undo_stack.canUndo()
     project.close()
+
+
+def test_reloading_conflicts_announces_only_the_rows_that_changed(qtbot, distilled_project: Project) -> None:  # type: ignore[no-untyped-def]
+    model = RulesModel(distilled_project, distilled_project.rule_set_pointer(CHOSEN_RULE_SET), QUndoStack())
+    rows: list[tuple[int, int]] = []
+    model.dataChanged.connect(lambda first, last, *_: rows.append((first.row(), last.row())))
+    model.reload_conflicts()
+    assert rows == []  # nothing new: no row is measured and laid out again
+    uids = [model.index(r, COL_NUMBER).data() for r in range(model.rowCount())]
+    a, b = uids[-2], uids[-1]
+    distilled_project.add_conflict(model.rule_set_id, a, b, "similarity", "a test conflict", {"similarity": 0.99})
+    model.reload_conflicts()
+    assert sorted(rows) == [(len(uids) - 2, len(uids) - 2), (len(uids) - 1, len(uids) - 1)]
+    assert any(c["other"] == b for c in model.conflicts_of(a))
