@@ -238,7 +238,7 @@ def _link(blob: Path, pointer: Path) -> None:
         shutil.copyfile(blob, pointer)
 
 
-def fetch_model(spec: str, progress: Progress, *, revision: str = "main", token: str | None = None,  # noqa: C901 (issue 14: not yet broken into named steps)
+def fetch_model(spec: str, progress: Progress, *, revision: str = "main", token: str | None = None,
                 env: Mapping[str, str] | None = None, cache: str | os.PathLike[str] | None = None) -> FetchResult:
     """Download one GGUF into the Hugging Face cache (HF_HUB_CACHE etc.), in its layout, so the HF tools and
     `find_models` see it.
@@ -254,21 +254,9 @@ def fetch_model(spec: str, progress: Progress, *, revision: str = "main", token:
     if token:
         secrets.protect_in_logs(token)
     hub = _hub()
-    from huggingface_hub import file_download
-
     storage = Path(cache).expanduser() if cache else hf_hub_cache(env)
     storage = storage / f"models--{repo.replace('/', '--')}"
-    try:
-        if filename is None:
-            progress.log(f"Listing the GGUF files of {repo}…")
-            filename = _pick_file(_gguf_files(hub, repo, token, endpoint), repo)
-        url = hub.hf_hub_url(repo, filename, revision=revision, endpoint=endpoint)
-        meta = hub.get_hf_file_metadata(url, token=token or None, endpoint=endpoint)
-    except (FetchError, Cancelled):
-        raise
-    except Exception as exc:
-        raise _words(exc, repo, filename, token, endpoint) from None
-    assert filename is not None
+    filename, meta = _file_metadata(hub, repo, filename, revision, token, endpoint, progress)
     etag, commit, size = meta.etag, meta.commit_hash, meta.size
     if not etag or not commit:
         raise FetchError(f"The Hub at {endpoint} did not say which version of {repo}/{filename} it serves "
@@ -279,7 +267,6 @@ def fetch_model(spec: str, progress: Progress, *, revision: str = "main", token:
     if pointer.exists() and blob.exists():
         progress.log(f"{repo}/{filename} is already downloaded.")
         return FetchResult(str(pointer), repo, filename, commit, blob.stat().st_size, sha256, 0, 0)
-
     blob.parent.mkdir(parents=True, exist_ok=True)
     partial = blob.with_name(etag + ".incomplete")
     from filelock import FileLock, Timeout
@@ -290,47 +277,9 @@ def fetch_model(spec: str, progress: Progress, *, revision: str = "main", token:
     except Timeout:
         raise FetchError(f"{repo}/{filename} is being downloaded by another program right now.") from None
     try:
-        have = partial.stat().st_size if partial.exists() else 0
-        if size is not None and have > size:  # not ours, or the file changed size: start again
-            partial.unlink()
-            have = 0
-        if size is not None:
-            free = shutil.disk_usage(blob.parent).free
-            if free < size - have + _MIN_FREE_MARGIN:
-                raise FetchError(
-                    f"Not enough disk space for {filename}: it needs {(size - have) / 2**30:.2f} GiB more in "
-                    f"{blob.parent}, and {free / 2**30:.2f} GiB is free (keeping {_MIN_FREE_MARGIN >> 20} MiB "
-                    "spare). Free some space, or point HF_HUB_CACHE at a bigger disk.")
-        if have:
-            progress.log(f"Resuming {filename} at {have / 2**20:.0f} MiB of "
-                         f"{(size or 0) / 2**20:.0f} MiB.")
-        progress.begin(f"Downloading {filename}", size or 0)
-        headers = file_download.build_hf_headers(token=token or None)
-        headers["Accept-Encoding"] = "identity"
-        try:
-            with partial.open("ab") as f:
-                file_download.http_get(meta.location, f, resume_size=have, headers=headers, expected_size=size,
-                                       displayed_filename=filename,
-                                       tqdm_class=_progress_bar_class(progress, size or 0))
-        except Cancelled:
-            progress.log(f"Stopped; {partial.stat().st_size / 2**20:.0f} MiB kept, a new fetch resumes.")
-            raise
-        except Exception as exc:
-            raise _words(exc, repo, filename, token, endpoint) from None
-        got = partial.stat().st_size
-        if size is not None and got != size:
-            raise FetchError(f"{filename}: received {got:,} bytes, the Hub announced {size:,}; run the fetch "
-                             "again to resume.")
-        if sha256 is not None:
-            actual = _sha256_file(partial, progress, got)
-            if actual != sha256:
-                partial.unlink()
-                raise ChecksumMismatch(
-                    f"{filename} failed its checksum: the Hub published sha256 {sha256}, the downloaded bytes "
-                    f"hash to {actual}. The file was deleted; nothing was installed. Try again; if it repeats, "
-                    "a proxy or the mirror at HF_ENDPOINT is altering the download.")
-        else:
-            progress.log(f"The Hub published no sha256 for {filename}; checked by size only.")
+        have = _resume_point(partial, size, filename, progress)
+        got = _download(meta, partial, have, size, repo, filename, token, endpoint, progress)
+        _verify(partial, got, size, sha256, filename, progress)
         os.replace(partial, blob)
     finally:
         lock.release()
@@ -341,3 +290,74 @@ def fetch_model(spec: str, progress: Progress, *, revision: str = "main", token:
         ref.parent.mkdir(parents=True, exist_ok=True)
         ref.write_text(commit, encoding="ascii")
     return FetchResult(str(pointer), repo, filename, commit, blob.stat().st_size, sha256, got - have, have)
+
+
+def _file_metadata(hub: Any, repo: str, filename: str | None, revision: str, token: str | None, endpoint: str,
+                   progress: Progress) -> tuple[str, Any]:
+    """The file to fetch (the repo's one GGUF when none is named) and the Hub's metadata of it, errors in words."""
+    try:
+        if filename is None:
+            progress.log(f"Listing the GGUF files of {repo}…")
+            filename = _pick_file(_gguf_files(hub, repo, token, endpoint), repo)
+        url = hub.hf_hub_url(repo, filename, revision=revision, endpoint=endpoint)
+        return filename, hub.get_hf_file_metadata(url, token=token or None, endpoint=endpoint)
+    except (FetchError, Cancelled):
+        raise
+    except Exception as exc:
+        raise _words(exc, repo, filename, token, endpoint) from None
+
+
+def _resume_point(partial: Path, size: int | None, filename: str, progress: Progress) -> int:
+    """How many bytes of an earlier download to keep, once the disk is known to have room for the rest."""
+    have = partial.stat().st_size if partial.exists() else 0
+    if size is not None and have > size:  # not ours, or the file changed size: start again
+        partial.unlink()
+        have = 0
+    if size is not None:
+        free = shutil.disk_usage(partial.parent).free
+        if free < size - have + _MIN_FREE_MARGIN:
+            raise FetchError(
+                f"Not enough disk space for {filename}: it needs {(size - have) / 2**30:.2f} GiB more in "
+                f"{partial.parent}, and {free / 2**30:.2f} GiB is free (keeping {_MIN_FREE_MARGIN >> 20} MiB "
+                "spare). Free some space, or point HF_HUB_CACHE at a bigger disk.")
+    if have:
+        progress.log(f"Resuming {filename} at {have / 2**20:.0f} MiB of {(size or 0) / 2**20:.0f} MiB.")
+    return have
+
+
+def _download(meta: Any, partial: Path, have: int, size: int | None, repo: str, filename: str, token: str | None,
+              endpoint: str, progress: Progress) -> int:
+    """Append the rest of the file to `partial` (a Range request from `have`); returns its size after."""
+    from huggingface_hub import file_download
+
+    progress.begin(f"Downloading {filename}", size or 0)
+    headers = file_download.build_hf_headers(token=token or None)
+    headers["Accept-Encoding"] = "identity"
+    try:
+        with partial.open("ab") as f:
+            file_download.http_get(meta.location, f, resume_size=have, headers=headers, expected_size=size,
+                                   displayed_filename=filename, tqdm_class=_progress_bar_class(progress, size or 0))
+    except Cancelled:
+        progress.log(f"Stopped; {partial.stat().st_size / 2**20:.0f} MiB kept, a new fetch resumes.")
+        raise
+    except Exception as exc:
+        raise _words(exc, repo, filename, token, endpoint) from None
+    return partial.stat().st_size
+
+
+def _verify(partial: Path, got: int, size: int | None, sha256: str | None, filename: str,
+            progress: Progress) -> None:
+    """The downloaded bytes are the whole file and hash to the Hub's sha256; a mismatch deletes them."""
+    if size is not None and got != size:
+        raise FetchError(f"{filename}: received {got:,} bytes, the Hub announced {size:,}; run the fetch "
+                         "again to resume.")
+    if sha256 is None:
+        progress.log(f"The Hub published no sha256 for {filename}; checked by size only.")
+        return
+    actual = _sha256_file(partial, progress, got)
+    if actual != sha256:
+        partial.unlink()
+        raise ChecksumMismatch(
+            f"{filename} failed its checksum: the Hub published sha256 {sha256}, the downloaded bytes "
+            f"hash to {actual}. The file was deleted; nothing was installed. Try again; if it repeats, "
+            "a proxy or the mirror at HF_ENDPOINT is altering the download.")

@@ -152,7 +152,7 @@ def _run_job(teacher: Teacher, request: TeacherRequest, max_attempts: int, progr
     return attempts
 
 
-def run_teacher_jobs(project: Project, teacher: Teacher, jobs: Sequence[TeacherJob], progress: Progress, *,  # noqa: C901 (issue 14: not yet broken into named steps)
+def run_teacher_jobs(project: Project, teacher: Teacher, jobs: Sequence[TeacherJob], progress: Progress, *,
                      phase: int, max_attempts: int = 3,
                      on_outcome: Callable[[TeacherOutcome], None] | None = None,
                      done_offset: int = 0, total: int | None = None) -> tuple[dict[str, TeacherOutcome], BatchStats]:
@@ -164,80 +164,107 @@ def run_teacher_jobs(project: Project, teacher: Teacher, jobs: Sequence[TeacherJ
     given up in an earlier run (all attempts invalid or failed) is not sent again: a rerun costs nothing and
     reports the same figures; `pipeline.retry_failed_items` (``pld run --retry-failed``) lifts that.
     """
-    stats = BatchStats()
-    outcomes: dict[str, TeacherOutcome] = {}
-    total = total if total is not None else len(jobs)
-    done = done_offset
-    price_in, price_out = teacher.price_per_million
+    run = _TeacherRun(project, teacher, progress, phase, max_attempts, on_outcome, done_offset,
+                      total if total is not None else len(jobs))
+    pending = run.answer_from_cache(jobs)
+    if pending:
+        quota_hit = run.call(pending)
+        if quota_hit is not None:
+            raise QuotaExhausted(f"{quota_hit} The run stopped; completed items are saved and a rerun resumes.")
+        if progress.cancelled():
+            raise Cancelled("cancelled by the user")
+    return run.outcomes, run.stats
 
-    def finish(outcome: TeacherOutcome, stored: bool = False) -> None:
-        nonlocal done
-        outcomes[outcome.key] = outcome
-        if on_outcome is not None and not stored:
-            on_outcome(outcome)
-        done += 1
-        progress.report(done, total, outcome.key)
 
-    pending: list[tuple[TeacherJob, str]] = []
-    given_up = project.given_up_requests()
-    for job in jobs:
-        _guard_locked_split(project, job)
-        h = request_hash(teacher.model_id, job.request)
-        cached = project.cached_teacher_reply(h)
-        if cached is not None:
-            try:
-                parsed = parse_reply(cached["response_text"], job.request.schema)
-                if job.check is None or job.check(parsed) is None:
-                    flag = job.soft_check(parsed) if job.soft_check is not None else None
-                    stats.cached += 1
-                    finish(TeacherOutcome(job.key, parsed, cached["id"], True, flag=flag))
-                    continue
-            except (ValidationError, ValueError):
-                pass  # schema or checks changed since; call again
-        if h in given_up:
-            stats.given_up += 1
-            finish(TeacherOutcome(job.key, None, None, True, error=given_up[h].get("reason", "given up")))
-            continue
-        pending.append((job, h))
+class _TeacherRun:
+    """One run_teacher_jobs call in named steps: answer what the cache can, then call the teacher for the rest
+    on a thread pool, recording each finished item in one commit on this thread."""
 
-    if not pending:
-        return outcomes, stats
+    def __init__(self, project: Project, teacher: Teacher, progress: Progress, phase: int, max_attempts: int,
+                 on_outcome: Callable[[TeacherOutcome], None] | None, done: int, total: int) -> None:
+        self.project, self.teacher, self.progress = project, teacher, progress
+        self.phase, self.max_attempts, self.on_outcome = phase, max_attempts, on_outcome
+        self.done, self.total = done, total
+        self.stats = BatchStats()
+        self.outcomes: dict[str, TeacherOutcome] = {}
+        self.price_in, self.price_out = teacher.price_per_million
 
-    quota_hit: str | None = None
-    workers = max(1, int(teacher.max_concurrency))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="teacher") as pool:
-        queue = list(pending)
-        running: dict[Future[list[_Attempt]], tuple[TeacherJob, str]] = {}
-        while queue or running:
-            while queue and len(running) < workers and not progress.cancelled() and quota_hit is None:
-                job, h = queue.pop(0)
-                running[pool.submit(_run_job, teacher, job.request, max_attempts, progress, job.check,
-                                         job.soft_check)] = (job, h)
-            if not running:
-                break
-            finished, _ = wait(list(running), return_when=FIRST_COMPLETED, timeout=0.5)
-            for fut in finished:
-                job, h = running.pop(fut)
-                attempts = fut.result()
-                stats.called += 1
-                # One commit per item: its attempts, failure marks and the phase's own write (on_outcome).
-                with project.transaction():
-                    outcome = _record_attempts(project, teacher, job, h, attempts, price_in, price_out, stats,
-                                               phase, max_attempts)
-                    if outcome is not None and on_outcome is not None:
-                        on_outcome(outcome)
-                if outcome is None:  # cancelled before the first attempt
-                    continue
-                if any(a.error is not None and a.error.quota_exhausted for a in attempts):
-                    quota_hit = str(next(a.error for a in attempts if a.error is not None))
-                finish(outcome, stored=True)
-            if (progress.cancelled() or quota_hit) and not running:
-                break
-    if quota_hit is not None:
-        raise QuotaExhausted(f"{quota_hit} The run stopped; completed items are saved and a rerun resumes.")
-    if progress.cancelled():
-        raise Cancelled("cancelled by the user")
-    return outcomes, stats
+    def finish(self, outcome: TeacherOutcome, stored: bool = False) -> None:
+        self.outcomes[outcome.key] = outcome
+        if self.on_outcome is not None and not stored:
+            self.on_outcome(outcome)
+        self.done += 1
+        self.progress.report(self.done, self.total, outcome.key)
+
+    def answer_from_cache(self, jobs: Sequence[TeacherJob]) -> list[tuple[TeacherJob, str]]:
+        """Finish every job a cached reply still answers, and every request given up earlier; return the rest
+        with their request hashes."""
+        pending: list[tuple[TeacherJob, str]] = []
+        given_up = self.project.given_up_requests()
+        for job in jobs:
+            _guard_locked_split(self.project, job)
+            h = request_hash(self.teacher.model_id, job.request)
+            outcome = self._cached_outcome(job, h)
+            if outcome is not None:
+                self.stats.cached += 1
+                self.finish(outcome)
+            elif h in given_up:
+                self.stats.given_up += 1
+                self.finish(TeacherOutcome(job.key, None, None, True, error=given_up[h].get("reason", "given up")))
+            else:
+                pending.append((job, h))
+        return pending
+
+    def _cached_outcome(self, job: TeacherJob, h: str) -> TeacherOutcome | None:
+        cached = self.project.cached_teacher_reply(h)
+        if cached is None:
+            return None
+        try:
+            parsed = parse_reply(cached["response_text"], job.request.schema)
+            if job.check is not None and job.check(parsed) is not None:
+                return None
+            flag = job.soft_check(parsed) if job.soft_check is not None else None
+        except (ValidationError, ValueError):
+            return None  # schema or checks changed since; call again
+        return TeacherOutcome(job.key, parsed, cached["id"], True, flag=flag)
+
+    def call(self, pending: list[tuple[TeacherJob, str]]) -> str | None:
+        """Call the teacher for `pending` on the teacher's concurrency; stop submitting on cancel or an exhausted
+        quota (whose message is returned), and wait for what is running."""
+        quota_hit: str | None = None
+        workers = max(1, int(self.teacher.max_concurrency))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="teacher") as pool:
+            queue = list(pending)
+            running: dict[Future[list[_Attempt]], tuple[TeacherJob, str]] = {}
+            while queue or running:
+                while queue and len(running) < workers and not self.progress.cancelled() and quota_hit is None:
+                    job, h = queue.pop(0)
+                    running[pool.submit(_run_job, self.teacher, job.request, self.max_attempts, self.progress,
+                                        job.check, job.soft_check)] = (job, h)
+                if not running:
+                    break
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED, timeout=0.5)
+                for fut in finished:
+                    job, h = running.pop(fut)
+                    quota_hit = self._record(job, h, fut.result()) or quota_hit
+                if (self.progress.cancelled() or quota_hit) and not running:
+                    break
+        return quota_hit
+
+    def _record(self, job: TeacherJob, h: str, attempts: list[_Attempt]) -> str | None:
+        """Record one finished item in one commit (its attempts, failure marks and the phase's own write);
+        returns the quota message when an attempt found the quota exhausted."""
+        self.stats.called += 1
+        with self.project.transaction():
+            outcome = _record_attempts(self.project, self.teacher, job, h, attempts, self.price_in, self.price_out,
+                                       self.stats, self.phase, self.max_attempts)
+            if outcome is not None and self.on_outcome is not None:
+                self.on_outcome(outcome)
+        if outcome is None:  # cancelled before the first attempt
+            return None
+        self.finish(outcome, stored=True)
+        exhausted = next((a.error for a in attempts if a.error is not None and a.error.quota_exhausted), None)
+        return str(exhausted) if exhausted is not None else None
 
 
 def _guard_locked_split(project: Project, job: TeacherJob) -> None:
