@@ -24,6 +24,10 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from .domain import Conflict, Evaluation, RuleSetRecord
+from .project_errors import DiskFull as DiskFull  # the errors are re-exported: callers import them from here
+from .project_errors import ProjectFileError as ProjectFileError
+from .project_errors import ProjectInUse as ProjectInUse
+from .project_errors import ProjectTooNew as ProjectTooNew
 from .states import EvaluationStatus
 
 APPLICATION_ID = 0x504C4444  # "PLDD" at header offset 68
@@ -31,23 +35,6 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 MIGRATION_SET = "pld_desktop"
 
 migrations = Migrations(MIGRATION_SET)
-
-
-class ProjectFileError(Exception):
-    """The file cannot be used as a project (not a project, corrupt, too new, not writable...)."""
-
-
-class ProjectTooNew(ProjectFileError):
-    pass
-
-
-class DiskFull(ProjectFileError):
-    """A write failed because the disk is full (SQLITE_FULL, ENOSPC): the machine, not the input. Nothing that
-    was committed is lost; the command reports it as a failure (exit 1), not as a bad file (exit 2)."""
-
-
-class ProjectInUse(ProjectFileError):
-    """Another live run holds the project (see core.run_lock); the message names its pid."""
 
 
 # The SQLite errors a read can still raise past this layer (a file damaged after it was opened, a lock held
