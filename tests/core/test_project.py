@@ -160,8 +160,8 @@ def test_named_reads_and_writes_match_what_the_file_holds(tmp_path: Path) -> Non
     # The methods that replaced SQL in the views, the CLI and the phases, checked against the file read raw.
     from pld_desktop.core.project import NewCluster
 
-    from ..helpers import make_project
     from .. import rawdb
+    from ..helpers import make_project
     project = make_project(tmp_path)
     raw_counts = rawdb.query(project, "SELECT split, COUNT(*) AS n FROM examples GROUP BY split")
     assert project.split_counts() == {r["split"]: r["n"] for r in raw_counts}
