@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 
-from pld_desktop.core.domain import Conflict, Evaluation
+from pld_desktop.core.domain import Conflict, Evaluation, Rule
 from pld_desktop.core.project import Project
 from pld_desktop.core.states import EvaluationStatus
 
@@ -61,3 +62,45 @@ def test_an_evaluation_comes_back_as_a_frozen_object_running_then_done(tmp_path:
     with pytest.raises(dataclasses.FrozenInstanceError):
         done.status = "running"  # type: ignore[misc]
     project.close()
+
+
+# A rules_json as the code that kept rules as dicts wrote it (json.dumps(rules, ensure_ascii=False)): a synthesis
+# rule (flag last), a closed-loop rewrite (cluster_id null, from_rules before origin), a rule merged, duplicated in
+# the editor (from_rules and duplicated_from appended), a minimal hand-made one, and keys this build does not know.
+OLD_RULES_JSON = (
+    '[{"uid": "R1", "text": "If the card was used abroad without consent, answer fraud_report.", '
+    '"label": "fraud_report", "enabled": false, "cluster_id": 4, "micro_rule_ids": [12, 3, 7], '
+    '"example_ids": [101, 99], "origin": "merged", "flag": "copies an example: \u201cmy card\u201d"}, '
+    '{"uid": "R2", "text": "If the fee is too high, answer complaint.", "label": "complaint", "enabled": true, '
+    '"cluster_id": null, "micro_rule_ids": [], "example_ids": [], "from_rules": ["R1", "R4"], '
+    '"origin": "resolution round 2"}, '
+    '{"uid": "E3", "text": "Wenn die Gebühr steigt – answer complaint.", "label": "complaint", "enabled": true, '
+    '"cluster_id": 2, "micro_rule_ids": [5], "example_ids": [8], "origin": "duplicate of E2", '
+    '"from_rules": ["R5", "R6"], "duplicated_from": "E2", "reviewed_by": {"who": "ana", "at": [2026, 12]}}, '
+    '{"uid": "H1", "text": "If it asks how, answer question.", "label": "question", "enabled": true, '
+    '"note": null}]')
+
+
+def test_old_rules_json_round_trips_exactly_through_rule() -> None:
+    stored = json.loads(OLD_RULES_JSON)
+    rules = [Rule.from_dict(d) for d in stored]
+    assert json.dumps([r.to_dict() for r in rules], ensure_ascii=False) == OLD_RULES_JSON
+    first, second, third, fourth = rules
+    assert (first.uid, first.enabled, first.cluster_id, first.micro_rule_ids, first.example_ids) == \
+        ("R1", False, 4, (12, 3, 7), (101, 99))
+    assert first.flag == "copies an example: \u201cmy card\u201d" and first.from_rules is None
+    assert second.from_rules == ("R1", "R4") and second.cluster_id is None and second.origin == "resolution round 2"
+    assert third.duplicated_from == "E2" and dict(third.extra) == {"reviewed_by": {"who": "ana", "at": (2026, 12)}}
+    assert fourth.micro_rule_ids == () and fourth.origin == "" and dict(fourth.extra) == {"note": None}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.text = "changed"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        third.extra["reviewed_by"]["who"] = "bob"  # type: ignore[index]  # unknown keys are frozen too
+
+
+def test_a_rule_made_by_the_program_writes_the_keys_the_dict_code_wrote() -> None:
+    assert list(Rule("R1", "t", "a").to_dict()) == ["uid", "text", "label", "enabled", "cluster_id",
+                                                    "micro_rule_ids", "example_ids", "origin"]
+    loop = Rule("R2", "t", "a", from_rules=("R1",), origin="resolution round 1").to_dict()
+    assert list(loop)[-2:] == ["from_rules", "origin"] and loop["micro_rule_ids"] == []
+    assert list(Rule("R3", "t", "a", enabled=False, cluster_id=1, flag="copies").to_dict())[-2:] == ["origin", "flag"]
