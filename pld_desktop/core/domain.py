@@ -1,7 +1,8 @@
 """The domain objects the project file holds, as frozen dataclasses (what `Project` returns instead of rows).
 
-So far: rule-set versions, conflicts and evaluations. The rules inside a version are still the JSON dicts stored in
-`rule_sets.rules_json` (`core.diff.Rule`); they move here when every reader of them does, not half-way.
+Rule-set versions (`RuleSetRecord`, the rules inside them as `Rule`, the list as `RuleSetSummary`), conflicts and
+evaluations. Only the storage layer (core/project.py) turns a rule into the JSON of `rule_sets.rules_json` and back
+(`Rule.from_dict` / `Rule.to_dict`); everything else reads attributes and edits with `dataclasses.replace`.
 """
 
 from __future__ import annotations
@@ -144,10 +145,23 @@ class RuleSetRecord:
     origin: str
     round: int | None
     task: str
-    labels: list[str]
-    meanings: dict[str, str]
-    rules: list[dict[str, Any]]
+    labels: tuple[str, ...]
+    meanings: Mapping[str, str]
+    rules: tuple[Rule, ...]
     prompt_text: str
+    prompt_sha256: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class RuleSetSummary:
+    """One version as `Project.rule_sets()` lists it: its place in the lineage and why it was made, no rules."""
+
+    id: int
+    parent_id: int | None
+    reason: str
+    origin: str
+    round: int | None
     prompt_sha256: str
     created_at: float
 
