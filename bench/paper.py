@@ -214,7 +214,7 @@ def run_paper(args: argparse.Namespace, backends: BackendProvider, progress: Pro
                          "n_test": metrics["n"], "prompt_chars": len(prompt), **teacher})
         quality = rule_quality(project)
         n_micro = max(1, quality["micro_rules"])
-        n_rules = sum(1 for r in chosen_rs.rules if r.get("enabled", True))
+        n_rules = sum(1 for r in chosen_rs.rules if r.enabled)
         counts = {s: len(project.examples(split=s)) for s in ("train", "dev", "test")}
         table = {
             "csv": str(args.csv), "rows_used": len(dataset.rows), "labels": labels, "splits": counts,
@@ -248,10 +248,10 @@ def loop_summary(project: Project) -> dict[str, Any]:
     for r in project.loop_rounds():
         failed = r["candidate_rule_set_id"] is None and str(r["root_cause"] or "").startswith("failed attempt")
         if r["candidate_rule_set_id"] is not None:
-            base = [(x["text"], x["label"]) for x in project.rule_set(r["base_rule_set_id"]).rules
-                    if x.get("enabled", True)]
-            cand = [(x["text"], x["label"]) for x in project.rule_set(r["candidate_rule_set_id"]).rules
-                    if x.get("enabled", True)]
+            base = [(x.text, x.label) for x in project.rule_set(r["base_rule_set_id"]).rules
+                    if x.enabled]
+            cand = [(x.text, x.label) for x in project.rule_set(r["candidate_rule_set_id"]).rules
+                    if x.enabled]
             if not cand or {lab for _, lab in base} - {lab for _, lab in cand} or cand == base:
                 useless += 1
         rounds.append({"round": r["round"], "base": r["base_rule_set_id"], "candidate": r["candidate_rule_set_id"],

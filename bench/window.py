@@ -107,6 +107,7 @@ def write_csv(path: Path, rows: int, seed: int = 0) -> Path:
 
 def build_project(folder: Path, rows: int, n_rules: int) -> Path:
     from pld_desktop.core.dataset import ColumnMapping, SplitSettings, load_dataset
+    from pld_desktop.core.domain import Rule
     from pld_desktop.core.project import CHOSEN_RULE_SET, SYNTHESIS_RULE_SET, Project
     from pld_desktop.core.prompts import PromptRule, build_rules_prompt, sha256_text
     from pld_desktop.core.settings import RunSettings, save_settings
@@ -118,16 +119,15 @@ def build_project(folder: Path, rows: int, n_rules: int) -> Path:
     rng = random.Random(1)
     words = ["fee", "card", "branch", "app", "transfer", "refund", "account", "phishing", "charge", "delay", "staff",
              "loan", "pin", "online"]
-    rules: list[dict[str, Any]] = []
+    rules: list[Rule] = []
     for i in range(n_rules):
         label = labels[i % len(labels)]
         # Long enough to wrap over several lines in the rule tree.
         text = (f"If the customer mentions {rng.choice(words)} or {rng.choice(words)} together with "
                 f"{rng.choice(words)}, and the message also talks about {rng.choice(words)} in a way that "
                 f"suggests {label} (case {i}), answer {label}.")
-        rules.append({"uid": f"R{i + 1}", "text": text, "label": label, "enabled": True, "micro_rule_ids": [],
-                      "example_ids": [], "origin": "merged"})
-    prompt = build_rules_prompt(DEMO_TASK, labels, [PromptRule(str(r["text"]), str(r["label"])) for r in rules],
+        rules.append(Rule(uid=f"R{i + 1}", text=text, label=label, enabled=True, origin="merged"))
+    prompt = build_rules_prompt(DEMO_TASK, labels, [PromptRule(r.text, r.label) for r in rules],
                                 DEMO_MEANINGS)
     path = folder / "big.pld"
 

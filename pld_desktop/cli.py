@@ -18,7 +18,7 @@ from .core.progress import ProgressBase
 from .core.states import PhaseState, RunStatus
 
 if TYPE_CHECKING:
-    from .core.domain import Conflict
+    from .core.domain import Conflict, Rule
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_QUOTA, EXIT_CANCELLED = 0, 1, 2, 4, 130
 EXIT_IN_USE = 3          # the project is in use by another run (retry when it has finished)
@@ -672,7 +672,7 @@ def _with_student(args: argparse.Namespace, work: Any) -> int:
         lock.release()
 
 
-def _rule_ref(rules: list[dict[str, Any]], ref: str) -> str:
+def _rule_ref(rules: Sequence[Rule], ref: str) -> str:
     """A rule's uid from what the user typed: its number in the prompt ("3"), its uid ("R3", "E1"), or "dK"
     for the K-th disabled rule (disabled rules have no number in the prompt)."""
     from .core.diff import prompt_numbers
@@ -685,22 +685,22 @@ def _rule_ref(rules: list[dict[str, Any]], ref: str) -> str:
         numbered = max([n or 0 for n in numbers.values()] + [0])
         raise ValueError(f"There is no rule {text} in the prompt (it has {numbered}"
                          " numbered rules; disabled rules are named d1, d2, ... or by uid).")
-    disabled = [r["uid"] for r in rules if not r.get("enabled", True)]
+    disabled = [r.uid for r in rules if not r.enabled]
     if text.lower().startswith("d") and text[1:].isdigit():
         k = int(text[1:])
         if 1 <= k <= len(disabled):
             return disabled[k - 1]
         raise ValueError(f"There is no disabled rule {text} ({len(disabled)} rules are disabled).")
-    if any(r["uid"] == text for r in rules):
+    if any(r.uid == text for r in rules):
         return text
     raise ValueError(f"'{ref}' names no rule: use its number in the prompt, its uid (R3) or d1, d2 for disabled ones.")
 
 
-def _full_index_of_number(rules: list[dict[str, Any]], number: int, *, allow_end: bool) -> int:
+def _full_index_of_number(rules: Sequence[Rule], number: int, *, allow_end: bool) -> int:
     from .core.diff import prompt_numbers
     numbers = prompt_numbers(rules)
     for i, r in enumerate(rules):
-        if numbers[r["uid"]] == number:
+        if numbers[r.uid] == number:
             return i
     count = max([n or 0 for n in numbers.values()] + [0])
     if allow_end and number == count + 1:
@@ -709,7 +709,7 @@ def _full_index_of_number(rules: list[dict[str, Any]], number: int, *, allow_end
                                                                                       if allow_end else "") + ".")
 
 
-def _rule_edit(args: argparse.Namespace, rules: list[dict[str, Any]], labels: list[str]) -> Any:
+def _rule_edit(args: argparse.Namespace, rules: Sequence[Rule], labels: Sequence[str]) -> Any:
     from .core import rule_edits as E
     action = args.action
     if action == "add":
@@ -770,9 +770,9 @@ def _print_rules(project: Any, rs_id: int, impact: Any = None, as_json: bool = F
     if as_json:
         rows = []
         for r in rs.rules:
-            imp = by_uid.get(r["uid"])
-            rows.append({"number": numbers[r["uid"]], "uid": r["uid"], "label": r["label"], "text": r["text"],
-                         "enabled": bool(r.get("enabled", True)), "conflicts": notes.get(r["uid"], []),
+            imp = by_uid.get(r.uid)
+            rows.append({"number": numbers[r.uid], "uid": r.uid, "label": r.label, "text": r.text,
+                         "enabled": bool(r.enabled), "conflicts": notes.get(r.uid, []),
                          "impact": None if imp is None else {"delta_macro_f1": imp.delta, "hurts": imp.hurts,
                                                              "macro_f1_without": imp.macro_f1_without,
                                                              "flips": imp.flips}})
@@ -790,20 +790,20 @@ def _print_rules(project: Any, rs_id: int, impact: Any = None, as_json: bool = F
               "without: positive helps, negative hurts" + ("" if impact.complete else " [partial]"))
     disabled = 0
     for r in rs.rules:
-        n = numbers[r["uid"]]
+        n = numbers[r.uid]
         if n is None:
             disabled += 1
         tag = f"{n:>3}." if n is not None else f" d{disabled}"
         state = "" if n is not None else "  [disabled]"
-        line = f"{tag} {r['uid']:<5} {r['label']:<14} {r['text']}{state}"
-        imp = by_uid.get(r["uid"])
+        line = f"{tag} {r.uid:<5} {r.label:<14} {r.text}{state}"
+        imp = by_uid.get(r.uid)
         if imp is not None:
             line += f"\n       impact {imp.delta:+.3f} macro-F1, {len(imp.flips)} examples flip" + \
                 ("  HURTS" if imp.hurts else "")
             if imp.flips:
                 line += "\n       flips: " + ", ".join(f"{f['example']} {f['with']}->{f['without']}"
                                                       for f in imp.flips[:8]) + (" ..." if len(imp.flips) > 8 else "")
-        for note in notes.get(r["uid"], []):
+        for note in notes.get(r.uid, []):
             line += f"\n       conflict: {note}"
         print(line)
 

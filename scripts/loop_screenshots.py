@@ -38,10 +38,10 @@ pump(lambda: w.worker is None)
 ed = w.views["rules"]
 ed.auto_conflicts = False
 rules = ed.model.rules()
-ed.model.push(SetText(rules[1]["uid"], rules[1]["text"].replace("If the message", "When the message")))
-ed.model.push(SetEnabled(rules[3]["uid"], False))
-ed.model.push(Move(rules[5]["uid"], 1))
-ed.model.push(SetLabel(rules[7]["uid"], "complaint"))
+ed.model.push(SetText(rules[1].uid, rules[1].text.replace("If the message", "When the message")))
+ed.model.push(SetEnabled(rules[3].uid, False))
+ed.model.push(Move(rules[5].uid, 1))
+ed.model.push(SetLabel(rules[7].uid, "complaint"))
 ed.compute_impact()
 pump(lambda: ed.job is None)
 res = w.views["results"]
@@ -56,7 +56,7 @@ for _name, tab, fname in (("Results", "Results", "results.png"), ("Rules", "Rule
 
         from pld_desktop.ui.rules_model import COL_IMPACT
         ed.tree.sortByColumn(COL_IMPACT, Qt.SortOrder.AscendingOrder)
-        ed.select_uid(rules[7]["uid"])
+        ed.select_uid(rules[7].uid)
     for _ in range(30):
         app.processEvents()
     w.grab().save(str(out / fname))

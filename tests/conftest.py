@@ -98,7 +98,7 @@ def project_with_rules(tmp_path: Path) -> Path:
                         RunSettings(task=task, student_n_ctx=1024))
     with Project.open(path) as project:
         labels = project.labels()
-        prompt = build_rules_prompt(task, labels, [PromptRule(r["text"], r["label"]) for r in PROBE_RULES], {})
+        prompt = build_rules_prompt(task, labels, [PromptRule(r.text, r.label) for r in PROBE_RULES], {})
         rs_id = project.add_rule_set(parent_id=None, reason="probe test", origin="synthesis", round=None,
                                      task=task, labels=list(labels), meanings={},
                                      rules=PROBE_RULES, prompt_text=prompt, prompt_sha256=sha256_text(prompt))

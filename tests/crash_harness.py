@@ -292,7 +292,7 @@ def final_result(path: Path) -> dict[str, Any]:
                 metrics[kind] = {k: v for k, v in m.items() if "latency" not in k}  # timings differ by nature
         chosen = p.get_setting("chosen_rule_set_id")
         return {
-            "rule_set_prompts": [r["prompt_sha256"] for r in p.rule_sets()],
+            "rule_set_prompts": [r.prompt_sha256 for r in p.rule_sets()],
             "chosen_prompt_sha256": p.rule_set(chosen).prompt_sha256 if chosen else None,
             "evaluated_prompt_sha256": p.rule_set(last["rule_set_id"]).prompt_sha256 if last else None,
             "micro_rules": [m["rule"] for m in p.micro_rules()],

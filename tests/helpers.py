@@ -15,6 +15,7 @@ import keyring.errors
 
 from pld_desktop.backends.bundled import bundled_local_teacher_path, bundled_student_path
 from pld_desktop.core.dataset import ColumnMapping, SplitSettings, load_dataset
+from pld_desktop.core.domain import Rule
 from pld_desktop.core.project import Project
 from pld_desktop.core.settings import RunSettings
 from pld_desktop.resources import DEMO_TASK, demo_csv
@@ -24,13 +25,24 @@ from .fakes import FakeBackends
 from .gguf_files import write_tiny_gguf
 
 GEMINI_KEY = "AIzaSyPLANTED-KEY-0123456789"
+
+
+def rule(**fields: Any) -> Rule:
+    """A rule written like the JSON object it is stored as (lists for its sequences), for test input."""
+    return Rule(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def rules_of(*dicts: dict[str, Any]) -> list[Rule]:
+    return [rule(**d) for d in dicts]
+
+
 # The three hand-written rules of the `project_with_rules` fixture.
-PROBE_RULES = [{"uid": "H1", "text": "If the customer did not authorise a payment, login or card use",
-                "label": "fraud_report", "enabled": True},
-               {"uid": "H2", "text": "If the customer is unhappy with a fee, delay or staff", "label": "complaint",
-                "enabled": True},
-               {"uid": "H3", "text": "If the customer asks how to do something", "label": "question",
-                "enabled": True}]
+PROBE_RULES = rules_of({"uid": "H1", "text": "If the customer did not authorise a payment, login or card use",
+                        "label": "fraud_report", "enabled": True},
+                       {"uid": "H2", "text": "If the customer is unhappy with a fee, delay or staff",
+                        "label": "complaint", "enabled": True},
+                       {"uid": "H3", "text": "If the customer asks how to do something", "label": "question",
+                        "enabled": True})
 
 
 def make_project(tmp_path: Path, name: str = "p.pld") -> Project:

@@ -107,11 +107,10 @@ def test_the_architecture_check_sees_what_it_forbids() -> None:
 MAX_MODULE_LINES = 1000
 OVERSIZED_MODULES = {  # path under pld_desktop/ -> its length when the limit came in
     "cli.py": 1158,
-    "ui/app.py": 1139,
-    "ui/rules_view.py": 1049,
+    "ui/app.py": 1137,
     # The storage layer took every query from seven modules (issue 14); next: a storage package (schema and
     # opening, settings and pointers, rules and versions, evaluations) behind the same Project.
-    "core/project.py": 1092,
+    "core/project.py": 1089,
 }
 MAX_COMPLEXITY = 15
 COMPLEX_FUNCTIONS = {  # (path under pld_desktop/, function) -> its complexity when the limit came in

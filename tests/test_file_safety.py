@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from pld_desktop.core import project as project_module
+from pld_desktop.core.domain import Rule
 from pld_desktop.core.project import Project, ProjectInUse
 from pld_desktop.core.prompts import PromptRule, build_rules_prompt, sha256_text
 from pld_desktop.core.run_lock import RunLock, holder_of, lock_path
@@ -58,9 +59,9 @@ def _project(folder: Path, base_url: str, *, rules: bool = False, per_label: int
     if rules:
         with Project.open(path) as project:
             labels = project.labels()
-            rule_list = [{"uid": f"H{i}", "text": f"If the message is about {label}", "label": label, "enabled": True}
+            rule_list = [Rule(uid=f"H{i}", text=f"If the message is about {label}", label=label, enabled=True)
                          for i, label in enumerate(labels)]
-            prompt = build_rules_prompt(DEMO_TASK, labels, [PromptRule(r["text"], r["label"]) for r in rule_list],
+            prompt = build_rules_prompt(DEMO_TASK, labels, [PromptRule(r.text, r.label) for r in rule_list],
                                         DEMO_MEANINGS)
             rs_id = project.add_rule_set(parent_id=None, reason="test", origin="synthesis", round=None,
                                          task=DEMO_TASK, labels=list(labels), meanings=dict(DEMO_MEANINGS),

@@ -194,19 +194,18 @@ def test_bundle_runs_the_python_probe_like_python_c(bundle: Path, tmp_path: Path
 
 ADD_RULE_SET = """
 import sys
+from pld_desktop.core.domain import Rule
 from pld_desktop.core.project import Project
 from pld_desktop.core.prompts import PromptRule, build_rules_prompt, sha256_text
 from pld_desktop.resources import DEMO_MEANINGS, DEMO_TASK
 rules = [
-    {"uid": "H1", "text": "If the customer did not authorise a payment, login or card use", "label": "fraud_report"},
-    {"uid": "H2", "text": "If the customer is unhappy with a fee, delay or staff", "label": "complaint"},
-    {"uid": "H3", "text": "If the customer asks how to do something", "label": "question"},
+    Rule(uid="H1", text="If the customer did not authorise a payment, login or card use", label="fraud_report"),
+    Rule(uid="H2", text="If the customer is unhappy with a fee, delay or staff", label="complaint"),
+    Rule(uid="H3", text="If the customer asks how to do something", label="question"),
 ]
-for r in rules:
-    r["enabled"] = True
 with Project.open(sys.argv[1]) as project:
     labels = project.labels()
-    prompt = build_rules_prompt(DEMO_TASK, labels, [PromptRule(r["text"], r["label"]) for r in rules], DEMO_MEANINGS)
+    prompt = build_rules_prompt(DEMO_TASK, labels, [PromptRule(r.text, r.label) for r in rules], DEMO_MEANINGS)
     rs_id = project.add_rule_set(parent_id=None, reason="packaging smoke test", origin="synthesis", round=None,
                                  task=DEMO_TASK, labels=list(labels), meanings=dict(DEMO_MEANINGS), rules=rules,
                                  prompt_text=prompt, prompt_sha256=sha256_text(prompt))

@@ -110,7 +110,7 @@ def test_labels_with_quotes_backslashes_and_newlines_survive_a_whole_run(tmp_pat
         rules = p.rule_set(rs_id).rules
     assert failed == [], failed
     assert {m["gold_label"] for m in micro} == set(NASTY_LABELS), "every label got micro-rules"
-    assert {r["label"] for r in rules if r.get("enabled", True)} == set(NASTY_LABELS), "every label has a rule"
+    assert {r.label for r in rules if r.enabled} == set(NASTY_LABELS), "every label has a rule"
     # Every export: the JSON keeps each label exactly; none of the files is cut short or unreadable.
     code, out, err = _pld(monkeypatch, capsys, None, "export", str(project), "--out", str(tmp_path / "exports"))
     assert code == 0, err

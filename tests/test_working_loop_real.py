@@ -42,7 +42,7 @@ def edited(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert run_pipeline(project, settings(), FakeBackends(), SilentProgress(), phases=(1, 2, 3)).status == "done"
     chosen = require_working_rule_set(project)
     rules = project.rule_set(chosen).rules
-    save_version(project, chosen, SetEnabled(rules[-1]["uid"], False).apply(rules)[0], "edit: disable the last")
+    save_version(project, chosen, SetEnabled(rules[-1].uid, False).apply(rules)[0], "edit: disable the last")
     project.close()
     return folder / "p.pld"
 
@@ -57,8 +57,8 @@ def test_dev_score_and_rule_impact_on_the_real_student(edited: Path, student: Ll
         row = next(r for r in version_history(project).rows if r.rule_set_id == working)
         assert row.is_working and row.dev is not None and row.dev.macro_f1 == result.score.macro_f1
         report = rule_impact(project, student, settings=settings())
-        enabled = [r for r in project.rule_set(working).rules if r.get("enabled", True)]
-        assert report.complete and [r.uid for r in report.rules] == [r["uid"] for r in enabled]
+        enabled = [r for r in project.rule_set(working).rules if r.enabled]
+        assert report.complete and [r.uid for r in report.rules] == [r.uid for r in enabled]
         assert report.macro_f1 == pytest.approx(result.score.macro_f1)
         dev = {e.ext_id: e for e in project.examples(split="dev")}
         for imp in report.rules:

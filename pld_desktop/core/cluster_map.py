@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .domain import Rule
 from .project import SYNTHESIS_RULE_SET, Project
 
 
@@ -51,12 +52,12 @@ def read_cluster_map(project: Project) -> ClusterMap | None:
             text += f"; {info['note']}"
         methods[label] = text
     micro = {m["id"]: m for m in project.micro_rules()}
-    merged: dict[int, dict[str, Any]] = {}
+    merged: dict[int, Rule] = {}
     rs_id = project.rule_set_pointer(SYNTHESIS_RULE_SET)
     if rs_id is not None:
         for merged_rule in project.rule_set(rs_id).rules:
-            if merged_rule.get("cluster_id") is not None:
-                merged[int(merged_rule["cluster_id"])] = merged_rule
+            if merged_rule.cluster_id is not None:
+                merged[int(merged_rule.cluster_id)] = merged_rule
     groups: list[MapGroup] = []
     for c in project.clusters(key):
         members = [{"id": mid, "rule": micro[mid]["rule"] if mid in micro else "(micro-rule no longer stored)",
@@ -66,8 +67,8 @@ def read_cluster_map(project: Project) -> ClusterMap | None:
         groups.append(MapGroup(
             key=f"noise:{c['label']}" if noise else f"c:{c['id']}", label=c["label"], cluster_id=int(c["id"]),
             index=int(c["cluster_index"]), is_noise=noise, members=members,
-            rule_uid=rule["uid"] if rule else None, rule_text=rule["text"] if rule else None,
-            rule_origin=rule.get("origin") if rule else None))
+            rule_uid=rule.uid if rule else None, rule_text=rule.text if rule else None,
+            rule_origin=rule.origin if rule else None))
     labels = [lab for lab in project.labels() if any(g.label == lab for g in groups)]
     labels += sorted({g.label for g in groups} - set(labels))
     return ClusterMap(labels=labels, groups=groups, points=points, methods=methods)

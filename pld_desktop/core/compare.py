@@ -112,7 +112,7 @@ def _task_and_meanings(project: Project, settings: RunSettings,
     if rs_id is None:  # no rules yet: the baselines are still well defined from the run settings
         return settings.task, dict(settings.label_meanings)
     rs = project.rule_set(rs_id)
-    return rs.task, rs.meanings
+    return rs.task, dict(rs.meanings)
 
 
 def resolve_prompt(project: Project, choice: PromptChoice, settings: RunSettings | None = None) -> ResolvedPrompt:
@@ -163,20 +163,20 @@ def prompt_choices(project: Project) -> list[PromptChoice]:
     dev_scores = project.loop_dev_scores()
     out: list[PromptChoice] = []
     versions = project.rule_sets()
-    known = {v["id"] for v in versions}
+    known = {v.id for v in versions}
     edited = project.rule_set_pointer(EDITED_RULE_SET)
     if edited is not None and edited in known:
         out.append(PromptChoice("current_edit", None, f"Current edit (version {edited})"))
     for v in reversed(versions):
-        parts = [f"v{v['id']}", v["origin"] + (f" round {v['round']}" if v["round"] else "")]
-        if v["id"] == working:
+        parts = [f"v{v.id}", v.origin + (f" round {v.round}" if v.round else "")]
+        if v.id == working:
             parts.append("working")
-        if v["id"] == chosen:
+        if v.id == chosen:
             parts.append("chosen")
-        if dev_scores.get(v["id"]) is not None:
-            parts.append(f"dev F1 {dev_scores[v['id']]:.3f}")
-        parts.append(_short(v["reason"], 60))
-        out.append(PromptChoice("version", v["id"], " · ".join(parts)))
+        if dev_scores.get(v.id) is not None:
+            parts.append(f"dev F1 {dev_scores[v.id]:.3f}")
+        parts.append(_short(v.reason, 60))
+        out.append(PromptChoice("version", v.id, " · ".join(parts)))
     out.append(PromptChoice("zero_shot", None, "Zero-shot baseline"))
     out.append(PromptChoice("few_shot", None, f"{settings.few_shot_k}-shot baseline"))
     return out

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .domain import Rule
 from .project import Project
 
-Rule = dict[str, Any]
 COMPARED_FIELDS = ("text", "label", "enabled")
 
 
@@ -17,11 +17,11 @@ def prompt_numbers(rules: Sequence[Rule]) -> dict[str, int | None]:
     out: dict[str, int | None] = {}
     n = 0
     for r in rules:
-        if r.get("enabled", True):
+        if r.enabled:
             n += 1
-            out[r["uid"]] = n
+            out[r.uid] = n
         else:
-            out[r["uid"]] = None
+            out[r.uid] = None
     return out
 
 
@@ -34,8 +34,8 @@ class RuleChange:
 
     def to_json(self) -> dict[str, Any]:
         return {"uid": self.uid, "fields": list(self.fields),
-                "before": {k: self.before.get(k, True if k == "enabled" else None) for k in COMPARED_FIELDS},
-                "after": {k: self.after.get(k, True if k == "enabled" else None) for k in COMPARED_FIELDS}}
+                "before": {k: getattr(self.before, k) for k in COMPARED_FIELDS},
+                "after": {k: getattr(self.after, k) for k in COMPARED_FIELDS}}
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class VersionDiff:
 
     def to_json(self) -> dict[str, Any]:
         def slim(r: Rule) -> dict[str, Any]:
-            return {"uid": r["uid"], "text": r["text"], "label": r["label"], "enabled": bool(r.get("enabled", True))}
+            return {"uid": r.uid, "text": r.text, "label": r.label, "enabled": bool(r.enabled)}
 
         return {"a": self.a, "b": self.b, "added": [slim(r) for r in self.added],
                 "removed": [slim(r) for r in self.removed], "changed": [c.to_json() for c in self.changed],
@@ -76,13 +76,12 @@ class VersionDiff:
         for v, why in self.reasons:
             lines.append(f"  v{v}: {why}")
         for r in self.added:
-            lines.append(f"+ {r['uid']} [{r['label']}] {r['text']}")
+            lines.append(f"+ {r.uid} [{r.label}] {r.text}")
         for r in self.removed:
-            lines.append(f"- {r['uid']} [{r['label']}] {r['text']}")
+            lines.append(f"- {r.uid} [{r.label}] {r.text}")
         for c in self.changed:
             for f in c.fields:
-                lines.append(f"~ {c.uid} {f}: {c.before.get(f, True if f == 'enabled' else '')!s} -> "
-                             f"{c.after.get(f, True if f == 'enabled' else '')!s}")
+                lines.append(f"~ {c.uid} {f}: {getattr(c.before, f)!s} -> {getattr(c.after, f)!s}")
         for m in self.moved:
             lines.append(f"> {m.uid} moved from position {m.from_position} to {m.to_position}")
         if self.is_empty:
@@ -107,37 +106,35 @@ def _path_reasons(project: Project, a: int, b: int) -> list[tuple[int, str]]:
     common = next((v for v in cb if v in ca), None)
     path_b = cb[: cb.index(common)] if common is not None else cb
     path_a = ca[: ca.index(common)] if common is not None else ca
-    versions = {r["id"]: r for r in project.rule_sets()}
-    reasons = [(v, versions[v]["reason"]) for v in reversed(path_b)]
-    return [(v, f"(on v{a}'s side) {versions[v]['reason']}") for v in reversed(path_a)] + reasons
+    versions = {r.id: r for r in project.rule_sets()}
+    reasons = [(v, versions[v].reason) for v in reversed(path_b)]
+    return [(v, f"(on v{a}'s side) {versions[v].reason}") for v in reversed(path_a)] + reasons
 
 
 def diff_rules(a_rules: Sequence[Rule], b_rules: Sequence[Rule]) -> tuple[list[Rule], list[Rule], list[RuleChange],
                                                                           list[RuleMove]]:
     """(added, removed, changed, moved) from rule list a to b, matching rules by uid. A rule is "moved" when its
     order relative to the other rules kept in both differs (not merely shifted by an insertion or a removal)."""
-    in_a = {r["uid"]: r for r in a_rules}
-    in_b = {r["uid"]: r for r in b_rules}
-    added = [r for r in b_rules if r["uid"] not in in_a]
-    removed = [r for r in a_rules if r["uid"] not in in_b]
+    in_a = {r.uid: r for r in a_rules}
+    in_b = {r.uid: r for r in b_rules}
+    added = [r for r in b_rules if r.uid not in in_a]
+    removed = [r for r in a_rules if r.uid not in in_b]
     changed = []
     for r in b_rules:
-        old = in_a.get(r["uid"])
+        old = in_a.get(r.uid)
         if old is None:
             continue
-        diff = tuple(f for f in COMPARED_FIELDS
-                     if (old.get(f, True) if f == "enabled" else old.get(f)) !=
-                     (r.get(f, True) if f == "enabled" else r.get(f)))
+        diff = tuple(f for f in COMPARED_FIELDS if getattr(old, f) != getattr(r, f))
         if diff:
-            changed.append(RuleChange(r["uid"], old, r, diff))
-    common_a = [r["uid"] for r in a_rules if r["uid"] in in_b]
-    common_b = [r["uid"] for r in b_rules if r["uid"] in in_a]
+            changed.append(RuleChange(r.uid, old, r, diff))
+    common_a = [r.uid for r in a_rules if r.uid in in_b]
+    common_b = [r.uid for r in b_rules if r.uid in in_a]
     # The rules outside a longest increasing subsequence of a's order (in b's order) are the ones that moved.
     rank = {u: i for i, u in enumerate(common_a)}
     seq = [rank[u] for u in common_b]
     keep = _lis_members(seq)
-    pos_a = {r["uid"]: i + 1 for i, r in enumerate(a_rules)}
-    pos_b = {r["uid"]: i + 1 for i, r in enumerate(b_rules)}
+    pos_a = {r.uid: i + 1 for i, r in enumerate(a_rules)}
+    pos_b = {r.uid: i + 1 for i, r in enumerate(b_rules)}
     moved = [RuleMove(u, pos_a[u], pos_b[u]) for i, u in enumerate(common_b) if i not in keep]
     return added, removed, changed, moved
 

@@ -79,13 +79,14 @@ def export_payload(project: Project, rule_set_id: int | None = None) -> dict[str
     rules = []
     number = 0
     for r in rs.rules:
-        enabled = bool(r.get("enabled", True))
+        enabled = bool(r.enabled)
         number += enabled
-        body = {k: v for k, v in r.items() if k != "example_ids"}
+        # The export lists every key the rule has in the project file (unknown ones included), as stored.
+        body = {k: v for k, v in r.to_dict().items() if k != "example_ids"}
         rules.append({**body, "enabled": enabled, "prompt_number": number if enabled else None,
-                      "examples": [ext_ids.get(e, str(e)) for e in r.get("example_ids", [])],
+                      "examples": [ext_ids.get(e, str(e)) for e in r.example_ids],
                       "micro_rules": [{"id": mid, "rule": micro[mid]["rule"], "example": micro[mid]["ext_id"]}
-                                      for mid in r.get("micro_rule_ids", []) if mid in micro]})
+                                      for mid in r.micro_rule_ids if mid in micro]})
     info = project.dataset_info() or {}
     settings = project.settings().get("run_settings", {})
     scored_student = next((ev.student for ev in (evaluations.get("pld"), dev_evaluations.get("pld")) if ev), None)
@@ -141,7 +142,8 @@ def render_json(payload: dict[str, Any]) -> bytes:
         "app_version": __version__,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "rule_set": {"id": rs.id, "parent_id": rs.parent_id, "reason": rs.reason, "origin": rs.origin,
-                     "round": rs.round, "task": rs.task, "labels": rs.labels, "label_meanings": rs.meanings},
+                     "round": rs.round, "task": rs.task, "labels": list(rs.labels),
+                     "label_meanings": dict(rs.meanings)},
         "prompt": {"text": rs.prompt_text, "sha256": rs.prompt_sha256,
                    "student_user_message_template": student_user_message("{system_prompt}", "{input}")},
         "rules": payload["rules"],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .evaluate import evaluate_prompt
@@ -71,7 +71,7 @@ class ImpactReport:
 def prompt_without(project: Project, rule_set_id: int, uid: str) -> str:
     """The version's prompt with rule `uid` left out (as if disabled), built by the same builder."""
     rs = project.rule_set(rule_set_id)
-    rules = [dict(r, enabled=False) if r["uid"] == uid else r for r in rs.rules]
+    rules = [replace(r, enabled=False) if r.uid == uid else r for r in rs.rules]
     return prompt_for_rules(rs.task, rs.labels, rs.meanings, rules)
 
 
@@ -105,19 +105,19 @@ def rule_impact(project: Project, student: Student, rule_set_id: int | None = No
                                     progress=progress, rule_set_id=rs_id,
                                     stage=f"Rule impact: v{rs_id} with all rules on {len(dev)} dev examples")
     with_rules = project.predictions(full_id)
-    enabled = [r for r in rs.rules if r.get("enabled", True)]
+    enabled = [r for r in rs.rules if r.enabled]
     report = ImpactReport(rs_id, "dev", len(dev), float(full["macro_f1"]), student.identity.sha256)
     for number, rule in enumerate(enabled, 1):
         check(progress)
         eval_id, metrics = evaluate_prompt(
-            project, student, prompt_without(project, rs_id, rule["uid"]), dev, kind=ABLATION_KIND, split="dev",
+            project, student, prompt_without(project, rs_id, rule.uid), dev, kind=ABLATION_KIND, split="dev",
             progress=progress, rule_set_id=rs_id,
-            stage=f"Rule impact {number}/{len(enabled)}: without rule {number} ({rule['uid']})")
+            stage=f"Rule impact {number}/{len(enabled)}: without rule {number} ({rule.uid})")
         without = project.predictions(eval_id)
         flips = [{"example": e.ext_id, "gold": e.label, "with": with_rules[e.id]["predicted"],
                   "without": without[e.id]["predicted"]}
                  for e in dev if with_rules[e.id]["predicted"] != without[e.id]["predicted"]]
-        report.rules.append(RuleImpact(rule["uid"], number, rule["label"], rule["text"], float(metrics["macro_f1"]),
+        report.rules.append(RuleImpact(rule.uid, number, rule.label, rule.text, float(metrics["macro_f1"]),
                                        report.macro_f1 - float(metrics["macro_f1"]), flips))
         _store(project, report)
     report.complete = True

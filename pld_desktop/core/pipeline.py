@@ -223,8 +223,8 @@ def examples_prompt(project: Project, rule_set_id: int, example_ids: Sequence[in
     rs = project.rule_set(rule_set_id)
     by_id = {e.id: e for e in project.examples(ids=example_ids)}
     shots = [FewShotExample(by_id[i].text, by_id[i].label) for i in example_ids if i in by_id]
-    return build_rules_with_examples_prompt(rs.task, rs.labels, [PromptRule(r["text"], r["label"])
-                                                                 for r in rs.rules if r.get("enabled", True)],
+    return build_rules_with_examples_prompt(rs.task, rs.labels, [PromptRule(r.text, r.label)
+                                                                 for r in rs.rules if r.enabled],
                                             shots, rs.meanings)
 
 
@@ -351,16 +351,16 @@ def rule_quality(project: Project) -> dict[str, Any]:
     micro = project.micro_rules()
     texts = {e.id: e.text for e in project.examples(split="train")}
     rs_id = pipeline_choice(project)
-    rules = project.rule_set(rs_id).rules if rs_id is not None else []
-    covered = {r["label"] for r in rules if r.get("enabled", True)}
+    rules = project.rule_set(rs_id).rules if rs_id is not None else ()
+    covered = {r.label for r in rules if r.enabled}
     return {
         "micro_rules": len(micro),
         "truncated": sum(1 for m in micro if looks_cut(m["rule"])),
         "copied": sum(1 for m in micro if copy_reason(m["rule"], [texts.get(m["example_id"], "")])),
         "off_label": sum(1 for m in micro if off_label_reason(m["rule"], m["gold_label"], labels)),
         "labels_without_rules": [lab for lab in labels if lab not in covered] if rs_id is not None else list(labels),
-        "rules_flagged": [{"uid": r["uid"], "reason": r["flag"]} for r in rules if r.get("flag")],
-        "rules_truncated": sum(1 for r in rules if r.get("enabled", True) and looks_cut(r["text"])),
+        "rules_flagged": [{"uid": r.uid, "reason": r.flag} for r in rules if r.flag],
+        "rules_truncated": sum(1 for r in rules if r.enabled and looks_cut(r.text)),
         "given_up_items": len(project.given_up_requests()),
     }
 

@@ -15,15 +15,20 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from .domain import Conflict, Evaluation, RuleSetRecord
+from .domain import Conflict, Evaluation, Rule, RuleSetRecord, RuleSetSummary
+from .project_errors import DiskFull as DiskFull  # the errors are re-exported: callers import them from here
+from .project_errors import ProjectFileError as ProjectFileError
+from .project_errors import ProjectInUse as ProjectInUse
+from .project_errors import ProjectTooNew as ProjectTooNew
 from .states import EvaluationStatus
 
 APPLICATION_ID = 0x504C4444  # "PLDD" at header offset 68
@@ -31,23 +36,6 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 MIGRATION_SET = "pld_desktop"
 
 migrations = Migrations(MIGRATION_SET)
-
-
-class ProjectFileError(Exception):
-    """The file cannot be used as a project (not a project, corrupt, too new, not writable...)."""
-
-
-class ProjectTooNew(ProjectFileError):
-    pass
-
-
-class DiskFull(ProjectFileError):
-    """A write failed because the disk is full (SQLITE_FULL, ENOSPC): the machine, not the input. Nothing that
-    was committed is lost; the command reports it as a failure (exit 1), not as a bad file (exit 2)."""
-
-
-class ProjectInUse(ProjectFileError):
-    """Another live run holds the project (see core.run_lock); the message names its pid."""
 
 
 # The SQLite errors a read can still raise past this layer (a file damaged after it was opened, a lock held
@@ -364,6 +352,7 @@ class Project:
         self.lock = threading.RLock()
         self.run_id: int | None = None
         self._txn_depth = 0  # open `transaction()` blocks (nested ones join the outermost)
+        self._rule_sets: dict[int, RuleSetRecord] = {}  # parsed versions by id; a rollback empties it
 
     # -- opening ------------------------------------------------------------
     @classmethod
@@ -819,35 +808,42 @@ class Project:
 
     # -- rule sets ------------------------------------------------------------------------
     def add_rule_set(self, *, parent_id: int | None, reason: str, origin: str, round: int | None, task: str,
-                     labels: list[str], meanings: dict[str, str], rules: list[dict[str, Any]], prompt_text: str,
+                     labels: Sequence[str], meanings: Mapping[str, str], rules: Sequence[Rule], prompt_text: str,
                      prompt_sha256: str) -> int:
-        body = {"task": task, "labels": labels, "meanings": meanings, "rules": rules}
+        labels, meanings, stored = list(labels), dict(meanings), [r.to_dict() for r in rules]
+        body = {"task": task, "labels": labels, "meanings": meanings, "rules": stored}
         return self._write(
             "INSERT INTO rule_sets (parent_id, reason, origin, round, task, labels_json, meanings_json, rules_json, "
             "prompt_text, prompt_sha256, content_hash, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             [parent_id, reason, origin, round, task, json.dumps(labels), json.dumps(meanings),
-             json.dumps(rules, ensure_ascii=False), prompt_text, prompt_sha256, content_hash(body), time.time()])
+             json.dumps(stored, ensure_ascii=False), prompt_text, prompt_sha256, content_hash(body), time.time()])
 
-    def find_rule_set(self, *, origin: str, parent_id: int | None, rules: list[dict[str, Any]], task: str,
-                      labels: list[str], meanings: dict[str, str]) -> int | None:
+    def find_rule_set(self, *, origin: str, parent_id: int | None, rules: Sequence[Rule], task: str,
+                      labels: Sequence[str], meanings: Mapping[str, str]) -> int | None:
         """An identical version already saved (a resumed run must not duplicate versions)."""
-        h = content_hash({"task": task, "labels": labels, "meanings": meanings, "rules": rules})
+        h = content_hash({"task": task, "labels": list(labels), "meanings": dict(meanings),
+                          "rules": [r.to_dict() for r in rules]})
         rows = self._query("SELECT id FROM rule_sets WHERE content_hash = ? AND origin = ? AND parent_id IS ? "
                           "ORDER BY id LIMIT 1", [h, origin, parent_id])
         return rows[0]["id"] if rows else None
 
     def rule_set(self, rule_set_id: int) -> RuleSetRecord:
+        """One version, parsed once per open project (versions never change; the record is frozen)."""
+        if (cached := self._rule_sets.get(rule_set_id)) is not None:
+            return cached
         rows = self._query("SELECT * FROM rule_sets WHERE id = ?", [rule_set_id])
         if not rows:
             raise ProjectFileError(f"There is no rule-set version {rule_set_id} in this project.")
         r = rows[0]
-        return RuleSetRecord(r["id"], r["parent_id"], r["reason"], r["origin"], r["round"], r["task"],
-                             json.loads(r["labels_json"]), json.loads(r["meanings_json"]), json.loads(r["rules_json"]),
-                             r["prompt_text"], r["prompt_sha256"], r["created_at"])
+        record = RuleSetRecord(r["id"], r["parent_id"], r["reason"], r["origin"], r["round"], r["task"],
+                               tuple(json.loads(r["labels_json"])), MappingProxyType(json.loads(r["meanings_json"])),
+                               tuple(Rule.from_dict(d) for d in json.loads(r["rules_json"])), r["prompt_text"],
+                               r["prompt_sha256"], r["created_at"])
+        return self._rule_sets.setdefault(rule_set_id, record)
 
-    def rule_sets(self) -> list[dict[str, Any]]:
-        return self._query("SELECT id, parent_id, reason, origin, round, prompt_sha256, created_at FROM rule_sets "
-                          "ORDER BY id")
+    def rule_sets(self) -> list[RuleSetSummary]:
+        return [RuleSetSummary(**r) for r in self._query(
+            "SELECT id, parent_id, reason, origin, round, prompt_sha256, created_at FROM rule_sets ORDER BY id")]
 
     def add_conflict(self, rule_set_id: int, rule_a: str, rule_b: str, source: str, reason: str,
                      evidence: Any) -> int:
@@ -1062,6 +1058,7 @@ class _Txn:
         # SQLite has already rolled back by itself after some errors (SQLITE_FULL, SQLITE_IOERR); a second
         # ROLLBACK would then fail with "cannot rollback - no transaction is active" and hide the real error.
         conn = self.project._conn
+        self.project._rule_sets.clear()  # a version read inside the transaction may be gone, its id reused
         if conn.in_transaction:
             try:
                 conn.execute("ROLLBACK")

@@ -6,7 +6,7 @@ This is the single place that decides prompt bytes; evaluation, export and the G
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 DEFAULT_TASK = "Classify the input into exactly one of the labels below."
@@ -24,7 +24,7 @@ class FewShotExample:
     label: str
 
 
-def _labels_block(labels: Sequence[str], meanings: dict[str, str] | None) -> str:
+def _labels_block(labels: Sequence[str], meanings: Mapping[str, str] | None) -> str:
     meanings = meanings or {}
     lines = []
     for label in labels:
@@ -38,7 +38,7 @@ def _answer_line(labels: Sequence[str]) -> str:
 
 
 def build_rules_prompt(task: str, labels: Sequence[str], rules: Sequence[PromptRule],
-                       meanings: dict[str, str] | None = None) -> str:
+                       meanings: Mapping[str, str] | None = None) -> str:
     """Task description, the labels with their meanings, the numbered rules, the answer instruction."""
     parts = [task.strip() or DEFAULT_TASK, _labels_block(labels, meanings)]
     if rules:
@@ -49,13 +49,13 @@ def build_rules_prompt(task: str, labels: Sequence[str], rules: Sequence[PromptR
     return "\n\n".join(parts)
 
 
-def build_zero_shot_prompt(task: str, labels: Sequence[str], meanings: dict[str, str] | None = None) -> str:
+def build_zero_shot_prompt(task: str, labels: Sequence[str], meanings: Mapping[str, str] | None = None) -> str:
     """Baseline: the same task and labels, no rules."""
     return build_rules_prompt(task, labels, [], meanings)
 
 
 def build_few_shot_prompt(task: str, labels: Sequence[str], examples: Sequence[FewShotExample],
-                          meanings: dict[str, str] | None = None) -> str:
+                          meanings: Mapping[str, str] | None = None) -> str:
     """Baseline: task and labels plus k solved training examples."""
     shots = "\n\n".join(f"Input:\n{e.text}\nLabel: {e.label}" for e in examples)
     return "\n\n".join([task.strip() or DEFAULT_TASK, _labels_block(labels, meanings),
@@ -64,7 +64,7 @@ def build_few_shot_prompt(task: str, labels: Sequence[str], examples: Sequence[F
 
 def build_rules_with_examples_prompt(task: str, labels: Sequence[str], rules: Sequence[PromptRule],
                                      examples: Sequence[FewShotExample],
-                                     meanings: dict[str, str] | None = None) -> str:
+                                     meanings: Mapping[str, str] | None = None) -> str:
     """The rules prompt with k solved training examples after the rules (the rules+examples candidate)."""
     rules_part = build_rules_prompt(task, labels, rules, meanings)
     head = rules_part[: rules_part.rindex(_answer_line(labels))].rstrip()

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from .domain import Conflict
+from .domain import Conflict, Rule
 from .progress import Progress, SilentProgress
 from .project import EDITED_RULE_SET, Project
 from .prompts import PromptRule, build_rules_prompt, sha256_text
 from .protocols import Embedder
 from .settings import RunSettings
 from .working import set_working_rule_set, working_rule_set
-
-Rule = dict[str, Any]
 
 EDIT_ORIGIN = "edit"
 HEAD_SETTING = EDITED_RULE_SET  # the editor's latest version; the pipeline's choice is CHOSEN_RULE_SET
@@ -40,12 +37,12 @@ class RuleEdit(Protocol):
 # Helpers
 # ---------------------------------------------------------------------------
 def _copy(rules: Sequence[Rule]) -> list[Rule]:
-    return [copy.deepcopy(dict(r)) for r in rules]
+    return list(rules)  # rules are frozen: a new list is a copy
 
 
 def _index(rules: Sequence[Rule], uid: str) -> int:
     for i, r in enumerate(rules):
-        if r.get("uid") == uid:
+        if r.uid == uid:
             return i
     raise RuleEditError(f"There is no rule {uid} in this version.")
 
@@ -60,16 +57,12 @@ def _clean_text(text: str) -> str:
 def next_uid(rules: Sequence[Rule], taken: Sequence[str] = ()) -> str:
     """A uid not used by any rule: E<n> with n one above the highest E-number in use (deterministic, so
     redoing an add after an undo gives the rule the same uid again)."""
-    used = {str(r.get("uid")) for r in rules} | set(taken)
+    used = {r.uid for r in rules} | set(taken)
     numbers = [int(m.group(1)) for u in used if (m := re.fullmatch(rf"{NEW_UID_PREFIX}(\d+)", u))]
     n = max(numbers, default=0) + 1
     while f"{NEW_UID_PREFIX}{n}" in used:
         n += 1
     return f"{NEW_UID_PREFIX}{n}"
-
-
-def _frozen_rule(rule: Mapping[str, Any]) -> Rule:
-    return copy.deepcopy(dict(rule))
 
 
 # ---------------------------------------------------------------------------
@@ -83,8 +76,8 @@ class SetText:
     def apply(self, rules: Sequence[Rule]) -> tuple[list[Rule], RuleEdit]:
         out = _copy(rules)
         i = _index(out, self.uid)
-        old = out[i]["text"]
-        out[i]["text"] = _clean_text(self.text)
+        old = out[i].text
+        out[i] = replace(out[i], text=_clean_text(self.text))
         return out, SetText(self.uid, old)
 
     def describe(self) -> str:
@@ -101,8 +94,8 @@ class SetLabel:
         i = _index(out, self.uid)
         if not str(self.label).strip():
             raise RuleEditError("A rule needs a label.")
-        old = out[i]["label"]
-        out[i]["label"] = self.label
+        old = out[i].label
+        out[i] = replace(out[i], label=self.label)
         return out, SetLabel(self.uid, old)
 
     def describe(self) -> str:
@@ -117,8 +110,8 @@ class SetEnabled:
     def apply(self, rules: Sequence[Rule]) -> tuple[list[Rule], RuleEdit]:
         out = _copy(rules)
         i = _index(out, self.uid)
-        old = bool(out[i].get("enabled", True))
-        out[i]["enabled"] = bool(self.enabled)
+        old = bool(out[i].enabled)
+        out[i] = replace(out[i], enabled=bool(self.enabled))
         return out, SetEnabled(self.uid, old)
 
     def describe(self) -> str:
@@ -152,10 +145,10 @@ class Reorder:
 
     def apply(self, rules: Sequence[Rule]) -> tuple[list[Rule], RuleEdit]:
         out = _copy(rules)
-        current = tuple(r["uid"] for r in out)
+        current = tuple(r.uid for r in out)
         if sorted(current) != sorted(self.uids):
             raise RuleEditError("A reorder must list every rule of the version exactly once.")
-        by_uid = {r["uid"]: r for r in out}
+        by_uid = {r.uid: r for r in out}
         return [by_uid[u] for u in self.uids], Reorder(current)
 
     def describe(self) -> str:
@@ -176,9 +169,8 @@ class Add:
             raise RuleEditError("A rule needs a label.")
         out = _copy(rules)
         uid = next_uid(out)
-        rule = {"uid": uid, "text": _clean_text(self.text), "label": self.label,
-                "enabled": bool(self.enabled), "cluster_id": None, "micro_rule_ids": [], "example_ids": [],
-                "origin": "written in the rule editor"}
+        rule = Rule(uid=uid, text=_clean_text(self.text), label=self.label, enabled=bool(self.enabled),
+                    origin="written in the rule editor")
         at = len(out) if self.index is None else self.index
         if not 0 <= at <= len(out):
             raise RuleEditError(f"Cannot add a rule at position {at + 1} of {len(out) + 1}.")
@@ -193,21 +185,21 @@ class Add:
 class Insert:
     """Put back one complete rule (uid and provenance included) at `index`; the inverse of Delete."""
 
-    rule: Mapping[str, Any] = field(hash=False)
+    rule: Rule
     index: int = 0
 
     def apply(self, rules: Sequence[Rule]) -> tuple[list[Rule], RuleEdit]:
         out = _copy(rules)
-        rule = _frozen_rule(self.rule)
-        if any(r["uid"] == rule.get("uid") for r in out):
-            raise RuleEditError(f"A rule {rule.get('uid')} is already in this version.")
+        rule = self.rule
+        if any(r.uid == rule.uid for r in out):
+            raise RuleEditError(f"A rule {rule.uid} is already in this version.")
         if not 0 <= self.index <= len(out):
             raise RuleEditError(f"Cannot insert a rule at position {self.index + 1} of {len(out) + 1}.")
         out.insert(self.index, rule)
-        return out, Delete(rule["uid"])
+        return out, Delete(rule.uid)
 
     def describe(self) -> str:
-        return f"restored {self.rule.get('uid')}"
+        return f"restored {self.rule.uid}"
 
 
 @dataclass(frozen=True)
@@ -233,12 +225,9 @@ class Duplicate:
     def apply(self, rules: Sequence[Rule]) -> tuple[list[Rule], RuleEdit]:
         out = _copy(rules)
         i = _index(out, self.uid)
-        twin = copy.deepcopy(out[i])
-        twin["uid"] = next_uid(out)
-        twin["origin"] = f"duplicate of {self.uid}"
-        twin["duplicated_from"] = self.uid
+        twin = replace(out[i], uid=next_uid(out), origin=f"duplicate of {self.uid}", duplicated_from=self.uid)
         out.insert(i + 1, twin)
-        return out, Delete(twin["uid"])
+        return out, Delete(twin.uid)
 
     def describe(self) -> str:
         return f"duplicated {self.uid}"
@@ -259,20 +248,19 @@ class Merge:
         positions = sorted(_index(out, u) for u in self.uids)
         first = out[positions[0]]
         parts = [out[p] for p in positions]
-        merged = copy.deepcopy(first)
-        merged["uid"] = next_uid(out)
-        merged["text"] = _clean_text(self.text) if self.text is not None else first["text"]
-        merged["micro_rule_ids"] = sorted({m for p in parts for m in p.get("micro_rule_ids", [])})
-        merged["example_ids"] = sorted({e for p in parts for e in p.get("example_ids", [])})
-        merged["from_rules"] = [p["uid"] for p in parts]
-        merged["origin"] = "merged in the rule editor from " + ", ".join(p["uid"] for p in parts)
+        merged = replace(first, uid=next_uid(out),
+                         text=_clean_text(self.text) if self.text is not None else first.text,
+                         micro_rule_ids=tuple(sorted({m for p in parts for m in p.micro_rule_ids})),
+                         example_ids=tuple(sorted({e for p in parts for e in p.example_ids})),
+                         from_rules=tuple(p.uid for p in parts),
+                         origin="merged in the rule editor from " + ", ".join(p.uid for p in parts))
         for p in reversed(positions):
             out.pop(p)
         out.insert(positions[0], merged)
         # Undo: remove the merged rule, then put every part back where it was (ascending, so indexes hold).
-        inverse: list[RuleEdit] = [Delete(merged["uid"])]
+        inverse: list[RuleEdit] = [Delete(merged.uid)]
         inverse += [Insert(parts[k], positions[k]) for k in range(len(parts))]
-        return out, Compound(tuple(inverse), "unmerged " + ", ".join(p["uid"] for p in parts))
+        return out, Compound(tuple(inverse), "unmerged " + ", ".join(p.uid for p in parts))
 
     def describe(self) -> str:
         return "merged " + ", ".join(self.uids)
@@ -320,18 +308,18 @@ def cheap_conflicts(rules: Sequence[Rule], changed: set[str]) -> list[tuple[str,
     for a in range(len(rules)):
         for b in range(a + 1, len(rules)):
             ra, rb = rules[a], rules[b]
-            if ra["uid"] not in changed and rb["uid"] not in changed:
+            if ra.uid not in changed and rb.uid not in changed:
                 continue
-            ua, ub = sorted((ra["uid"], rb["uid"]))
-            if ra["label"] == rb["label"] and _normalised_text(ra["text"]) == _normalised_text(rb["text"]):
-                found.append((ua, ub, "duplicate", f"{ra['uid']} and {rb['uid']} say the same thing "
-                              f"(both lead to {ra['label']}).", {"text": ra["text"]}))
-            elif ra["label"] != rb["label"] and normalised_condition(ra["text"]) \
-                    and normalised_condition(ra["text"]) == normalised_condition(rb["text"]):
+            ua, ub = sorted((ra.uid, rb.uid))
+            if ra.label == rb.label and _normalised_text(ra.text) == _normalised_text(rb.text):
+                found.append((ua, ub, "duplicate", f"{ra.uid} and {rb.uid} say the same thing "
+                              f"(both lead to {ra.label}).", {"text": ra.text}))
+            elif ra.label != rb.label and normalised_condition(ra.text) \
+                    and normalised_condition(ra.text) == normalised_condition(rb.text):
                 found.append((ua, ub, "same condition",
-                              f"{ra['uid']} and {rb['uid']} have the same condition but lead to "
-                              f"{ra['label']} and {rb['label']}.",
-                              {"condition": normalised_condition(ra["text"])}))
+                              f"{ra.uid} and {rb.uid} have the same condition but lead to "
+                              f"{ra.label} and {rb.label}.",
+                              {"condition": normalised_condition(ra.text)}))
     return found
 
 
@@ -371,9 +359,9 @@ def label_mismatches(rules: Sequence[Rule], labels: Sequence[str]) -> list[tuple
     """(uid, label the text names, label field) for every rule whose text names another label than its own."""
     out = []
     for r in rules:
-        said = text_label(r["text"], labels)
-        if said is not None and said != r["label"]:
-            out.append((r["uid"], said, r["label"]))
+        said = text_label(r.text, labels)
+        if said is not None and said != r.label:
+            out.append((r.uid, said, r.label))
     return out
 
 
@@ -384,7 +372,7 @@ def mismatch_conflict(uid: str, said: str, label: str) -> tuple[str, str, str, s
 def fix_label_to_text(rules: Sequence[Rule], uid: str, labels: Sequence[str]) -> SetLabel:
     """The edit that sets the rule's label to the label its text names (one-click fix of a label mismatch)."""
     rule = rules[_index(rules, uid)]
-    said = text_label(rule["text"], labels)
+    said = text_label(rule.text, labels)
     if said is None:
         raise RuleEditError(f"The text of {uid} names no label.")
     return SetLabel(uid, said)
@@ -393,11 +381,11 @@ def fix_label_to_text(rules: Sequence[Rule], uid: str, labels: Sequence[str]) ->
 def fix_text_to_label(rules: Sequence[Rule], uid: str, labels: Sequence[str]) -> SetText:
     """The edit that rewrites the label the rule's text names into the rule's label field (the other fix)."""
     rule = rules[_index(rules, uid)]
-    matches = _label_matches(rule["text"], labels)
+    matches = _label_matches(rule.text, labels)
     if not matches:
         raise RuleEditError(f"The text of {uid} names no label.")
     m = matches[-1]
-    text = rule["text"][:m.start("label")] + rule["label"] + rule["text"][m.end("label"):]
+    text = rule.text[:m.start("label")] + rule.label + rule.text[m.end("label"):]
     return SetText(uid, text)
 
 
@@ -407,8 +395,9 @@ def changed_since(conflict: Conflict) -> list[str]:
     return list(evidence.get("rule_changed_since", [])) if isinstance(evidence, dict) else []
 
 
-def _content(rules: Sequence[Rule]) -> dict[str, tuple[str, str]]:
-    return {r["uid"]: (r["text"], r["label"]) for r in rules}
+def rule_contents(rules: Sequence[Rule]) -> dict[str, tuple[str, str]]:
+    """uid -> (text, label): what decides whether a rule changed (for conflicts; enabling or moving it does not)."""
+    return {r.uid: (r.text, r.label) for r in rules}
 
 
 def _lineage(project: Project, rule_set_id: int, limit: int = 200) -> list[int]:
@@ -432,25 +421,25 @@ def carry_conflicts(project: Project, parent_id: int, new_id: int, rules: Sequen
       again on every keystroke); similarity and co-firing are for `recompute_conflicts` to find again.
     - Cheap conflicts (same condition, duplicates) of the changed rules and label mismatches are added.
     """
-    content = _content(rules)
+    content = rule_contents(rules)
     lineage = _lineage(project, parent_id)
     versions = {rs_id: project.rule_set(rs_id) for rs_id in lineage}
-    same = next((rs_id for rs_id in lineage if _content(versions[rs_id].rules) == content
-                 and [r["uid"] for r in versions[rs_id].rules] == [r["uid"] for r in rules]), None)
+    same = next((rs_id for rs_id in lineage if rule_contents(versions[rs_id].rules) == content
+                 and [r.uid for r in versions[rs_id].rules] == [r.uid for r in rules]), None)
     if same is not None:
         for c in project.conflicts(same):
             project.add_conflict(new_id, c.rule_a, c.rule_b, c.source, c.reason, c.evidence)
         return
     stored: dict[tuple[str, str, str], tuple[str, Any]] = {}
     for rs_id in lineage:
-        there = _content(versions[rs_id].rules)
+        there = rule_contents(versions[rs_id].rules)
         for c in project.conflicts(rs_id):
             key = (c.rule_a, c.rule_b, c.source)
             if key in stored or c.source == LABEL_MISMATCH:
                 continue
             if all(u in content and content[u] == there.get(u) for u in (c.rule_a, c.rule_b)):
                 stored[key] = (c.reason, c.evidence)
-    parent_content = _content(versions[parent_id].rules)
+    parent_content = rule_contents(versions[parent_id].rules)
     for c in project.conflicts(parent_id):
         key = (c.rule_a, c.rule_b, c.source)
         if c.source != "teacher" or key in stored or not (c.rule_a in content and c.rule_b in content):
@@ -471,26 +460,26 @@ def carry_conflicts(project: Project, parent_id: int, new_id: int, rules: Sequen
 # ---------------------------------------------------------------------------
 # Saving
 # ---------------------------------------------------------------------------
-def prompt_for_rules(task: str, labels: Sequence[str], meanings: dict[str, str], rules: Sequence[Rule]) -> str:
+def prompt_for_rules(task: str, labels: Sequence[str], meanings: Mapping[str, str], rules: Sequence[Rule]) -> str:
     """The exact system prompt of a rule list: the same builder as synthesis and the closed loop; disabled
     rules stay in the version (nothing is dropped) but are left out of the prompt."""
-    return build_rules_prompt(task, list(labels), [PromptRule(r["text"], r["label"]) for r in rules
-                                                   if r.get("enabled", True)], meanings)
+    return build_rules_prompt(task, list(labels), [PromptRule(r.text, r.label) for r in rules
+                                                   if r.enabled], meanings)
 
 
 def _validate(rules: Sequence[Rule], labels: Sequence[str]) -> None:
     seen: set[str] = set()
     for n, r in enumerate(rules, 1):
-        uid = r.get("uid")
+        uid = r.uid
         if not uid:
             raise RuleEditError(f"Rule {n} has no uid.")
         if uid in seen:
             raise RuleEditError(f"Two rules share the uid {uid}.")
         seen.add(uid)
-        if not str(r.get("text", "")).strip():
+        if not str(r.text).strip():
             raise RuleEditError(f"Rule {n} ({uid}) has no text.")
-        if r.get("label") not in labels:
-            raise RuleEditError(f"Rule {n} ({uid}) names the label '{r.get('label')}', which is not one of "
+        if r.label not in labels:
+            raise RuleEditError(f"Rule {n} ({uid}) names the label '{r.label}', which is not one of "
                                 f"{', '.join(labels)}.")
 
 
@@ -560,7 +549,7 @@ def add_model_conflicts(project: Project, embedder: Embedder, rule_set_id: int,
         return 0
     micro = project.micro_rules()
     micro_vecs = embed_cached(project, embedder, [m["rule"] for m in micro], progress) if micro else None
-    rule_vecs = embed_cached(project, embedder, [r["text"] for r in rules], progress)
+    rule_vecs = embed_cached(project, embedder, [r.text for r in rules], progress)
     sink = _NewConflictsOnly(project, rule_set_id, only)
     store_conflicts(sink, rule_set_id, rules, rule_vecs, [], micro, micro_vecs, settings)
     return sink.added
@@ -570,9 +559,9 @@ def edited_rules(project: Project, rule_set_id: int) -> set[str]:
     """uids of the rules that are new or whose text or label differ from the parent version's."""
     rs = project.rule_set(rule_set_id)
     if rs.parent_id is None:
-        return {r["uid"] for r in rs.rules}
-    before = _content(project.rule_set(rs.parent_id).rules)
-    return {u for u, c in _content(rs.rules).items() if before.get(u) != c}
+        return {r.uid for r in rs.rules}
+    before = rule_contents(project.rule_set(rs.parent_id).rules)
+    return {u for u, c in rule_contents(rs.rules).items() if before.get(u) != c}
 
 
 def recompute_conflicts(project: Project, embedder: Embedder, rule_set_id: int,

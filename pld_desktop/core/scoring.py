@@ -182,7 +182,7 @@ def _version_scores(project: Project, scores: Sequence[Score] | None = None) -> 
     scores = all_scores(project) if scores is None else scores
     by_sha: dict[str, list[int]] = {}
     for v in project.rule_sets():
-        by_sha.setdefault(v["prompt_sha256"], []).append(int(v["id"]))
+        by_sha.setdefault(v.prompt_sha256, []).append(int(v.id))
     out = []
     for s in scores:
         if s.prompt in BASELINE_KINDS:
@@ -279,17 +279,17 @@ def version_history(project: Project) -> History:
     history = History(working_rule_set=working_rule_set(project), pipeline_choice=pipeline_choice(project),
                       test_use_count=len({s.prompt_sha256 for s in mine if s.split == "test"}))
     for v in project.rule_sets():
-        row = HistoryRow(v["id"], v["parent_id"], v["origin"], v["round"], v["reason"], v["created_at"],
-                         newest.get((v["id"], "dev")), newest.get((v["id"], "test")))
+        row = HistoryRow(v.id, v.parent_id, v.origin, v.round, v.reason, v.created_at,
+                         newest.get((v.id, "dev")), newest.get((v.id, "test")))
         for split in SPLITS:
             own = getattr(row, split)
-            if own is None or v["parent_id"] is None:
+            if own is None or v.parent_id is None:
                 continue
-            parent = by_shape.get((v["parent_id"], split, own.student_sha256, own.n))
+            parent = by_shape.get((v.parent_id, split, own.student_sha256, own.n))
             if parent is not None:
                 setattr(row, f"{split}_delta_vs_parent", own.macro_f1 - parent.macro_f1)
-        row.is_working = v["id"] == history.working_rule_set
-        row.is_pipeline_choice = v["id"] == history.pipeline_choice
+        row.is_working = v.id == history.working_rule_set
+        row.is_pipeline_choice = v.id == history.pipeline_choice
         history.rows.append(row)
     for s in scores:
         if s.prompt in BASELINE_KINDS:

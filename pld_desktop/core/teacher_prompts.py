@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -101,7 +101,7 @@ def rule_pattern(labels: Sequence[str]) -> tuple[tuple[str, str], ...]:
     return (("rule", f'^If [^"\\\\]{{8,120}}, answer ({"|".join(plain)})[.]$'),) + extra
 
 
-def labels_text(labels: Sequence[str], meanings: dict[str, str] | None = None) -> str:
+def labels_text(labels: Sequence[str], meanings: Mapping[str, str] | None = None) -> str:
     meanings = meanings or {}
     return "\n".join(f"- {lab}" + (f": {meanings[lab]}" if meanings.get(lab) else "") for lab in labels)
 
@@ -161,7 +161,7 @@ RESOLUTION_SYSTEM = (
     + DATA_NOTICE + " Reply with JSON only.")
 
 
-def resolution_user(task: str, labels: Sequence[str], meanings: dict[str, str], rules: Sequence[tuple[str, str]],
+def resolution_user(task: str, labels: Sequence[str], meanings: Mapping[str, str], rules: Sequence[tuple[str, str]],
                     failures: Sequence[tuple[str, str, str]], successes: Sequence[tuple[str, str]]) -> str:
     listed = "\n".join(f"{i}. {text} -> {label}" for i, (text, label) in enumerate(rules, 1))
     fails = "\n\n".join(example_block(t, gold=g, model_answer=p) for t, g, p in failures) or "(none)"

@@ -43,7 +43,7 @@ def working_version(project: Project) -> WorkingVersion | None:
     if synthesis is not None:
         return WorkingVersion(synthesis, "synthesis")
     rows = project.rule_sets()
-    return WorkingVersion(int(rows[-1]["id"]), "latest") if rows else None
+    return WorkingVersion(int(rows[-1].id), "latest") if rows else None
 
 
 def working_rule_set(project: Project) -> int | None:

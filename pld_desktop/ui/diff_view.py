@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..core.diff import VersionDiff, diff_versions, prompt_numbers
+from ..core.domain import Rule
 from ..core.project import Project, ProjectFileError
 from .charts_extra import is_dark_palette
 
@@ -30,8 +31,8 @@ ADDED = QColor("#2e7d32")
 REMOVED = QColor("#c62828")
 CHANGED = QColor("#ef6c00")
 MOVED = QColor("#1565c0")
-def _enabled(rule: dict[str, Any]) -> bool:
-    return bool(rule.get("enabled", True))
+def _enabled(rule: Rule) -> bool:
+    return bool(rule.enabled)
 
 
 class DiffView(QWidget):
@@ -107,7 +108,7 @@ class DiffView(QWidget):
         except (ProjectFileError, OSError) as exc:
             self.summary.setText(f"Cannot read the versions: {exc}")
             return
-        parents = {v["id"]: v["parent_id"] for v in versions}
+        parents = {v.id: v.parent_id for v in versions}
         # Default: from the pipeline's choice to the working version (what the analyst changed), else from
         # the working version's parent. A pair the user has not changed follows the defaults.
         default_b = working
@@ -120,13 +121,13 @@ class DiffView(QWidget):
             combo.blockSignals(True)
             combo.clear()
             for v in reversed(versions):
-                marks = [m for m, on in (("working", v["id"] == working), ("pipeline's choice", v["id"] == choice))
+                marks = [m for m, on in (("working", v.id == working), ("pipeline's choice", v.id == choice))
                          if on]
-                reason = " ".join(str(v["reason"]).split())
+                reason = " ".join(str(v.reason).split())
                 reason = reason if len(reason) <= 70 else reason[:69] + "…"
-                combo.addItem(f"v{v['id']} · {v['origin']}" + (f" [{', '.join(marks)}]" if marks else "")
-                              + f" · {reason}", v["id"])
-                combo.setItemData(combo.count() - 1, str(v["reason"]), Qt.ItemDataRole.ToolTipRole)
+                combo.addItem(f"v{v.id} · {v.origin}" + (f" [{', '.join(marks)}]" if marks else "")
+                              + f" · {reason}", v.id)
+                combo.setItemData(combo.count() - 1, str(v.reason), Qt.ItemDataRole.ToolTipRole)
             index = combo.findData(keep)
             combo.setCurrentIndex(index if index >= 0 else 0)
             combo.blockSignals(False)
@@ -175,23 +176,23 @@ class DiffView(QWidget):
             return str(n) if n is not None else "off"
 
         for r in diff.added:
-            self._row("added", ADDED, r["uid"], number(numbers_b.get(r["uid"])), r["label"], r["text"],
+            self._row("added", ADDED, r.uid, number(numbers_b.get(r.uid)), r.label, r.text,
                       disabled=not _enabled(r))
         for r in diff.removed:
-            self._row("removed", REMOVED, r["uid"], number(numbers_a.get(r["uid"])), r["label"], r["text"],
+            self._row("removed", REMOVED, r.uid, number(numbers_a.get(r.uid)), r.label, r.text,
                       strike=True)
         for c in diff.changed:
             pos = f"{number(numbers_a.get(c.uid))} → {number(numbers_b.get(c.uid))}"
-            label = c.after["label"] if "label" not in c.fields else f"{c.before['label']} → {c.after['label']}"
-            text = c.after["text"] if "text" not in c.fields else f"was: {c.before['text']}\nnow: {c.after['text']}"
+            label = c.after.label if "label" not in c.fields else f"{c.before.label} → {c.after.label}"
+            text = c.after.text if "text" not in c.fields else f"was: {c.before.text}\nnow: {c.after.text}"
             what = "changed: " + ", ".join("enabled" if f == "enabled" and _enabled(c.after) else
                                            "disabled" if f == "enabled" else f for f in c.fields)
             self._row(what, CHANGED, c.uid, pos, label, text)
         for m in diff.moved:
-            rule = next((r for r in rules_b if r["uid"] == m.uid), {"label": "", "text": ""})
+            moved = next((r for r in rules_b if r.uid == m.uid), None)
             pos = f"{number(numbers_a.get(m.uid))} → {number(numbers_b.get(m.uid))}"
-            self._row(f"moved: place {m.from_position} → {m.to_position}", MOVED, m.uid, pos, rule["label"],
-                      rule["text"])
+            self._row(f"moved: place {m.from_position} → {m.to_position}", MOVED, m.uid, pos,
+                      moved.label if moved else "", moved.text if moved else "")
         for v, why in diff.reasons:
             item = QTreeWidgetItem([f"v{v}", " ".join(str(why).split())])
             item.setToolTip(1, str(why))

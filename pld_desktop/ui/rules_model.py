@@ -12,6 +12,7 @@ from PySide6.QtCore import QAbstractItemModel, QMimeData, QModelIndex, QObject, 
 from PySide6.QtGui import QBrush, QColor, QIcon, QPalette, QUndoCommand, QUndoStack
 from PySide6.QtWidgets import QApplication, QStyle
 
+from ..core.domain import Rule
 from ..core.project import Example, Project, ProjectFileError
 from ..core.rule_edits import Move, Reorder, RuleEdit, RuleEditError, SetEnabled, SetLabel, SetText, save_version
 
@@ -39,7 +40,7 @@ _Index = QModelIndex | QPersistentModelIndex
 @dataclass(eq=False)  # identity equality: list.index() finds this very node
 class Node:
     kind: str                      # "root" | "rule" | "micro" | "example"
-    data: dict[str, Any]
+    data: Any                      # a rule node's Rule; a micro-rule's or an example's fields (dicts) otherwise
     parent: Node | None = None
     children: list[Node] = field(default_factory=list)
 
@@ -119,14 +120,14 @@ class RulesModel(QAbstractItemModel):
         self.undo_stack.clear()
         self.version_loaded.emit(rule_set_id)
 
-    def _rule_node(self, rule: dict[str, Any]) -> Node:
-        node = Node("rule", dict(rule), self._root)
+    def _rule_node(self, rule: Rule) -> Node:
+        node = Node("rule", rule, self._root)
         node.children = self._micro_nodes(node)
         return node
 
     def _micro_nodes(self, rule_node: Node) -> list[Node]:
         out = []
-        for mid in rule_node.data.get("micro_rule_ids", []):
+        for mid in rule_node.data.micro_rule_ids:
             m = self._micro.get(mid)
             if m is None:
                 continue  # a micro-rule id from another project state; the count column still shows it
@@ -161,7 +162,7 @@ class RulesModel(QAbstractItemModel):
         conflicts, impact = before
         last = len(HEADERS) - 1
         for row, node in enumerate(self._root.children):
-            uid = node.data["uid"]
+            uid = node.data.uid
             if conflicts.get(uid) != self._conflicts.get(uid) or impact.get(uid) != self.impact.get(uid):
                 self.dataChanged.emit(self.index(row, 0), self.index(row, last))
 
@@ -187,8 +188,8 @@ class RulesModel(QAbstractItemModel):
     def labels(self) -> list[str]:
         return list(self.record.labels)
 
-    def rules(self) -> list[dict[str, Any]]:
-        return [dict(n.data) for n in self._root.children]
+    def rules(self) -> list[Rule]:
+        return [n.data for n in self._root.children]
 
     def conflicts_of(self, uid: str) -> list[dict[str, Any]]:
         return list(self._conflicts.get(uid, []))
@@ -198,7 +199,7 @@ class RulesModel(QAbstractItemModel):
 
     def index_of_uid(self, uid: str, column: int = 0) -> QModelIndex:
         for row, n in enumerate(self._root.children):
-            if n.data.get("uid") == uid:
+            if n.data.uid == uid:
                 return self.index(row, column)
         return QModelIndex()
 
@@ -215,38 +216,38 @@ class RulesModel(QAbstractItemModel):
         new_id = save_version(self.project, self.rule_set_id, new_rules, reason)
         self.rule_set_id = new_id
         self.record = self.project.rule_set(new_id)
-        shown = {n.data["uid"]: (dict(n.data), self._conflicts.get(n.data["uid"], [])) for n in self._root.children}
+        shown = {n.data.uid: (n.data, self._conflicts.get(n.data.uid, [])) for n in self._root.children}
         self._load_conflicts()
         self._sync(self.record.rules)
         # dataChanged only for rows whose rule or conflicts changed: the tree then re-measures just those
         # rows' heights (one signal over every row re-measured all 200 rows' word wrap per edit).
         changed = [i for i, n in enumerate(self._root.children)
-                   if shown.get(n.data["uid"]) != (n.data, self._conflicts.get(n.data["uid"], []))]
+                   if shown.get(n.data.uid) != (n.data, self._conflicts.get(n.data.uid, []))]
         for first, last in _runs(changed):
             self.dataChanged.emit(self.index(first, 0), self.index(last, len(HEADERS) - 1))
         self.version_saved.emit(new_id)
         return inverse
 
-    def _sync(self, new_rules: Sequence[dict[str, Any]]) -> None:
+    def _sync(self, new_rules: Sequence[Rule]) -> None:
         """Bring the top-level rows in line with `new_rules` with row removes, moves and inserts (not a reset),
         so selection and expansion in the views survive an edit."""
         root, top = self._root, QModelIndex()
-        wanted = {r["uid"] for r in new_rules}
+        wanted = {r.uid for r in new_rules}
         for i in reversed(range(len(root.children))):
-            if root.children[i].data["uid"] not in wanted:
+            if root.children[i].data.uid not in wanted:
                 self.beginRemoveRows(top, i, i)
                 root.children.pop(i)
                 self.endRemoveRows()
-        present = {n.data["uid"] for n in root.children}
-        order = [r["uid"] for r in new_rules if r["uid"] in present]
+        present = {n.data.uid for n in root.children}
+        order = [r.uid for r in new_rules if r.uid in present]
         for i, uid in enumerate(order):
-            j = next(k for k in range(i, len(root.children)) if root.children[k].data["uid"] == uid)
+            j = next(k for k in range(i, len(root.children)) if root.children[k].data.uid == uid)
             if j != i:  # j > i always: rows before i are already in place
                 self.beginMoveRows(top, j, j, top, i)
                 root.children.insert(i, root.children.pop(j))
                 self.endMoveRows()
         for i, rule in enumerate(new_rules):
-            if i >= len(root.children) or root.children[i].data["uid"] != rule["uid"]:
+            if i >= len(root.children) or root.children[i].data.uid != rule.uid:
                 self.beginInsertRows(top, i, i)
                 root.children.insert(i, self._rule_node(rule))
                 self.endInsertRows()
@@ -254,8 +255,8 @@ class RulesModel(QAbstractItemModel):
             node = root.children[i]
             if node.data == rule:
                 continue
-            provenance_changed = node.data.get("micro_rule_ids") != rule.get("micro_rule_ids")
-            node.data = dict(rule)
+            provenance_changed = node.data.micro_rule_ids != rule.micro_rule_ids
+            node.data = rule
             if provenance_changed:
                 parent = self.index(i, 0)
                 if node.children:
@@ -338,10 +339,10 @@ class RulesModel(QAbstractItemModel):
         return self._example_data(node, col, role)
 
     def _rule_data(self, node: Node, row: int, col: int, role: int) -> Any:  # noqa: C901 (issue 14: not yet broken into named steps)
-        rule = node.data
-        uid = rule["uid"]
+        rule: Rule = node.data
+        uid = rule.uid
         found = self._conflicts.get(uid, [])
-        enabled = bool(rule.get("enabled", True))
+        enabled = bool(rule.enabled)
         impact = self.impact.get(uid)
         if role == UidRole:
             return uid
@@ -358,7 +359,7 @@ class RulesModel(QAbstractItemModel):
             if col == COL_CONFLICTS:
                 return len(found)
             if col == COL_MICRO:
-                return len(rule.get("micro_rule_ids", []))
+                return len(rule.micro_rule_ids)
             if col == COL_ENABLED:
                 return int(enabled)
             return str(self._rule_data(node, row, col, Qt.ItemDataRole.DisplayRole) or "").lower()
@@ -370,11 +371,11 @@ class RulesModel(QAbstractItemModel):
                 # just because a row above it was inserted (the model tester checks exactly that).
                 return uid
             if col == COL_TEXT:
-                return rule["text"]
+                return rule.text
             if col == COL_LABEL:
-                return rule["label"]
+                return rule.label
             if col == COL_MICRO:
-                return len(rule.get("micro_rule_ids", []))
+                return len(rule.micro_rule_ids)
             if col == COL_CONFLICTS:
                 return len(found) if found else None
             return None
@@ -404,7 +405,7 @@ class RulesModel(QAbstractItemModel):
                     lines.append(f"... and {len(found) - 12} more")
                 return "\n".join(lines)
             if col == COL_TEXT:
-                return rule["text"] + ("" if enabled else "\n(disabled: not in the prompt)")
+                return rule.text + ("" if enabled else "\n(disabled: not in the prompt)")
             if col == COL_NUMBER:
                 return f"Rule {uid}, position {row + 1} of {len(self._root.children)}"
             return None
@@ -481,15 +482,15 @@ class RulesModel(QAbstractItemModel):
         node = self.node(index)
         if node is None or node.kind != "rule":
             return False
-        uid, col = node.data["uid"], index.column()
+        uid, col = node.data.uid, index.column()
         if role == Qt.ItemDataRole.EditRole and col == COL_TEXT:
             text = " ".join(str(value or "").split())
-            if text == node.data["text"]:
+            if text == node.data.text:
                 return False
             return self.push(SetText(uid, text))
         if role == Qt.ItemDataRole.EditRole and col == COL_LABEL:
             label = str(value)
-            if label == node.data["label"]:
+            if label == node.data.label:
                 return False
             if label not in self.labels:
                 self.edit_failed.emit(f"'{label}' is not a label of this project ({', '.join(self.labels)}).")
@@ -498,7 +499,7 @@ class RulesModel(QAbstractItemModel):
         if role == Qt.ItemDataRole.CheckStateRole and col == COL_ENABLED:
             state = value.value if hasattr(value, "value") else int(value)
             enabled = state == Qt.CheckState.Checked.value
-            if enabled == bool(node.data.get("enabled", True)):
+            if enabled == bool(node.data.enabled):
                 return False
             return self.push(SetEnabled(uid, enabled))
         return False
@@ -516,7 +517,7 @@ class RulesModel(QAbstractItemModel):
     def mimeData(self, indexes: Sequence[QModelIndex]) -> QMimeData:
         rows = sorted({i.row() for i in indexes if i.isValid() and self.node(i) and self.node(i).kind == "rule"})
         mime = QMimeData()
-        mime.setData(RULE_MIME, json.dumps([self._root.children[r].data["uid"] for r in rows]).encode())
+        mime.setData(RULE_MIME, json.dumps([self._root.children[r].data.uid for r in rows]).encode())
         return mime
 
     def canDropMimeData(self, data: QMimeData, action: Qt.DropAction, row: int, column: int,
@@ -534,7 +535,7 @@ class RulesModel(QAbstractItemModel):
             moving = [u for u in json.loads(bytes(data.data(RULE_MIME)).decode()) if isinstance(u, str)]
         except ValueError:
             return False
-        order = [n.data["uid"] for n in self._root.children]
+        order = [n.data.uid for n in self._root.children]
         moving = [u for u in order if u in set(moving)]
         if not moving:
             return False

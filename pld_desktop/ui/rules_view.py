@@ -44,10 +44,12 @@ from PySide6.QtWidgets import (
 )
 
 from ..backends.tokenizer import TokenizerLoading
+from ..core.domain import Rule
 from ..core.export import export_rule_set
 from ..core.progress import Cancelled
 from ..core.project import Project, ProjectFileError
 from ..core.rule_edits import Add, Compound, Delete, Duplicate, Move, RuleEdit, editor_start_version
+from ..core.rule_edits import rule_contents as _content
 from .rule_delegate import ColumnFitter, LabelDelegate
 from .rules_model import (
     COL_CONFLICTS,
@@ -116,10 +118,6 @@ def impact_job(rule_set_id: int) -> Callable[[Any, Any, Any, Any], str]:
         return (f"Rule impact of v{rule_set_id} on {report.n} dev examples: {hurt} of {len(report.rules)} enabled "
                 f"rule{'s' if len(report.rules) != 1 else ''} lower dev macro-F1")
     return job
-
-
-def _content(rules: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
-    return {r["uid"]: (r["text"], r["label"]) for r in rules}
 
 
 class RulesFilterProxy(QSortFilterProxyModel):
@@ -498,7 +496,7 @@ class RulesEditor(QWidget):
             while src.parent().isValid():
                 src = src.parent()
             uids.add(src.data(UidRole))
-        return [r["uid"] for r in self.model.rules() if r["uid"] in uids]
+        return [r.uid for r in self.model.rules() if r.uid in uids]
 
     def current_uid(self) -> str | None:
         uids = self.selected_uids()
@@ -525,11 +523,11 @@ class RulesEditor(QWidget):
     def add_rule(self) -> None:
         uid = self.current_uid()
         rules = self.model.rules()
-        pos = next((i for i, r in enumerate(rules) if r["uid"] == uid), None)
-        label = rules[pos]["label"] if pos is not None else self.model.labels[0]
+        pos = next((i for i, r in enumerate(rules) if r.uid == uid), None)
+        label = rules[pos].label if pos is not None else self.model.labels[0]
         index = pos + 1 if pos is not None else len(rules)
         if self._push(Add(f"If …, answer {label}.", label, index)):
-            new_uid = self.model.rules()[index]["uid"]
+            new_uid = self.model.rules()[index].uid
             self.select_uid(new_uid, COL_TEXT)
             self.tree.edit(self.tree.currentIndex())
 
@@ -544,7 +542,7 @@ class RulesEditor(QWidget):
             self.select_uid(after)
 
     def _neighbour_after(self, uids: list[str]) -> str | None:
-        order = [r["uid"] for r in self.model.rules()]
+        order = [r.uid for r in self.model.rules()]
         last = max(order.index(u) for u in uids)
         rest = [u for u in order[last + 1:] if u not in uids] or [u for u in order if u not in uids][-1:]
         return rest[0] if rest else None
@@ -553,13 +551,13 @@ class RulesEditor(QWidget):
         uid = self.current_uid()
         if uid is not None and self._push(Duplicate(uid)):
             rules = self.model.rules()
-            self.select_uid(rules[[r["uid"] for r in rules].index(uid) + 1]["uid"])
+            self.select_uid(rules[[r.uid for r in rules].index(uid) + 1].uid)
 
     def move_selected(self, step: int) -> None:
         uid = self.current_uid()
         if uid is None:
             return
-        order = [r["uid"] for r in self.model.rules()]
+        order = [r.uid for r in self.model.rules()]
         target = order.index(uid) + step
         if 0 <= target < len(order) and self._push(Move(uid, target)):
             self.select_uid(uid)
@@ -838,16 +836,16 @@ class RulesEditor(QWidget):
         self.versions.clear()
         for row in reversed(self.project.rule_sets()):  # newest first
             marks = []
-            if row["id"] == working:
+            if row.id == working:
                 marks.append("working")
-            if row["id"] == chosen:
+            if row.id == chosen:
                 marks.append("pipeline's choice")
             mark = f"  [{', '.join(marks)}]" if marks else ""
-            reason = " ".join(str(row["reason"]).split())
+            reason = " ".join(str(row.reason).split())
             if len(reason) > 90:
                 reason = reason[:89] + "…"
-            self.versions.addItem(f"v{row['id']} · {row['origin']}{mark} · {reason}", row["id"])
-            self.versions.setItemData(self.versions.count() - 1, str(row["reason"]), Qt.ItemDataRole.ToolTipRole)
+            self.versions.addItem(f"v{row.id} · {row.origin}{mark} · {reason}", row.id)
+            self.versions.setItemData(self.versions.count() - 1, str(row.reason), Qt.ItemDataRole.ToolTipRole)
         self.versions.setCurrentIndex(self.versions.findData(self.model.rule_set_id))
         self.versions.blockSignals(False)
 
@@ -881,20 +879,20 @@ class RulesEditor(QWidget):
         colour = "#c62828" if share > 1 else ("#ef6c00" if share > 0.8 else "#2e7d32")
         note = " — too long: the student cannot read it" if share > 1 else (
             " — little room left for the input" if share > 0.8 else "")
-        enabled = sum(1 for r in self.model.record.rules if r.get("enabled", True))
+        enabled = sum(1 for r in self.model.record.rules if r.enabled)
         return (f"<span style='color:{colour}'><b>{counted}</b> of the student's {self.n_ctx:,}-token context "
                 f"({share:.0%}){note}</span> · {enabled} of {len(self.model.record.rules)} rules enabled")
 
     def _on_selection(self) -> None:
         uid = self.current_uid()
-        rule = next((r for r in self.model.rules() if r["uid"] == uid), None) if uid else None
+        rule = next((r for r in self.model.rules() if r.uid == uid), None) if uid else None
         self.delete_action.setEnabled(bool(self.selected_uids()))
         for act in (self.duplicate_action, self.up_action, self.down_action):
             act.setEnabled(rule is not None)
         if rule is not None:
-            order = [r["uid"] for r in self.model.rules()]
-            self.up_action.setEnabled(order.index(uid) > 0)
-            self.down_action.setEnabled(order.index(uid) < len(order) - 1)
+            order = [r.uid for r in self.model.rules()]
+            self.up_action.setEnabled(order.index(rule.uid) > 0)
+            self.down_action.setEnabled(order.index(rule.uid) < len(order) - 1)
         self.conflict_list.clear()
         self.fix_row.hide()
         if rule is None:
@@ -902,19 +900,19 @@ class RulesEditor(QWidget):
             self.provenance.setText(f"Version v{self.model.rule_set_id}: {self.model.record.reason}")
             self.conflict_box.setTitle("Conflicts")
             return
-        state = "" if rule.get("enabled", True) else " <i>(disabled: not in the prompt)</i>"
-        self.rule_title.setText(f"<b>{_html(rule['uid'])}</b> → <b>{_html(rule['label'])}</b>{state}<br>"
-                                f"{_html(rule['text'])}")
+        state = "" if rule.enabled else " <i>(disabled: not in the prompt)</i>"
+        self.rule_title.setText(f"<b>{_html(rule.uid)}</b> → <b>{_html(rule.label)}</b>{state}<br>"
+                                f"{_html(rule.text)}")
         self.provenance.setText(self._provenance_text(rule))
-        found = self.model.conflicts_of(rule["uid"])
-        self.conflict_box.setTitle(f"Conflicts of {rule['uid']} ({len(found)})" if found
-                                   else f"Conflicts of {rule['uid']}: none found")
+        found = self.model.conflicts_of(rule.uid)
+        self.conflict_box.setTitle(f"Conflicts of {rule.uid} ({len(found)})" if found
+                                   else f"Conflicts of {rule.uid}: none found")
         for c in found:
             ev = _evidence_text(c["evidence"])
             reason = c["reason"]
             if c.get("changed_since"):
                 reason = f"[rule changed since: {', '.join(c['changed_since'])}] {reason}"
-            other = "itself" if c["other"] == rule["uid"] else c["other"]
+            other = "itself" if c["other"] == rule.uid else c["other"]
             item = QTreeWidgetItem([other, c["source"], reason, ev])
             for col, text in enumerate((other, c["source"], reason, ev)):
                 item.setToolTip(col, text)
@@ -923,20 +921,20 @@ class RulesEditor(QWidget):
                                    "can check whether the edit resolved it.\n\n" + reason)
             item.setData(0, Qt.ItemDataRole.UserRole, c["other"])
             self.conflict_list.addTopLevelItem(item)
-        mismatch = self.mismatch_of(rule["uid"])
+        mismatch = self.mismatch_of(rule.uid)
         self.fix_row.setVisible(mismatch is not None)
         if mismatch is not None:
             said = mismatch["evidence"].get("text_label", "?")
             self.fix_label_btn.setText(f"Set the label to '{said}'")
             self.fix_label_btn.setToolTip(f"The text says {said}: make the label {said} (undoable)")
-            self.fix_text_btn.setText(f"Make the text say '{rule['label']}'")
-            self.fix_text_btn.setToolTip(f"Rewrite the label the text names into {rule['label']} (undoable)")
+            self.fix_text_btn.setText(f"Make the text say '{rule.label}'")
+            self.fix_text_btn.setToolTip(f"Rewrite the label the text names into {rule.label} (undoable)")
 
-    def _provenance_text(self, rule: dict[str, Any]) -> str:
-        micro_ids = rule.get("micro_rule_ids", [])
-        parts = [f"Origin: {rule.get('origin') or 'unknown'}."]
+    def _provenance_text(self, rule: Rule) -> str:
+        micro_ids = rule.micro_rule_ids
+        parts = [f"Origin: {rule.origin or 'unknown'}."]
         if micro_ids:
-            index = self.model.index_of_uid(rule["uid"])
+            index = self.model.index_of_uid(rule.uid)
             golds = Counter()
             for row in range(self.model.rowCount(index)):
                 micro = self.model.index(row, 0, index)
@@ -944,14 +942,14 @@ class RulesEditor(QWidget):
                     label = self.model.index(erow, COL_LABEL, micro).data() or ""
                     golds[label.split(" (")[0]] += 1
             gold = ", ".join(f"{lab} {n}" for lab, n in golds.most_common())
-            parts.append(f"Merged from {len(micro_ids)} micro-rule(s) on {len(rule.get('example_ids', []))} "
+            parts.append(f"Merged from {len(micro_ids)} micro-rule(s) on {len(rule.example_ids)} "
                          f"training example(s)" + (f"; their gold labels: {gold}." if gold else "."))
         else:
             parts.append("No micro-rules behind it (written or rewritten by hand or by the teacher).")
-        if rule.get("from_rules"):
-            parts.append("Rewritten from: " + ", ".join(rule["from_rules"]) + ".")
-        if rule.get("cluster_id") is not None:
-            parts.append(f"Cluster {rule['cluster_id']}.")
+        if rule.from_rules:
+            parts.append("Rewritten from: " + ", ".join(rule.from_rules) + ".")
+        if rule.cluster_id is not None:
+            parts.append(f"Cluster {rule.cluster_id}.")
         parts.append(f"Shown version: v{self.model.rule_set_id} ({self.model.record.origin}).")
         return " ".join(parts)
 

@@ -74,10 +74,10 @@ def test_prompt_choices_resolve_to_the_phase4_prompts(distilled: Path, tmp_path:
     assert resolve_prompt(project, PromptChoice("few_shot")).text == phase4["few_shot"]
     with pytest.raises(ValueError, match="no edited version"):
         resolve_prompt(project, PromptChoice("current_edit"))
-    project.set_setting("edited_rule_set_id", project.rule_sets()[0]["id"])
+    project.set_setting("edited_rule_set_id", project.rule_sets()[0].id)
     assert prompt_choices(project)[0].kind == "current_edit"
     assert resolve_prompt(project, PromptChoice("current_edit")).text == \
-        project.rule_set(project.rule_sets()[0]["id"]).prompt_text
+        project.rule_set(project.rule_sets()[0].id).prompt_text
     with pytest.raises(ValueError, match="Unknown prompt kind"):
         PromptChoice("best")
     project.close()

@@ -18,7 +18,7 @@ from pld_desktop.core.teacher_calls import LockedSplitError, TeacherJob, run_tea
 
 from .. import rawdb
 from ..fakes import FakeBackends, FakeTeacher
-from ..helpers import make_project, settings
+from ..helpers import make_project, rules_of, settings
 
 
 class _Dummy(BaseModel):
@@ -182,9 +182,9 @@ def test_synthesis_keeps_every_label_and_records_conflicts(tmp_path: Path) -> No
     project = make_project(tmp_path)
     run_pipeline(project, settings(), FakeBackends(), SilentProgress(), phases=[1, 2])
     rs = project.rule_set(project.get_setting("synthesis_rule_set_id"))
-    assert {r["label"] for r in rs.rules} == set(project.labels())
+    assert {r.label for r in rs.rules} == set(project.labels())
     for r in rs.rules:
-        assert r["micro_rule_ids"] and r["example_ids"]
+        assert r.micro_rule_ids and r.example_ids
     assert project.conflicts(rs.id), "the review call named a conflicting pair"
     # Every micro-rule is in exactly one cluster (noise clusters included): nothing silently dropped.
     members = rawdb.query(project, "SELECT micro_rule_id FROM cluster_members")
@@ -210,14 +210,16 @@ def test_closed_loop_saves_every_candidate_with_its_dev_score(tmp_path: Path) ->
 
 def test_a_rewrite_that_loses_a_label_gets_its_previous_rules_back() -> None:
     from pld_desktop.core.phases.closed_loop import _repair
-    old = [{"uid": "R1", "text": "If a payment was not made by the customer, answer fraud_report.",
-            "label": "fraud_report"},
-           {"uid": "R2", "text": "If the customer asks how to do something, answer question.", "label": "question"}]
-    new = [{"uid": "R1", "text": "1 },", "label": "question"},
-           {"uid": "R2", "text": "If the message asks for opening hours, answer question.", "label": "question"}]
+    old = rules_of({"uid": "R1", "text": "If a payment was not made by the customer, answer fraud_report.",
+                    "label": "fraud_report"},
+                   {"uid": "R2", "text": "If the customer asks how to do something, answer question.",
+                    "label": "question"})
+    new = rules_of({"uid": "R1", "text": "1 },", "label": "question"},
+                   {"uid": "R2", "text": "If the message asks for opening hours, answer question.",
+                    "label": "question"})
     rules, note = _repair(new, old, ["complaint", "fraud_report", "question"])
-    assert [r["text"] for r in rules] == [new[1]["text"], old[0]["text"]]
-    assert [r["uid"] for r in rules] == ["R1", "R2"]
+    assert [r.text for r in rules] == [new[1].text, old[0].text]
+    assert [r.uid for r in rules] == ["R1", "R2"]
     assert "dropped 1 rule" in note and "fraud_report" in note
 
 
@@ -237,11 +239,12 @@ def test_exports_get_the_users_usual_permissions(tmp_path: Path) -> None:
 
 def test_a_rewritten_rule_takes_the_label_its_text_names() -> None:
     from pld_desktop.core.phases.closed_loop import _repair
-    new = [{"uid": "R1", "text": "If the customer was charged a fee they dislike, answer complaint.",
-            "label": "question"},
-           {"uid": "R2", "text": "If the message asks for opening hours, answer question.", "label": "question"}]
+    new = rules_of({"uid": "R1", "text": "If the customer was charged a fee they dislike, answer complaint.",
+                    "label": "question"},
+                   {"uid": "R2", "text": "If the message asks for opening hours, answer question.",
+                    "label": "question"})
     rules, note = _repair(new, [], ["complaint", "question"])
-    assert [r["label"] for r in rules] == ["complaint", "question"]
+    assert [r.label for r in rules] == ["complaint", "question"]
     assert "1 rule(s) relabelled" in note
 
 

@@ -222,13 +222,13 @@ def test_a_rule_that_still_copies_is_kept_flagged_and_out_of_the_prompt(tmp_path
     assert q["micro_rules"] == n_train and q["copied"] > 0  # kept, flagged
     rs = project.rule_set(project.get_setting("synthesis_rule_set_id"))
     texts = [e.text for e in project.examples(split="train")]
-    enabled = [r for r in rs.rules if r["enabled"]]
+    enabled = [r for r in rs.rules if r.enabled]
     for r in enabled:  # nothing in the prompt restates an example
-        assert copy_reason(r["text"], texts) is None
+        assert copy_reason(r.text, texts) is None
     for r in rs.rules:
-        if not r["enabled"]:
-            assert r["flag"].startswith("the rule copies")
-            assert r["text"] not in rs.prompt_text
+        if not r.enabled:
+            assert r.flag.startswith("the rule copies")
+            assert r.text not in rs.prompt_text
     project.close()
 
 

@@ -70,7 +70,7 @@ def test_working_version_is_the_users_then_the_pipelines_then_synthesis(project:
     assert chosen is not None and synthesis is not None
     assert working_version(project).source == "chosen" and working_rule_set(project) == chosen
     rules = project.rule_set(chosen).rules
-    edited = save_version(project, chosen, SetEnabled(rules[0]["uid"], False).apply(rules)[0], "edit")
+    edited = save_version(project, chosen, SetEnabled(rules[0].uid, False).apply(rules)[0], "edit")
     assert working_version(project).rule_set_id == edited and working_version(project).source == "edited"
     set_working_rule_set(project, synthesis)  # a pick of an older version wins too
     assert project.get_setting(PICKED_OVER_SETTING) == chosen  # the pipeline's choice the pick was made over
@@ -90,7 +90,7 @@ def test_working_version_is_the_users_then_the_pipelines_then_synthesis(project:
 def test_phase4_results_csv_and_every_export_name_the_working_version(project: Project, tmp_path: Path) -> None:
     chosen = require_working_rule_set(project)
     rules = project.rule_set(chosen).rules
-    edited_rules, _ = Move(rules[-1]["uid"], 0).apply(SetEnabled(rules[1]["uid"], False).apply(rules)[0])
+    edited_rules, _ = Move(rules[-1].uid, 0).apply(SetEnabled(rules[1].uid, False).apply(rules)[0])
     edited = save_version(project, chosen, edited_rules, "edit: move and disable")
     student = FakeStudent()
     report = run_evaluation(project, student, settings(), SilentProgress())  # phase 4 without an explicit id
@@ -110,13 +110,13 @@ def test_phase4_results_csv_and_every_export_name_the_working_version(project: P
     assert all(set(r["examples"]) <= ext_ids and "example_ids" not in r for r in doc["rules"])
     # The .md lists the enabled rules with the prompt's numbers, in the .txt's order; disabled ones apart.
     prompt_lines = [line for line in rs.prompt_text.splitlines() if line[:1].isdigit()]
-    enabled = [r for r in rs.rules if r.get("enabled", True)]
+    enabled = [r for r in rs.rules if r.enabled]
     assert len(prompt_lines) == len(enabled)
     for n, _r in enumerate(enabled, 1):
         assert prompt_lines[n - 1].startswith(f"{n}. ")
         assert f"\n{n}. " in md and md.index(f"\n{n}. ") < md.index("## Disabled rules")
     disabled_part = md.split("## Disabled rules (not in the prompt)")[1].split("##")[0]
-    assert rules[1]["uid"] in disabled_part and not any(line[:1].isdigit() for line in disabled_part.splitlines())
+    assert rules[1].uid in disabled_part and not any(line[:1].isdigit() for line in disabled_part.splitlines())
     csv_path = export_results_csv(project, tmp_path / "r.csv")
     rows = list(csv.reader(io.StringIO(csv_path.read_text(encoding="utf-8-sig"))))
     assert {r[-1] for r in rows[1:]} == {f"v{edited}"}
@@ -133,7 +133,7 @@ def test_phase4_results_csv_and_every_export_name_the_working_version(project: P
 def test_score_on_dev_with_parent_and_baselines_is_cached_and_test_is_counted(project: Project) -> None:
     chosen = require_working_rule_set(project)
     rules = project.rule_set(chosen).rules
-    edited = save_version(project, chosen, SetEnabled(rules[0]["uid"], False).apply(rules)[0], "edit")
+    edited = save_version(project, chosen, SetEnabled(rules[0].uid, False).apply(rules)[0], "edit")
     student = FakeStudent()
     before_tests = count_test_uses(project)
     result = score_version(project, student, split="dev")
@@ -151,7 +151,7 @@ def test_score_on_dev_with_parent_and_baselines_is_cached_and_test_is_counted(pr
     assert row.dev_delta_vs_parent == pytest.approx(result.delta_vs_parent)
     assert next(r for r in history.rows if r.rule_set_id == chosen).is_pipeline_choice
     assert set(history.baselines["dev"]) == {"zero_shot", "few_shot"}
-    grandchild = save_version(project, edited, SetEnabled(rules[1]["uid"], False).apply(
+    grandchild = save_version(project, edited, SetEnabled(rules[1].uid, False).apply(
         project.rule_set(edited).rules)[0], "edit again")
     on_test = score_version(project, student, split="test")
     assert on_test.rule_set_id == grandchild and on_test.parent is None  # its parent has no test score...
@@ -181,8 +181,8 @@ def _with_teacher_conflict(project: Project) -> tuple[int, Conflict]:
     teacher = [c for c in project.conflicts(chosen) if c.source == "teacher"]
     if not teacher:  # the doubles' review names rules 1 and 2; make sure one is stored for this test
         rules = project.rule_set(chosen).rules
-        a, b = next((x, y) for x in rules for y in rules if x["label"] != y["label"])
-        ua, ub = sorted((a["uid"], b["uid"]))
+        a, b = next((x, y) for x in rules for y in rules if x.label != y.label)
+        ua, ub = sorted((a.uid, b.uid))
         project.add_conflict(chosen, ua, ub, "teacher", "both can match a short message", {"named_by": "teacher"})
         teacher = [c for c in project.conflicts(chosen) if c.source == "teacher"]
     return chosen, teacher[0]
@@ -194,7 +194,7 @@ def test_rewording_keeps_teacher_conflicts_marked_and_undo_restores_exactly(proj
     rules = project.rule_set(chosen).rules
     uid = conflict.rule_a
     reworded_rules, undo = SetText(uid, "If the message is about something else entirely, answer "
-                                   + next(r["label"] for r in rules if r["uid"] == uid) + ".").apply(rules)
+                                   + next(r.label for r in rules if r.uid == uid) + ".").apply(rules)
     v2 = save_version(project, chosen, reworded_rules, "edit: reword")
     kept = [c for c in project.conflicts(v2) if (c.rule_a, c.rule_b, c.source) ==
             (conflict.rule_a, conflict.rule_b, "teacher")]
@@ -216,12 +216,12 @@ def test_recompute_finds_the_edited_rules_similarity_conflicts_in_the_background
     chosen = require_working_rule_set(project)
     rules = project.rule_set(chosen).rules
     a = rules[0]
-    b = next(r for r in rules if r["label"] != a["label"])
-    edited, _ = SetText(b["uid"], a["text"].replace(a["label"], b["label"])).apply(rules)
+    b = next(r for r in rules if r.label != a.label)
+    edited, _ = SetText(b.uid, a.text.replace(a.label, b.label)).apply(rules)
     new_id = save_version(project, chosen, edited, "edit: copy a condition")
     added = recompute_conflicts(project, FakeEmbedder(), new_id, settings())
     after = project.conflicts(new_id)
-    assert added > 0 and all(b["uid"] in (c.rule_a, c.rule_b) for c in after[-added:])
+    assert added > 0 and all(b.uid in (c.rule_a, c.rule_b) for c in after[-added:])
     assert recompute_conflicts(project, FakeEmbedder(), new_id, settings()) == 0
 
 
@@ -242,21 +242,21 @@ def test_text_label_reads_the_answer_the_text_names(text: str, said: str | None)
 def test_a_rule_whose_text_contradicts_its_label_is_a_conflict_with_two_fixes(project: Project) -> None:
     chosen = require_working_rule_set(project)
     rules = project.rule_set(chosen).rules
-    r = next(x for x in rules if text_label(x["text"], project.labels()) == x["label"])
-    other = next(lab for lab in project.labels() if lab != r["label"])
-    relabelled, _ = SetLabel(r["uid"], other).apply(rules)
-    assert label_mismatches(relabelled, project.labels()) == [(r["uid"], r["label"], other)]
+    r = next(x for x in rules if text_label(x.text, project.labels()) == x.label)
+    other = next(lab for lab in project.labels() if lab != r.label)
+    relabelled, _ = SetLabel(r.uid, other).apply(rules)
+    assert label_mismatches(relabelled, project.labels()) == [(r.uid, r.label, other)]
     v2 = save_version(project, chosen, relabelled, "edit: relabel")
     mismatch = [c for c in project.conflicts(v2) if c.source == LABEL_MISMATCH]
     assert [(c.rule_a, c.rule_b, c.reason) for c in mismatch] == \
-        [(r["uid"], r["uid"], f"text says {r['label']}, label is {other}")]
-    by_label = fix_label_to_text(relabelled, r["uid"], project.labels()).apply(relabelled)[0]
-    by_text = fix_text_to_label(relabelled, r["uid"], project.labels()).apply(relabelled)[0]
+        [(r.uid, r.uid, f"text says {r.label}, label is {other}")]
+    by_label = fix_label_to_text(relabelled, r.uid, project.labels()).apply(relabelled)[0]
+    by_text = fix_text_to_label(relabelled, r.uid, project.labels()).apply(relabelled)[0]
     for fixed in (by_label, by_text):
         assert label_mismatches(fixed, project.labels()) == []
         v3 = save_version(project, v2, fixed, "fix")
         assert not [c for c in version_conflicts(project, v3) if c.source == LABEL_MISMATCH]
-    assert next(x for x in by_text if x["uid"] == r["uid"])["text"].count(other) >= 1
+    assert next(x for x in by_text if x.uid == r.uid).text.count(other) >= 1
 
 
 # ---------------------------------------------------------------------------
@@ -264,7 +264,7 @@ def test_a_rule_whose_text_contradicts_its_label_is_a_conflict_with_two_fixes(pr
 # ---------------------------------------------------------------------------
 def test_rule_impact_scores_without_each_rule_and_keeps_partial_work(project: Project) -> None:
     rs_id = require_working_rule_set(project)
-    enabled = [r for r in project.rule_set(rs_id).rules if r.get("enabled", True)]
+    enabled = [r for r in project.rule_set(rs_id).rules if r.enabled]
 
     class StopAfter(SilentProgress):
         def __init__(self, n: int) -> None:
@@ -282,7 +282,7 @@ def test_rule_impact_scores_without_each_rule_and_keeps_partial_work(project: Pr
     partial = stored_impact(project, rs_id)
     assert partial is not None and not partial.complete and len(partial.rules) == 1
     report = rule_impact(project, student, settings=settings())
-    assert report.complete and [r.uid for r in report.rules] == [r["uid"] for r in enabled]
+    assert report.complete and [r.uid for r in report.rules] == [r.uid for r in enabled]
     dev = project.examples(split="dev")
     for imp in report.rules:
         assert imp.delta == pytest.approx(report.macro_f1 - imp.macro_f1_without)
@@ -298,21 +298,21 @@ def test_rule_impact_scores_without_each_rule_and_keeps_partial_work(project: Pr
 def test_diff_names_added_removed_changed_and_moved_rules_and_the_reasons(project: Project) -> None:
     chosen = require_working_rule_set(project)
     rules = project.rule_set(chosen).rules
-    step1, _ = Move(rules[0]["uid"], len(rules) - 1).apply(rules)
+    step1, _ = Move(rules[0].uid, len(rules) - 1).apply(rules)
     v2 = save_version(project, chosen, step1, "edit: move")
-    step2, _ = SetText(rules[1]["uid"], "If the message mentions 'zzz', answer " + rules[1]["label"] + ".").apply(
-        Delete(rules[2]["uid"]).apply(step1)[0])
+    step2, _ = SetText(rules[1].uid, "If the message mentions 'zzz', answer " + rules[1].label + ".").apply(
+        Delete(rules[2].uid).apply(step1)[0])
     v3 = save_version(project, v2, step2, "edit: reword and delete")
     d = diff_versions(project, chosen, v3)
-    assert [m.uid for m in d.moved] == [rules[0]["uid"]]
-    assert [r["uid"] for r in d.removed] == [rules[2]["uid"]] and not d.added
-    assert [(c.uid, c.fields) for c in d.changed] == [(rules[1]["uid"], ("text",))]
+    assert [m.uid for m in d.moved] == [rules[0].uid]
+    assert [r.uid for r in d.removed] == [rules[2].uid] and not d.added
+    assert [(c.uid, c.fields) for c in d.changed] == [(rules[1].uid, ("text",))]
     assert [v for v, _ in d.reasons] == [v2, v3] and "reword" in d.to_text()
     back = diff_versions(project, v3, chosen)
-    assert [r["uid"] for r in back.added] == [rules[2]["uid"]]
+    assert [r.uid for r in back.added] == [rules[2].uid]
     assert diff_rules(rules, rules) == ([], [], [], [])
-    numbers = prompt_numbers(SetEnabled(rules[0]["uid"], False).apply(rules)[0])
-    assert numbers[rules[0]["uid"]] is None and numbers[rules[1]["uid"]] == 1
+    numbers = prompt_numbers(SetEnabled(rules[0].uid, False).apply(rules)[0])
+    assert numbers[rules[0].uid] is None and numbers[rules[1].uid] == 1
 
 
 # ---------------------------------------------------------------------------
@@ -340,7 +340,7 @@ def test_deployment_files_carry_the_exact_prompt(project: Project, tmp_path: Pat
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # the filled-in config block is valid Python
     namespace = vars(module)
-    assert namespace["SYSTEM_PROMPT"] == rs.prompt_text and namespace["LABELS"] == rs.labels
+    assert namespace["SYSTEM_PROMPT"] == rs.prompt_text and namespace["LABELS"] == list(rs.labels)
     assert namespace["RULE_SET"] == rs.id
     record = {"message": "  where is my card?  ", "id": "x"}
     assert namespace["render_input"](record) == "where is my card?"
@@ -370,16 +370,16 @@ def test_pld_rules_versions_diff_eval_status_export(project: Project, tmp_path: 
     rules = project.rule_set(start).rules
     project.close()
     code, out = _pld(["rules", path], capsys, monkeypatch)
-    assert code == 0 and f"version {start}" in out and f"  1. {rules[0]['uid']}" in out
+    assert code == 0 and f"version {start}" in out and f"  1. {rules[0].uid}" in out
     code, out = _pld(["rules", path, "disable", "1"], capsys, monkeypatch)
     first = int(out.split()[0][1:])
-    assert code == 0 and f"v{first} (from v{start}): disabled {rules[0]['uid']}" in out
+    assert code == 0 and f"v{first} (from v{start}): disabled {rules[0].uid}" in out
     code, out = _pld(["rules", path, "move", "1", "--to", "2"], capsys, monkeypatch)
     assert code == 0
     code, out = _pld(["rules", path, "set", "1", "--text", "If the message mentions 'card', answer question."],
                      capsys, monkeypatch)
     assert code == 0
-    labels = sorted({r["label"] for r in rules})
+    labels = sorted({r.label for r in rules})
     code, out = _pld(["rules", path, "add", "--text", f"If the message says 'zz', answer {labels[0]}.",
                       "--label", labels[1], "--at", "1"], capsys, monkeypatch)
     assert code == 0 and f"says {labels[0]}, its label is {labels[1]}" in out

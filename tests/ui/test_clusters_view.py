@@ -41,7 +41,7 @@ def test_tree_lists_every_cluster_with_members_and_merged_rule(qtbot, ran_projec
     assert tops[:len(labels)] == labels
     items = cluster_items(view)
     assert len(items) == sum(1 for c in clusters if not c["is_noise"])
-    merged = {r["cluster_id"]: r["text"] for r in synthesis}
+    merged = {r.cluster_id: r.text for r in synthesis}
     for item in items:
         cid = int(str(item.data(0, KEY_ROLE)).removeprefix("c:"))
         assert item.text(2) == merged[cid]

@@ -66,7 +66,7 @@ def test_results_placeholder_when_nothing_is_scored(qtbot: Any, tmp_path: Path) 
 def test_history_model_marks_and_scores_an_edit_on_dev_then_test(qtbot: Any, qtmodeltester: Any,
                                                                   project_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    edited = _edit(project_path, lambda rules: SetEnabled(rules[0]["uid"], False))
+    edited = _edit(project_path, lambda rules: SetEnabled(rules[0].uid, False))
     view = ResultsView(project_path, FakeBackends)
     qtbot.addWidget(view)
     qtmodeltester.check(view.model)
@@ -120,7 +120,7 @@ def test_the_window_scores_an_edit_on_dev_when_the_student_is_idle(qtbot: Any, p
     window._auto_score_timer.setInterval(10)
     editor, results = window.views["rules"], window.views["results"]
     editor.auto_conflicts = False
-    uid = editor.model.rules()[0]["uid"]
+    uid = editor.model.rules()[0].uid
     with qtbot.waitSignal(results.scoring_finished, timeout=60000) as done:
         assert editor.model.push(SetEnabled(uid, False))
     assert done.args[0] == "done" and results.auto
@@ -139,24 +139,24 @@ def test_label_mismatch_shows_with_one_click_fixes_either_way(qtbot: Any, projec
     qtbot.addWidget(editor)
     editor.auto_conflicts = False
     rule = editor.model.rules()[0]
-    other = next(lab for lab in editor.model.labels if lab != rule["label"])
-    assert editor.mismatch_of(rule["uid"]) is None
-    assert editor.model.push(SetLabel(rule["uid"], other))
-    editor.select_uid(rule["uid"])
-    mismatch = editor.mismatch_of(rule["uid"])
-    assert mismatch is not None and mismatch["reason"] == f"text says {rule['label']}, label is {other}"
-    assert editor.fix_row.isVisibleTo(editor) and rule["label"] in editor.fix_label_btn.text()
+    other = next(lab for lab in editor.model.labels if lab != rule.label)
+    assert editor.mismatch_of(rule.uid) is None
+    assert editor.model.push(SetLabel(rule.uid, other))
+    editor.select_uid(rule.uid)
+    mismatch = editor.mismatch_of(rule.uid)
+    assert mismatch is not None and mismatch["reason"] == f"text says {rule.label}, label is {other}"
+    assert editor.fix_row.isVisibleTo(editor) and rule.label in editor.fix_label_btn.text()
     assert "itself" in [editor.conflict_list.topLevelItem(i).text(0)
                         for i in range(editor.conflict_list.topLevelItemCount())]
 
     assert editor.fix_mismatch("label")  # the label follows the text
-    assert editor.model.rules()[0]["label"] == rule["label"] and editor.mismatch_of(rule["uid"]) is None
+    assert editor.model.rules()[0].label == rule.label and editor.mismatch_of(rule.uid) is None
     assert not editor.fix_row.isVisibleTo(editor)
     editor.undo_stack.undo()
-    assert editor.mismatch_of(rule["uid"]) is not None
+    assert editor.mismatch_of(rule.uid) is not None
     assert editor.fix_mismatch("text")  # or the text follows the label
     fixed = editor.model.rules()[0]
-    assert fixed["label"] == other and other in fixed["text"] and editor.mismatch_of(rule["uid"]) is None
+    assert fixed.label == other and other in fixed.text and editor.mismatch_of(rule.uid) is None
     editor.close()
 
 
@@ -166,14 +166,14 @@ def test_edited_rules_conflicts_are_rechecked_in_the_background(qtbot: Any, proj
     editor._conflict_timer.setInterval(10)
     rules = editor.model.rules()
     a = rules[0]
-    b = next(r for r in rules if r["label"] != a["label"])
+    b = next(r for r in rules if r.label != a.label)
     # Reword a's text to nearly b's (one word more): very similar rules with different labels.
-    text = b["text"].replace(f"answer {b['label']}", f"clearly answer {a['label']}")
-    assert not any(c["other"] == b["uid"] and c["source"] == "similarity" for c in editor.model.conflicts_of(a["uid"]))
+    text = b.text.replace(f"answer {b.label}", f"clearly answer {a.label}")
+    assert not any(c["other"] == b.uid and c["source"] == "similarity" for c in editor.model.conflicts_of(a.uid))
     with qtbot.waitSignal(editor.job_finished, timeout=60000) as done:
-        assert editor.model.push(SetText(a["uid"], text))
+        assert editor.model.push(SetText(a.uid, text))
     assert done.args == ["conflicts", "done"]
-    assert any(c["other"] == b["uid"] and c["source"] == "similarity" for c in editor.model.conflicts_of(a["uid"]))
+    assert any(c["other"] == b.uid and c["source"] == "similarity" for c in editor.model.conflicts_of(a.uid))
     assert "rechecked in the background" in editor.status.text()
     editor.close()
 
@@ -181,18 +181,18 @@ def test_edited_rules_conflicts_are_rechecked_in_the_background(qtbot: Any, proj
 def test_a_carried_teacher_conflict_says_the_rule_changed_since(qtbot: Any, project_path: Path) -> None:
     with Project.open(project_path) as project:  # a conflict the teacher named (the doubles' run names none)
         rs_id = working_rule_set(project)
-        first, second = (r["uid"] for r in project.rule_set(rs_id).rules[:2])
+        first, second = (r.uid for r in project.rule_set(rs_id).rules[:2])
         project.add_conflict(rs_id, first, second, "teacher", "both can match a short message",
                              {"named_by": "teacher"})
     editor = RulesEditor(project_path, backends_factory=FakeBackends)
     qtbot.addWidget(editor)
     editor.auto_conflicts = False
-    teacher = next((uid, c) for uid in (r["uid"] for r in editor.model.rules())
+    teacher = next((uid, c) for uid in (r.uid for r in editor.model.rules())
                    for c in editor.model.conflicts_of(uid) if c["source"] == "teacher")
     uid, conflict = teacher
     assert not conflict["changed_since"]
-    rule = next(r for r in editor.model.rules() if r["uid"] == uid)
-    assert editor.model.push(SetText(uid, rule["text"].replace("If", "When", 1)))
+    rule = next(r for r in editor.model.rules() if r.uid == uid)
+    assert editor.model.push(SetText(uid, rule.text.replace("If", "When", 1)))
     kept = [c for c in editor.model.conflicts_of(uid) if c["source"] == "teacher"]
     assert kept and kept[0]["changed_since"] == [uid]
     editor.select_uid(uid)
@@ -217,7 +217,7 @@ def test_rule_impact_column_in_the_background_and_sortable(qtbot: Any, qtmodelte
         assert editor.job_row.isVisibleTo(editor) and not editor.impact_action.isEnabled()
     assert done.args == ["impact", "done"]
     qtmodeltester.check(editor.model)
-    enabled = [r["uid"] for r in editor.model.rules() if r.get("enabled", True)]
+    enabled = [r.uid for r in editor.model.rules() if r.enabled]
     assert sorted(editor.model.impact) == sorted(enabled)
     for row in range(editor.model.rowCount()):
         impact = editor.model.index(row, COL_IMPACT).data(ImpactRole)
@@ -238,8 +238,8 @@ def test_diff_view_names_added_removed_changed_and_moved_rules_with_reasons(qtbo
     with Project.open(project_path) as project:
         start = working_rule_set(project)
         rules = project.rule_set(start).rules
-    uid_text, uid_move = rules[0]["uid"], rules[2]["uid"]
-    _edit(project_path, lambda rs: SetText(uid_text, rs[0]["text"].replace("If", "When", 1)))
+    uid_text, uid_move = rules[0].uid, rules[2].uid
+    _edit(project_path, lambda rs: SetText(uid_text, rs[0].text.replace("If", "When", 1)))
     end = _edit(project_path, lambda rs: Move(uid_move, 0))
     view = DiffView(project_path)
     qtbot.addWidget(view)
@@ -301,7 +301,7 @@ def test_help_lists_the_shortcuts_and_how_a_run_works(qtbot: Any, project_path: 
 
 
 def test_side_by_side_defaults_to_the_working_version_vs_zero_shot(qtbot: Any, project_path: Path) -> None:
-    edited = _edit(project_path, lambda rules: SetEnabled(rules[1]["uid"], False))
+    edited = _edit(project_path, lambda rules: SetEnabled(rules[1].uid, False))
     window = MainWindow(backends_factory=FakeBackends)
     qtbot.addWidget(window)
     window.open_project(project_path)
@@ -365,7 +365,7 @@ def test_dark_palette_keeps_charts_and_check_marks_legible(qtbot: Any, project_p
         assert new_chart("x").theme() == QChart.ChartTheme.ChartThemeDark
         with Project.open(project_path) as project:
             model = RulesModel(project, working_rule_set(project))
-            conflicted = next(r for r in range(model.rowCount()) if model.conflicts_of(model.rules()[r]["uid"]))
+            conflicted = next(r for r in range(model.rowCount()) if model.conflicts_of(model.rules()[r].uid))
             # The style draws the check mark in the item's text colour: it must be the palette's, not forced dark.
             assert model.index(conflicted, COL_ENABLED).data(Qt.ItemDataRole.ForegroundRole) is None
             assert model.index(conflicted, 1).data(Qt.ItemDataRole.ForegroundRole) is not None  # text stays dark
@@ -403,7 +403,7 @@ def test_window_exports_name_the_working_version_including_deployment_files(qtbo
     from pld_desktop.core.scoring import score_version
 
     from ..fakes import FakeStudent
-    edited = _edit(project_path, lambda rules: SetEnabled(rules[1]["uid"], False))
+    edited = _edit(project_path, lambda rules: SetEnabled(rules[1].uid, False))
     with Project.open(project_path) as project:  # the CSV holds a scored version's predictions
         score_version(project, FakeStudent(), edited, split="dev")
     monkeypatch.setattr(QMessageBox, "warning", lambda *a, **k: pytest.fail(f"export warned: {a[2:]}"))

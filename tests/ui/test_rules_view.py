@@ -45,13 +45,13 @@ def model(project: Project, qapp) -> RulesModel:  # type: ignore[no-untyped-def]
 
 
 def uids(model: RulesModel) -> list[str]:
-    return [r["uid"] for r in model.rules()]
+    return [r.uid for r in model.rules()]
 
 
 def test_model_passes_the_model_tester(model: RulesModel, qtmodeltester) -> None:  # type: ignore[no-untyped-def]
     assert model.rowCount() == len(model.record.rules) >= 3
     rule = model.index(0, 0)
-    assert model.rowCount(rule) == len(model.record.rules[0]["micro_rule_ids"]) > 0
+    assert model.rowCount(rule) == len(model.record.rules[0].micro_rule_ids) > 0
     micro = model.index(0, 0, rule)
     example = model.index(0, 0, micro)
     assert (rule.data(KindRole), micro.data(KindRole), example.data(KindRole)) == ("rule", "micro", "example")
@@ -108,7 +108,7 @@ def test_every_edit_round_trips_through_the_undo_stack(model: RulesModel, projec
     assert project.rule_set(edit_id).parent_id == start_id and project.rule_set(edit_id).origin == "edit"
     model.undo_stack.undo()
     assert model.rules() == original  # text, label, enabled and order all restored
-    assert [model.index(r, COL_TEXT).data() for r in range(model.rowCount())] == [r["text"] for r in original]
+    assert [model.index(r, COL_TEXT).data() for r in range(model.rowCount())] == [r.text for r in original]
     undo_id = model.rule_set_id
     assert undo_id > edit_id and project.rule_set(undo_id).reason.startswith("undo: ")
     assert project.rule_set(undo_id).prompt_text == project.rule_set(start_id).prompt_text
@@ -167,7 +167,7 @@ def test_filter_proxy_by_text_and_conflicts_only(model: RulesModel) -> None:
     assert proxy.rowCount() == model.rowCount()
     proxy.set_conflicts_only(True)
     shown = [proxy.index(r, 0).data(UidRole) for r in range(proxy.rowCount())]
-    assert shown == [u for u in uids(model) if model.conflicts_of(u)] and model.rules()[0]["uid"] not in shown
+    assert shown == [u for u in uids(model) if model.conflicts_of(u)] and model.rules()[0].uid not in shown
     proxy.set_conflicts_only(False)
     proxy.set_text("SCAM")
     assert proxy.rowCount() == 1
@@ -176,7 +176,7 @@ def test_filter_proxy_by_text_and_conflicts_only(model: RulesModel) -> None:
     assert "scam" in source.siblingAtColumn(COL_TEXT).data()
     assert proxy.rowCount(kept) == model.rowCount(source) > 0  # a matching rule keeps its micro-rules
     proxy.set_text("fraud_report")  # the label column counts too
-    assert proxy.rowCount() == sum(1 for r in model.rules() if r["label"] == "fraud_report")
+    assert proxy.rowCount() == sum(1 for r in model.rules() if r.label == "fraud_report")
     proxy.set_text("no rule says this")
     assert proxy.rowCount() == 0
 
@@ -192,8 +192,8 @@ def test_edits_are_persisted_in_the_project_file(model: RulesModel, project_path
         assert reopened.get_setting(HEAD_SETTING) == head
         assert reopened.get_setting("chosen_rule_set_id") == chosen
         rs = reopened.rule_set(head)
-        assert rs.rules == rules
-        assert rules[3]["enabled"] is False
+        assert list(rs.rules) == rules
+        assert rules[3].enabled is False
         assert "3. If the message mentions an overdraft, answer complaint. -> complaint" in rs.prompt_text
         numbered = [line for line in rs.prompt_text.splitlines() if line[:1].isdigit()]
         assert len(numbered) == len(rules) - 1  # the disabled rule is kept but not prompted
@@ -315,9 +315,9 @@ def test_real_student_tokens_and_real_embedder_conflicts(qtbot, project: Project
         assert f"{exact:,} tokens" in editor.token_label.text() and 50 < exact < 2048
         model = editor.model
         rules = model.rules()
-        complaint = next(r for r in rules if r["label"] == "complaint")
-        question = next(r for r in rules if r["label"] == "question")
-        model.push(SetText(question["uid"], complaint["text"].replace("answer complaint", "answer question")))
+        complaint = next(r for r in rules if r.label == "complaint")
+        question = next(r for r in rules if r.label == "question")
+        model.push(SetText(question.uid, complaint.text.replace("answer complaint", "answer question")))
         assert f"{student.count_tokens(model.record.prompt_text):,} tokens" in editor.token_label.text()
     finally:
         student.close()
@@ -325,11 +325,11 @@ def test_real_student_tokens_and_real_embedder_conflicts(qtbot, project: Project
     added = add_model_conflicts(project, embedder, model.rule_set_id, settings())
     pairs = {frozenset((c.rule_a, c.rule_b)) for c in project.conflicts(model.rule_set_id)
              if c.source == "similarity"}
-    assert added > 0 and frozenset((complaint["uid"], question["uid"])) in pairs
+    assert added > 0 and frozenset((complaint.uid, question.uid)) in pairs
     # The editor keeps working on the enriched version, even with its tokenizer gone (closed student).
-    model.push(SetLabel(question["uid"], "complaint"))
+    model.push(SetLabel(question.uid, "complaint"))
     assert "tokenizer failed" in editor.token_label.text()
-    assert model.rules()[[r["uid"] for r in model.rules()].index(question["uid"])]["label"] == "complaint"
+    assert model.rules()[[r.uid for r in model.rules()].index(question.uid)].label == "complaint"
 
 
 # ---------------------------------------------------------------------------
@@ -339,11 +339,11 @@ def _make_similar_pair(editor: RulesEditor) -> tuple[str, str]:
     """Reword a question rule into a complaint rule's wording (label kept): a similarity conflict for the embedder."""
     from pld_desktop.core.rule_edits import SetText
     rules = editor.model.rules()
-    complaint = next(r for r in rules if r["label"] == "complaint")
-    question = next(r for r in rules if r["label"] == "question")
-    assert editor.model.push(SetText(question["uid"], complaint["text"].replace("answer complaint",
+    complaint = next(r for r in rules if r.label == "complaint")
+    question = next(r for r in rules if r.label == "question")
+    assert editor.model.push(SetText(question.uid, complaint.text.replace("answer complaint",
                                                                                 "answer question")))
-    return complaint["uid"], question["uid"]
+    return complaint.uid, question.uid
 
 
 def _similarity_partners(editor: RulesEditor, uid: str) -> set[str]:

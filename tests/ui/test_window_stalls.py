@@ -82,10 +82,10 @@ def test_vocabulary_loads_on_a_helper_thread_and_counts_like_the_blocking_load()
 def test_an_edit_relayouts_only_the_rows_it_changed(model: RulesModel) -> None:
     rows: list[tuple[int, int]] = []
     model.dataChanged.connect(lambda first, last, *_: rows.append((first.row(), last.row())))
-    before = {r["uid"]: model.conflicts_of(r["uid"]) for r in model.rules()}
+    before = {r.uid: model.conflicts_of(r.uid) for r in model.rules()}
     assert model.setData(model.index(1, COL_TEXT), "If the customer asks about opening hours, answer question.")
     changed = {i for i, r in enumerate(model.rules())
-               if i == 1 or model.conflicts_of(r["uid"]) != before[r["uid"]]}
+               if i == 1 or model.conflicts_of(r.uid) != before[r.uid]}
     assert rows and {row for first, last in rows for row in range(first, last + 1)} == changed
     assert len(changed) < model.rowCount()  # not every row, as before
 

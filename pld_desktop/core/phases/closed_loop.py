@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..domain import RuleSetRecord
+from ..domain import Rule, RuleSetRecord
 from ..evaluate import evaluate_prompt
 from ..progress import Progress, check
 from ..project import CHOSEN_RULE_SET, SYNTHESIS_RULE_SET, Example, Project
@@ -50,8 +50,8 @@ def score_on_dev(project: Project, student: Student, rule_set_id: int, progress:
     return float(metrics["macro_f1"])
 
 
-def _enabled_rules(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in rules if r.get("enabled", True)]
+def _enabled_rules(rules: Sequence[Rule]) -> list[Rule]:
+    return [r for r in rules if r.enabled]
 
 
 def run_closed_loop(project: Project, teacher: Teacher, student: Student, settings: RunSettings,
@@ -129,13 +129,13 @@ class _Loop:
         successes = [e for e in sample if preds[e.id]["predicted"] == e.label]
         return sample, failures, successes, preds
 
-    def _rewrite_job(self, rnd: int, current: RuleSetRecord, rules: list[dict[str, Any]], failures: list[Example],
+    def _rewrite_job(self, rnd: int, current: RuleSetRecord, rules: list[Rule], failures: list[Example],
                      successes: list[Example], preds: dict[int, dict[str, Any]]) -> TeacherJob:
         """The teacher request: rewrite the rules so the picked failures are fixed and the successes kept."""
         settings, labels = self.settings, self.labels
         fail_pick = stratified_sample(failures, settings.loop_max_failures, settings.seed + 100 + rnd)
         ok_pick = stratified_sample(successes, settings.loop_max_successes, settings.seed + 200 + rnd)
-        user = resolution_user(settings.task, labels, current.meanings, [(r["text"], r["label"]) for r in rules],
+        user = resolution_user(settings.task, labels, current.meanings, [(r.text, r.label) for r in rules],
                                [(e.text, e.label, preds[e.id]["predicted"]) for e in fail_pick],
                                [(e.text, e.label) for e in ok_pick])
         return TeacherJob(f"round:{rnd}:from:{self.current_id}",
@@ -163,13 +163,13 @@ class _Loop:
         return self._no_gain_stop("no usable rewrite or improvement for {n} round(s) "
                                   f"({report.failed_attempts} failed attempt(s))")
 
-    def _add_candidate(self, rnd: int, current: RuleSetRecord, rules: list[dict[str, Any]], parsed: Any) -> int:
+    def _add_candidate(self, rnd: int, current: RuleSetRecord, rules: list[Rule], parsed: Any) -> int:
         """The rewrite as a rule-set version (an identical earlier candidate is reused), with its conflicts."""
         project, labels = self.project, self.labels
         new_rules, repair_note = _repair(_provenance(parsed, rules, rnd), rules, labels)
         if repair_note:
             self.progress.log(f"Round {rnd}: {repair_note}", "warning")
-        prompt = build_rules_prompt(current.task, list(labels), [PromptRule(r["text"], r["label"]) for r in new_rules],
+        prompt = build_rules_prompt(current.task, list(labels), [PromptRule(r.text, r.label) for r in new_rules],
                                     current.meanings)
         cand_id = project.find_rule_set(origin="resolution", parent_id=self.current_id, rules=new_rules,
                                         task=current.task, labels=list(labels), meanings=current.meanings)
@@ -188,7 +188,7 @@ class _Loop:
             with project.transaction():  # the candidate's conflicts: one commit
                 for a, b, reason in pairs:
                     if 1 <= a <= len(new_rules) and 1 <= b <= len(new_rules) and a != b:
-                        project.add_conflict(cand_id, new_rules[a - 1]["uid"], new_rules[b - 1]["uid"], "teacher",
+                        project.add_conflict(cand_id, new_rules[a - 1].uid, new_rules[b - 1].uid, "teacher",
                                              reason, {"named_by": "teacher", "round": rnd})
         return cand_id
 
@@ -229,55 +229,52 @@ def _report_done(project: Project, report: LoopReport, settings: RunSettings, pr
     progress.log(msg)
 
 
-def _provenance(parsed: Any, old_rules: list[dict[str, Any]], rnd: int) -> list[dict[str, Any]]:
+def _provenance(parsed: Any, old_rules: list[Rule], rnd: int) -> list[Rule]:
     """Rewritten rules inherit the micro-rules and examples of the rules they say they come from."""
     out = []
     for i, r in enumerate(parsed.rules, 1):
         sources = [old_rules[n - 1] for n in getattr(r, "from_rules", []) if 1 <= n <= len(old_rules)]
-        out.append({"uid": f"R{i}", "text": " ".join(r.rule.split()), "label": r.label, "enabled": True,
-                    "cluster_id": None,
-                    "micro_rule_ids": sorted({m for s in sources for m in s.get("micro_rule_ids", [])}),
-                    "example_ids": sorted({m for s in sources for m in s.get("example_ids", [])}),
-                    "from_rules": [s["uid"] for s in sources], "origin": f"resolution round {rnd}"})
+        out.append(Rule(uid=f"R{i}", text=" ".join(r.rule.split()), label=r.label, enabled=True, cluster_id=None,
+                        micro_rule_ids=tuple(sorted({m for s in sources for m in s.micro_rule_ids})),
+                        example_ids=tuple(sorted({m for s in sources for m in s.example_ids})),
+                        from_rules=tuple(s.uid for s in sources), origin=f"resolution round {rnd}"))
     return out
 
 
-def _repair(new_rules: list[dict[str, Any]], old_rules: list[dict[str, Any]],
-            labels: Sequence[str]) -> tuple[list[dict[str, Any]], str]:
+def _repair(new_rules: list[Rule], old_rules: list[Rule],
+            labels: Sequence[str]) -> tuple[list[Rule], str]:
     """Guard against a rewrite that silently loses knowledge: drop empty rules, and carry over the previous
     rules of any label the rewrite left without a rule (synthesis already drops minority labels easily)."""
     notes = []
     relabelled = 0
-    for r in new_rules:
+    for n, r in enumerate(new_rules):
         # The text is what a reviewer reads: when it names another label than the label field, the text wins.
-        said = re.search(r"answer (\S+?)\.?$", r["text"])
-        if said and said.group(1) in labels and said.group(1) != r["label"]:
-            r["label"] = said.group(1)
+        said = re.search(r"answer (\S+?)\.?$", r.text)
+        if said and said.group(1) in labels and said.group(1) != r.label:
+            new_rules[n] = replace(r, label=said.group(1))
             relabelled += 1
     if relabelled:
         notes.append(f"{relabelled} rule(s) relabelled to the label their text names")
-    kept = [r for r in new_rules if len(r["text"].split()) >= 3]
+    kept = [r for r in new_rules if len(r.text.split()) >= 3]
     if len(kept) < len(new_rules):
         notes.append(f"dropped {len(new_rules) - len(kept)} rule(s) of fewer than 3 words")
-    covered = {r["label"] for r in kept}
-    carried = [dict(r, origin=f"carried over from the parent version ({r.get('origin', '')})")
-               for r in old_rules if r["label"] not in covered and r["label"] in labels]
+    covered = {r.label for r in kept}
+    carried = [replace(r, origin=f"carried over from the parent version ({r.origin})")
+               for r in old_rules if r.label not in covered and r.label in labels]
     if carried:
-        lost = sorted({r["label"] for r in carried})
+        lost = sorted({r.label for r in carried})
         notes.append(f"carried over {len(carried)} previous rule(s) for label(s) the rewrite left without a rule: "
                      + ", ".join(lost))
-    out = kept + carried
-    for i, r in enumerate(out, 1):
-        r["uid"] = f"R{i}"
+    out = [replace(r, uid=f"R{i}") for i, r in enumerate(kept + carried, 1)]
     return out, "; ".join(notes)
 
 
 USELESS_REWRITE = ("the rule list is empty", "the list drops the label", "the list is unchanged")  # rewrite_check
 
 
-def rewrite_check(current_rules: list[dict[str, Any]]) -> Any:
+def rewrite_check(current_rules: list[Rule]) -> Any:
     """The check a rewrite must pass: not empty, no label of the current list lost, not the same list again."""
-    current = [(" ".join(str(r["text"]).split()), r["label"]) for r in current_rules]
+    current = [(" ".join(str(r.text).split()), r.label) for r in current_rules]
     covered = {lab for _, lab in current}
 
     def check(parsed: Any) -> str | None:

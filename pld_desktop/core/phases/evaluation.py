@@ -70,7 +70,7 @@ def run_evaluation(project: Project, student: Student, settings: RunSettings, pr
         order = {i: n for n, i in enumerate(chosen["example_ids"])}
         picked.sort(key=lambda e: order[e.id])
         prompts["pld_examples"] = build_rules_with_examples_prompt(
-            rs.task, labels, [PromptRule(r["text"], r["label"]) for r in rs.rules if r.get("enabled", True)],
+            rs.task, labels, [PromptRule(r.text, r.label) for r in rs.rules if r.enabled],
             [FewShotExample(e.text, e.label) for e in picked], rs.meanings)
     report = EvaluationReport(rule_set_id=rs_id, n_examples=len(test))
     if test:  # every prompt must fit before any is scored: a half-done comparison is not a result

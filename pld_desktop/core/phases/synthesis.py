@@ -11,12 +11,13 @@ import hashlib
 import json
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
 
 from ..clustering import centroid_order, cluster_rules, keep_every_label, map_2d
+from ..domain import Rule
 from ..progress import Progress, check
 from ..project import SYNTHESIS_RULE_SET, NewCluster, Project
 from ..prompts import PromptRule, build_rules_prompt, sha256_text
@@ -223,9 +224,9 @@ def _merge_jobs(data: _MicroRules, real: list[dict[str, Any]], labels: tuple[str
 
 
 def _cluster_rules(data: _MicroRules, real: list[dict[str, Any]], outcomes: dict[str, Any],
-                   labels: tuple[str, ...], report: SynthesisReport) -> list[dict[str, Any]]:
+                   labels: tuple[str, ...], report: SynthesisReport) -> list[Rule]:
     """One rule per cluster (its merge, else its most central micro-rule), ordered by label then cluster size."""
-    rules: list[dict[str, Any]] = []
+    rules: list[Rule] = []
     for c in real:
         outcome = outcomes.get(f"cluster:{c['id']}")
         members = c["micro_rule_ids"]
@@ -238,20 +239,17 @@ def _cluster_rules(data: _MicroRules, real: list[dict[str, Any]], outcomes: dict
             text = " ".join(outcome.parsed.rule.split())
             origin = "merged"
         flag = copy_reason(text, [data.source_text(i) for i in idx])
-        rule = {"uid": f"C{c['id']}", "text": text, "label": c["label"], "enabled": flag is None,
-                "cluster_id": c["id"], "micro_rule_ids": members,
-                "example_ids": sorted(data.micro[i]["example_id"] for i in idx), "origin": origin}
-        if flag:  # kept out of the prompt, shown (disabled) with the reason
-            rule["flag"] = flag
-            report.flagged_rules += 1
-        rules.append(rule)
-    rules.sort(key=lambda r: (labels.index(r["label"]), -len(r["micro_rule_ids"])))
-    for i, r in enumerate(rules, 1):
-        r["uid"] = f"R{i}"
-    return rules
+        # A flagged rule is kept out of the prompt, shown (disabled) with the reason.
+        rules.append(Rule(uid=f"C{c['id']}", text=text, label=c["label"], enabled=flag is None, cluster_id=c["id"],
+                          micro_rule_ids=tuple(members),
+                          example_ids=tuple(sorted(data.micro[i]["example_id"] for i in idx)), origin=origin,
+                          flag=flag or None))
+        report.flagged_rules += bool(flag)
+    rules.sort(key=lambda r: (labels.index(r.label), -len(r.micro_rule_ids)))
+    return [replace(r, uid=f"R{i}") for i, r in enumerate(rules, 1)]
 
 
-def _review(project: Project, teacher: Teacher, rules: list[dict[str, Any]], labels: tuple[str, ...],
+def _review(project: Project, teacher: Teacher, rules: Sequence[Rule], labels: tuple[str, ...],
             settings: RunSettings, progress: Progress) -> tuple[dict[str, str], list[tuple[int, int, str]]]:
     """Review: label meanings (in label order) + teacher-named conflicts."""
     meanings = dict(settings.label_meanings)
@@ -259,7 +257,7 @@ def _review(project: Project, teacher: Teacher, rules: list[dict[str, Any]], lab
     if rules:
         to_explain = [lab for lab in labels if lab not in meanings]
         review_job = TeacherJob("review", TeacherRequest(REVIEW_SYSTEM, review_user(
-            settings.task, labels, [(r["text"], r["label"]) for r in rules]), Review, "review"),
+            settings.task, labels, [(r.text, r.label) for r in rules]), Review, "review"),
             soft_check=_meanings_check(to_explain))
         progress.begin("Phase 2: reviewing rules", 1)
         rev, _ = run_teacher_jobs(project, teacher, [review_job], progress, phase=PHASE,
@@ -275,12 +273,12 @@ def _review(project: Project, teacher: Teacher, rules: list[dict[str, Any]], lab
     return {lab: meanings[lab] for lab in labels if lab in meanings}, teacher_conflicts
 
 
-def _store_rule_set(project: Project, embedder: Embedder, rules: list[dict[str, Any]], labels: list[str],
+def _store_rule_set(project: Project, embedder: Embedder, rules: Sequence[Rule], labels: list[str],
                     meanings: dict[str, str], teacher_conflicts: list[tuple[int, int, str]], settings: RunSettings,
                     progress: Progress, reason: str) -> int:
     """The synthesised rule set as a version with its conflicts; an identical earlier one is reused."""
     prompt = build_rules_prompt(settings.task, labels,
-                                [PromptRule(r["text"], r["label"]) for r in rules if r["enabled"]], meanings)
+                                [PromptRule(r.text, r.label) for r in rules if r.enabled], meanings)
     existing = project.find_rule_set(origin="synthesis", parent_id=None, rules=rules, task=settings.task,
                                      labels=labels, meanings=meanings)
     if existing is not None:
@@ -323,12 +321,12 @@ def _meanings_check(wanted: Sequence[str]) -> Any:
     return check
 
 
-def find_conflicts(project: Project, embedder: Embedder, rule_set_id: int, rules: list[dict[str, Any]],
+def find_conflicts(project: Project, embedder: Embedder, rule_set_id: int, rules: Sequence[Rule],
                    teacher_pairs: list[tuple[int, int, str]], settings: RunSettings, progress: Progress) -> None:
     """Store a version's conflicts: the teacher's pairs plus the data's evidence (embeddings come from the cache)."""
     micro = project.micro_rules()
     micro_vecs = embed_cached(project, embedder, [m["rule"] for m in micro], progress) if micro else None
-    rule_vecs = embed_cached(project, embedder, [r["text"] for r in rules], progress)
+    rule_vecs = embed_cached(project, embedder, [r.text for r in rules], progress)
     store_conflicts(project, rule_set_id, rules, rule_vecs, teacher_pairs, micro, micro_vecs, settings)
 
 
@@ -341,7 +339,7 @@ class ConflictSink(Protocol):
     def transaction(self) -> AbstractContextManager[Any]: ...
 
 
-def store_conflicts(project: ConflictSink, rule_set_id: int, rules: list[dict[str, Any]], rule_vecs: np.ndarray,
+def store_conflicts(project: ConflictSink, rule_set_id: int, rules: Sequence[Rule], rule_vecs: np.ndarray,
                     teacher_pairs: list[tuple[int, int, str]], micro: list[dict[str, Any]] | None,
                     micro_vecs: np.ndarray | None, settings: RunSettings) -> None:
     """Conflicts from the teacher, from similar rules with different labels, and from co-firing on training items.
@@ -352,29 +350,29 @@ def store_conflicts(project: ConflictSink, rule_set_id: int, rules: list[dict[st
         _store_conflicts(project, rule_set_id, rules, rule_vecs, teacher_pairs, micro, micro_vecs, settings)
 
 
-def _store_conflicts(project: ConflictSink, rule_set_id: int, rules: list[dict[str, Any]], rule_vecs: np.ndarray,
+def _store_conflicts(project: ConflictSink, rule_set_id: int, rules: Sequence[Rule], rule_vecs: np.ndarray,
                      teacher_pairs: list[tuple[int, int, str]], micro: list[dict[str, Any]] | None,
                      micro_vecs: np.ndarray | None, settings: RunSettings) -> None:
     seen: set[tuple[str, str, str]] = set()
 
     def add(a: int, b: int, source: str, reason: str, evidence: Any) -> None:
-        ua, ub = sorted((rules[a]["uid"], rules[b]["uid"]))
+        ua, ub = sorted((rules[a].uid, rules[b].uid))
         if (ua, ub, source) in seen:
             return
         seen.add((ua, ub, source))
         project.add_conflict(rule_set_id, ua, ub, source, reason, evidence)
 
     for a, b, reason in teacher_pairs:
-        if 1 <= a <= len(rules) and 1 <= b <= len(rules) and a != b and rules[a - 1]["label"] != rules[b - 1]["label"]:
+        if 1 <= a <= len(rules) and 1 <= b <= len(rules) and a != b and rules[a - 1].label != rules[b - 1].label:
             add(a - 1, b - 1, "teacher", reason, {"named_by": "teacher"})
     if len(rules) < 2:
         return
     sims = rule_vecs @ rule_vecs.T
     for a in range(len(rules)):
         for b in range(a + 1, len(rules)):
-            if rules[a]["label"] != rules[b]["label"] and sims[a, b] >= settings.conflict_similarity:
+            if rules[a].label != rules[b].label and sims[a, b] >= settings.conflict_similarity:
                 add(a, b, "similarity", f"The rules are very similar (cosine {sims[a, b]:.2f}) but lead to "
-                                        f"{rules[a]['label']} and {rules[b]['label']}.",
+                                        f"{rules[a].label} and {rules[b].label}.",
                     {"cosine": round(float(sims[a, b]), 4)})
     if micro is None or micro_vecs is None or not len(micro):
         return
@@ -385,7 +383,7 @@ def _store_conflicts(project: ConflictSink, rule_set_id: int, rules: list[dict[s
         for x in range(len(on)):
             for y in range(x + 1, len(on)):
                 a, b = int(on[x]), int(on[y])
-                if rules[a]["label"] != rules[b]["label"]:
+                if rules[a].label != rules[b].label:
                     pair_items.setdefault((a, b), []).append(micro[i]["ext_id"])
     for (a, b), items in sorted(pair_items.items(), key=lambda kv: -len(kv[1])):
         add(a, b, "co-firing", f"Both rules apply to {len(items)} training item(s) but lead to different labels.",
