@@ -338,49 +338,76 @@ class RulesModel(QAbstractItemModel):
             return self._micro_data(node, col, role)
         return self._example_data(node, col, role)
 
-    def _rule_data(self, node: Node, row: int, col: int, role: int) -> Any:  # noqa: C901 (issue 14: not yet broken into named steps)
+    def _rule_data(self, node: Node, row: int, col: int, role: int) -> Any:
         rule: Rule = node.data
-        uid = rule.uid
-        found = self._conflicts.get(uid, [])
-        enabled = bool(rule.enabled)
-        impact = self.impact.get(uid)
+        found = self._conflicts.get(rule.uid, [])
+        impact = self.impact.get(rule.uid)
         if role == UidRole:
-            return uid
+            return rule.uid
         if role == ConflictRole:
             return list(found)
         if role == ImpactRole:
             return impact
         if role == SortRole:
-            if col == COL_NUMBER:
-                return row
-            if col == COL_IMPACT:
-                # Ascending = least worth first: the rules that hurt most lead; rules not scored come last.
-                return impact.delta if impact is not None else float("inf")
-            if col == COL_CONFLICTS:
-                return len(found)
-            if col == COL_MICRO:
-                return len(rule.micro_rule_ids)
-            if col == COL_ENABLED:
-                return int(enabled)
-            return str(self._rule_data(node, row, col, Qt.ItemDataRole.DisplayRole) or "").lower()
+            return self._rule_sort_key(rule, node, row, col, found, impact)
         if col == COL_IMPACT:
-            return self._impact_data(impact, enabled, role)
+            return self._impact_data(impact, bool(rule.enabled), role)
         if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.EditRole):
-            if col == COL_NUMBER:
-                # The uid, not the position: conflicts name rules by uid, and a row's data must not change
-                # just because a row above it was inserted (the model tester checks exactly that).
-                return uid
-            if col == COL_TEXT:
-                return rule.text
-            if col == COL_LABEL:
-                return rule.label
-            if col == COL_MICRO:
-                return len(rule.micro_rule_ids)
-            if col == COL_CONFLICTS:
-                return len(found) if found else None
-            return None
+            return self._rule_display(rule, col, found)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return self._rule_tooltip(rule, row, col, found)
+        return self._rule_look(rule, col, role, found)
+
+    def _rule_sort_key(self, rule: Rule, node: Node, row: int, col: int, found: list[dict[str, Any]],
+                       impact: Any) -> Any:
+        """What a column sorts by: prompt order for "#", numbers as numbers, text case-insensitively."""
+        if col == COL_NUMBER:
+            return row
+        if col == COL_IMPACT:
+            # Ascending = least worth first: the rules that hurt most lead; rules not scored come last.
+            return impact.delta if impact is not None else float("inf")
+        if col == COL_CONFLICTS:
+            return len(found)
+        if col == COL_MICRO:
+            return len(rule.micro_rule_ids)
+        if col == COL_ENABLED:
+            return int(bool(rule.enabled))
+        return str(self._rule_display(rule, col, found) or "").lower()
+
+    @staticmethod
+    def _rule_display(rule: Rule, col: int, found: list[dict[str, Any]]) -> Any:
+        if col == COL_NUMBER:
+            # The uid, not the position: conflicts name rules by uid, and a row's data must not change
+            # just because a row above it was inserted (the model tester checks exactly that).
+            return rule.uid
+        if col == COL_TEXT:
+            return rule.text
+        if col == COL_LABEL:
+            return rule.label
+        if col == COL_MICRO:
+            return len(rule.micro_rule_ids)
+        if col == COL_CONFLICTS:
+            return len(found) if found else None
+        return None
+
+    def _rule_tooltip(self, rule: Rule, row: int, col: int, found: list[dict[str, Any]]) -> str | None:
+        if found:
+            lines = [(f"{c['reason']} ({c['source']})" if c["other"] == rule.uid else
+                      f"Conflicts with {c['other']} ({c['source']}): {c['reason']}")
+                     + (" [rule changed since]" if c.get("changed_since") else "") for c in found[:12]]
+            if len(found) > 12:
+                lines.append(f"... and {len(found) - 12} more")
+            return "\n".join(lines)
+        if col == COL_TEXT:
+            return rule.text + ("" if rule.enabled else "\n(disabled: not in the prompt)")
+        if col == COL_NUMBER:
+            return f"Rule {rule.uid}, position {row + 1} of {len(self._root.children)}"
+        return None
+
+    def _rule_look(self, rule: Rule, col: int, role: int, found: list[dict[str, Any]]) -> Any:
+        """Check state, icon, colours and alignment of a rule's cell."""
         if role == Qt.ItemDataRole.CheckStateRole and col == COL_ENABLED:
-            return Qt.CheckState.Checked if enabled else Qt.CheckState.Unchecked
+            return Qt.CheckState.Checked if rule.enabled else Qt.CheckState.Unchecked
         if role == Qt.ItemDataRole.DecorationRole and col == COL_TEXT and found:
             return self._warning_icon()
         # Not behind the checkbox: a dark palette draws its indicator dark, which vanishes on amber.
@@ -391,24 +418,9 @@ class RulesModel(QAbstractItemModel):
                 # The style draws the check mark in the item's text colour: the forced-dark conflict ink made
                 # it vanish in its dark box on a dark palette. The palette's own text colour always shows.
                 return None
-            if not enabled:
+            if not rule.enabled:
                 return QBrush(DISABLED_FOREGROUND)
-            if found:
-                return QBrush(CONFLICT_FOREGROUND)
-            return None
-        if role == Qt.ItemDataRole.ToolTipRole:
-            if found:
-                lines = [(f"{c['reason']} ({c['source']})" if c["other"] == uid else
-                          f"Conflicts with {c['other']} ({c['source']}): {c['reason']}")
-                         + (" [rule changed since]" if c.get("changed_since") else "") for c in found[:12]]
-                if len(found) > 12:
-                    lines.append(f"... and {len(found) - 12} more")
-                return "\n".join(lines)
-            if col == COL_TEXT:
-                return rule.text + ("" if enabled else "\n(disabled: not in the prompt)")
-            if col == COL_NUMBER:
-                return f"Rule {uid}, position {row + 1} of {len(self._root.children)}"
-            return None
+            return QBrush(CONFLICT_FOREGROUND) if found else None
         if role == Qt.ItemDataRole.TextAlignmentRole and col in (COL_MICRO, COL_CONFLICTS):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None
