@@ -20,12 +20,13 @@ from pld_desktop.core.project import Project
 from pld_desktop.core.rule_edits import Move, SetEnabled, SetLabel, SetText, save_version
 from pld_desktop.core.working import working_rule_set
 from pld_desktop.resources import demo_csv
-from pld_desktop.ui.app import MainWindow, PhaseCard, prompt_kinds_in_words
+from pld_desktop.ui.app import MainWindow
 from pld_desktop.ui.diff_view import DiffView
 from pld_desktop.ui.results_view import HistoryModel, ResultsView
 from pld_desktop.ui.rules_model import COL_ENABLED, COL_IMPACT, ImpactRole, SortRole
 from pld_desktop.ui.rules_view import RulesEditor
 from pld_desktop.ui.tasks import QtProgress
+from pld_desktop.ui.window_parts import PhaseCard, prompt_kinds_in_words
 
 from ..fakes import FakeBackends
 from ..helpers import make_project, settings

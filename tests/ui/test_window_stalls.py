@@ -35,7 +35,7 @@ class _GatedTokenizer:
 
 
 def test_token_counts_are_taken_off_the_gui_thread(qapp: Any) -> None:  # the counter runs a TaskRunner
-    from pld_desktop.ui.app import _BackgroundCounter
+    from pld_desktop.ui.window_parts import _BackgroundCounter
     tok = _GatedTokenizer()
     done = threading.Event()
     counter = _BackgroundCounter(tok, done.set)
@@ -49,7 +49,7 @@ def test_token_counts_are_taken_off_the_gui_thread(qapp: Any) -> None:  # the co
 
 
 def test_a_failing_count_is_reported_not_retried_forever(qapp: Any) -> None:
-    from pld_desktop.ui.app import _BackgroundCounter
+    from pld_desktop.ui.window_parts import _BackgroundCounter
 
     class Broken:
         ready = True
