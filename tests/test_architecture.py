@@ -106,7 +106,7 @@ def test_the_architecture_check_sees_what_it_forbids() -> None:
 # over it today carry a noqa for C901 and may not grow either.
 MAX_MODULE_LINES = 1000
 OVERSIZED_MODULES = {  # path under pld_desktop/ -> its length when the limit came in
-    "cli.py": 1158,
+    "cli.py": 1141,
     "ui/app.py": 1139,
     "ui/rules_view.py": 1049,
     # The storage layer took every query from seven modules (issue 14); next: a storage package (schema and
