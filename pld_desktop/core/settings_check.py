@@ -129,7 +129,7 @@ def gguf_problem(setting: str, value: str) -> SettingProblem | None:
 
 
 def server_url_problem(setting: str, url: str | None, *, needed_by: str | None = None) -> SettingProblem | None:
-    """Why `url` is not a server address (http or https, a host, a valid port), or None. `needed_by`: the choice
+    """Why `url` is not a usable server address (`server_url_fault`), or None. `needed_by`: the choice
     ("teacher=openai") that makes an address required; without it an empty address is fine."""
     text = (url or "").strip()
     if not text:
@@ -138,16 +138,23 @@ def server_url_problem(setting: str, url: str | None, *, needed_by: str | None =
         example = SERVER_EXAMPLES.get(setting, SERVER_EXAMPLE)
         return SettingProblem("server-address-missing", setting,
                               f"{{{needed_by}}} needs the server's address: {{{setting}}} (e.g. {example}).")
-    parsed = urlparse(text)
-    words = None
+    fault = server_url_fault(text)
+    if fault is None:
+        return None
+    return SettingProblem("server-address-invalid", setting, f"{{{setting}}}: {_esc(fault)}")
+
+
+def server_url_fault(url: str) -> str | None:
+    """Why `url` is not a server's address (http or https, a host, a valid port), in words, or None; the one URL
+    rule (backends.openai_student.normalise_base_url refuses with the same words)."""
+    parsed = urlparse((url or "").strip())
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        words = f"The server URL {_lit(url)} is not an http(s) URL; use e.g. {SERVER_EXAMPLE}"
-    else:
-        try:
-            parsed.port  # noqa: B018 - raises on a port that is not a number or out of range
-        except ValueError:
-            words = f"The server URL {_lit(url)} has an invalid port; use e.g. {SERVER_EXAMPLE}"
-    return None if words is None else SettingProblem("server-address-invalid", setting, f"{{{setting}}}: {words}")
+        return f"The server URL {url!r} is not an http(s) URL; use e.g. {SERVER_EXAMPLE}"
+    try:
+        parsed.port  # noqa: B018 - raises on a port that is not a number or out of range
+    except ValueError:
+        return f"The server URL {url!r} has an invalid port; use e.g. {SERVER_EXAMPLE}"
+    return None
 
 
 def _one_of(s: RunSettings, setting: str, allowed: tuple[str, ...]) -> Iterator[SettingProblem]:
