@@ -129,21 +129,28 @@ def cmd_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# The run options and the settings they set; a problem with a setting names its option (core.settings_check).
+_RUN_OPTIONS = {"teacher": "teacher", "teacher_model": "teacher_model", "teacher_gguf": "teacher_gguf",
+                "student": "student_gguf", "base_url": "teacher_base_url", "concurrency": "teacher_concurrency",
+                "teacher_openai_base_url": "teacher_openai_base_url", "teacher_openai_model": "teacher_openai_model",
+                "student_backend": "student_backend", "student_base_url": "student_base_url",
+                "student_model": "student_model", "student_concurrency": "student_concurrency",
+                "student_prompt_format": "student_prompt_format", "student_top_logprobs": "student_top_logprobs",
+                "max_iterations": "loop_max_iterations", "max_test": "max_test_examples", "n_ctx": "student_n_ctx",
+                "task": "task", "sample_size": "loop_sample_size"}
+CLI_NAMES = {**{field: "--" + option.replace("_", "-") for option, field in _RUN_OPTIONS.items()},
+             "teacher_openai_base_url": "--teacher-base-url", "teacher_batch": "--batch",
+             "teacher=openai": "--teacher openai", "teacher=gemini": "the Gemini teacher (--teacher gemini)",
+             "student_backend=openai": "--student-backend openai"}
+
+
 def _apply_run_overrides(settings: Any, args: argparse.Namespace) -> None:
     """Copy the run options given on the command line into `settings` (saved with the run, so a rerun without
-    them resumes the same way); a server teacher or student chosen here must have an address."""
+    them resumes the same way); `check_settings(settings, CLI_NAMES)` then says what is wrong, by option."""
     from .core.settings_check import BUNDLED, model_path_value
     if getattr(args, "teacher", None) == BUNDLED:  # the embedded local teacher, whatever the project had
         args.teacher, args.teacher_gguf = "local", BUNDLED
-    pairs = {"teacher": "teacher", "teacher_model": "teacher_model", "teacher_gguf": "teacher_gguf",
-             "student": "student_gguf", "base_url": "teacher_base_url", "concurrency": "teacher_concurrency",
-             "teacher_openai_base_url": "teacher_openai_base_url", "teacher_openai_model": "teacher_openai_model",
-             "student_backend": "student_backend", "student_base_url": "student_base_url",
-             "student_model": "student_model", "student_concurrency": "student_concurrency",
-             "student_prompt_format": "student_prompt_format", "student_top_logprobs": "student_top_logprobs",
-             "max_iterations": "loop_max_iterations", "max_test": "max_test_examples", "n_ctx": "student_n_ctx",
-             "task": "task", "sample_size": "loop_sample_size"}
-    for arg, field in pairs.items():
+    for arg, field in _RUN_OPTIONS.items():
         value = getattr(args, arg, None)
         if value is not None:
             if arg in ("student", "teacher_gguf"):
@@ -151,24 +158,8 @@ def _apply_run_overrides(settings: Any, args: argparse.Namespace) -> None:
             setattr(settings, field, value)
     if getattr(args, "batch", None):
         settings.teacher_batch = True
-        if settings.teacher != "gemini":
-            raise ValueError("--batch needs the Gemini teacher (--teacher gemini).")
     if getattr(args, "student", None) is not None and getattr(args, "student_backend", None) is None:
         settings.student_backend = "llama"  # a GGUF named on the command line is meant to run in this process
-    # Checked here, before any model loads or the run is recorded, only for what this command line chose.
-    if getattr(args, "teacher", None) == "openai":
-        if not settings.teacher_openai_base_url:
-            raise ValueError("--teacher openai needs the server's address: --teacher-base-url "
-                             "(e.g. http://127.0.0.1:11434/v1 for Ollama, http://127.0.0.1:8000/v1 for vLLM).")
-        if not (settings.teacher_openai_model or "").strip():
-            raise ValueError("--teacher openai needs the served model's name: --teacher-openai-model "
-                             "(e.g. qwen2.5:7b-instruct on Ollama).")
-        _check_server_url("--teacher-base-url", settings.teacher_openai_base_url)
-    if getattr(args, "student_backend", None) == "openai":
-        if not settings.student_base_url:
-            raise ValueError("--student-backend openai needs the server's address: --student-base-url "
-                             "(e.g. http://127.0.0.1:8080/v1 for llama.cpp's server).")
-        _check_server_url("--student-base-url", settings.student_base_url)
 
 
 # The run options that name an endpoint or a model file: typing one on this machine accepts it.
@@ -184,14 +175,6 @@ def _accept_trust(trust: Any, settings: Any, args: argparse.Namespace, phases: S
     everything = bool(getattr(args, "trust_project_settings", False))
     trust.trust(i for i in settings_in_use(settings, phases) if everything or i.field in typed)
     return list(trust.untrusted(settings, phases))
-
-
-def _check_server_url(option: str, url: str) -> None:
-    from .backends.openai_student import normalise_base_url
-    try:
-        normalise_base_url(url)
-    except ValueError as exc:
-        raise ValueError(f"{option}: {exc}") from None
 
 
 def _positive_int(text: str) -> int:
@@ -236,7 +219,7 @@ def _run(project_path: str, args: argparse.Namespace, phases: Sequence[int], com
             return EXIT_INPUT
         settings = settings_override or load_settings(project)
         _apply_run_overrides(settings, args)
-        check_settings(settings)  # before any question, model load or save: a bad option never sticks
+        check_settings(settings, CLI_NAMES)  # before any question, model load or save: a bad option never sticks
         # Before anything is sent anywhere: endpoints and model paths from the project file need this machine's
         # acceptance; an option typed on this command line (or --trust-project-settings) is that acceptance.
         untrusted = _accept_trust(trust, settings, args, phases)
@@ -650,7 +633,7 @@ def _with_student(args: argparse.Namespace, work: Any) -> int:
             return EXIT_INPUT
         settings = load_settings(project)
         _apply_run_overrides(settings, args)
-        check_settings(settings)
+        check_settings(settings, CLI_NAMES)
         # The same gate as `pld run`: a model file or server named by the project needs this machine's acceptance.
         untrusted = _accept_trust(trust, settings, args, [4])
         if untrusted:

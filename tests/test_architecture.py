@@ -106,7 +106,7 @@ def test_the_architecture_check_sees_what_it_forbids() -> None:
 # over it today carry a noqa for C901 and may not grow either.
 MAX_MODULE_LINES = 1000
 OVERSIZED_MODULES = {  # path under pld_desktop/ -> its length when the limit came in
-    "cli.py": 1158,
+    "cli.py": 1141,
     # The storage layer took every query from seven modules (issue 14); next: a storage package (schema and
     # opening, settings and pointers, rules and versions, evaluations) behind the same Project.
     "core/project.py": 1089,
@@ -114,7 +114,6 @@ OVERSIZED_MODULES = {  # path under pld_desktop/ -> its length when the limit ca
 MAX_COMPLEXITY = 15
 COMPLEX_FUNCTIONS = {  # (path under pld_desktop/, function) -> its complexity when the limit came in
     ("core/deploy_classify.py", "classify"): 21,  # the classify-py export's template (per-file ignore)
-    ("core/settings_check.py", "settings_problems"): 17,
 }
 
 

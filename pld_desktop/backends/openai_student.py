@@ -40,6 +40,7 @@ from pld_desktop.backends import secrets
 from pld_desktop.backends.label_search import label_mass
 from pld_desktop.core.prompts import student_user_message
 from pld_desktop.core.protocols import ModelIdentity, Prediction, PromptTooLong
+from pld_desktop.core.settings_check import server_url_fault
 
 __all__ = ["OpenAIHttp", "OpenAIServerError", "OpenAIStudent", "gbnf_literal", "normalise_base_url"]
 
@@ -69,10 +70,11 @@ class OpenAIServerError(RuntimeError):
 def normalise_base_url(base_url: str) -> str:
     """The API base that "/chat/completions" is appended to. "http://host:8080" becomes "http://host:8080/v1"
     (the usual place); a URL with a path ("https://api.example.com/openai/v1") is kept as given."""
-    url = (base_url or "").strip().rstrip("/")
+    fault = server_url_fault(base_url)
+    if fault:
+        raise ValueError(fault)
+    url = base_url.strip().rstrip("/")
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"The server URL {base_url!r} is not an http(s) URL; use e.g. http://127.0.0.1:8080/v1")
     return url if parts.path not in ("", "/") else url + "/v1"
 
 

@@ -2,11 +2,19 @@
 
 A run validates its settings before anything is saved or any model loads, so a bad option fails at once with
 words and never sticks in the project. The word "bundled" (or an empty value) names an embedded model.
+
+Each problem names the setting at fault (a `RunSettings` field) and its rule; its words name settings through
+placeholders that the surface showing it fills from a small mapping (`names`): the command line names
+`teacher_openai_base_url` "--teacher-base-url", the models dialog names its field, and `DEFAULT_NAMES` is for
+everything else. A key "field=value" names a choice ("teacher=openai": "--teacher openai").
 """
 
 from __future__ import annotations
 
 import math
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -19,15 +27,69 @@ TEACHERS = ("local", "gemini", "openai")
 STUDENT_BACKENDS = ("llama", "openai")
 PROMPT_FORMATS = ("completion", "chat")
 MIN_N_CTX = 128
+SERVER_EXAMPLE = "http://127.0.0.1:8080/v1"
+SERVER_EXAMPLES = {"teacher_openai_base_url": "http://127.0.0.1:11434/v1 for Ollama, http://127.0.0.1:8000/v1 for vLLM",
+                   "student_base_url": f"{SERVER_EXAMPLE} for llama.cpp's server"}
+
+# How a setting is named where no surface says otherwise (the pipeline, the benchmarks).
+DEFAULT_NAMES: Mapping[str, str] = {
+    "teacher": "teacher", "teacher=openai": "The OpenAI-compatible teacher", "teacher=gemini": "the Gemini teacher",
+    "teacher_gguf": "Teacher", "teacher_model": "Teacher", "teacher_base_url": "Teacher (Gemini address)",
+    "teacher_openai_base_url": "the teacher's server address", "teacher_openai_model": "the teacher's model name",
+    "teacher_batch": "Batch mode", "student_backend": "student backend",
+    "student_backend=openai": "The student on an OpenAI-compatible server", "student_gguf": "Student",
+    "student_base_url": "the student's server address", "student_prompt_format": "student prompt format",
+    "embedder": "Embedder", "student_n_ctx": "student context size", "student_threads": "student threads",
+    "teacher_concurrency": "teacher concurrency", "student_concurrency": "student concurrency",
+    "student_top_logprobs": "student top logprobs", "teacher_max_attempts": "teacher attempts per item",
+    "loop_max_iterations": "closed-loop rounds", "loop_sample_size": "closed-loop sample size",
+    "loop_max_failures": "closed-loop failures shown", "loop_max_successes": "closed-loop successes shown",
+    "loop_patience": "closed-loop patience", "max_test_examples": "test examples", "few_shot_k": "few-shot examples",
+    "dbscan_min_samples": "DBSCAN min_samples", "dbscan_eps": "DBSCAN eps",
+    "price_in_per_million": "input price per million tokens",
+    "price_out_per_million": "output price per million tokens", "task": "the task description",
+}
+
+
+class _Names(dict[str, str]):
+    """A surface's names, falling back to `DEFAULT_NAMES`, then to the field's own name."""
+
+    def __missing__(self, key: str) -> str:
+        return DEFAULT_NAMES.get(key, key)
+
+
+def _esc(text: str) -> str:
+    """`text` safe inside a template (the user's braces are not placeholders)."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _lit(value: Any) -> str:
+    return _esc(repr(value))
+
+
+@dataclass(frozen=True)
+class SettingProblem:
+    """One broken rule: `rule` (a stable id), `setting` (the RunSettings field at fault) and the words, with
+    "{field}" / "{field=value}" placeholders for how the surface names a setting."""
+
+    rule: str
+    setting: str
+    template: str
+
+    def words(self, names: Mapping[str, str] | None = None) -> str:
+        return self.template.format_map(_Names(names or {}))
+
+    def __str__(self) -> str:
+        return self.words()
 
 
 class SettingsError(ValueError):
-    """One or more settings would make a run fail; the message lists every problem."""
+    """One or more settings would make a run fail; the message lists every problem, in the surface's names."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[SettingProblem], names: Mapping[str, str] | None = None) -> None:
         self.problems = problems
-        super().__init__(problems[0] if len(problems) == 1 else
-                         "the settings have problems:\n  " + "\n  ".join(problems))
+        said = [p.words(names) for p in problems]
+        super().__init__(said[0] if len(said) == 1 else "the settings have problems:\n  " + "\n  ".join(said))
 
 
 def model_path_value(value: str | None) -> str | None:
@@ -38,103 +100,162 @@ def model_path_value(value: str | None) -> str | None:
     return None if text == "" or text.lower() == BUNDLED else text
 
 
-def gguf_problem(role: str, value: str) -> str | None:
-    """Why `value` is not a usable GGUF file (exists, is a file, starts with the signature), or None."""
+def gguf_problem(setting: str, value: str) -> SettingProblem | None:
+    """Why `value` is not a usable GGUF file (exists, is a file, has the signature and a version llama.cpp reads)."""
     path = Path(value).expanduser()
+    shown = _esc(str(path))
+
+    def problem(words: str) -> SettingProblem:
+        return SettingProblem("model-file", setting, "{" + setting + "}: " + words)
     if not path.exists():
-        return f"{role}: model file not found: {path} (use '{BUNDLED}' for the embedded model)."
+        return problem(f"model file not found: {shown} (use '{BUNDLED}' for the embedded model).")
     if not path.is_file():
-        return f"{role}: the model path is not a file: {path}."
+        return problem(f"the model path is not a file: {shown}.")
     try:
         with path.open("rb") as fh:
-            head = fh.read(4)
+            head = fh.read(8)
     except OSError as exc:
-        return f"{role}: cannot read the model file {path}: {exc.strerror or exc}."
-    if head != GGUF_MAGIC:
-        return f"{role}: {path.name} is not a GGUF model file (it does not start with the GGUF signature)."
+        return problem(f"cannot read the model file {shown}: {_esc(exc.strerror or str(exc))}.")
+    name = _esc(path.name)
+    if head[:4] != GGUF_MAGIC:
+        return problem(f"{name} is not a GGUF model file (it does not start with the GGUF signature).")
+    if len(head) < 8:
+        return problem(f"the model file {shown} is truncated ({len(head)} bytes).")
+    version = struct.unpack("<I", head[4:8])[0]
+    if version < 2:
+        return problem(f"{name} is a GGUF version {version} file, which llama.cpp no longer reads; "
+                       "convert it again with a current llama.cpp.")
     return None
 
 
-def url_problem(role: str, url: str | None, *, required: bool) -> str | None:
-    if not (url or "").strip():
-        return f"{role}: enter the server's address, e.g. http://127.0.0.1:8080/v1." if required else None
-    parsed = urlparse(str(url).strip())
+def server_url_problem(setting: str, url: str | None, *, needed_by: str | None = None) -> SettingProblem | None:
+    """Why `url` is not a usable server address (`server_url_fault`), or None. `needed_by`: the choice
+    ("teacher=openai") that makes an address required; without it an empty address is fine."""
+    text = (url or "").strip()
+    if not text:
+        if needed_by is None:
+            return None
+        example = SERVER_EXAMPLES.get(setting, SERVER_EXAMPLE)
+        return SettingProblem("server-address-missing", setting,
+                              f"{{{needed_by}}} needs the server's address: {{{setting}}} (e.g. {example}).")
+    fault = server_url_fault(text)
+    if fault is None:
+        return None
+    return SettingProblem("server-address-invalid", setting, f"{{{setting}}}: {_esc(fault)}")
+
+
+def server_url_fault(url: str) -> str | None:
+    """Why `url` is not a server's address (http or https, a host, a valid port), in words, or None; the one URL
+    rule (backends.openai_student.normalise_base_url refuses with the same words)."""
+    parsed = urlparse((url or "").strip())
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        return f"{role}: the address must start with http:// or https:// and name a host (got {url!r})."
+        return f"The server URL {url!r} is not an http(s) URL; use e.g. {SERVER_EXAMPLE}"
     try:
         parsed.port  # noqa: B018 - raises on a port that is not a number or out of range
     except ValueError:
-        return f"{role}: the address has an invalid port (got {url!r})."
+        return f"The server URL {url!r} has an invalid port; use e.g. {SERVER_EXAMPLE}"
     return None
 
 
-def _at_least(problems: list[str], name: str, value: Any, minimum: float, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < minimum:
-        problems.append(f"{name} must be {'a number ' if isinstance(minimum, float) else 'a whole number '}"
-                        f"of at least {minimum} (got {value!r}).")
+def _one_of(s: RunSettings, setting: str, allowed: tuple[str, ...]) -> Iterator[SettingProblem]:
+    value = getattr(s, setting)
+    if value not in allowed:
+        yield SettingProblem("choice", setting, f"{{{setting}}} must be one of {', '.join(allowed)} "
+                                                f"(got {_lit(value)}).")
 
 
-def settings_problems(s: RunSettings) -> list[str]:  # noqa: C901 (issue 14: not yet broken into named steps)
-    """Every problem with `s` that would make a run fail, in words (empty when the settings are usable)."""
-    p: list[str] = []
-    if s.teacher not in TEACHERS:
-        p.append(f"teacher must be one of {', '.join(TEACHERS)} (got {s.teacher!r}).")
+def _present(*problems: SettingProblem | None) -> Iterator[SettingProblem]:
+    yield from (p for p in problems if p is not None)
+
+
+def _teacher_problems(s: RunSettings) -> Iterator[SettingProblem]:
+    yield from _one_of(s, "teacher", TEACHERS)
     if s.teacher == "local" and model_path_value(s.teacher_gguf):
-        p += [x for x in [gguf_problem("Teacher", str(s.teacher_gguf))] if x]
+        yield from _present(gguf_problem("teacher_gguf", str(s.teacher_gguf)))
     if s.teacher == "gemini":
         if not (s.teacher_model or "").strip() or any(c.isspace() for c in s.teacher_model):
-            p.append("Teacher: the Gemini model name must be a name without spaces, e.g. gemini-2.5-flash.")
-        p += [x for x in [url_problem("Teacher (--base-url)", s.teacher_base_url, required=False)] if x]
+            yield SettingProblem("gemini-model-name", "teacher_model", "{teacher_model}: the Gemini model name "
+                                 "must be a name without spaces, e.g. gemini-2.5-flash.")
+        yield from _present(server_url_problem("teacher_base_url", s.teacher_base_url))
     if s.teacher == "openai":
-        p += [x for x in [url_problem("Teacher (--teacher-base-url)", s.teacher_openai_base_url, required=True)]
-              if x]
-        if not (s.teacher_openai_model or "").strip():
-            p.append("Teacher: the OpenAI-compatible teacher needs the served model's name (--teacher-openai-model).")
-    if s.student_backend not in STUDENT_BACKENDS:
-        p.append(f"student backend must be one of {', '.join(STUDENT_BACKENDS)} (got {s.student_backend!r}).")
-    if s.student_backend == "llama" and model_path_value(s.student_gguf):
-        p += [x for x in [gguf_problem("Student", str(s.student_gguf))] if x]
-    if s.student_backend == "openai":
-        p += [x for x in [url_problem("Student (--student-base-url)", s.student_base_url, required=True)] if x]
-    if s.student_prompt_format not in PROMPT_FORMATS:
-        p.append(f"student prompt format must be one of {', '.join(PROMPT_FORMATS)} "
-                 f"(got {s.student_prompt_format!r}).")
-    if s.embedder:
-        folder = Path(s.embedder).expanduser()
-        if not folder.is_dir():
-            p.append(f"Embedder: the folder {folder} does not exist.")
-        elif not ((folder / "modules.json").is_file() or (folder / "config.json").is_file()):
-            p.append(f"Embedder: {folder} is not a sentence-transformers model folder "
-                     "(no modules.json or config.json).")
-    _at_least(p, "student context size (--n-ctx)", s.student_n_ctx, MIN_N_CTX)
-    _at_least(p, "student threads", s.student_threads, 1, optional=True)
-    _at_least(p, "teacher concurrency (--concurrency)", s.teacher_concurrency, 1)
-    _at_least(p, "student concurrency (--student-concurrency)", s.student_concurrency, 1)
-    _at_least(p, "student top logprobs (--student-top-logprobs)", s.student_top_logprobs, 1)
-    _at_least(p, "teacher attempts per item", s.teacher_max_attempts, 1)
-    _at_least(p, "closed-loop rounds (--max-iterations)", s.loop_max_iterations, 0)
-    _at_least(p, "closed-loop sample size (--sample-size)", s.loop_sample_size, 1)
-    _at_least(p, "closed-loop failures shown", s.loop_max_failures, 0)
-    _at_least(p, "closed-loop successes shown", s.loop_max_successes, 0)
-    _at_least(p, "closed-loop patience", s.loop_patience, 1)
-    _at_least(p, "test examples (--max-test)", s.max_test_examples, 1, optional=True)
-    _at_least(p, "few-shot examples", s.few_shot_k, 0)
-    _at_least(p, "DBSCAN min_samples", s.dbscan_min_samples, 1)
-    _at_least(p, "input price per million tokens", s.price_in_per_million, 0.0)
-    _at_least(p, "output price per million tokens", s.price_out_per_million, 0.0)
-    if not (isinstance(s.dbscan_eps, (int, float)) and 0 < s.dbscan_eps <= 2):
-        p.append(f"DBSCAN eps must be a cosine distance above 0 and at most 2 (got {s.dbscan_eps!r}).")
+        yield from _present(server_url_problem("teacher_openai_base_url", s.teacher_openai_base_url,
+                                               needed_by="teacher=openai"))
+        yield from _served_model_problems(s.teacher_openai_model)
     if s.teacher_batch and s.teacher != "gemini":
-        p.append("Batch mode needs the Gemini teacher (--teacher gemini).")
+        yield SettingProblem("batch-needs-gemini", "teacher_batch", "{teacher_batch} needs {teacher=gemini}.")
+
+
+def _served_model_problems(name: str | None) -> Iterator[SettingProblem]:
+    text = (name or "").strip()
+    if not text:
+        yield SettingProblem("served-model-name", "teacher_openai_model", "{teacher=openai} needs the served "
+                             "model's name: {teacher_openai_model} (e.g. qwen2.5:7b-instruct on Ollama).")
+    elif any(c.isspace() for c in text):
+        yield SettingProblem("served-model-name", "teacher_openai_model", "{teacher_openai_model}: the served "
+                             f"model's name has spaces ({_lit(text)}); use the name the server lists, "
+                             "e.g. qwen2.5:7b-instruct.")
+
+
+def _student_problems(s: RunSettings) -> Iterator[SettingProblem]:
+    yield from _one_of(s, "student_backend", STUDENT_BACKENDS)
+    if s.student_backend == "llama" and model_path_value(s.student_gguf):
+        yield from _present(gguf_problem("student_gguf", str(s.student_gguf)))
+    if s.student_backend == "openai":
+        yield from _present(server_url_problem("student_base_url", s.student_base_url,
+                                               needed_by="student_backend=openai"))
+    yield from _one_of(s, "student_prompt_format", PROMPT_FORMATS)
+
+
+def _embedder_problems(s: RunSettings) -> Iterator[SettingProblem]:
+    if not s.embedder:
+        return
+    folder = Path(s.embedder).expanduser()
+    shown = _esc(str(folder))
+    if not folder.is_dir():
+        yield SettingProblem("embedder-folder", "embedder", f"{{embedder}}: the folder {shown} does not exist.")
+    elif not ((folder / "modules.json").is_file() or (folder / "config.json").is_file()):
+        yield SettingProblem("embedder-folder", "embedder", f"{{embedder}}: {shown} is not a sentence-transformers "
+                             "model folder (no modules.json or config.json).")
+
+
+# The numbers and their least values; (field, minimum, None allowed). A float minimum allows fractions.
+_LEAST_VALUES: tuple[tuple[str, float, bool], ...] = (
+    ("student_n_ctx", MIN_N_CTX, False), ("student_threads", 1, True), ("teacher_concurrency", 1, False),
+    ("student_concurrency", 1, False), ("student_top_logprobs", 1, False), ("teacher_max_attempts", 1, False),
+    ("loop_max_iterations", 0, False), ("loop_sample_size", 1, False), ("loop_max_failures", 0, False),
+    ("loop_max_successes", 0, False), ("loop_patience", 1, False), ("max_test_examples", 1, True),
+    ("few_shot_k", 0, False), ("dbscan_min_samples", 1, False), ("price_in_per_million", 0.0, False),
+    ("price_out_per_million", 0.0, False))
+
+
+def _number_problems(s: RunSettings) -> Iterator[SettingProblem]:
+    for setting, minimum, optional in _LEAST_VALUES:
+        value = getattr(s, setting)
+        if value is None and optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < minimum:
+            kind = "a number" if isinstance(minimum, float) else "a whole number"
+            yield SettingProblem("at-least", setting, f"{{{setting}}} must be {kind} of at least {minimum} "
+                                                      f"(got {_lit(value)}).")
+    if not (isinstance(s.dbscan_eps, (int, float)) and 0 < s.dbscan_eps <= 2):
+        yield SettingProblem("dbscan-eps", "dbscan_eps", "{dbscan_eps} must be a cosine distance above 0 and at "
+                                                         f"most 2 (got {_lit(s.dbscan_eps)}).")
+
+
+def _task_problems(s: RunSettings) -> Iterator[SettingProblem]:
     if not (s.task or "").strip():
-        p.append("the task description is empty.")
-    return p
+        yield SettingProblem("task-empty", "task", "{task} is empty.")
 
 
-def check_settings(s: RunSettings) -> None:
-    """Raise `SettingsError` listing every problem; call before anything is saved or any model loads."""
+def settings_problems(s: RunSettings) -> list[SettingProblem]:
+    """Every problem with `s` that would make a run fail (empty when the settings are usable)."""
+    return [*_teacher_problems(s), *_student_problems(s), *_embedder_problems(s), *_number_problems(s),
+            *_task_problems(s)]
+
+
+def check_settings(s: RunSettings, names: Mapping[str, str] | None = None) -> None:
+    """Raise `SettingsError` listing every problem, in `names` (how the caller's surface names each setting);
+    call before anything is saved or any model loads."""
     problems = settings_problems(s)
     if problems:
-        raise SettingsError(problems)
+        raise SettingsError(problems, names)

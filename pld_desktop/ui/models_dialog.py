@@ -41,8 +41,8 @@ from ..backends.model_probe import (
     probe_openai_teacher,
     probe_teacher,
 )
-from ..backends.openai_student import normalise_base_url
 from ..core.settings import RunSettings
+from ..core.settings_check import server_url_problem, settings_problems
 from .models_list import ModelListPanel
 from .tasks import TaskRunner
 
@@ -58,6 +58,25 @@ KEY_ENV_VARS = {"gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"), "openai": ("OPEN
                 "huggingface": ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
 PROMPT_FORMATS = (("completion", "Completion: the exact prompt on /v1/completions (as in-process)"),
                   ("chat", "Chat: the server's chat template on /v1/chat/completions"))
+# How this dialog names a setting in a problem (core.settings_check words the rule): box and field, as shown.
+# Its problems are those of the settings named here (the ones it edits).
+DIALOG_NAMES = {
+    "teacher": "Teacher", "teacher=openai": "The teacher on an OpenAI-compatible server",
+    "teacher_gguf": "Local teacher › GGUF file", "teacher_model": "Gemini › Model",
+    "teacher_base_url": "Gemini › Base URL", "teacher_openai_base_url": "OpenAI-compatible server › Base URL",
+    "teacher_openai_model": "OpenAI-compatible server › Model",
+    "teacher_concurrency": "Requests and cost › Concurrent requests",
+    "price_in_per_million": "USD per million tokens › input",
+    "price_out_per_million": "USD per million tokens › output",
+    "student_backend": "Student", "student_backend=openai": "The student on an OpenAI-compatible server",
+    "student_gguf": "Student › GGUF file", "student_n_ctx": "Student › Context size",
+    "student_threads": "Student › Threads",
+    "student_base_url": "Student server › Base URL", "student_model": "Student server › Model",
+    "student_concurrency": "Student server › Concurrent requests",
+    "student_prompt_format": "Student server › Prompt format", "student_top_logprobs": "Student server › Top logprobs",
+    "embedder": "Embedder › Other model folder",
+}
+
 
 def keychain_available() -> bool:
     """Whether keyring found a usable OS keychain (its `fail` backend means none)."""
@@ -584,62 +603,10 @@ class ModelsDialog(QDialog):
         )
 
     def validation_errors(self) -> list[str]:
-        """Problems that would make a run fail at once; cheap checks only (no model is loaded, no call made)."""
-        errors: list[str] = []
-        mode = self.teacher_mode()
-        model = self.gemini_model.currentText().strip()
-        if mode == "gemini" and (not model or any(c.isspace() for c in model)):
-            errors.append("Teacher: enter a Gemini model name without spaces, e.g. gemini-2.5-flash.")
-        url = self.base_url.text().strip()
-        if url and not url.startswith(("http://", "https://")):
-            errors.append(f"Teacher: the base URL must start with http:// or https:// (got {url!r}).")
-        if mode == "openai":
-            errors += self._server_errors("Teacher", self.openai_url.text())
-            name = self.openai_model.currentText().strip()
-            if not name or any(c.isspace() for c in name):
-                errors.append("Teacher: enter the served model's name without spaces (Test connection lists "
-                              "them), e.g. qwen2.5:7b-instruct.")
-        if mode == "local" and self.teacher_gguf.text().strip():
-            errors += self._gguf_error("Teacher", self.teacher_gguf.text().strip())
-        if self.student_server_radio.isChecked():
-            errors += self._server_errors("Student", self.student_url.text())
-        elif self.student_gguf.text().strip():
-            errors += self._gguf_error("Student", self.student_gguf.text().strip())
-        folder = self.embedder_path.text().strip()
-        if folder:
-            path = Path(folder).expanduser()
-            if not path.is_dir():
-                errors.append(f"Embedder: the folder {path} does not exist.")
-            elif not ((path / "modules.json").is_file() or (path / "config.json").is_file()):
-                errors.append(f"Embedder: {path} is not a sentence-transformers model folder "
-                              "(no modules.json or config.json).")
-        # Then the checks every run makes (core.settings_check, shared with the CLI and the pipeline), for the
-        # models this dialog edits: it never accepts what a run would refuse.
-        from ..core.settings_check import settings_problems
-        said = {e.split(":")[0] for e in errors}
-        errors += [p for p in settings_problems(self.settings())
-                   if p.split(":")[0].split(" (")[0] in ("Teacher", "Student", "Embedder")
-                   and p.split(":")[0].split(" (")[0] not in said]
-        return errors
-
-    @staticmethod
-    def _server_errors(role: str, url: str) -> list[str]:
-        if not url.strip():
-            return [f"{role}: enter the server's address, e.g. http://127.0.0.1:8080/v1."]
-        try:
-            normalise_base_url(url)
-        except ValueError as exc:
-            return [f"{role}: {exc}"]
-        return []
-
-    @staticmethod
-    def _gguf_error(role: str, path: str) -> list[str]:
-        from ..backends.gguf_file import check_gguf_file
-        try:
-            check_gguf_file(path)
-        except ModelFileError as exc:
-            return [f"{role}: {exc}"]
-        return []
+        """Problems that would make a run fail at once, for the settings this dialog edits, named by its fields:
+        the checks every run makes (core.settings_check, shared with the CLI and the pipeline), so it never
+        accepts what a run would refuse. Cheap checks only (no model is loaded, no call made)."""
+        return [p.words(DIALOG_NAMES) for p in settings_problems(self.settings()) if p.setting in DIALOG_NAMES]
 
     def _key_fields(self) -> tuple[ApiKeyField, ...]:
         return (self.gemini_key, self.openai_key, self.student_key, self.hf_key)
@@ -695,9 +662,9 @@ class ModelsDialog(QDialog):
     def test_connection(self) -> None:
         settings = self.settings()
         if settings.teacher == "openai":
-            problems = self._server_errors("Teacher", self.openai_url.text())
-            if problems:
-                self.teacher_result.setText(" ".join(problems))
+            problem = server_url_problem("teacher_openai_base_url", self.openai_url.text(), needed_by="teacher=openai")
+            if problem:
+                self.teacher_result.setText(problem.words(DIALOG_NAMES))
                 return
             typed = self._typed_openai_key(self.openai_key)
             what = settings.teacher_openai_model or "the server"
@@ -721,9 +688,9 @@ class ModelsDialog(QDialog):
                     lambda: check_student(settings.student_gguf, settings.student_n_ctx, settings.student_threads))
 
     def check_student_server(self) -> None:
-        problems = self._server_errors("Student", self.student_url.text())
-        if problems:
-            self.student_result.setText(" ".join(problems))
+        problem = server_url_problem("student_base_url", self.student_url.text(), needed_by="student_backend=openai")
+        if problem:
+            self.student_result.setText(problem.words(DIALOG_NAMES))
             return
         settings = self.settings()
         typed = self._typed_openai_key(self.student_key)

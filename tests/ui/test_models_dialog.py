@@ -277,14 +277,18 @@ def test_openai_fields_are_checked_on_ok(qtbot, no_keyring) -> None:  # type: ig
     dialog.accept()
     assert dialog.result() != ModelsDialog.DialogCode.Accepted
     text = dialog.error_label.text()
-    assert "Teacher: enter the server's address" in text and "served model's name" in text
-    assert "Student: enter the server's address" in text
+    # The CLI's sentences (core.settings_check), naming this dialog's fields.
+    assert ("The teacher on an OpenAI-compatible server needs the server's address: OpenAI-compatible server › "
+            "Base URL (e.g. http://127.0.0.1:11434/v1 for Ollama") in text
+    assert "needs the served model's name: OpenAI-compatible server › Model" in text
+    assert "The student on an OpenAI-compatible server needs the server's address: Student server › Base URL" in text
     dialog.openai_url.setText("127.0.0.1:11434")
     dialog.openai_model.setCurrentText("qwen2.5:7b")
     dialog.student_url.setText("ftp://127.0.0.1:8080")
     dialog.accept()
     text = dialog.error_label.text()
-    assert "Teacher:" in text and "Student:" in text and "not an http(s) URL" in text
+    assert "OpenAI-compatible server › Base URL: The server URL '127.0.0.1:11434' is not an http(s) URL" in text
+    assert "Student server › Base URL: The server URL 'ftp://127.0.0.1:8080' is not an http(s) URL" in text
     dialog.openai_url.setText("http://127.0.0.1:11434")
     dialog.student_url.setText("http://127.0.0.1:8080/v1")
     dialog.accept()
@@ -472,7 +476,7 @@ def test_student_server_down_or_without_logprobs(qtbot, fake_openai: FakeOpenAI,
 
     dialog.student_url.clear()
     dialog.server_check_btn.click()
-    assert not dialog.busy() and "enter the server's address" in dialog.student_result.text()
+    assert not dialog.busy() and "needs the server's address: Student server › Base URL" in dialog.student_result.text()
 
 
 def test_cancelled_server_check_ignores_the_late_result(qtbot, fake_openai: FakeOpenAI, no_keyring) -> None:
