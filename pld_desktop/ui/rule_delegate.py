@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, QSize, Qt, QTimer
-from PySide6.QtGui import QFont
+from PySide6.QtGui import QFont, QFontMetrics
 from PySide6.QtWidgets import QComboBox, QStyle, QStyledItemDelegate, QStyleOptionViewItem, QTreeView, QWidget
 
 from .rules_model import COL_CONFLICTS, COL_ENABLED, COL_IMPACT, COL_LABEL, COL_MICRO, COL_TEXT, KindRole, RulesModel
@@ -124,9 +124,13 @@ class ColumnFitter:
         style = self.tree.style()
         indicator = style.pixelMetric(QStyle.PixelMetric.PM_IndicatorWidth) + CELL_PADDING
         out: dict[int, int] = {}
+        bold_font = QFont(self.tree.font())
+        bold_font.setBold(True)
+        bold = QFontMetrics(bold_font)  # a rule that hurts shows its impact in bold
         for col in FITTED_COLUMNS:
             title = str(self.model.headerData(col, Qt.Orientation.Horizontal) or "")
-            content = max((fm.horizontalAdvance(t) for t in texts[col]), default=0) + CELL_PADDING
+            metrics = bold if col == COL_IMPACT else fm
+            content = max((metrics.horizontalAdvance(t) for t in texts[col]), default=0) + CELL_PADDING
             if col == COL_ENABLED:
                 content = max(content, indicator)
             out[col] = max(hfm.horizontalAdvance(title) + HEADER_PADDING, content)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import QRect, Qt
-from PySide6.QtGui import QUndoStack
+from PySide6.QtGui import QFont, QFontMetrics, QUndoStack
 
 from pld_desktop.core.project import CHOSEN_RULE_SET, Project
 from pld_desktop.ui import rule_delegate
@@ -77,6 +77,17 @@ def test_short_columns_fit_their_widest_text(qtbot, distilled_project: Project) 
     texts = {editor.model.index(r, COL_IMPACT).data() for r in range(editor.model.rowCount())} - {None}
     widest = max((fm.horizontalAdvance(str(t)) for t in texts), default=0)
     assert header.sectionSize(COL_IMPACT) >= widest
+    # A rule that hurts shows its impact in bold: the column fits the bold text.
+    from pld_desktop.core.impact import RuleImpact
+    uid = editor.model.index(0, COL_NUMBER).data()
+    editor.model.impact = {uid: RuleImpact(uid, 1, labels[0], "t", 0.1, -0.123,
+                                           [{"example": "e", "gold": "g", "with": "a", "without": "b"}] * 12)}
+    editor.model.dataChanged.emit(editor.model.index(0, 0), editor.model.index(0, COL_IMPACT))
+    shown = str(editor.model.index(0, COL_IMPACT).data())
+    assert "hurts" in shown
+    bold = QFont(editor.tree.font())
+    bold.setBold(True)
+    qtbot.waitUntil(lambda: header.sectionSize(COL_IMPACT) >= QFontMetrics(bold).horizontalAdvance(shown))
     # A column the user made wider than its text stays as wide through later fits.
     header.resizeSection(COL_LABEL, header.sectionSize(COL_LABEL) + 120)
     wide = header.sectionSize(COL_LABEL)
