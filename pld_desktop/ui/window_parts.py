@@ -54,15 +54,16 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-PROMPT_KIND_WORDS = {"pld": "Rules", "zero_shot": "Zero-shot", "zero-shot": "Zero-shot", "few_shot": "5-shot",
-                     "few-shot": "5-shot"}
+PROMPT_KIND_WORDS = {"pld": "Rules", "pld_examples": "Rules+examples", "pld-examples": "Rules+examples",
+                     "zero_shot": "Zero-shot", "zero-shot": "Zero-shot", "few_shot": "5-shot", "few-shot": "5-shot"}
 
 
 def prompt_kinds_in_words(text: str, few_shot_k: int = 5) -> str:
     """Phase 4's messages name prompts by their stored kind (`pld`, `zero_shot`); a reader wants words."""
     import re
     words = dict(PROMPT_KIND_WORDS, few_shot=f"{few_shot_k}-shot", **{"few-shot": f"{few_shot_k}-shot"})
-    return re.sub(r"(?<![\w./\\-])(pld|zero[_-]shot|few[_-]shot)(?![\w./\\-])", lambda m: words[m.group(1)], text)
+    kinds = r"(?<![\w./\\-])(pld[_-]examples|pld|zero[_-]shot|few[_-]shot)(?![\w./\\-])"
+    return re.sub(kinds, lambda m: words[m.group(1)], text)
 
 
 class PhaseCard(QGroupBox):

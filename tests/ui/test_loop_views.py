@@ -270,6 +270,8 @@ def test_phase3_card_says_it_stopped_early_and_phase4_names_prompts_in_words(qtb
     assert four.message.text() == "Rules macro-F1 0.612, Zero-shot macro-F1 0.300, 5-shot macro-F1 0.410"
     assert prompt_kinds_in_words("Phase 4: few-shot on 21 test examples in demo.pld", 3) == \
         "Phase 4: 3-shot on 21 test examples in demo.pld"
+    assert prompt_kinds_in_words("pld macro-F1 0.1, pld_examples macro-F1 0.2; Phase 4: pld-examples on 9") == \
+        "Rules macro-F1 0.1, Rules+examples macro-F1 0.2; Phase 4: Rules+examples on 9"
 
 
 def test_eta_after_a_resume_uses_the_current_rate(monkeypatch: pytest.MonkeyPatch, qapp: Any) -> None:
