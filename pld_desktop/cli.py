@@ -139,6 +139,10 @@ _RUN_OPTIONS = {"teacher": "teacher", "teacher_model": "teacher_model", "teacher
                 "max_iterations": "loop_max_iterations", "max_test": "max_test_examples", "n_ctx": "student_n_ctx",
                 "task": "task", "sample_size": "loop_sample_size"}
 CLI_NAMES = {**{field: "--" + option.replace("_", "-") for option, field in _RUN_OPTIONS.items()},
+             # A number is named by what it is and its option: "--n-ctx must be at least 128" does not say what.
+             "student_n_ctx": "student context size (--n-ctx)", "loop_max_iterations": "closed-loop rounds "
+             "(--max-iterations)", "max_test_examples": "test examples (--max-test)", "loop_sample_size": "closed-loop "
+             "sample size (--sample-size)", "teacher_concurrency": "teacher concurrency (--concurrency)",
              "teacher_openai_base_url": "--teacher-base-url", "teacher_batch": "--batch",
              "teacher=openai": "--teacher openai", "teacher=gemini": "the Gemini teacher (--teacher gemini)",
              "student_backend=openai": "--student-backend openai"}
@@ -328,12 +332,9 @@ def _status_dict(project: Any) -> dict[str, Any]:
                                     "done": phases[p]["done"],
                                     "total": phases[p]["total"], "message": phases[p]["message"]}
                    for p in sorted(phases)},
-        "micro_rules": len(project.micro_rule_example_ids()),
-        "failed_items": project.failed_item_count(),
-        "rule_sets": len(project.rule_sets()),
-        "chosen_rule_set": project.rule_set_pointer(CHOSEN_RULE_SET),
-        "teacher": project.teacher_totals(),
-        "evaluation": evals,
+        "micro_rules": len(project.micro_rule_example_ids()), "failed_items": project.failed_item_count(),
+        "rule_sets": len(project.rule_sets()), "chosen_rule_set": project.rule_set_pointer(CHOSEN_RULE_SET),
+        "teacher": project.teacher_totals(), "evaluation": evals,
         **_quality_status(project),
     } | _loop_status(project)
 
@@ -561,8 +562,7 @@ def cmd_models_probe(args: argparse.Namespace) -> int:
     progress = ConsoleProgress(quiet=args.quiet)
     _install_sigint(progress)
     try:
-        result = probe_model(args.path, progress, project=args.project, n_examples=args.n,
-                             n_ctx=args.n_ctx)
+        result = probe_model(args.path, progress, project=args.project, n_examples=args.n, n_ctx=args.n_ctx)
     except Cancelled:
         print("Stopped.", file=sys.stderr)
         return EXIT_CANCELLED
