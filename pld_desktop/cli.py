@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .core.progress import ProgressBase
+from .core.settings_check import DEFAULT_NAMES, NUMBER_SETTINGS
 from .core.states import PhaseState, RunStatus
 
 if TYPE_CHECKING:
@@ -138,11 +139,10 @@ _RUN_OPTIONS = {"teacher": "teacher", "teacher_model": "teacher_model", "teacher
                 "student_prompt_format": "student_prompt_format", "student_top_logprobs": "student_top_logprobs",
                 "max_iterations": "loop_max_iterations", "max_test": "max_test_examples", "n_ctx": "student_n_ctx",
                 "task": "task", "sample_size": "loop_sample_size"}
-CLI_NAMES = {**{field: "--" + option.replace("_", "-") for option, field in _RUN_OPTIONS.items()},
-             # A number is named by what it is and its option: "--n-ctx must be at least 128" does not say what.
-             "student_n_ctx": "student context size (--n-ctx)", "loop_max_iterations": "closed-loop rounds "
-             "(--max-iterations)", "max_test_examples": "test examples (--max-test)", "loop_sample_size": "closed-loop "
-             "sample size (--sample-size)", "teacher_concurrency": "teacher concurrency (--concurrency)",
+_OPTIONS = {field: "--" + option.replace("_", "-") for option, field in _RUN_OPTIONS.items()}
+# A number is named by what it is and its option: "--n-ctx must be at least 128" does not say what.
+CLI_NAMES = {**{field: f"{DEFAULT_NAMES[field]} ({option})" if field in NUMBER_SETTINGS else option
+                for field, option in _OPTIONS.items()},
              "teacher_openai_base_url": "--teacher-base-url", "teacher_batch": "--batch",
              "teacher=openai": "--teacher openai", "teacher=gemini": "the Gemini teacher (--teacher gemini)",
              "student_backend=openai": "--student-backend openai"}

@@ -226,6 +226,7 @@ _LEAST_VALUES: tuple[tuple[str, float, bool], ...] = (
     ("loop_max_successes", 0, False), ("loop_patience", 1, False), ("max_test_examples", 1, True),
     ("few_shot_k", 0, False), ("dbscan_min_samples", 1, False), ("price_in_per_million", 0.0, False),
     ("price_out_per_million", 0.0, False))
+NUMBER_SETTINGS = frozenset(setting for setting, _, _ in _LEAST_VALUES)
 
 
 def _number_problems(s: RunSettings) -> Iterator[SettingProblem]:
