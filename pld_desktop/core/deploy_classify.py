@@ -169,90 +169,114 @@ class Model:
     # -- P(label) ------------------------------------------------------------------------------------
     def classify(self, text: str, system_end_probe: list[int]) -> tuple[str, dict[str, float]]:
         prompt = self.prompt_tokens(text)
-        system_end = 0
-        for a, b in zip(system_end_probe, prompt):
-            if a != b:
-                break
-            system_end += 1
-        self.begin(prompt, system_end)
-        spelled = {label: (self.label_prefix + label).encode("utf-8") for label in LABELS}
-        by_text = {t: label for label, t in spelled.items()}
-        np = self.np
-        ends = np.asarray(sorted(set(self.end_tokens)), dtype=np.int64)
+        self.begin(prompt, common_prefix(system_end_probe, prompt))
+        search = LabelSearch(self, prompt)
+        search.run()
+        probs = search.probabilities()
+        return max(LABELS, key=lambda label: probs[label]), probs
 
-        def consistent(written: bytes) -> list[str]:
-            return [label for label, t in spelled.items() if t.startswith(written)]
 
-        def expand(path: tuple[int, ...], written: bytes) -> list[tuple[int, bytes, float]]:
-            found: dict[int, bytes] = {}
-            for label in consistent(written):
-                rest = spelled[label][len(written):]
-                for k in range(1, len(rest) + 1):
-                    for token in self.pieces.get(rest[:k], ()):
-                        found.setdefault(int(token), rest[:k])
-            options = sorted(found.items())
-            if written in by_text:
-                options.append((-1, b""))
-            self.position(prompt + list(path))
-            logits = self.logits()
-            steps = []
-            for token, piece in options:
-                if token == -1:
-                    values = np.asarray(logits[ends], dtype=np.float64)
-                    top = float(np.max(values))
-                    lse = top if not math.isfinite(top) else top + math.log(float(np.sum(np.exp(values - top))))
-                    steps.append((token, b"", lse))
-                else:
-                    steps.append((token, piece, float(logits[token])))
-            return steps
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
-        max_path = self.llm.n_ctx() - len(prompt)
-        mass = {label: 0.0 for label in spelled}
-        unexplored: list[tuple[float, list[str]]] = []
-        evaluations = 0
-        counter = itertools.count()
-        heap: list[tuple[float, int, tuple[int, ...], bytes]] = [(-1.0, next(counter), (), b"")]
-        while heap:
-            neg_p, _, path, written = heapq.heappop(heap)
+
+class LabelSearch:
+    """P(label) for one prompt: a best-first walk over the token paths that spell a label (the app's rule)."""
+
+    def __init__(self, model: Model, prompt: list[int]) -> None:
+        self.model, self.prompt, self.np = model, prompt, model.np
+        self.spelled = {label: (model.label_prefix + label).encode("utf-8") for label in LABELS}
+        self.by_text = {t: label for label, t in self.spelled.items()}
+        self.ends = self.np.asarray(sorted(set(model.end_tokens)), dtype=self.np.int64)
+        self.max_path = model.llm.n_ctx() - len(prompt)
+        self.mass = {label: 0.0 for label in self.spelled}
+        self.unexplored: list[tuple[float, list[str]]] = []
+        self.evaluations = 0
+        self.counter = itertools.count()
+        self.heap: list[tuple[float, int, tuple[int, ...], bytes]] = [(-1.0, next(self.counter), (), b"")]
+
+    def consistent(self, written: bytes) -> list[str]:
+        return [label for label, t in self.spelled.items() if t.startswith(written)]
+
+    def options(self, written: bytes) -> list[tuple[int, bytes]]:
+        """The tokens that continue `written` towards some label; (-1, b"") when `written` is a whole label."""
+        found: dict[int, bytes] = {}
+        for label in self.consistent(written):
+            rest = self.spelled[label][len(written):]
+            for k in range(1, len(rest) + 1):
+                for token in self.model.pieces.get(rest[:k], ()):
+                    found.setdefault(int(token), rest[:k])
+        options = sorted(found.items())
+        if written in self.by_text:
+            options.append((-1, b""))
+        return options
+
+    def expand(self, path: tuple[int, ...], written: bytes) -> list[tuple[int, bytes, float]]:
+        options = self.options(written)
+        self.model.position(self.prompt + list(path))
+        logits = self.model.logits()
+        steps = []
+        for token, piece in options:
+            if token == -1:  # the answer ends here: the log of the end tokens' total mass
+                values = self.np.asarray(logits[self.ends], dtype=self.np.float64)
+                top = float(self.np.max(values))
+                lse = top if not math.isfinite(top) else top + math.log(float(self.np.sum(self.np.exp(values - top))))
+                steps.append((token, b"", lse))
+            else:
+                steps.append((token, piece, float(logits[token])))
+        return steps
+
+    def run(self) -> None:
+        while self.heap:
+            neg_p, _, path, written = heapq.heappop(self.heap)
             p = -neg_p
-            alive = consistent(written)
+            alive = self.consistent(written)
             if len(alive) == 1:
-                mass[alive[0]] += p
+                self.mass[alive[0]] += p
+            elif self.evaluations >= MAX_EVALUATIONS or len(path) >= self.max_path:
+                self.unexplored.append((p, alive))
+            else:
+                self.step(p, path, written, alive)
+
+    def step(self, p: float, path: tuple[int, ...], written: bytes, alive: list[str]) -> None:
+        options = self.expand(path, written)
+        self.evaluations += 1
+        if not options:
+            self.unexplored.append((p, alive))
+            return
+        top = max(logp for _, _, logp in options)
+        norm = top + math.log(math.fsum(math.exp(logp - top) for _, _, logp in options)) \
+            if math.isfinite(top) else top
+        for token, piece, logp in options:
+            q = p * math.exp(logp - norm)
+            if piece == b"":
+                self.mass[self.by_text[written]] += q
                 continue
-            if evaluations >= MAX_EVALUATIONS or len(path) >= max_path:
-                unexplored.append((p, alive))
-                continue
-            options = expand(path, written)
-            evaluations += 1
-            if not options:
-                unexplored.append((p, alive))
-                continue
-            top = max(logp for _, _, logp in options)
-            norm = top + math.log(math.fsum(math.exp(logp - top) for _, _, logp in options)) \
-                if math.isfinite(top) else top
-            for step, piece, logp in options:
-                q = p * math.exp(logp - norm)
-                if piece == b"":
-                    mass[by_text[written]] += q
-                    continue
-                child = written + piece
-                child_labels = consistent(child)
-                if len(child_labels) == 1:
-                    mass[child_labels[0]] += q
-                elif q >= MIN_BRANCH_PROB:
-                    heapq.heappush(heap, (-q, next(counter), path + (step,), child))
-                else:
-                    unexplored.append((q, child_labels))
-        explored = dict(mass)
-        for q, alive in unexplored:
+            child = written + piece
+            child_labels = self.consistent(child)
+            if len(child_labels) == 1:
+                self.mass[child_labels[0]] += q
+            elif q >= MIN_BRANCH_PROB:
+                heapq.heappush(self.heap, (-q, next(self.counter), path + (token,), child))
+            else:
+                self.unexplored.append((q, child_labels))
+
+    def probabilities(self) -> dict[str, float]:
+        """The explored mass, with each unexplored branch shared out like its labels' explored mass."""
+        mass, explored = self.mass, dict(self.mass)
+        for q, alive in self.unexplored:
             weights = [explored[label] for label in alive]
             share = math.fsum(weights)
             for label, weight in zip(alive, weights):
                 mass[label] += q * (weight / share if share > 0 else 1.0 / len(alive))
         total = math.fsum(mass.values())
-        probs = {label: (v / total if total > 0 and math.isfinite(total) else 1.0 / len(mass))
-                 for label, v in mass.items()}
-        return max(LABELS, key=lambda label: probs[label]), probs
+        return {label: (v / total if total > 0 and math.isfinite(total) else 1.0 / len(mass))
+                for label, v in mass.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -271,12 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     model = Model(args.model, args.n_ctx)
     # The tokens shared by the prompts of two unrelated inputs depend only on the system prompt (as the app).
     probe_a, probe_b = model.prompt_tokens("A"), model.prompt_tokens("z")
-    shared = 0
-    for a, b in zip(probe_a, probe_b):
-        if a != b:
-            break
-        shared += 1
-    probe = probe_a[:shared]
+    probe = probe_a[:common_prefix(probe_a, probe_b)]
     out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
     try:
         fields = list(records[0].keys()) if records else []
