@@ -15,6 +15,7 @@ measurement ends once the window has settled (background work delivered). Target
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import random
@@ -41,8 +42,13 @@ class StallMonitor:
         self.timer.timeout.connect(self._tick)
         self.gaps: list[float] = []
         self._last: float | None = None
+        self.why: Any = None  # --why: a file that gets every thread's stack whenever a tick is over the target late
 
     def _tick(self) -> None:
+        if self.why is not None:
+            # faulthandler's watchdog is a C thread: it dumps the Python stacks even while a worker holds the GIL.
+            faulthandler.cancel_dump_traceback_later()
+            faulthandler.dump_traceback_later(TARGET_MS / 1000, repeat=True, file=self.why)
         now = time.perf_counter()
         if self._last is not None:
             self.gaps.append((now - self._last) * 1000)
@@ -50,11 +56,15 @@ class StallMonitor:
 
     def start(self) -> None:
         self.gaps, self._last = [], time.perf_counter()
+        if self.why is not None:
+            faulthandler.dump_traceback_later(TARGET_MS / 1000, repeat=True, file=self.why)
         self.timer.start()
 
     def stop(self) -> dict[str, float]:
         self._tick()
         self.timer.stop()
+        if self.why is not None:
+            faulthandler.cancel_dump_traceback_later()
         gaps = sorted(self.gaps) or [0.0]
         p99 = gaps[min(len(gaps) - 1, int(0.99 * len(gaps)))]
         return {"max_ms": gaps[-1], "p99_ms": p99, "ticks": len(gaps)}
@@ -147,6 +157,11 @@ def build_project(folder: Path, rows: int, n_rules: int) -> Path:
 # Scenarios
 # ---------------------------------------------------------------------------
 PROFILE: list[str] = []  # --profile: scenarios (name substrings) whose main-thread work is profiled
+WHY: list[bool] = []  # --why: each scenario's over-target stalls get every thread's stack in a file
+
+
+def _scenario_file(kind: str, name: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"bench-window-{kind}-{''.join(c for c in name if c.isalnum())[:40]}.txt"
 
 
 def measure(app: Any, monitor: StallMonitor, name: str, actions: Sequence[Callable[[], Any]],
@@ -156,15 +171,21 @@ def measure(app: Any, monitor: StallMonitor, name: str, actions: Sequence[Callab
         import cProfile
         profiler = cProfile.Profile()
         profiler.enable()
+    why = _scenario_file("why", name).open("w", encoding="utf-8") if WHY else None
+    monitor.why = why
     monitor.start()
     run_actions(app, actions, settle)
     figures = monitor.stop()
+    if why is not None:
+        monitor.why = None
+        why.close()
+        print(f"--- stacks at each stall of '{name}' in {why.name}", file=sys.stderr)
     if profiler is not None:
         import pstats
         profiler.disable()
         # To a file: llama-cpp-python swaps sys.stderr process-wide while a model loads on a helper thread, and what
         # the main thread prints meanwhile is lost.
-        out = Path(tempfile.gettempdir()) / f"bench-window-profile-{''.join(c for c in name if c.isalnum())[:40]}.txt"
+        out = _scenario_file("profile", name)
         with out.open("w", encoding="utf-8") as f:
             pstats.Stats(profiler, stream=f).sort_stats("cumulative").print_stats(80)
         print(f"--- profile of '{name}' in {out}", file=sys.stderr)
@@ -262,8 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--edits", type=int, default=10, help="rule edits (each also undone and redone)")
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     parser.add_argument("--profile", action="append", default=[], help="profile scenarios containing this text")
+    parser.add_argument("--why", action="store_true",
+                        help="write every thread's stack at each stall over the target to /tmp/bench-window-why-*.txt")
     args = parser.parse_args(argv)
     PROFILE[:] = args.profile
+    WHY[:] = [True] if args.why else []
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     result = run(args)
     for row in result["stalls"]:

@@ -293,7 +293,7 @@ def _read_records(text: str, delimiter: str, max_rows: int | None, truncated: bo
                 continue
             if not any(fitted):
                 continue  # blank line or a row of empty cells
-            records.data.append(fitted)
+            records.data.append(tuple(fitted))  # a tuple of str leaves the GC at its first pass (a list stays)
             records.source_rows.append(records.record)
             if max_rows is not None and len(records.data) >= max_rows + (1 if truncated else 0):
                 break
