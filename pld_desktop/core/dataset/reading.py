@@ -239,7 +239,7 @@ class _Records:
     the rows with more values than the header has columns."""
 
     header: list[str] | None = None
-    data: list[list[str]] = field(default_factory=list)
+    data: list[tuple[str, ...]] = field(default_factory=list)
     source_rows: list[int] = field(default_factory=list)
     ragged: list[tuple[int, int, int, int]] = field(default_factory=list)  # (row, n_values, first line, last line)
     record: int = 0  # spreadsheet row number of the last record read
