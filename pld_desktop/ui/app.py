@@ -43,10 +43,18 @@ from .diff_view import DiffView
 from .results_view import ResultsView
 from .rules_view import RulesEditor
 from .tasks import PipelineTask, TaskRunner, start_pipeline
-from .window_parts import PhaseCard, WelcomePage, _BackgroundCounter, _format_seconds, prompt_kinds_in_words
+from .window_parts import (
+    LazyViews,
+    PhaseCard,
+    WelcomePage,
+    _BackgroundCounter,
+    _format_seconds,
+    prompt_kinds_in_words,
+)
 
 TAB_NAMES = ("Run", "Clusters", "Rules", "Test side by side", "Results", "Version diff")
 _VERSION_VIEWS = {"compare": "Test side by side", "results": "Results", "diff": "Version diff"}  # view -> tab
+_VIEW_TABS = {"loop": "Run", "clusters": "Clusters", "rules": "Rules", **_VERSION_VIEWS}  # every view -> its tab
 MAX_RECENT = 8
 
 
@@ -73,7 +81,7 @@ class MainWindow(QMainWindow):
         self._close_after_stop = False
         self._tokenizer: Any = None
         self._counter: Any = None
-        self.views: dict[str, Any] = {}
+        self.views = LazyViews(self)
         self.setAcceptDrops(True)
         self.setWindowIcon(app_icon())
         self.resize(1280, 820)
@@ -334,6 +342,7 @@ class MainWindow(QMainWindow):
         self._refresh()
         state = project.get_setting("ui_state") or {}
         self.tabs.setCurrentIndex(int(state.get("tab", 0)) if 0 <= int(state.get("tab", 0)) < len(TAB_NAMES) else 0)
+        self._want_current_view()
         self.statusBar().showMessage(f"Opened {self.project_path}. Changes are saved in the file as they happen.")
 
     def _can_switch_project(self) -> bool:
@@ -377,22 +386,43 @@ class MainWindow(QMainWindow):
         self._refresh()
 
     def _build_views(self) -> None:
-        assert self.project_path is not None
-        self.views["loop"] = LoopChart(self.project_path)
-        self.chart_box.layout().addWidget(self.views["loop"])
-        self.views["clusters"] = ClustersView(self.project_path)
-        self._put(self.clusters_holder, self.views["clusters"])
-        self._rebuild_rules_view()
-        self.views["compare"] = CompareView(self.project_path, self.backends_factory, self)
-        self._put(self.compare_holder, self.views["compare"])
-        self.views["results"] = ResultsView(self.project_path, self.backends_factory, self)
-        self.views["results"].scoring_finished.connect(self._on_scored)
-        self._put(self.results_holder, self.views["results"])
-        self.views["diff"] = DiffView(self.project_path, self)
-        self._put(self.diff_holder, self.views["diff"])
+        """The views are built on demand: the current tab's at once (`_want_current_view`), the others one per
+        event-loop turn, in the order a user is likely to want them."""
+        path = self.project_path
+        assert path is not None
+
+        def placed(holder: QWidget, view: QWidget) -> QWidget:
+            self._put(holder, view)
+            return view
+
+        def loop() -> QWidget:
+            view = LoopChart(path)
+            self.chart_box.layout().addWidget(view)
+            return view
+
+        def results() -> QWidget:
+            view = ResultsView(path, self.backends_factory, self)
+            view.scoring_finished.connect(self._on_scored)
+            return placed(self.results_holder, view)
+
+        def rules() -> Any:
+            self._rebuild_rules_view()
+            return self.views.get("rules")
+
+        self.views.defer({
+            "loop": loop, "rules": rules, "results": results,
+            "compare": lambda: placed(self.compare_holder, CompareView(path, self.backends_factory, self)),
+            "diff": lambda: placed(self.diff_holder, DiffView(path, self)),
+            "clusters": lambda: placed(self.clusters_holder, ClustersView(path))})
+
+    def _want_current_view(self) -> None:
+        current = TAB_NAMES[self.tabs.currentIndex()] if 0 <= self.tabs.currentIndex() < len(TAB_NAMES) else None
+        for name in [n for n, tab in _VIEW_TABS.items() if tab == current and n in self.views.pending]:
+            self.views.want(name)
 
     def _rebuild_rules_view(self) -> None:
         assert self.project is not None and self.project_path is not None
+        self.views.pending.pop("rules", None)
         old = self.views.pop("rules", None)
         if old is not None:
             self.edit_menu.clear()
@@ -483,11 +513,14 @@ class MainWindow(QMainWindow):
         self._refresh_stale_views()
 
     def _refresh_stale_views(self, *_: Any) -> None:
+        self._want_current_view()
         current = TAB_NAMES[self.tabs.currentIndex()] if 0 <= self.tabs.currentIndex() < len(TAB_NAMES) else None
-        for name in [n for n in self._stale_views if _VERSION_VIEWS[n] == current or not self.isVisible()]:
+        for name in [n for n in self._stale_views if _VIEW_TABS[n] == current or not self.isVisible()]:
             self._stale_views.discard(name)
             if name == "results":
                 self._show_results()
+            elif name in ("loop", "clusters") and name in self.views:
+                self.views[name].reload()
             elif name in self.views:
                 self.views[name].refresh_choices()
 
@@ -499,7 +532,7 @@ class MainWindow(QMainWindow):
 
     def _auto_score(self) -> None:
         """Score the working version on dev in the background while the student is idle (never on test)."""
-        results = self.views.get("results")
+        results = self.views.want("results")
         if results is None or not self.auto_score_dev or self.project is None:
             return
         if not self._student_idle():
@@ -700,15 +733,12 @@ class MainWindow(QMainWindow):
         if self._close_after_stop:
             self.close()
             return
-        for name in ("loop", "clusters"):
-            if name in self.views:
-                self.views[name].reload()
-        for name in ("compare", "diff"):
-            if name in self.views:
-                self.views[name].refresh_choices()
-        if "rules" not in self.views:
+        # What a run changed is re-read by the views on screen now, by the others when their tab is shown.
+        self._stale_views.update(name for name in ("loop", "clusters", "compare", "diff") if name in self.views)
+        self._refresh_stale_views()
+        if "rules" not in self.views and "rules" not in self.views.pending:
             self._rebuild_rules_view()
-        elif status == "done":  # in place: a rebuild re-created and re-measured the whole tree
+        elif "rules" in self.views and status == "done":  # in place: a rebuild re-measured the whole tree
             self.views["rules"].reload_after_run()
         self._refresh()
         if status in ("failed", "quota_exhausted"):
@@ -764,7 +794,7 @@ class MainWindow(QMainWindow):
         from .help_dialog import HelpDialog
         actions = [a for menu in self.menuBar().actions() if menu.menu() is not None
                    for a in _menu_actions(menu.menu())]
-        rules = self.views.get("rules")
+        rules = self.views.want("rules")
         if rules is not None:  # the editor's own actions live in its toolbar, not only in the Edit menu
             actions += list(rules.actions()) + [a for w in rules.findChildren(QWidget) for a in w.actions()]
         self.help_dialog = HelpDialog(actions, self, page=page)

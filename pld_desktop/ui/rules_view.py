@@ -370,9 +370,14 @@ class RulesEditor(QWidget):
         self.column_fitter.fit()
         # Sortable (by impact above all); "#" ascending is the prompt's order, the only one drags make sense in.
         self.proxy.setSortRole(SortRole)
-        # One sort, not two: enabling sorts by the header's indicator (each sort asks the model ~3k times).
-        header.setSortIndicator(COL_NUMBER, Qt.SortOrder.AscendingOrder)
+        # No sort at build: the model's rows are already in prompt order ("#" ascending), and a sort asks the model
+        # ~3k times (0.1 s of the GUI thread at 200 rules). Enabling sorts by the indicator, so it is "none" then,
+        # and "#" is shown without the signal that would sort; a click on a header sorts as usual.
+        header.setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
         self.tree.setSortingEnabled(True)
+        blocked = header.blockSignals(True)
+        header.setSortIndicator(COL_NUMBER, Qt.SortOrder.AscendingOrder)
+        header.blockSignals(blocked)
         header.sortIndicatorChanged.connect(self._on_sort_changed)
         header.resizeSection(COL_NUMBER, 64)
         header.sectionResized.connect(lambda col, *_: col == COL_TEXT and self.tree.scheduleDelayedItemsLayout())
