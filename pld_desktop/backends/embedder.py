@@ -6,15 +6,18 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 
 class SentenceTransformerEmbedder:
     """Loads lazily (torch import takes seconds) and is safe to call from any thread (calls are serialised)."""
 
-    def __init__(self, model_path: str | os.PathLike | None = None, *, batch_size: int = 64) -> None:
+    def __init__(self, model_path: str | os.PathLike[str] | None = None, *, batch_size: int = 64) -> None:
         if model_path is None:
             from .bundled import bundled_embedder_path
             model_path = bundled_embedder_path()
@@ -25,7 +28,7 @@ class SentenceTransformerEmbedder:
         if self.model_path.name == "model":  # the bundled package names its folder 'model'
             self.model_id = "st:all-MiniLM-L6-v2"
         self.batch_size = batch_size
-        self._model = None
+        self._model: SentenceTransformer | None = None
         self._lock = threading.Lock()
         self.dim = 0
 

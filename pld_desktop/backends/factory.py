@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Callable, Hashable
+from typing import TypeVar, cast
 
 from ..core.protocols import Embedder, Student, Teacher
 from ..core.settings import RunSettings
@@ -11,6 +12,7 @@ from .trust import TrustStore, UntrustedSettingError, settings_in_use
 
 _TEACHER_FIELDS = frozenset({"teacher_base_url", "teacher_openai_base_url", "teacher_gguf"})
 _STUDENT_FIELDS = frozenset({"student_base_url", "student_gguf"})
+_Backend = TypeVar("_Backend", bound="Teacher | Student | Embedder")
 
 
 class DefaultBackends:
@@ -23,7 +25,7 @@ class DefaultBackends:
 
     def __init__(self, trust: TrustStore | str | None = "this machine") -> None:
         self._lock = threading.Lock()
-        self._cache: dict[Any, Teacher | Student | Embedder] = {}
+        self._cache: dict[Hashable, Teacher | Student | Embedder] = {}
         self._trust: TrustStore | None = TrustStore() if isinstance(trust, str) else trust
 
     def _check_trust(self, settings: RunSettings, fields: frozenset[str]) -> None:
@@ -33,11 +35,11 @@ class DefaultBackends:
         if refused:
             raise UntrustedSettingError(refused)
 
-    def _get(self, key: Any, make: Any) -> Any:
+    def _get(self, key: Hashable, make: Callable[[], _Backend]) -> _Backend:
         with self._lock:
             if key not in self._cache:
                 self._cache[key] = make()
-            return self._cache[key]
+            return cast(_Backend, self._cache[key])  # each key names one kind: its value is what make() built
 
     def teacher(self, settings: RunSettings) -> Teacher:
         self._check_trust(settings, _TEACHER_FIELDS)
@@ -57,10 +59,11 @@ class DefaultBackends:
             from .secrets import get_api_key
             if not settings.teacher_openai_base_url:
                 raise ValueError("The OpenAI-compatible teacher needs a server address (teacher_openai_base_url).")
+            base_url = settings.teacher_openai_base_url  # narrowed to str here, not inside the lambda
             key = ("openai", settings.teacher_openai_base_url, settings.teacher_openai_model,
                    settings.teacher_concurrency)
             return self._get(key, lambda: OpenAITeacher(
-                settings.teacher_openai_base_url, settings.teacher_openai_model,
+                base_url, settings.teacher_openai_model,
                 api_key=get_api_key("openai", server=settings.teacher_openai_base_url),
                 concurrency=settings.teacher_concurrency,
                 price_per_million=_server_prices(settings)))
@@ -78,10 +81,11 @@ class DefaultBackends:
             from .secrets import get_api_key
             if not settings.student_base_url:
                 raise ValueError("The server-backed student needs a server address (student_base_url).")
-            key = ("openai-student", settings.student_base_url, settings.student_model,
+            base_url = settings.student_base_url  # narrowed to str here, not inside the lambda
+            key: tuple[Hashable, ...] = ("openai-student", settings.student_base_url, settings.student_model,
                    settings.student_prompt_format, settings.student_top_logprobs, settings.student_concurrency)
             return self._get(key, lambda: OpenAIStudent(
-                settings.student_base_url, settings.student_model,
+                base_url, settings.student_model,
                 get_api_key("openai", server=settings.student_base_url),
                 concurrency=settings.student_concurrency, prompt_format=settings.student_prompt_format,
                 top_logprobs=settings.student_top_logprobs))

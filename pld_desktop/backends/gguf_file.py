@@ -231,7 +231,7 @@ def _read_tensor_table(reader: _HeaderReader, n_tensors: int) -> _TensorTable:
     return table
 
 
-def _aligned(position: int, alignment: Any) -> int:
+def _aligned(position: int, alignment: object) -> int:
     """`position` rounded up to the header's general.alignment (32 when missing or not a positive int)."""
     alignment = alignment if isinstance(alignment, int) and alignment > 0 else 32
     return -(-position // alignment) * alignment

@@ -11,14 +11,17 @@ import heapq
 import itertools
 import math
 from collections.abc import Callable, Hashable, Sequence
+from typing import TypeVar
+
+K = TypeVar("K", bound=Hashable)  # what a path is made of: token ids (in-process) or text pieces (server)
 
 # One option at a state: (what is appended to the path, the text it writes, its log-probability).
 # The text b"" means "end of the answer" and is offered only when the written text is a whole label.
-Step = tuple[Hashable, bytes, float]
-Expand = Callable[[tuple[Hashable, ...], bytes, list[str]], "Sequence[Step] | None"]
+Step = tuple[K, bytes, float]
+Expand = Callable[[tuple[K, ...], bytes, list[str]], "Sequence[Step[K]] | None"]
 
 
-def label_mass(spelled: dict[str, bytes], expand: Expand, *, min_branch_prob: float = 3e-3,
+def label_mass(spelled: dict[str, bytes], expand: Expand[K], *, min_branch_prob: float = 3e-3,
                max_evaluations: int = 8, max_path_len: int | None = None,
                who: str = "model") -> tuple[dict[str, float], int, float]:
     """Returns (P(label) for every label, states expanded, probability mass left unexplored).
@@ -38,7 +41,7 @@ def label_mass(spelled: dict[str, bytes], expand: Expand, *, min_branch_prob: fl
     unexplored: list[tuple[float, list[str]]] = []
     evaluations = 0
     counter = itertools.count()  # ties in the heap resolve in insertion order: deterministic
-    heap: list[tuple[float, int, tuple[Hashable, ...], bytes]] = [(-1.0, next(counter), (), b"")]
+    heap: list[tuple[float, int, tuple[K, ...], bytes]] = [(-1.0, next(counter), (), b"")]
     while heap:
         neg_p, _, path, written = heapq.heappop(heap)
         p = -neg_p

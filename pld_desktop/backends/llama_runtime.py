@@ -73,8 +73,8 @@ def load_llama(model_path: str | os.PathLike[str], *, use_extra_bufts: bool = Tr
             return _quiet_load(model_path, kwargs)
         original = llama_capi.llama_model_default_params
 
-        def default_params_without_extra_bufts():
-            params = original()
+        def default_params_without_extra_bufts() -> llama_capi.llama_model_params:
+            params: llama_capi.llama_model_params = original()  # the ctypes wrappers are typed Any
             params.use_extra_bufts = False
             return params
 
@@ -126,7 +126,7 @@ class LlamaOwner:
         self.use_extra_bufts = use_extra_bufts
         self._kwargs = dict(n_ctx=int(n_ctx), n_threads=n_threads, n_threads_batch=n_threads_batch, seed=seed,
                             **llama_kwargs)
-        self._jobs: queue.SimpleQueue[tuple[Future, Callable[[llama_cpp.Llama], Any]] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[llama_cpp.Llama], Any]] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
         self._loaded: Future[None] = Future()

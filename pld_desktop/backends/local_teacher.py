@@ -20,6 +20,8 @@ import time
 from typing import Any
 
 import llama_cpp
+from llama_cpp.llama_grammar import LlamaGrammar
+from llama_cpp.llama_types import ChatCompletionRequestMessage
 
 from pld_desktop.backends.batched_generation import (
     BatchedGenerator,
@@ -126,7 +128,7 @@ class LocalTeacher:
         except Exception as exc:
             raise TeacherError(f"Cannot build the grammar of {request.schema.__name__}: {exc}") from exc
 
-    def messages_for(self, request: TeacherRequest) -> list[dict[str, str]]:
+    def messages_for(self, request: TeacherRequest) -> list[ChatCompletionRequestMessage]:
         """The chat messages sent for a request: a system turn when the template keeps one, else the
         instructions lead the user turn."""
         return _messages(request.system, request.user, self.supports_system)
@@ -174,7 +176,7 @@ class LocalTeacher:
                                 f"tokens: {exc}", retryable=False)
         return TeacherError(f"The local teacher failed: {exc}", retryable=False)
 
-    def _generate_batched(self, request: TeacherRequest, messages: list[dict[str, str]],
+    def _generate_batched(self, request: TeacherRequest, messages: list[ChatCompletionRequestMessage],
                           grammar: str) -> TeacherReply:
         generator, model, n_ctx, max_tokens = self._generator, self._model, self.n_ctx, self.max_tokens
         assert generator is not None
@@ -234,10 +236,9 @@ class _TeacherModel:
         self.cursor = LlamaContextCursor(llama)
         self._system_ends: dict[str, int] = {}
 
-    def _tokens(self, messages: list[dict[str, str]]) -> list[int]:
-        # misc: only called when the GGUF has a chat template (formatter set); arg-type: llama_cpp types the
-        # messages as TypedDicts, these are the same plain dicts.
-        prompt = self.formatter(messages=messages).prompt  # type: ignore[misc, arg-type]
+    def _tokens(self, messages: list[ChatCompletionRequestMessage]) -> list[int]:
+        # misc: only called when the GGUF has a chat template (formatter set).
+        prompt = self.formatter(messages=messages).prompt  # type: ignore[misc]
         # As llama-cpp-python's chat handler does for template formats (they add BOS themselves).
         return self.llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
 
@@ -251,7 +252,7 @@ class _TeacherModel:
             self._system_ends[system] = llama_cpp.Llama.longest_token_prefix(*probes)
         return self._system_ends[system]
 
-    def evaluate_prompt(self, messages: list[dict[str, str]], system: str) -> None:
+    def evaluate_prompt(self, messages: list[ChatCompletionRequestMessage], system: str) -> None:
         """Evaluate the chat prompt on the cursor's fixed schedule; `Llama.generate()` then finds it fully
         cached with fresh logits and samples right away. Without a template, or if the prompt does not fit
         (the chat completion then reports it), the state is reset so the completion evaluates from scratch:
@@ -260,7 +261,7 @@ class _TeacherModel:
         tokens = self._tokens(messages) if self.formatter is not None else []
         if not tokens or len(tokens) >= llama.n_ctx():
             self.cursor.reset()
-            llama.reset()
+            llama.reset()  # type: ignore[no-untyped-call]  # llama_cpp leaves Llama.reset() unannotated
             return
         self.cursor.begin(tokens, self._system_end(system))
         self.cursor.position(tokens)
@@ -271,17 +272,17 @@ def fast_paths_enabled() -> bool:
     return os.environ.get("PLD_FAST_PATHS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-_grammars: dict[str, Any] = {}
+_grammars: dict[str, LlamaGrammar] = {}
 
 
-def _parsed_grammar(text: str) -> Any:
+def _parsed_grammar(text: str) -> LlamaGrammar:
     """`text` as a llama_cpp.LlamaGrammar, cached by text: parsing costs ~ms per request and both generation
     paths decode under the same grammar."""
     grammar = _grammars.get(text)
     if grammar is None:
         if len(_grammars) > 256:
             _grammars.clear()
-        grammar = _grammars[text] = llama_cpp.LlamaGrammar.from_string(text, verbose=False)
+        grammar = _grammars[text] = LlamaGrammar.from_string(text, verbose=False)
     return grammar
 
 
@@ -300,7 +301,7 @@ def check_grammar(llama: llama_cpp.Llama, grammar: str) -> None:
     llama_cpp.llama_sampler_free(sampler)
 
 
-def _messages(system: str, user: str, supports_system: bool) -> list[dict[str, str]]:
+def _messages(system: str, user: str, supports_system: bool) -> list[ChatCompletionRequestMessage]:
     if supports_system:
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
     return [{"role": "user", "content": f"{system}\n\n{user}" if system.strip() else user}]

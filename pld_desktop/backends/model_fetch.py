@@ -329,9 +329,10 @@ def _download(meta: Any, partial: Path, have: int, size: int | None, repo: str, 
               endpoint: str, progress: Progress) -> int:
     """Append the rest of the file to `partial` (a Range request from `have`); returns its size after."""
     from huggingface_hub import file_download
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # its __all__ is built at runtime
 
     progress.begin(f"Downloading {filename}", size or 0)
-    headers = file_download.build_hf_headers(token=token or None)
+    headers = build_hf_headers(token=token or None)
     headers["Accept-Encoding"] = "identity"
     try:
         with partial.open("ab") as f:

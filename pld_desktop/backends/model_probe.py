@@ -229,9 +229,9 @@ def probe_teacher(settings: RunSettings, api_key: str | None) -> str:
         answer: str
 
     started = time.perf_counter()
-    with LocalTeacher(settings.teacher_gguf, n_ctx=512, max_tokens=24) as teacher:
-        reply = teacher.generate(TeacherRequest("Reply in JSON.", 'Reply with {"answer": "OK"}.', Ping, "probe"))
-        name = teacher.model_path.name
+    with LocalTeacher(settings.teacher_gguf, n_ctx=512, max_tokens=24) as local:
+        reply = local.generate(TeacherRequest("Reply in JSON.", 'Reply with {"answer": "OK"}.', Ping, "probe"))
+        name = local.model_path.name
     elapsed = time.perf_counter() - started
     try:
         Ping.model_validate_json(reply.text)

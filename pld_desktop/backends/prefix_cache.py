@@ -156,7 +156,7 @@ class PrefixStateDiskCache:
             header = json.loads(bytes(data[head:head + header_len]).decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             return None
-        start = head + header_len
+        start: int = head + header_len  # header_len comes from struct.unpack (Any)
         if not isinstance(header, dict) or header.get("format") != self.FORMAT or header.get("key") != key:
             return None
         if header.get("n_tokens") != n_tokens or header.get("payload_bytes") != got - start:

@@ -130,6 +130,8 @@ class _Builder:
         node: Any = self.root
         for part in ref[2:].split("/"):
             node = node[part]
+        if not isinstance(node, dict):
+            raise ValueError(f"$ref {ref!r} does not name a schema object")
         return node
 
     def string_rule(self, schema: dict[str, Any], name: str) -> str:

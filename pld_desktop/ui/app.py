@@ -88,10 +88,11 @@ class MainWindow(QMainWindow):
         self._build_actions()
         self._build_menus()
         self._build_central()
-        self._refresh_timer = QTimer(self, interval=700, singleShot=True, timeout=self._refresh_live)
+        # call-arg: PySide6 takes a signal's slot as a keyword argument; its QTimer stub does not list them.
+        self._refresh_timer = QTimer(self, interval=700, singleShot=True, timeout=self._refresh_live)  # type: ignore[call-arg]
         # Dev scores of an edit arrive without asking, a few seconds after the last edit, when nothing else runs.
         self.auto_score_dev = True
-        self._auto_score_timer = QTimer(self, interval=3000, singleShot=True, timeout=self._auto_score)
+        self._auto_score_timer = QTimer(self, interval=3000, singleShot=True, timeout=self._auto_score)  # type: ignore[call-arg]  # stub: no signal kwargs
         settings = QSettings()
         geometry = settings.value("window/geometry")
         if isinstance(geometry, QByteArray):
@@ -220,7 +221,7 @@ class MainWindow(QMainWindow):
         run_lay.addWidget(self.stage)
         self.run_split = QSplitter(Qt.Orientation.Horizontal)
         self.chart_box = QGroupBox("Closed loop: dev macro-F1 per iteration")
-        QVBoxLayout(self.chart_box)
+        self.chart_layout = QVBoxLayout(self.chart_box)
         log_box = QGroupBox("Log")
         self.log = QPlainTextEdit(readOnly=True)
         self.log.setMaximumBlockCount(5000)
@@ -259,8 +260,9 @@ class MainWindow(QMainWindow):
     @staticmethod
     def _put(holder: QWidget, widget: QWidget | None, placeholder: str = "") -> None:
         lay = holder.layout()
-        while lay.count():
-            old = lay.takeAt(0).widget()
+        assert lay is not None  # every holder is made with its layout (_holder)
+        while (item := lay.takeAt(0)) is not None:
+            old = item.widget()
             if old is not None:
                 old.setParent(None)
                 old.deleteLater()
@@ -303,7 +305,7 @@ class MainWindow(QMainWindow):
         from ..resources import build_demo_project
         if not self._can_switch_project():
             return
-        folder = Path(QSettings().value("demo_dir", str(Path.home() / "pld-demo")))
+        folder = Path(str(QSettings().value("demo_dir", str(Path.home() / "pld-demo"))))
         path = folder / "demo.pld"
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -397,7 +399,7 @@ class MainWindow(QMainWindow):
 
         def loop() -> QWidget:
             view = LoopChart(path)
-            self.chart_box.layout().addWidget(view)
+            self.chart_layout.addWidget(view)
             return view
 
         def results() -> QWidget:
@@ -447,9 +449,9 @@ class MainWindow(QMainWindow):
                 stop()
         self.views.clear()
         self.edit_menu.clear()
-        lay = self.chart_box.layout()
-        while lay.count():
-            w = lay.takeAt(0).widget()
+        lay = self.chart_layout
+        while (item := lay.takeAt(0)) is not None:
+            w = item.widget()
             if w is not None:
                 w.setParent(None)
                 w.deleteLater()
@@ -562,7 +564,7 @@ class MainWindow(QMainWindow):
         value = QSettings().value("recent_files", [])
         if isinstance(value, str):
             value = [value]
-        return [str(v) for v in (value or [])]
+        return [str(v) for v in value] if isinstance(value, (list, tuple)) else []
 
     def _add_recent(self, path: Path) -> None:
         items = [str(path)] + [p for p in self._recent() if p != str(path)]
@@ -583,7 +585,8 @@ class MainWindow(QMainWindow):
         for i, p in enumerate(recent, 1):
             act = self.recent_menu.addAction(f"&{i} {Path(p).name}")
             act.setStatusTip(p)
-            act.triggered.connect(lambda _=False, p=p: self._can_switch_project() and self.open_project(Path(p)))
+            act.triggered.connect(lambda _=False, p=p: self.open_project(Path(p))
+                                  if self._can_switch_project() else None)
         self.recent_menu.setEnabled(bool(recent))
         self.welcome.show_recent(recent)
 
@@ -599,7 +602,7 @@ class MainWindow(QMainWindow):
         event.acceptProposedAction()
         # Dialogs after the drop returns, so the drag source is not left waiting.
         if path.suffix.lower() == ".pld":
-            QTimer.singleShot(0, lambda: self._can_switch_project() and self.open_project(path))
+            QTimer.singleShot(0, lambda: self.open_project(path) if self._can_switch_project() else None)
         else:
             QTimer.singleShot(0, lambda: self.new_project(path))
 
@@ -626,7 +629,7 @@ class MainWindow(QMainWindow):
         self.run_phases([1, 2, 3, 4])
 
     def run_phases(self, phases: list[int]) -> None:
-        if self.project_path is None or self.worker is not None:
+        if self.project is None or self.project_path is None or self.worker is not None:
             return
         from ..core.pipeline import estimate_teacher_run
         settings = self._settings()
@@ -849,7 +852,7 @@ class MainWindow(QMainWindow):
             act.setEnabled(has_project)
         for act in (self.new_act, self.open_act, self.demo_act):
             act.setEnabled(not busy)
-        if self.project is None:
+        if self.project is None or self.project_path is None:
             self.stack.setCurrentIndex(0)
             return
         project = self.project

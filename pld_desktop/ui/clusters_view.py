@@ -328,10 +328,10 @@ class ClustersView(QWidget):
                 series.setMarkerSize(base)
         # Draw highlighted series last so they are not hidden under faded points.
         for key in keys:
-            series = self._series.get(key)
-            if series is not None:
-                series.setVisible(False)
-                series.setVisible(True)
+            shown = self._series.get(key)
+            if shown is not None:
+                shown.setVisible(False)
+                shown.setVisible(True)
 
     def _hover(self, key: str, point: QPointF, state: bool) -> None:
         if not state or self.data is None:
@@ -340,9 +340,8 @@ class ClustersView(QWidget):
         ids = self._series_ids.get(key, [])
         if not ids:
             return
-        # union-attr: a series (and so `ids`) exists only once self.data is loaded.
-        nearest = min(ids, key=lambda i: (self.data.points[i][0] - point.x()) ** 2
-                      + (self.data.points[i][1] - point.y()) ** 2)  # type: ignore[union-attr]
+        points = self.data.points
+        nearest = min(ids, key=lambda i: (points[i][0] - point.x()) ** 2 + (points[i][1] - point.y()) ** 2)
         group = next(g for g in self.data.groups if g.key == key)
         rule = next((m["rule"] for m in group.members if m["id"] == nearest), "")
         where = "noise" if group.is_noise else f"cluster {group.rule_uid or group.index}"

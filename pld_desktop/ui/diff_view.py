@@ -215,5 +215,5 @@ class DiffView(QWidget):
 
     def rows(self) -> list[tuple[str, str]]:
         """(change, rule uid) of every shown row, for tests and accessibility."""
-        return [(self.changes.topLevelItem(i).text(0), self.changes.topLevelItem(i).text(1))
-                for i in range(self.changes.topLevelItemCount())]
+        items = (self.changes.topLevelItem(i) for i in range(self.changes.topLevelItemCount()))
+        return [(item.text(0), item.text(1)) for item in items if item is not None]

@@ -277,11 +277,11 @@ class ImportDialog(QDialog):
         splitter.setStretchFactor(2, 1)
         splitter.setSizes([240, 430, 150])  # room for about ten preview rows at the default size
         # On a small screen (1280x800, 1366x768) the form scrolls inside the dialog; the buttons stay in view.
-        self.scroll = QScrollArea()
-        self.scroll.setWidgetResizable(True)
-        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
-        self.scroll.setWidget(splitter)
-        root.addWidget(self.scroll, 1)
+        self.scroll_area = QScrollArea()
+        self.scroll_area.setWidgetResizable(True)
+        self.scroll_area.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll_area.setWidget(splitter)
+        root.addWidget(self.scroll_area, 1)
 
         bottom = QHBoxLayout()
         self.status = QLabel("")

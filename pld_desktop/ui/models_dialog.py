@@ -315,7 +315,9 @@ class ModelsDialog(QDialog):
         form.addRow("Base URL:", self.openai_url)
         self.openai_model = QComboBox()
         self.openai_model.setEditable(True)
-        self.openai_model.lineEdit().setPlaceholderText("the served model's name; Test connection lists them")
+        line = self.openai_model.lineEdit()
+        if line is not None:  # always, for an editable combo box
+            line.setPlaceholderText("the served model's name; Test connection lists them")
         form.addRow("Model:", self.openai_model)
         self.openai_key = ApiKeyField("openai", "Local servers (Ollama, llama.cpp, LM Studio) need none.",
                                       server=self.openai_url)
@@ -406,7 +408,9 @@ class ModelsDialog(QDialog):
         form.addRow("Base URL:", self.student_url)
         self.student_model = QComboBox()
         self.student_model.setEditable(True)
-        self.student_model.lineEdit().setPlaceholderText("optional: the first model the server lists")
+        line = self.student_model.lineEdit()
+        if line is not None:  # always, for an editable combo box
+            line.setPlaceholderText("optional: the first model the server lists")
         form.addRow("Model:", self.student_model)
         self.student_concurrency = QSpinBox()
         self.student_concurrency.setRange(1, 64)
@@ -721,15 +725,17 @@ class ModelsDialog(QDialog):
                 result = result.describe()
             self.teacher_result.setText(("✔ " if ok else "✘ Failed: ") + str(result))
         elif kind == "server":
-            self.last_server_check = result if ok else None
+            self.last_server_check = result if ok and isinstance(result, StudentServerCheck) else None
             if isinstance(result, StudentServerCheck):
                 self._offer_models(self.student_model, result.models)
                 self.student_result.setText("✔ " + result.describe())
             else:
                 self.student_result.setText(f"✘ Could not use the student server: {result}")
         else:
-            self.last_student_check = result if ok else None
-            self.student_result.setText(result.describe() if ok else f"✘ Could not load the student: {result}")
+            self.last_student_check = result if ok and isinstance(result, StudentCheck) else None
+            check = self.last_student_check
+            self.student_result.setText(check.describe() if check is not None else
+                                        f"✘ Could not load the student: {result}")
 
     @staticmethod
     def _offer_models(combo: QComboBox, models: tuple[str, ...]) -> None:

@@ -527,7 +527,7 @@ class RulesModel(QAbstractItemModel):
         return [RULE_MIME]
 
     def mimeData(self, indexes: Sequence[QModelIndex]) -> QMimeData:
-        rows = sorted({i.row() for i in indexes if i.isValid() and self.node(i) and self.node(i).kind == "rule"})
+        rows = sorted({i.row() for i in indexes if i.isValid() and (n := self.node(i)) and n.kind == "rule"})
         mime = QMimeData()
         mime.setData(RULE_MIME, json.dumps([self._root.children[r].data.uid for r in rows]).encode())
         return mime
@@ -544,7 +544,8 @@ class RulesModel(QAbstractItemModel):
         if not self.canDropMimeData(data, action, row, column, parent):
             return False
         try:
-            moving = [u for u in json.loads(bytes(data.data(RULE_MIME)).decode()) if isinstance(u, str)]
+            # call-overload: PySide6's stub omits QByteArray's buffer protocol, which bytes() uses.
+            moving = [u for u in json.loads(bytes(data.data(RULE_MIME)).decode()) if isinstance(u, str)]  # type: ignore[call-overload]
         except ValueError:
             return False
         order = [n.data.uid for n in self._root.children]

@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
     QSplitter,
     QStyle,
     QToolBar,
+    QToolButton,
     QTreeView,
     QTreeWidget,
     QTreeWidgetItem,
@@ -178,7 +179,7 @@ class RulesEditor(QWidget):
     job_finished = Signal(str, str)  # kind ("impact" | "conflicts"), status ("done" | "cancelled" | "failed")
     conflict_search_finished = Signal(str, int)  # status ("done" | "cancelled" | "failed"), conflicts added
 
-    def __init__(self, project: Project | str | os.PathLike, parent: QWidget | None = None, *,
+    def __init__(self, project: Project | str | os.PathLike[str], parent: QWidget | None = None, *,
                  rule_set_id: int | None = None, token_counter: Callable[[str], int] | None = None,
                  n_ctx: int = 4096, handle_export: bool = True,
                  backends_factory: Callable[[], Any] | None = None) -> None:
@@ -206,8 +207,7 @@ class RulesEditor(QWidget):
         self._conflicts_base: dict[str, tuple[str, str]] | None = None
         self.auto_conflicts = True
         self._owns_project = not isinstance(project, Project)
-        # arg-type: a Project whenever not _owns_project (mypy does not narrow through the stored isinstance).
-        self.project = Project.open(Path(project)) if self._owns_project else project  # type: ignore[arg-type]
+        self.project = project if isinstance(project, Project) else Project.open(Path(project))
         start = rule_set_id or editor_start_version(self.project)
         if start is None:
             if self._owns_project:
@@ -227,7 +227,8 @@ class RulesEditor(QWidget):
         self._refresh_versions()
         self._refresh_version_view()
         self._conflicts_base = _content(self.model.rules())
-        self._conflict_timer = QTimer(self, interval=1500, singleShot=True, timeout=self._start_conflict_pass)
+        # call-arg: PySide6 takes a signal's slot as a keyword argument; its QTimer stub does not list them.
+        self._conflict_timer = QTimer(self, interval=1500, singleShot=True, timeout=self._start_conflict_pass)  # type: ignore[call-arg]
 
     # -- building -------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -269,7 +270,7 @@ class RulesEditor(QWidget):
         top.addWidget(self.versions, 1)
         return top
 
-    def _toolbar_action(self, text: str, icon: QStyle.StandardPixmap, slot: Callable[[], None], tip: str,
+    def _toolbar_action(self, text: str, icon: QStyle.StandardPixmap, slot: Callable[[], object], tip: str,
                         keys: QKeySequence | None = None) -> QAction:
         act = QAction(self.style().standardIcon(icon), text, self)
         act.setToolTip(tip + (f" ({keys.toString(QKeySequence.SequenceFormat.NativeText)})" if keys else ""))
@@ -325,7 +326,7 @@ class RulesEditor(QWidget):
         # the text stays in the tooltip and in the Edit menu.
         for act in (self.undo_action, self.redo_action):
             button = self.toolbar.widgetForAction(act)
-            if button is not None:
+            if isinstance(button, QToolButton):  # a toolbar shows its actions as tool buttons
                 button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonIconOnly)
 
     def _build_filter_row(self) -> QHBoxLayout:
@@ -380,7 +381,8 @@ class RulesEditor(QWidget):
         header.blockSignals(blocked)
         header.sortIndicatorChanged.connect(self._on_sort_changed)
         header.resizeSection(COL_NUMBER, 64)
-        header.sectionResized.connect(lambda col, *_: col == COL_TEXT and self.tree.scheduleDelayedItemsLayout())
+        header.sectionResized.connect(lambda col, *_: self.tree.scheduleDelayedItemsLayout()
+                                      if col == COL_TEXT else None)
         self.tree.selectionModel().selectionChanged.connect(lambda *_: self._on_selection())
         # Delete acts on the tree only, so the key still deletes characters in the filter box and in editors.
         self.delete_action.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
@@ -940,7 +942,7 @@ class RulesEditor(QWidget):
         parts = [f"Origin: {rule.origin or 'unknown'}."]
         if micro_ids:
             index = self.model.index_of_uid(rule.uid)
-            golds = Counter()
+            golds: Counter[str] = Counter()
             for row in range(self.model.rowCount(index)):
                 micro = self.model.index(row, 0, index)
                 for erow in range(self.model.rowCount(micro)):

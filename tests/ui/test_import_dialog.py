@@ -80,6 +80,13 @@ def test_demo_csv_preselects_sensible_columns_and_is_ready(qtbot: Any) -> None:
     assert problem_texts(dialog) == ["No problems found."]
 
 
+def test_the_form_scroll_area_leaves_qwidget_scroll_alone(qtbot: Any) -> None:
+    # The scroll area was once stored as `self.scroll`, which hid QWidget.scroll(dx, dy) on the dialog.
+    dialog = open_dialog(qtbot, demo_csv())
+    assert dialog.scroll_area.widgetResizable() and dialog.scroll_area.widget() is not None
+    dialog.scroll(0, 0)  # QWidget.scroll, not the scroll area
+
+
 def test_label_chart_has_one_bar_per_label_and_follows_the_label_column(qtbot: Any) -> None:
     dialog = open_dialog(qtbot, demo_csv())
     assert dialog.chart.bar_count() == 3
