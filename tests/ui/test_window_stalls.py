@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -108,3 +109,50 @@ def test_open_does_not_load_the_vocabulary_on_the_gui_thread(monkeypatch: pytest
     assert loads == ["pld-vocab"]
     window._tokenizer[1].close()
     window.deleteLater()
+
+
+def test_open_builds_the_current_tabs_view_now_and_the_others_in_later_turns(distilled_path: Path,
+                                                                               qtbot: Any) -> None:
+    from pld_desktop.ui.app import TAB_NAMES, MainWindow
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.open_project(distilled_path)
+    assert TAB_NAMES[window.tabs.currentIndex()] == "Run"
+    assert set(window.views) == {"loop"}  # the Run tab's chart only: nothing else was built in that one call
+    assert set(window.views.pending) == {"rules", "results", "compare", "diff", "clusters"}
+    qtbot.waitUntil(lambda: not window.views.pending, timeout=30000)  # one per event-loop turn
+    assert set(window.views) == {"loop", "rules", "results", "compare", "diff", "clusters"}
+
+    window.open_project(distilled_path)
+    diff = window.views["diff"]  # wanted before its turn: built on the spot
+    assert type(diff).__name__ == "DiffView" and "diff" not in window.views.pending
+    window.tabs.setCurrentIndex(TAB_NAMES.index("Rules"))  # showing a tab builds its view at once
+    assert "rules" in window.views and window.views["rules"].model.rowCount() > 0
+    _wait_for_vocabulary(window)
+    window.close_project()
+    assert not window.views and not window.views.pending
+
+
+def test_the_end_of_a_run_rereads_hidden_views_when_their_tab_is_shown(distilled_path: Path, qtbot: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from pld_desktop.ui.app import TAB_NAMES, MainWindow
+    from pld_desktop.ui.clusters_view import ClustersView
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.show()
+    window.open_project(distilled_path)
+    qtbot.waitUntil(lambda: not window.views.pending, timeout=30000)
+    reloads: list[str] = []
+    monkeypatch.setattr(ClustersView, "reload", lambda self: reloads.append("clusters"))
+    window._on_finished("done", "All phases finished.")
+    assert reloads == [] and "clusters" in window._stale_views  # hidden: not re-read yet
+    window.tabs.setCurrentIndex(TAB_NAMES.index("Clusters"))
+    assert reloads == ["clusters"] and "clusters" not in window._stale_views
+    _wait_for_vocabulary(window)
+    window.close_project()
+
+
+def _wait_for_vocabulary(window: Any) -> None:
+    """The rule editor's vocabulary loads on a helper thread: let it end inside the test that started it."""
+    if window._tokenizer is not None and window._tokenizer[1] is not None:
+        window._tokenizer[1].wait(120)
