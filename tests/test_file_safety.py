@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 
-from pld_desktop.core import project as project_module
 from pld_desktop.core.domain import Rule
 from pld_desktop.core.project import Project, ProjectInUse
 from pld_desktop.core.prompts import PromptRule, build_rules_prompt, sha256_text
 from pld_desktop.core.run_lock import RunLock, holder_of, lock_path
 from pld_desktop.core.settings import RunSettings, load_settings
 from pld_desktop.core.settings_check import settings_problems
+from pld_desktop.core.storage import file_checks
 from pld_desktop.resources import DEMO_MEANINGS, DEMO_TASK
 
 from . import crash_harness as ch
@@ -160,7 +160,7 @@ def test_a_project_locked_past_the_timeout_names_the_run_holding_it(tmp_path: Pa
         time.sleep(600)
     """, str(path))
     try:
-        monkeypatch.setattr(project_module, "BUSY_TIMEOUT_S", 0.2)
+        monkeypatch.setattr(file_checks, "BUSY_TIMEOUT_S", 0.2)
         with pytest.raises(ProjectInUse, match=rf"in use by another run \(pid {holder.pid}"):
             Project.open(path, read_only=True)
         assert holder_of(path)["pid"] == holder.pid  # type: ignore[index]
@@ -183,7 +183,7 @@ def test_the_integrity_verdict_is_reached_once_per_file_version(tmp_path: Path,
         conn.set_trace_callback(statements.append)
         return conn
     monkeypatch.setattr(sqlite3, "connect", traced)
-    project_module._checked_ok.clear()
+    file_checks._checked_ok.clear()
     for _ in range(3):
         Project.open(path, read_only=True).close()
     assert sum("quick_check" in s for s in statements) == 1

@@ -3,12 +3,12 @@
 Document model: a *live document* (SQLite's application-file-format advice): every completed item is
 committed as it happens, so there is no Save and a crash loses at most the items in flight. Save As is a
 backup-API copy written atomically. The schema is versioned with sqlite-utils migrations; a file with
-migrations this build does not know (a newer app) is refused before anything is written to it.
+migrations this build does not know (a newer app) is refused before anything is written to it. The schema, those
+checks and the errors live in core.storage; every statement run on an open project is a named method of `Project`.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -22,150 +22,33 @@ from types import MappingProxyType
 from typing import Any
 
 from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
 
 from .domain import Conflict, Evaluation, Rule, RuleSetRecord, RuleSetSummary
-from .project_errors import DiskFull as DiskFull  # the errors are re-exported: callers import them from here
-from .project_errors import ProjectFileError as ProjectFileError
-from .project_errors import ProjectInUse as ProjectInUse
-from .project_errors import ProjectTooNew as ProjectTooNew
 from .states import EvaluationStatus
-
-APPLICATION_ID = 0x504C4444  # "PLDD" at header offset 68
-SQLITE_MAGIC = b"SQLite format 3\x00"
-MIGRATION_SET = "pld_desktop"
-
-migrations = Migrations(MIGRATION_SET)
-
+from .storage.errors import DiskFull as DiskFull  # the errors are re-exported: callers import them from here
+from .storage.errors import ProjectFileError as ProjectFileError
+from .storage.errors import ProjectInUse as ProjectInUse
+from .storage.errors import ProjectTooNew as ProjectTooNew
+from .storage.file_checks import (
+    BUSY_TIMEOUT_S,
+    check_header,
+    friendly_sqlite_error,
+    is_disk_full,
+    is_locked_error,
+    read_only_checks,
+    recover_hot_journal,
+    write_error,
+)
+from .storage.file_checks import in_use_message as in_use_message  # the CLI's words for a locked project
+from .storage.schema import APPLICATION_ID as APPLICATION_ID  # tests read the header's id from here
+from .storage.schema import migrations
 
 # The SQLite errors a read can still raise past this layer (a file damaged after it was opened, a lock held
-# beyond the busy timeout). Callers that report them catch these names, so no module outside this one needs
-# sqlite3 (tests/test_architecture.py checks that).
+# beyond the busy timeout). Callers that report them catch these names, so no module outside the storage layer
+# needs sqlite3 (tests/test_architecture.py checks that).
 DatabaseError = sqlite3.DatabaseError
 OperationalError = sqlite3.OperationalError
 
-
-# ---------------------------------------------------------------------------
-# Schema
-# ---------------------------------------------------------------------------
-@migrations()
-def m001_initial(db: Database) -> None:
-    db.executescript(
-        """
-        CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-
-        CREATE TABLE dataset (
-            id INTEGER PRIMARY KEY CHECK (id = 1),
-            source_name TEXT, source_sha256 TEXT, encoding TEXT,
-            mapping_json TEXT NOT NULL, split_json TEXT NOT NULL,
-            labels_json TEXT NOT NULL, columns_json TEXT NOT NULL,
-            dataset_hash TEXT NOT NULL, n_rows INTEGER NOT NULL, imported_at REAL NOT NULL);
-
-        CREATE TABLE examples (
-            id INTEGER PRIMARY KEY, ext_id TEXT NOT NULL UNIQUE, source_row INTEGER NOT NULL,
-            text TEXT NOT NULL, label TEXT NOT NULL,
-            split TEXT NOT NULL CHECK (split IN ('train', 'dev', 'test')), grp TEXT);
-        CREATE INDEX examples_split ON examples (split);
-
-        CREATE TABLE runs (
-            id INTEGER PRIMARY KEY, started_at REAL NOT NULL, finished_at REAL,
-            status TEXT NOT NULL, command TEXT, settings_json TEXT);
-
-        CREATE TABLE phases (
-            phase INTEGER PRIMARY KEY, state TEXT NOT NULL, done INTEGER NOT NULL DEFAULT 0,
-            total INTEGER NOT NULL DEFAULT 0, message TEXT, run_id INTEGER, updated_at REAL NOT NULL);
-
-        CREATE TABLE teacher_calls (
-            id INTEGER PRIMARY KEY, request_hash TEXT NOT NULL, kind TEXT NOT NULL, model TEXT NOT NULL,
-            example_id INTEGER, request_json TEXT NOT NULL, response_text TEXT,
-            status TEXT NOT NULL CHECK (status IN ('ok', 'invalid', 'error')), error TEXT,
-            prompt_tokens INTEGER NOT NULL DEFAULT 0, output_tokens INTEGER NOT NULL DEFAULT 0,
-            thoughts_tokens INTEGER NOT NULL DEFAULT 0, total_tokens INTEGER NOT NULL DEFAULT 0,
-            cost_usd REAL NOT NULL DEFAULT 0, latency_s REAL NOT NULL DEFAULT 0,
-            attempt INTEGER NOT NULL DEFAULT 1, run_id INTEGER, created_at REAL NOT NULL);
-        CREATE INDEX teacher_calls_hash ON teacher_calls (request_hash, status);
-
-        CREATE TABLE micro_rules (
-            id INTEGER PRIMARY KEY, example_id INTEGER NOT NULL UNIQUE REFERENCES examples(id),
-            reasoning TEXT NOT NULL, rule TEXT NOT NULL, label TEXT NOT NULL,
-            teacher_call_id INTEGER REFERENCES teacher_calls(id), created_at REAL NOT NULL);
-
-        CREATE TABLE failed_items (
-            id INTEGER PRIMARY KEY, phase INTEGER NOT NULL, item_key TEXT NOT NULL, reason TEXT NOT NULL,
-            run_id INTEGER, created_at REAL NOT NULL);
-
-        CREATE TABLE embeddings (
-            model TEXT NOT NULL, text_hash TEXT NOT NULL, dim INTEGER NOT NULL, vector BLOB NOT NULL,
-            PRIMARY KEY (model, text_hash));
-
-        CREATE TABLE clusterings (
-            key TEXT PRIMARY KEY, method TEXT NOT NULL, params_json TEXT NOT NULL,
-            report_json TEXT NOT NULL, created_at REAL NOT NULL);
-        CREATE TABLE clusters (
-            id INTEGER PRIMARY KEY, clustering_key TEXT NOT NULL REFERENCES clusterings(key),
-            label TEXT NOT NULL, cluster_index INTEGER NOT NULL, is_noise INTEGER NOT NULL,
-            size INTEGER NOT NULL, map_x REAL, map_y REAL);
-        CREATE TABLE cluster_members (
-            cluster_id INTEGER NOT NULL REFERENCES clusters(id), micro_rule_id INTEGER NOT NULL,
-            PRIMARY KEY (cluster_id, micro_rule_id));
-
-        CREATE TABLE rule_sets (
-            id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES rule_sets(id),
-            reason TEXT NOT NULL, origin TEXT NOT NULL, round INTEGER,
-            task TEXT NOT NULL, labels_json TEXT NOT NULL, meanings_json TEXT NOT NULL,
-            rules_json TEXT NOT NULL, prompt_text TEXT NOT NULL, prompt_sha256 TEXT NOT NULL,
-            content_hash TEXT NOT NULL, created_at REAL NOT NULL);
-        CREATE INDEX rule_sets_content ON rule_sets (content_hash);
-        -- Rule sets are immutable; a trigger makes that a property of the file, not of the code.
-        CREATE TRIGGER rule_sets_immutable BEFORE UPDATE ON rule_sets
-            BEGIN SELECT RAISE(ABORT, 'rule-set versions are immutable'); END;
-
-        CREATE TABLE conflicts (
-            id INTEGER PRIMARY KEY, rule_set_id INTEGER NOT NULL REFERENCES rule_sets(id),
-            rule_a TEXT NOT NULL, rule_b TEXT NOT NULL, source TEXT NOT NULL,
-            reason TEXT NOT NULL, evidence_json TEXT NOT NULL, created_at REAL NOT NULL);
-
-        CREATE TABLE evaluations (
-            id INTEGER PRIMARY KEY, cache_key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
-            rule_set_id INTEGER REFERENCES rule_sets(id), split TEXT NOT NULL,
-            prompt_text TEXT NOT NULL, prompt_sha256 TEXT NOT NULL,
-            student_json TEXT NOT NULL, n_examples INTEGER NOT NULL,
-            status TEXT NOT NULL, metrics_json TEXT, created_at REAL NOT NULL, finished_at REAL);
-        CREATE TABLE predictions (
-            evaluation_id INTEGER NOT NULL REFERENCES evaluations(id), example_id INTEGER NOT NULL,
-            predicted TEXT NOT NULL, probs_json TEXT NOT NULL, latency_s REAL NOT NULL,
-            PRIMARY KEY (evaluation_id, example_id));
-
-        CREATE TABLE loop_rounds (
-            id INTEGER PRIMARY KEY, round INTEGER NOT NULL, base_rule_set_id INTEGER NOT NULL,
-            candidate_rule_set_id INTEGER, dev_macro_f1 REAL, base_dev_macro_f1 REAL,
-            accepted INTEGER NOT NULL DEFAULT 0, root_cause TEXT, run_id INTEGER, created_at REAL NOT NULL);
-
-        CREATE TABLE exports (
-            id INTEGER PRIMARY KEY, path TEXT NOT NULL, format TEXT NOT NULL, sha256 TEXT NOT NULL,
-            rule_set_id INTEGER, evaluation_id INTEGER, created_at REAL NOT NULL);
-        """
-    )
-
-
-@migrations()
-def m002_teacher_batches(db: Database) -> None:
-    # Remote batch jobs (Gemini Batch API) outlive the process that submitted them: the job name and the
-    # request hashes it carries are kept so that a later run polls the job instead of submitting it again.
-    db.executescript(
-        """
-        CREATE TABLE teacher_batches (
-            id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, phase INTEGER NOT NULL, model TEXT NOT NULL,
-            state TEXT NOT NULL, n_requests INTEGER NOT NULL, message TEXT, merged INTEGER NOT NULL DEFAULT 0,
-            run_id INTEGER, created_at REAL NOT NULL, updated_at REAL NOT NULL);
-        CREATE TABLE teacher_batch_requests (
-            batch_id INTEGER NOT NULL REFERENCES teacher_batches(id), request_hash TEXT NOT NULL,
-            item_key TEXT NOT NULL, PRIMARY KEY (batch_id, request_hash));
-        """
-    )
-
-
-KNOWN_MIGRATIONS = ("m001_initial", "m002_teacher_batches")
 
 # Settings that name a rule-set version. One constant per key, read through `Project.rule_set_pointer`.
 CHOSEN_RULE_SET = "chosen_rule_set_id"        # the pipeline's choice (phase 3's best on dev)
@@ -210,134 +93,6 @@ def content_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def _check_header(path: Path) -> None:
-    """Refuse anything that is not an SQLite file with our application id, without writing to it."""
-    if path.is_dir():
-        raise ProjectFileError(f"{path} is a folder, not a project file.")
-    try:
-        with open(path, "rb") as fh:
-            header = fh.read(100)
-    except PermissionError:
-        raise ProjectFileError(f"Cannot read {path}: permission denied.") from None
-    except OSError as exc:
-        raise ProjectFileError(f"Cannot read {path}: {exc.strerror}.") from None
-    if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
-        raise ProjectFileError(f"{path.name} is not a PLD project file (it is not an SQLite database).")
-    app_id = int.from_bytes(header[68:72], "big")
-    if app_id != APPLICATION_ID:
-        raise ProjectFileError(
-            f"{path.name} is an SQLite database but not a PLD project file (application id {app_id:#x}).")
-
-
-# How long an open waits for another connection's write lock before it says the file is in use. A run holds
-# the write lock only while it commits one item, so a longer wait means a stuck or very large transaction.
-BUSY_TIMEOUT_S = 30.0
-
-# Integrity verdicts already reached in this process, by (path, mtime, size): PRAGMA quick_check reads every
-# page (84-214 ms on a 100k-example project), and the window and the CLI open the same file many times.
-_checked_ok: set[tuple[str, int, int]] = set()
-_checked_lock = threading.Lock()
-
-
-def _file_key(path: Path) -> tuple[str, int, int]:
-    st = path.stat()
-    return (str(path.resolve()), st.st_mtime_ns, st.st_size)
-
-
-def _is_locked_error(exc: sqlite3.Error) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
-
-
-def in_use_message(path: Path) -> str:
-    """Words for a project another connection keeps locked: the run holding it (pid) when one does."""
-    from .run_lock import describe_in_use, holder_of
-    holder = holder_of(path)
-    if holder:
-        return describe_in_use(path, holder)
-    return (f"{path.name} is in use by another program or window (it stayed locked for {BUSY_TIMEOUT_S:.0f} s); "
-            "close it there, then try again.")
-
-
-def _recover_hot_journal(path: Path) -> None:
-    """Roll back a transaction a killed process left unfinished, before anything judges the file.
-
-    A journal beside the file means either a live writer (its lock makes SQLite leave the journal alone) or a
-    *hot* journal from a crash, which only a read-write connection can roll back; a read-only one fails with
-    "attempt to write a readonly database", which is not damage. The first read on a read-write connection
-    does the rollback (that is SQLite's own recovery; the journal holds the original pages).
-    """
-    journal = path.with_name(path.name + "-journal")
-    try:
-        if not journal.exists() or journal.stat().st_size == 0:
-            return
-    except OSError:
-        return
-    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
-        raise ProjectFileError(
-            f"{path.name} has an unfinished transaction from a run that stopped abruptly, and it cannot be rolled "
-            f"back here because the file or its folder is read-only. Open it once where it can be written. Do not "
-            f"delete {journal.name}: it holds the pages that make the file whole again.")
-    try:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
-    except sqlite3.Error as exc:
-        raise ProjectFileError(f"Cannot open {path.name}: {exc}.") from None
-    try:
-        conn.execute("PRAGMA schema_version").fetchone()
-    except sqlite3.OperationalError as exc:
-        if _is_locked_error(exc):
-            raise ProjectInUse(in_use_message(path)) from None
-        raise ProjectFileError(f"{path.name} has an unfinished transaction that could not be rolled back ({exc}). "
-                               f"Keep {journal.name} beside it and restore a copy if this persists.") from None
-    except sqlite3.DatabaseError:
-        pass  # judged (and reported as damage) by the read-only checks that follow
-    finally:
-        conn.close()
-
-
-def _read_only_checks(path: Path) -> None:
-    """Integrity and schema-version checks on a read-only connection (the file is never modified)."""
-    uri = f"file:{path.resolve()}?mode=ro"
-    try:
-        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
-    except sqlite3.Error as exc:
-        raise ProjectFileError(f"Cannot open {path.name}: {exc}.") from None
-    try:
-        key = _file_key(path)
-        with _checked_lock:
-            known_ok = key in _checked_ok
-        if not known_ok:
-            try:
-                result = conn.execute("PRAGMA quick_check").fetchone()[0]
-            except sqlite3.OperationalError as exc:
-                if _is_locked_error(exc):
-                    raise ProjectInUse(in_use_message(path)) from None
-                raise ProjectFileError(f"{path.name} is damaged and cannot be opened ({exc}).") from None
-            except sqlite3.DatabaseError as exc:
-                raise ProjectFileError(f"{path.name} is damaged and cannot be opened ({exc}).") from None
-            if result != "ok":
-                raise ProjectFileError(f"{path.name} is damaged: {result}.")
-        try:
-            names = {r[0] for r in conn.execute(
-                "SELECT name FROM _sqlite_migrations WHERE migration_set = ?", [MIGRATION_SET])}
-        except sqlite3.OperationalError as exc:
-            if _is_locked_error(exc):
-                raise ProjectInUse(in_use_message(path)) from None
-            raise ProjectFileError(f"{path.name} is not a PLD project file (no schema record).") from None
-        except sqlite3.DatabaseError:
-            raise ProjectFileError(f"{path.name} is not a PLD project file (no schema record).") from None
-        unknown = names - set(KNOWN_MIGRATIONS)
-        if unknown:
-            raise ProjectTooNew(
-                f"{path.name} was written by a newer version of PLD Desktop (schema steps "
-                f"{', '.join(sorted(unknown))}); update the app to open it. The file was not changed.")
-        if not known_ok:
-            with _checked_lock:
-                _checked_ok.add(key)
-    finally:
-        conn.close()
-
-
 class Project:
     """An open project file.
 
@@ -375,7 +130,7 @@ class Project:
         if path.exists():
             if not overwrite:
                 raise ProjectFileError(f"{path} already exists; choose another name or pass --force.")
-            _check_header(path)  # refuses to overwrite anything that is not a PLD project
+            check_header(path)  # refuses to overwrite anything that is not a PLD project
         if not path.parent.exists():
             raise ProjectFileError(f"The folder {path.parent} does not exist.")
         if not os.access(path.parent, os.W_OK):
@@ -397,11 +152,11 @@ class Project:
             conn = None
             os.replace(tmp, path)
         except sqlite3.Error as exc:
-            why = _friendly_sqlite_error(path, exc) if isinstance(exc, sqlite3.OperationalError) else exc
-            kind = DiskFull if _is_disk_full(exc) else ProjectFileError
+            why = friendly_sqlite_error(path, exc) if isinstance(exc, sqlite3.OperationalError) else exc
+            kind = DiskFull if is_disk_full(exc) else ProjectFileError
             raise kind(f"Cannot create {path.name}: {why}") from None
         except OSError as exc:
-            kind = DiskFull if _is_disk_full(exc) else ProjectFileError
+            kind = DiskFull if is_disk_full(exc) else ProjectFileError
             raise kind(f"Cannot create {path.name}: {exc.strerror or exc}.") from None
         finally:
             if conn is not None:
@@ -423,9 +178,9 @@ class Project:
         path = Path(path)
         if not path.exists():
             raise ProjectFileError(f"Project file not found: {path}")
-        _check_header(path)
-        _recover_hot_journal(path)
-        _read_only_checks(path)
+        check_header(path)
+        recover_hot_journal(path)
+        read_only_checks(path)
         if not read_only and not os.access(path, os.W_OK):
             raise ProjectFileError(f"{path.name} is read-only; open it read-only or copy it somewhere writable.")
         if not read_only and not os.access(path.parent, os.W_OK):
@@ -444,7 +199,7 @@ class Project:
                     migrations.apply(db)
             except sqlite3.OperationalError as exc:
                 conn.close()
-                if _is_locked_error(exc):
+                if is_locked_error(exc):
                     raise ProjectInUse(in_use_message(path)) from None
                 raise write_error(path, exc) from None
         return cls(path, conn, read_only=read_only)
@@ -1064,26 +819,3 @@ class _Txn:
                 conn.execute("ROLLBACK")
             except sqlite3.OperationalError:
                 pass
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    text = str(exc)
-    return ("disk" in text and "full" in text) or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-
-
-def write_error(path: Path, exc: sqlite3.Error) -> ProjectFileError:
-    """The error to raise when a write to the project at `path` failed: DiskFull for a full disk."""
-    return (DiskFull if _is_disk_full(exc) else ProjectFileError)(_friendly_sqlite_error(path, exc))
-
-
-def _friendly_sqlite_error(path: Path, exc: sqlite3.Error) -> str:
-    text = str(exc)
-    if ("disk" in text and "full" in text) or "database or disk is full" in text:
-        return f"The disk holding {path.name} is full; nothing was lost, free some space and resume."
-    if "readonly" in text:
-        return f"{path.name} cannot be written (read-only file or folder)."
-    if "locked" in text:
-        return in_use_message(path)
-    return f"Could not write to {path.name}: {text}."

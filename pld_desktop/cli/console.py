@@ -1,0 +1,106 @@
+"""How `pld` meets the terminal: exit codes, progress bars on stderr, Ctrl-C and SIGTERM, output that cannot
+drive the terminal."""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+from typing import Any
+
+from ..core.progress import ProgressBase
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_QUOTA, EXIT_CANCELLED = 0, 1, 2, 4, 130
+EXIT_IN_USE = 3          # the project is in use by another run (retry when it has finished)
+EXIT_TERMINATED = 143    # stopped by SIGTERM (resumable), 128 + 15 as shells report it
+EXIT_BROKEN_PIPE = 141   # the reader of our output went away (`pld status | head -1`), 128 + SIGPIPE
+
+
+class ConsoleProgress(ProgressBase):
+    """Progress bars with ETA on stderr (tqdm); the first Ctrl-C asks the run to stop after the items in flight."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        super().__init__()
+        self.quiet = quiet
+        self._bar: Any = None
+
+    def on_begin(self, stage: str, total: int) -> None:
+        if self.quiet:
+            return
+        from tqdm import tqdm
+        if self._bar is not None:
+            self._bar.close()
+        self._bar = tqdm(total=total, desc=stage, unit="item", file=sys.stderr, dynamic_ncols=True,
+                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
+
+    def on_report(self, done: int, total: int, message: str) -> None:
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.n = done
+            self._bar.refresh()
+
+    def on_log(self, message: str, level: str) -> None:
+        if self.quiet and level == "info":
+            return
+        prefix = "" if level == "info" else f"{level}: "
+        if self._bar is not None:
+            self._bar.write(prefix + message, file=sys.stderr)
+        else:
+            print(prefix + message, file=sys.stderr)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+_stop_signal: int | None = None  # the signal that stopped this process (SIGINT or SIGTERM), for the exit code
+
+
+def _stop_exit_code() -> int:
+    return EXIT_TERMINATED if _stop_signal == signal.SIGTERM else EXIT_CANCELLED
+
+
+def _install_sigint(progress: ConsoleProgress) -> None:
+    """SIGINT and SIGTERM alike: the first asks the run to stop after the items in flight, a second stops at once
+    (both leave a resumable project; a service manager's SIGTERM is a request to stop, not a crash)."""
+    def handler(signum: int, frame: Any) -> None:
+        global _stop_signal
+        _stop_signal = signum
+        if progress.cancelled():
+            raise KeyboardInterrupt
+        progress.cancel()
+        again = "press Ctrl-C again" if signum == signal.SIGINT else "send SIGTERM again"
+        print(f"\nStopping after the items in flight ({again} to stop at once)...", file=sys.stderr)
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _install_sigterm_as_interrupt() -> None:
+    """Outside a run, SIGTERM unwinds like Ctrl-C, so `finally` blocks remove partial files and release locks."""
+    def handler(signum: int, frame: Any) -> None:
+        global _stop_signal
+        _stop_signal = signum
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
+
+class _TerminalSafe:
+    """A text stream that writes control characters (ANSI escapes in labels or texts, bidi overrides) as visible
+    escapes, so data printed by `pld` can never drive the terminal. Newlines and tabs pass; tqdm's own
+    carriage returns pass too (they only move to the start of the line)."""
+
+    _UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e"
+                                       "\u2066-\u2069]")
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(self._UNSAFE.sub(lambda m: f"\\x{ord(m.group(0)):02x}" if ord(m.group(0)) < 0x100
+                                            else f"\\u{ord(m.group(0)):04x}", text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
