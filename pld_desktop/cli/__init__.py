@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from .console import (
     _install_sigterm_as_interrupt,
     _stop_exit_code,
     _TerminalSafe,
+    exit_at_once_on_signal,
 )
 from .models import _add_models_parser
 from .options import CLI_NAMES as CLI_NAMES  # re-exported: tests and bench import these from pld_desktop.cli
@@ -223,10 +225,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     saved = sys.stdout, sys.stderr
     if not isinstance(sys.stdout, _TerminalSafe):
         sys.stdout, sys.stderr = _TerminalSafe(sys.stdout), _TerminalSafe(sys.stderr)
+    before = signal.getsignal(signal.SIGINT)
     try:
-        return _main(argv)
+        code = _main(argv)
     finally:
         sys.stdout, sys.stderr = saved
+    if signal.getsignal(signal.SIGINT) is not before:  # a run's stop handler: a second Ctrl-C may still come
+        exit_at_once_on_signal(code)
+    return code
 
 
 def _main(argv: Sequence[str] | None) -> int:

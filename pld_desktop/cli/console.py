@@ -3,6 +3,8 @@ drive the terminal."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
 import sys
@@ -72,6 +74,21 @@ def _install_sigint(progress: ConsoleProgress) -> None:
         progress.cancel()
         again = "press Ctrl-C again" if signum == signal.SIGINT else "send SIGTERM again"
         print(f"\nStopping after the items in flight ({again} to stop at once)...", file=sys.stderr)
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def exit_at_once_on_signal(code: int) -> None:
+    """After the command's work: a Ctrl-C or SIGTERM while the process winds down (joining the teacher's threads,
+    freeing models) exits at once with `code` (or the stop's own code), instead of raising KeyboardInterrupt where
+    nothing catches it, which made Python die of the signal (exit -2) after the run had already stopped cleanly."""
+    def handler(signum: int, frame: Any) -> None:
+        global _stop_signal
+        _stop_signal = signum
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code if code != EXIT_OK else _stop_exit_code())
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
 
