@@ -284,7 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     parser.add_argument("--profile", action="append", default=[], help="profile scenarios containing this text")
     parser.add_argument("--why", action="store_true",
-                        help="write every thread's stack at each stall over the target to /tmp/bench-window-why-*.txt")
+                        help="write every thread's stack at each stall over the target to /tmp/bench-window-why-*.txt "
+                             "(a diagnostic: faulthandler reads the other threads' stacks while they run, and that "
+                             "can crash the process, as it once did here during a module import)")
     args = parser.parse_args(argv)
     PROFILE[:] = args.profile
     WHY[:] = [True] if args.why else []
