@@ -17,7 +17,7 @@ together and reads logits at each sequence's last token; the label search (`Labe
 runs in rounds, each round asking every unfinished search for the next path it needs and decoding those
 together (`replay_rounds`).
 
-Why it is not exact (measured, 2-core AMD EPYC with AVX+FMA, no AVX2; llama-cpp-python 0.3.36):
+Why it is not exact (measured, 2-core AMD EPYC with AVX2 and AVX-512; llama-cpp-python 0.3.36):
 - A token's numbers in llama.cpp depend on the micro-batch it is computed in (its size and the token's row in
   it), not only on the tokens before it, and a quantised model amplifies the rounding difference:
   * Gemma 3 270M (Q5_0/Q8_0/Q4_K/Q6_K weights): evaluating one example's 13 tokens as 8+5 or 10+3 instead of
