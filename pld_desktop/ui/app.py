@@ -417,8 +417,12 @@ class MainWindow(QMainWindow):
             "diff": lambda: placed(self.diff_holder, DiffView(path, self)),
             "clusters": lambda: placed(self.clusters_holder, ClustersView(path))})
 
+    def _current_tab(self) -> str | None:
+        index = self.tabs.currentIndex()
+        return TAB_NAMES[index] if 0 <= index < len(TAB_NAMES) else None
+
     def _want_current_view(self) -> None:
-        current = TAB_NAMES[self.tabs.currentIndex()] if 0 <= self.tabs.currentIndex() < len(TAB_NAMES) else None
+        current = self._current_tab()
         for name in [n for n, tab in _VIEW_TABS.items() if tab == current and n in self.views.pending]:
             self.views.want(name)
 
@@ -516,7 +520,7 @@ class MainWindow(QMainWindow):
 
     def _refresh_stale_views(self, *_: Any) -> None:
         self._want_current_view()
-        current = TAB_NAMES[self.tabs.currentIndex()] if 0 <= self.tabs.currentIndex() < len(TAB_NAMES) else None
+        current = self._current_tab()
         for name in [n for n in self._stale_views if _VIEW_TABS[n] == current or not self.isVisible()]:
             self._stale_views.discard(name)
             if name == "results":
