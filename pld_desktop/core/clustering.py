@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.cluster import DBSCAN, AgglomerativeClustering
+
+# scikit-learn is imported where it clusters (~2 s to import): every `pld` command and the window import the
+# pipeline, and most of them never cluster anything.
 
 
 @dataclass
@@ -26,6 +28,8 @@ class ClusterResult:
 
 
 def _dbscan(vectors: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
+    from sklearn.cluster import DBSCAN
+
     return np.asarray(DBSCAN(eps=eps, min_samples=min_samples, metric="cosine").fit(vectors).labels_)
 
 
@@ -86,6 +90,8 @@ def cluster_rules(vectors: np.ndarray, eps: float = 0.4, min_samples: int = 6) -
     # Agglomerative fallback: every rule gets a cluster; merge tiny clusters' rules as noise-free singletons.
     lo, hi = sane_cluster_range(n)
     target = max(lo, min(hi, round(np.sqrt(n))))
+    from sklearn.cluster import AgglomerativeClustering
+
     agg = AgglomerativeClustering(n_clusters=target, metric="cosine", linkage="average").fit(vectors)
     labels = agg.labels_.astype(int)
     tried.append({"method": "agglomerative", "n_clusters": target, "clusters": _count(labels), "noise": 0.0})
@@ -108,6 +114,8 @@ def keep_every_label(vectors: np.ndarray, labels: np.ndarray, degenerate_reason:
         base = int(out.max()) + 1 if (out >= 0).any() else 0
         if len(noise) >= 4:
             k = max(1, min(len(noise) // 2, round(np.sqrt(len(noise)))))
+            from sklearn.cluster import AgglomerativeClustering
+
             sub = AgglomerativeClustering(n_clusters=k, metric="cosine", linkage="average").fit(vectors[noise]).labels_
         else:
             sub = np.zeros(len(noise), dtype=int)

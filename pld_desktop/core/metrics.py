@@ -6,10 +6,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+# scikit-learn is imported where it is used: its import takes ~1.8 s, more than half of a `pld init`, `status` or
+# `export`, which never score anything (test_cli_imports.py holds this).
 
 
 def macro_f1(gold: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> float:
+    from sklearn.metrics import f1_score
+
     if not gold:
         return 0.0
     return float(f1_score(gold, predicted, labels=list(labels), average="macro", zero_division=0))
@@ -17,6 +21,8 @@ def macro_f1(gold: Sequence[str], predicted: Sequence[str], labels: Sequence[str
 
 def classification_metrics(gold: Sequence[str], predicted: Sequence[str], labels: Sequence[str],
                            latencies: Sequence[float] = ()) -> dict[str, Any]:
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
     labels = list(labels)
     p, r, f, s = precision_recall_fscore_support(gold, predicted, labels=labels, zero_division=0)
     lat = np.asarray(latencies, dtype=float)
