@@ -29,3 +29,29 @@ def test_a_signal_while_winding_down_exits_with_the_commands_code(code: int, exp
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == expected, proc.stderr[-2000:]
     assert proc.returncode != -signal.SIGINT and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_stop_after_the_run_returned_but_before_main_did_exits_with_the_stop_code(signum: int) -> None:
+    # The race CI met: the first Ctrl-C stopped the run, which returned 130; the second came while the dispatcher
+    # and main were still returning, where the run's handler raised KeyboardInterrupt that nothing caught (-2).
+    script = textwrap.dedent(f"""
+        import argparse, os, signal, sys
+        from pld_desktop.cli import _run_command
+        from pld_desktop.cli.console import ConsoleProgress, _install_sigint
+
+        def stopped_run(args):
+            progress = ConsoleProgress(quiet=True)
+            _install_sigint(progress)
+            os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C: the run stops after the items in flight
+            assert progress.cancelled()
+            return 130
+
+        code = _run_command(argparse.Namespace(func=stopped_run))
+        os.kill(os.getpid(), {int(signum)})  # the second, before main has returned
+        print("not reached", code)
+        sys.exit(99)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == EXIT_CANCELLED, (proc.returncode, proc.stderr[-2000:])
+    assert "not reached" not in proc.stdout and "Traceback" not in proc.stderr

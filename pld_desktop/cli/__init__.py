@@ -28,6 +28,7 @@ from .console import (
     _stop_exit_code,
     _TerminalSafe,
     exit_at_once_on_signal,
+    work_over,
 )
 from .models import _add_models_parser
 from .options import CLI_NAMES as CLI_NAMES  # re-exported: tests and bench import these from pld_desktop.cli
@@ -253,6 +254,17 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_BROKEN_PIPE
 
 
+def _run_command(args: argparse.Namespace) -> int:
+    """The command itself; a stop signal after it has returned or raised exits at once (console.work_over)."""
+    try:
+        code = int(args.func(args) or 0)
+    except BaseException:
+        work_over(None)
+        raise
+    work_over(code)
+    return code
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     from ..backends.bundled import ModelFileError
     from ..core.batch_extraction import BatchJobFailed
@@ -261,7 +273,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from ..core.project import DatabaseError, DiskFull, OperationalError, ProjectFileError, ProjectInUse, in_use_message
     from ..core.protocols import PromptTooLong, TeacherError
     try:
-        return int(args.func(args) or 0)
+        return _run_command(args)
     except DiskFull as exc:  # the machine, not the input: exit 1 like any other full-disk write
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -68,12 +68,15 @@ def _install_sigint(progress: ConsoleProgress) -> None:
     (both leave a resumable project; a service manager's SIGTERM is a request to stop, not a crash)."""
     def handler(signum: int, frame: Any) -> None:
         global _stop_signal
+        if _work_over:  # the command has returned: nothing is left to stop, and nothing would catch the raise
+            _exit_at_once(signum, _work_code)
         _stop_signal = signum
         if progress.cancelled():
             raise KeyboardInterrupt
         progress.cancel()
         again = "press Ctrl-C again" if signum == signal.SIGINT else "send SIGTERM again"
         print(f"\nStopping after the items in flight ({again} to stop at once)...", file=sys.stderr)
+    work_over_reset()
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
 
@@ -83,22 +86,48 @@ def exit_at_once_on_signal(code: int) -> None:
     freeing models) exits at once with `code` (or the stop's own code), instead of raising KeyboardInterrupt where
     nothing catches it, which made Python die of the signal (exit -2) after the run had already stopped cleanly."""
     def handler(signum: int, frame: Any) -> None:
-        global _stop_signal
-        _stop_signal = signum
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(code if code != EXIT_OK else _stop_exit_code())
+        _exit_at_once(signum, code)
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+
+# Set when the command's function has returned or raised (`work_over`): from then on a run's stop handler exits
+# at once instead of raising KeyboardInterrupt into the dispatcher's error reporting or main's return, where it
+# escaped and Python died of the signal (exit -2 after "Stopped during phase 1", seen under load in CI).
+_work_over = False
+_work_code: int | None = None
+
+
+def work_over(code: int | None) -> None:
+    """The command's work is over, with `code` (None: it raised, and its handler will say what happened)."""
+    global _work_over, _work_code
+    _work_code, _work_over = code, True
+
+
+def work_over_reset() -> None:
+    """A new command starts (in-process callers run several): its handlers raise again until its work is over."""
+    global _work_over, _work_code
+    _work_code, _work_over = None, False
+
+
+def _exit_at_once(signum: int, code: int | None) -> None:
+    global _stop_signal
+    _stop_signal = signum
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code if code not in (None, EXIT_OK) else _stop_exit_code())
 
 
 def _install_sigterm_as_interrupt() -> None:
     """Outside a run, SIGTERM unwinds like Ctrl-C, so `finally` blocks remove partial files and release locks."""
     def handler(signum: int, frame: Any) -> None:
         global _stop_signal
+        if _work_over:
+            _exit_at_once(signum, _work_code)
         _stop_signal = signum
         raise KeyboardInterrupt
+    work_over_reset()
     signal.signal(signal.SIGTERM, handler)
 
 
