@@ -11,12 +11,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # The per-machine trust store (accepted servers and model files) of the tests, never the user's own; `pld`
 # subprocesses inherit it.
-if not os.environ.get("PLD_CONFIG_DIR"):
+# Each pytest-xdist worker gets its own: the workers inherit the environment of the process that started them.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if not os.environ.get("PLD_CONFIG_DIR") or _WORKER:
     import tempfile
-    os.environ["PLD_CONFIG_DIR"] = tempfile.mkdtemp(prefix="pld-test-config-")
+    os.environ["PLD_CONFIG_DIR"] = tempfile.mkdtemp(prefix=f"pld-test-config-{_WORKER or 'main'}-")
 
 import shutil
-import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -181,28 +182,8 @@ def _ini_settings_init(path: Path) -> Any:
 # `pld` in-process
 # ---------------------------------------------------------------------------
 @pytest.fixture
-def pld_main(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., CliResult]]:
-    """`pld_main("init", ...)` runs the CLI's main(argv) in this process (no interpreter start, no imports again).
+def pld_main() -> Callable[..., CliResult]:
+    """`pld_main("init", ...)` runs the CLI's main(argv) in this process (`helpers.pld_in_process`)."""
+    from .helpers import pld_in_process
 
-    For argument and input errors; exit codes after signals and the real process's streams need a subprocess.
-    The SIGTERM handler the CLI installs is put back afterwards.
-    """
-    from pld_desktop.cli import main
-
-    from .helpers import CliResult
-
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def run(*args: str) -> CliResult:
-        capsys.readouterr()  # drop what the test printed before
-        try:
-            code = main(list(args))
-        except SystemExit as exc:  # argparse's own usage errors
-            code = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        return CliResult(code, out, err)
-
-    try:
-        yield run
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return pld_in_process

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,3 +141,26 @@ class CliResult:
     returncode: int
     stdout: str
     stderr: str
+
+
+def pld_in_process(*args: str) -> CliResult:
+    """`pld ARGS` through the CLI's main(argv) in this process: no interpreter start, no imports again (~2 s saved).
+
+    For argument and input errors, where the command's words and exit code are under test; exit codes after
+    signals, the process's own streams and locks between processes need a subprocess. The signal handlers the
+    CLI installs are put back afterwards.
+    """
+    from pld_desktop.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse's own usage errors
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+    return CliResult(code, out.getvalue(), err.getvalue())

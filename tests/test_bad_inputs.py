@@ -1,5 +1,8 @@
 """Every malformed input in tests/fixtures/bad_csv (plus a few made at test time) through the real `pld init`.
 
+The commands run in this process (`pld_in_process`: the CLI's own main, ~2 s less each than a new interpreter);
+test_a_real_process_says_the_same holds that a `pld` process answers the same, and the FIFO case runs in one.
+
 Nothing lost, nobody in: a bad input must be refused with exit code 2, a message that says what is wrong and
 no traceback, and must leave no project file behind (nor replace an existing one). Awkward but valid inputs
 (expect "ok") must import, and the project must open.
@@ -26,6 +29,8 @@ import pytest
 from pld_desktop.core.dataset import ColumnMapping, load_dataset
 from pld_desktop.core.project import Project
 
+from .helpers import CliResult, pld_in_process
+
 FIXTURES = Path(__file__).parent / "fixtures" / "bad_csv"
 CASES: list[dict[str, Any]] = json.loads((FIXTURES / "cases.json").read_text(encoding="utf-8"))
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +48,11 @@ def _param(case: dict[str, Any]) -> Any:
     return pytest.param(case, id=_name(case), marks=marks)
 
 
-def pld(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+Result = CliResult | subprocess.CompletedProcess[str]
+pld = pld_in_process
+
+
+def pld_process(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pld_desktop.cli", *args], capture_output=True, text=True,
                           cwd=REPO, timeout=timeout)
 
@@ -60,7 +69,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def refusal_problems(r: subprocess.CompletedProcess[str], expect: str, project: Path) -> list[str]:
+def refusal_problems(r: Result, expect: str, project: Path) -> list[str]:
     """What is wrong with how `pld init` refused a bad input (empty when it was refused cleanly)."""
     problems = []
     if r.returncode != 2:
@@ -75,7 +84,7 @@ def refusal_problems(r: subprocess.CompletedProcess[str], expect: str, project: 
     return problems
 
 
-def check_refused(name: str, r: subprocess.CompletedProcess[str], expect: str, project: Path) -> None:
+def check_refused(name: str, r: Result, expect: str, project: Path) -> None:
     problems = refusal_problems(r, expect, project)
     OUTCOMES[name] = (False, not problems)
     assert not problems, f"{name}: {'; '.join(problems)}\nstdout: {r.stdout}\nstderr: {r.stderr}"
@@ -274,8 +283,23 @@ def test_force_never_overwrites_a_file_that_is_not_a_project(tmp_path: Path) -> 
 def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe.csv"
     os.mkfifo(fifo)
-    r = pld(*init_args(tmp_path / "p.pld", fifo, ["text"], "label"))
+    r = pld_process(*init_args(tmp_path / "p.pld", fifo, ["text"], "label"))
     assert r.returncode == 2 and "not a regular file" in r.stderr
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if _name(c) in ("ragged_rows", "crlf_ok")], ids=_name)
+def test_a_real_process_says_the_same(case: dict[str, Any], tmp_path: Path) -> None:
+    """A `pld init` process exits and speaks as the in-process call the other cases use (one refusal, one import)."""
+    results = []
+    for how, run in (("process", pld_process), ("in_process", pld)):
+        out = tmp_path / how
+        out.mkdir()
+        r = run(*init_args(out / "p.pld", FIXTURES / case["file"], case["text_columns"], case["label_column"],
+                           case.get("id_column"), case.get("args")))
+        results.append((r.returncode, r.stdout.replace(str(out), "OUT"), r.stderr.replace(str(out), "OUT"),
+                        sorted(p.name for p in out.iterdir())))
+    assert results[0] == results[1]
+    assert results[0][0] == (0 if case["expect"] == "ok" else 2), results[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,11 @@ TINY = ARCHS["tiny"]
 N_VOCAB = 262144
 
 
+# Building the tiny file reads the bundled 270M model's 262k-token vocabulary twice in Python (~50 s): a real-model
+# test of a bench tool, so it runs with the slow tests, not on every --fast run.
+slow = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_gguf(tmp_path_factory.mktemp("synthetic") / "tiny.gguf", "tiny", seed=0)
@@ -42,6 +47,7 @@ def test_overrides_keep_types_and_drop_rope_scaling_for_1b() -> None:
     assert four_b["gemma3.rope.scaling.type"] == "linear" and four_b["gemma3.rope.scaling.factor"] == 8.0
 
 
+@slow
 def test_tiny_file_has_the_arch_keys_tokenizer_and_shapes(tiny_gguf: Path) -> None:
     reader = gguf.GGUFReader(tiny_gguf)
     value = {key: field.contents() for key, field in reader.fields.items()
@@ -81,6 +87,7 @@ def test_tiny_file_has_the_arch_keys_tokenizer_and_shapes(tiny_gguf: Path) -> No
     assert tensors["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
 
 
+@slow
 def test_tiny_file_loads_and_classifies_with_finite_probabilities(tiny_gguf: Path) -> None:
     with LlamaStudent(tiny_gguf, n_ctx=1024, disk_cache_bytes=0) as student:
         prediction = student.classify("Classify the sentiment.", "I loved it", ["positive", "negative", "neutral"])
