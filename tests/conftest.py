@@ -12,10 +12,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # The per-machine trust store (accepted servers and model files) of the tests, never the user's own; `pld`
 # subprocesses inherit it.
 # Each pytest-xdist worker gets its own: the workers inherit the environment of the process that started them.
-_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
-if not os.environ.get("PLD_CONFIG_DIR") or _WORKER:
+if not os.environ.get("PLD_CONFIG_DIR") or os.environ.get("PYTEST_XDIST_WORKER"):
     import tempfile
-    os.environ["PLD_CONFIG_DIR"] = tempfile.mkdtemp(prefix=f"pld-test-config-{_WORKER or 'main'}-")
+    os.environ["PLD_CONFIG_DIR"] = tempfile.mkdtemp(
+        prefix=f"pld-test-config-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
 
 import shutil
 from collections.abc import Callable, Iterator

@@ -33,12 +33,13 @@ from . import crash_harness as ch
 from . import fake_gemini as fg
 from . import rawdb
 from .fake_gemini import FakeGemini
+from .helpers import CliResult, pld_in_process
 
 
 # ---------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
+@pytest.fixture
 def server() -> Iterator[FakeGemini]:
     with FakeGemini(expected_key=ch.PLANTED_KEY) as fake:
         ch.DeterministicTeacher(fake, delay_s=2.0)  # phase 1 lasts ~40 s: the other commands run meanwhile
@@ -70,7 +71,7 @@ def _project(folder: Path, base_url: str, *, rules: bool = False, per_label: int
     return path
 
 
-def _no_traceback(r: subprocess.CompletedProcess[str]) -> None:
+def _no_traceback(r: subprocess.CompletedProcess[str] | CliResult) -> None:
     assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr[-3000:]
 
 
@@ -235,6 +236,7 @@ def test_two_runs_and_an_init_force_on_one_project(tmp_path: Path, server: FakeG
     assert lock_path(path).exists() and ch.phase_states(path) == {1: "running"}
     status = ch.run_pld("status", str(path), timeout=120)
     assert status.returncode == 0 and "interrupted, resumable" in status.stdout, status.stdout
+    ch.DeterministicTeacher(server)  # the resumed run has nothing to overlap with: no need for slow replies
     resumed = ch.run_pld("run", str(path), "--phase", "1", "--yes", "--quiet", timeout=600)
     _no_traceback(resumed)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -417,7 +419,7 @@ def test_stored_labels_that_are_not_a_list_are_reported(stored: str, tmp_path: P
     conn.commit()
     conn.close()
     for args in (("status", str(path)), ("status", str(path), "--json")):
-        r = ch.run_pld(*args, timeout=120)
+        r = pld_in_process(*args)  # the file's words, not the process, are under test
         _no_traceback(r)
         assert r.returncode == 2 and "labels" in r.stderr and "damaged" in r.stderr, (args, r.stderr)
 
