@@ -343,7 +343,9 @@ def test_cancelling_while_the_project_is_written_leaves_no_file(qtbot: Any, tmp_
     monkeypatch.setattr(import_dialog_module, "create_project", slow_create)
     dialog = open_dialog(qtbot, demo_csv())
     dialog.start_create(tmp_path / "p.pld")
-    assert started.wait(10)
+    # Keep the event loop turning: the serial runner may queue the write until the check's thread has ended,
+    # and that hand-over is a queued signal (a blocking wait here deadlocked under load in CI).
+    qtbot.waitUntil(started.is_set, timeout=30000)
     assert dialog.stop_btn.isVisibleTo(dialog) and not dialog.ok_button.isEnabled()
     dialog.cancel_button.click()  # closes only after the write has stopped
     qtbot.waitUntil(lambda: dialog.result() == ImportDialog.DialogCode.Rejected and not dialog.isVisible(),
