@@ -19,8 +19,9 @@ def test_a_signal_while_winding_down_exits_with_the_commands_code(code: int, exp
     # the teacher's pool at interpreter exit) is still being joined when the second Ctrl-C comes.
     script = textwrap.dedent(f"""
         import os, signal, sys, threading, time
-        from pld_desktop.cli.console import exit_at_once_on_signal
-        exit_at_once_on_signal({code})
+        from pld_desktop.cli.console import ConsoleProgress, _install_sigint, work_over
+        _install_sigint(ConsoleProgress(quiet=True))  # the run's stop handler, still installed
+        work_over({code})  # what main does with the code it mapped
         threading.Thread(target=time.sleep, args=(30,)).start()
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(30)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +26,6 @@ from .console import (
     _install_sigterm_as_interrupt,
     _stop_exit_code,
     _TerminalSafe,
-    exit_at_once_on_signal,
     work_over,
 )
 from .models import _add_models_parser
@@ -226,13 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     saved = sys.stdout, sys.stderr
     if not isinstance(sys.stdout, _TerminalSafe):
         sys.stdout, sys.stderr = _TerminalSafe(sys.stdout), _TerminalSafe(sys.stderr)
-    before = signal.getsignal(signal.SIGINT)
     try:
         code = _main(argv)
     finally:
         sys.stdout, sys.stderr = saved
-    if signal.getsignal(signal.SIGINT) is not before:  # a run's stop handler: a second Ctrl-C may still come
-        exit_at_once_on_signal(code)
+    work_over(code)  # the code main mapped (from an error too): a late stop signal exits with it
     return code
 
 

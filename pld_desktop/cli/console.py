@@ -68,8 +68,7 @@ def _install_sigint(progress: ConsoleProgress) -> None:
     (both leave a resumable project; a service manager's SIGTERM is a request to stop, not a crash)."""
     def handler(signum: int, frame: Any) -> None:
         global _stop_signal
-        if _work_over:  # the command has returned: nothing is left to stop, and nothing would catch the raise
-            _exit_at_once(signum, _work_code)
+        _exit_if_work_over(signum)
         _stop_signal = signum
         if progress.cancelled():
             raise KeyboardInterrupt
@@ -77,16 +76,6 @@ def _install_sigint(progress: ConsoleProgress) -> None:
         again = "press Ctrl-C again" if signum == signal.SIGINT else "send SIGTERM again"
         print(f"\nStopping after the items in flight ({again} to stop at once)...", file=sys.stderr)
     work_over_reset()
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-
-
-def exit_at_once_on_signal(code: int) -> None:
-    """After the command's work: a Ctrl-C or SIGTERM while the process winds down (joining the teacher's threads,
-    freeing models) exits at once with `code` (or the stop's own code), instead of raising KeyboardInterrupt where
-    nothing catches it, which made Python die of the signal (exit -2) after the run had already stopped cleanly."""
-    def handler(signum: int, frame: Any) -> None:
-        _exit_at_once(signum, code)
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
 
@@ -99,7 +88,9 @@ _work_code: int | None = None
 
 
 def work_over(code: int | None) -> None:
-    """The command's work is over, with `code` (None: it raised, and its handler will say what happened)."""
+    """The command's work is over, with `code` (None: it raised, and its handler will say what happened). Called
+    again by `main` with the exit code it mapped, so a stop signal while the process winds down (joining the
+    teacher's threads, freeing models) exits at once with that code rather than dying of the signal (exit -2)."""
     global _work_over, _work_code
     _work_code, _work_over = code, True
 
@@ -108,6 +99,11 @@ def work_over_reset() -> None:
     """A new command starts (in-process callers run several): its handlers raise again until its work is over."""
     global _work_over, _work_code
     _work_code, _work_over = None, False
+
+
+def _exit_if_work_over(signum: int) -> None:
+    if _work_over:  # the command has returned: nothing is left to stop, and nothing would catch the raise
+        _exit_at_once(signum, _work_code)
 
 
 def _exit_at_once(signum: int, code: int | None) -> None:
@@ -123,8 +119,7 @@ def _install_sigterm_as_interrupt() -> None:
     """Outside a run, SIGTERM unwinds like Ctrl-C, so `finally` blocks remove partial files and release locks."""
     def handler(signum: int, frame: Any) -> None:
         global _stop_signal
-        if _work_over:
-            _exit_at_once(signum, _work_code)
+        _exit_if_work_over(signum)
         _stop_signal = signum
         raise KeyboardInterrupt
     work_over_reset()
