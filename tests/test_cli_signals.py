@@ -56,3 +56,31 @@ def test_a_second_stop_after_the_run_returned_but_before_main_did_exits_with_the
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == EXIT_CANCELLED, (proc.returncode, proc.stderr[-2000:])
     assert "not reached" not in proc.stdout and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("with_fix", [True, False])
+def test_a_stop_signal_during_interpreter_teardown_leaves_the_commands_code(with_fix: bool) -> None:
+    # The window CI met after the two above were closed: Python puts SIGINT back to its default action before it
+    # tears down modules (and llama.cpp's and torch's C++ objects); a Ctrl-C there killed `pld` by the signal (-2).
+    # An object whose __del__ runs in that teardown sends the signal, deterministically.
+    script = textwrap.dedent(f"""
+        import os, signal, sys, time
+        from pld_desktop.cli.console import ConsoleProgress, _install_sigint, ignore_stop_signals_at_exit, work_over
+        if {with_fix}:
+            ignore_stop_signals_at_exit()  # what main does first
+        _install_sigint(ConsoleProgress(quiet=True))
+        work_over(130)
+
+        class Late:
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)
+
+        late = Late()  # a module global: deleted in the module teardown, after the signal handlers are reset
+        sys.exit(130)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    if with_fix:
+        assert proc.returncode == EXIT_CANCELLED, (proc.returncode, proc.stderr[-2000:])
+    else:  # the control: shows that the signal does land in the teardown, where only the fix keeps the code
+        assert proc.returncode == -signal.SIGINT, (proc.returncode, proc.stderr[-2000:])

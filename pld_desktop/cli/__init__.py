@@ -26,6 +26,7 @@ from .console import (
     _install_sigterm_as_interrupt,
     _stop_exit_code,
     _TerminalSafe,
+    ignore_stop_signals_at_exit,
     work_over,
 )
 from .models import _add_models_parser
@@ -221,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    ignore_stop_signals_at_exit()
     saved = sys.stdout, sys.stderr
     if not isinstance(sys.stdout, _TerminalSafe):
         sys.stdout, sys.stderr = _TerminalSafe(sys.stdout), _TerminalSafe(sys.stderr)

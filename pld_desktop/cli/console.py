@@ -3,6 +3,7 @@ drive the terminal."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
@@ -99,6 +100,27 @@ def work_over_reset() -> None:
     """A new command starts (in-process callers run several): its handlers raise again until its work is over."""
     global _work_over, _work_code
     _work_code, _work_over = None, False
+
+
+_at_exit_registered = False
+
+
+def ignore_stop_signals_at_exit() -> None:
+    """From the last atexit callback to the process's end, ignore SIGINT and SIGTERM. Python then puts every
+    signal it handles back to the default action (_PySignal_Fini) and tears down modules and C++ objects (llama.cpp,
+    torch): a Ctrl-C landing there killed the process by the signal (exit -2) after the command had ended with its
+    code. Ignored signals stay ignored through that teardown. Registered once, at the start of the first command,
+    so that it runs after the callbacks registered later (atexit runs them last in, first out)."""
+    global _at_exit_registered
+    if not _at_exit_registered:
+        _at_exit_registered = True
+        atexit.register(_ignore_stop_signals)
+
+
+def _ignore_stop_signals() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError, OSError):  # not the main thread, or an embedding that forbids it
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def _exit_if_work_over(signum: int) -> None:
