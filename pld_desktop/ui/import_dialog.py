@@ -9,16 +9,13 @@ from typing import Any
 
 import pandas as pd
 from PySide6.QtCore import (
-    QAbstractTableModel,
     QMimeData,
-    QModelIndex,
     QObject,
-    QPersistentModelIndex,
     Qt,
     QTimer,
     Signal,
 )
-from PySide6.QtGui import QFont
+from PySide6.QtGui import QFont, QPaintEvent, QShowEvent, QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QApplication,
@@ -120,49 +117,39 @@ def _one_line(value: Any, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-class PreviewModel(QAbstractTableModel):
-    """A read-only table over a DataFrame whose index holds spreadsheet row numbers (as read by the core)."""
+class PreviewModel(QStandardItemModel):
+    """A read-only table over a DataFrame whose index holds spreadsheet row numbers (as read by the core).
+
+    The cells are filled once, as Qt items: no Python `data()` runs while the view paints. A Python override is
+    called once per cell and role, each call must take the GIL, and while the reader thread parses the file each
+    take waited up to a switch interval, so the first paint of the preview stalled the window ~0.5 s."""
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._frame = pd.DataFrame()
 
     def set_frame(self, frame: pd.DataFrame) -> None:
-        self.beginResetModel()
         self._frame = frame
-        self.endResetModel()
+        self.clear()
+        self.setColumnCount(len(frame.columns))
+        self.setRowCount(len(frame))
+        self.setHorizontalHeaderLabels([str(c) for c in frame.columns])
+        # Spreadsheet row numbers, so "Row 7" in a problem matches what the user sees here.
+        self.setVerticalHeaderLabels([str(r) for r in frame.index])
+        for row in range(len(frame)):
+            for column in range(len(frame.columns)):
+                value = frame.iat[row, column]
+                text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+                item = QStandardItem(_one_line(value, _CELL_CHARS))
+                item.setToolTip(text if len(text) <= _TOOLTIP_CHARS else text[:_TOOLTIP_CHARS] + "…")
+                item.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
+                self.setItem(row, column, item)
 
     def frame(self) -> pd.DataFrame:
         return self._frame
 
     def source_rows(self) -> list[int]:
         return [int(r) for r in self._frame.index]
-
-    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(self._frame)
-
-    def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(self._frame.columns)
-
-    def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid():
-            return None
-        if role == Qt.ItemDataRole.DisplayRole:
-            return _one_line(self._frame.iat[index.row(), index.column()], _CELL_CHARS)
-        if role == Qt.ItemDataRole.ToolTipRole:
-            value = self._frame.iat[index.row(), index.column()]
-            text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
-            return text if len(text) <= _TOOLTIP_CHARS else text[:_TOOLTIP_CHARS] + "…"
-        return None
-
-    def headerData(self, section: int, orientation: Qt.Orientation,
-                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if role != Qt.ItemDataRole.DisplayRole:
-            return None
-        if orientation == Qt.Orientation.Horizontal:
-            return str(self._frame.columns[section]) if 0 <= section < len(self._frame.columns) else None
-        # Spreadsheet row numbers, so "Row 7" in a problem matches what the user sees here.
-        return str(self._frame.index[section]) if 0 <= section < len(self._frame) else None
 
 
 def _check_dataset(source: SourceTable, mapping: ColumnMapping, split: SplitSettings
@@ -209,6 +196,7 @@ class ImportDialog(QDialog):
         self._updating = False  # True while widgets are filled by code, so their signals do not trigger checks
         self._busy: str | None = None  # "read" | "check" | "create" | None
         self._load_cancelled = False
+        self._pending_read: Callable[[], SourceTable] | None = None  # the read waiting for the first paint
         self._close_when_done = False  # Cancel pressed while saving: close once the save has stopped
         self._create_progress: QtProgress | None = None
         # One thread at a time (a read, a check or a save) keeps the DataFrame single-reader; a job superseded by
@@ -510,7 +498,35 @@ class ImportDialog(QDialog):
                 cache[label] = (source.frame, label_counts(source.frame, label))
             return source
 
-        self._submit(lambda _progress: read())
+        self._pending_read = read
+        if self.isVisible():
+            self._launch_pending_read()
+        else:
+            # First paint, then read: every Qt virtual first called on a widget made from Python takes the GIL
+            # once (PySide's override lookup), and while the reader parses each take waited up to a switch
+            # interval; painting the new dialog under the read stalled the window ~0.5 s. A dialog that is never
+            # shown (scripts, tests) starts reading at the next turn of the event loop.
+            QTimer.singleShot(0, self._launch_read_if_hidden)
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        if self._pending_read is not None:
+            QTimer.singleShot(1000, self._launch_pending_read)  # in case no paint comes (a window never exposed)
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        super().paintEvent(event)
+        if self._pending_read is not None:
+            # The children paint after this, in the same pass; a call posted now runs once the pass is over.
+            QTimer.singleShot(0, self._launch_pending_read)
+
+    def _launch_read_if_hidden(self) -> None:
+        if not self.isVisible():
+            self._launch_pending_read()
+
+    def _launch_pending_read(self) -> None:
+        read, self._pending_read = self._pending_read, None
+        if read is not None and self._busy == "read":
+            self._submit(lambda _progress: read())
 
     def _on_read_finished(self, result: SourceTable | None, error: BaseException | None) -> None:
         if error is not None:
