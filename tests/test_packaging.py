@@ -192,6 +192,24 @@ def test_bundle_runs_the_python_probe_like_python_c(bundle: Path, tmp_path: Path
     assert proc.stdout.strip().startswith("probe ['x.gguf'] 0.3")
 
 
+CHILD_EMBEDDER = """
+import sys
+from pld_desktop.backends.embedder import ChildProcessEmbedder, shutdown_child_embedders
+if __name__ == "__main__":
+    vectors = ChildProcessEmbedder().embed(["What time does the branch close?", "a late fee"])
+    print(vectors.shape[0], vectors.shape[1], "torch" in sys.modules)
+    shutdown_child_embedders()
+"""
+
+
+@pytest.mark.slow
+def test_bundle_embeds_in_a_child_process(bundle: Path, tmp_path: Path) -> None:
+    # The window's embedder is a spawned child; in the bundle that child is the executable again
+    # (multiprocessing.freeze_support in packaging/entry_*.py), which must run the embedder, not the app.
+    out = _bundle_python(bundle, CHILD_EMBEDDER, env=_bundle_env(tmp_path / "home"), cwd=tmp_path)
+    assert out.split()[-3:] == ["2", "384", "False"], out
+
+
 ADD_RULE_SET = """
 import sys
 from pld_desktop.core.domain import Rule

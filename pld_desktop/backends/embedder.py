@@ -1,7 +1,9 @@
-"""Sentence-transformers embedder, by default the bundled all-MiniLM-L6-v2, fully offline."""
+"""Sentence-transformers embedder, by default the bundled all-MiniLM-L6-v2, fully offline; in this process
+(`SentenceTransformerEmbedder`, the CLI) or in a child process (`ChildProcessEmbedder`, the window)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Sequence
@@ -18,15 +20,7 @@ class SentenceTransformerEmbedder:
     """Loads lazily (torch import takes seconds) and is safe to call from any thread (calls are serialised)."""
 
     def __init__(self, model_path: str | os.PathLike[str] | None = None, *, batch_size: int = 64) -> None:
-        if model_path is None:
-            from .bundled import bundled_embedder_path
-            model_path = bundled_embedder_path()
-        self.model_path = Path(model_path)
-        if not self.model_path.is_dir():
-            raise ValueError(f"Embedding model folder not found: {self.model_path}")
-        self.model_id = f"st:{self.model_path.name}"
-        if self.model_path.name == "model":  # the bundled package names its folder 'model'
-            self.model_id = "st:all-MiniLM-L6-v2"
+        self.model_path, self.model_id = _resolve(model_path)
         self.batch_size = batch_size
         self._model: SentenceTransformer | None = None
         self._lock = threading.Lock()
@@ -55,3 +49,162 @@ class SentenceTransformerEmbedder:
 
     def close(self) -> None:
         """Nothing to free early: the loaded model goes with this object (the protocol's no-op close)."""
+
+
+def _resolve(model_path: str | os.PathLike[str] | None) -> tuple[Path, str]:
+    """The model folder (the bundled one when None) and the embedder's identity, the embedding cache's key."""
+    if model_path is None:
+        from .bundled import bundled_embedder_path
+        model_path = bundled_embedder_path()
+    path = Path(model_path)
+    if not path.is_dir():
+        raise ValueError(f"Embedding model folder not found: {path}")
+    # The bundled package names its folder 'model'.
+    return path, "st:all-MiniLM-L6-v2" if path.name == "model" else f"st:{path.name}"
+
+
+class EmbedderProcessError(RuntimeError):
+    """The embedding process could not start or ended unexpectedly (said in words; the run can be resumed)."""
+
+
+class ChildProcessEmbedder:
+    """The same embedder in a child process, started on first use and shared by every task of this process.
+
+    The window's reason: importing torch and sentence-transformers holds the GIL for stretches of 0.1-0.8 s
+    (extension loading, module set-up), and on a worker thread of the window that froze it each time a run or a
+    conflict pass first needed embeddings. In a child process the import and the model never touch the window's
+    GIL; texts go out and float32 vectors come back over a pipe. One child per model folder stays for the life
+    of the process (a new child per task would pay the import again); `close()` of a handle frees nothing,
+    `shutdown_child_embedders()` (and interpreter exit) ends them.
+    """
+
+    def __init__(self, model_path: str | os.PathLike[str] | None = None, *, batch_size: int = 64) -> None:
+        self.model_path, self.model_id = _resolve(model_path)
+        self.batch_size = batch_size
+        self._child = _child_for(self.model_path, batch_size)
+        self.dim = self._child.dim  # 0 until the child has loaded the model (as in-process, until first use)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        vectors = self._child.embed(texts)
+        self.dim = self._child.dim
+        return vectors
+
+    def close(self) -> None:
+        """Nothing to free: the child is shared by the tasks of this process (see the class)."""
+
+
+class _Child:
+    def __init__(self, model_path: Path, batch_size: int) -> None:
+        self.model_path = model_path
+        self.batch_size = batch_size
+        self.dim = 0
+        self._lock = threading.Lock()  # one request at a time on the pipe
+        self._process: Any = None
+        self._conn: Any = None
+
+    def _start(self) -> None:
+        import multiprocessing
+        # spawn, never fork: the parent is a Qt application with threads, and a forked copy of it is unsafe.
+        ctx = multiprocessing.get_context("spawn")
+        parent_end, child_end = ctx.Pipe()
+        process = ctx.Process(target=_serve, args=(child_end, str(self.model_path), self.batch_size),
+                              name="pld-embedder", daemon=True)
+        try:
+            process.start()
+        except OSError as exc:
+            raise EmbedderProcessError(f"The embedding process could not be started: {exc}.") from exc
+        child_end.close()
+        self._process, self._conn = process, parent_end
+        kind, payload = self._receive()
+        if kind != "ready":
+            self._stop()
+            raise EmbedderProcessError(f"The embedding model could not be loaded: {payload}")
+        self.dim = int(payload)
+
+    def _receive(self) -> tuple[str, Any]:
+        try:
+            message: tuple[str, Any] = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            code = self._process.exitcode if self._process is not None else None
+            self._stop()
+            raise EmbedderProcessError(
+                "The embedding process ended unexpectedly"
+                + (f" (exit code {code})" if code is not None else "") + "; run the step again.") from exc
+        return message
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            if self._process is None:
+                self._start()
+            if not texts:
+                return np.zeros((0, self.dim), dtype=np.float32)
+            try:
+                self._conn.send(("embed", [str(t) for t in texts]))
+            except (BrokenPipeError, OSError) as exc:
+                self._stop()
+                raise EmbedderProcessError("The embedding process ended unexpectedly; run the step again.") from exc
+            kind, payload = self._receive()
+            if kind != "ok":
+                raise EmbedderProcessError(f"Embedding failed: {payload}")
+            return np.asarray(payload, dtype=np.float32)
+
+    def _stop(self) -> None:
+        process, conn, self._process, self._conn = self._process, self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.send(("stop", None))
+            with contextlib.suppress(Exception):
+                conn.close()
+        if process is not None:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop()
+
+
+_children: dict[tuple[Path, int], _Child] = {}
+_children_lock = threading.Lock()
+
+
+def _child_for(model_path: Path, batch_size: int) -> _Child:
+    with _children_lock:
+        key = (model_path.resolve(), batch_size)
+        if key not in _children:
+            _children[key] = _Child(model_path, batch_size)
+        return _children[key]
+
+
+def shutdown_child_embedders() -> None:
+    """End every embedding process of this process (the window's exit; tests)."""
+    with _children_lock:
+        children = list(_children.values())
+        _children.clear()
+    for child in children:
+        child.stop()
+
+
+def _serve(conn: Any, model_path: str, batch_size: int) -> None:  # in the child process
+    """Load the model, say ("ready", dim), then answer ("embed", texts) with ("ok", vectors) until told to stop
+    or the parent's end of the pipe closes."""
+    try:
+        embedder = SentenceTransformerEmbedder(model_path, batch_size=batch_size)
+        embedder.embed(["warm-up"])
+    except Exception as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", embedder.dim))
+    while True:
+        try:
+            kind, payload = conn.recv()
+        except (EOFError, OSError):
+            return
+        if kind != "embed":
+            return
+        try:
+            conn.send(("ok", embedder.embed(payload)))
+        except Exception as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))

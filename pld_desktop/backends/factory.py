@@ -18,12 +18,16 @@ _Backend = TypeVar("_Backend", bound="Teacher | Student | Embedder")
 class DefaultBackends:
     """The `BackendProvider` used by the CLI and the GUI: bundled models unless settings name others.
 
+    `embedder_in_child=True` (the window's backends, `window_backends`) embeds in a shared child process, so
+    the torch import never holds the window's GIL.
+
     A backend whose endpoint or model file this machine's user has not accepted (`trust`, by default this
     machine's store) is refused before it is built, so no key or example can reach it; every window view and
     the CLI get this guard. `trust=None` turns it off for callers that made the settings themselves.
     """
 
-    def __init__(self, trust: TrustStore | str | None = "this machine") -> None:
+    def __init__(self, trust: TrustStore | str | None = "this machine", *, embedder_in_child: bool = False) -> None:
+        self._embedder_in_child = embedder_in_child  # the window's choice (backends/embedder.ChildProcessEmbedder)
         self._lock = threading.Lock()
         self._cache: dict[Hashable, Teacher | Student | Embedder] = {}
         self._trust: TrustStore | None = TrustStore() if isinstance(trust, str) else trust
@@ -96,8 +100,9 @@ class DefaultBackends:
 
     def embedder(self, settings: RunSettings) -> Embedder:
         self._check_trust(settings, frozenset({"embedder"}))
-        from .embedder import SentenceTransformerEmbedder
-        return self._get(("embedder", settings.embedder), lambda: SentenceTransformerEmbedder(settings.embedder))
+        from .embedder import ChildProcessEmbedder, SentenceTransformerEmbedder
+        kind = ChildProcessEmbedder if self._embedder_in_child else SentenceTransformerEmbedder
+        return self._get(("embedder", settings.embedder), lambda: kind(settings.embedder))
 
     def close(self) -> None:
         with self._lock:
@@ -113,3 +118,8 @@ def _server_prices(settings: RunSettings) -> tuple[float, float]:
     if host in ("127.0.0.1", "localhost", "::1") or host.startswith("127."):
         return (0.0, 0.0)
     return (settings.price_in_per_million, settings.price_out_per_million)
+
+
+def window_backends() -> DefaultBackends:
+    """The backends every window view uses when no test double is injected."""
+    return DefaultBackends(embedder_in_child=True)

@@ -958,12 +958,19 @@ def main(argv: list[str] | None = None) -> int:
         if args and args[0].endswith(".pld"):  # opened from the event loop, so a dialog it raises is caught
             QTimer.singleShot(0, lambda: window.open_project(Path(args[0])))
         runner = smoke.install(app, window, args)  # noqa: F841 - kept alive until the loop ends
-        return app.exec()
+        return _exec(app)
     if args and args[0].endswith(".pld"):
         window.open_project(Path(args[0]))
     elif args and args[0].lower().endswith((".csv", ".tsv")):
         QTimer.singleShot(0, lambda: window.new_project(Path(args[0])))
-    return app.exec()
+    return _exec(app)
+
+
+def _exec(app: QApplication) -> int:
+    from ..backends.embedder import shutdown_child_embedders
+    code = app.exec()
+    shutdown_child_embedders()  # the window's embedding process (window_backends) ends with the window
+    return code
 
 
 if __name__ == "__main__":

@@ -84,8 +84,8 @@ class StudentHost:
     def student(self, settings: Any) -> Any:
         with self._lock:
             if self._backends is None:
-                from ..backends.factory import DefaultBackends
-                self._backends = (self._factory or DefaultBackends)()
+                from ..backends.factory import window_backends
+                self._backends = (self._factory or window_backends)()
             return self._backends.student(settings)
 
     def loaded(self) -> bool:

@@ -600,9 +600,9 @@ class RulesEditor(QWidget):
         if len(self.model.rules()) < 2:
             self.status.setText("A conflict needs two rules; this version has fewer.")
             return
-        from ..backends.factory import DefaultBackends
+        from ..backends.factory import window_backends
 
-        task = ConflictSearch(Path(self.project.path), self.model.rule_set_id, self.backends_factory or DefaultBackends)
+        task = ConflictSearch(Path(self.project.path), self.model.rule_set_id, self.backends_factory or window_backends)
         self._search = task
         self.status.clear()
         self.search_label.setText(f"Finding conflicts in v{task.rule_set_id}: loading the embedder…")
@@ -686,8 +686,8 @@ class RulesEditor(QWidget):
         return self._start_job("impact", rs_id, impact_job(rs_id), f"Rule impact of v{rs_id}: loading the student…")
 
     def _start_job(self, kind: str, rs_id: int, job: Callable[[Any, Any, Any, Any], str], text: str) -> bool:
-        from ..backends.factory import DefaultBackends
-        self.job = PipelineTask(Path(self.project.path), [], backends_factory=self.backends_factory or DefaultBackends,
+        from ..backends.factory import window_backends
+        self.job = PipelineTask(Path(self.project.path), [], backends_factory=self.backends_factory or window_backends,
                                 job=job)
         self.job_kind, self._job_version = kind, rs_id
         self.job_label.setText(text)

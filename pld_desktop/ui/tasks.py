@@ -107,13 +107,13 @@ class PipelineTask:
         self._backends: Any = None
 
     def __call__(self, progress: QtProgress) -> tuple[str, str]:  # on the worker thread
-        from ..backends.factory import DefaultBackends
+        from ..backends.factory import window_backends
         from ..core.pipeline import run_pipeline
         from ..core.progress import Cancelled
         from ..core.project import Project
         from ..core.settings import load_settings
 
-        backends = self._backends = AnnouncingBackends((self.backends_factory or DefaultBackends)(), progress)
+        backends = self._backends = AnnouncingBackends((self.backends_factory or window_backends)(), progress)
         if self.job is not None:
             try:
                 with Project.open(self.project_path) as project:
