@@ -103,7 +103,11 @@ class _Child:
         self._conn: Any = None
 
     def _start(self) -> None:
+        import atexit
         import multiprocessing
+        # Registered after multiprocessing's own exit hook, so it runs first: a clean stop, where that hook would
+        # terminate the child and the resource tracker warn about the lock tqdm made in it.
+        atexit.register(self.stop)
         # spawn, never fork: the parent is a Qt application with threads, and a forked copy of it is unsafe.
         ctx = multiprocessing.get_context("spawn")
         parent_end, child_end = ctx.Pipe()
@@ -190,6 +194,14 @@ def shutdown_child_embedders() -> None:
 def _serve(conn: Any, model_path: str, batch_size: int) -> None:  # in the child process
     """Load the model, say ("ready", dim), then answer ("embed", texts) with ("ok", vectors) until told to stop
     or the parent's end of the pipe closes."""
+    # tqdm's default lock is a multiprocessing semaphore, which the resource tracker reports as leaked when this
+    # child ends; the child draws no bars anyway (the window shows its own progress).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from tqdm import tqdm
+        tqdm.set_lock(threading.RLock())
+    except ImportError:
+        pass
     try:
         embedder = SentenceTransformerEmbedder(model_path, batch_size=batch_size)
         embedder.embed(["warm-up"])
