@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PySide6.QtCore import QMimeData, Qt, QUrl
+from PySide6.QtCore import QEvent, QMimeData, QObject, Qt, QUrl
 
 from pld_desktop.core.dataset import ColumnMapping, DatasetError, SplitSettings, load_dataset, preview_csv
 from pld_desktop.core.new_project import create_project, default_template, guess_mapping, label_count_warnings
@@ -318,6 +318,35 @@ def test_create_project_from_dialog_and_refusal_while_blocked(qtbot: Any, tmp_pa
     with pytest.raises(DatasetError, match="also used as input text"):
         create_project_from_dialog(dialog, tmp_path / "q.pld")
     assert not (tmp_path / "q.pld").exists()
+
+
+def test_a_shown_dialog_reads_the_whole_file_after_its_first_paint(qtbot: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # Painting a new dialog while the reader holds the GIL stalled the window ~0.5 s at 100k rows: the first
+    # paint goes first. A dialog that is never shown (the other tests) reads at once.
+    events: list[str] = []
+    real_read = import_dialog_module.read_source
+
+    def read(path: Any) -> Any:
+        events.append("read")  # on the reader thread; list.append is atomic
+        return real_read(path)
+
+    class PaintWatch(QObject):
+        def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+            if event.type() == QEvent.Type.Paint and watched is dialog:
+                events.append("paint")
+            return False
+
+    monkeypatch.setattr(import_dialog_module, "read_source", read)
+    dialog = ImportDialog(demo_csv())
+    qtbot.addWidget(dialog)
+    watch = PaintWatch()
+    dialog.installEventFilter(watch)
+    dialog.show()
+    wait_idle(qtbot, dialog)
+    assert dialog.source is not None and len(dialog.source.frame) == 105
+    assert "paint" in events and events.index("paint") < events.index("read"), events
+    assert dialog.preview_model.item(0, 1).toolTip().startswith("Hi, what time")  # cells are Qt items
 
 
 def test_cancel_leaves_no_file(qtbot: Any, tmp_path: Path) -> None:
