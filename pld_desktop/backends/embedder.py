@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,7 +114,8 @@ class _Child:
         process = ctx.Process(target=_serve, args=(child_end, str(self.model_path), self.batch_size),
                               name="pld-embedder", daemon=True)
         try:
-            process.start()
+            with _without_main_module():
+                process.start()
         except OSError as exc:
             raise EmbedderProcessError(f"The embedding process could not be started: {exc}.") from exc
         child_end.close()
@@ -168,6 +169,32 @@ class _Child:
     def stop(self) -> None:
         with self._lock:
             self._stop()
+
+
+_spawn_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _without_main_module() -> Iterator[None]:
+    """Spawn without re-running the parent's main module in the child. multiprocessing's spawn runs it there
+    (as __mp_main__) so that a target defined in it can be found; ours lives in this module. In the bundle the main
+    module is PyInstaller's entry script, absent on disk, and the child died of it; an unguarded script would
+    start itself again. The child needs only this module, which it imports to unpickle `_serve`."""
+    import multiprocessing.spawn as spawn
+    real = spawn.get_preparation_data
+
+    def preparation_data(name: str) -> dict[str, Any]:
+        data: dict[str, Any] = real(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+    with _spawn_lock:
+        spawn.get_preparation_data = preparation_data  # only while this process starts (the lock)
+        try:
+            yield
+        finally:
+            spawn.get_preparation_data = real
 
 
 _children: dict[tuple[Path, int], _Child] = {}

@@ -52,16 +52,19 @@ def test_cli_backends_embed_in_process() -> None:
 
 
 @pytest.mark.slow
-def test_the_parent_never_imports_torch() -> None:
-    script = textwrap.dedent("""
+def test_the_parent_never_imports_torch_and_its_main_script_is_not_run_again(tmp_path: Path) -> None:
+    # A main script without the `if __name__ == "__main__"` guard: spawn would run it again in the child (which
+    # would then try to start a child of its own); in the bundle that main script is absent on disk, and the
+    # child died of it. The child needs only the embedder's module.
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent("""
         import sys
         from pld_desktop.backends.embedder import ChildProcessEmbedder, shutdown_child_embedders
-        if __name__ == "__main__":
-            vectors = ChildProcessEmbedder().embed(["hello"])
-            print(vectors.shape, "torch" in sys.modules, "sentence_transformers" in sys.modules)
-            shutdown_child_embedders()
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+        vectors = ChildProcessEmbedder().embed(["hello"])
+        print(vectors.shape, "torch" in sys.modules, "sentence_transformers" in sys.modules)
+        shutdown_child_embedders()
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["(1,", "384)", "False", "False"]
