@@ -1,6 +1,7 @@
 """Whole-run benchmark for issue 15: the four phases on real data with the new paths vs the old ones, side by side.
 
     python -m bench.pipeline [--rows 30] [--shared sst2] [--shared-rows 20] [--loop-iterations 1] [--json out.json]
+                             [--teacher-gguf FILE] [--student-gguf FILE]
 
 For each dataset (a stratified sample of the bundled demo CSV and of one shared dataset in /work/shared/data) and
 each mode ("old": PLD_FAST_PATHS=0, today's one-request-at-a-time local teacher; "new": the default paths) a
@@ -77,7 +78,8 @@ def _scalars(value: Any, depth: int = 0) -> Any:
 
 
 def run_child(csv_path: str, text_column: str, task: str, meanings: dict[str, str], loop_iterations: int,
-              max_test: int | None) -> dict[str, Any]:
+              max_test: int | None, teacher_gguf: str | None = None,
+              student_gguf: str | None = None) -> dict[str, Any]:
     from pld_desktop.backends.factory import DefaultBackends
     from pld_desktop.core.dataset import ColumnMapping, SplitSettings, load_dataset
     from pld_desktop.core.pipeline import run_pipeline
@@ -109,6 +111,7 @@ def run_child(csv_path: str, text_column: str, task: str, meanings: dict[str, st
     try:
         dataset = load_dataset(csv_path, ColumnMapping((text_column,), "label", id_column="id"), SplitSettings())
         settings = RunSettings(task=task, label_meanings=dict(meanings), teacher="local",
+                               teacher_gguf=teacher_gguf, student_gguf=student_gguf,
                                loop_max_iterations=loop_iterations, max_test_examples=max_test)
 
         def fill(project: Project) -> None:
@@ -200,7 +203,8 @@ def run_mode(dataset: dict[str, Any], mode: str, args: argparse.Namespace, folde
     env = dict(os.environ, PLD_CACHE_DIR=str(cache), PLD_FAST_PATHS="1" if mode == "new" else "0",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     spec = json.dumps({k: dataset[k] for k in ("csv", "text_column", "task", "meanings")}
-                      | {"loop_iterations": args.loop_iterations, "max_test": args.max_test})
+                      | {"loop_iterations": args.loop_iterations, "max_test": args.max_test,
+                         "teacher_gguf": args.teacher_gguf, "student_gguf": args.student_gguf})
     proc = subprocess.run([sys.executable, "-m", "bench.pipeline", "--child", spec], env=env, text=True,
                           capture_output=True, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
@@ -228,6 +232,9 @@ def ratio_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def print_table(result: dict[str, Any]) -> None:
+    args = result["args"]
+    print(f"teacher: {args.get('teacher_gguf') or 'bundled SmolLM2-135M-Instruct'}; "
+          f"student: {args.get('student_gguf') or 'bundled Gemma 3 270M'}; {result['cpu_count']} cores")
     for name, by_mode in result["runs"].items():
         print(f"\n{name}")
         print(f"  {'mode':5} {'total s':>8} {'p1 s':>7} {'p2 s':>7} {'p3 s':>7} {'p4 s':>7} {'p1 items/s':>10} "
@@ -243,6 +250,13 @@ def print_table(result: dict[str, Any]) -> None:
               f"{'met' if row['met'] else 'NOT met'}")
 
 
+def _gguf_file(value: str) -> str:
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {value}")
+    return str(path.resolve())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -252,6 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--loop-iterations", type=int, default=1, help="closed-loop iterations (default 1)")
     parser.add_argument("--max-test", type=int, default=None, help="cap on phase-4 test examples")
     parser.add_argument("--modes", default="old,new", help="comma-separated: old, new (default both)")
+    parser.add_argument("--teacher-gguf", default=None, type=_gguf_file,
+                        help="the local teacher's GGUF file (default: the bundled SmolLM2-135M-Instruct)")
+    parser.add_argument("--student-gguf", default=None, type=_gguf_file,
+                        help="the student's GGUF file (default: the bundled Gemma 3 270M)")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--json", default=None, help="write every figure to this JSON file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -259,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.child:
         spec = json.loads(args.child)
         print(json.dumps(run_child(spec["csv"], spec["text_column"], spec["task"], spec["meanings"],
-                                   spec["loop_iterations"], spec["max_test"])))
+                                   spec["loop_iterations"], spec["max_test"], spec.get("teacher_gguf"),
+                                   spec.get("student_gguf"))))
         return 0
     modes = [m for m in args.modes.split(",") if m in MODES]
     folder = Path(tempfile.mkdtemp(prefix="pld-bench-pipeline-"))

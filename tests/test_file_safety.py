@@ -139,7 +139,7 @@ def test_a_busy_project_is_waited_for_not_called_damaged(tmp_path: Path) -> None
         conn = sqlite3.connect(sys.argv[1], isolation_level=None)
         conn.execute("BEGIN EXCLUSIVE")
         print("ready", flush=True)
-        time.sleep(14)  # well past Python's default 5 s busy wait, within the project's BUSY_TIMEOUT_S (30 s)
+        time.sleep(9)  # past Python's default 5 s busy wait (after pld's start-up), within BUSY_TIMEOUT_S (30 s)
         conn.execute("COMMIT")
     """, str(path))
     r = ch.run_pld("status", str(path), timeout=120)
