@@ -65,7 +65,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     for w in dataset.warnings:
         print(f"warning: {w.message}", file=sys.stderr)
     create_project(args.project, dataset, source_name=Path(args.csv).name, task=args.task, overwrite=args.force)
-    counts = {s: sum(1 for r in dataset.rows if r.split == s) for s in ("train", "dev", "test")}
+    counts = dataset.split_counts()
     print(f"Created {args.project}: {len(dataset.rows)} rows, labels {', '.join(dataset.labels)}; "
           f"train {counts['train']} / dev {counts['dev']} / test {counts['test']} (test is locked).")
     return EXIT_OK

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 # SPLIT_ALIASES is private to dataset.py; reusing it keeps "is this a split column?" in step with the importer.
-from .dataset import ColumnMapping, DatasetRow, ImportedDataset, Problem, SplitSettings, read_csv
+from .dataset import ColumnMapping, ImportedDataset, Problem, RowTable, SplitSettings, read_with_sha256
 from .dataset.records import SPLIT_ALIASES
 from .progress import Progress, check
 from .project import Project
@@ -52,12 +51,8 @@ class SourceTable:
 
 def read_source(path: str | os.PathLike[str]) -> SourceTable:
     """Read the whole CSV (raises DatasetError, never a traceback) and fingerprint its bytes."""
-    frame, encoding = read_csv(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:  # read_csv has just read it, so this cannot fail but for a race
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return SourceTable(frame=frame, encoding=encoding, sha256=digest.hexdigest(), path=Path(path))
+    frame, encoding, sha256 = read_with_sha256(path)  # the digest of the very bytes parsed (one read)
+    return SourceTable(frame=frame, encoding=encoding, sha256=sha256, path=Path(path))
 
 
 def _clean(series: pd.Series) -> pd.Series:
@@ -148,25 +143,27 @@ def label_count_warnings(counts: Mapping[str, int], split: SplitSettings) -> lis
         "only one or two dev and test examples, so their scores will be noisy.", severity="warning")]
 
 
-class _ReportingRows(list[DatasetRow]):
-    """The dataset's rows, reporting progress and honouring cancellation while Project.store_dataset iterates them.
+class _ReportingRows(RowTable):
+    """The dataset's rows, reporting progress and honouring cancellation while Project.store_dataset reads them.
 
-    store_dataset walks the rows twice (insert, then the dataset hash), so progress counts both passes.
+    store_dataset reads the records twice (insert, then the dataset hash), so progress counts both passes.
     """
 
-    def __init__(self, rows: Sequence[DatasetRow], progress: Progress | None) -> None:
-        super().__init__(rows)
+    __slots__ = ("_progress", "_seen")
+
+    def __init__(self, rows: RowTable, progress: Progress | None) -> None:
+        super().__init__(rows.source_rows, rows.ext_ids, rows.texts, rows.labels, rows.splits, rows.groups)
         self._progress = progress
         self._seen = 0
 
-    def __iter__(self) -> Iterator[DatasetRow]:
+    def records(self) -> Iterator[tuple[str, int, str, str, str, str | None]]:
         total = 2 * len(self)
-        for i, row in enumerate(super().__iter__()):
+        for i, record in enumerate(super().records()):
             if self._progress is not None and i % 2000 == 0:
                 check(self._progress)  # Cancelled inside fill: Project.build removes the partial file
                 self._progress.report(min(self._seen, total), total, "Saving the examples")
             self._seen += 1
-            yield row
+            yield record
 
 
 def create_project(project_path: str | os.PathLike[str], dataset: ImportedDataset, *, source_name: str,

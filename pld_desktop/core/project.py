@@ -337,7 +337,7 @@ class Project:
         with self.transaction() as conn:
             conn.executemany(
                 "INSERT INTO examples (ext_id, source_row, text, label, split, grp) VALUES (?, ?, ?, ?, ?, ?)",
-                [(r.ext_id, r.source_row, r.text, r.label, r.split, r.group) for r in dataset.rows])
+                dataset.rows.records())
             conn.execute(
                 "INSERT INTO dataset (id, source_name, source_sha256, encoding, mapping_json, split_json, "
                 "labels_json, columns_json, dataset_hash, n_rows, imported_at) VALUES (1,?,?,?,?,?,?,?,?,?,?)",

@@ -7,13 +7,14 @@ building.py (every check, then the dataset). This module is the import's public 
 
 from pld_desktop.core.dataset.building import build_dataset, load_dataset
 from pld_desktop.core.dataset.problems import DatasetError, Problem
-from pld_desktop.core.dataset.reading import preview_csv, read_csv
+from pld_desktop.core.dataset.reading import preview_csv, read_csv, read_with_sha256
 from pld_desktop.core.dataset.records import (
     MAX_CELL_CHARS,
     SPLITS,
     ColumnMapping,
     DatasetRow,
     ImportedDataset,
+    RowTable,
     SplitSettings,
 )
 from pld_desktop.core.dataset.splitting import assign_splits
@@ -27,11 +28,13 @@ __all__ = [
     "DatasetRow",
     "ImportedDataset",
     "Problem",
+    "RowTable",
     "SplitSettings",
     "assign_splits",
     "build_dataset",
     "load_dataset",
     "preview_csv",
     "read_csv",
+    "read_with_sha256",
     "render_template",
 ]

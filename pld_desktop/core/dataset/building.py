@@ -33,8 +33,8 @@ from pld_desktop.core.dataset.records import (
     SPLIT_ALIASES,
     SPLITS,
     ColumnMapping,
-    DatasetRow,
     ImportedDataset,
+    RowTable,
     SplitSettings,
 )
 from pld_desktop.core.dataset.splitting import (
@@ -389,11 +389,8 @@ def build_dataset(df: pd.DataFrame, mapping: ColumnMapping, split: SplitSettings
         splits = assign_splits(label_list, group_list, split)
         if group_list is not None and any(g is not None for g in group_list):
             found.warnings += group_split_warnings(splits, label_list, labels.names, split)
-    rows = [
-        DatasetRow(source_row=int(r), ext_id=i, text=t, label=lab, split=s, group=g)
-        for r, i, t, lab, s, g in zip(rows_all.tolist(), ext_ids, texts.tolist(), label_list, splits,
-                                      group_list if group_list is not None else [None] * len(label_list))
-    ]
+    rows = RowTable([int(r) for r in rows_all.tolist()], ext_ids, texts.tolist(), label_list, list(splits),
+                    list(group_list) if group_list is not None else [None] * len(label_list))
     return ImportedDataset(rows=rows, labels=labels.names, label_counts=labels.counts, columns=columns,
                            mapping=mapping, split_settings=split, source_sha256=source_sha256, encoding=encoding,
                            warnings=found.warnings)
