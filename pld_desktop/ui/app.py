@@ -42,7 +42,7 @@ from .compare_view import CompareView
 from .diff_view import DiffView
 from .results_view import ResultsView
 from .rules_view import RulesEditor
-from .tasks import PipelineTask, TaskRunner, freeze_startup_heap, start_pipeline
+from .tasks import PipelineTask, TaskRunner, prepare_window_process, start_pipeline
 from .window_parts import (
     LazyViews,
     PhaseCard,
@@ -99,7 +99,7 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(geometry)
         self._update_recent_menu()
         self._refresh()
-        freeze_startup_heap()  # before the first paint: later full collections skip the startup heap
+        prepare_window_process()  # before the first paint (GIL switch interval, frozen startup heap)
 
     # -- construction -------------------------------------------------------------------------
     def _action(self, text: str, slot: Callable[..., Any], shortcut: Any = None, tip: str = "") -> QAction:

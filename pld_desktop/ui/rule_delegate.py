@@ -115,11 +115,8 @@ class ColumnFitter:
         fm, header = self.tree.fontMetrics(), self.tree.header()
         hfm = header.fontMetrics()
         texts: dict[int, set[str]] = {col: set() for col in FITTED_COLUMNS}
-        for row in range(self.model.rowCount()):
-            for col in (COL_LABEL, COL_MICRO, COL_CONFLICTS, COL_IMPACT):
-                value = self.model.index(row, col).data()
-                if value is not None:
-                    texts[col].add(str(value))
+        for col in (COL_LABEL, COL_MICRO, COL_CONFLICTS, COL_IMPACT):
+            texts[col].update(str(value) for value in self.model.display_values(col) if value is not None)
         texts[COL_LABEL].update(self.model.labels)
         style = self.tree.style()
         indicator = style.pixelMetric(QStyle.PixelMetric.PM_IndicatorWidth) + CELL_PADDING
