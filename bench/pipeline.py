@@ -16,6 +16,7 @@ is new/old of a time, met when at most the target (phase-1 time per teacher item
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -64,7 +65,6 @@ class _CountingTeacher:
 
 def _scalars(value: Any, depth: int = 0) -> Any:
     """JSON-friendly copy of a phase report: dataclasses and dicts down to numbers and short strings."""
-    import dataclasses
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     if isinstance(value, dict) and depth < 4:
@@ -102,6 +102,10 @@ def run_child(csv_path: str, text_column: str, task: str, meanings: dict[str, st
             super().__init__()
             self.counting: _CountingTeacher | None = None
 
+        def generation(self) -> dict[str, float]:
+            stats = getattr(self.counting, "generation_stats", None) if self.counting is not None else None
+            return dataclasses.asdict(stats) if stats is not None else {}
+
         def teacher(self, settings: RunSettings) -> Any:
             if self.counting is None:
                 self.counting = _CountingTeacher(super().teacher(settings))
@@ -127,6 +131,7 @@ def run_child(csv_path: str, text_column: str, task: str, meanings: dict[str, st
             with Project.open(path) as project:
                 for phase in (1, 2, 3, 4):
                     before = provider.counting.snapshot() if provider.counting else (0, 0, 0)
+                    generation_before = provider.generation()
                     started = time.perf_counter()
                     report = run_pipeline(project, settings, provider, Quiet(), phases=[phase])
                     seconds = time.perf_counter() - started
@@ -138,6 +143,9 @@ def run_child(csv_path: str, text_column: str, task: str, meanings: dict[str, st
                         "teacher_items_per_s": calls / seconds if seconds > 0 and calls else None,
                         "teacher_tokens_per_s": output_tokens / seconds if seconds > 0 and output_tokens else None,
                         "report": _scalars(report.phases.get(phase)),
+                        # the batched teacher's counters for this phase (decode vs sampling seconds, decodes)
+                        "generation": {k: round(v - generation_before.get(k, 0), 3)
+                                       for k, v in provider.generation().items()},
                     }
                 total = time.perf_counter() - total_started
                 evaluation = phases["4"]["report"] or {}

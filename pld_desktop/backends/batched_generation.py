@@ -80,6 +80,8 @@ class GenerationStats:
     prefix_restores: int = 0    # shared prefixes restored from the prefix-state caches (memory or disk)
     prefix_reuses: int = 0      # requests that started from a shared prefix already in the context
     max_parallel: int = 0       # most replies advanced by one llama_decode
+    decode_s: float = 0.0       # seconds in llama_decode
+    sample_s: float = 0.0       # seconds sampling (repeat penalty, grammar, greedy), every sequence
 
 
 class GenerationQueue:
@@ -287,7 +289,9 @@ class BatchedGenerator:
             batch.seq_id[i][0] = seq
             batch.logits[i] = logits
         batch.n_tokens = len(entries)
+        started = time.perf_counter()
         code = int(llama_capi.llama_decode(self.ctx, batch))
+        self.stats.decode_s += time.perf_counter() - started
         self.stats.decodes += 1
         self.stats.tokens_decoded += len(entries)
         if code != 0:
@@ -399,7 +403,9 @@ class BatchedGenerator:
         for slot, index in readers:
             job = slot.job
             assert job is not None
+            started = time.perf_counter()
             token = int(llama_capi.llama_sampler_sample(slot.sampler.sampler, self.ctx, index))
+            self.stats.sample_s += time.perf_counter() - started
             self.stats.generated += 1
             if llama_capi.llama_vocab_is_eog(self._vocab, token):
                 self._finish(slot, "stop")
