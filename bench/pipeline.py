@@ -149,9 +149,10 @@ def run_child(csv_path: str, text_column: str, task: str, meanings: dict[str, st
                     }
                 total = time.perf_counter() - total_started
                 evaluation = phases["4"]["report"] or {}
+                decode_setup = getattr(provider.counting, "decode_setup", {}) if provider.counting else {}
         finally:
             provider.close()
-        return {"rows": len(dataset.rows), "total_s": total, "phases": phases,
+        return {"rows": len(dataset.rows), "total_s": total, "phases": phases, "teacher_decode": decode_setup,
                 "metrics": evaluation.get("results") if isinstance(evaluation, dict) else None,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     finally:

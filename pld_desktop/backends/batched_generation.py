@@ -16,24 +16,50 @@ from typing import Any
 import llama_cpp
 import llama_cpp.llama_cpp as llama_capi
 
+from pld_desktop.backends.greedy_sampling import GrammarFirstSampler, SamplingCounts
 from pld_desktop.backends.prefix_cache import PrefixStateCache, PrefixStateDiskCache
 
 __all__ = ["BatchedGenerator", "GenerationJob", "GenerationQueue", "GenerationResult", "GenerationStats",
-           "decode_threads", "default_parallel_sequences"]
+           "busy_cores", "decode_threads", "default_parallel_sequences"]
 
 
 # ---------------------------------------------------------------------------
 # Batched generation: several requests decoded together in one multi-sequence context
 # ---------------------------------------------------------------------------
-def decode_threads(cores: int | None = None) -> int:
-    """Threads for a decode: every core that other work is not already using (1-minute load average).
+def busy_cores() -> int | None:
+    """Cores other work is using now: the runnable threads in /proc/stat less the one asking (the least of a few
+    samples 10 ms apart, so a momentary burst does not count), or the 1-minute load average where /proc is
+    absent. The load average alone misleads here: it lags by a minute and counts this process's own decode
+    threads, so a teacher made right after other local work (the embedder, the student) went single-threaded."""
+    samples: list[int] = []
+    for attempt in range(3):
+        try:
+            with open("/proc/stat", "rb") as stat:
+                running = next((int(line.split()[1]) for line in stat if line.startswith(b"procs_running ")), None)
+        except (OSError, ValueError, IndexError):
+            running = None
+        if running is None:
+            break
+        samples.append(max(0, running - 1))
+        if attempt < 2:
+            time.sleep(0.01)
+    if samples:
+        return min(samples)
+    try:
+        return int(os.getloadavg()[0] + 0.5)
+    except (OSError, AttributeError):
+        return None
+
+
+def decode_threads(cores: int | None = None, busy: int | None = None) -> int:
+    """Threads for a decode: every core that other work is not already using (`busy`, default `busy_cores()`).
     llama.cpp's threads spin at each barrier, so on oversubscribed cores one descheduled thread stalls the rest:
     measured on 2 cores at load 11, a SmolLM2 one-token decode took 2.0 s on 2 threads and 0.05-0.1 s on 1
     (on quiet cores 10.4 ms on 2 vs 14.7 ms on 1, issue 15)."""
     cores = max(1, cores or os.cpu_count() or 1)
-    try:
-        busy = int(os.getloadavg()[0] + 0.5)
-    except (OSError, AttributeError):
+    if busy is None:
+        busy = busy_cores()
+    if busy is None:
         return cores
     return max(1, min(cores, cores - busy))
 
@@ -79,9 +105,13 @@ class GenerationStats:
     prefix_evaluations: int = 0  # shared prefixes evaluated
     prefix_restores: int = 0    # shared prefixes restored from the prefix-state caches (memory or disk)
     prefix_reuses: int = 0      # requests that started from a shared prefix already in the context
+    recent_reuses: int = 0      # requests that started from the last finished prompt (a retry, the next round)
     max_parallel: int = 0       # most replies advanced by one llama_decode
     decode_s: float = 0.0       # seconds in llama_decode
     sample_s: float = 0.0       # seconds sampling (repeat penalty, grammar, greedy), every sequence
+    grammar_first_accepted: int = 0  # sampled tokens the grammar accepted at the first check (grammar-first)
+    grammar_top_accepted: int = 0    # ... found among the next best tokens, asked one by one
+    grammar_full_checks: int = 0     # sampled tokens that needed the whole vocabulary checked
 
 
 class GenerationQueue:
@@ -153,17 +183,32 @@ class BatchedGenerator:
     def __init__(self, llama: llama_cpp.Llama, *, n_ctx: int, n_parallel: int, n_threads: int,
                  repeat_penalty: float, penalty_last_n: int = 64,
                  prefix_cache: PrefixStateCache | None = None,
-                 disk_cache: PrefixStateDiskCache | None = None) -> None:
+                 disk_cache: PrefixStateDiskCache | None = None, grammar_first: bool = True,
+                 flash_attn: bool = False) -> None:
         from llama_cpp import _internals
         self.llama = llama
         self.n_parallel = max(1, int(n_parallel))
         params = type(llama.context_params).from_buffer_copy(llama.context_params)
         params.n_ctx = int(n_ctx)
-        params.n_seq_max = self.n_parallel + self.N_PREFIX_HOLDERS
+        # Sequences: the replies, the shared-prefix holders, and one keeping the last finished prompt.
+        self.recent_seq = self.n_parallel + self.N_PREFIX_HOLDERS
+        params.n_seq_max = self.n_seq_max = self.recent_seq + 1
         if hasattr(params, "kv_unified"):
             params.kv_unified = True  # one pool of cells: a prefix copied into many sequences is stored once
-        params.n_threads = params.n_threads_batch = int(n_threads)
-        self._ctx = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
+        params.n_threads = params.n_threads_batch = self.n_threads = int(n_threads)
+        # Flash attention off by default: measured on phase-1 loads it gained nothing here (15.8 s vs 15.9 s for 24
+        # requests), and without it a request decoded alone gives create_chat_completion's tokens exactly. The
+        # attention window spans up to the highest used cell, which `_start_afresh` keeps low.
+        self.flash_attn = flash_attn and hasattr(params, "flash_attn_type")
+        if hasattr(params, "flash_attn_type"):
+            params.flash_attn_type = 1 if self.flash_attn else 0  # LLAMA_FLASH_ATTN_TYPE_ENABLED / _DISABLED
+        try:
+            self._ctx = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
+        except ValueError:
+            if not self.flash_attn:
+                raise
+            self.flash_attn, params.flash_attn_type = False, 0  # a model or build without it
+            self._ctx = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
         self.n_ctx = int(llama_capi.llama_n_ctx(self._ctx.ctx))
         self.n_batch = int(params.n_batch)
         self._batch = llama_capi.llama_batch_init(self.n_batch, 0, 1)
@@ -173,10 +218,15 @@ class BatchedGenerator:
         self.prefix_cache = prefix_cache
         self.disk_cache = disk_cache
         self.stats = GenerationStats()
+        # Grammar-first sampling (greedy_sampling.py) picks what llama.cpp's sampler chain picks, at a fraction
+        # of its cost; False keeps the chain (the old path, and the check that both agree).
+        self.grammar_first = grammar_first
+        self._counts = SamplingCounts()
         self.closed = False
         self._slots = [_Slot(i) for i in range(self.n_parallel)]
         self._holders: OrderedDict[tuple[int, ...], int] = OrderedDict()
         self._free_holders = list(range(self.n_parallel, self.n_parallel + self.N_PREFIX_HOLDERS))
+        self._recent: tuple[int, ...] = ()   # the prompt whose cells `recent_seq` keeps
 
     @property
     def ctx(self) -> Any:
@@ -196,7 +246,38 @@ class BatchedGenerator:
         return llama_capi.llama_get_memory(self.ctx)
 
     def _used(self) -> int:
-        return sum(slot.reserved for slot in self._slots if slot.job is not None) + sum(map(len, self._holders))
+        return (sum(slot.reserved for slot in self._slots if slot.job is not None) + sum(map(len, self._holders))
+                + len(self._recent))
+
+    # A retry repeats the rejected request's prompt and appends the reason, and the closed loop sends its long
+    # requests one after another: the last finished prompt is kept (its cells, no copy) so that a request
+    # sharing at least RECENT_MIN_GAIN tokens more with it than with the shared-prefix holder starts from it.
+    RECENT_MIN_GAIN = 32
+
+    def _keep_recent(self, slot: _Slot) -> None:
+        job = slot.job
+        assert job is not None
+        self._forget_recent()
+        llama_capi.llama_memory_seq_cp(self._memory(), slot.seq_id, self.recent_seq, 0, len(job.tokens))
+        self._recent = tuple(job.tokens)
+
+    def _forget_recent(self) -> None:
+        if self._recent:
+            llama_capi.llama_memory_seq_rm(self._memory(), self.recent_seq, -1, -1)
+            self._recent = ()
+
+    def _from_recent(self, job: GenerationJob, prefix_len: int) -> int:
+        """How many of the job's first tokens to take from the kept prompt (0: none): all it shares (but the last
+        token), when that is RECENT_MIN_GAIN more than the shared prefix, or covers a prefix no holder has yet
+        (a retry: its shared prefix is nearly the whole rejected prompt)."""
+        if not self._recent:
+            return 0
+        common = min(int(llama_cpp.Llama.longest_token_prefix(self._recent, job.tokens)), len(job.tokens) - 1)
+        if common >= prefix_len + self.RECENT_MIN_GAIN:
+            return common
+        if 0 < prefix_len <= common and tuple(job.tokens[:prefix_len]) not in self._holders:
+            return common
+        return 0
 
     def _drop_holder(self, key: tuple[int, ...]) -> None:
         seq = self._holders.pop(key)
@@ -220,13 +301,37 @@ class BatchedGenerator:
         if self._restore(prefix, seq):
             self.stats.prefix_restores += 1
         else:
-            for start in range(0, len(prefix), self.n_batch):
-                piece = prefix[start:start + self.n_batch]
-                self._decode([(tok, start + i, seq, False) for i, tok in enumerate(piece)])
+            # A holder of a shorter piece of this prefix (the system part, under a longer shared part) is
+            # copied, and only the rest evaluated.
+            start = 0
+            shorter = max((k for k in self._holders if len(k) < len(prefix) and prefix[:len(k)] == k),
+                          key=len, default=None)
+            if shorter is not None:
+                llama_capi.llama_memory_seq_cp(self._memory(), self._holders[shorter], seq, -1, -1)
+                start = len(shorter)
+            for offset in range(start, len(prefix), self.n_batch):
+                piece = prefix[offset:offset + self.n_batch]
+                self._decode([(tok, offset + i, seq, False) for i, tok in enumerate(piece)])
             self.stats.prefix_evaluations += 1
             self._save(prefix, seq)
         self._holders[prefix] = seq
         return seq
+
+    def _start_afresh(self, job: GenerationJob) -> None:
+        """Before the first job of an idle context: drop the holders it does not share; if the rest can be
+        restored from memory, clear the whole KV buffer, so cells are used from the start again (the attention
+        window spans up to the highest used cell, and freed cells drift upwards)."""
+        for key in [k for k in self._holders if tuple(job.tokens[:len(k)]) != k]:
+            self._drop_holder(key)
+        prefix_len = max(0, min(job.prefix_len, len(job.tokens) - 1))
+        common = self._from_recent(job, prefix_len)
+        if not common or len(self._recent) + len(job.tokens) - common + job.max_tokens > self.n_ctx:
+            self._forget_recent()
+        cache = self.prefix_cache
+        if not self._recent and cache is not None and all(cache.get(key) is not None for key in self._holders):
+            self._holders.clear()
+            self._free_holders = list(range(self.n_parallel, self.n_parallel + self.N_PREFIX_HOLDERS))
+            llama_capi.llama_memory_clear(self._memory(), False)
 
     def _restore(self, prefix: tuple[int, ...], seq: int) -> bool:
         state: bytes | bytearray | None = self.prefix_cache.get(prefix) if self.prefix_cache is not None else None
@@ -270,6 +375,10 @@ class BatchedGenerator:
             slot.sampler = None
 
     def _new_sampler(self, grammar: Any) -> Any:
+        if self.grammar_first:
+            return GrammarFirstSampler(self._vocab, self.llama.n_vocab(), grammar,
+                                       repeat_penalty=self.repeat_penalty, penalty_last_n=self.penalty_last_n,
+                                       counts=self._counts)
         from llama_cpp import _internals
         sampler = _internals.LlamaSampler()  # type: ignore[no-untyped-call]  # llama_cpp._internals: unannotated __init__
         sampler.add_penalties(n_vocab=self.llama.n_vocab(), penalty_last_n=self.penalty_last_n,
@@ -304,7 +413,13 @@ class BatchedGenerator:
         slot.job, slot.generated, slot.last, slot.started = job, [], None, time.perf_counter()
         slot.reserved = n - prefix_len + job.max_tokens
         llama_capi.llama_memory_seq_rm(self._memory(), slot.seq_id, -1, -1)
-        if prefix_len > 0:
+        recent = self._from_recent(job, prefix_len)
+        if recent:
+            llama_capi.llama_memory_seq_cp(self._memory(), self.recent_seq, slot.seq_id, 0, recent)
+            prefix_len = recent
+            slot.reserved = n - prefix_len + job.max_tokens
+            self.stats.recent_reuses += 1
+        elif prefix_len > 0:
             holder = self._holder(tuple(job.tokens[:prefix_len]))
             llama_capi.llama_memory_seq_cp(self._memory(), holder, slot.seq_id, -1, -1)
         slot.todo = list(job.tokens[prefix_len:])
@@ -318,6 +433,8 @@ class BatchedGenerator:
         text = self.llama.detokenize(slot.generated, prev_tokens=job.tokens).decode("utf-8", errors="ignore")
         result = GenerationResult(list(slot.generated), text, reason, len(job.tokens),
                                   time.perf_counter() - slot.started)
+        if len(job.tokens) - job.prefix_len >= self.RECENT_MIN_GAIN:
+            self._keep_recent(slot)
         self._release(slot)
         if not job.future.done():
             job.future.set_result(result)
@@ -335,6 +452,7 @@ class BatchedGenerator:
                 self._release(slot)
         llama_capi.llama_memory_clear(self._memory(), False)
         self._holders.clear()
+        self._recent = ()
         self._free_holders = list(range(self.n_parallel, self.n_parallel + self.N_PREFIX_HOLDERS))
 
     def run(self, jobs: GenerationQueue) -> None:
@@ -362,8 +480,7 @@ class BatchedGenerator:
                             continue
                         job.prepare = None
                     if not active:
-                        for key in [k for k in self._holders if tuple(job.tokens[:len(k)]) != k]:
-                            self._drop_holder(key)
+                        self._start_afresh(job)
                     elif self._used() + len(job.tokens) + job.max_tokens > self.n_ctx:
                         jobs.put_back(job)  # no room in the context: let running replies finish first
                         break
@@ -404,8 +521,14 @@ class BatchedGenerator:
             job = slot.job
             assert job is not None
             started = time.perf_counter()
-            token = int(llama_capi.llama_sampler_sample(slot.sampler.sampler, self.ctx, index))
+            if self.grammar_first:
+                token = slot.sampler.sample(self.ctx, index)
+            else:
+                token = int(llama_capi.llama_sampler_sample(slot.sampler.sampler, self.ctx, index))
             self.stats.sample_s += time.perf_counter() - started
+            self.stats.grammar_first_accepted = self._counts.first_accepted
+            self.stats.grammar_top_accepted = self._counts.top_accepted
+            self.stats.grammar_full_checks = self._counts.full_checks
             self.stats.generated += 1
             if llama_capi.llama_vocab_is_eog(self._vocab, token):
                 self._finish(slot, "stop")

@@ -98,8 +98,9 @@ class LocalTeacher:
                     if disk_cache:
                         settings = state_settings(llama, sha, purpose="batched-teacher",
                                                   batched_n_ctx=generator.n_ctx,
-                                                  batched_n_seq_max=parallel + generator.N_PREFIX_HOLDERS,
-                                                  batched_kv_unified=True)
+                                                  batched_n_seq_max=generator.n_seq_max,
+                                                  batched_kv_unified=True,
+                                                  batched_flash_attn=generator.flash_attn)
                         generator.disk_cache = PrefixStateDiskCache(state_dir, settings)
                     return generator
 
@@ -114,6 +115,14 @@ class LocalTeacher:
         self.max_tokens = max_tokens
         self.repeat_penalty = repeat_penalty
         self.max_string_chars = max_string_chars
+
+    @property
+    def decode_setup(self) -> dict[str, Any]:
+        """How the batched path decodes (threads, parallel sequences, context, flash attention); {} unbatched."""
+        g = self._generator
+        if g is None:
+            return {}
+        return {"threads": g.n_threads, "parallel": g.n_parallel, "n_ctx": g.n_ctx, "flash_attn": g.flash_attn}
 
     @property
     def generation_stats(self) -> Any:
@@ -186,7 +195,7 @@ class LocalTeacher:
             if len(tokens) >= n_ctx:
                 raise ValueError(f"Requested tokens ({len(tokens)}) exceed context window of {n_ctx}")
             job.tokens = tokens
-            job.prefix_len = model._system_end(request.system)
+            job.prefix_len = model.shared_end(request.system, tokens)
             check_grammar(generator.llama, grammar)  # a NULL grammar sampler would crash the process
             job.grammar = _parsed_grammar(grammar)
             job.max_tokens = min(max_tokens, n_ctx - len(tokens))
@@ -235,6 +244,7 @@ class _TeacherModel:
         self.supports_system = True if self.formatter is None else template_supports_system(self.formatter)
         self.cursor = LlamaContextCursor(llama)
         self._system_ends: dict[str, int] = {}
+        self._last_prompts: dict[str, list[int]] = {}
 
     def _tokens(self, messages: list[ChatCompletionRequestMessage]) -> list[int]:
         # misc: only called when the GGUF has a chat template (formatter set).
@@ -251,6 +261,24 @@ class _TeacherModel:
                 self._system_ends.clear()
             self._system_ends[system] = llama_cpp.Llama.longest_token_prefix(*probes)
         return self._system_ends[system]
+
+    MIN_SHARED_EXTRA = 16
+
+    def shared_end(self, system: str, tokens: list[int]) -> int:
+        """Tokens of this prompt to keep once for the requests like it: the system part, or, where the previous
+        prompt with this system text shares more (phase 1's requests all start with the task and the labels),
+        that common part cut back to the end of a line, so that the requests of a phase agree on it."""
+        base = self._system_end(system)
+        previous = self._last_prompts.get(system)
+        if len(self._last_prompts) > 64:
+            self._last_prompts.clear()
+        self._last_prompts[system] = tokens
+        if previous is None:
+            return base
+        common = llama_cpp.Llama.longest_token_prefix(previous, tokens)
+        while common > base and b"\n" not in self.llama.detokenize([tokens[common - 1]], special=True):
+            common -= 1
+        return common if common - base >= self.MIN_SHARED_EXTRA else base
 
     def evaluate_prompt(self, messages: list[ChatCompletionRequestMessage], system: str) -> None:
         """Evaluate the chat prompt on the cursor's fixed schedule; `Llama.generate()` then finds it fully

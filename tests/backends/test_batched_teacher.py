@@ -35,12 +35,27 @@ def test_parallel_sequences_follow_cores_and_context() -> None:
 
 
 def test_decode_threads_leave_busy_cores_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(batched_generation.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert batched_generation.decode_threads(4, busy=0) == 4
+    assert batched_generation.decode_threads(4, busy=1) == 3
+    assert batched_generation.decode_threads(2, busy=11) == 1
+    monkeypatch.setattr(batched_generation, "busy_cores", lambda: None)
     assert batched_generation.decode_threads(4) == 4
-    monkeypatch.setattr(batched_generation.os, "getloadavg", lambda: (1.1, 0.0, 0.0))
-    assert batched_generation.decode_threads(4) == 3
-    monkeypatch.setattr(batched_generation.os, "getloadavg", lambda: (11.0, 0.0, 0.0))
-    assert batched_generation.decode_threads(2) == 1
+
+
+def test_busy_cores_do_not_count_this_process_waiting_threads() -> None:
+    # A pool of threads blocked on an event (as the teacher's request threads are) is not busy.
+    import threading
+    release = threading.Event()
+    waiting = [threading.Thread(target=release.wait) for _ in range(8)]
+    for thread in waiting:
+        thread.start()
+    try:
+        busy = batched_generation.busy_cores()
+    finally:
+        release.set()
+        for thread in waiting:
+            thread.join()
+    assert busy is not None and 0 <= busy < 8
 
 
 def test_fast_paths_flag(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,8 +87,9 @@ def test_batched_replies_follow_each_requests_own_grammar_and_share_the_prefix(t
             assert re.fullmatch(rule, parsed.rule), parsed.rule
     assert stats.requests == len(requests)
     assert stats.max_parallel > 1                     # replies were decoded together
-    assert stats.prefix_evaluations == 1              # the system part once for all six
-    assert stats.prefix_reuses == len(requests) - 1
+    # The system part once, then the part the requests share beyond it (task and labels), from the system part.
+    assert stats.prefix_evaluations == 2
+    assert stats.prefix_reuses == len(requests) - 2
     assert stats.decodes < stats.generated            # fewer llama_decode calls than tokens sampled
 
 
@@ -94,3 +110,49 @@ def test_one_request_alone_equals_the_unbatched_path_and_disk_states_restore(tmp
         stats = second.generation_stats
     assert stats.prefix_restores == 1 and stats.prefix_evaluations == 0  # the system part came from disk
     assert again.text == alone.text
+
+
+@pytest.mark.slow
+def test_requests_share_the_task_and_labels_beyond_the_system_part(tmp_path: Path) -> None:
+    from pld_desktop.backends.local_teacher import LocalTeacher
+    with LocalTeacher(batched=True, n_parallel=2, state_dir=tmp_path, max_tokens=8) as teacher:
+        model, owner = teacher._model, teacher._owner
+
+        def tokens_and_end(request: TeacherRequest) -> tuple[list[int], int, int]:
+            def on_owner(_llama: object) -> tuple[list[int], int, int]:
+                tokens = model._tokens(teacher.messages_for(request))
+                return tokens, model._system_end(request.system), model.shared_end(request.system, tokens)
+            return owner.call(on_owner)
+
+        first, system_end, shared = tokens_and_end(extraction(*MESSAGES[0]))
+        assert shared == system_end                       # nothing to compare with yet
+        second, _, shared = tokens_and_end(extraction(*MESSAGES[1]))
+        # The task and the label list are shared, cut at the end of a line, before the example's own text.
+        assert shared >= system_end + 16
+        assert first[:shared] == second[:shared]
+        assert owner.call(lambda llama: llama.detokenize([second[shared - 1]], special=True)).endswith(b"\n")
+        assert b"Spain" not in owner.call(lambda llama: llama.detokenize(second[:shared], special=True))
+        # Another task with the same system text shares only the system part.
+        other = TeacherRequest(tp.EXTRACTION_SYSTEM, tp.extraction_user("Sort film reviews.", ("pos", "neg"), {},
+                                                                        "Great film.", "pos"),
+                               tp.extraction_schema(("pos", "neg")), "extraction", tp.rule_pattern(["pos"]))
+        assert tokens_and_end(other)[2] == system_end
+
+
+@pytest.mark.slow
+def test_a_retry_starts_from_the_rejected_requests_prompt(tmp_path: Path) -> None:
+    from pld_desktop.backends.local_teacher import LocalTeacher
+    request = extraction(*MESSAGES[3])
+    # As teacher_calls retries: the same request with the reason appended.
+    retry = TeacherRequest(request.system, request.user + "\n\nYour previous reply was rejected: too long. "
+                           "Reply again with JSON only.", request.schema, request.kind, request.grammar_patterns)
+    with LocalTeacher(batched=True, n_parallel=2, state_dir=tmp_path, max_tokens=120) as teacher:
+        teacher.generate(request)
+        before = teacher.generation_stats.tokens_decoded
+        reply = teacher.generate(retry)
+        stats = teacher.generation_stats
+    assert stats.recent_reuses == 1
+    # Only the appended reason (and the reply) was decoded, not the task, labels and example again.
+    retry_only = reply.usage.prompt_tokens - (stats.tokens_decoded - before - reply.usage.output_tokens)
+    assert retry_only > 40
+    request.schema.model_validate_json(reply.text) if reply.finish_reason == "stop" else None
