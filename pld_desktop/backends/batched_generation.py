@@ -18,7 +18,6 @@ import llama_cpp.llama_cpp as llama_capi
 
 from pld_desktop.backends.greedy_sampling import GrammarFirstSampler, SamplingCounts
 from pld_desktop.backends.prefix_cache import PrefixStateCache, PrefixStateDiskCache
-from pld_desktop.backends.prompt_lookup import NgramDrafter
 
 __all__ = ["BatchedGenerator", "GenerationJob", "GenerationQueue", "GenerationResult", "GenerationStats",
            "busy_cores", "decode_threads", "default_parallel_sequences"]
@@ -107,8 +106,6 @@ class GenerationStats:
     prefix_restores: int = 0    # shared prefixes restored from the prefix-state caches (memory or disk)
     prefix_reuses: int = 0      # requests that started from a shared prefix already in the context
     recent_reuses: int = 0      # requests that started from the last finished prompt (a retry, the next round)
-    drafted: int = 0            # prompt-lookup draft tokens decoded
-    draft_accepted: int = 0     # ... that the sampler confirmed (steps saved)
     max_parallel: int = 0       # most replies advanced by one llama_decode
     decode_s: float = 0.0       # seconds in llama_decode
     sample_s: float = 0.0       # seconds sampling (repeat penalty, grammar, greedy), every sequence
@@ -166,8 +163,6 @@ class _Slot:
         self.sampler: Any = None
         self.reserved = 0
         self.started = 0.0
-        self.drafter: NgramDrafter | None = None  # prompt-lookup drafts (prompt_lookup.py)
-        self.draft_len = 4          # tokens to draft next: doubled when all are confirmed, halved when none
 
 
 class BatchedGenerator:
@@ -189,7 +184,7 @@ class BatchedGenerator:
                  repeat_penalty: float, penalty_last_n: int = 64,
                  prefix_cache: PrefixStateCache | None = None,
                  disk_cache: PrefixStateDiskCache | None = None, grammar_first: bool = True,
-                 flash_attn: bool = False, drafts: bool = True) -> None:
+                 flash_attn: bool = False) -> None:
         from llama_cpp import _internals
         self.llama = llama
         self.n_parallel = max(1, int(n_parallel))
@@ -227,7 +222,6 @@ class BatchedGenerator:
         # of its cost; False keeps the chain (the old path, and the check that both agree).
         self.grammar_first = grammar_first
         self._counts = SamplingCounts()
-        self.drafts = drafts
         self.closed = False
         self._slots = [_Slot(i) for i in range(self.n_parallel)]
         self._holders: OrderedDict[tuple[int, ...], int] = OrderedDict()
@@ -430,8 +424,6 @@ class BatchedGenerator:
             llama_capi.llama_memory_seq_cp(self._memory(), holder, slot.seq_id, -1, -1)
         slot.todo = list(job.tokens[prefix_len:])
         slot.pos = prefix_len
-        slot.drafter = NgramDrafter(job.tokens) if self.drafts else None
-        slot.draft_len = 4
         slot.sampler = self._new_sampler(job.grammar)
         self.stats.requests += 1
 
@@ -505,25 +497,14 @@ class BatchedGenerator:
             raise
 
 
-    # Prompt-lookup drafts only while few replies are decoded together: a decode of a few tokens costs little
-    # more than of one, but in a full batch every token costs its share (SmolLM2, 2 cores: 8 tokens 39 ms).
-    DRAFT_MAX = 8
-    DRAFT_MAX_SEQS = 2
-
     def _step(self, active: list[_Slot]) -> None:
         entries: list[tuple[int, int, int, bool]] = []
-        readers: list[tuple[_Slot, int, list[int]]] = []
-        replying = [slot for slot in active if slot.last is not None]
-        drafting = self.drafts and len(replying) <= self.DRAFT_MAX_SEQS
-        for slot in replying:
-            assert slot.last is not None
-            assert slot.job is not None
-            # Within the reply's token bound, so the drafts use only cells the slot has reserved.
-            room = slot.job.max_tokens - len(slot.generated) - 1
-            draft = slot.drafter.draft(min(slot.draft_len, room)) if drafting and slot.drafter is not None else []
-            readers.append((slot, len(entries), draft))
-            for i, token in enumerate([slot.last, *draft]):
-                entries.append((token, slot.pos + i, slot.seq_id, True))
+        readers: list[tuple[_Slot, int]] = []
+        for slot in active:
+            if slot.last is not None:
+                readers.append((slot, len(entries)))
+                entries.append((slot.last, slot.pos, slot.seq_id, True))
+                slot.pos += 1
         for slot in active:
             if slot.last is None and slot.todo and len(entries) < self.n_batch:
                 piece = slot.todo[:self.n_batch - len(entries)]
@@ -531,55 +512,29 @@ class BatchedGenerator:
                 for i, tok in enumerate(piece):
                     last = not slot.todo and i == len(piece) - 1
                     if last:
-                        readers.append((slot, len(entries), []))
+                        readers.append((slot, len(entries)))
                     entries.append((tok, slot.pos, slot.seq_id, last))
                     slot.pos += 1
-                if not slot.todo:
-                    slot.pos -= 1  # at the last prompt token: `_read` takes its entry like a reply's input
         self._decode(entries)
         self.stats.max_parallel = max(self.stats.max_parallel, len(readers))
-        for slot, index, draft in readers:
-            self._read(slot, index, draft)
-
-    def _sample(self, slot: _Slot, index: int) -> int:
-        started = time.perf_counter()
-        if self.grammar_first:
-            token = int(slot.sampler.sample(self.ctx, index))
-        else:
-            token = int(llama_capi.llama_sampler_sample(slot.sampler.sampler, self.ctx, index))
-        self.stats.sample_s += time.perf_counter() - started
-        self.stats.generated += 1
-        return token
-
-    def _read(self, slot: _Slot, index: int, draft: list[int]) -> None:
-        """Sample the tokens after batch entry `index` (the slot's input token at `slot.pos`) and after each
-        draft token decoded behind it, as long as the sampler confirms the draft; the unconfirmed draft's cells
-        are dropped and the first token that differs becomes the next input."""
-        job = slot.job
-        assert job is not None
-        base = slot.pos
-        self.stats.drafted += len(draft)
-        for i in range(len(draft) + 1):
-            token = self._sample(slot, index + i)
+        for slot, index in readers:
+            job = slot.job
+            assert job is not None
+            started = time.perf_counter()
+            if self.grammar_first:
+                token = slot.sampler.sample(self.ctx, index)
+            else:
+                token = int(llama_capi.llama_sampler_sample(slot.sampler.sampler, self.ctx, index))
+            self.stats.sample_s += time.perf_counter() - started
+            self.stats.grammar_first_accepted = self._counts.first_accepted
+            self.stats.grammar_top_accepted = self._counts.top_accepted
+            self.stats.grammar_full_checks = self._counts.full_checks
+            self.stats.generated += 1
             if llama_capi.llama_vocab_is_eog(self._vocab, token):
                 self._finish(slot, "stop")
-                break
+                continue
             slot.generated.append(token)
-            if slot.drafter is not None:
-                slot.drafter.add(token)
             if len(slot.generated) >= job.max_tokens:
                 self._finish(slot, "length")
-                break
-            if i < len(draft) and token == draft[i]:
-                self.stats.draft_accepted += 1
-                continue  # the draft token's cells are already in the context
-            slot.last, slot.pos = token, base + 1 + i
-            if i < len(draft):
-                llama_capi.llama_memory_seq_rm(self._memory(), slot.seq_id, slot.pos, -1)
-            if draft:
-                slot.draft_len = min(self.DRAFT_MAX, slot.draft_len * 2) if i == len(draft) else \
-                    max(1, slot.draft_len // 2) if i == 0 else slot.draft_len
-            break
-        self.stats.grammar_first_accepted = self._counts.first_accepted
-        self.stats.grammar_top_accepted = self._counts.top_accepted
-        self.stats.grammar_full_checks = self._counts.full_checks
+            else:
+                slot.last = token

@@ -57,14 +57,12 @@ class LocalTeacher:
                  n_threads: int | None = None,
                  n_threads_batch: int | None = None, use_extra_bufts: bool | None = None,
                  batched: bool | None = None, n_parallel: int | None = None,
-                 state_dir: str | os.PathLike[str] | None = None, disk_cache: bool = True,
-                 drafts: bool = True) -> None:
+                 state_dir: str | os.PathLike[str] | None = None, disk_cache: bool = True) -> None:
         """`max_tokens` bounds every reply (a tiny model can loop until the context is full); `repeat_penalty`
         1.1 (llama-cpp-python's chat-handler default; create_chat_completion's own is 1.0) stops SmolLM2's greedy
         decoding from repeating one word until max_tokens, which it did on 1 of 6 short test reviews.
         `batched` (default: on unless PLD_FAST_PATHS=0) selects the batched path, `n_parallel` its number of
-        sequences (default from the cores and the context); `state_dir` is the on-disk prefix-state folder;
-        `drafts` its prompt-lookup drafts (prompt_lookup.py)."""
+        sequences (default from the cores and the context); `state_dir` is the on-disk prefix-state folder."""
         if max_tokens <= 0:
             raise ValueError(f"max_tokens must be positive, got {max_tokens}")
         path = bundled_local_teacher_path() if model_path is None else model_path
@@ -96,7 +94,7 @@ class LocalTeacher:
                 def make(llama: llama_cpp.Llama) -> BatchedGenerator:
                     generator = BatchedGenerator(llama, n_ctx=n_ctx, n_parallel=parallel,
                                                  n_threads=int(n_threads or 1), repeat_penalty=repeat_penalty,
-                                                 prefix_cache=PrefixStateCache(256 << 20), drafts=drafts)
+                                                 prefix_cache=PrefixStateCache(256 << 20))
                     if disk_cache:
                         settings = state_settings(llama, sha, purpose="batched-teacher",
                                                   batched_n_ctx=generator.n_ctx,

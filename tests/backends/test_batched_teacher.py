@@ -99,14 +99,13 @@ def test_one_request_alone_equals_the_unbatched_path_and_disk_states_restore(tmp
     request = extraction(*MESSAGES[1])
     with LocalTeacher(batched=False, max_tokens=120) as plain:
         expected = plain.generate(request)
-    # Without prompt-lookup drafts (which decode several positions at once, in another floating-point order):
-    with LocalTeacher(batched=True, n_parallel=2, state_dir=tmp_path, max_tokens=120, drafts=False) as first:
+    with LocalTeacher(batched=True, n_parallel=2, state_dir=tmp_path, max_tokens=120) as first:
         alone = first.generate(request)
         assert first.generation_stats.prefix_evaluations == 1
     # Greedy decoding of a request alone: the same tokens as create_chat_completion's.
     assert (alone.text, alone.finish_reason, alone.usage.output_tokens) == \
         (expected.text, expected.finish_reason, expected.usage.output_tokens)
-    with LocalTeacher(batched=True, n_parallel=2, state_dir=tmp_path, max_tokens=120, drafts=False) as second:
+    with LocalTeacher(batched=True, n_parallel=2, state_dir=tmp_path, max_tokens=120) as second:
         again = second.generate(request)
         stats = second.generation_stats
     assert stats.prefix_restores == 1 and stats.prefix_evaluations == 0  # the system part came from disk
@@ -157,25 +156,3 @@ def test_a_retry_starts_from_the_rejected_requests_prompt(tmp_path: Path) -> Non
     retry_only = reply.usage.prompt_tokens - (stats.tokens_decoded - before - reply.usage.output_tokens)
     assert retry_only > 40
     request.schema.model_validate_json(reply.text) if reply.finish_reason == "stop" else None
-
-
-@pytest.mark.slow
-def test_drafts_from_the_prompt_save_decodes_and_keep_replies_valid(tmp_path: Path) -> None:
-    from pld_desktop.backends.local_teacher import LocalTeacher
-    rules = [("If the message reports a card used by someone else, answer fraud_report.", "fraud_report"),
-             ("If the message asks when or how something can be done, answer question.", "question"),
-             ("If the message says a fee or a charge was wrong, answer complaint.", "complaint")]
-    # The closed loop's rewrite request: its reply copies most of the current rules.
-    request = TeacherRequest(tp.RESOLUTION_SYSTEM,
-                             tp.resolution_user("Triage bank messages.", LABELS, {}, rules,
-                                                [(MESSAGES[0][0], "complaint", "question")],
-                                                [(MESSAGES[1][0], "fraud_report")]),
-                             tp.resolution_schema(LABELS), "resolution", tp.rule_pattern(list(LABELS)))
-    with LocalTeacher(batched=True, n_parallel=2, state_dir=tmp_path, max_tokens=300) as teacher:
-        reply = teacher.generate(request)
-        stats = teacher.generation_stats
-    assert stats.drafted > 0 and stats.draft_accepted > 0
-    # Every confirmed draft token is a decode saved: fewer decodes than sampled tokens (plus the prompt's).
-    assert stats.decodes < stats.generated
-    if reply.finish_reason == "stop":
-        request.schema.model_validate_json(reply.text)
