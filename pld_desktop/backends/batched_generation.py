@@ -175,7 +175,8 @@ class BatchedGenerator:
     in the prefix-state caches (memory and disk, as the student's) and copied into each request's sequence
     (`llama_memory_seq_cp` shares the KV cells, nothing is recomputed). Sampling per sequence mirrors
     `create_chat_completion` at temperature 0: repeat penalties over the last `penalty_last_n` sampled tokens,
-    the request's grammar, then greedy. Owner thread only: `run()` serves jobs from a queue until it is empty.
+    the request's grammar, then greedy (the grammar asked about the best tokens first: greedy_sampling.py).
+    Owner thread only: `run()` serves jobs from a queue until it is empty.
     """
 
     N_PREFIX_HOLDERS = 2

@@ -5,9 +5,11 @@ Replies are constrained to the request's JSON schema by llama.cpp's grammar samp
 the judge.
 Two generation paths, both greedy. The batched one (default; PLD_FAST_PATHS=0 or batched=False turns it off)
 decodes up to `max_concurrency` requests together in one multi-sequence context on all cores
-(`BatchedGenerator`): a request's system part is evaluated once per model and shared, kept in the prefix-state
-caches in memory and on disk like the student's. Its replies are valid under the same grammar; batching changes
-llama.cpp's floating-point order, so a reply can differ from the unbatched path's where the model is near a tie.
+(`BatchedGenerator`): a request's system part (and what it shares with the previous request beyond it: phase 1's
+task and labels) is evaluated once per model and shared, kept in the prefix-state caches in memory and on disk
+like the student's, and a retry starts from the rejected request's prompt. Its replies are valid under the same
+grammar; batching changes llama.cpp's floating-point order, so a reply can differ from the unbatched path's where
+the model is near a tie.
 The unbatched path evaluates the prompt on the fixed schedule of `LlamaContextCursor` (system part, then the rest)
 before `create_chat_completion` samples from it, so the same request gives the same reply whatever was asked
 before, while consecutive requests with one system text share its KV cache.
