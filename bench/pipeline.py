@@ -117,6 +117,10 @@ def run_child(csv_path: str, text_column: str, task: str, meanings: dict[str, st
         settings = RunSettings(task=task, label_meanings=dict(meanings), teacher="local",
                                teacher_gguf=teacher_gguf, student_gguf=student_gguf,
                                loop_max_iterations=loop_iterations, max_test_examples=max_test)
+        # The model files named on bench's command line are accepted, as `pld run --teacher-gguf FILE` accepts
+        # them, in the run's own trust store (PLD_CONFIG_DIR, set by the parent): the user's is not touched.
+        from pld_desktop.backends.trust import TrustStore, settings_in_use
+        TrustStore().trust(settings_in_use(settings))
 
         def fill(project: Project) -> None:
             project.store_dataset(dataset, Path(csv_path).name)
@@ -209,7 +213,8 @@ def run_mode(dataset: dict[str, Any], mode: str, args: argparse.Namespace, folde
     hashes = cache_dir() / "sha256-cache.json"  # keep the model checksums; the prompt states start empty
     if hashes.is_file():
         shutil.copy(hashes, cache / hashes.name)
-    env = dict(os.environ, PLD_CACHE_DIR=str(cache), PLD_FAST_PATHS="1" if mode == "new" else "0",
+    env = dict(os.environ, PLD_CACHE_DIR=str(cache), PLD_CONFIG_DIR=str(cache / "config"),
+               PLD_FAST_PATHS="1" if mode == "new" else "0",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     spec = json.dumps({k: dataset[k] for k in ("csv", "text_column", "task", "meanings")}
                       | {"loop_iterations": args.loop_iterations, "max_test": args.max_test,

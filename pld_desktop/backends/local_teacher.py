@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import llama_cpp
+from llama_cpp.llama_chat_format import format_llama2
 from llama_cpp.llama_grammar import LlamaGrammar
 from llama_cpp.llama_types import ChatCompletionRequestMessage
 
@@ -34,7 +35,7 @@ from pld_desktop.backends.batched_generation import (
 )
 from pld_desktop.backends.bundled import ModelFileError, bundled_local_teacher_path
 from pld_desktop.backends.context_cursor import LlamaContextCursor
-from pld_desktop.backends.gguf_file import file_sha256, read_gguf_metadata
+from pld_desktop.backends.gguf_file import file_sha256
 from pld_desktop.backends.llama_runtime import LlamaOwner, gguf_chat_formatter, template_supports_system
 from pld_desktop.backends.prefix_cache import PrefixStateCache, PrefixStateDiskCache, state_settings
 from pld_desktop.backends.teacher_grammar import rule_hit_bound, schema_grammar
@@ -70,8 +71,6 @@ class LocalTeacher:
         path = bundled_local_teacher_path() if model_path is None else model_path
         if batched is None:
             batched = fast_paths_enabled()
-        if batched and not read_gguf_metadata(path, {"tokenizer.chat_template"}):
-            batched = False  # without a GGUF template only create_chat_completion knows the prompt format
         self.batched = batched
         cores = os.cpu_count() or 1
         if batched:
@@ -249,10 +248,17 @@ class _TeacherModel:
         self._last_prompts: dict[str, list[int]] = {}
 
     def _tokens(self, messages: list[ChatCompletionRequestMessage]) -> list[int]:
-        # misc: only called when the GGUF has a chat template (formatter set).
-        prompt = self.formatter(messages=messages).prompt  # type: ignore[misc]
-        # As llama-cpp-python's chat handler does for template formats (they add BOS themselves).
-        return self.llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        """The prompt tokens `create_chat_completion` evaluates for `messages`: the GGUF template's rendering
+        (which adds BOS itself), or without a template llama-cpp-python's fallback "llama-2" format, which it
+        tokenizes with BOS added (`chat_formatter_to_chat_completion_handler`)."""
+        if self.formatter is not None:
+            result = self.formatter(messages=messages)
+        elif self.llama.chat_format == "llama-2":
+            result = format_llama2(messages)
+        else:
+            raise TeacherError(f"The local teacher has no prompt format for chat format {self.llama.chat_format!r}.",
+                               retryable=False)
+        return self.llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
 
     def _system_end(self, system: str) -> int:
         """Tokens of the prompt that depend only on the system text: the common prefix of the prompts of two

@@ -156,3 +156,19 @@ def test_a_retry_starts_from_the_rejected_requests_prompt(tmp_path: Path) -> Non
     retry_only = reply.usage.prompt_tokens - (stats.tokens_decoded - before - reply.usage.output_tokens)
     assert retry_only > 40
     request.schema.model_validate_json(reply.text) if reply.finish_reason == "stop" else None
+
+
+@pytest.mark.slow
+def test_a_teacher_without_a_chat_template_is_batched_in_llama_cpp_pythons_fallback_format(tmp_path: Path) -> None:
+    # The bundled Gemma 3 270M GGUF has no chat template: create_chat_completion renders "llama-2" for it.
+    from pld_desktop.backends.bundled import bundled_student_path
+    from pld_desktop.backends.local_teacher import LocalTeacher
+    path = bundled_student_path()
+    request = extraction(*MESSAGES[1])
+    with LocalTeacher(path, batched=False, max_tokens=80) as plain:
+        expected = plain.generate(request)
+    with LocalTeacher(path, batched=True, n_parallel=2, state_dir=tmp_path, max_tokens=80) as batched:
+        assert batched.batched
+        alone = batched.generate(request)
+    assert alone.usage.prompt_tokens == expected.usage.prompt_tokens  # the same prompt, token for token
+    assert (alone.text, alone.finish_reason) == (expected.text, expected.finish_reason)
