@@ -97,7 +97,7 @@ class GenerationResult:
 
 
 @dataclass
-class GenerationStats:
+class GenerationStats(SamplingCounts):  # + how the grammar was asked (grammar_first_accepted ...)
     requests: int = 0
     decodes: int = 0            # llama_decode calls
     tokens_decoded: int = 0     # tokens sent to llama_decode (prompt and replies)
@@ -109,9 +109,6 @@ class GenerationStats:
     max_parallel: int = 0       # most replies advanced by one llama_decode
     decode_s: float = 0.0       # seconds in llama_decode
     sample_s: float = 0.0       # seconds sampling (repeat penalty, grammar, greedy), every sequence
-    grammar_first_accepted: int = 0  # sampled tokens the grammar accepted at the first check (grammar-first)
-    grammar_top_accepted: int = 0    # ... found among the next best tokens, asked one by one
-    grammar_full_checks: int = 0     # sampled tokens that needed the whole vocabulary checked
 
 
 class GenerationQueue:
@@ -152,6 +149,11 @@ class GenerationQueue:
                 job.future.set_exception(exc)
 
 
+def _shared_len(job: GenerationJob) -> int:
+    """The job's shared prefix, leaving at least its last prompt token to evaluate (its logits are read)."""
+    return max(0, min(job.prefix_len, len(job.tokens) - 1))
+
+
 class _Slot:
     def __init__(self, seq_id: int) -> None:
         self.seq_id = seq_id
@@ -184,8 +186,7 @@ class BatchedGenerator:
     def __init__(self, llama: llama_cpp.Llama, *, n_ctx: int, n_parallel: int, n_threads: int,
                  repeat_penalty: float, penalty_last_n: int = 64,
                  prefix_cache: PrefixStateCache | None = None,
-                 disk_cache: PrefixStateDiskCache | None = None, grammar_first: bool = True,
-                 flash_attn: bool = False) -> None:
+                 disk_cache: PrefixStateDiskCache | None = None, grammar_first: bool = True) -> None:
         from llama_cpp import _internals
         self.llama = llama
         self.n_parallel = max(1, int(n_parallel))
@@ -197,19 +198,10 @@ class BatchedGenerator:
         if hasattr(params, "kv_unified"):
             params.kv_unified = True  # one pool of cells: a prefix copied into many sequences is stored once
         params.n_threads = params.n_threads_batch = self.n_threads = int(n_threads)
-        # Flash attention off by default: measured on phase-1 loads it gained nothing here (15.8 s vs 15.9 s for 24
-        # requests), and without it a request decoded alone gives create_chat_completion's tokens exactly. The
-        # attention window spans up to the highest used cell, which `_start_afresh` keeps low.
-        self.flash_attn = flash_attn and hasattr(params, "flash_attn_type")
-        if hasattr(params, "flash_attn_type"):
-            params.flash_attn_type = 1 if self.flash_attn else 0  # LLAMA_FLASH_ATTN_TYPE_ENABLED / _DISABLED
-        try:
-            self._ctx = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
-        except ValueError:
-            if not self.flash_attn:
-                raise
-            self.flash_attn, params.flash_attn_type = False, 0  # a model or build without it
-            self._ctx = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
+        # No flash attention (the Llama's own setting, off): measured on phase-1 loads it gained nothing here (15.8 s
+        # vs 15.9 s for 24 requests), and without it a request decoded alone gives create_chat_completion's tokens
+        # exactly. The attention window spans up to the highest used cell, which `_start_afresh` keeps low.
+        self._ctx = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
         self.n_ctx = int(llama_capi.llama_n_ctx(self._ctx.ctx))
         self.n_batch = int(params.n_batch)
         self._batch = llama_capi.llama_batch_init(self.n_batch, 0, 1)
@@ -222,12 +214,12 @@ class BatchedGenerator:
         # Grammar-first sampling (greedy_sampling.py) picks what llama.cpp's sampler chain picks, at a fraction
         # of its cost; False keeps the chain (the old path, and the check that both agree).
         self.grammar_first = grammar_first
-        self._counts = SamplingCounts()
         self.closed = False
         self._slots = [_Slot(i) for i in range(self.n_parallel)]
-        self._holders: OrderedDict[tuple[int, ...], int] = OrderedDict()
-        self._free_holders = list(range(self.n_parallel, self.n_parallel + self.N_PREFIX_HOLDERS))
+        self._holders: OrderedDict[tuple[int, ...], int] = OrderedDict()  # shared prefix -> holder sequence
+        self._free_holders: list[int] = []
         self._recent: tuple[int, ...] = ()   # the prompt whose cells `recent_seq` keeps
+        self._clear()
 
     @property
     def ctx(self) -> Any:
@@ -324,15 +316,12 @@ class BatchedGenerator:
         window spans up to the highest used cell, and freed cells drift upwards)."""
         for key in [k for k in self._holders if tuple(job.tokens[:len(k)]) != k]:
             self._drop_holder(key)
-        prefix_len = max(0, min(job.prefix_len, len(job.tokens) - 1))
-        common = self._from_recent(job, prefix_len)
+        common = self._from_recent(job, _shared_len(job))
         if not common or len(self._recent) + len(job.tokens) - common + job.max_tokens > self.n_ctx:
             self._forget_recent()
         cache = self.prefix_cache
         if not self._recent and cache is not None and all(cache.get(key) is not None for key in self._holders):
-            self._holders.clear()
-            self._free_holders = list(range(self.n_parallel, self.n_parallel + self.N_PREFIX_HOLDERS))
-            llama_capi.llama_memory_clear(self._memory(), False)
+            self._clear()
 
     def _restore(self, prefix: tuple[int, ...], seq: int) -> bool:
         state: bytes | bytearray | None = self.prefix_cache.get(prefix) if self.prefix_cache is not None else None
@@ -379,7 +368,7 @@ class BatchedGenerator:
         if self.grammar_first:
             return GrammarFirstSampler(self._vocab, self.llama.n_vocab(), grammar,
                                        repeat_penalty=self.repeat_penalty, penalty_last_n=self.penalty_last_n,
-                                       counts=self._counts)
+                                       counts=self.stats)
         from llama_cpp import _internals
         sampler = _internals.LlamaSampler()  # type: ignore[no-untyped-call]  # llama_cpp._internals: unannotated __init__
         sampler.add_penalties(n_vocab=self.llama.n_vocab(), penalty_last_n=self.penalty_last_n,
@@ -409,20 +398,18 @@ class BatchedGenerator:
 
     # -- serving -----------------------------------------------------------------------------------------
     def _admit(self, slot: _Slot, job: GenerationJob) -> None:
-        n = len(job.tokens)
-        prefix_len = max(0, min(job.prefix_len, n - 1))
+        prefix_len = _shared_len(job)
         slot.job, slot.generated, slot.last, slot.started = job, [], None, time.perf_counter()
-        slot.reserved = n - prefix_len + job.max_tokens
         llama_capi.llama_memory_seq_rm(self._memory(), slot.seq_id, -1, -1)
         recent = self._from_recent(job, prefix_len)
         if recent:
             llama_capi.llama_memory_seq_cp(self._memory(), self.recent_seq, slot.seq_id, 0, recent)
             prefix_len = recent
-            slot.reserved = n - prefix_len + job.max_tokens
             self.stats.recent_reuses += 1
         elif prefix_len > 0:
             holder = self._holder(tuple(job.tokens[:prefix_len]))
             llama_capi.llama_memory_seq_cp(self._memory(), holder, slot.seq_id, -1, -1)
+        slot.reserved = len(job.tokens) - prefix_len + job.max_tokens
         slot.todo = list(job.tokens[prefix_len:])
         slot.pos = prefix_len
         slot.sampler = self._new_sampler(job.grammar)
@@ -451,6 +438,10 @@ class BatchedGenerator:
                 if not slot.job.future.done():
                     slot.job.future.set_exception(exc)
                 self._release(slot)
+        self._clear()
+
+    def _clear(self) -> None:
+        """Empty the KV buffer: no holders, no kept prompt (the slots must be free)."""
         llama_capi.llama_memory_clear(self._memory(), False)
         self._holders.clear()
         self._recent = ()
@@ -527,9 +518,6 @@ class BatchedGenerator:
             else:
                 token = int(llama_capi.llama_sampler_sample(slot.sampler.sampler, self.ctx, index))
             self.stats.sample_s += time.perf_counter() - started
-            self.stats.grammar_first_accepted = self._counts.first_accepted
-            self.stats.grammar_top_accepted = self._counts.top_accepted
-            self.stats.grammar_full_checks = self._counts.full_checks
             self.stats.generated += 1
             if llama_capi.llama_vocab_is_eog(self._vocab, token):
                 self._finish(slot, "stop")

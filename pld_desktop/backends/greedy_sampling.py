@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp.llama_cpp as llama_capi
@@ -24,13 +25,13 @@ _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 assert _TOKEN_DATA.itemsize == ctypes.sizeof(llama_capi.llama_token_data)
 
 
+@dataclass
 class SamplingCounts:
-    """How often the grammar accepted the best token (one check) or the whole vocabulary had to be checked."""
-
-    def __init__(self) -> None:
-        self.first_accepted = 0
-        self.top_accepted = 0   # found among the next best tokens, asked one by one
-        self.full_checks = 0
+    """How often the grammar accepted the best token (one check) or the whole vocabulary had to be checked.
+    `GenerationStats` extends it, so a batched generator's samplers count straight into its stats."""
+    grammar_first_accepted: int = 0  # sampled tokens the grammar accepted at the first check
+    grammar_top_accepted: int = 0    # ... found among the next best tokens, asked one by one
+    grammar_full_checks: int = 0     # sampled tokens that needed the whole vocabulary checked
 
 
 class GrammarFirstSampler:
@@ -83,14 +84,14 @@ class GrammarFirstSampler:
         token = int(np.argmax(logits))
         if self._grammar:
             if self._allows(token, float(logits[token])):
-                self.counts.first_accepted += 1
+                self.counts.grammar_first_accepted += 1
             else:
                 found = self._best_of_top(logits)
                 if found is not None:
-                    self.counts.top_accepted += 1
+                    self.counts.grammar_top_accepted += 1
                     token = found
                 else:
-                    self.counts.full_checks += 1
+                    self.counts.grammar_full_checks += 1
                     token = self._best_allowed(logits)
             llama_capi.llama_sampler_accept(self._grammar, token)
         if self._recent.maxlen:

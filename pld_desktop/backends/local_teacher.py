@@ -100,8 +100,7 @@ class LocalTeacher:
                         settings = state_settings(llama, sha, purpose="batched-teacher",
                                                   batched_n_ctx=generator.n_ctx,
                                                   batched_n_seq_max=generator.n_seq_max,
-                                                  batched_kv_unified=True,
-                                                  batched_flash_attn=generator.flash_attn)
+                                                  batched_kv_unified=True)
                         generator.disk_cache = PrefixStateDiskCache(state_dir, settings)
                     return generator
 
@@ -119,11 +118,11 @@ class LocalTeacher:
 
     @property
     def decode_setup(self) -> dict[str, Any]:
-        """How the batched path decodes (threads, parallel sequences, context, flash attention); {} unbatched."""
+        """How the batched path decodes (threads, parallel sequences, context); {} unbatched."""
         g = self._generator
         if g is None:
             return {}
-        return {"threads": g.n_threads, "parallel": g.n_parallel, "n_ctx": g.n_ctx, "flash_attn": g.flash_attn}
+        return {"threads": g.n_threads, "parallel": g.n_parallel, "n_ctx": g.n_ctx}
 
     @property
     def generation_stats(self) -> Any:

@@ -89,7 +89,8 @@ def test_grammar_first_choices_equal_the_sampler_chain_on_both_branches(vocab_mo
                 break
             for sampler in (reference, probe, grammar_only):
                 llama_capi.llama_sampler_accept(sampler.sampler, expected)
-        assert ours.counts.first_accepted > 0 and ours.counts.top_accepted > 0 and ours.counts.full_checks > 0
+        assert ours.counts.grammar_first_accepted > 0 and ours.counts.grammar_top_accepted > 0 \
+            and ours.counts.grammar_full_checks > 0
     finally:
         ours.close()
         reference.close()
