@@ -358,16 +358,19 @@ def test_cancel_leaves_no_file(qtbot: Any, tmp_path: Path) -> None:
 
 def test_cancelling_while_the_project_is_written_leaves_no_file(qtbot: Any, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    started = threading.Event()
+    started, returned = threading.Event(), threading.Event()
     real_create = import_dialog_module.create_project
 
     def slow_create(*args: Any, progress: Any, **kwargs: Any) -> Path:
         started.set()
-        for _ in range(1000):  # hold the write until the user has pressed Cancel
-            if progress.cancelled():
-                break
-            threading.Event().wait(0.01)
-        return real_create(*args, progress=progress, **kwargs)
+        try:
+            for _ in range(1000):  # hold the write until the user has pressed Cancel
+                if progress.cancelled():
+                    break
+                threading.Event().wait(0.01)
+            return real_create(*args, progress=progress, **kwargs)
+        finally:
+            returned.set()
 
     monkeypatch.setattr(import_dialog_module, "create_project", slow_create)
     dialog = open_dialog(qtbot, demo_csv())
@@ -376,9 +379,14 @@ def test_cancelling_while_the_project_is_written_leaves_no_file(qtbot: Any, tmp_
     # and that hand-over is a queued signal (a blocking wait here deadlocked under load in CI).
     qtbot.waitUntil(started.is_set, timeout=30000)
     assert dialog.stop_btn.isVisibleTo(dialog) and not dialog.ok_button.isEnabled()
-    dialog.cancel_button.click()  # closes only after the write has stopped
-    qtbot.waitUntil(lambda: dialog.result() == ImportDialog.DialogCode.Rejected and not dialog.isVisible(),
-                    timeout=30000)
+    # The dialog is never shown here, so "not visible" and result() == Rejected (0) hold from the start: wait for
+    # its `finished` signal instead, and record whether the write had stopped when it came.
+    write_stopped_at_close: list[bool] = []
+    dialog.finished.connect(lambda _code: write_stopped_at_close.append(returned.is_set()))
+    with qtbot.waitSignal(dialog.finished, timeout=30000) as closed:
+        dialog.cancel_button.click()  # closes only after the write has stopped
+    assert closed.args == [ImportDialog.DialogCode.Rejected.value]
+    assert write_stopped_at_close == [True], "the dialog closed while the project was still being written"
     assert list(tmp_path.iterdir()) == []
 
 
