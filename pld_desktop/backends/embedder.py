@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pld_desktop.backends.passing_thread import run_on_a_passing_thread
+from pld_desktop.core.fast_paths import fast_paths_enabled
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -40,11 +43,16 @@ class SentenceTransformerEmbedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         with self._lock:
-            model = self._load()
-            if not texts:
-                return np.zeros((0, self.dim), dtype=np.float32)
-            vecs = model.encode(list(texts), batch_size=self.batch_size, show_progress_bar=False,
-                                convert_to_numpy=True, normalize_embeddings=True)
+            if fast_paths_enabled():  # torch's OpenMP team then ends with the work (passing_thread.py)
+                return run_on_a_passing_thread(lambda: self._embed(texts), name="pld-embedder")
+            return self._embed(texts)
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        model = self._load()
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vecs = model.encode(list(texts), batch_size=self.batch_size, show_progress_bar=False,
+                            convert_to_numpy=True, normalize_embeddings=True)
         return np.asarray(vecs, dtype=np.float32)
 
     def close(self) -> None:

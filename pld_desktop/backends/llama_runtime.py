@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import atexit
 import os
-import queue
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -25,6 +25,7 @@ from pld_desktop.backends.bundled import ModelFileError
 from pld_desktop.backends.cpu_probe import extra_buffer_types_usable, smallest_probe_model
 from pld_desktop.backends.gguf_file import check_fits_memory, check_gguf_file
 from pld_desktop.backends.quiet_load import quiet_llama
+from pld_desktop.core.fast_paths import fast_paths_enabled
 
 __all__ = ["LlamaOwner", "gguf_chat_formatter", "load_llama", "template_supports_system"]
 
@@ -105,18 +106,23 @@ def _close_live_owners() -> None:
 
 
 class LlamaOwner:
-    """One dedicated thread that constructs a `llama_cpp.Llama`, runs every call on it and frees it.
+    """The one worker that constructs a `llama_cpp.Llama`, runs every call on it and frees it.
 
     `submit(fn)` queues `fn(llama)` and returns a Future; `call(fn)` waits for the result. Jobs run one at a time in
-    FIFO order; a job must not `call()` its own owner (that would deadlock, so it raises instead).
-    Functions must not keep references to the Llama or to its buffers after they return.
+    FIFO order on the owner's worker thread; a job must not `call()` its own owner (that would deadlock, so it
+    raises instead). Functions must not keep references to the Llama or to its buffers after they return.
     The constructor blocks until the model is loaded and raises `ModelFileError` for a missing, non-GGUF or
     unloadable (truncated, corrupted, unsupported) file.
+
+    With `retire_when_idle` (the default on the fast paths) the worker thread ends whenever the queue is empty and
+    the next job starts a new one (jobs still never overlap): an idle model holds no OpenMP team, which would slow
+    every other model's decodes (passing_thread.py says how much and why).
     """
 
     def __init__(self, model_path: str | os.PathLike[str], *, n_ctx: int, n_threads: int | None = None,
                  n_threads_batch: int | None = None, seed: int = 0, name: str = "llama",
-                 use_extra_bufts: bool | None = None, **llama_kwargs: Any) -> None:
+                 use_extra_bufts: bool | None = None, retire_when_idle: bool | None = None,
+                 **llama_kwargs: Any) -> None:
         self.model_path = check_gguf_file(model_path)
         check_fits_memory(self.model_path)
         if n_ctx <= 0:
@@ -124,26 +130,36 @@ class LlamaOwner:
         if use_extra_bufts is None:
             use_extra_bufts = extra_buffer_types_usable(smallest_probe_model(self.model_path))
         self.use_extra_bufts = use_extra_bufts
+        self.retire_when_idle = fast_paths_enabled() if retire_when_idle is None else bool(retire_when_idle)
         self._kwargs = dict(n_ctx=int(n_ctx), n_threads=n_threads, n_threads_batch=n_threads_batch, seed=seed,
                             **llama_kwargs)
-        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[llama_cpp.Llama], Any]] | None] = queue.SimpleQueue()
+        self._name = f"llama-owner:{name}"
+        self._jobs: deque[tuple[Future[Any], Callable[[llama_cpp.Llama], Any]]] = deque()
         self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)  # a kept (non-retiring) worker waits here for jobs
+        self._worker: threading.Thread | None = None       # the thread running jobs now (None: none alive)
+        self._llama: llama_cpp.Llama | None = None
         self._closed = False
-        self._loaded: Future[None] = Future()
-        self._thread = threading.Thread(target=self._run, name=f"llama-owner:{name}", daemon=True)
-        self._thread.start()
+        self.threads_started = 0  # worker threads started so far (tests, diagnostics)
+        loaded: Future[None] = Future()
+        with self._lock:
+            self._enqueue(loaded, lambda _none: self._load())
         try:
-            self._loaded.result()
+            loaded.result()
         except BaseException:
-            self._thread.join()
-            self._closed = True
+            with self._lock:
+                self._closed = True
+                worker = self._worker
+                self._wakeup.notify_all()
+            if worker is not None and worker is not threading.current_thread():
+                worker.join()
             raise
         _live_owners.add(self)
 
     # -- worker ------------------------------------------------------------------------------------------
-    def _load(self) -> llama_cpp.Llama:
+    def _load(self) -> None:  # the first job
         try:
-            return load_llama(self.model_path, use_extra_bufts=self.use_extra_bufts, **self._kwargs)
+            self._llama = load_llama(self.model_path, use_extra_bufts=self.use_extra_bufts, **self._kwargs)
         except ValueError as exc:
             text = str(exc)
             if "Failed to load model" in text or "Failed to get vocab" in text:
@@ -157,34 +173,46 @@ class LlamaOwner:
                     f"{self.model_path.name} (not enough memory?). Lower the context size.") from exc
             raise
 
-    def _run(self) -> None:
-        try:
-            llama = self._load()
-        except BaseException as exc:
-            self._loaded.set_exception(exc)
-            return
-        self._loaded.set_result(None)
-        try:
-            while True:
-                item = self._jobs.get()
-                if item is None:
-                    break
-                future, fn = item
-                if not future.set_running_or_notify_cancel():
-                    continue
-                try:
-                    future.set_result(fn(llama))
-                except BaseException as exc:
-                    future.set_exception(exc)
-                del item, future, fn
-        finally:
+    def _free(self) -> None:  # the last job
+        llama, self._llama = self._llama, None
+        if llama is not None:
             llama.close()
             del llama
+
+    def _enqueue(self, future: Future[Any], fn: Callable[[llama_cpp.Llama], Any]) -> None:
+        """Queue a job (the lock held) and make sure a worker thread will run it."""
+        self._jobs.append((future, fn))
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self.threads_started += 1
+            self._worker.start()
+        else:
+            self._wakeup.notify()
+
+    def _next(self) -> tuple[Future[Any], Callable[[llama_cpp.Llama], Any]] | None:
+        """The next job, or None when this worker is to end (it has then let go of the owner)."""
+        with self._lock:
+            while not self._jobs:
+                if self.retire_when_idle or (self._closed and self._llama is None):
+                    self._worker = None
+                    return None
+                self._wakeup.wait()
+            return self._jobs.popleft()
+
+    def _run(self) -> None:
+        while (item := self._next()) is not None:
+            future, fn = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(self._llama))  # type: ignore[arg-type]  # None only for _load and _free
+                except BaseException as exc:
+                    future.set_exception(exc)
+            del item, future, fn
 
     # -- public ------------------------------------------------------------------------------------------
     @property
     def on_owner_thread(self) -> bool:
-        return threading.current_thread() is self._thread
+        return self._worker is not None and threading.current_thread() is self._worker
 
     @property
     def closed(self) -> bool:
@@ -195,7 +223,7 @@ class LlamaOwner:
             if self._closed:
                 raise RuntimeError(f"The model {self.model_path.name} has been closed.")
             future: Future[T] = Future()
-            self._jobs.put((future, fn))
+            self._enqueue(future, fn)
         return future
 
     def call(self, fn: Callable[[llama_cpp.Llama], T]) -> T:
@@ -206,13 +234,19 @@ class LlamaOwner:
 
     def close(self) -> None:
         """Finish the queued jobs, free the model and stop the thread. Safe to call more than once."""
+        freed: Future[None] = Future()
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._jobs.put(None)
-        if not self.on_owner_thread:
-            self._thread.join()
+            self._enqueue(freed, lambda _llama: self._free())
+            inside = self.on_owner_thread
+        if not inside:
+            freed.exception()  # wait: the model is freed once this returns
+            with self._lock:
+                worker = self._worker
+            if worker is not None and worker is not threading.current_thread():
+                worker.join()
         _live_owners.discard(self)
 
     def __enter__(self) -> LlamaOwner:

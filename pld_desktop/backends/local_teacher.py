@@ -39,6 +39,7 @@ from pld_desktop.backends.gguf_file import file_sha256
 from pld_desktop.backends.llama_runtime import LlamaOwner, gguf_chat_formatter, template_supports_system
 from pld_desktop.backends.prefix_cache import PrefixStateCache, PrefixStateDiskCache, state_settings
 from pld_desktop.backends.teacher_grammar import rule_hit_bound, schema_grammar
+from pld_desktop.core.fast_paths import fast_paths_enabled
 from pld_desktop.core.protocols import TeacherError, TeacherReply, TeacherRequest, TeacherUsage
 
 __all__ = ["LocalTeacher", "ModelFileError"]
@@ -300,11 +301,6 @@ class _TeacherModel:
             return
         self.cursor.begin(tokens, self._system_end(system))
         self.cursor.position(tokens)
-
-
-def fast_paths_enabled() -> bool:
-    """The issue-15 paths (batched teacher, all cores) unless the environment says PLD_FAST_PATHS=0."""
-    return os.environ.get("PLD_FAST_PATHS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 _grammars: dict[str, LlamaGrammar] = {}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .fast_paths import fast_paths_enabled
 from .metrics import classification_metrics
 from .progress import Cancelled, Progress, check
 from .project import Example, Project
@@ -31,7 +31,7 @@ class _Reused:
 
 def reuse_predictions() -> bool:
     """Reuse of predictions across evaluations (issue 15) unless PLD_FAST_PATHS=0 (benchmarks of the old path)."""
-    return os.environ.get("PLD_FAST_PATHS", "1").strip().lower() not in ("0", "false", "no", "off")
+    return fast_paths_enabled()
 
 
 def student_record(student: Student) -> dict[str, Any]:

@@ -59,7 +59,7 @@ def test_busy_cores_do_not_count_this_process_waiting_threads() -> None:
 
 
 def test_fast_paths_flag(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pld_desktop.backends.local_teacher import fast_paths_enabled
+    from pld_desktop.core.fast_paths import fast_paths_enabled
     monkeypatch.delenv("PLD_FAST_PATHS", raising=False)
     assert fast_paths_enabled()
     monkeypatch.setenv("PLD_FAST_PATHS", "0")
