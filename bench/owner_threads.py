@@ -64,7 +64,7 @@ def one_token_decode_ms(llama: llama_cpp.Llama, position: int, steps: int) -> fl
 
 def student_decode(llama: llama_cpp.Llama) -> None:
     """A few decodes on the student (its owner thread then has an OpenMP team)."""
-    llama.reset()
+    llama.reset()  # type: ignore[no-untyped-call]  # llama_cpp leaves reset() unannotated
     llama.eval(llama.tokenize(b"The card was charged twice and nobody answers the phone."))
 
 
@@ -106,7 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return measure()
             # a thread that stays alive while the teacher decodes, as the caller's thread would
             done, release = threading.Event(), threading.Event()
-            keeper = threading.Thread(target=lambda: (encode(), done.set(), release.wait()), daemon=True)
+            def keep() -> None:
+                encode()
+                done.set()
+                release.wait()
+
+            keeper = threading.Thread(target=keep, daemon=True)
             keeper.start()
             done.wait()
             try:
