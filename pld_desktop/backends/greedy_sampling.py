@@ -5,7 +5,9 @@ llama.cpp's grammar sampler checks every token of the vocabulary against the gra
 to accept one token: the highest-scoring one after the repeat penalty. If the grammar accepts it, it is what the
 full chain (penalties, grammar, greedy) would pick, since an argmax over all tokens that is allowed is the argmax
 over the allowed ones (llama.cpp's common sampler does the same, `grammar_first` off). When it is refused, the
-next best tokens are asked in order, and only when all of the top 32 are refused is the whole vocabulary checked.
+next best tokens are asked in order; when all of the top 32 are refused, the top 512 and then the top 4096 are
+checked in one grammar call each (in phase 1 two thirds of such searches end at 512), and only then the whole
+vocabulary.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class SamplingCounts:
     `GenerationStats` extends it, so a batched generator's samplers count straight into its stats."""
     grammar_first_accepted: int = 0  # sampled tokens the grammar accepted at the first check
     grammar_top_accepted: int = 0    # ... found among the next best tokens, asked one by one
+    grammar_wide_accepted: int = 0   # ... found among the top 512 or 4096, checked in one call each
     grammar_full_checks: int = 0     # sampled tokens that needed the whole vocabulary checked
 
 
@@ -90,6 +93,9 @@ class GrammarFirstSampler:
                 if found is not None:
                     self.counts.grammar_top_accepted += 1
                     token = found
+                elif (found := self._best_of_wider(logits)) is not None:
+                    self.counts.grammar_wide_accepted += 1
+                    token = found
                 else:
                     self.counts.grammar_full_checks += 1
                     token = self._best_allowed(logits)
@@ -107,13 +113,9 @@ class GrammarFirstSampler:
 
     TOP_K = 32
 
-    def _best_of_top(self, logits: np.ndarray[Any, Any]) -> int | None:
-        """The best token the grammar allows among the `TOP_K` highest, asked in order (highest logit first,
-        lowest id first among equals, as the greedy sampler breaks ties); None if it refuses them all. Exact:
-        every token scoring higher than the one returned has been refused."""
-        k = min(self.TOP_K, self.n_vocab - 1)
-        if k < 1:
-            return None
+    def _ranked_top(self, logits: np.ndarray[Any, Any], k: int) -> np.ndarray[Any, Any]:
+        """The `k` best token ids in the greedy sampler's order: highest logit first, the lowest id first among
+        equals. Every token left out ranks below every one returned."""
         top = np.argpartition(-logits, k)[:k]
         kth = logits[top].min()
         # argpartition splits ties at the boundary arbitrarily: the candidates are everything above the k-th
@@ -121,11 +123,44 @@ class GrammarFirstSampler:
         above = np.flatnonzero(logits > kth)
         at = np.flatnonzero(logits == kth)[:max(0, k - len(above))]
         candidates = np.concatenate([above, at])
-        order = np.lexsort((candidates, -logits[candidates]))
-        for token in candidates[order].tolist():
+        return candidates[np.lexsort((candidates, -logits[candidates]))]
+
+    def _best_of_top(self, logits: np.ndarray[Any, Any]) -> int | None:
+        """The best token the grammar allows among the `TOP_K` highest, asked in order; None if it refuses them
+        all. Exact: every token ranking above the one returned has been refused."""
+        k = min(self.TOP_K, self.n_vocab - 1)
+        if k < 1:
+            return None
+        for token in self._ranked_top(logits, k).tolist():
             if self._allows(int(token), float(logits[token])):
                 return int(token)
         return None
+
+    WIDER = (512, 4096)
+
+    def _best_of_wider(self, logits: np.ndarray[Any, Any]) -> int | None:
+        """The best allowed token among the top 512, else the top 4096 (one grammar call each: it marks each
+        candidate on its own, so a subset is judged as in the whole vocabulary); None if all are refused."""
+        for k in self.WIDER:
+            if k >= self.n_vocab:
+                return None
+            ranked = self._ranked_top(logits, k)
+            marked = self._apply(ranked, logits[ranked])
+            allowed = np.flatnonzero(marked != -np.inf)
+            if allowed.size:
+                return int(ranked[allowed[0]])  # the first allowed in rank order
+        return None
+
+    def _apply(self, ids: np.ndarray[Any, Any], logits: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """The grammar applied to these candidates: their logits, refused ones set to -inf."""
+        data = np.zeros(len(ids), dtype=_TOKEN_DATA)
+        data["id"] = ids
+        data["logit"] = logits
+        array = llama_capi.llama_token_data_array(
+            data=data.ctypes.data_as(ctypes.POINTER(llama_capi.llama_token_data)),
+            size=len(ids), selected=-1, sorted=False)
+        llama_capi.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        return data["logit"]
 
     def _best_allowed(self, logits: np.ndarray[Any, Any]) -> int:
         if self._all is None:

@@ -53,6 +53,20 @@ def allowed_mask(grammar_only: _internals.LlamaSampler, n_vocab: int) -> np.ndar
     return np.isfinite(logits)
 
 
+def wide_case(logits: np.ndarray, allowed: np.ndarray, rng: np.random.Generator, step: int) -> bool:
+    """Make the best allowed tokens rank just below `rank` refused ones, two of them tied (the lower id must win),
+    at the edge of the 512 window on some steps (ties across the window's boundary). False if the grammar's
+    state leaves too few tokens of either kind."""
+    refused_ids, allowed_ids = np.flatnonzero(~allowed), np.flatnonzero(allowed)
+    rank = (511, 4095, int(rng.integers(40, 3000)))[step // 8 % 3]
+    if len(refused_ids) < rank or len(allowed_ids) < 3:
+        return False
+    logits[:] = rng.normal(0.0, 1.0, len(logits)).astype(np.float32)
+    logits[rng.choice(refused_ids, size=rank, replace=False)] = rng.uniform(20.0, 30.0, rank).astype(np.float32)
+    logits[rng.choice(allowed_ids, size=3, replace=False)] = np.float32(19.0)
+    return True
+
+
 def test_grammar_first_choices_equal_the_sampler_chain_on_both_branches(vocab_model: llama_cpp.Llama) -> None:
     schema = tp.extraction_schema(("complaint", "fraud_report", "question"))
     grammar = _parsed_grammar(schema_grammar(schema.model_json_schema(), max_chars=120))
@@ -65,7 +79,7 @@ def test_grammar_first_choices_equal_the_sampler_chain_on_both_branches(vocab_mo
     rng = np.random.default_rng(7)
     n_vocab = vocab_model.n_vocab()
     try:
-        for step in range(60):
+        for step in range(96):
             logits = rng.normal(0.0, 3.0, n_vocab).astype(np.float32)
             if step % 2 == 0:
                 # Make an allowed token the best one (the first check accepts it) ...
@@ -79,6 +93,8 @@ def test_grammar_first_choices_equal_the_sampler_chain_on_both_branches(vocab_mo
                 logits[picks] = np.array([38.0, 39.0, 38.5], dtype=np.float32)[:len(picks)]
                 if step % 8 == 1 and len(picks) > 1:
                     logits[picks[:2]] = 39.0  # equal logits: the lower id wins
+            elif step % 8 == 3 and wide_case(logits, allowed_mask(grammar_only, n_vocab), rng, step):
+                pass  # ... or ranked between 33 and 4096 (found by one call over the top 512 or 4096) ...
             else:
                 # ... or random logits, whose best allowed token is usually far down (the whole vocabulary).
                 logits[rng.integers(0, n_vocab)] = 12.0
@@ -90,7 +106,7 @@ def test_grammar_first_choices_equal_the_sampler_chain_on_both_branches(vocab_mo
             for sampler in (reference, probe, grammar_only):
                 llama_capi.llama_sampler_accept(sampler.sampler, expected)
         assert ours.counts.grammar_first_accepted > 0 and ours.counts.grammar_top_accepted > 0 \
-            and ours.counts.grammar_full_checks > 0
+            and ours.counts.grammar_wide_accepted > 0 and ours.counts.grammar_full_checks > 0
     finally:
         ours.close()
         reference.close()
