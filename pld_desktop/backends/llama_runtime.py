@@ -239,9 +239,14 @@ class LlamaOwner:
             if self._closed:
                 return
             self._closed = True
-            self._enqueue(freed, lambda _llama: self._free())
+            # Nothing running nor queued (an idle retiring owner): free it here, no thread to start (at exit too).
+            idle = self._worker is None and not self._jobs
+            if not idle:
+                self._enqueue(freed, lambda _llama: self._free())
             inside = self.on_owner_thread
-        if not inside:
+        if idle:
+            self._free()
+        elif not inside:
             freed.exception()  # wait: the model is freed once this returns
             with self._lock:
                 worker = self._worker
