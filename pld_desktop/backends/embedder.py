@@ -34,6 +34,9 @@ class SentenceTransformerEmbedder:
             # Hub variables are read at import time: make sure nothing tries the network.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            # transformers 5.2x "kernelizes" a loaded model with compute kernels from the Hub by default; the app
+            # runs the embedder offline on the CPU with torch's own layers (and the bundle leaves `kernels` out).
+            os.environ.setdefault("USE_HUB_KERNELS", "NO")
             from sentence_transformers import SentenceTransformer
             self._model = SentenceTransformer(str(self.model_path), device="cpu", local_files_only=True)
             dim_of = getattr(self._model, "get_embedding_dimension", None) or \
