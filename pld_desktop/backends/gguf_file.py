@@ -23,8 +23,8 @@ from pld_desktop.backends.cache_dir import cache_dir
 from pld_desktop.core.protocols import ModelIdentity
 
 __all__ = ["FILE_TYPE_NAMES", "GGML_TYPE_SIZES", "GGUF_MAGIC", "GGUFHeader", "HeaderError", "available_memory_bytes",
-           "backend_name", "check_fits_memory", "check_gguf_file", "file_sha256", "model_identity",
-           "read_gguf_header", "read_gguf_metadata"]
+           "backend_name", "check_fits_memory", "check_gguf_file", "file_sha256", "has_sliding_window",
+           "model_identity", "read_gguf_header", "read_gguf_metadata"]
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +290,16 @@ def read_gguf_metadata(model_path: str | os.PathLike[str], keys: set[str]) -> di
 # ---------------------------------------------------------------------------
 # File checks
 # ---------------------------------------------------------------------------
+def has_sliding_window(model_path: str | os.PathLike[str]) -> bool:
+    """Whether the GGUF declares sliding-window attention (Gemma 2/3); True if the header cannot be read (the
+    cautious settings; the loader then says what is wrong)."""
+    arch = read_gguf_metadata(model_path, {"general.architecture"}).get("general.architecture")
+    if not isinstance(arch, str):
+        return True
+    window = read_gguf_metadata(model_path, {f"{arch}.attention.sliding_window"})
+    return int(window.get(f"{arch}.attention.sliding_window", 0) or 0) > 0
+
+
 def check_gguf_file(model_path: str | os.PathLike[str]) -> Path:
     """Cheap checks before llama.cpp sees the file: it exists, is a file, and starts with the GGUF signature.
     Truncation and corruption inside the file are caught by llama.cpp's own loader (see LlamaOwner)."""

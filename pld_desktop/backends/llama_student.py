@@ -29,7 +29,7 @@ import numpy as np
 
 from pld_desktop.backends.bundled import ModelFileError, bundled_student_path
 from pld_desktop.backends.context_cursor import EvalStats, LlamaContextCursor, common_prefix_length
-from pld_desktop.backends.gguf_file import model_identity, read_gguf_metadata
+from pld_desktop.backends.gguf_file import has_sliding_window, model_identity
 from pld_desktop.backends.label_search import label_mass
 from pld_desktop.backends.llama_runtime import LlamaOwner, gguf_chat_formatter
 from pld_desktop.backends.prefix_cache import PrefixStateCache, PrefixStateDiskCache, state_settings
@@ -353,16 +353,6 @@ class _StudentModel:
 
 
 MIN_STUDENT_CTX = 256
-
-
-def has_sliding_window(model_path: str | os.PathLike[str]) -> bool:
-    """Whether the GGUF declares sliding-window attention (Gemma 2/3); True if the header cannot be read (the
-    cautious settings; the loader then says what is wrong)."""
-    arch = read_gguf_metadata(model_path, {"general.architecture"}).get("general.architecture")
-    if not isinstance(arch, str):
-        return True
-    window = read_gguf_metadata(model_path, {f"{arch}.attention.sliding_window"})
-    return int(window.get(f"{arch}.attention.sliding_window", 0) or 0) > 0
 
 
 class LlamaStudent:

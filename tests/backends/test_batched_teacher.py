@@ -97,9 +97,12 @@ def test_batched_replies_follow_each_requests_own_grammar_and_share_the_prefix(t
 def test_one_request_alone_equals_the_unbatched_path_and_disk_states_restore(tmp_path: Path) -> None:
     from pld_desktop.backends.local_teacher import LocalTeacher
     request = extraction(*MESSAGES[1])
-    with LocalTeacher(batched=False, max_tokens=120) as plain:
+    # The batched path decodes the bundled teacher (no sliding window) with flash attention, faster on long
+    # prompts: it is compared with create_chat_completion on a Llama with the same attention kernel.
+    with LocalTeacher(batched=False, flash_attn=True, max_tokens=120) as plain:
         expected = plain.generate(request)
     with LocalTeacher(batched=True, n_parallel=2, state_dir=tmp_path, max_tokens=120) as first:
+        assert first._owner.call(lambda llama: llama.context_params.flash_attn_type) == 1  # on by default
         alone = first.generate(request)
         assert first.generation_stats.prefix_evaluations == 1
     # Greedy decoding of a request alone: the same tokens as create_chat_completion's.
@@ -169,6 +172,9 @@ def test_a_teacher_without_a_chat_template_is_batched_in_llama_cpp_pythons_fallb
         expected = plain.generate(request)
     with LocalTeacher(path, batched=True, n_parallel=2, state_dir=tmp_path, max_tokens=80) as batched:
         assert batched.batched
+        # A sliding-window model keeps the unbatched path's attention kernel (flash attention would make a request
+        # decoded in the batched context differ from the same request decoded alone).
+        assert batched._owner.call(lambda llama: llama.context_params.flash_attn_type) == 0
         alone = batched.generate(request)
     assert alone.usage.prompt_tokens == expected.usage.prompt_tokens  # the same prompt, token for token
     assert (alone.text, alone.finish_reason) == (expected.text, expected.finish_reason)

@@ -793,7 +793,7 @@ def test_common_prefix_length() -> None:
 
 
 def test_flash_attention_is_chosen_for_sliding_window_models_only() -> None:
-    from pld_desktop.backends.llama_student import has_sliding_window
+    from pld_desktop.backends.gguf_file import has_sliding_window
     assert has_sliding_window(bundled.bundled_student_path()) is True          # Gemma 3: sliding window
     assert has_sliding_window(bundled.bundled_local_teacher_path()) is False   # SmolLM2 (Llama): none
 
