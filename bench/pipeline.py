@@ -1,6 +1,6 @@
 """Whole-run benchmark for issue 15: the four phases on real data with the new paths vs the old ones, side by side.
 
-    python -m bench.pipeline [--rows 30] [--shared sst2] [--shared-rows 20] [--loop-iterations 1] [--json out.json]
+    python -m bench.pipeline [--rows 105] [--shared sst2] [--shared-rows 20] [--loop-iterations 1] [--json out.json]
                              [--teacher-gguf FILE] [--student-gguf FILE]
 
 For each dataset (a stratified sample of the bundled demo CSV and of one shared dataset in /work/shared/data) and
@@ -10,7 +10,9 @@ per-phase wall times, local-teacher items per second and output tokens per secon
 the process (ru_maxrss) and the phase-4 metrics (to show the results keep their shape). The children run one
 after the other with the same data, each with an empty prompt-state cache folder, so the modes are measured
 side by side in one run. `ratios` has the shape of bench.student's (`name`, `ratio`, `target`, `met`): a ratio
-is new/old of a time, met when at most the target (phase-1 time per teacher item <= 1/3, whole run <= 1/2).
+is new/old of a time, met when at most the target (phase-1 time per teacher item <= 1/3, whole run on the demo
+data <= 1/2). By default the demo data is the whole bundled CSV (what `pld demo` runs on: 63 phase-1 items), and
+the shared dataset a 20-row sample.
 """
 
 from __future__ import annotations
@@ -227,6 +229,9 @@ def run_mode(dataset: dict[str, Any], mode: str, args: argparse.Namespace, folde
 
 
 def ratio_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """new/old ratios. Issue 15's targets: phase-1 time per teacher item <= 1/3 on every dataset, and the whole
+    run <= 1/2 on the demo data (`pld demo`'s CSV); a shared dataset's whole-run ratio is reported without a
+    target (`target` and `met` None)."""
     rows = []
     for name, by_mode in results.items():
         old, new = by_mode.get("old"), by_mode.get("new")
@@ -239,9 +244,10 @@ def ratio_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             rows.append({"name": f"{name}: phase-1 seconds per teacher item, new/old", "value_s": per_new,
                          "baseline_s": per_old, "ratio": per_new / per_old, "target": 1 / 3,
                          "met": per_new / per_old <= 1 / 3})
+        whole = new["total_s"] / old["total_s"]
+        target = 0.5 if name.startswith("demo-") else None
         rows.append({"name": f"{name}: whole run, new/old", "value_s": new["total_s"], "baseline_s": old["total_s"],
-                     "ratio": new["total_s"] / old["total_s"], "target": 0.5,
-                     "met": new["total_s"] / old["total_s"] <= 0.5})
+                     "ratio": whole, "target": target, "met": None if target is None else whole <= target})
     return rows
 
 
@@ -260,8 +266,11 @@ def print_table(result: dict[str, Any]) -> None:
                   + f" {r['peak_rss_mb']:8.0f}")
     print()
     for row in result["ratios"]:
-        print(f"{row['name']:60} {row['ratio']:6.3f} (target <= {row['target']:.3f}) "
-              f"{'met' if row['met'] else 'NOT met'}")
+        if row["target"] is None:
+            print(f"{row['name']:60} {row['ratio']:6.3f} (no target: the whole-run target is on the demo data)")
+        else:
+            print(f"{row['name']:60} {row['ratio']:6.3f} (target <= {row['target']:.3f}) "
+                  f"{'met' if row['met'] else 'NOT met'}")
 
 
 def _gguf_file(value: str) -> str:
@@ -274,7 +283,8 @@ def _gguf_file(value: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=30, help="demo rows sampled (default 30; the CSV has 105)")
+    parser.add_argument("--rows", type=int, default=105,
+                        help="demo rows sampled (default 105: the whole demo CSV, the data of `pld demo`)")
     parser.add_argument("--shared", default="sst2", help="shared dataset in /work/shared/data ('' for none)")
     parser.add_argument("--shared-rows", type=int, default=20, help="rows sampled from it (default 20)")
     parser.add_argument("--loop-iterations", type=int, default=1, help="closed-loop iterations (default 1)")
