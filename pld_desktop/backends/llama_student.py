@@ -137,13 +137,17 @@ def _logsumexp(values: np.ndarray) -> float:
     return top + math.log(float(np.sum(np.exp(values - top))))
 
 
-def token_pieces(llama: llama_cpp.Llama) -> dict[bytes, list[int]]:
+def token_pieces(llama: llama_cpp.Llama) -> dict[bytes, tuple[int, ...]]:
     """Text (bytes) -> token ids for the whole vocabulary, as llama.cpp renders tokens without special tokens
-    (control tokens render as nothing and are left out). ~0.5 s for a 262k vocabulary."""
+    (control tokens render as nothing and are left out). ~0.5 s for a 262k vocabulary.
+
+    The ids are tuples, not lists: tuples of ints drop out of the garbage collector's tracking at its next
+    young pass, 262k lists would be walked by every full collection (60 ms each, the GIL held, the window
+    waiting)."""
     vocab = llama_capi.llama_model_get_vocab(llama.model)
     size = 128
     buffer = ctypes.create_string_buffer(size)
-    pieces: dict[bytes, list[int]] = {}
+    pieces: dict[bytes, tuple[int, ...]] = {}
     for token in range(llama.n_vocab()):
         n = llama_capi.llama_token_to_piece(vocab, token, buffer, size, 0, False)
         if n < 0:
@@ -153,7 +157,7 @@ def token_pieces(llama: llama_cpp.Llama) -> dict[bytes, list[int]]:
         else:
             piece = buffer.raw[:n]
         if piece:
-            pieces.setdefault(piece, []).append(token)
+            pieces[piece] = pieces.get(piece, ()) + (token,)
     return pieces
 
 

@@ -408,6 +408,30 @@ def enumerated_label_probs(llm, prompt_tokens: list[int], system_end: int, label
 
 
 @pytest.mark.slow
+def test_vocabulary_pieces_are_every_rendered_token_and_cost_the_collector_nothing(raw_llama) -> None:
+    """The student's text -> ids map holds every token that renders as text, once; its values are tuples of ints,
+    which the collector stops tracking at its next young pass (262k tracked lists made each full collection in
+    the window's process take ~60 ms with the GIL held)."""
+    import gc
+
+    import llama_cpp.llama_cpp as capi
+
+    from pld_desktop.backends.llama_student import token_pieces
+    pieces = token_pieces(raw_llama)
+    gc.collect(0)
+    assert not any(gc.is_tracked(ids) for ids in pieces.values())
+    ids = sorted(t for tokens in pieces.values() for t in tokens)
+    assert len(ids) == len(set(ids))
+    vocab = capi.llama_model_get_vocab(raw_llama.model)
+    n_vocab = raw_llama.n_vocab()
+    assert len(ids) > n_vocab * 0.9  # Gemma 3: 262k tokens, a few thousand control/unused ones render as nothing
+    for token in range(0, n_vocab, 997):  # a sample across the vocabulary, against llama.cpp's own rendering
+        piece = raw_llama.detokenize([token], special=False)
+        if piece and not capi.llama_vocab_is_control(vocab, token):
+            assert token in pieces[piece]
+
+
+@pytest.mark.slow
 def test_probabilities_cover_exactly_the_labels(student) -> None:
     assert student.identity.name == "Gemma 3 270m"
     assert len(student.identity.sha256) == 64
