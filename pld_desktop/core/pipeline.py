@@ -29,6 +29,9 @@ from .teacher_calls import QuotaExhausted
 from .working import pipeline_choice
 
 PHASE_NAMES = {1: "Extraction", 2: "Synthesis", 3: "Closed loop", 4: "Evaluation"}
+# The heavy libraries the phases import on first use (clustering, metrics): scikit-learn brings ~800 scikit-learn
+# and SciPy modules. A window process imports them up front with the garbage collector paused (ui/tasks.py).
+PHASE_LIBRARIES = ("sklearn.cluster", "sklearn.metrics")
 
 
 class BackendProvider(Protocol):

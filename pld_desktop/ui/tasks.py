@@ -115,6 +115,7 @@ class PipelineTask:
         from ..core.project import Project
         from ..core.settings import load_settings
 
+        import_phase_libraries()
         backends = self._backends = AnnouncingBackends((self.backends_factory or window_backends)(), progress)
         if self.job is not None:
             try:
@@ -172,6 +173,25 @@ def prepare_window_process() -> None:
         sys.setswitchinterval(WINDOW_SWITCH_INTERVAL_S)
         gc.collect()
         gc.freeze()
+
+
+def import_phase_libraries() -> None:
+    """On a worker thread of a window process: the phases' heavy libraries imported with the garbage collector
+    paused, then frozen like the startup heap. Imported mid-run, their ~100k new objects set off two or three full
+    collections, each walking them with the GIL held: 45-55 ms each in which the window could not run. Paused,
+    the import costs no collection; frozen, later full collections never walk the modules again."""
+    import importlib
+
+    from ..core.pipeline import PHASE_LIBRARIES
+    if all(name in sys.modules for name in PHASE_LIBRARIES):
+        return
+    gc.disable()
+    try:
+        for name in PHASE_LIBRARIES:
+            importlib.import_module(name)
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 class _TaskThread(QThread):

@@ -189,3 +189,38 @@ def test_the_column_fitter_reads_what_the_view_shows(model: RulesModel) -> None:
     assert model.rowCount() > 0
     for column in range(model.columnCount()):
         assert model.display_values(column) == [model.index(row, column).data() for row in range(model.rowCount())]
+
+
+_IMPORT_PROBE = """
+import gc, sys
+from pld_desktop.core.pipeline import PHASE_LIBRARIES
+from pld_desktop.ui.tasks import import_phase_libraries
+assert not any(name in sys.modules for name in PHASE_LIBRARIES), "imported too early"
+collections = []
+gc.callbacks.append(lambda phase, info: collections.append(info["generation"]) if phase == "start" else None)
+frozen = gc.get_freeze_count()
+import_phase_libraries()
+import sklearn.cluster
+assert collections == [], collections
+assert gc.get_freeze_count() > frozen + 50_000, (frozen, gc.get_freeze_count())
+assert gc.isenabled()
+tracked = {id(o) for o in gc.get_objects()}
+assert id(sklearn.cluster.__dict__) not in tracked  # frozen: full collections no longer walk it
+import_phase_libraries()  # once: nothing left to import, nothing frozen again
+assert gc.get_freeze_count() > frozen + 50_000
+print("ok")
+"""
+
+
+def test_the_phases_libraries_are_imported_without_collections_and_frozen() -> None:
+    """scikit-learn and SciPy imported mid-run set off full collections that walk their ~100k new objects with the
+    GIL held (45-55 ms of window stall each); the window's worker imports them with the collector paused and
+    freezes them. In a fresh process: no collection during the import, the modules frozen, the collector back on."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    done = subprocess.run([sys.executable, "-c", _IMPORT_PROBE], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
