@@ -115,7 +115,8 @@ class PipelineTask:
         from ..core.project import Project
         from ..core.settings import load_settings
 
-        import_phase_libraries()
+        if self.job is None and any(phase > 1 for phase in self.phases):
+            import_phase_libraries()  # the window's other jobs are short and mostly need neither library
         backends = self._backends = AnnouncingBackends((self.backends_factory or window_backends)(), progress)
         if self.job is not None:
             try:
