@@ -159,6 +159,30 @@ def test_phase3_with_one_failed_rewrite_among_good_ones_is_done(tmp_path: Path) 
     assert rounds[0].get("failed") and not all(r.get("failed") for r in rounds)
 
 
+@pytest.mark.parametrize("cut", [{"finish_reason": "length"}, {"finish_reason": "MAX_TOKENS"}, {"truncated": True}])
+def test_phase3_whose_every_rewrite_was_cut_keeps_its_rules_and_goes_on(tmp_path: Path, cut: dict[str, Any]) -> None:
+    """A rewrite cut at the output bound is an answer the loop cannot use (a small local teacher restating a dozen
+    rules runs past 512 tokens), like one that drops a label, not a teacher that is gone: each round is a failed
+    attempt with the reason, the loop keeps the synthesis rules, and phase 4 runs on them."""
+
+    class CuttingTeacher(FakeTeacher):
+        def generate(self, request: TeacherRequest) -> TeacherReply:
+            reply = super().generate(request)
+            if request.kind != "resolution":
+                return reply
+            return TeacherReply(reply.text[: len(reply.text) // 2], reply.usage, reply.latency_s, reply.model, **cut)
+
+    path = _project_through(tmp_path, [1, 2], teacher_max_attempts=2, loop_patience=2)
+    with Project.open(path) as project:
+        report = run_pipeline(project, settings(teacher_max_attempts=2, loop_patience=2),
+                              FakeBackends(CuttingTeacher()), SilentProgress(), phases=[3, 4])
+        assert report.status == "done", report.message
+        rounds = report.phases[3].rounds
+        assert rounds and all(r.get("failed") and r.get("useless") for r in rounds)
+        assert all("output length bound" in r["note"] for r in rounds)
+        assert _states(project)[3] == "done" and _states(project)[4] == "done"
+
+
 def test_phase3_student_failing_on_every_item_is_a_failure_with_the_cause(tmp_path: Path) -> None:
     path = _project_through(tmp_path, [1, 2])
     with Project.open(path) as project:

@@ -186,7 +186,7 @@ def _fail_if_every_rewrite_failed(loop_report: Any) -> None:
     (the teacher refused, timed out or answered nothing usable each time), phase 3 failed, with the cause."""
     rounds = getattr(loop_report, "rounds", []) or []
     settled = str(getattr(loop_report, "stopped_because", "")).startswith("no failures")  # nothing left to fix
-    # Rewrites the teacher wrote but the check rejected (empty, a label dropped, unchanged) are failed attempts,
+    # Rewrites the teacher wrote but the check rejected (empty, a label dropped, unchanged, cut) are failed attempts,
     # reported as such, and the loop keeps its best rules: a small teacher often does that, and phases 4 and the
     # exports still have a rule set. Only a teacher that gave no usable answer at all fails the phase.
     if rounds and not settled and all(r.get("failed") and not r.get("useless") for r in rounds):

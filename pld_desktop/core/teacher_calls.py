@@ -38,6 +38,7 @@ ReplyCheck = Callable[[BaseModel], "str | None"]
 
 # Finish reasons meaning "the reply hit the output bound" (Gemini, OpenAI-compatible servers, llama.cpp).
 CUT_FINISH_REASONS = frozenset({"MAX_TOKENS", "FinishReason.MAX_TOKENS", "length", "max_tokens"})
+CUT_REPLY = "the reply hit the output length bound"  # how cut_reason's reason begins
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def _short_validation_error(exc: Exception) -> str:
 def cut_reason(reply: TeacherReply) -> str | None:
     """Why a reply must not be stored: it hit the output bound (finish reason or the adapter's truncation flag)."""
     if reply.finish_reason in CUT_FINISH_REASONS or reply.truncated:
-        return (f"the reply hit the output length bound (finish reason {reply.finish_reason or 'truncated'}) "
+        return (f"{CUT_REPLY} (finish reason {reply.finish_reason or 'truncated'}) "
                 "and was cut; write one complete, shorter sentence")
     return None
 

@@ -21,7 +21,7 @@ from ..protocols import Embedder, PromptTooLong, Student, Teacher, TeacherReques
 from ..sampling import stratified_sample
 from ..settings import RunSettings
 from ..states import PhaseState
-from ..teacher_calls import TeacherJob, run_teacher_jobs
+from ..teacher_calls import CUT_REPLY, TeacherJob, run_teacher_jobs
 from ..teacher_prompts import RESOLUTION_SYSTEM, resolution_schema, resolution_user, rule_pattern
 from .synthesis import find_conflicts
 
@@ -153,8 +153,10 @@ class _Loop:
         # a failed attempt (not a candidate that "did not improve").
         report = self.report
         note = f"failed attempt: {error or 'the rewrite has no rules'}"
-        # The teacher answered but the rewrite was useless (rewrite_check), as opposed to no answer at all.
-        useless = error is None or error.startswith(USELESS_REWRITE)
+        # The teacher answered but the rewrite was useless (rewrite_check) or too long to finish (a small local
+        # teacher restating a dozen rules can run past its bound), as opposed to no answer at all (refused,
+        # unreachable): the loop keeps its best rules and the run goes on to phase 4.
+        useless = error is None or error.startswith((*USELESS_REWRITE, CUT_REPLY))
         round_row.update(candidate=None, accepted=False, failed=True, useless=useless, note=note)
         report.rounds.append(round_row)
         report.failed_attempts += 1
