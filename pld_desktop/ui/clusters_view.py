@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -435,8 +436,10 @@ class LoopChart(QWidget):
         parts = [f"start {start:.3f}" if start is not None else "start not scored"]
         for r in rounds:
             if r["dev_macro_f1"] is None:
-                parts.append(f"round {r['round']}: no candidate scored ({(r['root_cause'] or 'failed')[:80]})")
+                cause = textwrap.shorten(r["root_cause"] or "failed", 80, placeholder=" …")  # whole words
+                parts.append(f"round {r['round']}: no candidate scored ({cause})")
             else:
                 parts.append(f"round {r['round']}: {r['dev_macro_f1']:.3f} "
                              f"{'accepted' if r['accepted'] else 'rejected'}")
         self.caption.setText("; ".join(parts))
+        self.caption.setToolTip("\n".join(f"round {r['round']}: {r['root_cause']}" for r in rounds if r["root_cause"]))

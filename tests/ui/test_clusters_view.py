@@ -171,3 +171,20 @@ def test_loop_chart_accepted_rejected_and_unscored(qtbot, tmp_path: Path) -> Non
                                                                               (3, 0.55)]
     assert "start 0.400" in chart.caption.text() and "round 3: no candidate scored (teacher reply failed)" \
         in chart.caption.text()
+
+
+def test_loop_chart_caption_shortens_a_long_cause_at_a_word_and_keeps_it_whole_in_the_tooltip(
+        qtbot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cause = ("failed attempt: the list drops the label(s) shipping; every label that had a rule must keep at "
+             "least one")
+    project = make_project(tmp_path)
+    project.run_id = 7
+    project.add_loop_round(round=1, base_rule_set_id=1, candidate_rule_set_id=None, dev_macro_f1=None,
+                           base_dev_macro_f1=0.30, accepted=0, root_cause=cause)
+    project.close()
+    chart = LoopChart(tmp_path / "p.pld")
+    qtbot.addWidget(chart)
+    shown = chart.caption.text().split("no candidate scored (", 1)[1].removesuffix(")")
+    assert shown.endswith(" …") and len(shown) <= 80
+    assert cause.startswith(shown.removesuffix(" …")) and cause[len(shown) - 2] == " "  # cut between words
+    assert cause in chart.caption.toolTip()
