@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from bench.pipeline import ratio_rows
@@ -34,3 +35,25 @@ def test_a_missed_target_is_not_met_and_a_mode_missing_gives_no_row() -> None:
                        "demo-5": {"new": _run(10.0, 5.0, 3)}})
     assert [row["met"] for row in rows] == [False, False]  # 0.40 > 1/3 and 0.52 > 1/2
     assert all(row["name"].startswith("demo-30") for row in rows)
+
+
+def test_the_teachers_f16_copy_is_made_once_before_the_runs_and_timed(tmp_path: Any, monkeypatch: Any) -> None:
+    import argparse
+
+    from bench import pipeline
+    from pld_desktop.backends import unpacked_weights
+    made: list[str | None] = []
+
+    def fake(source: Any, sha: str) -> tuple[Any, str | None]:
+        made.append(os.environ.get("PLD_CACHE_DIR"))
+        return (tmp_path / "copy.f16.gguf", "Q4_1 weights") if "SmolLM2" in source.name else (source, None)
+
+    monkeypatch.setattr(unpacked_weights, "batched_weights", fake)
+    monkeypatch.delenv("PLD_CACHE_DIR", raising=False)
+    one_time = pipeline.one_time_work(argparse.Namespace(teacher_gguf=None), tmp_path)
+    assert one_time["teacher_f16_copy_s"] is not None and one_time["teacher_weights"] == "Q4_1 weights"
+    assert made == [str(tmp_path / "one-time-cache")]           # in the runs' shared cache, not the user's
+    assert "PLD_CACHE_DIR" not in os.environ
+    from pld_desktop.backends.bundled import bundled_student_path
+    other = pipeline.one_time_work(argparse.Namespace(teacher_gguf=str(bundled_student_path())), tmp_path)
+    assert other["teacher_f16_copy_s"] is None and other["teacher_weights"] == "as in the file"

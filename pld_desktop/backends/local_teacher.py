@@ -35,10 +35,11 @@ from pld_desktop.backends.batched_generation import (
 )
 from pld_desktop.backends.bundled import ModelFileError, bundled_local_teacher_path
 from pld_desktop.backends.context_cursor import LlamaContextCursor
-from pld_desktop.backends.gguf_file import file_sha256, has_sliding_window
+from pld_desktop.backends.gguf_file import check_gguf_file, file_sha256, has_sliding_window
 from pld_desktop.backends.llama_runtime import LlamaOwner, gguf_chat_formatter, template_supports_system
 from pld_desktop.backends.prefix_cache import PrefixStateCache, PrefixStateDiskCache, state_settings
 from pld_desktop.backends.teacher_grammar import rule_hit_bound, schema_grammar
+from pld_desktop.backends.unpacked_weights import batched_weights
 from pld_desktop.core.fast_paths import fast_paths_enabled
 from pld_desktop.core.protocols import TeacherError, TeacherReply, TeacherRequest, TeacherUsage
 
@@ -62,7 +63,7 @@ class LocalTeacher:
                  n_threads_batch: int | None = None, use_extra_bufts: bool | None = None,
                  batched: bool | None = None, n_parallel: int | None = None,
                  state_dir: str | os.PathLike[str] | None = None, disk_cache: bool = True,
-                 flash_attn: bool | None = None) -> None:
+                 flash_attn: bool | None = None, unpack: bool = True) -> None:
         """`max_tokens` bounds every reply (a tiny model can loop until the context is full); `repeat_penalty`
         1.1 (llama-cpp-python's chat-handler default; create_chat_completion's own is 1.0) stops SmolLM2's greedy
         decoding from repeating one word until max_tokens, which it did on 1 of 6 short test reviews.
@@ -72,13 +73,18 @@ class LocalTeacher:
         today's unbatched path) selects llama.cpp's attention kernel: on the bundled teacher it evaluates long
         prompts faster (phases 2 and 3: merges and rewrites of a few hundred to a few thousand tokens; a
         2,400-token prompt 10.4 s vs 12.1 s, a whole demo run 104 s vs 112-118 s) and costs nothing on phase 1's
-        short ones."""
+        short ones. `unpack` lets the batched path decode an F16 copy of a small model whose weight type has no
+        batched kernel (unpacked_weights.py: the bundled Q4_1 teacher)."""
         if max_tokens <= 0:
             raise ValueError(f"max_tokens must be positive, got {max_tokens}")
-        path = bundled_local_teacher_path() if model_path is None else model_path
+        source = check_gguf_file(bundled_local_teacher_path() if model_path is None else model_path)
+        sha = file_sha256(source)
         if batched is None:
             batched = fast_paths_enabled()
         self.batched = batched
+        # The model is named by the user's file (model_id, model_path); `weights_path` is the file decoded.
+        path, self.weights_note = batched_weights(source, sha) if batched and unpack else (source, None)
+        self.weights_path = path
         if flash_attn is None:
             # On a sliding-window model (Gemma 3 as teacher) the batched context keeps a full-size window cache,
             # and with flash attention its replies would then differ from the same request decoded alone.
@@ -97,18 +103,20 @@ class LocalTeacher:
         try:
             self._model: _TeacherModel = self._owner.call(_TeacherModel)
             self.supports_system: bool = self._model.supports_system
-            self.model_path = self._owner.model_path
-            sha = file_sha256(self.model_path)
-            self.model_id = f"local:{self.model_path.name}@{sha[:12]}"
+            self.model_path = source
+            self.model_id = f"local:{source.name}@{sha[:12]}"
             if batched:
-                parallel = n_parallel or default_parallel_sequences(n_ctx, max_tokens + 512, cores)
+                # Room for each reply's bound; the request's own prompt part (past the shared prefix) is counted when
+                # it is admitted (BatchedGenerator.run holds back a request the context cannot take yet).
+                parallel = n_parallel or default_parallel_sequences(n_ctx, max_tokens, cores)
 
                 def make(llama: llama_cpp.Llama) -> BatchedGenerator:
                     generator = BatchedGenerator(llama, n_ctx=n_ctx, n_parallel=parallel,
                                                  n_threads=int(n_threads or 1), repeat_penalty=repeat_penalty,
                                                  prefix_cache=PrefixStateCache(256 << 20))
                     if disk_cache:
-                        settings = state_settings(llama, sha, purpose="batched-teacher",
+                        weights = sha if path == source else f"{sha}+{path.name}"
+                        settings = state_settings(llama, weights, purpose="batched-teacher",
                                                   batched_n_ctx=generator.n_ctx,
                                                   batched_n_seq_max=generator.n_seq_max,
                                                   batched_kv_unified=True)
@@ -133,7 +141,8 @@ class LocalTeacher:
         g = self._generator
         if g is None:
             return {}
-        return {"threads": g.n_threads, "parallel": g.n_parallel, "n_ctx": g.n_ctx}
+        return {"threads": g.n_threads, "parallel": g.n_parallel, "n_ctx": g.n_ctx,
+                "weights": self.weights_note or "as in the file"}
 
     @property
     def generation_stats(self) -> Any:

@@ -97,14 +97,17 @@ def test_batched_replies_follow_each_requests_own_grammar_and_share_the_prefix(t
 def test_one_request_alone_equals_the_unbatched_path_and_disk_states_restore(tmp_path: Path) -> None:
     from pld_desktop.backends.local_teacher import LocalTeacher
     request = extraction(*MESSAGES[1])
-    # The batched path decodes the bundled teacher (no sliding window) with flash attention, faster on long
-    # prompts: it is compared with create_chat_completion on a Llama with the same attention kernel.
-    with LocalTeacher(batched=False, flash_attn=True, max_tokens=120) as plain:
-        expected = plain.generate(request)
     with LocalTeacher(batched=True, n_parallel=2, state_dir=tmp_path, max_tokens=120) as first:
         assert first._owner.call(lambda llama: llama.context_params.flash_attn_type) == 1  # on by default
+        weights = first.weights_path
         alone = first.generate(request)
         assert first.generation_stats.prefix_evaluations == 1
+    # The batched path decodes the bundled teacher (no sliding window) with flash attention, faster on long
+    # prompts, and on its F16 copy (unpacked_weights.py): it is compared with create_chat_completion on a Llama
+    # with the same weights and attention kernel.
+    assert weights != first.model_path and weights.name.endswith(".f16.gguf")
+    with LocalTeacher(weights, batched=False, flash_attn=True, max_tokens=120) as plain:
+        expected = plain.generate(request)
     # Greedy decoding of a request alone: the same tokens as create_chat_completion's.
     assert (alone.text, alone.finish_reason, alone.usage.output_tokens) == \
         (expected.text, expected.finish_reason, expected.usage.output_tokens)
