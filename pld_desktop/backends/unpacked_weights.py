@@ -1,13 +1,14 @@
 """F16 copies of small GGUF models whose weight type has no batched matrix kernel on x86 CPUs.
 
 llama.cpp multiplies a batch by Q4_1 or Q5_1 weights as one dot product per row and column: no repacked or
-tiled GEMM exists for these "offset" types on x86, so decoding eight sequences together costs nearly eight
-times one. An F16 copy of the same weights goes through llamafile's tinyBLAS GEMM instead. Measured on the
-bundled SmolLM2-135M (Q4_1) on 2 cores, one llama_decode of 8 sequences: 36.8 ms on Q4_1, 32.3 ms on the F16
-copy; a 50-token prompt piece 3.24 vs 2.06 ms per token; phase 1 of a 105-row sst2 sample 38.5 s vs 26.4 s.
-One sequence alone decodes slower on F16 (10.6 vs 7.3 ms: twice the bytes read), so only the batched teacher
+tiled kernel exists for these "offset" types on x86, so a decode of 8 sequences costs ~5 single ones. An F16
+copy of the same weights goes through ggml's F16 matrix kernels instead. Measured (`python -m
+bench.weight_types`) on the bundled SmolLM2-135M (Q4_1) on 2 cores, one llama_decode of 8 sequences: 37.5 ms on
+Q4_1, 32.7 ms on the F16 copy (16: 69.4 vs 52.3 ms); a 50-token prompt piece 3.34 vs 2.12 ms per token; phase 1
+of a 105-row sst2 sample 38.5 s vs 26.4-29.0 s.
+One sequence alone decodes slower on F16 (10.6 vs 7.9 ms: more bytes read), so only the batched teacher
 uses the copy, and only for small models, whose copy is a few hundred MB. Q4_0, Q5_0, Q8_0 and the K-quants
-have fast batched kernels (Gemma 3 270M Q4_K_M: 45.6 ms per 8-sequence decode, 59.7 ms on its F16 copy).
+have fast batched kernels (Gemma 3 270M Q4_K_M: 44.4 ms per 8-sequence decode, 52.0 ms on its F16 copy).
 
 The copy is faithful: every weight is the source's dequantized value (d*q + m) rounded once to F16, a relative
 error of at most 2^-11, far below the 4-bit step itself. What changes is the arithmetic: activations stay in
@@ -85,6 +86,8 @@ def unpacked_copy(source: str | os.PathLike[str], source_sha256: str) -> Path:
         if code != 0 or not read_gguf_header(tmp).complete:
             raise RuntimeError(f"llama.cpp could not write an F16 copy of {source} (code {code})")
         os.replace(tmp, target)
+        log.info("made an F16 copy of %s for batched decoding: %s (%.0f MB)", Path(source).name, target,
+                 target.stat().st_size / 2**20)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
