@@ -153,9 +153,11 @@ def test_sigkill_during_phase1_then_resume_repeats_no_completed_call(tmp_path: P
 
 
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path: Path) -> None:
-    # More training items than the local teacher decodes at once (8 sequences), so some are still queued when
-    # Ctrl-C comes: "the items in flight" finish, the queued ones wait for the rerun.
-    path = init_project(tmp_path / "c.pld", tiny_csv(tmp_path / "tiny.csv", per_label=8))
+    # More training items (22) than the local teacher takes in flight at once (at most 16 sequences), so some are
+    # still queued when Ctrl-C comes: "the items in flight" finish, the queued ones wait for the rerun.
+    from pld_desktop.backends.batched_generation import default_parallel_sequences
+    path = init_project(tmp_path / "c.pld", tiny_csv(tmp_path / "tiny.csv", per_label=12))
+    assert default_parallel_sequences(8192, 512) < 22
     cmd = [sys.executable, "-m", "pld_desktop.cli", "run", str(path), "--phase", "1", "--teacher", "local"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_completed_calls(path, proc, 1)
