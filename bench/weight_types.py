@@ -32,13 +32,9 @@ PREFIX, OWN, STEPS = 160, 50, 30
 
 
 def convert(source: Path, ftype: str, folder: Path) -> Path:
+    from pld_desktop.backends.unpacked_weights import convert_model
     target = folder / f"{source.stem}.{ftype}.gguf"
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = FTYPES[ftype]
-    params.allow_requantize = True
-    params.nthread = os.cpu_count() or 1
-    if llama_cpp.llama_model_quantize(os.fsencode(source), os.fsencode(target), params) != 0:
-        raise RuntimeError(f"llama.cpp could not convert {source} to {ftype}")
+    convert_model(source, target, FTYPES[ftype])
     return target
 
 
@@ -102,9 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ks = [int(k) for k in args.k.split(",")]
     with tempfile.TemporaryDirectory(prefix="pld-bench-weights-") as tmp:
         files = [(f"{read_gguf_header(source).quantisation} (the file)", source)]
+        for ftype in [t.strip().upper() for t in args.types.split(",") if t.strip()]:
+            files.append((ftype, convert(source, ftype, Path(tmp))))
         with quiet_llama():
-            for ftype in [t.strip().upper() for t in args.types.split(",") if t.strip()]:
-                files.append((ftype, convert(source, ftype, Path(tmp))))
             results = [dict(measure(path, ks, args.threads), weights=name) for name, path in files]
     print(f"{source.name}, {args.threads} threads; one llama_decode of k one-token replies (ms), and a "
           f"{OWN}-token prompt piece per token (ms)")

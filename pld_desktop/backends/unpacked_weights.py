@@ -31,7 +31,8 @@ from pld_desktop.backends.cache_dir import cache_dir
 from pld_desktop.backends.gguf_file import GGUFHeader, HeaderError, available_memory_bytes, read_gguf_header
 from pld_desktop.backends.quiet_load import quiet_llama
 
-__all__ = ["MAX_UNPACKED_BYTES", "SLOW_BATCHED_TYPES", "batched_weights", "unpack_reason", "unpacked_copy"]
+__all__ = ["MAX_UNPACKED_BYTES", "SLOW_BATCHED_TYPES", "batched_weights", "convert_model", "unpack_reason",
+           "unpacked_copy"]
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +78,7 @@ def unpacked_copy(source: str | os.PathLike[str], source_sha256: str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".gguf", dir=folder)
     os.close(fd)
     try:
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_F16
-        params.allow_requantize = True
-        params.nthread = os.cpu_count() or 1
-        with quiet_llama():
-            code = int(llama_cpp.llama_model_quantize(os.fsencode(source), os.fsencode(tmp), params))
-        if code != 0 or not read_gguf_header(tmp).complete:
-            raise RuntimeError(f"llama.cpp could not write an F16 copy of {source} (code {code})")
+        convert_model(source, tmp, llama_cpp.LLAMA_FTYPE_MOSTLY_F16)
         os.replace(tmp, target)
         log.info("made an F16 copy of %s for batched decoding: %s (%.0f MB)", Path(source).name, target,
                  target.stat().st_size / 2**20)
@@ -93,6 +87,21 @@ def unpacked_copy(source: str | os.PathLike[str], source_sha256: str) -> Path:
             os.unlink(tmp)
     _evict(keep=target)
     return target
+
+
+def convert_model(source: str | os.PathLike[str], target: str | os.PathLike[str], ftype: int) -> None:
+    """Write `source` to `target` in llama.cpp file type `ftype` (F16, or a requantization) with llama.cpp's own
+    converter, quietly; RuntimeError when it fails or leaves an incomplete file."""
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.allow_requantize = True
+    params.nthread = os.cpu_count() or 1
+    with quiet_llama():
+        code = int(llama_cpp.llama_model_quantize(os.fsencode(source), os.fsencode(target), params))
+    if code != 0 or not read_gguf_header(target).complete:
+        raise RuntimeError(f"llama.cpp could not write an F16 copy of {source} (code {code})"
+                           if ftype == llama_cpp.LLAMA_FTYPE_MOSTLY_F16 else
+                           f"llama.cpp could not convert {source} to file type {ftype} (code {code})")
 
 
 def _evict(keep: Path) -> None:
